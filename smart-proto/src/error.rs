@@ -1,0 +1,104 @@
+//! The one error type of the crate.
+
+use thiserror::Error;
+
+/// Everything that can be wrong with a frame, a body, a record or a query.
+///
+/// Each message says what was wrong and, where it helps, where (byte offsets are relative to the string
+/// that was being parsed: the frame for envelope errors, the body for body errors).
+///
+/// ```
+/// let err = smart_proto::parse_body("[1, 2]").unwrap_err();
+/// assert_eq!(err.to_string(), "body is not an object at byte 0 (found a list)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The frame is not a JSON object or Python dict literal.
+    #[error("frame is not a JSON object or Python dict at byte {offset}: {reason}")]
+    Envelope {
+        /// Byte offset in the frame.
+        offset: usize,
+        /// What the parser expected.
+        reason: String,
+    },
+    /// The envelope has no `type` key, or it is not a string.
+    #[error("envelope has no string \"type\"")]
+    MissingType,
+    /// The envelope has no `message` key.
+    #[error("envelope has no \"message\"")]
+    MissingMessage,
+    /// The `type` is not one of `INFO`, `FILT`, `INIT`, `UPDT`.
+    #[error("unknown message type {0:?}: expected INFO, FILT, INIT or UPDT")]
+    UnknownKind(String),
+    /// The message type is valid but not allowed on this endpoint.
+    #[error("unexpected message type {kind} here: expected {expected}")]
+    UnexpectedKind {
+        /// The type that arrived.
+        kind: &'static str,
+        /// What the endpoint takes.
+        expected: &'static str,
+    },
+    /// The `message` has the wrong JSON type for its kind.
+    #[error("\"message\" of a {kind} must be {expected}")]
+    PayloadType {
+        /// The message type.
+        kind: &'static str,
+        /// What the payload must be.
+        expected: &'static str,
+    },
+    /// The capping identifier `MID:SERIAL:` is missing or malformed.
+    #[error("bad header: {0}")]
+    Header(String),
+    /// The body parsed but is not an object.
+    #[error("body is not an object at byte {offset} (found {found})")]
+    BodyNotObject {
+        /// Byte offset in the body.
+        offset: usize,
+        /// What was found instead (`a list`, `a number`, ...).
+        found: &'static str,
+    },
+    /// The body is neither valid JSON nor a valid Python dict literal.
+    #[error("body is not valid JSON or a Python dict at byte {offset}: {reason}")]
+    BodySyntax {
+        /// Byte offset in the body.
+        offset: usize,
+        /// What the parser expected.
+        reason: String,
+    },
+    /// `serial_number` in the body differs from the serial in the header.
+    #[error("serial_number {body:?} in the body does not match the header serial {header:?}")]
+    SerialMismatch {
+        /// Serial from the header.
+        header: String,
+        /// Serial from the body (its JSON text if it was not a string).
+        body: String,
+    },
+    /// A known field has a value of the wrong type.
+    #[error("field {field:?} must be {expected}, got {got}")]
+    FieldType {
+        /// Field name.
+        field: String,
+        /// The accepted types.
+        expected: &'static str,
+        /// The offending value, as JSON text (shortened).
+        got: String,
+    },
+    /// A stored record is missing a required field or has a broken one.
+    #[error("bad stored record: {0}")]
+    Record(String),
+    /// A FILT clause is malformed.
+    #[error("bad query clause {clause:?}: {reason}")]
+    Query {
+        /// The clause as sent (shortened).
+        clause: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// More clauses than [`crate::query::MAX_CLAUSES`].
+    #[error("too many query clauses: {0} (at most 64)")]
+    TooManyClauses(usize),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1 @@
+//! SMART-OS umbrella package: see the benches and examples.
