@@ -87,6 +87,14 @@ pub enum Error {
     /// A stored record is missing a required field or has a broken one.
     #[error("bad stored record: {0}")]
     Record(String),
+    /// A timestamp is not RFC 3339, or lies outside years 0000 to 9999.
+    #[error("bad timestamp {text:?}: {reason}")]
+    Timestamp {
+        /// The text as given (shortened).
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A FILT clause is malformed.
     #[error("bad query clause {clause:?}: {reason}")]
     Query {
@@ -102,3 +110,15 @@ pub enum Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Cut user-supplied text for an error message at a char boundary near `max` bytes, marking the cut.
+pub(crate) fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

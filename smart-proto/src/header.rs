@@ -1,18 +1,87 @@
 //! The capping identifier `MID:SERIAL:` (PROTOCOL.md §2).
+//!
+//! Every device message starts with a message id and the device serial, each followed by a colon; the rest
+//! is the body. Both parts are kept exactly as sent, because the ack echoes them verbatim and `1` and `0001`
+//! are different devices.
+//!
+//! ```
+//! use smart_proto::Header;
+//!
+//! let (header, body) = Header::parse("0116:0001:{\"power_consumption\": 357}")?;
+//! assert_eq!(header.id.as_str(), "0116");
+//! assert_eq!(header.serial.as_str(), "0001");
+//! assert_eq!(body, "{\"power_consumption\": 357}");
+//! assert_eq!(header.to_string(), "0116:0001");
+//! # Ok::<(), smart_proto::Error>(())
+//! ```
+//!
+//! Both types store their text inline (no heap allocation), so parsing a header costs no allocation.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
 
-use crate::Result;
+use nom::bytes::complete::take_till;
+use nom::character::complete::char;
+use nom::{IResult, Parser};
+
+use crate::{Error, Result};
+
+/// Longest accepted message id, in digits.
+pub const MAX_ID_LEN: usize = 9;
+/// Longest accepted serial, in characters.
+pub const MAX_SERIAL_LEN: usize = 32;
+
+/// How much of an offending value an error message quotes.
+const QUOTE_LEN: usize = 40;
 
 /// A message id: 1 to 9 ASCII digits, kept verbatim (`0116`, `10000`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(String);
+///
+/// ```
+/// use smart_proto::MessageId;
+///
+/// assert_eq!(MessageId::new("10000")?.as_str(), "10000");
+/// let err = MessageId::new("ab").unwrap_err();
+/// assert_eq!(err.to_string(), "bad header: message id must be 1 to 9 digits, got \"ab\"");
+/// # Ok::<(), smart_proto::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct MessageId {
+    len: u8,
+    buf: [u8; MAX_ID_LEN],
+}
 
 /// A device serial: 1 to 32 characters of `[A-Za-z0-9_-]`, kept verbatim (`0001` and `1` differ).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Serial(String);
+///
+/// Compares, orders and hashes like its text, and borrows as `str`, so a map keyed by `Serial` can be
+/// searched with a `&str`.
+///
+/// ```
+/// use smart_proto::Serial;
+///
+/// let serial = Serial::new("0001")?;
+/// assert_eq!(serial.as_str(), "0001");
+/// assert_ne!(serial, Serial::new("1")?);
+/// assert!(Serial::new("00 01").is_err());
+/// # Ok::<(), smart_proto::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Serial {
+    len: u8,
+    buf: [u8; MAX_SERIAL_LEN],
+}
 
 /// The `MID:SERIAL` pair that caps every device message and is echoed in its ack.
+///
+/// ```
+/// use smart_proto::{Header, MessageId, Serial};
+///
+/// let header = Header { id: MessageId::new("0008")?, serial: Serial::new("0001")? };
+/// assert_eq!(header.to_string(), "0008:0001");
+/// # Ok::<(), smart_proto::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Header {
     /// Message id.
@@ -21,57 +90,337 @@ pub struct Header {
     pub serial: Serial,
 }
 
+/// Copy validated ASCII into an inline buffer.
+fn inline<const N: usize>(s: &str) -> [u8; N] {
+    let mut buf = [0u8; N];
+    buf[..s.len()].copy_from_slice(s.as_bytes());
+    buf
+}
+
+/// Quote a possibly long, user-supplied value for an error message.
+fn quote(s: &str) -> String {
+    crate::error::shorten(s, QUOTE_LEN)
+}
+
 impl MessageId {
-    /// Validate a message id.
+    /// Validate a message id: 1 to 9 ASCII digits.
+    ///
+    /// ```
+    /// use smart_proto::MessageId;
+    ///
+    /// assert!(MessageId::new("0116").is_ok());
+    /// assert!(MessageId::new("").is_err());
+    /// assert!(MessageId::new("1234567890").is_err());
+    /// ```
     pub fn new(s: &str) -> Result<MessageId> {
-        let _ = s;
-        todo!()
+        if s.is_empty() || s.len() > MAX_ID_LEN || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::Header(format!(
+                "message id must be 1 to 9 digits, got {:?}",
+                quote(s)
+            )));
+        }
+        Ok(MessageId {
+            len: s.len() as u8,
+            buf: inline(s),
+        })
     }
+
     /// `0000`, used by the server for online/offline UPDTs.
+    ///
+    /// ```
+    /// assert_eq!(smart_proto::MessageId::zero().as_str(), "0000");
+    /// ```
     pub fn zero() -> MessageId {
-        MessageId("0000".to_owned())
+        MessageId {
+            len: 4,
+            buf: inline("0000"),
+        }
     }
+
     /// The id as sent.
+    ///
+    /// ```
+    /// assert_eq!(smart_proto::MessageId::new("0042")?.as_str(), "0042");
+    /// # Ok::<(), smart_proto::Error>(())
+    /// ```
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII digits are ever stored, so this cannot fail.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
 impl Serial {
-    /// Validate a serial.
+    /// Validate a serial: 1 to 32 characters of `[A-Za-z0-9_-]`.
+    ///
+    /// ```
+    /// use smart_proto::Serial;
+    ///
+    /// assert!(Serial::new("SN-4711_b").is_ok());
+    /// assert_eq!(
+    ///     Serial::new("12:34").unwrap_err().to_string(),
+    ///     "bad header: serial must be 1 to 32 characters of [A-Za-z0-9_-], got \"12:34\"",
+    /// );
+    /// ```
     pub fn new(s: &str) -> Result<Serial> {
-        let _ = s;
-        todo!()
+        if s.is_empty() || s.len() > MAX_SERIAL_LEN || !s.bytes().all(is_serial_byte) {
+            return Err(Error::Header(format!(
+                "serial must be 1 to 32 characters of [A-Za-z0-9_-], got {:?}",
+                quote(s)
+            )));
+        }
+        Ok(Serial {
+            len: s.len() as u8,
+            buf: inline(s),
+        })
     }
+
     /// The serial as sent.
+    ///
+    /// ```
+    /// assert_eq!(smart_proto::Serial::new("0001")?.as_str(), "0001");
+    /// # Ok::<(), smart_proto::Error>(())
+    /// ```
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII is ever stored, so this cannot fail.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
     }
+}
+
+fn is_serial_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// `MID`, `:`, `SERIAL`, `:`, rest — each part checked by its type afterwards so errors can name the part.
+fn header_parts(input: &str) -> IResult<&str, (&str, Option<char>)> {
+    (take_till(|c| c == ':'), nom::combinator::opt(char(':'))).parse(input)
 }
 
 impl Header {
-    /// Split `MID:SERIAL:BODY` into the header and the body (everything after the second colon).
+    /// Split `MID:SERIAL:BODY` into the header and the body (everything after the second colon, which may
+    /// hold more colons).
+    ///
+    /// ```
+    /// use smart_proto::Header;
+    ///
+    /// let (header, body) = Header::parse("10000:1234:{'time': '12:00'}")?;
+    /// assert_eq!(header.id.as_str(), "10000");
+    /// assert_eq!(body, "{'time': '12:00'}");
+    ///
+    /// let err = Header::parse("0001:1234").unwrap_err();
+    /// assert_eq!(err.to_string(), "bad header: missing ':' after serial");
+    /// # Ok::<(), smart_proto::Error>(())
+    /// ```
     pub fn parse(message: &str) -> Result<(Header, &str)> {
-        let _ = message;
-        todo!()
+        // `take_till` and `opt` cannot fail on complete input; the fallbacks only keep this total.
+        let (rest, (mid, colon)) = header_parts(message).unwrap_or((message, ("", None)));
+        let id = MessageId::new(mid)?;
+        if colon.is_none() {
+            return Err(Error::Header("missing ':' after message id".to_owned()));
+        }
+        let (body, (serial, colon)) = header_parts(rest).unwrap_or((rest, ("", None)));
+        let serial = Serial::new(serial)?;
+        if colon.is_none() {
+            return Err(Error::Header("missing ':' after serial".to_owned()));
+        }
+        Ok((Header { id, serial }, body))
+    }
+
+    /// Build a header from its two texts.
+    ///
+    /// ```
+    /// let header = smart_proto::Header::new("0116", "0001")?;
+    /// assert_eq!(header.to_string(), "0116:0001");
+    /// # Ok::<(), smart_proto::Error>(())
+    /// ```
+    pub fn new(id: &str, serial: &str) -> Result<Header> {
+        Ok(Header {
+            id: MessageId::new(id)?,
+            serial: Serial::new(serial)?,
+        })
     }
 }
 
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+macro_rules! text_traits {
+    ($ty:ident) => {
+        impl PartialEq for $ty {
+            fn eq(&self, other: &Self) -> bool {
+                self.as_str() == other.as_str()
+            }
+        }
+        impl Eq for $ty {}
+        impl PartialOrd for $ty {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for $ty {
+            fn cmp(&self, other: &Self) -> Ordering {
+                self.as_str().cmp(other.as_str())
+            }
+        }
+        // Hashes like `str` so that `Borrow<str>` lookups work in hash maps.
+        impl Hash for $ty {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                self.as_str().hash(state);
+            }
+        }
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($ty))
+                    .field(&self.as_str())
+                    .finish()
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                self.as_str()
+            }
+        }
+        impl Borrow<str> for $ty {
+            fn borrow(&self) -> &str {
+                self.as_str()
+            }
+        }
+        impl PartialEq<str> for $ty {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+        impl FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                $ty::new(s)
+            }
+        }
+        impl TryFrom<&str> for $ty {
+            type Error = Error;
+            fn try_from(s: &str) -> Result<Self> {
+                $ty::new(s)
+            }
+        }
+    };
 }
 
-impl fmt::Display for Serial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_traits!(MessageId);
+text_traits!(Serial);
 
 /// Writes `MID:SERIAL` (no trailing colon).
 impl fmt::Display for Header {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.id, self.serial)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_accepts_one_to_nine_digits() {
+        assert_eq!(MessageId::new("0").unwrap().as_str(), "0");
+        assert_eq!(MessageId::new("0116").unwrap().as_str(), "0116");
+        assert_eq!(MessageId::new("10000").unwrap().as_str(), "10000");
+        assert_eq!(MessageId::new("123456789").unwrap().as_str(), "123456789");
+        for bad in ["", "1234567890", "12a", "-1", " 1", "١٢"] {
+            assert!(MessageId::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn message_id_error_names_the_value() {
+        assert_eq!(
+            MessageId::new("ab").unwrap_err(),
+            Error::Header("message id must be 1 to 9 digits, got \"ab\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn serial_accepts_vendor_forms_and_keeps_them_verbatim() {
+        for good in ["1", "0001", "SN-4711_b", &"a".repeat(32)] {
+            assert_eq!(Serial::new(good).unwrap().as_str(), good);
+        }
+        for bad in ["", &"a".repeat(33), "00 01", "ä", "1.2", "a:b"] {
+            assert!(Serial::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_ne!(Serial::new("1").unwrap(), Serial::new("0001").unwrap());
+    }
+
+    #[test]
+    fn serial_orders_and_hashes_like_its_text() {
+        use std::collections::{BTreeSet, HashSet};
+        let mut sorted: BTreeSet<Serial> = ["b", "a10", "a2", "0001"]
+            .iter()
+            .map(|s| Serial::new(s).unwrap())
+            .collect();
+        let order: Vec<&str> = sorted.iter().map(Serial::as_str).collect();
+        assert_eq!(order, ["0001", "a10", "a2", "b"]);
+        assert!(sorted.remove("a2"));
+        let set: HashSet<Serial> = [Serial::new("0001").unwrap()].into_iter().collect();
+        assert!(set.contains("0001"));
+        assert!(!set.contains("1"));
+    }
+
+    #[test]
+    fn header_splits_at_the_first_two_colons() {
+        let (h, body) = Header::parse("0116:0001:{\"a\": \"1:2:3\"}").unwrap();
+        assert_eq!(h.id.as_str(), "0116");
+        assert_eq!(h.serial.as_str(), "0001");
+        assert_eq!(body, "{\"a\": \"1:2:3\"}");
+        let (_, body) = Header::parse("1:2:").unwrap();
+        assert_eq!(body, "");
+    }
+
+    #[test]
+    fn header_errors_say_which_part_is_wrong() {
+        let reason = |s: &str| match Header::parse(s).unwrap_err() {
+            Error::Header(r) => r,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(
+            reason("ab:0001:{}"),
+            "message id must be 1 to 9 digits, got \"ab\""
+        );
+        assert_eq!(reason(""), "message id must be 1 to 9 digits, got \"\"");
+        assert_eq!(reason("0001"), "missing ':' after message id");
+        assert_eq!(
+            reason("0001:"),
+            "serial must be 1 to 32 characters of [A-Za-z0-9_-], got \"\""
+        );
+        assert_eq!(
+            reason("0001:12 34:{}"),
+            "serial must be 1 to 32 characters of [A-Za-z0-9_-], got \"12 34\""
+        );
+        assert_eq!(reason("0001:1234"), "missing ':' after serial");
+        assert_eq!(
+            reason("{'a': 1}"),
+            "message id must be 1 to 9 digits, got \"{'a'\""
+        );
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_errors() {
+        let long = "x".repeat(10_000);
+        let Error::Header(reason) = MessageId::new(&long).unwrap_err() else {
+            panic!()
+        };
+        assert!(reason.len() < 100, "{reason}");
+    }
+
+    #[test]
+    fn header_displays_without_trailing_colon() {
+        let h = Header::new("0116", "0001").unwrap();
+        assert_eq!(h.to_string(), "0116:0001");
+        assert_eq!(format!("{:?}", h.serial), "Serial(\"0001\")");
     }
 }

@@ -1,13 +1,50 @@
 //! The FILT query language (PROTOCOL.md §8).
+//!
+//! A dashboard sends `{"type":"FILT","message":[CLAUSE, …]}`; each clause is a filter
+//! `filter:FIELD:OP:VALUE` (all must hold) or a sort key `sort:FIELD:DIR:KIND` (first is primary).
+//!
+//! ```
+//! use smart_proto::{Query, Record, Serial, Timestamp};
+//!
+//! let device = |serial: &str, battery: f64| {
+//!     let mut r = Record::new(Serial::new(serial).unwrap(), "EET", Timestamp::UNIX_EPOCH);
+//!     r.battery = Some(battery);
+//!     r
+//! };
+//! let fleet = [device("0001", 20.0), device("0002", 80.0), device("0003", 60.0)];
+//!
+//! let query = Query::parse(&["filter:battery:>:50", "sort:battery:>:123"]).unwrap();
+//! let serials: Vec<&str> = query.apply(&fleet).iter().map(|r| r.serial_number.as_str()).collect();
+//! assert_eq!(serials, ["0002", "0003"]);
+//! ```
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::fmt;
 
-use crate::{Record, Result};
+use crate::error::shorten;
+use crate::record::{FieldValue, parse_number};
+use crate::{Error, Record, Result};
 
 /// At most this many clauses per query.
+///
+/// ```
+/// let clauses = vec!["sort:battery:<:"; smart_proto::query::MAX_CLAUSES + 1];
+/// assert!(smart_proto::Query::parse(&clauses).is_err());
+/// ```
 pub const MAX_CLAUSES: usize = 64;
 
+/// Clauses and their parts are cut to about this many bytes in error messages.
+const QUOTE_BYTES: usize = 80;
+
 /// Filter operators.
+///
+/// ```
+/// use smart_proto::Op;
+/// assert_eq!(Op::from_symbol(">="), Some(Op::Ge));
+/// assert_eq!(Op::Ge.as_str(), ">=");
+/// assert!(Op::Ge.is_numeric() && !Op::Contains.is_numeric());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     /// `=`: case-insensitive substring of the text form.
@@ -26,18 +63,88 @@ pub enum Op {
     StartsWith,
 }
 
+impl Op {
+    /// Every operator, in the order error messages list them.
+    ///
+    /// ```
+    /// assert_eq!(smart_proto::Op::ALL.len(), 7);
+    /// ```
+    pub const ALL: [Op; 7] = [
+        Op::Contains,
+        Op::Eq,
+        Op::Lt,
+        Op::Gt,
+        Op::Le,
+        Op::Ge,
+        Op::StartsWith,
+    ];
+
+    /// The operator written as in a clause (`=`, `==`, `<`, `>`, `<=`, `>=`, `^`).
+    ///
+    /// ```
+    /// assert_eq!(smart_proto::Op::StartsWith.as_str(), "^");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Contains => "=",
+            Op::Eq => "==",
+            Op::Lt => "<",
+            Op::Gt => ">",
+            Op::Le => "<=",
+            Op::Ge => ">=",
+            Op::StartsWith => "^",
+        }
+    }
+
+    /// The operator written `symbol`, if there is one.
+    ///
+    /// ```
+    /// use smart_proto::Op;
+    /// assert_eq!(Op::from_symbol("="), Some(Op::Contains));
+    /// assert_eq!(Op::from_symbol("~"), None);
+    /// ```
+    pub fn from_symbol(symbol: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.as_str() == symbol)
+    }
+
+    /// Whether the operator compares numbers (`==`, `<`, `>`, `<=`, `>=`), so its VALUE must be one.
+    ///
+    /// ```
+    /// assert!(smart_proto::Op::Eq.is_numeric());
+    /// assert!(!smart_proto::Op::StartsWith.is_numeric());
+    /// ```
+    pub fn is_numeric(self) -> bool {
+        !matches!(self, Op::Contains | Op::StartsWith)
+    }
+}
+
 /// One `filter:FIELD:OP:VALUE` clause.
+///
+/// ```
+/// use smart_proto::{Clause, Filter, Op};
+///
+/// let Clause::Filter(filter) = Clause::parse("filter:local_time:=:14:59").unwrap() else { panic!() };
+/// assert_eq!(filter, Filter { field: "local_time".into(), op: Op::Contains, value: "14:59".into() });
+/// assert_eq!(filter.to_string(), "filter:local_time:=:14:59");
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
     /// `[A-Za-z0-9_]+`.
     pub field: String,
     /// The operator.
     pub op: Op,
-    /// The value as given (may contain colons, may be empty).
+    /// The value as given (may contain colons, may be empty). For a numeric operator it is a number
+    /// when parsed; a filter built by hand with a numeric operator and a non-number value matches nothing.
     pub value: String,
 }
 
 /// Sort direction: `<` ascending, `>` descending.
+///
+/// ```
+/// use smart_proto::Direction;
+/// assert_eq!(Direction::Ascending.as_str(), "<");
+/// assert_eq!(Direction::Descending.as_str(), ">");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// `<`.
@@ -46,7 +153,27 @@ pub enum Direction {
     Descending,
 }
 
-/// The sort kind word: accepted, does not change the order.
+impl Direction {
+    /// `<` or `>`.
+    ///
+    /// ```
+    /// assert_eq!(smart_proto::Direction::Descending.as_str(), ">");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ascending => "<",
+            Direction::Descending => ">",
+        }
+    }
+}
+
+/// The sort kind word: accepted, does not change the order (values sort by their type).
+///
+/// ```
+/// use smart_proto::SortKind;
+/// assert_eq!(SortKind::Num.as_str(), "123");
+/// assert_eq!(SortKind::Unspecified.as_str(), "");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SortKind {
     /// `abc`.
@@ -57,7 +184,31 @@ pub enum SortKind {
     Unspecified,
 }
 
+impl SortKind {
+    /// `abc`, `123` or the empty string.
+    ///
+    /// ```
+    /// assert_eq!(smart_proto::SortKind::Abc.as_str(), "abc");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortKind::Abc => "abc",
+            SortKind::Num => "123",
+            SortKind::Unspecified => "",
+        }
+    }
+}
+
 /// One `sort:FIELD:DIR:KIND` clause.
+///
+/// ```
+/// use smart_proto::{Clause, Direction, Sort, SortKind};
+///
+/// let clause = Clause::parse("SORT:postcode:>:abc").unwrap();
+/// let sort = Sort { field: "postcode".into(), dir: Direction::Descending, kind: SortKind::Abc };
+/// assert_eq!(clause, Clause::Sort(sort.clone()));
+/// assert_eq!(sort.to_string(), "sort:postcode:>:abc");
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sort {
     /// `[A-Za-z0-9_]+`.
@@ -69,6 +220,13 @@ pub struct Sort {
 }
 
 /// One clause.
+///
+/// ```
+/// use smart_proto::Clause;
+///
+/// assert!(matches!(Clause::parse("filter:battery:>=:50").unwrap(), Clause::Filter(_)));
+/// assert!(matches!(Clause::parse("sort:battery:<:123").unwrap(), Clause::Sort(_)));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum Clause {
     /// A filter.
@@ -78,50 +236,704 @@ pub enum Clause {
 }
 
 /// A parsed FILT: filters (all must hold) and sort keys (first is primary).
+///
+/// ```
+/// use smart_proto::Query;
+///
+/// let query = Query::parse(&["filter:solmate_version:=:v2", "sort:postcode:>:abc"]).unwrap();
+/// assert_eq!((query.filters.len(), query.sorts.len()), (1, 1));
+/// assert!(Query::default().is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Query {
-    /// Filters, ANDed.
+    /// Filters; all must hold.
     pub filters: Vec<Filter>,
     /// Sort keys in priority order.
     pub sorts: Vec<Sort>,
 }
 
+fn is_field_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 impl Clause {
-    /// Parse one clause.
+    /// Parse one clause: `filter:FIELD:OP:VALUE` or `sort:FIELD:DIR:KIND`. The command word is
+    /// case-insensitive; VALUE is everything after the third colon (it may contain colons or be empty);
+    /// a sort clause may leave out `:KIND`. Errors are [`Error::Query`] and say what is wrong.
+    ///
+    /// ```
+    /// use smart_proto::Clause;
+    ///
+    /// assert_eq!(Clause::parse("Filter:local_time:=:14:59").unwrap().to_string(), "filter:local_time:=:14:59");
+    /// assert_eq!(Clause::parse("filter:country:=:").unwrap().to_string(), "filter:country:=:");
+    ///
+    /// let err = Clause::parse("filter:battery:~:50").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     r#"bad query clause "filter:battery:~:50": unknown operator "~": expected one of = == < > <= >= ^"#
+    /// );
+    /// let err = Clause::parse("filter:battery:>=:full").unwrap_err();
+    /// assert!(err.to_string().ends_with(r#"operator ">=" compares numbers, but "full" is not a number"#));
+    /// ```
     pub fn parse(clause: &str) -> Result<Clause> {
-        let _ = clause;
-        todo!()
+        parse_clause(clause).map_err(|reason| Error::Query {
+            clause: shorten(clause, QUOTE_BYTES),
+            reason,
+        })
+    }
+}
+
+fn parse_clause(clause: &str) -> Result<Clause, String> {
+    const SHAPE: &str = "expected filter:FIELD:OP:VALUE or sort:FIELD:DIR:KIND";
+    let quote = |s: &str| shorten(s, QUOTE_BYTES);
+    let (command, rest) = clause.split_once(':').ok_or(SHAPE)?;
+    let is_filter = command.eq_ignore_ascii_case("filter");
+    if !is_filter && !command.eq_ignore_ascii_case("sort") {
+        return Err(format!(
+            "unknown command {:?}: expected filter or sort",
+            quote(command)
+        ));
+    }
+    let mut parts = rest.splitn(3, ':');
+    let field = parts.next().unwrap_or_default();
+    if !is_field_name(field) {
+        return Err(if field.is_empty() {
+            "missing field name".to_owned()
+        } else {
+            format!(
+                "field name {:?} may only contain letters, digits and _",
+                quote(field)
+            )
+        });
+    }
+    let field = field.to_owned();
+    if is_filter {
+        let (Some(symbol), Some(value)) = (parts.next(), parts.next()) else {
+            return Err("expected filter:FIELD:OP:VALUE".to_owned());
+        };
+        let op = Op::from_symbol(symbol).ok_or_else(|| {
+            format!(
+                "unknown operator {:?}: expected one of = == < > <= >= ^",
+                quote(symbol)
+            )
+        })?;
+        if op.is_numeric() && parse_number(value).is_none() {
+            return Err(format!(
+                "operator {:?} compares numbers, but {:?} is not a number",
+                op.as_str(),
+                quote(value)
+            ));
+        }
+        Ok(Clause::Filter(Filter {
+            field,
+            op,
+            value: value.to_owned(),
+        }))
+    } else {
+        let dir = match parts.next() {
+            Some("<") => Direction::Ascending,
+            Some(">") => Direction::Descending,
+            Some(other) => {
+                return Err(format!(
+                    "unknown direction {:?}: expected < (ascending) or > (descending)",
+                    quote(other)
+                ));
+            }
+            None => return Err("expected sort:FIELD:DIR:KIND".to_owned()),
+        };
+        let kind = match parts.next().unwrap_or_default() {
+            "" => SortKind::Unspecified,
+            "123" => SortKind::Num,
+            word if word.eq_ignore_ascii_case("abc") => SortKind::Abc,
+            other => {
+                return Err(format!(
+                    "unknown sort kind {:?}: expected abc, 123 or nothing",
+                    quote(other)
+                ));
+            }
+        };
+        Ok(Clause::Sort(Sort { field, dir, kind }))
+    }
+}
+
+/// Writes the clause text, `filter:FIELD:OP:VALUE`.
+impl fmt::Display for Filter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "filter:{}:{}:{}",
+            self.field,
+            self.op.as_str(),
+            self.value
+        )
+    }
+}
+
+/// Writes the clause text, `sort:FIELD:DIR:KIND`.
+impl fmt::Display for Sort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sort:{}:{}:{}",
+            self.field,
+            self.dir.as_str(),
+            self.kind.as_str()
+        )
+    }
+}
+
+/// Writes the clause text, which [`Clause::parse`] reads back.
+impl fmt::Display for Clause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Clause::Filter(filter) => filter.fmt(f),
+            Clause::Sort(sort) => sort.fmt(f),
+        }
+    }
+}
+
+/// A filter made ready to test many records: its number parsed and its needle lowercased once.
+struct Test<'q> {
+    field: &'q str,
+    check: Check<'q>,
+}
+
+enum Check<'q> {
+    /// Case-insensitive substring; the needle as given and lowercased.
+    Contains {
+        needle: &'q str,
+        lower: Cow<'q, str>,
+    },
+    StartsWith(&'q str),
+    Compare(Op, f64),
+    /// A numeric operator with a non-number value (only in hand-built filters).
+    Never,
+}
+
+impl<'q> Test<'q> {
+    fn new(filter: &'q Filter) -> Test<'q> {
+        let value = filter.value.as_str();
+        let check = match filter.op {
+            Op::Contains => {
+                let lower = if value.bytes().any(|b| b.is_ascii_uppercase()) || !value.is_ascii() {
+                    Cow::Owned(value.to_lowercase())
+                } else {
+                    Cow::Borrowed(value)
+                };
+                Check::Contains {
+                    needle: value,
+                    lower,
+                }
+            }
+            Op::StartsWith => Check::StartsWith(value),
+            op => parse_number(value).map_or(Check::Never, |number| Check::Compare(op, number)),
+        };
+        Test {
+            field: &filter.field,
+            check,
+        }
+    }
+
+    fn matches(&self, record: &Record) -> bool {
+        let Some(value) = record.get(self.field) else {
+            return false;
+        };
+        match &self.check {
+            Check::Contains { needle, lower } => {
+                with_text(value, |text| contains_ignoring_case(text, needle, lower))
+            }
+            Check::StartsWith(prefix) => with_text(value, |text| text.starts_with(prefix)),
+            Check::Compare(op, wanted) => {
+                let number = match value {
+                    FieldValue::Num(x) => Some(x),
+                    FieldValue::Str(s) => parse_number(s),
+                    FieldValue::Bool(_) | FieldValue::Other(_) => None,
+                };
+                number.is_some_and(|x| compare_numbers(*op, x, *wanted))
+            }
+            Check::Never => false,
+        }
+    }
+}
+
+#[allow(
+    clippy::float_cmp,
+    reason = "`==` is exact numeric equality by definition"
+)]
+fn compare_numbers(op: Op, x: f64, wanted: f64) -> bool {
+    match op {
+        Op::Eq => x == wanted,
+        Op::Lt => x < wanted,
+        Op::Gt => x > wanted,
+        Op::Le => x <= wanted,
+        Op::Ge => x >= wanted,
+        Op::Contains | Op::StartsWith => false,
+    }
+}
+
+/// Runs `f` on the text form of a value: strings as they are, numbers in their shortest decimal form
+/// (`350`, `92.5`), booleans `true`/`false`, lists and objects as compact JSON.
+fn with_text<R>(value: FieldValue<'_>, f: impl FnOnce(&str) -> R) -> R {
+    match value {
+        FieldValue::Str(s) => f(s),
+        FieldValue::Num(x) => f(&x.to_string()),
+        FieldValue::Bool(b) => f(if b { "true" } else { "false" }),
+        FieldValue::Other(v) => f(&v.to_string()),
+    }
+}
+
+/// Whether `text` contains `needle`, both lowercased. ASCII text is searched without allocating.
+fn contains_ignoring_case(text: &str, needle: &str, lower_needle: &str) -> bool {
+    if needle.is_empty() {
+        true
+    } else if text.is_ascii() && needle.is_ascii() {
+        text.as_bytes()
+            .windows(needle.len())
+            .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+    } else {
+        text.to_lowercase().contains(lower_needle)
+    }
+}
+
+/// The order between values of one sort key, ascending: numbers, then strings, then booleans, then
+/// lists and objects (equal among themselves). Numbers compare numerically, strings by code point.
+fn compare_values(a: FieldValue<'_>, b: FieldValue<'_>) -> Ordering {
+    fn rank(value: FieldValue<'_>) -> u8 {
+        match value {
+            FieldValue::Num(_) => 0,
+            FieldValue::Str(_) => 1,
+            FieldValue::Bool(_) => 2,
+            FieldValue::Other(_) => 3,
+        }
+    }
+    match (a, b) {
+        (FieldValue::Num(x), FieldValue::Num(y)) => x.total_cmp(&y),
+        (FieldValue::Str(x), FieldValue::Str(y)) => x.cmp(y),
+        (FieldValue::Bool(x), FieldValue::Bool(y)) => x.cmp(&y),
+        _ => rank(a).cmp(&rank(b)),
     }
 }
 
 impl Query {
-    /// Parse a list of clauses (at most [`MAX_CLAUSES`]).
+    /// Parse a list of clauses (at most [`MAX_CLAUSES`], else [`Error::TooManyClauses`]). The first bad
+    /// clause is the error.
+    ///
+    /// ```
+    /// use smart_proto::{Error, Query};
+    ///
+    /// let query = Query::parse(&["filter:serial_number:=:0", "sort:serial_number:<:abc"]).unwrap();
+    /// assert_eq!(query.to_clauses(), ["filter:serial_number:=:0", "sort:serial_number:<:abc"]);
+    ///
+    /// let err = Query::parse(&["sort:battery:<:", "search:battery"]).unwrap_err();
+    /// assert_eq!(err.to_string(), r#"bad query clause "search:battery": unknown command "search": expected filter or sort"#);
+    /// assert_eq!(Query::parse(&vec!["sort:battery:<:"; 65]), Err(Error::TooManyClauses(65)));
+    /// ```
     pub fn parse<S: AsRef<str>>(clauses: &[S]) -> Result<Query> {
-        let _ = clauses;
-        todo!()
+        if clauses.len() > MAX_CLAUSES {
+            return Err(Error::TooManyClauses(clauses.len()));
+        }
+        let mut query = Query::default();
+        for clause in clauses {
+            match Clause::parse(clause.as_ref())? {
+                Clause::Filter(filter) => query.filters.push(filter),
+                Clause::Sort(sort) => query.sorts.push(sort),
+            }
+        }
+        Ok(query)
     }
-    /// The clauses that parse back to this query.
+
+    /// The clauses that parse back to this query: filters first, then sort keys in priority order.
+    ///
+    /// ```
+    /// use smart_proto::Query;
+    ///
+    /// let query = Query::parse(&["sort:battery:>:", "FILTER:local_time:^:14:"]).unwrap();
+    /// assert_eq!(query.to_clauses(), ["filter:local_time:^:14:", "sort:battery:>:"]);
+    /// assert_eq!(Query::parse(&query.to_clauses()).unwrap(), query);
+    /// ```
     pub fn to_clauses(&self) -> Vec<String> {
-        todo!()
+        let filters = self.filters.iter().map(ToString::to_string);
+        filters
+            .chain(self.sorts.iter().map(ToString::to_string))
+            .collect()
     }
+
     /// No filters and no sorts: the whole fleet, serial ascending.
+    ///
+    /// ```
+    /// let query = smart_proto::Query::parse::<&str>(&[]).unwrap();
+    /// assert!(query.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty() && self.sorts.is_empty()
     }
-    /// Whether a record passes every filter.
+
+    /// Whether a record passes every filter (PROTOCOL.md §8): `=` is a case-insensitive substring of the
+    /// field's text form (numbers in their shortest decimal form, booleans `true`/`false`); `^` a
+    /// case-sensitive prefix of it; `==`, `<`, `>`, `<=`, `>=` compare numbers and numeric strings
+    /// (`postcode` `"8020"`), and fail on other values. A missing or null field matches no filter.
+    ///
+    /// ```
+    /// use smart_proto::{Query, Record, Serial, Timestamp};
+    ///
+    /// let mut record = Record::new(Serial::new("1234").unwrap(), "EET", Timestamp::UNIX_EPOCH);
+    /// record.postcode = "8020".into();
+    /// record.battery = Some(92.5);
+    /// let matches = |clause: &str| Query::parse(&[clause]).unwrap().matches(&record);
+    ///
+    /// assert!(matches("filter:postcode:>=:8000"));
+    /// assert!(matches("filter:battery:=:2.5"));
+    /// assert!(matches("filter:solmate_version:=:V1"));
+    /// assert!(matches("filter:postcode:^:80"));
+    /// assert!(!matches("filter:owner:>:1"));
+    /// assert!(!matches("filter:capacity:=:"));
+    /// ```
     pub fn matches(&self, record: &Record) -> bool {
-        let _ = record;
-        todo!()
+        self.filters
+            .iter()
+            .all(|filter| Test::new(filter).matches(record))
     }
-    /// The order of the sort keys, ties by `serial_number` ascending.
+
+    /// The order of the sort keys, the first being primary: values by type (numbers numerically, then
+    /// strings by code point, then booleans, then lists and objects), missing or null values last in
+    /// both directions. Ties end in `serial_number` ascending. The `KIND` word plays no part.
+    ///
+    /// ```
+    /// use std::cmp::Ordering;
+    /// use smart_proto::{Query, Record, Serial, Timestamp};
+    ///
+    /// let device = |serial: &str, battery: Option<f64>| {
+    ///     let mut r = Record::new(Serial::new(serial).unwrap(), "EET", Timestamp::UNIX_EPOCH);
+    ///     r.battery = battery;
+    ///     r
+    /// };
+    /// let (low, high, none) = (device("3", Some(1.0)), device("2", Some(9.0)), device("1", None));
+    /// let descending = Query::parse(&["sort:battery:>:123"]).unwrap();
+    /// assert_eq!(descending.compare(&high, &low), Ordering::Less);
+    /// assert_eq!(descending.compare(&low, &none), Ordering::Less);
+    /// // Without sort keys: serial ascending.
+    /// assert_eq!(Query::default().compare(&none, &high), Ordering::Less);
+    /// ```
     pub fn compare(&self, a: &Record, b: &Record) -> Ordering {
-        let _ = (a, b);
-        todo!()
+        for sort in &self.sorts {
+            let order = match (a.get(&sort.field), b.get(&sort.field)) {
+                (None, None) => Ordering::Equal,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(_), None) => Ordering::Less,
+                (Some(x), Some(y)) => {
+                    let order = compare_values(x, y);
+                    match sort.dir {
+                        Direction::Ascending => order,
+                        Direction::Descending => order.reverse(),
+                    }
+                }
+            };
+            if order != Ordering::Equal {
+                return order;
+            }
+        }
+        a.serial_number.as_str().cmp(b.serial_number.as_str())
     }
-    /// Filter and sort.
+
+    /// The records that [match](Query::matches), in the [order](Query::compare) of the sort keys.
+    ///
+    /// ```
+    /// use smart_proto::{Query, Record, Serial, Timestamp};
+    ///
+    /// let fleet: Vec<Record> = ["0002", "0010", "0001"]
+    ///     .iter()
+    ///     .map(|s| Record::new(Serial::new(s).unwrap(), "EET", Timestamp::UNIX_EPOCH))
+    ///     .collect();
+    /// let query = Query::parse(&["filter:serial_number:=:0"]).unwrap();
+    /// let serials: Vec<&str> = query.apply(&fleet).iter().map(|r| r.serial_number.as_str()).collect();
+    /// assert_eq!(serials, ["0001", "0002", "0010"]);
+    /// ```
     pub fn apply<'a>(&self, records: impl IntoIterator<Item = &'a Record>) -> Vec<&'a Record> {
-        let mut out: Vec<&Record> = records.into_iter().filter(|r| self.matches(r)).collect();
+        let tests: Vec<Test<'_>> = self.filters.iter().map(Test::new).collect();
+        let mut out: Vec<&Record> = records
+            .into_iter()
+            .filter(|r| tests.iter().all(|test| test.matches(r)))
+            .collect();
         out.sort_by(|a, b| self.compare(a, b));
         out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+    use crate::{Serial, Timestamp};
+    use serde_json::json;
+
+    fn record(serial: &str) -> Record {
+        Record::new(Serial::new(serial).unwrap(), "EET", Timestamp::UNIX_EPOCH)
+    }
+
+    fn matches(clause: &str, record: &Record) -> bool {
+        Query::parse(&[clause]).unwrap().matches(record)
+    }
+
+    fn reason(clause: &str) -> String {
+        match Clause::parse(clause) {
+            Err(Error::Query { reason, .. }) => reason,
+            other => panic!("{clause}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_every_operator_and_direction() {
+        for op in Op::ALL {
+            let clause = format!("filter:battery:{}:5", op.as_str());
+            let Clause::Filter(filter) = Clause::parse(&clause).unwrap() else {
+                panic!()
+            };
+            assert_eq!(filter.op, op);
+            assert_eq!(filter.to_string(), clause);
+        }
+        for (text, dir, kind) in [
+            ("sort:x:<:abc", Direction::Ascending, SortKind::Abc),
+            ("sort:x:>:123", Direction::Descending, SortKind::Num),
+            ("sort:x:>:", Direction::Descending, SortKind::Unspecified),
+            ("sort:x:<", Direction::Ascending, SortKind::Unspecified),
+            ("SoRt:x:<:ABC", Direction::Ascending, SortKind::Abc),
+        ] {
+            assert_eq!(
+                Clause::parse(text).unwrap(),
+                Clause::Sort(Sort {
+                    field: "x".into(),
+                    dir,
+                    kind
+                }),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn values_keep_colons_and_may_be_empty() {
+        let Clause::Filter(f) = Clause::parse("filter:local_time:=:2024-03-17 14:59:13").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(f.value, "2024-03-17 14:59:13");
+        let Clause::Filter(f) = Clause::parse("filter:a_1:^:").unwrap() else {
+            panic!()
+        };
+        assert_eq!((f.field.as_str(), f.value.as_str()), ("a_1", ""));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert_eq!(
+            reason("filter"),
+            "expected filter:FIELD:OP:VALUE or sort:FIELD:DIR:KIND"
+        );
+        assert_eq!(
+            reason(""),
+            "expected filter:FIELD:OP:VALUE or sort:FIELD:DIR:KIND"
+        );
+        assert_eq!(
+            reason("select:x:=:1"),
+            r#"unknown command "select": expected filter or sort"#
+        );
+        assert_eq!(reason("filter::=:1"), "missing field name");
+        assert_eq!(
+            reason("filter:bat-tery:=:1"),
+            r#"field name "bat-tery" may only contain letters, digits and _"#
+        );
+        assert_eq!(
+            reason("filter:bätt:=:1"),
+            r#"field name "bätt" may only contain letters, digits and _"#
+        );
+        assert_eq!(reason("filter:battery"), "expected filter:FIELD:OP:VALUE");
+        assert_eq!(reason("filter:battery:="), "expected filter:FIELD:OP:VALUE");
+        assert_eq!(
+            reason("filter:battery:~:1"),
+            r#"unknown operator "~": expected one of = == < > <= >= ^"#
+        );
+        assert_eq!(
+            reason("filter:battery:=<:1"),
+            r#"unknown operator "=<": expected one of = == < > <= >= ^"#
+        );
+        assert_eq!(
+            reason("filter:battery:>:"),
+            r#"operator ">" compares numbers, but "" is not a number"#
+        );
+        assert_eq!(
+            reason("filter:battery:==:NaN"),
+            r#"operator "==" compares numbers, but "NaN" is not a number"#
+        );
+        assert_eq!(reason("sort:battery"), "expected sort:FIELD:DIR:KIND");
+        assert_eq!(
+            reason("sort:battery:^:abc"),
+            r#"unknown direction "^": expected < (ascending) or > (descending)"#
+        );
+        assert_eq!(
+            reason("sort:battery:<:xyz"),
+            r#"unknown sort kind "xyz": expected abc, 123 or nothing"#
+        );
+        let long = Clause::parse(&format!("filter:x:~:{}", "y".repeat(1000)))
+            .unwrap_err()
+            .to_string();
+        assert!(long.len() < 300, "{long}");
+    }
+
+    #[test]
+    fn text_forms() {
+        let mut r = record("1234");
+        r.battery = Some(350.0);
+        r.capacity = Some(92.5);
+        r.online = true;
+        r.extra.insert("list".into(), json!([1, "a"]));
+        r.extra.insert("nothing".into(), serde_json::Value::Null);
+        assert!(matches("filter:battery:=:350", &r));
+        assert!(!matches("filter:battery:=:350.0", &r));
+        assert!(matches("filter:capacity:^:92.5", &r));
+        assert!(matches("filter:online:=:TRUE", &r));
+        assert!(matches("filter:online:^:t", &r));
+        assert!(matches("filter:list:=:[1,\"A\"]", &r));
+        assert!(matches("filter:pv_connectors:=:1", &r));
+        assert!(matches("filter:last_status_update:^:1970-01-01T", &r));
+        for clause in [
+            "filter:nothing:=:",
+            "filter:missing:=:",
+            "filter:power_inject:^:",
+            "filter:local_time:=:",
+        ] {
+            assert!(!matches(clause, &r), "{clause}");
+        }
+    }
+
+    #[test]
+    fn contains_is_case_insensitive_and_prefix_is_not() {
+        let mut r = record("1234");
+        r.country = "Österreich".into();
+        r.software_version = "V8.6-Beta".into();
+        assert!(matches("filter:country:=:österREICH", &r));
+        assert!(matches("filter:country:=:TERR", &r));
+        assert!(matches("filter:software_version:=:beta", &r));
+        assert!(matches("filter:software_version:^:V8", &r));
+        assert!(!matches("filter:software_version:^:v8", &r));
+        assert!(!matches("filter:software_version:=:alpha", &r));
+        assert!(!matches("filter:software_version:=:V8.6-Beta-and-more", &r));
+    }
+
+    #[test]
+    fn numeric_operators() {
+        let mut r = record("1234");
+        r.battery = Some(50.0);
+        r.postcode = " 8020 ".into();
+        r.country = "AT".into();
+        r.extra.insert("flag".into(), json!(true));
+        for (clause, expected) in [
+            ("filter:battery:==:50", true),
+            ("filter:battery:==:50.0", true),
+            ("filter:battery:==:5e1", true),
+            ("filter:battery:<:50", false),
+            ("filter:battery:<=:50", true),
+            ("filter:battery:>:49.9", true),
+            ("filter:battery:>=:51", false),
+            ("filter:postcode:>=:8000", true),
+            ("filter:postcode:<:8020.5", true),
+            ("filter:country:>:0", false),
+            ("filter:country:<:0", false),
+            ("filter:flag:>=:0", false),
+            ("filter:capacity:<:1e9", false),
+        ] {
+            assert_eq!(matches(clause, &r), expected, "{clause}");
+        }
+        let hand_built = Query {
+            filters: vec![Filter {
+                field: "battery".into(),
+                op: Op::Ge,
+                value: "lots".into(),
+            }],
+            sorts: vec![],
+        };
+        assert!(!hand_built.matches(&r));
+        assert!(hand_built.apply([&r]).is_empty());
+    }
+
+    #[test]
+    fn all_filters_must_hold() {
+        let mut r = record("1234");
+        r.battery = Some(50.0);
+        assert!(
+            Query::parse(&["filter:battery:>:10", "filter:serial_number:=:23"])
+                .unwrap()
+                .matches(&r)
+        );
+        assert!(
+            !Query::parse(&["filter:battery:>:10", "filter:serial_number:=:9"])
+                .unwrap()
+                .matches(&r)
+        );
+        assert!(Query::default().matches(&r));
+    }
+
+    #[test]
+    fn values_order_by_type_and_missing_last() {
+        let mut num = record("1");
+        num.extra.insert("v".into(), json!(10));
+        let mut small = record("2");
+        small.extra.insert("v".into(), json!(9));
+        let mut text = record("3");
+        text.extra.insert("v".into(), json!("1"));
+        let mut flag = record("4");
+        flag.extra.insert("v".into(), json!(false));
+        let mut list = record("5");
+        list.extra.insert("v".into(), json!([]));
+        let missing = record("6");
+        let mut null = record("7");
+        null.extra.insert("v".into(), serde_json::Value::Null);
+        let all = [&null, &missing, &list, &flag, &text, &num, &small];
+        let serials = |q: &str| -> Vec<&str> {
+            Query::parse(&[q])
+                .unwrap()
+                .apply(all)
+                .iter()
+                .map(|r| r.serial_number.as_str())
+                .collect()
+        };
+        assert_eq!(serials("sort:v:<:"), ["2", "1", "3", "4", "5", "6", "7"]);
+        assert_eq!(serials("sort:v:>:"), ["5", "4", "3", "1", "2", "6", "7"]);
+    }
+
+    #[test]
+    fn strings_order_by_code_point() {
+        let mut a = record("1");
+        a.country = "Z".into();
+        let mut b = record("2");
+        b.country = "a".into();
+        let mut c = record("3");
+        c.country = "é".into();
+        let q = Query::parse(&["sort:country:<:abc"]).unwrap();
+        let order: Vec<&str> = q
+            .apply([&c, &b, &a])
+            .iter()
+            .map(|r| r.country.as_str())
+            .collect();
+        assert_eq!(order, ["Z", "a", "é"]);
+    }
+
+    #[test]
+    fn later_keys_break_ties_then_serial() {
+        let mut a = record("3");
+        a.country = "AT".into();
+        a.battery = Some(1.0);
+        let mut b = record("1");
+        b.country = "AT".into();
+        b.battery = Some(2.0);
+        let mut c = record("2");
+        c.country = "AT".into();
+        c.battery = Some(2.0);
+        let q = Query::parse(&["sort:country:<:", "sort:battery:>:"]).unwrap();
+        let order: Vec<&str> = q
+            .apply([&a, &b, &c])
+            .iter()
+            .map(|r| r.serial_number.as_str())
+            .collect();
+        assert_eq!(order, ["1", "2", "3"]);
     }
 }

@@ -1,1 +1,29 @@
-//! placeholder
+//! SMART-OS server: devices stream their state over websockets (`/update/`), every accepted update is
+//! made durable in sled before it is acked, and dashboards (`/client/`, the embedded page at `/`)
+//! watch the fleet live. See `docs/server.md` for the architecture and PROTOCOL.md for the wire
+//! format.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use smart_server::{Config, Server};
+//!
+//! let server = Server::bind(Config::for_tests("./smart-data".into())).await?;
+//! println!("listening on {}", server.local_addr());
+//! server.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod config;
+mod dashboard;
+mod device;
+mod fleet;
+mod http;
+mod hub;
+mod metrics;
+mod server;
+mod shutdown;
+mod store;
+
+pub use config::{Config, Registration};
+pub use server::Server;
+pub use store::StoreError;

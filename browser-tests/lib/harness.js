@@ -1,0 +1,357 @@
+// Test harness: the real smart-server binary, real device websockets, a real headless Chromium.
+// Every wait is bounded; every process and temp dir started here is cleaned up by the caller's `after`.
+
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import WebSocket from 'ws';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const TARGET_DIR = process.env.CARGO_TARGET_DIR ? path.resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR) : path.join(REPO_ROOT, 'target');
+
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/** Resolve once `fn()` is truthy, polling; throws after `timeoutMs` with `what` in the message. */
+export async function waitUntil(fn, { timeout: timeoutMs = 5000, intervalMs = 25, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last) return last;
+    if (Date.now() >= deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+    }),
+  ]);
+}
+
+let builtBinary;
+
+/**
+ * The smart-server binary: `SMART_SERVER_BIN` if set, else `cargo build -p smart-server` (once per
+ * process; a no-op when up to date) and target/debug/smart-server.
+ */
+export function serverBinary() {
+  if (builtBinary) return builtBinary;
+  if (process.env.SMART_SERVER_BIN) {
+    builtBinary = path.resolve(process.env.SMART_SERVER_BIN);
+    return builtBinary;
+  }
+  const build = spawnSync('cargo', ['build', '-p', 'smart-server', '--bin', 'smart-server'], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'inherit', 'inherit'],
+    timeout: 30 * 60 * 1000,
+  });
+  if (build.status !== 0) throw new Error(`cargo build -p smart-server failed (status ${build.status})`);
+  builtBinary = path.join(TARGET_DIR, 'debug', 'smart-server');
+  return builtBinary;
+}
+
+export function tempDir(prefix) {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** A running smart-server process. `port` stays the same across `restart()`. */
+export class Server {
+  constructor(dataDir) {
+    this.dataDir = dataDir;
+    this.port = 0;
+    this.proc = null;
+    this.log = [];
+  }
+
+  static async start(dataDir = tempDir('smart-os-data-')) {
+    const server = new Server(dataDir);
+    await server.spawn(0);
+    return server;
+  }
+
+  get origin() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  get wsOrigin() {
+    return `ws://127.0.0.1:${this.port}`;
+  }
+
+  async spawn(port) {
+    const proc = spawn(serverBinary(), ['--listen', `127.0.0.1:${port}`, '--data-dir', this.dataDir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
+    });
+    this.proc = proc;
+    const exited = once(proc, 'exit');
+    proc.stderr.setEncoding('utf8');
+    proc.stderr.on('data', (chunk) => this.keepLog(chunk));
+    const lines = readline.createInterface({ input: proc.stdout });
+    const listening = new Promise((resolve, reject) => {
+      lines.on('line', (line) => {
+        this.keepLog(`${line}\n`);
+        const m = /^listening on 127\.0\.0\.1:(\d+)/.exec(line);
+        if (m) resolve(Number(m[1]));
+      });
+      exited.then(([code, signal]) => reject(new Error(`smart-server exited (${code ?? signal}) before listening:\n${this.tail()}`)));
+    });
+    this.port = await withTimeout(listening, 30000, `smart-server to print its address\n${this.tail()}`);
+  }
+
+  keepLog(text) {
+    this.log.push(text);
+    if (this.log.length > 200) this.log.splice(0, this.log.length - 200);
+  }
+
+  tail() {
+    return this.log.join('').split('\n').slice(-30).join('\n');
+  }
+
+  /** Kill without a chance to clean up (a crash or power cut), then wait for the exit. */
+  async kill(signal = 'SIGKILL') {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = once(proc, 'exit');
+    proc.kill(signal);
+    await withTimeout(exited, 10000, 'smart-server to exit');
+  }
+
+  /** Start again on the same port and data dir; the OS may hold the port briefly, so retry. */
+  async restart() {
+    const port = this.port;
+    const deadline = Date.now() + 15000;
+    for (;;) {
+      try {
+        await this.spawn(port);
+        return;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        await sleep(200);
+      }
+    }
+  }
+
+  async stop() {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = once(proc, 'exit');
+    proc.kill('SIGTERM');
+    try {
+      await withTimeout(exited, 5000, 'smart-server to shut down');
+    } catch {
+      proc.kill('SIGKILL');
+      await withTimeout(exited, 5000, 'smart-server to die');
+    }
+  }
+
+  async getJson(pathname) {
+    const res = await fetch(`${this.origin}${pathname}`, { signal: AbortSignal.timeout(5000) });
+    if (!res.ok) throw new Error(`GET ${pathname}: ${res.status}`);
+    return res.json();
+  }
+}
+
+/**
+ * One device-side websocket at /update/. It may speak for several serials, as a gateway would.
+ * `send` resolves on the server's `MID:SERIAL:OK`, which the protocol sends only once stored.
+ */
+export class DeviceLink {
+  constructor(ws) {
+    this.ws = ws;
+    this.mid = 0;
+    this.waiting = new Map();
+    ws.on('message', (data) => this.onMessage(String(data)));
+    ws.on('close', () => {
+      for (const { reject } of this.waiting.values()) reject(new Error('device socket closed'));
+      this.waiting.clear();
+    });
+  }
+
+  static async connect(server) {
+    const ws = new WebSocket(`${server.wsOrigin}/update/`, { handshakeTimeout: 5000 });
+    await withTimeout(once(ws, 'open'), 5000, 'device websocket to open');
+    return new DeviceLink(ws);
+  }
+
+  onMessage(text) {
+    let env;
+    try {
+      env = JSON.parse(text);
+    } catch {
+      return;
+    }
+    const m = /^(\d+):([^:]+):(OK|ERROR)$/.exec(String(env.message));
+    if (!m) return;
+    const key = `${m[1]}:${m[2]}`;
+    const waiter = this.waiting.get(key);
+    if (!waiter) return;
+    this.waiting.delete(key);
+    if (m[3] === 'OK') waiter.resolve();
+    else waiter.reject(new Error(`server refused ${key}: ${env.reason}`));
+  }
+
+  /** Send INIT or UPDT for `serial` with `body`; resolves when acknowledged. */
+  send(kind, serial, body) {
+    this.mid += 1;
+    const mid = String(this.mid).padStart(4, '0');
+    const key = `${mid}:${serial}`;
+    const acked = new Promise((resolve, reject) => this.waiting.set(key, { resolve, reject }));
+    this.ws.send(JSON.stringify({ type: kind, message: `${key}:${JSON.stringify(body)}` }));
+    return withTimeout(acked, 10000, `ack of ${key}`);
+  }
+
+  update(serial, body) {
+    return this.send('UPDT', serial, body);
+  }
+
+  async close() {
+    if (this.ws.readyState === WebSocket.CLOSED) return;
+    const closed = once(this.ws, 'close');
+    this.ws.close();
+    await withTimeout(closed, 5000, 'device websocket to close').catch(() => this.ws.terminate());
+  }
+}
+
+export const serialOf = (i) => String(i).padStart(4, '0');
+
+const COUNTRIES = ['AT', 'DE', 'CH', 'IT', 'NL', 'SI'];
+
+/** A plausible INIT body for device `i`, as the reference Python device sends it (underscores and all). */
+export function deviceInit(i, overrides = {}) {
+  const serial = serialOf(i);
+  const hour = 8 + (i % 9);
+  return {
+    serial_number: serial,
+    solmate_version: i % 4 === 0 ? 'v2' : 'v1',
+    _software_version: `v8.${i % 7}`,
+    _country: COUNTRIES[i % COUNTRIES.length],
+    _postcode: 1010 + ((i * 373) % 8900),
+    _power_income: 120 + ((i * 37) % 380),
+    _power_inject: (i * 53) % 340,
+    _power_consumption: 90 + ((i * 71) % 410),
+    _battery: (i * 29) % 101,
+    _capacity: 5184000,
+    _local_time: `2024-03-17 ${String(hour).padStart(2, '0')}:${String((i * 7) % 60).padStart(2, '0')}:13.047108`,
+    server_url: 'ws://localhost:8000/update/',
+    websocket: '',
+    connected: true,
+    publish: true,
+    message_id: '0000',
+    message_queue: {},
+    tasks: '',
+    meassuring: true,
+    charging: i % 3 !== 0,
+    injecting: i % 5 === 0,
+    pv_connectors: 1 + (i % 3),
+    ...overrides,
+  };
+}
+
+/** Register devices 1..n over one link (in parallel, bounded by the acks). */
+export async function registerFleet(link, n, overrides = () => ({})) {
+  await Promise.all(Array.from({ length: n }, (_, k) => link.send('INIT', serialOf(k + 1), deviceInit(k + 1, overrides(k + 1)))));
+}
+
+/** A fresh headless Chromium with its own profile directory. */
+export async function openBrowser({ viewport = { width: 1440, height: 900 }, colorScheme = 'light', ...options } = {}) {
+  const profile = tempDir('smart-os-chromium-');
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    args: CHROMIUM_ARGS,
+    headless: true,
+    viewport,
+    colorScheme,
+    acceptDownloads: true,
+    timeout: 30000,
+    ...options,
+  });
+  context.setDefaultTimeout(10000);
+  const page = context.pages()[0] ?? (await context.newPage());
+  const problems = [];
+  page.on('pageerror', (err) => problems.push(`pageerror: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') problems.push(`console: ${msg.text()}`);
+  });
+  return {
+    context,
+    page,
+    problems,
+    async close() {
+      await context.close().catch(() => {});
+      fs.rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Reading the page. The table renders only the visible window of rows; these helpers read what the
+// user sees, and `allSerials` scrolls through the whole list like a user would.
+
+export const rowSelector = (serial) => `#body tr[data-serial="${serial}"]`;
+export const cellSelector = (serial, field) => `${rowSelector(serial)} td[data-field="${field}"]`;
+
+/** Serials of the rendered rows, top to bottom. */
+export function renderedSerials(page) {
+  return page.$$eval('#body tr[data-serial]', (rows) => rows.map((r) => r.dataset.serial));
+}
+
+/** The text of the result count (digits only, as a number). */
+export async function resultCount(page) {
+  const text = await page.textContent('#result-count');
+  return Number(String(text).replace(/\D/g, ''));
+}
+
+/** Every serial in the view, in order, by scrolling the table from top to bottom. */
+export async function allSerials(page) {
+  const seen = [];
+  const known = new Set();
+  await page.$eval('#scroller', (el) => {
+    el.scrollTop = 0;
+  });
+  for (let step = 0; step < 500; step += 1) {
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    for (const s of await renderedSerials(page)) {
+      if (!known.has(s)) {
+        known.add(s);
+        seen.push(s);
+      }
+    }
+    const atEnd = await page.$eval('#scroller', (el) => {
+      const end = el.scrollTop + el.clientHeight >= el.scrollHeight - 1;
+      el.scrollTop += Math.max(1, el.clientHeight - 60);
+      return end;
+    });
+    if (atEnd) break;
+  }
+  await page.$eval('#scroller', (el) => {
+    el.scrollTop = 0;
+  });
+  return seen;
+}
+
+/** Wait until the connection pill says Live. */
+export function waitLive(page, timeout = 10000) {
+  return page.waitForSelector('#conn[data-state="live"]', { timeout });
+}

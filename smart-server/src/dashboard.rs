@@ -1,0 +1,286 @@
+//! The `/client/` session: welcome, INIT, FILT, and the live stream of the dashboard's view.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Map;
+use smart_proto::{DASHBOARD_WELCOME, Header, Query, Serial, ServerMessage};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tracing::debug;
+
+use crate::device::{End, finish};
+use crate::fleet::Records;
+use crate::hub::{Change, Pending, Subscription};
+use crate::metrics::Metrics;
+use crate::server::Shared;
+use crate::shutdown::Shutdown;
+
+/// At most one membership INIT per this interval (PROTOCOL.md §7).
+pub(crate) const INIT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A dashboard that accepts nothing for this long is dropped: its socket buffers are full and it
+/// has stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the dashboard is looking at.
+struct View {
+    query: Query,
+    /// The serials in the view, tracked only when the query filters (otherwise every device is in
+    /// view).
+    members: Option<HashSet<Serial>>,
+}
+
+/// Serve one dashboard until it closes or the server shuts down.
+pub(crate) async fn session<S>(
+    mut ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    Metrics::inc(&shared.metrics.dashboard_connections);
+    let end = serve(&mut ws, &shared, &mut shutdown).await;
+    finish(&mut ws, end).await;
+    Metrics::dec(&shared.metrics.dashboard_connections);
+}
+
+async fn serve<S>(ws: &mut WebSocketStream<S>, shared: &Shared, shutdown: &mut Shutdown) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let welcome = ServerMessage::Info(DASHBOARD_WELCOME.to_owned()).to_frame();
+    // Subscribe before the snapshot: a change racing with it is then sent twice, never lost.
+    let subscription = shared.hub.subscribe();
+    let mut view = View {
+        query: Query::default(),
+        members: None,
+    };
+    let mut out: Vec<Message> = vec![Message::Text(welcome.into())];
+    let mut last_init = Instant::now();
+    out.push(init(shared, &subscription, &mut view));
+    let mut init_due: Option<Instant> = None;
+    let mut spare = Vec::new();
+    loop {
+        if !out.is_empty() {
+            match send_all(ws, &mut out).await {
+                Ok(n) => {
+                    shared
+                        .metrics
+                        .dashboard_frames
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    debug!(%e, "dashboard socket write failed");
+                    return End::Broken;
+                }
+            }
+        }
+        let due = init_due.unwrap_or_else(Instant::now);
+        tokio::select! {
+            biased;
+            () = shutdown.recv() => {
+                return End::Close(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
+            }
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    match smart_proto::parse_dashboard_message(&text) {
+                        Ok(query) => {
+                            Metrics::inc(&shared.metrics.queries);
+                            view = View { query, members: None };
+                            out.push(init(shared, &subscription, &mut view));
+                            last_init = Instant::now();
+                            init_due = None;
+                        }
+                        Err(e) => {
+                            Metrics::inc(&shared.metrics.queries_rejected);
+                            let reply = ServerMessage::Error { header: None, reason: e.to_string() };
+                            out.push(Message::Text(reply.to_frame().into()));
+                        }
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = ServerMessage::Error {
+                        header: None,
+                        reason: "binary frames are not accepted: send FILT as a text frame".to_owned(),
+                    };
+                    out.push(Message::Text(reply.to_frame().into()));
+                }
+                Some(Ok(Message::Close(_))) | None => return End::PeerClosed,
+                Some(Ok(_)) => {}
+                Some(Err(WsError::Capacity(_))) => {
+                    return End::Close(CloseFrame { code: CloseCode::Size, reason: "frame too large".into() });
+                }
+                Some(Err(e)) => {
+                    debug!(%e, "dashboard socket read failed");
+                    return End::Broken;
+                }
+            },
+            () = tokio::time::sleep_until(due), if init_due.is_some() => {
+                out.push(init(shared, &subscription, &mut view));
+                last_init = Instant::now();
+                init_due = None;
+            }
+            () = subscription.notified() => {
+                let pending = subscription.take(std::mem::take(&mut spare));
+                if pending.resync {
+                    out.push(init(shared, &subscription, &mut view));
+                    last_init = Instant::now();
+                    init_due = None;
+                } else {
+                    let membership_changed = forward(shared, &mut view, pending, &mut out, &mut spare);
+                    if membership_changed && init_due.is_none() {
+                        init_due = Some((last_init + INIT_INTERVAL).max(Instant::now()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A fresh INIT of the view; resets membership and drops what is pending (the INIT covers it).
+fn init(shared: &Shared, subscription: &Subscription, view: &mut View) -> Message {
+    subscription.clear();
+    let (frame, members) = shared.fleet.init_frame(&view.query);
+    view.members = members;
+    Message::Text(frame.into())
+}
+
+/// Turn pending changes into frames for this view. Returns whether a device entered or left it.
+fn forward(
+    shared: &Shared,
+    view: &mut View,
+    pending: Pending,
+    out: &mut Vec<Message>,
+    spare: &mut Vec<Arc<Change>>,
+) -> bool {
+    let Pending {
+        mut changes,
+        conflated,
+        ..
+    } = pending;
+    let mut membership_changed = false;
+    match view.members.as_mut() {
+        None => {
+            out.extend(changes.iter().map(|c| Message::Text(c.frame.clone())));
+            for (serial, entry) in conflated {
+                out.push(updt(
+                    Header {
+                        id: entry.id,
+                        serial,
+                    },
+                    entry.fields,
+                ));
+            }
+        }
+        Some(members) => shared.fleet.with_records(|records| {
+            for change in &changes {
+                let shared_frame = || Message::Text(change.frame.clone());
+                membership_changed |= follow(
+                    &view.query,
+                    members,
+                    records,
+                    &change.serial,
+                    &change.id,
+                    shared_frame,
+                    out,
+                );
+            }
+            for (serial, entry) in conflated {
+                let header = Header {
+                    id: entry.id.clone(),
+                    serial: serial.clone(),
+                };
+                let frame = || updt(header, entry.fields);
+                membership_changed |= follow(
+                    &view.query,
+                    members,
+                    records,
+                    &serial,
+                    &entry.id,
+                    frame,
+                    out,
+                );
+            }
+        }),
+    }
+    changes.clear();
+    *spare = changes;
+    membership_changed
+}
+
+/// Apply one change of `serial` to a filtered view: forward it if the device stays in view, send
+/// its full record if it enters, drop it from the members if it leaves. Returns whether membership
+/// changed.
+fn follow(
+    query: &Query,
+    members: &mut HashSet<Serial>,
+    records: &Records<'_>,
+    serial: &Serial,
+    id: &smart_proto::MessageId,
+    frame: impl FnOnce() -> Message,
+    out: &mut Vec<Message>,
+) -> bool {
+    // The current record decides: it already holds this change and maybe later ones.
+    let matches = records
+        .get(serial)
+        .is_some_and(|record| query.matches(record));
+    let member = members.contains(serial);
+    match (matches, member) {
+        (true, true) => {
+            out.push(frame());
+            false
+        }
+        (true, false) => {
+            if let Some(record) = records.get(serial) {
+                out.push(updt(
+                    Header {
+                        id: id.clone(),
+                        serial: serial.clone(),
+                    },
+                    record.to_map(),
+                ));
+            }
+            members.insert(serial.clone());
+            true
+        }
+        (false, true) => {
+            members.remove(serial);
+            true
+        }
+        (false, false) => false,
+    }
+}
+
+fn updt(header: Header, body: Map<String, serde_json::Value>) -> Message {
+    Message::Text(Utf8Bytes::from(
+        ServerMessage::Updt { header, body }.to_frame(),
+    ))
+}
+
+/// Write `out` (emptying it) and flush once. Returns the number of frames.
+async fn send_all<S>(ws: &mut WebSocketStream<S>, out: &mut Vec<Message>) -> Result<u64, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let n = out.len() as u64;
+    let write = async {
+        for message in out.drain(..) {
+            ws.feed(message).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(result) => result.map(|()| n),
+        Err(_) => Err(WsError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "dashboard stopped reading",
+        ))),
+    }
+}

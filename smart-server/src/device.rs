@@ -1,0 +1,332 @@
+//! The `/update/` session: frame → smart-proto → fleet → store → ack, replies in arrival order.
+//!
+//! A connection may have several messages waiting for their group commit at once (up to
+//! `--max-in-flight`); their replies, OK or ERROR, leave in the order the frames arrived. An ERROR for
+//! a bad frame therefore waits behind the OKs of earlier good frames, and nothing of the bad frame is
+//! applied.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use smart_proto::{DEVICE_WELCOME, Header, Kind, Rejection, Serial, ServerMessage, Timestamp};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tracing::debug;
+
+use crate::hub::Change;
+use crate::metrics::{Metrics, RejectClass};
+use crate::server::Shared;
+use crate::shutdown::Shutdown;
+use crate::store::{Ack, Job, Write};
+
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A reply owed to the device, in arrival order.
+enum Reply {
+    /// Known now (an ERROR).
+    Ready(Utf8Bytes),
+    /// OK once the group commit covering the write is done.
+    Waiting {
+        header: Header,
+        kind: Kind,
+        ack: oneshot::Receiver<Ack>,
+    },
+}
+
+/// The current time as a record timestamp.
+pub(crate) fn now() -> Timestamp {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    Timestamp::from_unix_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+}
+
+fn info_text(text: String) -> Message {
+    Message::Text(Utf8Bytes::from(text))
+}
+
+/// Serve one device connection until it closes or the server shuts down.
+pub(crate) async fn session<S>(
+    mut ws: WebSocketStream<S>,
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let metrics = &shared.metrics;
+    Metrics::inc(&metrics.device_connections);
+    let mut state = Session {
+        shared: &shared,
+        attached: Vec::new(),
+    };
+    let welcome = ServerMessage::Info(DEVICE_WELCOME.to_owned()).to_frame();
+    let end = match ws.send(info_text(welcome)).await {
+        Ok(()) => state.serve(&mut ws, &mut shutdown).await,
+        Err(_) => End::Broken,
+    };
+    finish(&mut ws, end).await;
+    state.detach_all();
+    Metrics::dec(&metrics.device_connections);
+}
+
+/// How a session ended.
+pub(crate) enum End {
+    /// The peer sent a close frame (or the stream ended).
+    PeerClosed,
+    /// The server closes with this frame.
+    Close(CloseFrame),
+    /// The socket failed; nothing more can be sent.
+    Broken,
+}
+
+/// Complete the closing handshake for `end`, within [`CLOSE_GRACE`].
+pub(crate) async fn finish<S>(ws: &mut WebSocketStream<S>, end: End)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        let closing = match end {
+            End::Broken => return,
+            End::PeerClosed => true,
+            End::Close(frame) => ws.close(Some(frame)).await.is_ok(),
+        };
+        if closing {
+            // Reading on lets tungstenite send its close reply and see the peer's; the stream then
+            // ends.
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    /// Serials this connection has sent a valid message for (it keeps them online).
+    attached: Vec<Serial>,
+}
+
+impl Session<'_> {
+    /// The read/ack loop.
+    async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>, shutdown: &mut Shutdown) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let max_in_flight = self.shared.config.max_in_flight.max(1);
+        let mut replies: VecDeque<Reply> = VecDeque::new();
+        let mut reading = true;
+        let mut close = None;
+        loop {
+            if let Err(e) = self.send_ready(ws, &mut replies).await {
+                debug!(%e, "device socket write failed");
+                return End::Broken;
+            }
+            if !reading && replies.is_empty() {
+                return close.map_or(End::PeerClosed, End::Close);
+            }
+            let waiting = matches!(replies.front(), Some(Reply::Waiting { .. }));
+            tokio::select! {
+                biased;
+                ack = front_ack(&mut replies), if waiting => {
+                    self.resolve_front(&mut replies, ack);
+                }
+                () = shutdown.recv(), if reading => {
+                    reading = false;
+                    close = Some(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
+                }
+                frame = ws.next(), if reading && replies.len() < max_in_flight => match frame {
+                    Some(Ok(Message::Text(text))) => replies.push_back(self.handle(&text)),
+                    Some(Ok(Message::Binary(_))) => {
+                        self.shared.metrics.reject(RejectClass::Binary);
+                        let reply = ServerMessage::Error {
+                            header: None,
+                            reason: "binary frames are not accepted: send the JSON envelope as a text frame".to_owned(),
+                        };
+                        replies.push_back(Reply::Ready(reply.to_frame().into()));
+                    }
+                    Some(Ok(Message::Close(_))) | None => {
+                        // The peer is leaving: writes already queued still complete, but there
+                        // is nobody left to ack.
+                        return End::PeerClosed;
+                    }
+                    Some(Ok(_)) => {} // ping/pong: answered by tungstenite
+                    Some(Err(WsError::Capacity(e))) => {
+                        self.shared.metrics.reject(RejectClass::Oversize);
+                        debug!(%e, "device frame too large");
+                        reading = false;
+                        close = Some(CloseFrame { code: CloseCode::Size, reason: "frame too large".into() });
+                    }
+                    Some(Err(WsError::Utf8(_))) => {
+                        reading = false;
+                        close = Some(CloseFrame { code: CloseCode::Invalid, reason: "text frame is not UTF-8".into() });
+                    }
+                    Some(Err(e)) => {
+                        debug!(%e, "device socket read failed");
+                        return End::Broken;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Send every reply at the front of the queue that is known, then flush once.
+    async fn send_ready<S>(
+        &self,
+        ws: &mut WebSocketStream<S>,
+        replies: &mut VecDeque<Reply>,
+    ) -> Result<(), WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut sent = false;
+        loop {
+            // Acks that completed meanwhile are taken without another trip through the loop.
+            if let Some(Reply::Waiting { ack, .. }) = replies.front_mut() {
+                match ack.try_recv() {
+                    Ok(result) => self.resolve_front(replies, Ok(result)),
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        self.resolve_front(replies, Err(()));
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                }
+            }
+            match replies.front() {
+                Some(Reply::Ready(_)) => {
+                    if let Some(Reply::Ready(frame)) = replies.pop_front() {
+                        ws.feed(Message::Text(frame)).await?;
+                        sent = true;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if sent {
+            ws.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Turn the front `Waiting` reply into the `Ready` frame for its ack.
+    fn resolve_front(&self, replies: &mut VecDeque<Reply>, ack: Result<Ack, ()>) {
+        let Some(Reply::Waiting { header, kind, .. }) = replies.pop_front() else {
+            return;
+        };
+        let metrics = &self.shared.metrics;
+        let frame = if let Ok(Ok(())) = ack {
+            Metrics::inc(&metrics.acks);
+            Metrics::inc(if kind == Kind::Init {
+                &metrics.accepted_init
+            } else {
+                &metrics.accepted_updt
+            });
+            ServerMessage::Ok(header).to_frame()
+        } else {
+            metrics.reject(RejectClass::Storage);
+            ServerMessage::Error {
+                header: Some(header),
+                reason: "not stored: the store failed to make it durable".to_owned(),
+            }
+            .to_frame()
+        };
+        replies.push_front(Reply::Ready(frame.into()));
+    }
+
+    /// Parse, apply and queue one text frame; the reply it is owed.
+    fn handle(&mut self, text: &str) -> Reply {
+        let message = match smart_proto::parse_device_message(text) {
+            Ok(message) => message,
+            Err(rejection) => return self.reject(&rejection),
+        };
+        let shared = self.shared;
+        let serial = &message.header.serial;
+        let attach = !self.attached.contains(serial);
+        let listening = shared.hub.has_listeners();
+        let header = &message.header;
+        let applied = shared
+            .fleet
+            .apply(serial, &message.update, now(), attach, |applied| {
+                // Under the fleet lock: queue in the order updates were applied, so the store and the
+                // dashboards never see two updates of one device swapped.
+                if applied.came_online && listening {
+                    shared
+                        .committer
+                        .submit(Job::Publish(Arc::new(Change::online(serial.clone(), true))));
+                }
+                let change = listening.then(|| {
+                    let body = if applied.created {
+                        applied.record.to_map()
+                    } else {
+                        applied.changed
+                    };
+                    Arc::new(Change::new(header.clone(), body))
+                });
+                let (tx, rx) = oneshot::channel();
+                shared.committer.submit(Job::Write(Write {
+                    serial: serial.clone(),
+                    json: applied.json,
+                    ack: tx,
+                    change,
+                }));
+                rx
+            });
+        match applied {
+            Ok(ack) => {
+                if attach {
+                    self.attached.push(serial.clone());
+                }
+                Reply::Waiting {
+                    header: message.header,
+                    kind: message.kind,
+                    ack,
+                }
+            }
+            Err(e) => {
+                shared.metrics.reject(RejectClass::Unregistered);
+                let reply = ServerMessage::Error {
+                    header: Some(message.header),
+                    reason: e.to_string(),
+                };
+                Reply::Ready(reply.to_frame().into())
+            }
+        }
+    }
+
+    fn reject(&self, rejection: &Rejection) -> Reply {
+        self.shared
+            .metrics
+            .reject(RejectClass::of(&rejection.error));
+        Reply::Ready(rejection.reply().into())
+    }
+
+    /// The connection is over: it no longer keeps its devices online.
+    fn detach_all(&mut self) {
+        let shared = self.shared;
+        for serial in self.attached.drain(..) {
+            shared.fleet.detach(&serial, |went_offline| {
+                if went_offline && shared.hub.has_listeners() {
+                    // Through the writer, so it is published after this device's pending writes.
+                    shared
+                        .committer
+                        .submit(Job::Publish(Arc::new(Change::online(
+                            serial.clone(),
+                            false,
+                        ))));
+                }
+            });
+        }
+    }
+}
+
+/// The ack of the front reply (which must be `Waiting`); `Err` if the writer dropped it.
+async fn front_ack(replies: &mut VecDeque<Reply>) -> Result<Ack, ()> {
+    match replies.front_mut() {
+        Some(Reply::Waiting { ack, .. }) => ack.await.map_err(|_| ()),
+        _ => std::future::pending().await,
+    }
+}

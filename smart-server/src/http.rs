@@ -1,0 +1,435 @@
+//! HTTP: one hyper connection per socket. Websocket upgrades of `/update/` and `/client/` are
+//! accepted here, at the hyper layer, so that every socket gets our small [`WebSocketConfig`]
+//! (warp's `ws()` gives each one a 128 KiB read buffer and offers no setting). Every other request
+//! goes to the warp routes: `/`, the embedded dashboard assets, `/api/devices`, `/healthz`,
+//! `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use smart_proto::Query;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
+use tower_service::Service;
+use tracing::debug;
+use warp::Filter;
+use warp::http::header::{self, HeaderValue};
+use warp::http::{Method, Request, StatusCode, Uri};
+use warp::reply::{Reply, Response};
+
+use crate::metrics::{Gauges, Metrics};
+use crate::server::Shared;
+use crate::shutdown::{Shutdown, TaskToken};
+use crate::{dashboard, device};
+
+/// Read buffer of a device socket: device frames are a few hundred bytes; larger ones (up to
+/// `--max-frame-bytes`) grow the buffer as needed.
+const DEVICE_READ_BUFFER: usize = 2 * 1024;
+/// Read buffer of a dashboard socket: dashboards only send FILT queries.
+const DASHBOARD_READ_BUFFER: usize = 4 * 1024;
+/// Writes smaller than this are coalesced until a flush.
+const WRITE_BUFFER: usize = 8 * 1024;
+/// A client must send its request head within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One embedded file of the dashboard. Add a line to [`ASSETS`] to serve another one.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        name: "index.html",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../assets/index.html"),
+    },
+    Asset {
+        name: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/app.js"),
+    },
+    Asset {
+        name: "style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../assets/style.css"),
+    },
+];
+
+/// Who is connecting over a websocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Device,
+    Dashboard,
+}
+
+fn ws_config(shared: &Shared, peer: Peer) -> WebSocketConfig {
+    let read = match peer {
+        Peer::Device => DEVICE_READ_BUFFER,
+        Peer::Dashboard => DASHBOARD_READ_BUFFER,
+    };
+    let max = shared.config.max_frame_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(read)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// Serve one TCP connection until it closes, upgrades, or the server shuts down.
+pub(crate) async fn serve_connection<S>(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    routes: S,
+    mut shutdown: Shutdown,
+    token: TaskToken,
+) where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let ctx = Ctx {
+        shared,
+        shutdown: shutdown.clone(),
+        token,
+    };
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        let mut routes = routes.clone();
+        async move {
+            match websocket_peer(&req) {
+                Some(peer) => Ok(ctx.upgrade(req, peer)),
+                None => routes.call(req).await,
+            }
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(%e, "http connection ended with an error");
+            }
+        }
+        () = shutdown.recv() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn websocket_peer(req: &Request<Incoming>) -> Option<Peer> {
+    match req.uri().path() {
+        "/update/" | "/update" => Some(Peer::Device),
+        "/client/" | "/client" => Some(Peer::Dashboard),
+        _ => None,
+    }
+}
+
+/// What a request handler needs.
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    token: TaskToken,
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    let mut res = Response::new(text.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut res = Response::new(body.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+impl Ctx {
+    /// Answer a request for `/update/` or `/client/`: 101 and a websocket session, or why not.
+    fn upgrade(&self, mut req: Request<Incoming>, peer: Peer) -> Response {
+        let shared = &self.shared;
+        let is_upgrade = req.method() == Method::GET
+            && header_has_token(&req, header::CONNECTION, "upgrade")
+            && header_has_token(&req, header::UPGRADE, "websocket");
+        if !is_upgrade {
+            let mut res = plain(
+                StatusCode::UPGRADE_REQUIRED,
+                "this endpoint speaks websocket only\n",
+            );
+            res.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            return res;
+        }
+        if req
+            .headers()
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            let mut res = plain(
+                StatusCode::BAD_REQUEST,
+                "unsupported websocket version: use 13\n",
+            );
+            res.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return res;
+        }
+        let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+            return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        if !origin_allowed(&req, peer, &shared.config.allowed_origins) {
+            Metrics::inc(&shared.metrics.connections_refused_origin);
+            return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
+        }
+        if self.shutdown.is_shutdown() {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
+        }
+        let Some(slot) = SocketSlot::take(shared) else {
+            Metrics::inc(&shared.metrics.connections_refused_limit);
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+        };
+        let Ok(accept) = HeaderValue::from_str(&accept) else {
+            return plain(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
+        };
+
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let config = ws_config(shared, peer);
+        let shared = Arc::clone(shared);
+        let shutdown = self.shutdown.clone();
+        let token = self.token.clone();
+        tokio::spawn(async move {
+            let _token = token;
+            let _slot = slot;
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        WsRole::Server,
+                        Some(config),
+                    )
+                    .await;
+                    match peer {
+                        Peer::Device => device::session(ws, shared, shutdown).await,
+                        Peer::Dashboard => dashboard::session(ws, shared, shutdown).await,
+                    }
+                }
+                Err(e) => debug!(%e, "websocket upgrade failed"),
+            }
+        });
+
+        let mut res = Response::new("".into());
+        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = res.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        res
+    }
+}
+
+/// A counted websocket connection; released on drop.
+struct SocketSlot {
+    shared: Arc<Shared>,
+}
+
+impl SocketSlot {
+    fn take(shared: &Arc<Shared>) -> Option<SocketSlot> {
+        let max = shared.config.max_connections;
+        shared
+            .sockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SocketSlot {
+                shared: Arc::clone(shared),
+            })
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.shared.sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Devices send no `Origin`; browsers always do. A browser may open `/update/` only from a listed
+/// origin (so no web page can forge device data), and `/client/` from a listed origin or the
+/// server's own.
+fn origin_allowed(req: &Request<Incoming>, peer: Peer, allowed: &[String]) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match (peer, host) {
+        (Peer::Dashboard, Some(host)) => {
+            let own = |scheme: &str| {
+                origin.len() == scheme.len() + host.len()
+                    && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
+                    && origin[scheme.len()..].eq_ignore_ascii_case(host)
+            };
+            own("http://") || own("https://")
+        }
+        _ => false,
+    }
+}
+
+/// The warp routes for everything that is not a websocket.
+pub(crate) fn routes(
+    shared: Arc<Shared>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    let with_shared = warp::any().map(move || Arc::clone(&shared));
+    let root = warp::path::end()
+        .map(|| warp::redirect::found(Uri::from_static("/index.html")).into_response());
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let list = warp::path!("api" / "devices")
+        .and(raw_query)
+        .and(with_shared.clone())
+        .map(|raw: String, shared: Arc<Shared>| list_devices(&raw, &shared));
+    let one = warp::path!("api" / "devices" / String)
+        .and(with_shared.clone())
+        .map(|serial: String, shared: Arc<Shared>| one_device(&serial, &shared));
+    let healthz = warp::path!("healthz")
+        .and(with_shared.clone())
+        .map(|shared: Arc<Shared>| healthz(&shared));
+    let metrics = warp::path!("metrics")
+        .and(with_shared)
+        .map(|shared: Arc<Shared>| metrics(&shared));
+    let asset = warp::path::param::<String>()
+        .and(warp::path::end())
+        .and_then(asset);
+    warp::get().and(
+        root.or(list)
+            .unify()
+            .or(one)
+            .unify()
+            .or(healthz)
+            .unify()
+            .or(metrics)
+            .unify()
+            .or(asset)
+            .unify(),
+    )
+}
+
+fn error_json(status: StatusCode, message: &str) -> Response {
+    json_response(status, json!({ "error": message }).to_string())
+}
+
+/// `/api/devices?q=CLAUSE&q=CLAUSE…`: the FILT of PROTOCOL.md §8 over HTTP.
+fn list_devices(raw_query: &str, shared: &Shared) -> Response {
+    let pairs: Vec<(String, String)> = match serde_urlencoded::from_str(raw_query) {
+        Ok(pairs) => pairs,
+        Err(e) => return error_json(StatusCode::BAD_REQUEST, &format!("bad query string: {e}")),
+    };
+    let clauses: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "q")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    match Query::parse(&clauses) {
+        Ok(query) => json_response(StatusCode::OK, shared.fleet.query_json(&query)),
+        Err(e) => error_json(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+fn one_device(serial: &str, shared: &Shared) -> Response {
+    match shared.fleet.device_json(serial) {
+        Some(json) => json_response(StatusCode::OK, json.to_string()),
+        None => error_json(StatusCode::NOT_FOUND, &format!("unknown device {serial:?}")),
+    }
+}
+
+fn healthz(shared: &Shared) -> Response {
+    let healthy = shared.store.is_healthy();
+    let body = json!({
+        "status": if healthy { "ok" } else { "store not writable" },
+        "devices": shared.fleet.len(),
+        "devices_online": shared.fleet.online(),
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, body.to_string())
+}
+
+fn metrics(shared: &Shared) -> Response {
+    let (lag_max, lag_total) = shared.hub.lag();
+    let gauges = Gauges {
+        devices: shared.fleet.len(),
+        devices_online: shared.fleet.online(),
+        dashboard_pending_max: lag_max,
+        dashboard_pending_total: lag_total,
+        store_healthy: shared.store.is_healthy(),
+    };
+    let mut res = Response::new(shared.metrics.render(gauges).into());
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+async fn asset(name: String) -> Result<Response, warp::Rejection> {
+    let asset = ASSETS
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(warp::reject::not_found)?;
+    let mut res = Response::new(asset.body.into());
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(res)
+}

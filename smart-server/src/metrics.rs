@@ -1,0 +1,274 @@
+//! Counters for `/metrics`: plain atomics bumped on the hot paths, rendered as Prometheus text on
+//! scrape.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use smart_proto::Error;
+
+/// Why a device frame was refused: a small fixed set so that the metric has bounded labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RejectClass {
+    /// Not a JSON object or Python dict, no `type`, no `message`, bad payload type.
+    Envelope,
+    /// A type other than INIT/UPDT (unknown, or INFO/FILT from a device).
+    Kind,
+    /// The `MID:SERIAL:` cap is missing or malformed.
+    Header,
+    /// The body is not an object or does not parse.
+    Body,
+    /// A known field has the wrong type.
+    Field,
+    /// `serial_number` in the body differs from the header.
+    Serial,
+    /// A binary websocket frame.
+    Binary,
+    /// A frame above `--max-frame-bytes` (the connection is closed with 1009).
+    Oversize,
+    /// Registration is closed and the serial is unknown.
+    Unregistered,
+    /// The store failed to make the write durable.
+    Storage,
+}
+
+impl RejectClass {
+    const ALL: [RejectClass; 10] = [
+        RejectClass::Envelope,
+        RejectClass::Kind,
+        RejectClass::Header,
+        RejectClass::Body,
+        RejectClass::Field,
+        RejectClass::Serial,
+        RejectClass::Binary,
+        RejectClass::Oversize,
+        RejectClass::Unregistered,
+        RejectClass::Storage,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RejectClass::Envelope => "envelope",
+            RejectClass::Kind => "kind",
+            RejectClass::Header => "header",
+            RejectClass::Body => "body",
+            RejectClass::Field => "field",
+            RejectClass::Serial => "serial",
+            RejectClass::Binary => "binary",
+            RejectClass::Oversize => "oversize",
+            RejectClass::Unregistered => "unregistered",
+            RejectClass::Storage => "storage",
+        }
+    }
+
+    /// The class of a protocol error.
+    pub(crate) fn of(error: &Error) -> RejectClass {
+        match error {
+            Error::UnknownKind(_) | Error::UnexpectedKind { .. } => RejectClass::Kind,
+            Error::Header(_) => RejectClass::Header,
+            Error::BodyNotObject { .. } | Error::BodySyntax { .. } => RejectClass::Body,
+            Error::FieldType { .. } => RejectClass::Field,
+            Error::SerialMismatch { .. } => RejectClass::Serial,
+            _ => RejectClass::Envelope,
+        }
+    }
+}
+
+/// Every counter and gauge the server keeps.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub device_connections: AtomicU64,
+    pub dashboard_connections: AtomicU64,
+    pub connections_refused_limit: AtomicU64,
+    pub connections_refused_origin: AtomicU64,
+    pub accepted_init: AtomicU64,
+    pub accepted_updt: AtomicU64,
+    rejected: [AtomicU64; RejectClass::ALL.len()],
+    pub acks: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flushed_writes: AtomicU64,
+    pub flush_micros: AtomicU64,
+    pub dashboard_frames: AtomicU64,
+    pub dashboard_conflated: AtomicU64,
+    pub dashboard_resyncs: AtomicU64,
+    pub queries: AtomicU64,
+    pub queries_rejected: AtomicU64,
+}
+
+/// Values only known at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Gauges {
+    pub devices: usize,
+    pub devices_online: usize,
+    pub dashboard_pending_max: usize,
+    pub dashboard_pending_total: usize,
+    pub store_healthy: bool,
+}
+
+fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub(crate) fn reject(&self, class: RejectClass) {
+        let i = RejectClass::ALL
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(0);
+        inc(&self.rejected[i]);
+    }
+
+    pub(crate) fn inc(counter: &AtomicU64) {
+        inc(counter);
+    }
+
+    pub(crate) fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub(crate) fn render(&self, gauges: Gauges) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "smart_connections",
+            "gauge",
+            "Open websocket connections.",
+            &[
+                ("{role=\"device\"}", get(&self.device_connections)),
+                ("{role=\"dashboard\"}", get(&self.dashboard_connections)),
+            ],
+        );
+        metric(
+            "smart_connections_refused_total",
+            "counter",
+            "Websocket upgrades refused.",
+            &[
+                ("{reason=\"limit\"}", get(&self.connections_refused_limit)),
+                ("{reason=\"origin\"}", get(&self.connections_refused_origin)),
+            ],
+        );
+        metric(
+            "smart_messages_accepted_total",
+            "counter",
+            "Device messages applied and stored.",
+            &[
+                ("{type=\"INIT\"}", get(&self.accepted_init)),
+                ("{type=\"UPDT\"}", get(&self.accepted_updt)),
+            ],
+        );
+        let rejected: Vec<(String, u64)> = RejectClass::ALL
+            .iter()
+            .zip(&self.rejected)
+            .map(|(class, n)| (format!("{{reason=\"{}\"}}", class.label()), get(n)))
+            .collect();
+        let rejected: Vec<(&str, u64)> = rejected.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        metric(
+            "smart_messages_rejected_total",
+            "counter",
+            "Device frames refused, by reason class.",
+            &rejected,
+        );
+        metric(
+            "smart_acks_total",
+            "counter",
+            "OK replies sent after a durable write.",
+            &[("", get(&self.acks))],
+        );
+        metric(
+            "smart_store_flushes_total",
+            "counter",
+            "Group commits (one sled flush each).",
+            &[("", get(&self.flushes))],
+        );
+        metric(
+            "smart_store_writes_total",
+            "counter",
+            "Record writes made durable by group commits.",
+            &[("", get(&self.flushed_writes))],
+        );
+        metric(
+            "smart_store_flush_seconds_total",
+            "counter",
+            "Time spent in sled flushes.",
+            &[],
+        );
+        let _ = writeln!(
+            out,
+            "smart_store_flush_seconds_total {:.6}",
+            get(&self.flush_micros) as f64 / 1e6
+        );
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        metric(
+            "smart_store_healthy",
+            "gauge",
+            "1 while the store accepts durable writes.",
+            u64::from(gauges.store_healthy),
+        );
+        metric(
+            "smart_devices",
+            "gauge",
+            "Devices known to the fleet.",
+            gauges.devices as u64,
+        );
+        metric(
+            "smart_devices_online",
+            "gauge",
+            "Devices with an open connection that has sent.",
+            gauges.devices_online as u64,
+        );
+        metric(
+            "smart_dashboard_frames_total",
+            "counter",
+            "Frames sent to dashboards.",
+            get(&self.dashboard_frames),
+        );
+        metric(
+            "smart_dashboard_conflated_total",
+            "counter",
+            "Dashboard queues that overflowed into conflation (latest value per device and field).",
+            get(&self.dashboard_conflated),
+        );
+        metric(
+            "smart_dashboard_resyncs_total",
+            "counter",
+            "Dashboards that fell too far behind and were sent a fresh INIT instead.",
+            get(&self.dashboard_resyncs),
+        );
+        metric(
+            "smart_dashboard_queries_total",
+            "counter",
+            "FILT queries answered.",
+            get(&self.queries),
+        );
+        metric(
+            "smart_dashboard_queries_rejected_total",
+            "counter",
+            "FILT queries refused.",
+            get(&self.queries_rejected),
+        );
+        metric(
+            "smart_dashboard_lag_max",
+            "gauge",
+            "Most pending updates (queued or conflated devices) of any one dashboard.",
+            gauges.dashboard_pending_max as u64,
+        );
+        metric(
+            "smart_dashboard_lag_total",
+            "gauge",
+            "Pending updates over all dashboards.",
+            gauges.dashboard_pending_total as u64,
+        );
+        out
+    }
+}

@@ -1,0 +1,171 @@
+//! The server: storage, fleet, hub and listener wired together, and its lifecycle (bind, serve,
+//! graceful shutdown).
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::fleet::Fleet;
+use crate::http;
+use crate::hub::{Hub, Limits};
+use crate::metrics::Metrics;
+use crate::shutdown::{Shutdown, Tracker};
+use crate::store::{Committer, Store};
+
+/// State every connection shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: Config,
+    pub fleet: Fleet,
+    pub hub: Arc<Hub>,
+    pub committer: Committer,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    /// Open websocket connections (for `--max-connections`).
+    pub sockets: AtomicUsize,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    shutdown: Shutdown,
+    tracker: Tracker,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Open the store, load the fleet from it (every device offline) and bind the listener.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let dir = config.data_dir.clone();
+        let (store, records) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let store = Store::open(&dir)
+                .with_context(|| format!("opening the store in {}", dir.display()))?;
+            let records = store
+                .load()
+                .with_context(|| format!("loading devices from {}", dir.display()))?;
+            Ok((store, records))
+        })
+        .await
+        .context("store open task failed")??;
+        info!(devices = records.len(), dir = %config.data_dir.display(), "store opened");
+
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::default());
+        let limits = Limits {
+            queue: config.dashboard_queue.max(1),
+            conflate: config.dashboard_conflate.max(1),
+        };
+        let hub = Arc::new(Hub::new(limits, Arc::clone(&metrics)));
+        let committer =
+            Committer::start(Arc::clone(&store), Arc::clone(&hub), Arc::clone(&metrics))?;
+        let fleet = Fleet::new(config.owner.clone(), config.registration, records);
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let local_addr = listener.local_addr().context("reading the bound address")?;
+        let (shutdown_tx, shutdown) = Shutdown::new();
+        let shared = Arc::new(Shared {
+            config,
+            fleet,
+            hub,
+            committer,
+            store,
+            metrics,
+            sockets: AtomicUsize::new(0),
+        });
+        Ok(Server {
+            listener,
+            local_addr,
+            shared,
+            shutdown_tx,
+            shutdown,
+            tracker: Tracker::new(),
+        })
+    }
+
+    /// The address the listener is bound to (the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serve until `shutdown` resolves, then shut down gracefully: stop accepting, let every
+    /// connection finish and ack what it has in flight, close websockets with 1001, flush the store.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server {
+            listener,
+            local_addr,
+            shared,
+            shutdown_tx,
+            shutdown: watcher,
+            mut tracker,
+        } = self;
+        info!(%local_addr, "serving");
+        let routes = warp::service(http::routes(Arc::clone(&shared)));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        // Acks are tiny and latency-bound: never let Nagle hold them back.
+                        let _ = stream.set_nodelay(true);
+                        let Some(token) = tracker.token() else { break };
+                        tokio::spawn(http::serve_connection(
+                            stream,
+                            Arc::clone(&shared),
+                            routes.clone(),
+                            watcher.clone(),
+                            token,
+                        ));
+                    }
+                    Err(e) => {
+                        // Typically out of file descriptors: back off instead of spinning.
+                        warn!(%e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        info!("shutting down: finishing open connections");
+        let _ = shutdown_tx.send(true);
+        let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                ?grace,
+                "connections still open after the grace period; closing anyway"
+            );
+        }
+        shared.committer.stop().await;
+        let store = Arc::clone(&shared.store);
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .context("final flush task failed")?
+            .context("final flush")?;
+        info!("shut down cleanly");
+        Ok(())
+    }
+}
