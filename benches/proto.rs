@@ -9,11 +9,11 @@
 use std::cmp::Ordering;
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
 use smart_proto::{
-    Query, Record, Serial, Timestamp, parse_body, parse_dashboard_message, parse_device_message,
-    write_init,
+    Header, Payload, Query, Record, Serial, Timestamp, Update, normalize, parse_body,
+    parse_dashboard_message, parse_device_message, parse_envelope, write_init,
 };
 
 /// The seed's INIT: underscored keys, runtime keys, extras.
@@ -105,6 +105,50 @@ fn bench_device_frames(c: &mut Criterion) {
         });
         group.finish();
     }
+}
+
+/// Where the time of one typical UPDT goes: each stage of `parse_device_message` alone, on the output of
+/// the stage before it. Stages that consume their input get a fresh clone outside the timing.
+fn bench_device_stages(c: &mut Criterion) {
+    let frames = device_frames();
+    let frame = &frames[1].json;
+    let envelope = parse_envelope(frame).expect("bench frame is valid");
+    let Payload::Text(text) = &envelope.message else {
+        panic!("bench frame has a text message")
+    };
+    let (header, body) = Header::parse(text).expect("bench header is valid");
+    let map = parse_body(body).expect("bench body is valid");
+    let normalized = normalize(map.clone(), &header.serial).expect("bench body normalizes");
+
+    let mut group = c.benchmark_group("device_stages/updt_2_fields");
+    group.bench_function("0_naive_total", |b| {
+        b.iter(|| naive_parse(black_box(frame)));
+    });
+    group.bench_function("1_envelope", |b| {
+        b.iter(|| parse_envelope(black_box(frame)).is_ok());
+    });
+    group.bench_function("2_header", |b| {
+        b.iter(|| Header::parse(black_box(text)).is_ok());
+    });
+    group.bench_function("3_body", |b| b.iter(|| parse_body(black_box(body))));
+    group.bench_function("4_normalize", |b| {
+        b.iter_batched(
+            || map.clone(),
+            |m| normalize(m, &header.serial),
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("5_typed_update", |b| {
+        b.iter_batched(
+            || normalized.clone(),
+            Update::from_normalized,
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("6_smart_proto_total", |b| {
+        b.iter(|| parse_device_message(black_box(frame)));
+    });
+    group.finish();
 }
 
 /// The whole corpus per iteration, in the proportions of a live fleet: mostly small UPDTs.
@@ -319,6 +363,7 @@ fn bench_init_write(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_device_frames,
+    bench_device_stages,
     bench_device_corpus,
     bench_body,
     bench_filt_parse,

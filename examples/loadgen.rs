@@ -559,6 +559,7 @@ async fn measure(target: &str, base: &str, pid: Option<u32>, load: &Load) -> Res
 
     let server_cpu = pid.map(CpuSample::start).transpose()?;
     let own_cpu = CpuSample::start(std::process::id())?;
+    let load_average = common::load_average();
     let measure_start = Instant::now();
     set_phase(MEASURE);
     sleep(load.measured).await;
@@ -634,6 +635,7 @@ async fn measure(target: &str, base: &str, pid: Option<u32>, load: &Load) -> Res
         "errors": shared.errors.load(Ordering::Relaxed),
         "first_errors": shared.first_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
         "loadgen_cpu_percent": common::round(own_cpu, 1),
+        "load_average": load_average,
     });
     if let Some(cpu) = server_cpu {
         report["server_cpu_percent"] = json!(common::round(cpu, 1));
@@ -725,26 +727,70 @@ fn print_report(args: &Args, report: &Value) {
         println!("{report}");
         return;
     }
-    let print = |report: &Value| {
-        let Some(fields) = report.as_object() else {
-            return;
-        };
-        for (key, value) in fields {
-            match value {
-                Value::Object(_) => {}
-                Value::Array(items) => {
-                    for item in items {
-                        println!("  error: {}", item.as_str().unwrap_or_default());
-                    }
-                }
-                _ => println!("  {key:<24} {value}"),
-            }
+    if report.get("idle_connections").is_some() {
+        println!(
+            "{} idle device connections, {} errors",
+            report["idle_connections"], report["errors"]
+        );
+        if let Some(per) = report.get("rss_per_connection_kib") {
+            println!(
+                "  server RSS {} KiB → {} KiB: {per} KiB per connection",
+                report["server_rss_before_kib"], report["server_rss_after_kib"]
+            );
         }
-    };
-    print(report);
+        print_errors(report);
+        return;
+    }
+    print_run(report);
     if let Some(baseline) = report.get("baseline") {
-        println!("baseline (echo-ack server, same load):");
-        print(baseline);
+        print_run(baseline);
+        println!(
+            "smart-server / baseline acks/s: {}",
+            report["fraction_of_baseline"]
+        );
+    }
+}
+
+fn print_run(r: &Value) {
+    println!(
+        "{}: {} devices (window {}), {} dashboards; {} s measured after {} s warm-up",
+        r["target"].as_str().unwrap_or_default(),
+        r["devices"],
+        r["window"],
+        r["dashboards"],
+        r["seconds"],
+        r["warmup_s"]
+    );
+    println!(
+        "  acks/s        {} ({} acks, {} errors)",
+        r["acks_per_s"], r["acks"], r["errors"]
+    );
+    println!(
+        "  ack latency   p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+        r["ack_p50_ms"], r["ack_p99_ms"], r["ack_p999_ms"], r["ack_max_ms"]
+    );
+    if r["dashboards"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "  dashboards    {} msgs/s in all; device→dashboard p50 {} ms, p99 {} ms; {} resyncs",
+            r["dashboard_msgs_per_s"], r["fanout_p50_ms"], r["fanout_p99_ms"], r["resyncs"]
+        );
+    }
+    let mut cpu = format!("  CPU           loadgen {} %", r["loadgen_cpu_percent"]);
+    if let Some(server) = r.get("server_cpu_percent") {
+        let _ = write!(cpu, ", server {server} % (RSS {} KiB)", r["server_rss_kib"]);
+    }
+    let _ = write!(
+        cpu,
+        " of one core; machine load average {}",
+        r["load_average"]
+    );
+    println!("{cpu}");
+    print_errors(r);
+}
+
+fn print_errors(report: &Value) {
+    for error in report["first_errors"].as_array().into_iter().flatten() {
+        println!("  error: {}", error.as_str().unwrap_or_default());
     }
 }
 
@@ -777,8 +823,11 @@ async fn spawn_baseline() -> Result<(tokio::process::Child, String, u32)> {
 
 /// The ceiling: a websocket server that reads the header of each device message and acks it, with no
 /// parsing of the body, no storage and no fan-out. Dashboards get the welcome and an empty snapshot.
+/// Its connections are served like smart-server's: hyper HTTP/1 with upgrades, Nagle off.
 async fn serve_baseline(listen: SocketAddr) -> Result<()> {
-    use warp::Filter;
+    use tower_service::Service as _;
+    use warp::Filter as _;
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -796,8 +845,21 @@ async fn serve_baseline(listen: SocketAddr) -> Result<()> {
                     }
                 })
             });
-    warp::serve(route).incoming(listener).run().await;
-    Ok(())
+    let routes = warp::service(route);
+    loop {
+        let (stream, _peer) = listener.accept().await.context("accepting")?;
+        let _ = stream.set_nodelay(true);
+        let routes = routes.clone();
+        let service = hyper::service::service_fn(move |request| routes.clone().call(request));
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(err) = connection.await {
+                tracing::debug!("baseline connection: {err}");
+            }
+        });
+    }
 }
 
 /// The `MID:SERIAL` of a device frame, found without parsing the JSON.

@@ -658,21 +658,30 @@ async fn simulate(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(summary: &Value) {
-    let Some(fields) = summary.as_object() else {
-        return;
-    };
-    println!("solmate_sim summary");
-    for (key, value) in fields {
-        match value {
-            Value::Array(items) if items.is_empty() => {}
-            Value::Array(items) => {
-                println!("  {key}:");
-                for item in items {
-                    println!("    {}", item.as_str().unwrap_or_default());
-                }
-            }
-            _ => println!("  {key:<18} {value}"),
-        }
+fn print_summary(s: &Value) {
+    println!(
+        "{} devices for {} s ({} connected at least once)",
+        s["devices"], s["seconds"], s["connected"]
+    );
+    println!(
+        "  messages    {} sent, {} acked ({} acks/s), {} errors, {} unexpected replies, {} unacked",
+        s["sent"], s["acked"], s["acks_per_s"], s["errors"], s["unexpected"], s["unacked"]
+    );
+    println!(
+        "  ack latency p50 {} ms, p99 {} ms, max {} ms",
+        s["ack_p50_ms"], s["ack_p99_ms"], s["ack_max_ms"]
+    );
+    println!(
+        "  connections {} reconnects, {} failed attempts, {} ack timeouts; {} changed fields never sent",
+        s["reconnects"], s["connect_failures"], s["ack_timeouts"], s["unsent_fields"]
+    );
+    if let Some(cpu) = s.get("server_cpu_percent") {
+        println!(
+            "  server      {cpu} % of one core on average, RSS {} KiB at the end",
+            s["server_rss_kib"]
+        );
+    }
+    for error in s["first_errors"].as_array().into_iter().flatten() {
+        println!("  error: {}", error.as_str().unwrap_or_default());
     }
 }

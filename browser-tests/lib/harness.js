@@ -78,15 +78,17 @@ export function tempDir(prefix) {
 
 /** A running smart-server process. `port` stays the same across `restart()`. */
 export class Server {
-  constructor(dataDir) {
+  constructor(dataDir, ownsDataDir) {
     this.dataDir = dataDir;
+    this.ownsDataDir = ownsDataDir;
     this.port = 0;
     this.proc = null;
     this.log = [];
   }
 
-  static async start(dataDir = tempDir('smart-os-data-')) {
-    const server = new Server(dataDir);
+  /** Start on an ephemeral port; without `dataDir`, in a fresh temp dir that `stop()` removes. */
+  static async start(dataDir) {
+    const server = new Server(dataDir ?? tempDir('smart-os-data-'), dataDir === undefined);
     await server.spawn(0);
     return server;
   }
@@ -155,15 +157,17 @@ export class Server {
 
   async stop() {
     const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    const exited = once(proc, 'exit');
-    proc.kill('SIGTERM');
-    try {
-      await withTimeout(exited, 5000, 'smart-server to shut down');
-    } catch {
-      proc.kill('SIGKILL');
-      await withTimeout(exited, 5000, 'smart-server to die');
+    if (proc && proc.exitCode === null && proc.signalCode === null) {
+      const exited = once(proc, 'exit');
+      proc.kill('SIGTERM');
+      try {
+        await withTimeout(exited, 5000, 'smart-server to shut down');
+      } catch {
+        proc.kill('SIGKILL');
+        await withTimeout(exited, 5000, 'smart-server to die');
+      }
     }
+    if (this.ownsDataDir) fs.rmSync(this.dataDir, { recursive: true, force: true });
   }
 
   async getJson(pathname) {

@@ -94,6 +94,8 @@ test('every device gets a row, with readable headers, formats and status; screen
   await waitLive(page);
   await waitForCount(page, 50);
 
+  const rendered = (await renderedSerials(page)).length;
+  assert.ok(rendered > 10 && rendered < 50, `only the visible window is rendered (${rendered} rows)`);
   assert.deepEqual(await allSerials(page), range(50).map(serialOf), 'all 50 serials, ascending');
   await page.waitForFunction(() => document.getElementById('offline-count').textContent.startsWith('4 '), null, { timeout: 5000 });
   assert.equal(await page.textContent('#online-count'), '46 online');
@@ -143,9 +145,16 @@ test('every device gets a row, with readable headers, formats and status; screen
   });
   await page.waitForSelector(rowSelector('0001'), { timeout: 2000 });
 
-  // A few fresh updates so the screenshot shows a live fleet.
-  await Promise.all([3, 8, 12].map((i) => online.update(serialOf(i), { power_consumption: 200 + i, battery: 60 + i })));
-  await sleep(150);
+  // For the picture: a query in the builder (it keeps all 50) and a few fresh updates flashing.
+  await addFilter(page, 'power_income', '>', '100');
+  await addSort(page, 'power_consumption', '>');
+  await page.click('#apply');
+  await page.waitForSelector('th[data-field="power_consumption"][aria-sort="descending"]', { timeout: 2000 });
+  await waitForCount(page, 50);
+  await sleep(300);
+  const top = await renderedSerials(page);
+  await Promise.all([top[1], top[4], top[9]].map((s, k) => online.update(s, { battery: 71 + k * 9 })));
+  await sleep(350);
   fs.mkdirSync(TARGET_DIR, { recursive: true });
   await page.screenshot({ path: path.join(TARGET_DIR, 'dashboard-screenshot.png') });
   await page.emulateMedia({ colorScheme: 'dark' });
@@ -158,12 +167,15 @@ test('a device update changes the right cell within 1 s; a new device appears at
   const { link, page, problems } = await setup(t, 10);
   const other = await page.textContent(cellSelector('0004', 'battery'));
 
+  const cell = await page.$(cellSelector('0003', 'battery'));
   const started = Date.now();
   const shown = waitForCell(page, '0003', 'battery', '77', 1000);
   await link.update('0003', { battery: 77, power_consumption: 1234 });
   await shown;
   const elapsed = Date.now() - started;
   assert.ok(elapsed <= 1000, `update shown after ${elapsed} ms`);
+  // The cell was updated in place, not rebuilt with the table.
+  assert.deepEqual(await cell.evaluate((el) => [el.isConnected, el.textContent]), [true, '77']);
   await waitForCell(page, '0003', 'power_consumption', /^1\D?234$/, 1000);
   assert.equal(await page.textContent(cellSelector('0004', 'battery')), other, 'neighbour untouched');
   assert.equal(await page.textContent(cellSelector('0002', 'battery')), String(batteryOf(2)), 'neighbour untouched');
@@ -222,6 +234,13 @@ test('a filter leaves only matching rows, and live updates keep respecting it', 
   const api = await server.getJson('/api/devices?q=filter:battery:>:50');
   assert.deepEqual(api.map((r) => r.serial_number), expected());
 
+  // The query lives in the URL: a reload shows the same view and the same builder rows.
+  await page.reload();
+  await waitLive(page);
+  await waitForCount(page, expected().length);
+  assert.equal(await page.locator('#filter-rows .filter-row select.field').inputValue(), 'battery');
+  assert.equal(await page.locator('#filter-rows .filter-row input.value').inputValue(), '50');
+
   // Remove the filter: everything is back.
   await page.click('#filter-rows .filter-row .remove');
   await page.click('#apply');
@@ -266,7 +285,7 @@ test('clicking a column header sorts the rows; the sort builder takes several ke
 });
 
 test('a bad filter shows the server error next to the form and keeps the view', async (t) => {
-  const { page, problems } = await setup(t, 8);
+  const { server, page, problems } = await setup(t, 8);
   await addFilter(page, 'battery', '>', 'abc');
   await page.click('#apply');
   const error = await page.waitForSelector('#query-error:not([hidden])', { timeout: 3000 });
@@ -287,6 +306,13 @@ test('a bad filter shows the server error next to the form and keeps the view', 
   await page.waitForSelector('#query-error', { state: 'hidden', timeout: 3000 });
   await waitForCount(page, 0);
   assert.equal(await page.textContent('#empty-title'), 'No device matches this filter');
+
+  // A bad query arriving in the URL is reported too, and the page falls back to all devices.
+  await page.goto('about:blank');
+  await page.goto(`${server.origin}/index.html#q=${encodeURIComponent('filter:battery:>=:lots')}`);
+  await page.waitForSelector('#query-error:not([hidden])', { timeout: 3000 });
+  await waitLive(page);
+  await waitForCount(page, 8);
   assertNoPageErrors(problems);
 });
 
@@ -307,6 +333,7 @@ test('after the server restarts, the page reconnects by itself, re-sends its que
   await server.kill();
   await page.waitForSelector('#conn[data-state="offline"]', { timeout: 5000 });
   assert.match(await page.textContent('#conn-text'), /Disconnected/);
+  assert.equal(await page.isVisible('#stale-badge'), true, 'old values are marked as such');
 
   await server.restart();
   const device = await DeviceLink.connect(server);
@@ -319,6 +346,7 @@ test('after the server restarts, the page reconnects by itself, re-sends its que
   await waitUntil(async () => (await renderedSerials(page))[0] === target, { timeout: 3000, what: 'updated device first' });
   // The filter and sort came back with the reconnect: still only matching rows, in battery order.
   await waitForCount(page, expected.length);
+  assert.equal(await page.isVisible('#stale-badge'), false);
   assert.deepEqual(await allSerials(page), [target, ...expected.filter((s) => s !== target)]);
   assert.equal(await page.locator('#filter-rows .filter-row').count(), 1);
   assert.equal(await page.textContent(cellSelector(target, 'online')), 'Online');

@@ -4,6 +4,7 @@
 //! Each example includes this module with `mod common;`, and none uses all of it.
 #![allow(dead_code)]
 
+use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,8 @@ pub fn is_loopback(base: &str) -> bool {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => authority,
     };
-    host == "localhost" || host == "[::1]" || host.starts_with("127.")
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A websocket configuration for sockets that carry small frames: tungstenite allocates its read buffer
@@ -235,6 +237,17 @@ impl CpuSample {
         let elapsed = self.at.elapsed().as_secs_f64().max(1e-3);
         Ok(ticks as f64 / CLOCK_TICKS_PER_S / elapsed * 100.0)
     }
+}
+
+/// The 1-minute load average of the machine (`/proc/loadavg`): above the core count, other work was
+/// competing for the CPU during a measurement.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The soft limit on open files of this process (`/proc/self/limits`), which bounds the sockets it

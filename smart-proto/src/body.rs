@@ -54,6 +54,9 @@ pub const MAX_DEPTH: usize = 64;
 /// # Ok::<(), smart_proto::Error>(())
 /// ```
 pub fn parse_body(body: &str) -> Result<Map<String, Value>> {
+    if let Some(map) = scan_flat_json(body) {
+        return Ok(map);
+    }
     let start = body.len() - skip_ws(body).len();
     if looks_like_json(&body[start..]) {
         if let Ok(value) = serde_json::from_str::<Value>(body) {
@@ -126,6 +129,194 @@ pub(crate) fn describe(value: &Value) -> &'static str {
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Strict-JSON fast path. Nearly every body is a flat object of plain keys, strings and numbers. A byte scan
+// reads that shape with no intermediate values; anything else (nesting, escapes, big integers, syntax
+// errors) returns `None` and goes to serde_json, then to the Python parser, which reports errors.
+
+/// JSON whitespace from `i` on; returns the index of the next other byte.
+pub(crate) fn json_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The JSON string whose opening quote is at `i`, and the index after its closing quote. `None` if there
+/// is no string there, it is unterminated, or it holds a raw control character (invalid JSON).
+pub(crate) fn json_str(s: &str, i: usize) -> Option<(crate::envelope::JsonStr<'_>, usize)> {
+    let b = s.as_bytes();
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let mut j = start;
+    let mut escaped = false;
+    loop {
+        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[j] == b'"' {
+            break;
+        }
+        escaped = true;
+        // Skip the escaped byte; a multi-byte char there cannot contain a quote or backslash byte.
+        j += 2;
+    }
+    if b[start..j].iter().any(|&c| c < 0x20) {
+        return None;
+    }
+    // Index `j` holds an ASCII quote, so it is a char boundary.
+    Some((crate::envelope::JsonStr { raw: &s[start..j], escaped }, j + 1))
+}
+
+/// Append the meaning of an escaped JSON string's inside to `out`; `false` if an escape is invalid.
+pub(crate) fn unescape_json(mut raw: &str, out: &mut String) -> bool {
+    while let Some(pos) = memchr::memchr(b'\\', raw.as_bytes()) {
+        out.push_str(&raw[..pos]);
+        let after = &raw[pos + 1..];
+        let Some(&c) = after.as_bytes().first() else { return false };
+        let simple = match c {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\x08',
+            b'f' => '\x0c',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let Some((ch, len)) = json_u_escape(after) else { return false };
+                out.push(ch);
+                raw = &after[len..];
+                continue;
+            }
+            _ => return false,
+        };
+        out.push(simple);
+        raw = &after[1..];
+    }
+    out.push_str(raw);
+    true
+}
+
+/// `uXXXX` (after the backslash), or a surrogate pair `uD83D\uDE00`: the char and the bytes used.
+fn json_u_escape(after: &str) -> Option<(char, usize)> {
+    let hex4 = |s: &str| {
+        let digits = s.get(..4)?;
+        if digits.bytes().all(|b| b.is_ascii_hexdigit()) { u32::from_str_radix(digits, 16).ok() } else { None }
+    };
+    let code = hex4(after.get(1..)?)?;
+    if (0xD800..0xDC00).contains(&code) {
+        let low = hex4(after.get(5..)?.strip_prefix("\\u")?)?;
+        if !(0xDC00..0xE000).contains(&low) {
+            return None;
+        }
+        return Some((char::from_u32(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00))?, 11));
+    }
+    Some((char::from_u32(code)?, 5))
+}
+
+/// A flat JSON object of unescaped keys and scalar values, or `None`.
+fn scan_flat_json(body: &str) -> Option<Map<String, Value>> {
+    let b = body.as_bytes();
+    let mut i = json_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = json_ws(b, i + 1);
+    let mut map = Map::new();
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            let (key, next) = json_str(body, i)?;
+            if key.escaped {
+                return None;
+            }
+            i = json_ws(b, next);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let (value, next) = json_scalar(body, json_ws(b, i + 1))?;
+            map.insert(key.raw.to_owned(), value);
+            i = json_ws(b, next);
+            match b.get(i)? {
+                b',' => i = json_ws(b, i + 1),
+                b'}' => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (json_ws(b, i) == b.len()).then_some(map)
+}
+
+/// An unescaped string, a number, `true`, `false` or `null` at `i`, and the index after it.
+fn json_scalar(s: &str, i: usize) -> Option<(Value, usize)> {
+    let rest = s.get(i..)?;
+    match rest.as_bytes().first()? {
+        b'"' => {
+            let (v, next) = json_str(s, i)?;
+            (!v.escaped).then(|| (Value::String(v.raw.to_owned()), next))
+        }
+        b't' if rest.starts_with("true") => Some((Value::Bool(true), i + 4)),
+        b'f' if rest.starts_with("false") => Some((Value::Bool(false), i + 5)),
+        b'n' if rest.starts_with("null") => Some((Value::Null, i + 4)),
+        b'-' | b'0'..=b'9' => json_number(s, i),
+        _ => None,
+    }
+}
+
+/// A number in JSON's grammar. Big integers and `-0` go to serde_json, which gives them its own meaning.
+fn json_number(s: &str, start: usize) -> Option<(Value, usize)> {
+    let b = s.as_bytes();
+    let digits = |mut j: usize| {
+        while let Some(b'0'..=b'9') = b.get(j) {
+            j += 1;
+        }
+        j
+    };
+    let int_start = if b.get(start) == Some(&b'-') { start + 1 } else { start };
+    let mut j = digits(int_start);
+    if j == int_start || (j - int_start > 1 && b[int_start] == b'0') {
+        return None;
+    }
+    let mut float = false;
+    if b.get(j) == Some(&b'.') {
+        let frac = j + 1;
+        j = digits(frac);
+        if j == frac {
+            return None;
+        }
+        float = true;
+    }
+    if let Some(b'e' | b'E') = b.get(j) {
+        j += 1;
+        if let Some(b'+' | b'-') = b.get(j) {
+            j += 1;
+        }
+        let exp = j;
+        j = digits(exp);
+        if j == exp {
+            return None;
+        }
+        float = true;
+    }
+    let token = &s[start..j];
+    let number = if float {
+        Number::from_f64(token.parse().ok()?)?
+    } else if let Ok(n) = token.parse::<i64>() {
+        if n == 0 && int_start != start {
+            return None;
+        }
+        Number::from(n)
+    } else {
+        Number::from(token.parse::<u64>().ok()?)
+    };
+    Some((Value::Number(number), j))
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -144,6 +144,9 @@ pub struct Envelope<'a> {
 /// );
 /// ```
 pub fn parse_envelope(frame: &str) -> Result<Envelope<'_>> {
+    if let Some(envelope) = scan_json_envelope(frame).and_then(FastEnvelope::into_envelope) {
+        return envelope;
+    }
     let raw = if looks_like_json(frame) {
         match serde_json::from_str::<RawEnvelope<'_>>(frame) {
             Ok(raw) => raw,
@@ -152,13 +155,98 @@ pub fn parse_envelope(frame: &str) -> Result<Envelope<'_>> {
     } else {
         python_envelope(frame)?
     };
-    let kind = Kind::parse(&raw.kind.ok_or(Error::MissingType)?)?;
-    let message = raw.message.ok_or(Error::MissingMessage)?;
-    Ok(Envelope {
-        kind,
-        message,
-        reason: raw.reason,
-    })
+    finish(raw.kind, raw.message, raw.reason)
+}
+
+fn finish<'a>(kind: Option<Cow<'a, str>>, message: Option<Payload<'a>>, reason: Option<Cow<'a, str>>) -> Result<Envelope<'a>> {
+    let kind = Kind::parse(&kind.ok_or(Error::MissingType)?)?;
+    let message = message.ok_or(Error::MissingMessage)?;
+    Ok(Envelope { kind, message, reason })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Fast path. Nearly every frame is strict JSON whose values are all strings, like
+// `{"type": "UPDT", "message": "0116:0001:{\"power_consumption\": 357}"}`. A byte scan finds the strings
+// without building anything; whatever it does not recognise goes to serde_json and the Python parser,
+// which also produce the error messages.
+
+/// The envelope's string values as they sit in the frame (still escaped).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FastEnvelope<'a> {
+    pub(crate) kind: Option<JsonStr<'a>>,
+    pub(crate) message: Option<JsonStr<'a>>,
+    pub(crate) reason: Option<JsonStr<'a>>,
+}
+
+impl<'a> FastEnvelope<'a> {
+    /// `None` if an escape is invalid: the full path then reports it.
+    fn into_envelope(self) -> Option<Result<Envelope<'a>>> {
+        let unescape = |s: Option<JsonStr<'a>>| match s {
+            Some(s) => s.to_cow().map(Some),
+            None => Some(None),
+        };
+        let (kind, message, reason) = (unescape(self.kind)?, unescape(self.message)?, unescape(self.reason)?);
+        Some(finish(kind, message.map(Payload::Text), reason))
+    }
+}
+
+/// A strict-JSON object whose keys and values are all strings, or `None`.
+pub(crate) fn scan_json_envelope(frame: &str) -> Option<FastEnvelope<'_>> {
+    let b = frame.as_bytes();
+    let mut i = body::json_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = body::json_ws(b, i + 1);
+    let mut env = FastEnvelope::default();
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            let (key, next) = body::json_str(frame, i)?;
+            i = body::json_ws(b, next);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let (value, next) = body::json_str(frame, body::json_ws(b, i + 1))?;
+            // An escaped key could still spell one of ours; leave that rare case to serde.
+            match (key.escaped, key.raw) {
+                (true, _) => return None,
+                (false, "type") => env.kind = Some(value),
+                (false, "message") => env.message = Some(value),
+                (false, "reason") => env.reason = Some(value),
+                (false, _) => {}
+            }
+            i = body::json_ws(b, next);
+            match b.get(i)? {
+                b',' => i = body::json_ws(b, i + 1),
+                b'}' => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (body::json_ws(b, i) == b.len()).then_some(env)
+}
+
+/// A JSON string between its quotes, as it sits in the frame; `escaped` if it holds a backslash.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JsonStr<'a> {
+    pub(crate) raw: &'a str,
+    pub(crate) escaped: bool,
+}
+
+impl<'a> JsonStr<'a> {
+    /// The text, borrowed unless escaped; `None` if an escape is invalid.
+    pub(crate) fn to_cow(self) -> Option<Cow<'a, str>> {
+        if !self.escaped {
+            return Some(Cow::Borrowed(self.raw));
+        }
+        let mut out = String::with_capacity(self.raw.len());
+        body::unescape_json(self.raw, &mut out).then_some(Cow::Owned(out))
+    }
 }
 
 /// Whether to try JSON first: a single quote right after the opening brace means a Python literal.

@@ -14,11 +14,12 @@
 //! # Ok::<(), smart_proto::Error>(())
 //! ```
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-use crate::envelope::Payload;
+use crate::envelope::{FastEnvelope, Payload, scan_json_envelope};
 use crate::{
     Error, Header, Kind, Query, Record, Result, Update, normalize, parse_body, parse_envelope,
 };
@@ -138,35 +139,63 @@ impl From<Error> for Rejection {
 /// # Ok::<(), smart_proto::Error>(())
 /// ```
 pub fn parse_device_message(frame: &str) -> Result<DeviceMessage, Rejection> {
-    let envelope = parse_envelope(frame)?;
-    let kind = envelope.kind;
-    if !matches!(kind, Kind::Init | Kind::Updt) {
-        return Err(Error::UnexpectedKind {
-            kind: kind.as_str(),
-            expected: "INIT or UPDT",
-        }
-        .into());
+    if let Some(result) = scan_json_envelope(frame).and_then(fast_device_message) {
+        return result;
     }
+    let envelope = parse_envelope(frame)?;
+    let kind = device_kind(envelope.kind)?;
     let Payload::Text(text) = envelope.message else {
-        return Err(Error::PayloadType {
-            kind: kind.as_str(),
-            expected: "a string \"MID:SERIAL:BODY\"",
-        }
-        .into());
+        return Err(Error::PayloadType { kind: kind.as_str(), expected: "a string \"MID:SERIAL:BODY\"" }.into());
     };
-    let (header, body) = Header::parse(&text)?;
-    let with_header = |error| Rejection {
-        header: Some(header.clone()),
-        error,
-    };
-    let fields = parse_body(body)
-        .and_then(|map| normalize(map, &header.serial))
-        .map_err(with_header)?;
+    device_message(kind, &text)
+}
+
+fn device_kind(kind: Kind) -> Result<Kind> {
+    match kind {
+        Kind::Init | Kind::Updt => Ok(kind),
+        other => Err(Error::UnexpectedKind { kind: other.as_str(), expected: "INIT or UPDT" }),
+    }
+}
+
+/// Header, body, normalization and typing of the message text.
+fn device_message(kind: Kind, text: &str) -> Result<DeviceMessage, Rejection> {
+    let (header, body) = Header::parse(text)?;
+    let with_header = |error| Rejection { header: Some(header.clone()), error };
+    let fields = parse_body(body).and_then(|map| normalize(map, &header.serial)).map_err(with_header)?;
     let update = Update::from_normalized(fields).map_err(with_header)?;
-    Ok(DeviceMessage {
-        kind,
-        header,
-        update,
+    Ok(DeviceMessage { kind, header, update })
+}
+
+thread_local! {
+    /// Where escaped message texts are unescaped, so the hot path allocates only what it returns.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Larger scratch buffers are released after use rather than kept per thread.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+/// The common frame: strict JSON, string values, a known kind. `None` leaves anything else (and every
+/// envelope-level error) to the general path.
+fn fast_device_message(env: FastEnvelope<'_>) -> Option<Result<DeviceMessage, Rejection>> {
+    let (kind, message) = (env.kind?, env.message?);
+    if kind.escaped {
+        return None;
+    }
+    let kind = match device_kind(Kind::parse(kind.raw).ok()?) {
+        Ok(kind) => kind,
+        Err(e) => return Some(Err(e.into())),
+    };
+    if !message.escaped {
+        return Some(device_message(kind, message.raw));
+    }
+    SCRATCH.with(|cell| {
+        let mut buf = cell.try_borrow_mut().ok()?;
+        buf.clear();
+        let result = crate::body::unescape_json(message.raw, &mut buf).then(|| device_message(kind, &buf));
+        if buf.capacity() > SCRATCH_KEEP {
+            *buf = String::new();
+        }
+        result
     })
 }
 

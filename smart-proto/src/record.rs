@@ -25,7 +25,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -1057,7 +1057,10 @@ impl Record {
             out.push(':');
             match value {
                 FieldRef::Bool(b) => out.push_str(if b { "true" } else { "false" }),
-                FieldRef::Int(i) => out.push_str(&i.to_string()),
+                FieldRef::Int(i) => {
+                    // Writing to a `String` cannot fail.
+                    let _ = write!(out, "{i}");
+                }
                 FieldRef::OptStr(None) | FieldRef::Num(None) => out.push_str("null"),
                 other => write_json_value(out, &other),
             }

@@ -1,6 +1,5 @@
 #![allow(clippy::unwrap_used)]
 use std::hint::black_box;
-use std::time::Instant;
 use serde_json::{Map, Value};
 
 fn naive(frame: &str) -> Option<Map<String, Value>> {
@@ -13,28 +12,30 @@ fn naive(frame: &str) -> Option<Map<String, Value>> {
     Some(body)
 }
 
-fn time<F: FnMut()>(name: &str, mut f: F) {
-    for _ in 0..50_000 { f(); }
-    let n = 1_000_000;
-    let t = Instant::now();
-    for _ in 0..n { f(); }
-    eprintln!("{name}: {:.1} ns", t.elapsed().as_nanos() as f64 / n as f64);
-}
-
 #[test]
 #[ignore]
 fn timing() {
     let json = r#"{"type": "UPDT", "message": "0116:0001:{\"power_consumption\": 357}"}"#;
     let py = r#"{'type': 'UPDT', 'message': '0116:0001:{"power_consumption": 357}'}"#;
-    assert!(smart_proto::parse_device_message(json).is_ok());
-    assert!(smart_proto::parse_device_message(py).is_ok());
-    time("naive json", || { black_box(naive(black_box(json))); });
-    time("proto json", || { black_box(smart_proto::parse_device_message(black_box(json)).is_ok()); });
-    time("proto py  ", || { black_box(smart_proto::parse_device_message(black_box(py)).is_ok()); });
-    time("envelope json", || { black_box(smart_proto::parse_envelope(black_box(json)).is_ok()); });
-    time("envelope py", || { black_box(smart_proto::parse_envelope(black_box(py)).is_ok()); });
-    time("header", || { black_box(smart_proto::Header::parse(black_box("0116:0001:{\"power_consumption\": 357}")).is_ok()); });
-    time("body", || { black_box(smart_proto::parse_body(black_box("{\"power_consumption\": 357}")).is_ok()); });
+    let name = std::env::var("BENCH").unwrap();
+    let n: usize = std::env::var("N").unwrap().parse().unwrap();
     let serial = smart_proto::Serial::new("0001").unwrap();
-    time("body+norm", || { black_box(smart_proto::normalize(smart_proto::parse_body(black_box("{\"power_consumption\": 357}")).unwrap(), &serial).is_ok()); });
+    let normd = smart_proto::normalize(smart_proto::parse_body("{\"power_consumption\": 357}").unwrap(), &serial).unwrap();
+    let hdr = "0116:0001:{\"power_consumption\": 357}";
+    for _ in 0..n {
+        match name.as_str() {
+            "naive" => { black_box(naive(black_box(json))); }
+            "json" => { black_box(smart_proto::parse_device_message(black_box(json)).is_ok()); }
+            "py" => { black_box(smart_proto::parse_device_message(black_box(py)).is_ok()); }
+            "env_json" => { black_box(smart_proto::parse_envelope(black_box(json)).is_ok()); }
+            "env_py" => { black_box(smart_proto::parse_envelope(black_box(py)).is_ok()); }
+            "header" => { black_box(smart_proto::Header::parse(black_box(hdr)).is_ok()); }
+            "body" => { black_box(smart_proto::parse_body(black_box("{\"power_consumption\": 357}")).is_ok()); }
+            "pybody" => { black_box(smart_proto::parse_body(black_box("{'power_consumption': 357}")).is_ok()); }
+            "update" => { black_box(smart_proto::Update::from_normalized(black_box(normd.clone())).is_ok()); }
+            "clone" => { black_box(black_box(normd.clone())); }
+            "alloc" => { let mut m = Map::new(); m.insert(black_box("power_consumption").to_owned(), Value::from(357)); black_box(m); }
+            _ => panic!(),
+        }
+    }
 }

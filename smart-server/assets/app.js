@@ -18,13 +18,13 @@ const MAX_PENDING_FLASH = 5000;
 const KNOWN_COLUMNS = [
   { key: 'serial_number', label: 'Serial', kind: 'text', width: 104 },
   { key: 'online', label: 'Status', kind: 'status', width: 100 },
-  { key: 'last_status_update', label: 'Last update', kind: 'ago', width: 112 },
-  { key: 'battery', label: 'Battery', unit: '%', kind: 'num', width: 96 },
-  { key: 'power_income', label: 'Income', unit: 'W', kind: 'num', width: 100 },
-  { key: 'power_inject', label: 'Inject', unit: 'W', kind: 'num', width: 96 },
-  { key: 'power_consumption', label: 'Consumption', unit: 'W', kind: 'num', width: 132 },
-  { key: 'capacity', label: 'Capacity', kind: 'num', width: 112 },
-  { key: 'pv_connectors', label: 'PV conn.', kind: 'num', width: 88 },
+  { key: 'last_status_update', label: 'Last update', kind: 'ago', width: 120 },
+  { key: 'battery', label: 'Battery', unit: '%', kind: 'num', width: 104 },
+  { key: 'power_income', label: 'Income', unit: 'W', kind: 'num', width: 108 },
+  { key: 'power_inject', label: 'Inject', unit: 'W', kind: 'num', width: 104 },
+  { key: 'power_consumption', label: 'Consumption', unit: 'W', kind: 'num', width: 150 },
+  { key: 'capacity', label: 'Capacity', kind: 'num', width: 116 },
+  { key: 'pv_connectors', label: 'PV conn.', kind: 'num', width: 96 },
   { key: 'software_version', label: 'Software', kind: 'text', width: 100 },
   { key: 'solmate_version', label: 'SolMate', kind: 'text', width: 88 },
   { key: 'country', label: 'Country', kind: 'text', width: 84 },
@@ -246,7 +246,7 @@ const state = {
   extraKeys: new Set(),
   accepted: emptyQuery(), // last query the server answered with INIT
   desired: queryFromHash(), // what the user asked for; sent on every (re)connect
-  pending: [], // queries sent and not yet answered, oldest first
+  pending: [], // {query, keepError} sent and not yet answered, oldest first
   compare: comparator([]),
   sortFields: new Set(),
   filterFields: new Set(),
@@ -468,9 +468,9 @@ function onFrame(data) {
     link.gotInit = true;
     link.attempt = 0;
     const answered = state.pending.shift();
-    handleInit(env.message, answered);
+    handleInit(env.message, answered?.query);
     if (answered !== undefined) {
-      showError('');
+      if (!answered.keepError) showError('');
       setApplying(state.pending.length > 0);
       writeHash(state.accepted);
     }
@@ -488,17 +488,17 @@ function onQueryError(reason) {
   // The server keeps the previous view; so do we, and that is what a reconnect will ask for again.
   state.desired = state.accepted;
   markDirty('header');
-  if (link.skipInit && state.pending.length === 0) {
-    // The query that replaced the greeting INIT was refused: ask for the accepted view instead.
-    link.skipInit = false;
-    sendQuery(state.accepted);
+  if (!link.gotInit && state.pending.length === 0) {
+    // The query sent in place of the greeting INIT (from the URL or before a reconnect) was refused:
+    // ask for the accepted view instead, so the table is not left empty.
+    sendQuery(state.accepted, { keepError: true });
   }
 }
 
-function sendQuery(q) {
+function sendQuery(query, { keepError = false } = {}) {
   if (!link.ws || link.ws.readyState !== WebSocket.OPEN) return false;
-  link.ws.send(JSON.stringify({ type: 'FILT', message: toClauses(q) }));
-  state.pending.push(q);
+  link.ws.send(JSON.stringify({ type: 'FILT', message: toClauses(query) }));
+  state.pending.push({ query, keepError });
   setApplying(true);
   return true;
 }
@@ -514,7 +514,7 @@ function applyQuery(q) {
 
 function writeHash(q) {
   const hash = queryToHash(q);
-  if (hash !== location.hash && !(hash === '' && location.hash === '')) {
+  if (hash !== location.hash) {
     history.replaceState(null, '', `${location.pathname}${location.search}${hash}`);
   }
 }
@@ -919,7 +919,8 @@ function setSpacer(tr, px) {
 }
 
 function runFlashes(visible) {
-  if (!state.flash || reducedMotion.matches) {
+  // Reduced motion only sets the default (see boot); a user who turns flashing on gets it.
+  if (!state.flash) {
     state.flashQueue.clear();
     state.newRows.clear();
     return;
@@ -964,6 +965,7 @@ function renderSummary() {
   setText(onlineEl, `${numberFormat.format(online)} online`);
   setText(offlineEl, `${numberFormat.format(offline)} offline`);
   filteredEl.hidden = !filtered;
+  $('stale-badge').hidden = !(state.hadInit && link.status === 'offline');
 
   const empty = rows.length === 0;
   emptyEl.hidden = !empty;

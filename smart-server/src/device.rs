@@ -26,7 +26,7 @@ use crate::shutdown::Shutdown;
 use crate::store::{Ack, Job, Write};
 
 /// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A reply owed to the device, in arrival order.
 enum Reply {
@@ -253,7 +253,8 @@ impl Session<'_> {
             .apply(serial, &message.update, now(), attach, |applied| {
                 // Under the fleet lock: queue in the order updates were applied, so the store and the
                 // dashboards never see two updates of one device swapped.
-                if applied.came_online && listening {
+                // A new device's full record already says it is online.
+                if applied.came_online && !applied.created && listening {
                     shared
                         .committer
                         .submit(Job::Publish(Arc::new(Change::online(serial.clone(), true))));

@@ -22,6 +22,9 @@ use crate::metrics::Metrics;
 
 /// Largest number of jobs one group commit takes: bounds the latency a huge backlog adds to the
 /// first job of the next batch.
+static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static TOTAL_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static FLUSH_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const MAX_BATCH: usize = 4096;
 
 /// Failures of the store.
@@ -74,7 +77,7 @@ impl Store {
             match parsed {
                 Ok(record) if record.serial_number.as_str() == key => records.push(record),
                 Ok(record) => {
-                    warn!(key, serial = %record.serial_number, "skipping stored record under a foreign key")
+                    warn!(key, serial = %record.serial_number, "skipping stored record under a foreign key");
                 }
                 Err(reason) => warn!(key, reason, "skipping unreadable stored record"),
             }
@@ -94,6 +97,14 @@ impl Store {
     }
 
     fn commit(&self, batch: &[Job]) -> Result<usize, StoreError> {
+        let t0 = Instant::now();
+        let r = self.commit2(batch);
+        let n = COMMITS.fetch_add(1, Ordering::Relaxed);
+        TOTAL_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if n % 5000 == 4999 { eprintln!("commits {} total {} us/commit flush {} us/commit", n, TOTAL_NS.load(Ordering::Relaxed)/1000/n, FLUSH_NS.load(Ordering::Relaxed)/1000/n); }
+        r
+    }
+    fn commit2(&self, batch: &[Job]) -> Result<usize, StoreError> {
         let mut writes = 0;
         for job in batch {
             if let Job::Write(write) = job {
@@ -102,9 +113,11 @@ impl Store {
                 writes += 1;
             }
         }
+        let t = Instant::now();
         if writes > 0 {
             self.db.flush()?;
         }
+        FLUSH_NS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(writes)
     }
 }

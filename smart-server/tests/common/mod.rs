@@ -1,0 +1,292 @@
+//! Shared helpers: start the real server on 127.0.0.1 port 0, talk to it over websockets and HTTP,
+//! every wait bounded.
+#![allow(dead_code, clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use smart_server::{Config, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// Every single wait in the tests is bounded by this.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const DEVICE_WELCOME: &str = r#"{"type":"INFO","message":"Welcome to SMART-Server - SolMate Real-Time ObServer! - SolServerConsumer: groups ['updates']"}"#;
+pub const DASHBOARD_WELCOME: &str = r#"{"type":"INFO","message":"Welcome to SMART-Server - SolMate Real-Time ObServer! - ClientConsumer: groups ['broadcast']"}"#;
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A server running in this process, stopped gracefully by [`TestServer::stop`].
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let server = tokio::time::timeout(TIMEOUT, Server::bind(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run_until(async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn start_in(dir: &Path) -> TestServer {
+        TestServer::start(Config::for_tests(dir.to_path_buf())).await
+    }
+
+    /// Graceful shutdown; returns once the server has flushed and released the store.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(TIMEOUT, task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub async fn device(&self) -> Ws {
+        device(self.addr).await
+    }
+
+    /// A dashboard past its welcome; returns it with the records of the first INIT.
+    pub async fn dashboard(&self) -> (Ws, Vec<Value>) {
+        dashboard(self.addr).await
+    }
+
+    pub async fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.addr, path, &[]).await
+    }
+}
+
+pub async fn connect(addr: SocketAddr, path: &str) -> Ws {
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = tokio::time::timeout(TIMEOUT, connect_async(url))
+        .await
+        .unwrap()
+        .unwrap();
+    ws
+}
+
+/// A device connection past the welcome.
+pub async fn device(addr: SocketAddr) -> Ws {
+    let mut ws = connect(addr, "/update/").await;
+    assert_eq!(recv_text(&mut ws).await, DEVICE_WELCOME);
+    ws
+}
+
+/// A dashboard connection past the welcome and the first INIT (whose records are returned).
+pub async fn dashboard(addr: SocketAddr) -> (Ws, Vec<Value>) {
+    let mut ws = connect(addr, "/client/").await;
+    assert_eq!(recv_text(&mut ws).await, DASHBOARD_WELCOME);
+    let init = recv_json(&mut ws).await;
+    assert_eq!(init["type"], "INIT", "{init}");
+    let records = init["message"].as_array().unwrap().clone();
+    (ws, records)
+}
+
+pub async fn send(ws: &mut Ws, text: &str) {
+    tokio::time::timeout(TIMEOUT, ws.send(Message::text(text)))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The next message of any kind (pings are answered by tungstenite and skipped).
+pub async fn recv(ws: &mut Ws) -> Message {
+    loop {
+        let msg = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("stream ended")
+            .expect("websocket error");
+        if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+            return msg;
+        }
+    }
+}
+
+pub async fn recv_text(ws: &mut Ws) -> String {
+    match recv(ws).await {
+        Message::Text(text) => text.as_str().to_owned(),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+pub async fn recv_json(ws: &mut Ws) -> Value {
+    let text = recv_text(ws).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("server sent non-JSON {text:?}: {e}"))
+}
+
+/// Nothing arrives within `within`.
+pub async fn assert_silent(ws: &mut Ws, within: Duration) {
+    if let Ok(Some(msg)) = tokio::time::timeout(within, ws.next()).await {
+        panic!("expected silence, got {msg:?}");
+    }
+}
+
+/// Send a device frame and return the reply.
+pub async fn exchange(ws: &mut Ws, frame: &str) -> Value {
+    send(ws, frame).await;
+    recv_json(ws).await
+}
+
+/// `{"type":"UPDT","message":"MID:SERIAL:BODY"}` with a JSON body.
+pub fn updt(mid: &str, serial: &str, body: &Value) -> String {
+    serde_json::json!({"type": "UPDT", "message": format!("{mid}:{serial}:{body}")}).to_string()
+}
+
+/// Send a valid UPDT and assert its OK.
+pub async fn send_ok(ws: &mut Ws, mid: &str, serial: &str, body: &Value) {
+    let reply = exchange(ws, &updt(mid, serial, body)).await;
+    assert_eq!(
+        reply,
+        serde_json::json!({"type": "INFO", "message": format!("{mid}:{serial}:OK")})
+    );
+}
+
+/// The body of an UPDT frame to a dashboard: `(MID, SERIAL, body)`.
+pub fn parse_updt(frame: &Value) -> (String, String, Value) {
+    assert_eq!(frame["type"], "UPDT", "{frame}");
+    let message = frame["message"].as_str().unwrap();
+    let mut parts = message.splitn(3, ':');
+    let mid = parts.next().unwrap().to_owned();
+    let serial = parts.next().unwrap().to_owned();
+    let body = serde_json::from_str(parts.next().unwrap()).unwrap();
+    (mid, serial, body)
+}
+
+/// The next frame that is not an UPDT for another serial than `serial`.
+pub async fn next_updt_for(ws: &mut Ws, serial: &str) -> (String, Value) {
+    for _ in 0..1000 {
+        let frame = recv_json(ws).await;
+        if frame["type"] != "UPDT" {
+            continue;
+        }
+        let (mid, s, body) = parse_updt(&frame);
+        if s == serial {
+            return (mid, body);
+        }
+    }
+    panic!("no UPDT for {serial}");
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON {:?}: {e}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close), enough for the API under test.
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in extra_headers {
+        let _ = write!(request, "{k}: {v}\r\n");
+    }
+    request.push_str("\r\n");
+    let raw = tokio::time::timeout(TIMEOUT, async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        raw
+    })
+    .await
+    .unwrap();
+    parse_http(&raw)
+}
+
+pub fn parse_http(raw: &[u8]) -> HttpResponse {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// A device record from the HTTP API.
+pub async fn record(server: &TestServer, serial: &str) -> Value {
+    let res = server.get(&format!("/api/devices/{serial}")).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    res.json()
+}

@@ -1,0 +1,657 @@
+//! Smoke tests of the examples: each binary runs briefly against the real server (in this process, on
+//! 127.0.0.1 port 0, with a temporary data dir) and its summary is checked against what the server holds.
+//!
+//! `cargo test --all-targets` builds examples only as test harnesses, so the first test that needs the
+//! programs builds them (`cargo build --examples`, a no-op when they are current) next to this test's
+//! profile directory.
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use smart_server::{Config, Server};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+#[path = "../examples/common/mod.rs"]
+mod common;
+
+/// A server running in this process until dropped or stopped.
+struct TestServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    async fn start(data_dir: &Path) -> TestServer {
+        Self::start_on(data_dir, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    async fn start_on(data_dir: &Path, listen: SocketAddr) -> TestServer {
+        let mut config = Config::for_tests(data_dir.to_path_buf());
+        config.listen = listen;
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run_until(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Graceful shutdown, waiting until the server has let go of its port and data dir.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// `GET path` over a plain HTTP/1.1 connection; the body parsed as JSON.
+    async fn get_json(&self, path: &str) -> Value {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+            .await
+            .unwrap()
+            .unwrap();
+        let response = String::from_utf8(response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    async fn serials(&self) -> BTreeSet<String> {
+        let devices = self.get_json("/api/devices").await;
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["serial_number"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+}
+
+/// The directory of the example programs, built once per test run.
+fn examples_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // This test runs as target/PROFILE/deps/examples_smoke-HASH; the examples go to target/PROFILE/examples.
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()).unwrap() {
+            "debug" => "dev".to_owned(),
+            other => other.to_owned(),
+        };
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--examples",
+                "-p",
+                "smart-os",
+                "--profile",
+                &profile,
+            ])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the examples failed");
+        profile_dir.join("examples")
+    })
+}
+
+/// Run an example to completion (at most 60 s) and return its output.
+async fn run(name: &str, args: &[&str]) -> Output {
+    let program = examples_dir().join(name);
+    let child = tokio::process::Command::new(&program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    tokio::time::timeout(Duration::from_mins(1), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{name} {args:?} did not finish"))
+        .unwrap()
+}
+
+/// The last stdout line of a successful run, as JSON.
+fn json_summary(name: &str, output: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{name} failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        output.status
+    );
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{name} printed nothing; stderr: {stderr}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: {e}: {line}"))
+}
+
+fn expected_serials(range: std::ops::RangeInclusive<u64>) -> BTreeSet<String> {
+    range.map(|n| format!("{n:04}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn simulator_devices_all_appear_in_the_api() {
+    let dir = TempDir::new().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url();
+    let output = run(
+        "solmate_sim",
+        &[
+            "--url",
+            &url,
+            "--devices",
+            "25",
+            "--seconds",
+            "2",
+            "--min-interval",
+            "0.1",
+            "--max-interval",
+            "0.4",
+            "--values",
+            "sine",
+            "--json",
+            "--seed",
+            "7",
+        ],
+    )
+    .await;
+    let summary = json_summary("solmate_sim", &output);
+    assert_eq!(summary["connected"], 25, "{summary}");
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert_eq!(summary["unexpected"], 0, "{summary}");
+    assert_eq!(summary["unacked"], 0, "{summary}");
+    // Each device sent its INIT and then changes every 0.1–0.4 s for 2 s.
+    assert!(summary["acked"].as_u64().unwrap() >= 25 * 3, "{summary}");
+    assert_eq!(summary["acked"], summary["sent"], "{summary}");
+
+    assert_eq!(server.serials().await, expected_serials(1..=25));
+    // The INIT's underscored keys arrived under their plain names, runtime keys were dropped, and the
+    // extra flags of the reference device were kept.
+    let device = server.get_json("/api/devices/0007").await;
+    assert!(
+        device["country"].as_str().is_some_and(|c| c.len() == 2),
+        "{device}"
+    );
+    assert!(
+        device["postcode"].as_str().is_some_and(|p| p.len() == 4),
+        "{device}"
+    );
+    assert!(device["battery"].is_number(), "{device}");
+    assert_eq!(device["meassuring"], true, "{device}");
+    assert!(
+        device.get("server_url").is_none() && device.get("_battery").is_none(),
+        "{device}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn simulator_starts_with_updt_and_widens_serials_past_9999() {
+    let dir = TempDir::new().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url();
+    let output = run(
+        "solmate_sim",
+        &[
+            "--url",
+            &url,
+            "--devices",
+            "3",
+            "--first-serial",
+            "9999",
+            "--first",
+            "updt",
+            "--values",
+            "ramp",
+            "--seconds",
+            "1",
+            "--min-interval",
+            "0.1",
+            "--max-interval",
+            "0.2",
+            "--json",
+        ],
+    )
+    .await;
+    let summary = json_summary("solmate_sim", &output);
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert_eq!(summary["connected"], 3, "{summary}");
+    let serials: BTreeSet<String> = ["9999", "10000", "10001"].map(str::to_owned).into();
+    assert_eq!(server.serials().await, serials);
+    let device = server.get_json("/api/devices/10000").await;
+    assert!(
+        device.get("meassuring").is_none(),
+        "a first UPDT carries no runtime flags: {device}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn simulator_reconnects_and_resends_after_a_server_restart() {
+    let dir = TempDir::new().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url();
+    let addr = server.addr;
+    let sim = tokio::spawn(async move {
+        run(
+            "solmate_sim",
+            &[
+                "--url",
+                &url,
+                "--devices",
+                "5",
+                "--seconds",
+                "5",
+                "--min-interval",
+                "0.1",
+                "--max-interval",
+                "0.2",
+                "--json",
+                "--ack-timeout",
+                "3",
+            ],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server = TestServer::start_on(dir.path(), addr).await;
+    let output = sim.await.unwrap();
+    let summary = json_summary("solmate_sim", &output);
+    assert!(
+        summary["reconnects"].as_u64().unwrap() >= 5,
+        "every device came back: {summary}"
+    );
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert!(summary["acked"].as_u64().unwrap() > 5, "{summary}");
+    assert_eq!(server.serials().await, expected_serials(1..=5));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_reports_a_nonzero_rate_and_no_errors() {
+    let dir = TempDir::new().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url();
+    let pid = std::process::id().to_string();
+    let output = run(
+        "loadgen",
+        &[
+            "--url",
+            &url,
+            "--devices",
+            "4",
+            "--dashboards",
+            "2",
+            "--window",
+            "2",
+            "--seconds",
+            "1.5",
+            "--warmup",
+            "0.5",
+            "--json",
+            "--server-pid",
+            &pid,
+        ],
+    )
+    .await;
+    let report = json_summary("loadgen", &output);
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["connected"], 6, "{report}");
+    assert!(report["acks_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["ack_p50_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["ack_p99_ms"].as_f64().unwrap() >= report["ack_p50_ms"].as_f64().unwrap(),
+        "{report}"
+    );
+    assert!(
+        report["dashboard_msgs_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["fanout_p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["server_cpu_percent"].as_f64().is_some(), "{report}");
+    // Every device the load generator used is stored.
+    assert_eq!(server.serials().await, expected_serials(1..=4));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_measures_the_baseline_and_idle_memory() {
+    let dir = TempDir::new().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url();
+    let output = run(
+        "loadgen",
+        &[
+            "--url",
+            &url,
+            "--devices",
+            "2",
+            "--seconds",
+            "1",
+            "--warmup",
+            "0.2",
+            "--baseline",
+            "--json",
+        ],
+    )
+    .await;
+    let report = json_summary("loadgen", &output);
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["baseline"]["errors"], 0, "{report}");
+    assert_eq!(report["baseline"]["target"], "baseline", "{report}");
+    assert!(
+        report["baseline"]["acks_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["fraction_of_baseline"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+
+    let pid = std::process::id().to_string();
+    let output = run(
+        "loadgen",
+        &[
+            "--url",
+            &url,
+            "--idle",
+            "50",
+            "--server-pid",
+            &pid,
+            "--json",
+        ],
+    )
+    .await;
+    let report = json_summary("loadgen", &output);
+    assert_eq!(report["idle_connections"], 50, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(
+        report["rss_per_connection_kib"].as_f64().is_some(),
+        "{report}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_refuses_non_loopback_servers() {
+    let output = run(
+        "loadgen",
+        &["--url", "ws://192.0.2.1:8000", "--seconds", "1"],
+    )
+    .await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("loopback"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_prints_the_init_table_then_updates() {
+    let dir = TempDir::new().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url();
+    let seed = run(
+        "solmate_sim",
+        &[
+            "--url",
+            &url,
+            "--devices",
+            "3",
+            "--seconds",
+            "0.5",
+            "--json",
+        ],
+    )
+    .await;
+    json_summary("solmate_sim", &seed);
+
+    let watch_url = url.clone();
+    let watch = tokio::spawn(async move {
+        run(
+            "watch",
+            &["--url", &watch_url, "--count", "6", "--seconds", "20"],
+        )
+        .await
+    });
+    // The simulator keeps changing values until the watcher has seen six updates.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sim = run(
+        "solmate_sim",
+        &[
+            "--url",
+            &url,
+            "--devices",
+            "3",
+            "--seconds",
+            "2",
+            "--min-interval",
+            "0.1",
+            "--max-interval",
+            "0.2",
+        ],
+    )
+    .await;
+    assert!(sim.status.success());
+    let output = watch.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "INIT: 3 devices", "{stdout}");
+    assert!(lines[1].starts_with("serial_number | "), "{stdout}");
+    for (row, serial) in lines[3..6].iter().zip(["0001", "0002", "0003"]) {
+        assert!(row.starts_with(serial), "{stdout}");
+    }
+    // Each device goes online (UPDT `online=true`) before its first values: six lines hold at least
+    // three UPDTs with values.
+    let updates: Vec<&&str> = lines.iter().filter(|l| l.contains("  UPDT ")).collect();
+    assert_eq!(updates.len(), 6, "{stdout}");
+    let with_values = updates.iter().filter(|l| l.contains("last_status_update=")).count();
+    assert!(with_values >= 3, "{stdout}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_shows_only_the_filtered_view() {
+    let dir = TempDir::new().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url();
+    let seed = run(
+        "solmate_sim",
+        &[
+            "--url",
+            &url,
+            "--devices",
+            "4",
+            "--seconds",
+            "0.5",
+            "--json",
+        ],
+    )
+    .await;
+    json_summary("solmate_sim", &seed);
+
+    let output = run(
+        "watch",
+        &[
+            "--url",
+            &url,
+            "--seconds",
+            "1",
+            "--columns",
+            "serial_number,online",
+            "filter:serial_number:^:000",
+            "sort:serial_number:>:abc",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "INIT: 4 devices", "{stdout}");
+    assert_eq!(lines[1], "serial_number | online", "{stdout}");
+    let rows: Vec<&str> = lines[3..7]
+        .iter()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        ["0004", "0003", "0002", "0001"],
+        "descending: {stdout}"
+    );
+
+    let output = run(
+        "watch",
+        &[
+            "--url",
+            &url,
+            "--seconds",
+            "1",
+            "filter:serial_number:=:0002",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("INIT: 1 devices\n"), "{stdout}");
+    assert!(
+        stdout.contains("\n0002 ") && !stdout.contains("\n0001 "),
+        "{stdout}"
+    );
+
+    let output = run(
+        "watch",
+        &["--url", &url, "--seconds", "1", "filter:battery:>:lots"],
+    )
+    .await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("bad FILT clause"));
+    server.stop().await;
+}
+
+#[test]
+fn histogram_quantiles_are_within_their_bucket_error() {
+    let mut histogram = common::Histogram::default();
+    for micros in 1..=10_000 {
+        histogram.record(micros);
+    }
+    for (q, exact) in [(0.5, 5_000.0), (0.99, 9_900.0), (0.999, 9_990.0)] {
+        let got = histogram.quantile(q) as f64;
+        assert!((got - exact).abs() / exact < 0.04, "q{q}: {got} vs {exact}");
+    }
+    let mut other = common::Histogram::default();
+    other.record(1_000_000);
+    histogram.merge(&other);
+    assert_eq!(histogram.len(), 10_001);
+    assert!((histogram.max_ms() - 1000.0).abs() < f64::EPSILON);
+    assert_eq!(common::Histogram::default().quantile(0.99), 0);
+}
+
+#[test]
+fn endpoints_and_loopback_checks() {
+    assert_eq!(
+        common::endpoint("ws://127.0.0.1:8000", "/update/").unwrap(),
+        "ws://127.0.0.1:8000/update/"
+    );
+    assert_eq!(
+        common::endpoint("ws://localhost:1/client/", "/update/").unwrap(),
+        "ws://localhost:1/update/"
+    );
+    assert!(common::endpoint("http://127.0.0.1:8000", "/update/").is_err());
+    assert!(common::is_loopback("ws://127.0.0.1:8000"));
+    assert!(common::is_loopback("ws://localhost:8000/update/"));
+    assert!(common::is_loopback("ws://[::1]:8000"));
+    assert!(!common::is_loopback("ws://10.0.0.1:8000"));
+    assert!(!common::is_loopback("ws://127.0.0.1.example.com:8000"));
+}
+
+#[test]
+fn proc_readings_of_this_process() {
+    let pid = std::process::id();
+    assert!(common::rss_kib(pid).unwrap() > 1000);
+    let before = common::cpu_ticks(pid).unwrap();
+    let mut x = 0u64;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(200) {
+        x = x.wrapping_mul(31).wrapping_add(7);
+    }
+    std::hint::black_box(x);
+    assert!(
+        common::cpu_ticks(pid).unwrap() > before,
+        "200 ms of busy work shows as CPU time"
+    );
+    assert!(common::open_files_limit().is_some_and(|limit| limit > 0));
+}
