@@ -438,7 +438,9 @@ impl Device {
         loop {
             let now = Instant::now();
             let running = now < run.deadline;
-            if running && in_flight.is_none() && (!self.announced || !self.dirty.is_empty()) {
+            // Past the deadline values no longer change: this sends at most one last message with
+            // what is still pending, so a run ends with everything acked.
+            if in_flight.is_none() && (!self.announced || !self.dirty.is_empty()) {
                 let (frame, flight) = match self.next_message(run) {
                     Ok(message) => message,
                     Err(err) => {
@@ -579,6 +581,7 @@ async fn simulate(args: Args) -> Result<()> {
         first_errors: Mutex::new(Vec::new()),
     });
     let server_cpu = args.server_pid.map(common::CpuSample::start).transpose()?;
+    let own_cpu = common::CpuSample::start(std::process::id())?;
     let seed = args.seed.unwrap_or_else(|| rand::rng().random::<u64>());
 
     let mut devices = tokio::task::JoinSet::new();
@@ -641,6 +644,7 @@ async fn simulate(args: Args) -> Result<()> {
         "ack_p50_ms": common::round(latency.quantile_ms(0.50), 3),
         "ack_p99_ms": common::round(latency.quantile_ms(0.99), 3),
         "ack_max_ms": common::round(latency.max_ms(), 3),
+        "sim_cpu_percent": common::round(own_cpu.percent()?, 1),
         "first_errors": run.first_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
     });
     if let (Some(pid), Some(cpu)) = (args.server_pid, server_cpu) {
@@ -677,8 +681,8 @@ fn print_summary(s: &Value) {
     );
     if let Some(cpu) = s.get("server_cpu_percent") {
         println!(
-            "  server      {cpu} % of one core on average, RSS {} KiB at the end",
-            s["server_rss_kib"]
+            "  server      {cpu} % of one core on average (simulator {} %), RSS {} KiB at the end",
+            s["sim_cpu_percent"], s["server_rss_kib"]
         );
     }
     for error in s["first_errors"].as_array().into_iter().flatten() {

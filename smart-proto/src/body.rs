@@ -33,6 +33,14 @@ use serde_json::{Map, Number, Value};
 use crate::{Error, Result};
 
 /// Deepest nesting of dicts, lists and tuples the Python-literal parser accepts.
+///
+/// ```
+/// use smart_proto::{body::MAX_DEPTH, parse_python_literal};
+///
+/// let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+/// assert!(parse_python_literal(&nested(MAX_DEPTH)).is_ok());
+/// assert!(parse_python_literal(&nested(MAX_DEPTH + 1)).is_err());
+/// ```
 pub const MAX_DEPTH: usize = 64;
 
 /// Parse a body into an object. JSON first (fast path), then a Python dict literal.
@@ -155,27 +163,77 @@ pub(crate) fn json_str(s: &str, i: usize) -> Option<(crate::envelope::JsonStr<'_
     let mut j = start;
     let mut escaped = false;
     loop {
-        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        if b[j] == b'"' {
-            break;
+        j += find_special(b.get(j..)?, b'"')?;
+        match b[j] {
+            b'"' => break,
+            b'\\' => {
+                escaped = true;
+                // Skip the escaped byte; a multi-byte char there holds no quote or backslash byte.
+                j += 2;
+            }
+            _ => return None,
         }
-        escaped = true;
-        // Skip the escaped byte; a multi-byte char there cannot contain a quote or backslash byte.
-        j += 2;
-    }
-    if b[start..j].iter().any(|&c| c < 0x20) {
-        return None;
     }
     // Index `j` holds an ASCII quote, so it is a char boundary.
-    Some((crate::envelope::JsonStr { raw: &s[start..j], escaped }, j + 1))
+    Some((
+        crate::envelope::JsonStr {
+            raw: &s[start..j],
+            escaped,
+        },
+        j + 1,
+    ))
+}
+
+/// Index of the first `quote`, backslash or control byte, eight bytes at a time (frames are short, so
+/// this beats a vectorized search, whose setup costs more than the scan).
+fn find_special(b: &[u8], quote: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // High bit set in each byte of `v` below `n` (exact for the lowest such byte, which is all we use).
+    let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH;
+    let mut chunks = b.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let hits = below(x ^ (ONES * u64::from(quote)), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1)
+            | below(x, 0x20);
+        if hits != 0 {
+            return Some(base + (hits.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == quote || c == b'\\' || c < 0x20)
+        .map(|p| base + p)
+}
+
+/// Where a Python string body stops being plain text: its quote, a backslash or a line break. Other
+/// control bytes are ordinary characters in a Python string.
+fn find_py_stop(b: &[u8], quote: u8) -> Option<usize> {
+    let mut from = 0;
+    loop {
+        let at = from + find_special(b.get(from..)?, quote)?;
+        if matches!(b[at], b'\\' | b'\n' | b'\r') || b[at] == quote {
+            return Some(at);
+        }
+        from = at + 1;
+    }
 }
 
 /// Append the meaning of an escaped JSON string's inside to `out`; `false` if an escape is invalid.
 pub(crate) fn unescape_json(mut raw: &str, out: &mut String) -> bool {
-    while let Some(pos) = memchr::memchr(b'\\', raw.as_bytes()) {
+    // `raw` comes from `json_str`: no raw quotes or control bytes, so the first special byte is a backslash.
+    while let Some(pos) = find_special(raw.as_bytes(), b'"') {
         out.push_str(&raw[..pos]);
         let after = &raw[pos + 1..];
-        let Some(&c) = after.as_bytes().first() else { return false };
+        let Some(&c) = after.as_bytes().first() else {
+            return false;
+        };
         let simple = match c {
             b'"' => '"',
             b'\\' => '\\',
@@ -186,7 +244,9 @@ pub(crate) fn unescape_json(mut raw: &str, out: &mut String) -> bool {
             b'r' => '\r',
             b't' => '\t',
             b'u' => {
-                let Some((ch, len)) = json_u_escape(after) else { return false };
+                let Some((ch, len)) = json_u_escape(after) else {
+                    return false;
+                };
                 out.push(ch);
                 raw = &after[len..];
                 continue;
@@ -204,7 +264,11 @@ pub(crate) fn unescape_json(mut raw: &str, out: &mut String) -> bool {
 fn json_u_escape(after: &str) -> Option<(char, usize)> {
     let hex4 = |s: &str| {
         let digits = s.get(..4)?;
-        if digits.bytes().all(|b| b.is_ascii_hexdigit()) { u32::from_str_radix(digits, 16).ok() } else { None }
+        if digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            u32::from_str_radix(digits, 16).ok()
+        } else {
+            None
+        }
     };
     let code = hex4(after.get(1..)?)?;
     if (0xD800..0xDC00).contains(&code) {
@@ -212,7 +276,10 @@ fn json_u_escape(after: &str) -> Option<(char, usize)> {
         if !(0xDC00..0xE000).contains(&low) {
             return None;
         }
-        return Some((char::from_u32(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00))?, 11));
+        return Some((
+            char::from_u32(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00))?,
+            11,
+        ));
     }
     Some((char::from_u32(code)?, 5))
 }
@@ -270,7 +337,7 @@ fn json_scalar(s: &str, i: usize) -> Option<(Value, usize)> {
     }
 }
 
-/// A number in JSON's grammar. Big integers and `-0` go to serde_json, which gives them its own meaning.
+/// A number in JSON's grammar. Big integers and `-0` go to `serde_json`, which gives them its own meaning.
 fn json_number(s: &str, start: usize) -> Option<(Value, usize)> {
     let b = s.as_bytes();
     let digits = |mut j: usize| {
@@ -279,7 +346,11 @@ fn json_number(s: &str, start: usize) -> Option<(Value, usize)> {
         }
         j
     };
-    let int_start = if b.get(start) == Some(&b'-') { start + 1 } else { start };
+    let int_start = if b.get(start) == Some(&b'-') {
+        start + 1
+    } else {
+        start
+    };
     let mut j = digits(int_start);
     if j == int_start || (j - int_start > 1 && b[int_start] == b'0') {
         return None;
@@ -377,7 +448,9 @@ pub(crate) fn unwrap_err(e: nom::Err<PyError<'_>>) -> PyError<'_> {
 
 /// Skip Python whitespace (inside brackets newlines are whitespace too).
 pub(crate) fn skip_ws(i: &str) -> &str {
-    i.trim_start_matches([' ', '\t', '\n', '\r', '\x0c'])
+    let n = i.bytes().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0c)).count();
+    // Whitespace is ASCII, so `n` is a char boundary.
+    &i[n..]
 }
 
 /// Length of a string prefix (`u`) if `i` starts a string literal.
@@ -607,10 +680,7 @@ pub(crate) fn string(i: &str) -> PResult<'_, Cow<'_, str>> {
         return fail(start, "expected a string");
     };
     let body = &i[1..];
-    let stop = body
-        .bytes()
-        .position(|b| b == quote || b == b'\\' || b == b'\n' || b == b'\r');
-    match stop {
+    match find_py_stop(body.as_bytes(), quote) {
         Some(n) if body.as_bytes()[n] == quote => Ok((&body[n + 1..], Cow::Borrowed(&body[..n]))),
         Some(n) if body.as_bytes()[n] == b'\\' => {
             let (rest, s) = escaped(start, &body[n..], quote, body[..n].to_owned())?;
@@ -623,10 +693,7 @@ pub(crate) fn string(i: &str) -> PResult<'_, Cow<'_, str>> {
 /// The rest of a string that holds escapes; `i` starts at the first backslash, `out` holds what came before.
 fn escaped<'a>(start: &'a str, mut i: &'a str, quote: u8, mut out: String) -> PResult<'a, String> {
     loop {
-        let n = i
-            .bytes()
-            .position(|b| b == quote || b == b'\\' || b == b'\n' || b == b'\r');
-        let Some(n) = n else {
+        let Some(n) = find_py_stop(i.as_bytes(), quote) else {
             return fail(start, "unterminated string");
         };
         out.push_str(&i[..n]);
@@ -760,6 +827,77 @@ mod tests {
             Error::BodySyntax { offset, reason } => (offset, reason),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn flat_scan_agrees_with_serde_or_declines() {
+        for body in [
+            r#"{"power_consumption": 357}"#,
+            r#" { "a" : -1.5e-3 , "b" : "x" , "c" : true , "d" : false , "e" : null , "f" : 0 } "#,
+            r#"{"big": 18446744073709551615, "neg": -9223372036854775808, "f": 1E+2}"#,
+            "{}",
+        ] {
+            let fast = scan_flat_json(body).unwrap();
+            let Value::Object(slow) = serde_json::from_str::<Value>(body).unwrap() else {
+                panic!()
+            };
+            assert_eq!(fast, slow, "{body}");
+        }
+        // Nesting, escapes, numbers serde_json gives its own meaning to, and invalid JSON all decline.
+        for body in [
+            r#"{"a": [1]}"#,
+            r#"{"a": {}}"#,
+            r#"{"a\n": 1}"#,
+            r#"{"a": "\n"}"#,
+            r#"{"a": -0}"#,
+            r#"{"a": 18446744073709551616}"#,
+            r#"{"a": 01}"#,
+            r#"{"a": 1.}"#,
+            r#"{"a": .5}"#,
+            r#"{"a": 1e}"#,
+            r#"{"a": +1}"#,
+            r#"{"a": 1,}"#,
+            r#"{"a" 1}"#,
+            r#"{"a": 1} x"#,
+            "{'a': 1}",
+            "[1]",
+            r#"{"a": tru}"#,
+            "{\"a\": \"\t\"}",
+        ] {
+            assert!(scan_flat_json(body).is_none(), "{body}");
+        }
+        // Whatever path they take, these agree with serde_json.
+        for body in [
+            r#"{"a": -0}"#,
+            r#"{"a": 18446744073709551616}"#,
+            r#"{"a\n": "\u00e9"}"#,
+        ] {
+            let Value::Object(slow) = serde_json::from_str::<Value>(body).unwrap() else {
+                panic!()
+            };
+            assert_eq!(parse_body(body).unwrap(), slow, "{body}");
+        }
+    }
+
+    #[test]
+    fn find_special_finds_the_first_quote_backslash_or_control_byte() {
+        assert_eq!(find_special(b"", b'"'), None);
+        assert_eq!(find_special(b"abcdefghijklmnop", b'"'), None);
+        for (i, special) in [b'"', b'\\', b'\n', 0x00, 0x1f].into_iter().enumerate() {
+            for at in 0..20 {
+                let mut s = vec![b'a'; 20];
+                s[at] = special;
+                s[(at + 3 + i) % 20] = b'"';
+                let want = s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+                assert_eq!(find_special(&s, b'"'), want, "{s:?}");
+            }
+        }
+        // Bytes above 0x7f (UTF-8) and 0x20 itself are ordinary.
+        assert_eq!(find_special("é ü €".as_bytes(), b'"'), None);
+        assert_eq!(find_special(b"abcdefgh'", b'\''), Some(8));
+        assert_eq!(find_py_stop(b"a\tb\x01c'd", b'\''), Some(5));
+        assert_eq!(find_py_stop(b"a\tb\nc'd", b'\''), Some(3));
+        assert_eq!(find_py_stop(b"a\tb", b'\''), None);
     }
 
     #[test]

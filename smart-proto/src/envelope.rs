@@ -158,10 +158,18 @@ pub fn parse_envelope(frame: &str) -> Result<Envelope<'_>> {
     finish(raw.kind, raw.message, raw.reason)
 }
 
-fn finish<'a>(kind: Option<Cow<'a, str>>, message: Option<Payload<'a>>, reason: Option<Cow<'a, str>>) -> Result<Envelope<'a>> {
+fn finish<'a>(
+    kind: Option<Cow<'a, str>>,
+    message: Option<Payload<'a>>,
+    reason: Option<Cow<'a, str>>,
+) -> Result<Envelope<'a>> {
     let kind = Kind::parse(&kind.ok_or(Error::MissingType)?)?;
     let message = message.ok_or(Error::MissingMessage)?;
-    Ok(Envelope { kind, message, reason })
+    Ok(Envelope {
+        kind,
+        message,
+        reason,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -185,7 +193,11 @@ impl<'a> FastEnvelope<'a> {
             Some(s) => s.to_cow().map(Some),
             None => Some(None),
         };
-        let (kind, message, reason) = (unescape(self.kind)?, unescape(self.message)?, unescape(self.reason)?);
+        let (kind, message, reason) = (
+            unescape(self.kind)?,
+            unescape(self.message)?,
+            unescape(self.reason)?,
+        );
         Some(finish(kind, message.map(Payload::Text), reason))
     }
 }
@@ -547,6 +559,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(text(&env), "0116:0001:{\"power_consumption\": 357}");
+    }
+
+    #[test]
+    fn escaped_keys_and_values_are_unescaped() {
+        let env =
+            parse_envelope(r#"{"typ\u0065": "UPD\u0054", "message": "a\/b\u00e9\ud83d\ude00"}"#)
+                .unwrap();
+        assert_eq!((env.kind, text(&env)), (Kind::Updt, "a/bé😀"));
+        // A lone surrogate is not text: the full path reports it.
+        assert!(matches!(
+            parse_envelope(r#"{"type": "UPDT", "message": "\ud800"}"#),
+            Err(Error::Envelope { .. })
+        ));
+        // A raw control character is not JSON, but a Python string may hold a tab.
+        assert_eq!(
+            text(&parse_envelope("{\"type\": \"UPDT\", \"message\": \"a\tb\"}").unwrap()),
+            "a\tb"
+        );
+    }
+
+    #[test]
+    fn fast_path_agrees_with_serde() {
+        for frame in [
+            r#"{"type": "UPDT", "message": "0116:0001:{\"power_consumption\": 357}"}"#,
+            r#" { "message" : "m" , "type" : "INFO" , "reason" : "r\n" } "#,
+            r#"{"type": "INIT", "message": "", "x": "y"}"#,
+            "{}",
+        ] {
+            let fast = scan_json_envelope(frame)
+                .and_then(FastEnvelope::into_envelope)
+                .unwrap();
+            let raw: RawEnvelope<'_> = serde_json::from_str(frame).unwrap();
+            assert_eq!(fast, finish(raw.kind, raw.message, raw.reason), "{frame}");
+        }
+        for not_fast in [
+            r#"{"type": "UPDT", "message": []}"#,
+            r#"{"type": "UPDT", "message": "x"} x"#,
+            "{'type': 'UPDT'}",
+            "[]",
+            r#"{"a\u0062": "x"}"#,
+        ] {
+            assert!(scan_json_envelope(not_fast).is_none(), "{not_fast}");
+        }
     }
 
     #[test]

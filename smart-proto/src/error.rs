@@ -1,4 +1,12 @@
 //! The one error type of the crate.
+//!
+//! ```
+//! use smart_proto::{Error, parse_device_message};
+//!
+//! let rejection = parse_device_message(r#"{"type": "UPDT", "message": "0116:0001"}"#).unwrap_err();
+//! assert_eq!(rejection.error, Error::Header("missing ':' after serial".into()));
+//! assert_eq!(rejection.error.to_string(), "bad header: missing ':' after serial");
+//! ```
 
 use thiserror::Error;
 
@@ -109,6 +117,14 @@ pub enum Error {
 }
 
 /// Shorthand for results of this crate.
+///
+/// ```
+/// fn serial_of(message: &str) -> smart_proto::Result<String> {
+///     let (header, _body) = smart_proto::Header::parse(message)?;
+///     Ok(header.serial.to_string())
+/// }
+/// assert_eq!(serial_of("0116:0001:{}").unwrap(), "0001");
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Cut user-supplied text for an error message at a char boundary near `max` bytes, marking the cut.

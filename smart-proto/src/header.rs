@@ -30,8 +30,22 @@ use nom::{IResult, Parser};
 use crate::{Error, Result};
 
 /// Longest accepted message id, in digits.
+///
+/// ```
+/// use smart_proto::{MessageId, header::MAX_ID_LEN};
+///
+/// assert!(MessageId::new(&"9".repeat(MAX_ID_LEN)).is_ok());
+/// assert!(MessageId::new(&"9".repeat(MAX_ID_LEN + 1)).is_err());
+/// ```
 pub const MAX_ID_LEN: usize = 9;
 /// Longest accepted serial, in characters.
+///
+/// ```
+/// use smart_proto::{Serial, header::MAX_SERIAL_LEN};
+///
+/// assert!(Serial::new(&"x".repeat(MAX_SERIAL_LEN)).is_ok());
+/// assert!(Serial::new(&"x".repeat(MAX_SERIAL_LEN + 1)).is_err());
+/// ```
 pub const MAX_SERIAL_LEN: usize = 32;
 
 /// How much of an offending value an error message quotes.
@@ -198,8 +212,14 @@ fn is_serial_byte(b: u8) -> bool {
 /// `MID:SERIAL:` on bytes, each part checked while it is read (the hot path: one pass, no re-validation).
 fn header_bytes(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
     (
-        terminated(take_while_m_n(1, MAX_ID_LEN, |b: u8| b.is_ascii_digit()), tag(&b":"[..])),
-        terminated(take_while_m_n(1, MAX_SERIAL_LEN, is_serial_byte), tag(&b":"[..])),
+        terminated(
+            take_while_m_n(1, MAX_ID_LEN, |b: u8| b.is_ascii_digit()),
+            tag(&b":"[..]),
+        ),
+        terminated(
+            take_while_m_n(1, MAX_SERIAL_LEN, is_serial_byte),
+            tag(&b":"[..]),
+        ),
     )
         .parse(input)
 }
@@ -240,8 +260,14 @@ impl Header {
             return Err(header_error(message));
         };
         let header = Header {
-            id: MessageId { len: id.len() as u8, buf: inline_bytes(id) },
-            serial: Serial { len: serial.len() as u8, buf: inline_bytes(serial) },
+            id: MessageId {
+                len: id.len() as u8,
+                buf: inline_bytes(id),
+            },
+            serial: Serial {
+                len: serial.len() as u8,
+                buf: inline_bytes(serial),
+            },
         };
         // Measured by length: the parts are ASCII, so the body starts on a char boundary.
         Ok((header, &message[message.len() - rest.len()..]))

@@ -145,7 +145,11 @@ pub fn parse_device_message(frame: &str) -> Result<DeviceMessage, Rejection> {
     let envelope = parse_envelope(frame)?;
     let kind = device_kind(envelope.kind)?;
     let Payload::Text(text) = envelope.message else {
-        return Err(Error::PayloadType { kind: kind.as_str(), expected: "a string \"MID:SERIAL:BODY\"" }.into());
+        return Err(Error::PayloadType {
+            kind: kind.as_str(),
+            expected: "a string \"MID:SERIAL:BODY\"",
+        }
+        .into());
     };
     device_message(kind, &text)
 }
@@ -153,17 +157,29 @@ pub fn parse_device_message(frame: &str) -> Result<DeviceMessage, Rejection> {
 fn device_kind(kind: Kind) -> Result<Kind> {
     match kind {
         Kind::Init | Kind::Updt => Ok(kind),
-        other => Err(Error::UnexpectedKind { kind: other.as_str(), expected: "INIT or UPDT" }),
+        other => Err(Error::UnexpectedKind {
+            kind: other.as_str(),
+            expected: "INIT or UPDT",
+        }),
     }
 }
 
 /// Header, body, normalization and typing of the message text.
 fn device_message(kind: Kind, text: &str) -> Result<DeviceMessage, Rejection> {
     let (header, body) = Header::parse(text)?;
-    let with_header = |error| Rejection { header: Some(header.clone()), error };
-    let fields = parse_body(body).and_then(|map| normalize(map, &header.serial)).map_err(with_header)?;
+    let with_header = |error| Rejection {
+        header: Some(header.clone()),
+        error,
+    };
+    let fields = parse_body(body)
+        .and_then(|map| normalize(map, &header.serial))
+        .map_err(with_header)?;
     let update = Update::from_normalized(fields).map_err(with_header)?;
-    Ok(DeviceMessage { kind, header, update })
+    Ok(DeviceMessage {
+        kind,
+        header,
+        update,
+    })
 }
 
 thread_local! {
@@ -191,7 +207,8 @@ fn fast_device_message(env: FastEnvelope<'_>) -> Option<Result<DeviceMessage, Re
     SCRATCH.with(|cell| {
         let mut buf = cell.try_borrow_mut().ok()?;
         buf.clear();
-        let result = crate::body::unescape_json(message.raw, &mut buf).then(|| device_message(kind, &buf));
+        let result =
+            crate::body::unescape_json(message.raw, &mut buf).then(|| device_message(kind, &buf));
         if buf.capacity() > SCRATCH_KEEP {
             *buf = String::new();
         }
@@ -330,7 +347,7 @@ impl ServerMessage {
             }
             ServerMessage::Init(records) => return write_init(records),
             ServerMessage::Updt { header, body } => {
-                write_header_frame(&mut out, Kind::Updt, header, body)
+                write_header_frame(&mut out, Kind::Updt, header, body);
             }
         }
         out

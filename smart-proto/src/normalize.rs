@@ -29,6 +29,15 @@ use serde_json::{Map, Value};
 use crate::{Error, Result, Serial};
 
 /// Runtime keys of the reference device that are not device state.
+///
+/// ```
+/// use smart_proto::{Serial, normalize, normalize::RUNTIME_KEYS, parse_body};
+///
+/// assert!(RUNTIME_KEYS.contains(&"websocket"));
+/// let fields = normalize(parse_body("{'websocket': '', '_tasks': ''}")?, &Serial::new("1")?)?;
+/// assert!(fields.as_map().is_empty());
+/// # Ok::<(), smart_proto::Error>(())
+/// ```
 pub const RUNTIME_KEYS: &[&str] = &[
     "server_url",
     "websocket",
@@ -39,7 +48,16 @@ pub const RUNTIME_KEYS: &[&str] = &[
     "tasks",
 ];
 
-/// Keys only the server sets.
+/// Keys only the server sets; a device sending them has them dropped.
+///
+/// ```
+/// use smart_proto::{Serial, normalize, normalize::SERVER_KEYS, parse_body};
+///
+/// assert!(SERVER_KEYS.contains(&"online"));
+/// let fields = normalize(parse_body(r#"{"online": true, "owner": "me"}"#)?, &Serial::new("1")?)?;
+/// assert!(fields.as_map().is_empty());
+/// # Ok::<(), smart_proto::Error>(())
+/// ```
 pub const SERVER_KEYS: &[&str] = &[
     "owner",
     "manufacturing_date",

@@ -69,7 +69,12 @@ where
     let mut spare = Vec::new();
     loop {
         if !out.is_empty() {
-            match send_all(ws, &mut out).await {
+            let sent = tokio::select! {
+                sent = send_all(ws, &mut out) => sent,
+                // A dashboard that does not read must not hold up shutdown: give up on it.
+                () = shutdown.recv() => return End::Broken,
+            };
+            match sent {
                 Ok(n) => {
                     shared
                         .metrics

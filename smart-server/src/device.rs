@@ -28,6 +28,9 @@ use crate::store::{Ack, Job, Write};
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// A device that accepts nothing for this long has stopped reading its acks: it is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A reply owed to the device, in arrival order.
 enum Reply {
     /// Known now (an ERROR).
@@ -123,9 +126,16 @@ impl Session<'_> {
         let mut reading = true;
         let mut close = None;
         loop {
-            if let Err(e) = self.send_ready(ws, &mut replies).await {
-                debug!(%e, "device socket write failed");
-                return End::Broken;
+            match tokio::time::timeout(WRITE_TIMEOUT, self.send_ready(ws, &mut replies)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(%e, "device socket write failed");
+                    return End::Broken;
+                }
+                Err(_) => {
+                    debug!("device stopped reading its acks; dropping it");
+                    return End::Broken;
+                }
             }
             if !reading && replies.is_empty() {
                 return close.map_or(End::PeerClosed, End::Close);

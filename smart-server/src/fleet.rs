@@ -37,9 +37,21 @@ impl Device {
         }
     }
 
-    fn reserialize(&mut self) {
-        self.json = Arc::from(self.record.to_json());
+    /// Refresh the JSON text after a change, through `scratch` so that the only allocation is the
+    /// shared text itself.
+    fn reserialize(&mut self, scratch: &mut String) {
+        scratch.clear();
+        self.record.write_json(scratch);
+        self.json = Arc::from(scratch.as_str());
     }
+}
+
+/// What the fleet lock protects.
+#[derive(Debug, Default)]
+struct Devices {
+    map: BTreeMap<Serial, Device>,
+    /// Reused serialization buffer (only touched under the write lock).
+    scratch: String,
 }
 
 /// The outcome of one applied update, handed to the caller while the fleet is still locked so that
@@ -61,7 +73,7 @@ pub(crate) struct Applied<'a> {
 /// All devices, by serial.
 #[derive(Debug)]
 pub(crate) struct Fleet {
-    devices: RwLock<BTreeMap<Serial, Device>>,
+    devices: RwLock<Devices>,
     online: AtomicUsize,
     owner: String,
     registration: Registration,
@@ -70,7 +82,7 @@ pub(crate) struct Fleet {
 impl Fleet {
     /// A fleet holding `records` (from the store), all offline.
     pub(crate) fn new(owner: String, registration: Registration, records: Vec<Record>) -> Fleet {
-        let devices = records
+        let map = records
             .into_iter()
             .map(|mut record| {
                 record.online = false;
@@ -78,14 +90,17 @@ impl Fleet {
             })
             .collect();
         Fleet {
-            devices: RwLock::new(devices),
+            devices: RwLock::new(Devices {
+                map,
+                scratch: String::new(),
+            }),
             online: AtomicUsize::new(0),
             owner,
             registration,
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<Serial, Device>> {
+    fn read(&self) -> RwLockReadGuard<'_, Devices> {
         // A panic while holding the lock leaves records that are each still whole (apply works on
         // one record at a time), so the data stays usable.
         self.devices.read().unwrap_or_else(PoisonError::into_inner)
@@ -102,7 +117,11 @@ impl Fleet {
         attach: bool,
         then: impl FnOnce(Applied<'_>) -> T,
     ) -> Result<T, Unregistered> {
-        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        let Devices {
+            map: devices,
+            scratch,
+        } = &mut *guard;
         let created = !devices.contains_key(serial);
         if created {
             if self.registration == Registration::Closed {
@@ -132,7 +151,7 @@ impl Fleet {
                 self.online.fetch_add(1, Ordering::Relaxed);
             }
         }
-        device.reserialize();
+        device.reserialize(scratch);
         Ok(then(Applied {
             record: &device.record,
             json: Arc::clone(&device.json),
@@ -145,13 +164,17 @@ impl Fleet {
     /// A connection that had sent for `serial` closed. `then` gets whether the device just went
     /// offline (it was the last such connection), under the lock.
     pub(crate) fn detach<T>(&self, serial: &Serial, then: impl FnOnce(bool) -> T) -> T {
-        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        let Devices {
+            map: devices,
+            scratch,
+        } = &mut *guard;
         let mut went_offline = false;
         if let Some(device) = devices.get_mut(serial) {
             device.connections = device.connections.saturating_sub(1);
             if device.connections == 0 && device.record.online {
                 device.record.online = false;
-                device.reserialize();
+                device.reserialize(scratch);
                 self.online.fetch_sub(1, Ordering::Relaxed);
                 went_offline = true;
             }
@@ -161,7 +184,7 @@ impl Fleet {
 
     /// Number of devices.
     pub(crate) fn len(&self) -> usize {
-        self.read().len()
+        self.read().map.len()
     }
 
     /// Number of devices online.
@@ -172,13 +195,15 @@ impl Fleet {
     /// One device's record as JSON.
     pub(crate) fn device_json(&self, serial: &str) -> Option<Arc<str>> {
         let serial = Serial::new(serial).ok()?;
-        self.read().get(&serial).map(|d| Arc::clone(&d.json))
+        self.read().map.get(&serial).map(|d| Arc::clone(&d.json))
     }
 
     /// Run `f` over the records under one read lock (no awaiting inside).
     pub(crate) fn with_records<T>(&self, f: impl FnOnce(&Records<'_>) -> T) -> T {
         let guard = self.read();
-        f(&Records { devices: &guard })
+        f(&Records {
+            devices: &guard.map,
+        })
     }
 
     /// The JSON array of the records `query` selects, in its order.
@@ -244,5 +269,119 @@ impl Records<'_> {
             }
         }
         out.push(']');
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use smart_proto::{normalize, parse_body, write_init};
+
+    fn update(body: &str, serial: &Serial) -> Update {
+        Update::from_normalized(normalize(parse_body(body).unwrap(), serial).unwrap()).unwrap()
+    }
+
+    fn fleet() -> Fleet {
+        let fleet = Fleet::new("EET".to_owned(), Registration::Open, Vec::new());
+        for (serial, body) in [
+            ("0003", r#"{"battery": 80, "country": "AT"}"#),
+            (
+                "0001",
+                r#"{"battery": 20, "country": "DE", "extra": [1, "two"]}"#,
+            ),
+            (
+                "0002",
+                r#"{"battery": 55.5, "local_time": "2024-03-17 14:59:13.047108"}"#,
+            ),
+        ] {
+            let serial = Serial::new(serial).unwrap();
+            let u = update(body, &serial);
+            fleet
+                .apply(
+                    &serial,
+                    &u,
+                    Timestamp::from_unix_micros(1_700_000_000_000_000),
+                    true,
+                    |_| (),
+                )
+                .unwrap();
+        }
+        fleet
+    }
+
+    /// The INIT assembled from cached record texts is byte for byte what smart-proto writes.
+    #[test]
+    fn init_frame_matches_write_init() {
+        let fleet = fleet();
+        let (frame, members) = fleet.init_frame(&Query::default());
+        assert!(members.is_none());
+        let expected = fleet.with_records(|r| write_init(r.devices.values().map(|d| &d.record)));
+        assert_eq!(frame, expected);
+
+        let query = Query::parse(&["filter:battery:>:50", "sort:battery:>:123"]).unwrap();
+        let (frame, members) = fleet.init_frame(&query);
+        let expected =
+            fleet.with_records(|r| write_init(query.apply(r.devices.values().map(|d| &d.record))));
+        assert_eq!(frame, expected);
+        let mut members: Vec<_> = members
+            .unwrap()
+            .into_iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        members.sort();
+        assert_eq!(members, ["0002", "0003"]);
+        let listed: serde_json::Value = serde_json::from_str(&fleet.query_json(&query)).unwrap();
+        let framed: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(listed, framed["message"]);
+    }
+
+    #[test]
+    fn cached_json_follows_every_change() {
+        let fleet = fleet();
+        let serial = Serial::new("0001").unwrap();
+        fleet
+            .apply(
+                &serial,
+                &update(r#"{"battery": 21}"#, &serial),
+                Timestamp::from_unix_micros(1),
+                false,
+                |a| {
+                    assert!(!a.created);
+                    assert!(!a.came_online);
+                    assert_eq!(a.changed["battery"], 21);
+                },
+            )
+            .unwrap();
+        let json = fleet.device_json("0001").unwrap();
+        let record = Record::from_json(&json).unwrap();
+        assert_eq!(record.battery, Some(21.0));
+        assert!(record.online);
+        assert_eq!(fleet.online(), 3);
+
+        assert!(fleet.detach(&serial, |offline| offline));
+        assert!(
+            !Record::from_json(&fleet.device_json("0001").unwrap())
+                .unwrap()
+                .online
+        );
+        assert_eq!(fleet.online(), 2);
+        assert!(!fleet.detach(&serial, |offline| offline), "already offline");
+    }
+
+    #[test]
+    fn closed_registration_refuses_unknown_serials() {
+        let fleet = Fleet::new("EET".to_owned(), Registration::Closed, Vec::new());
+        let serial = Serial::new("0001").unwrap();
+        let result = fleet.apply(
+            &serial,
+            &update("{}", &serial),
+            Timestamp::from_unix_micros(1),
+            true,
+            |_| (),
+        );
+        assert_eq!(result, Err(Unregistered("0001".to_owned())));
+        assert_eq!(fleet.len(), 0);
+        assert_eq!(fleet.online(), 0);
     }
 }

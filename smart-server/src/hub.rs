@@ -339,13 +339,28 @@ mod tests {
     #[test]
     fn resyncs_when_too_many_devices_are_owed() {
         let mut p = Pending::default();
-        assert_eq!(p.push(&change("0001", "0001", "battery", 1), LIMITS), Pushed::Queued);
-        assert_eq!(p.push(&change("0001", "0002", "battery", 2), LIMITS), Pushed::Queued);
-        assert_eq!(p.push(&change("0002", "0003", "battery", 3), LIMITS), Pushed::StartedConflation);
-        assert_eq!(p.push(&change("0003", "0004", "battery", 4), LIMITS), Pushed::StartedResync);
+        assert_eq!(
+            p.push(&change("0001", "0001", "battery", 1), LIMITS),
+            Pushed::Queued
+        );
+        assert_eq!(
+            p.push(&change("0001", "0002", "battery", 2), LIMITS),
+            Pushed::Queued
+        );
+        assert_eq!(
+            p.push(&change("0002", "0003", "battery", 3), LIMITS),
+            Pushed::StartedConflation
+        );
+        assert_eq!(
+            p.push(&change("0003", "0004", "battery", 4), LIMITS),
+            Pushed::StartedResync
+        );
         assert!(p.resync);
         assert_eq!(p.len(), 0);
-        assert_eq!(p.push(&change("0005", "0001", "battery", 1), LIMITS), Pushed::Dropped);
+        assert_eq!(
+            p.push(&change("0005", "0001", "battery", 1), LIMITS),
+            Pushed::Dropped
+        );
     }
 
     #[test]

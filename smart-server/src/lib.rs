@@ -23,6 +23,7 @@ mod metrics;
 mod server;
 mod shutdown;
 mod store;
+mod wal;
 
 pub use config::{Config, Registration};
 pub use server::Server;

@@ -1,16 +1,25 @@
-//! The durable latest-state table (sled) and its group commit.
+//! The durable latest-state table and its group commit.
+//!
+//! Layout of `--data-dir`: `sled/` holds the latest record of every device (key: serial, value: the
+//! record's JSON); `wal/` holds the write-ahead log of what sled may not have on disk yet (see
+//! [`crate::wal`]).
 //!
 //! One writer thread owns every write. Device sessions hand it [`Job`]s over an unbounded channel (the
 //! bound is upstream: each connection may only have `--max-in-flight` messages waiting). The writer
-//! takes everything that is waiting, inserts it, makes it durable with a single `flush` (one fsync),
-//! and only then answers each job, in arrival order. A batch therefore costs one fsync whatever its
-//! size: the more devices send at once, the more writes each flush covers.
+//! takes everything that is waiting, inserts it into sled, appends it to the log with one `write`,
+//! makes it durable with one `fdatasync`, and only then answers each job, in arrival order. A batch
+//! costs one sync whatever its size: the more devices send at once, the more writes each sync covers.
+//!
+//! About once a second a checkpoint thread flushes sled and deletes the log segments the flush
+//! covers, so the log stays short and a restart replays at most a few seconds of writes.
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use smart_proto::{Record, Serial};
 use thiserror::Error;
@@ -19,13 +28,15 @@ use tracing::{debug, error, info, warn};
 
 use crate::hub::{Change, Hub};
 use crate::metrics::Metrics;
+use crate::wal::{self, Wal};
 
 /// Largest number of jobs one group commit takes: bounds the latency a huge backlog adds to the
 /// first job of the next batch.
-static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static TOTAL_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static FLUSH_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const MAX_BATCH: usize = 4096;
+/// How often sled is flushed and the log truncated.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// A log segment this large is checkpointed without waiting for the interval.
+const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Failures of the store.
 #[derive(Debug, Error)]
@@ -33,35 +44,85 @@ pub enum StoreError {
     /// sled refused to open, read, write or flush.
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
+    /// The write-ahead log could not be read or written.
+    #[error("write-ahead log: {0}")]
+    Wal(#[from] io::Error),
     /// The writer thread is gone (it failed or the server is shutting down).
     #[error("store writer is not running")]
     WriterGone,
 }
 
-/// The sled database and its one tree of device records (key: serial, value: the record's JSON).
+/// The sled database, its one tree of device records, and the log directory.
 #[derive(Debug)]
 pub(crate) struct Store {
     db: sled::Db,
     devices: sled::Tree,
+    wal_dir: PathBuf,
     healthy: AtomicBool,
 }
 
 impl Store {
-    /// Open (or create) the database in `dir`.
+    /// Open (or create) the store in `dir`, replaying whatever the log holds beyond sled.
     pub(crate) fn open(dir: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
-            .path(dir)
-            // Durability comes from our own flush per group commit; sled's timer flush would only
-            // compete with it for the disk.
+            .path(dir.join("sled"))
+            // The log makes commits durable; sled is flushed by checkpoints only.
             .flush_every_ms(None)
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
         let devices = db.open_tree("devices")?;
-        Ok(Store {
+        let store = Store {
             db,
             devices,
+            wal_dir: dir.join("wal"),
             healthy: AtomicBool::new(true),
-        })
+        };
+        std::fs::create_dir_all(&store.wal_dir)?;
+        store.replay()?;
+        Ok(store)
+    }
+
+    /// Apply the log segments a crash left behind, flush sled, delete them.
+    fn replay(&self) -> Result<(), StoreError> {
+        let segments = wal::segments(&self.wal_dir)?;
+        let Some(&(last, _)) = segments.last() else {
+            return Ok(());
+        };
+        let mut records = 0;
+        for (seq, path) in &segments {
+            let bytes = std::fs::read(path)?;
+            let mut failed = None;
+            let outcome = wal::decode(&bytes, |payload| {
+                if failed.is_some() {
+                    return;
+                }
+                let Some(key) = record_key(payload) else {
+                    warn!(seq, "skipping an unreadable record in the write-ahead log");
+                    return;
+                };
+                match self.devices.insert(key, payload) {
+                    Ok(_) => records += 1,
+                    Err(e) => failed = Some(e),
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            if outcome.discarded > 0 {
+                warn!(
+                    seq,
+                    bytes = outcome.discarded,
+                    "write-ahead log ends in a torn write (never acked)"
+                );
+            }
+        }
+        self.db.flush()?;
+        wal::remove_through(&self.wal_dir, last)?;
+        info!(
+            segments = segments.len(),
+            records, "replayed the write-ahead log"
+        );
+        Ok(())
     }
 
     /// Every stored record. A record that no longer parses is logged and skipped, so one bad entry
@@ -90,36 +151,22 @@ impl Store {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Make everything written so far durable.
+    /// Flush sled: everything inserted so far is in sled's files.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
+}
 
-    fn commit(&self, batch: &[Job]) -> Result<usize, StoreError> {
-        let t0 = Instant::now();
-        let r = self.commit2(batch);
-        let n = COMMITS.fetch_add(1, Ordering::Relaxed);
-        TOTAL_NS.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        if n % 5000 == 4999 { eprintln!("commits {} total {} us/commit flush {} us/commit", n, TOTAL_NS.load(Ordering::Relaxed)/1000/n, FLUSH_NS.load(Ordering::Relaxed)/1000/n); }
-        r
+/// The serial of a stored record's JSON, without parsing all of it.
+fn record_key(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        serial_number: String,
     }
-    fn commit2(&self, batch: &[Job]) -> Result<usize, StoreError> {
-        let mut writes = 0;
-        for job in batch {
-            if let Job::Write(write) = job {
-                self.devices
-                    .insert(write.serial.as_str(), write.json.as_bytes())?;
-                writes += 1;
-            }
-        }
-        let t = Instant::now();
-        if writes > 0 {
-            self.db.flush()?;
-        }
-        FLUSH_NS.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        Ok(writes)
-    }
+    serde_json::from_slice::<Key>(payload)
+        .ok()
+        .map(|k| k.serial_number)
 }
 
 /// The result a device session gets for one write: durable, or not stored.
@@ -150,7 +197,7 @@ pub(crate) enum Job {
     Write(Write),
     /// Publish a change that has nothing to store (online/offline), ordered after earlier writes.
     Publish(Arc<Change>),
-    /// Finish what is queued, flush and exit.
+    /// Finish what is queued, checkpoint and exit.
     Stop,
 }
 
@@ -162,20 +209,20 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Start the writer thread.
+    /// Start the writer thread (and its checkpoint thread).
     pub(crate) fn start(
         store: Arc<Store>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Committer, StoreError> {
+        let first_segment = wal::segments(&store.wal_dir)?
+            .last()
+            .map_or(0, |(seq, _)| seq + 1);
+        let log = Wal::create(&store.wal_dir, first_segment)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = thread::Builder::new()
             .name("smart-store-writer".to_owned())
-            .spawn(move || writer(&store, &hub, &metrics, rx))
-            .map_err(|e| {
-                error!(%e, "cannot start the store writer");
-                StoreError::WriterGone
-            })?;
+            .spawn(move || Writer::new(store, hub, metrics, log).run(rx))?;
         Ok(Committer {
             tx,
             thread: std::sync::Mutex::new(Some(thread)),
@@ -190,7 +237,7 @@ impl Committer {
         }
     }
 
-    /// Finish every queued job, flush and wait for the writer thread to exit.
+    /// Finish every queued job, checkpoint and wait for the writer thread to exit.
     pub(crate) async fn stop(&self) {
         self.submit(Job::Stop);
         let handle = self
@@ -208,63 +255,282 @@ impl Committer {
     }
 }
 
-fn writer(store: &Store, hub: &Hub, metrics: &Metrics, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(256);
-    let mut stopping = false;
-    while !stopping {
-        let Some(first) = rx.blocking_recv() else {
-            break;
-        };
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// The writer thread's state.
+struct Writer {
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    log: Wal,
+    frames: Vec<u8>,
+    last_checkpoint: Instant,
+    checkpoints: Checkpoints,
+}
+
+impl Writer {
+    fn new(store: Arc<Store>, hub: Arc<Hub>, metrics: Arc<Metrics>, log: Wal) -> Writer {
+        let checkpoints = Checkpoints::start(Arc::clone(&store));
+        Writer {
+            store,
+            hub,
+            metrics,
+            log,
+            frames: Vec::with_capacity(64 * 1024),
+            last_checkpoint: Instant::now(),
+            checkpoints,
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let mut batch: Vec<Job> = Vec::with_capacity(256);
+        let mut stopping = false;
+        while !stopping {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+
+            let ack = self.commit(&batch);
+            for job in batch.drain(..) {
+                match job {
+                    Job::Write(write) => {
+                        if let (Ok(()), Some(change)) = (ack, write.change) {
+                            self.hub.publish(&change);
+                        }
+                        // The session may be gone (peer closed): the write is durable all the same.
+                        let _ = write.ack.send(ack);
+                    }
+                    Job::Publish(change) => self.hub.publish(&change),
+                    Job::Stop => stopping = true,
+                }
+            }
+            self.maybe_checkpoint();
+        }
+        self.final_checkpoint();
+        debug!("store writer stopped");
+    }
+
+    /// Make the writes of `batch` durable: into sled, then one append and sync of the log.
+    fn commit(&mut self, batch: &[Job]) -> Ack {
+        let started = Instant::now();
+        self.frames.clear();
+        let mut writes = 0u64;
+        let mut result: Result<(), StoreError> = Ok(());
+        for job in batch {
+            if let Job::Write(write) = job {
+                wal::encode(&mut self.frames, write.json.as_bytes());
+                if let Err(e) = self
+                    .store
+                    .devices
+                    .insert(write.serial.as_str(), write.json.as_bytes())
+                {
+                    result = Err(e.into());
+                }
+                writes += 1;
             }
         }
-
-        let started = Instant::now();
-        let result = store.commit(&batch);
-        let ack = match result {
-            Ok(writes) => {
-                if writes > 0 {
-                    Metrics::inc(&metrics.flushes);
-                    metrics
-                        .flushed_writes
-                        .fetch_add(writes as u64, Ordering::Relaxed);
-                    metrics
-                        .flush_micros
-                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                }
-                if !store.healthy.swap(true, Ordering::Relaxed) {
+        if writes == 0 {
+            return Ok(());
+        }
+        result = result.and_then(|()| self.log.append_sync(&self.frames).map_err(StoreError::from));
+        let metrics = &self.metrics;
+        match result {
+            Ok(()) => {
+                Metrics::inc(&metrics.flushes);
+                metrics.flushed_writes.fetch_add(writes, Ordering::Relaxed);
+                metrics
+                    .flush_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                if !self.store.healthy.swap(true, Ordering::Relaxed) {
                     info!("store writable again");
                 }
                 Ok(())
             }
             Err(e) => {
-                if store.healthy.swap(false, Ordering::Relaxed) {
+                if self.store.healthy.swap(false, Ordering::Relaxed) {
                     error!(%e, "group commit failed; the updates in it are answered with ERROR");
+                }
+                // What the failed sync left in the segment is uncertain: continue in a fresh one.
+                if let Err(e) = self.log.rotate() {
+                    error!(%e, "cannot start a new log segment");
                 }
                 Err(StoreFailed)
             }
-        };
+        }
+    }
 
-        for job in batch.drain(..) {
-            match job {
-                Job::Write(write) => {
-                    if let (Ok(()), Some(change)) = (ack, write.change) {
-                        hub.publish(&change);
-                    }
-                    // The session may be gone (peer closed): the write is durable all the same.
-                    let _ = write.ack.send(ack);
+    /// Every second (or 64 MiB of log), hand the finished segment to the checkpoint thread.
+    fn maybe_checkpoint(&mut self) {
+        let due = self.log.len() >= CHECKPOINT_BYTES
+            || (self.log.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
+        if !due || self.checkpoints.busy() {
+            return;
+        }
+        match self.log.rotate() {
+            Ok(finished) => {
+                self.last_checkpoint = Instant::now();
+                self.checkpoints.request(finished);
+            }
+            Err(e) => error!(%e, "cannot rotate the write-ahead log"),
+        }
+    }
+
+    /// On shutdown: everything into sled's files, and no log left to replay.
+    fn final_checkpoint(self) {
+        let Writer {
+            store,
+            log,
+            checkpoints,
+            ..
+        } = self;
+        checkpoints.finish();
+        match store.flush() {
+            Ok(()) => {
+                if let Err(e) = wal::remove_through(&store.wal_dir, log.seq()) {
+                    warn!(%e, "cannot remove the write-ahead log after the final flush");
                 }
-                Job::Publish(change) => hub.publish(&change),
-                Job::Stop => stopping = true,
+            }
+            Err(e) => error!(%e, "final flush failed; the write-ahead log is kept for replay"),
+        }
+    }
+}
+
+/// The checkpoint thread: flush sled, then delete the log segments that flush covers.
+struct Checkpoints {
+    tx: Option<std_mpsc::SyncSender<u64>>,
+    busy: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Checkpoints {
+    fn start(store: Arc<Store>) -> Checkpoints {
+        let (tx, rx) = std_mpsc::sync_channel::<u64>(1);
+        let busy = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&busy);
+        let thread = thread::Builder::new()
+            .name("smart-store-checkpoint".to_owned())
+            .spawn(move || {
+                // Every insert for the segments up to `seq` happened before the rotation that sent
+                // it, so a flush that starts now covers them all.
+                for seq in rx {
+                    let started = Instant::now();
+                    match store.flush() {
+                        Ok(()) => match wal::remove_through(&store.wal_dir, seq) {
+                            Ok(n) => debug!(seq, segments = n, elapsed = ?started.elapsed(), "checkpoint"),
+                            Err(e) => warn!(%e, "cannot remove checkpointed log segments"),
+                        },
+                        Err(e) => error!(%e, "checkpoint flush failed; the log is kept"),
+                    }
+                    flag.store(false, Ordering::Release);
+                }
+            });
+        match thread {
+            Ok(thread) => Checkpoints {
+                tx: Some(tx),
+                busy,
+                thread: Some(thread),
+            },
+            Err(e) => {
+                // Without checkpoints the log only grows until the next clean shutdown.
+                error!(%e, "cannot start the checkpoint thread");
+                Checkpoints {
+                    tx: None,
+                    busy,
+                    thread: None,
+                }
             }
         }
     }
-    if let Err(e) = store.flush() {
-        error!(%e, "final flush failed");
+
+    fn busy(&self) -> bool {
+        self.tx.is_none() || self.busy.load(Ordering::Acquire)
     }
-    debug!("store writer stopped");
+
+    fn request(&self, seq: u64) {
+        if let Some(tx) = &self.tx {
+            self.busy.store(true, Ordering::Release);
+            if tx.try_send(seq).is_err() {
+                self.busy.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Wait for a running checkpoint and stop the thread.
+    fn finish(mut self) {
+        drop(self.tx.take());
+        if let Some(Err(_)) = self.thread.take().map(thread::JoinHandle::join) {
+            error!("checkpoint thread panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn record_json(serial: &str, battery: u32) -> String {
+        let mut record = Record::new(
+            Serial::new(serial).unwrap(),
+            "EET",
+            smart_proto::Timestamp::from_unix_micros(0),
+        );
+        record.battery = Some(f64::from(battery));
+        record.to_json()
+    }
+
+    /// A crash leaves log segments behind: opening the store replays them into sled, later records
+    /// over earlier ones, a torn tail ignored, and removes them.
+    #[test]
+    fn open_replays_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let mut log = Wal::create(&wal_dir, 3).unwrap();
+        let mut frames = Vec::new();
+        wal::encode(&mut frames, record_json("0001", 10).as_bytes());
+        wal::encode(&mut frames, record_json("0002", 20).as_bytes());
+        log.append_sync(&frames).unwrap();
+        log.rotate().unwrap();
+        let mut frames = Vec::new();
+        wal::encode(&mut frames, record_json("0001", 11).as_bytes());
+        wal::encode(&mut frames, record_json("0003", 30).as_bytes());
+        frames.truncate(frames.len() - 5); // torn: 0003 was never acked
+        log.append_sync(&frames).unwrap();
+        drop(log);
+
+        let store = Store::open(dir.path()).unwrap();
+        let records = store.load().unwrap();
+        let got: Vec<(String, Option<f64>)> = records
+            .iter()
+            .map(|r| (r.serial_number.as_str().to_owned(), r.battery))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("0001".to_owned(), Some(11.0)),
+                ("0002".to_owned(), Some(20.0))
+            ]
+        );
+        assert!(wal::segments(&wal_dir).unwrap().is_empty());
+        drop(store);
+
+        // And it is in sled now: a second open finds the same without any log.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn record_key_reads_the_serial() {
+        assert_eq!(
+            record_key(record_json("X-1", 1).as_bytes()).as_deref(),
+            Some("X-1")
+        );
+        assert_eq!(record_key(b"{\"battery\": 1}"), None);
+        assert_eq!(record_key(b"not json"), None);
+    }
 }

@@ -51,6 +51,73 @@ async fn welcome_then_init_in_serial_order() {
     server.stop().await;
 }
 
+/// The seed's INIT example, as a dashboard receives it: strict JSON, known fields in the order of
+/// PROTOCOL.md §6, RFC 3339 timestamps with microseconds, no ORM artefacts.
+#[tokio::test]
+async fn init_has_the_seed_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let mut dev = server.device().await;
+    let body = json!({"power_income": 0.0, "power_inject": 0.0, "power_consumption": 144.0, "battery": 0.0,
+        "solmate_version": "v2", "pv_connectors": 2, "local_time": "2024-03-11T01:46:48.012456Z"});
+    send_ok(&mut dev, "0000", "0004", &body).await;
+
+    let mut dash = connect(server.addr, "/client/").await;
+    assert_eq!(recv_text(&mut dash).await, DASHBOARD_WELCOME);
+    let text = recv_text(&mut dash).await;
+    assert!(
+        text.starts_with(r#"{"type":"INIT","message":[{"serial_number":"0004","#),
+        "{text}"
+    );
+    let order = [
+        "serial_number",
+        "software_version",
+        "country",
+        "solmate_version",
+        "postcode",
+        "power_income",
+        "power_inject",
+        "power_consumption",
+        "battery",
+        "capacity",
+        "pv_connectors",
+        "local_time",
+        "owner",
+        "manufacturing_date",
+        "last_status_update",
+        "online",
+    ];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "fields in §6 order: {text}"
+    );
+    assert!(!text.contains("statusdata_ptr"));
+
+    let init: Value = serde_json::from_str(&text).unwrap();
+    let rec = &init["message"][0];
+    assert_eq!(rec["power_consumption"], 144);
+    assert_eq!(rec["battery"], 0);
+    assert_eq!(rec["solmate_version"], "v2");
+    assert_eq!(rec["pv_connectors"], 2);
+    assert_eq!(rec["local_time"], "2024-03-11T01:46:48.012456Z");
+    assert_eq!(rec["software_version"], "");
+    assert_eq!(rec["postcode"], "");
+    for stamp in ["manufacturing_date", "last_status_update"] {
+        let stamp = rec[stamp].as_str().unwrap();
+        assert_eq!(stamp.len(), "2024-03-11T00:43:33.256667Z".len(), "{stamp}");
+        assert_eq!(
+            (&stamp[10..11], &stamp[19..20], &stamp[26..]),
+            ("T", ".", "Z"),
+            "{stamp}"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn updates_carry_changed_fields_and_new_devices_their_full_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -485,4 +552,27 @@ async fn slow_dashboard_is_conflated_then_resynced_and_converges() {
         }
     }
     server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_dashboards_with_1001() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let (mut dash, _) = server.dashboard().await;
+    let stopping = tokio::spawn(server.stop());
+    match recv(&mut dash).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(
+                frame.code,
+                tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away
+            );
+        }
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    // Reading on completes the closing handshake, which lets the server finish promptly.
+    let _ = tokio::time::timeout(TIMEOUT, dash.next()).await;
+    tokio::time::timeout(Duration::from_secs(3), stopping)
+        .await
+        .unwrap()
+        .unwrap();
 }

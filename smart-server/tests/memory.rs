@@ -31,8 +31,16 @@ async fn spawn(dir: &Path) -> (Child, SocketAddr) {
         .unwrap();
     let mut line = String::new();
     let stdout = child.stdout.take().unwrap();
-    tokio::time::timeout(TIMEOUT, BufReader::new(stdout).read_line(&mut line)).await.unwrap().unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap().parse().unwrap();
+    tokio::time::timeout(TIMEOUT, BufReader::new(stdout).read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
     (child, addr)
 }
 
@@ -74,7 +82,13 @@ async fn idle_device_connections_stay_small() {
     for i in 0..CONNECTIONS {
         let mut ws = device(addr).await;
         // A registered device that then sits idle: one update, acked.
-        send_ok(&mut ws, "0001", &format!("D{i:05}"), &json!({"battery": 50, "country": "AT"})).await;
+        send_ok(
+            &mut ws,
+            "0001",
+            &format!("D{i:05}"),
+            &json!({"battery": 50, "country": "AT"}),
+        )
+        .await;
         sockets.push(ws);
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -86,7 +100,10 @@ async fn idle_device_connections_stay_small() {
         after / 1024,
         per_connection
     );
-    assert!(per_connection <= BUDGET, "{per_connection} bytes per idle connection (budget {BUDGET})");
+    assert!(
+        per_connection <= BUDGET,
+        "{per_connection} bytes per idle connection (budget {BUDGET})"
+    );
     drop(sockets);
     drop(warm);
 }

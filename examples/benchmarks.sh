@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|idle|fleet|all]`.
+#
+# Each measurement starts a fresh release smart-server on 127.0.0.1 (port 0, temporary data dir), runs one
+# example against it with --server-pid so the server's CPU and memory are read from /proc, stops it with
+# SIGTERM and prints the example's JSON line (ingest and idle) or summary (fleet). Every run is bounded:
+# the ingest runs take about 20 s each (smart-server, then the baseline, 2 s warm-up + 7 s measured).
+#
+#   SECONDS_MEASURED=N  measured seconds per ingest run (default 7)
+#   WARMUP=N            warm-up seconds per ingest run (default 2)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+measured=${SECONDS_MEASURED:-7}
+warmup=${WARMUP:-2}
+what=${1:-all}
+
+cargo build --quiet --release -p smart-server
+cargo build --quiet --release --examples -p smart-os
+server_bin=${CARGO_TARGET_DIR:-target}/release/smart-server
+examples=${CARGO_TARGET_DIR:-target}/release/examples
+
+# with_server COMMAND...: runs COMMAND with $url and $pid of a fresh server in its environment.
+with_server() {
+    local dir
+    dir=$(mktemp -d)
+    "$server_bin" --listen 127.0.0.1:0 --data-dir "$dir/data" >"$dir/stdout" 2>"$dir/stderr" &
+    local pid=$!
+    for _ in $(seq 100); do
+        [[ -s $dir/stdout ]] && break
+        sleep 0.1
+    done
+    local addr
+    addr=$(head -n 1 "$dir/stdout")
+    addr=${addr#listening on }
+    url="ws://$addr" pid=$pid "$@" || echo "run failed: $*" >&2
+    kill -TERM "$pid"
+    wait "$pid" || true
+    rm -rf "$dir"
+}
+
+ingest() {
+    for devices in 1 10 100 1000; do
+        for dashboards in 0 1 10; do
+            echo "ingest: $devices devices, $dashboards dashboards (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+            with_server sh -c "\"$examples/loadgen\" --url \"\$url\" --server-pid \"\$pid\" --devices $devices \
+                --dashboards $dashboards --warmup $warmup --seconds $measured --baseline --json"
+        done
+    done
+}
+
+idle() {
+    echo "idle: 10000 connections" >&2
+    with_server sh -c "\"$examples/loadgen\" --url \"\$url\" --server-pid \"\$pid\" --idle 10000 --json"
+}
+
+fleet() {
+    echo "fleet: 10000 simulated devices, one change every 2-8 s, 20 s" >&2
+    with_server sh -c "\"$examples/solmate_sim\" --url \"\$url\" --server-pid \"\$pid\" --devices 10000 \
+        --min-interval 2 --max-interval 8 --seconds 20 --quiet"
+}
+
+case $what in
+    ingest) ingest ;;
+    idle) idle ;;
+    fleet) fleet ;;
+    all)
+        ingest
+        idle
+        fleet
+        ;;
+    *)
+        echo "usage: $0 [ingest|idle|fleet|all]" >&2
+        exit 2
+        ;;
+esac
