@@ -3,9 +3,14 @@
 //! Devices written in Python often send `str(dict)` rather than `json.dumps(dict)`, so a body may be a
 //! Python literal: single- or double-quoted strings with Python escapes, `True`/`False`/`None`, integers of
 //! any size, floats (`1e3`, `-2.5`, `.5`, `5.`), nested dicts, lists and tuples, trailing commas. It is
-//! converted to the equivalent JSON value. Valid JSON takes a fast path through `serde_json`; everything
-//! else goes through the Python-literal parser, which also accepts JSON's `true`/`false`/`null` so that
-//! mixed forms work.
+//! converted to the equivalent JSON value.
+//!
+//! Three paths, fastest first: a flat JSON object of plain keys and scalars (nearly every UPDT) is read by
+//! a byte scan straight into the map; other valid JSON goes through `serde_json`; everything else goes
+//! through the Python-literal parser (nom), which also accepts JSON's `true`/`false`/`null` so that mixed
+//! forms work, and which reports the syntax errors. Valid JSON always means what JSON says (`"\/"` is
+//! `/`); Python rules apply only to text that is not JSON (there an unknown escape like `\/` keeps its
+//! backslash, as in Python).
 //!
 //! ```
 //! use serde_json::json;
@@ -43,7 +48,7 @@ use crate::{Error, Result};
 /// ```
 pub const MAX_DEPTH: usize = 64;
 
-/// Parse a body into an object. JSON first (fast path), then a Python dict literal.
+/// Parse a body into an object: JSON first (fast paths), then a Python dict literal.
 /// Duplicate keys: the last wins. Anything but an object is [`Error::BodyNotObject`]; text that is
 /// neither JSON nor a Python literal is [`Error::BodySyntax`] with the byte offset of the problem.
 ///
@@ -191,25 +196,28 @@ fn find_special(b: &[u8], quote: u8) -> Option<usize> {
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // High bit set in each byte of `v` below `n` (exact for the lowest such byte, which is all we use).
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH;
+    let first = |word: [u8; 8]| {
+        let x = u64::from_le_bytes(word);
+        let hits = below(x ^ (ONES * u64::from(quote)), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1)
+            | below(x, 0x20);
+        (hits != 0).then(|| (hits.trailing_zeros() / 8) as usize)
+    };
     let mut chunks = b.chunks_exact(8);
     let mut base = 0;
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let hits = below(x ^ (ONES * u64::from(quote)), 1)
-            | below(x ^ (ONES * u64::from(b'\\')), 1)
-            | below(x, 0x20);
-        if hits != 0 {
-            return Some(base + (hits.trailing_zeros() / 8) as usize);
+        if let Some(at) = first(word) {
+            return Some(base + at);
         }
         base += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| c == quote || c == b'\\' || c < 0x20)
-        .map(|p| base + p)
+    // The tail, padded with a byte that is never special.
+    let tail = chunks.remainder();
+    let mut word = [b'a'; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    first(word).map(|at| base + at)
 }
 
 /// Where a Python string body stops being plain text: its quote, a backslash or a line break. Other
@@ -448,7 +456,10 @@ pub(crate) fn unwrap_err(e: nom::Err<PyError<'_>>) -> PyError<'_> {
 
 /// Skip Python whitespace (inside brackets newlines are whitespace too).
 pub(crate) fn skip_ws(i: &str) -> &str {
-    let n = i.bytes().take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0c)).count();
+    let n = i
+        .bytes()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0c))
+        .count();
     // Whitespace is ASCII, so `n` is a char boundary.
     &i[n..]
 }

@@ -1,18 +1,21 @@
 //! The durable latest-state table and its group commit.
 //!
 //! Layout of `--data-dir`: `sled/` holds the latest record of every device (key: serial, value: the
-//! record's JSON); `wal/` holds the write-ahead log of what sled may not have on disk yet (see
-//! [`crate::wal`]).
+//! record's JSON); `wal/` holds the write-ahead log of what sled may not have yet (see [`crate::wal`]).
 //!
 //! One writer thread owns every write. Device sessions hand it [`Job`]s over an unbounded channel (the
 //! bound is upstream: each connection may only have `--max-in-flight` messages waiting). The writer
-//! takes everything that is waiting, inserts it into sled, appends it to the log with one `write`,
-//! makes it durable with one `fdatasync`, and only then answers each job, in arrival order. A batch
-//! costs one sync whatever its size: the more devices send at once, the more writes each sync covers.
+//! takes everything that is waiting, appends it to the log with one `write`, makes it durable with
+//! one `fdatasync`, and only then answers each job, in arrival order. A batch costs one sync whatever
+//! its size: the more devices send at once, the more writes each sync covers.
 //!
-//! About once a second a checkpoint thread flushes sled and deletes the log segments the flush
-//! covers, so the log stays short and a restart replays at most a few seconds of writes.
+//! sled is off the hot path: the writer only remembers the latest record of each device written
+//! since the last checkpoint. About once a second it starts a new log segment and hands that set to
+//! the checkpoint thread, which inserts it into sled (one insert per device, however many updates it
+//! had), records how far it got, flushes, and retires the segments it covered. A restart replays at
+//! most the segments written since.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +40,8 @@ const MAX_BATCH: usize = 4096;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// A log segment this large is checkpointed without waiting for the interval.
 const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// Key in the `meta` tree: the last log segment whose records are in sled.
+const CHECKPOINT_KEY: &str = "checkpoint";
 
 /// Failures of the store.
 #[derive(Debug, Error)]
@@ -57,7 +62,11 @@ pub enum StoreError {
 pub(crate) struct Store {
     db: sled::Db,
     devices: sled::Tree,
+    /// `checkpoint`: the last log segment whose records are in `devices`.
+    meta: sled::Tree,
     wal_dir: PathBuf,
+    /// Where the log continues after [`Store::open`].
+    first_segment: u64,
     healthy: AtomicBool,
 }
 
@@ -82,17 +91,25 @@ impl Store {
         Ok(store)
     }
 
-    /// Apply the log segments a crash left behind, flush sled, delete them.
-    fn replay(&self) -> Result<(), StoreError> {
+    /// Apply the log segments written since the last checkpoint (a crash left them behind), record
+    /// the checkpoint, flush, retire them. Returns the sequence number for the next segment.
+    fn replay(&self) -> Result<u64, StoreError> {
+        let checkpointed = self.checkpointed()?;
         let segments = wal::segments(&self.wal_dir)?;
         let Some(&(last, _)) = segments.last() else {
-            return Ok(());
+            return Ok(checkpointed.map_or(0, |c| c + 1));
         };
         let mut records = 0;
+        let mut replayed = 0;
         for (seq, path) in &segments {
+            // Segments at or below the checkpoint are in sled already; replaying them could take
+            // a device back to an older state.
+            if checkpointed.is_some_and(|c| *seq <= c) {
+                continue;
+            }
             let bytes = std::fs::read(path)?;
             let mut failed = None;
-            let outcome = wal::decode(&bytes, |payload| {
+            let outcome = wal::decode(&bytes, *seq, |payload| {
                 if failed.is_some() {
                     return;
                 }
@@ -108,20 +125,38 @@ impl Store {
             if let Some(e) = failed {
                 return Err(e.into());
             }
-            if outcome.discarded > 0 {
-                warn!(
-                    seq,
-                    bytes = outcome.discarded,
-                    "write-ahead log ends in a torn write (never acked)"
-                );
-            }
+            replayed += 1;
+            debug!(seq, frames = outcome.frames, rest = outcome.rest, "replayed log segment");
         }
+        self.meta.insert(CHECKPOINT_KEY, &last.to_be_bytes())?;
         self.db.flush()?;
-        wal::remove_through(&self.wal_dir, last)?;
-        info!(
-            segments = segments.len(),
-            records, "replayed the write-ahead log"
-        );
+        wal::retire_through(&self.wal_dir, last)?;
+        if replayed > 0 {
+            info!(segments = replayed, records, "replayed the write-ahead log");
+        }
+        Ok(last + 1)
+    }
+
+    /// The last segment a checkpoint covered.
+    fn checkpointed(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .meta
+            .get(CHECKPOINT_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// Put the latest `records` of segments up to `seq` into sled, note the checkpoint, flush, and
+    /// retire those segments.
+    fn checkpoint(&self, seq: u64, records: HashMap<Serial, Arc<str>>) -> Result<(), StoreError> {
+        for (serial, json) in records {
+            self.devices.insert(serial.as_str(), json.as_bytes())?;
+        }
+        // Written after the records: sled recovers a prefix of its log, so if this survives a
+        // crash, so do they.
+        self.meta.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
+        self.db.flush()?;
+        wal::retire_through(&self.wal_dir, seq)?;
         Ok(())
     }
 
@@ -215,10 +250,7 @@ impl Committer {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Committer, StoreError> {
-        let first_segment = wal::segments(&store.wal_dir)?
-            .last()
-            .map_or(0, |(seq, _)| seq + 1);
-        let log = Wal::create(&store.wal_dir, first_segment)?;
+        let log = Wal::create(&store.wal_dir, store.first_segment)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = thread::Builder::new()
             .name("smart-store-writer".to_owned())

@@ -146,7 +146,8 @@ async fn sigkill_loses_no_acked_update() {
     let devices: Vec<_> = (0..DEVICES)
         .map(|i| tokio::spawn(hammer(server.addr, format!("K{i:03}"))))
         .collect();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Past the first checkpoint (1 s), so both sled and the log hold acked updates.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     server.child.start_kill().unwrap();
     let status = tokio::time::timeout(TIMEOUT, server.child.wait())
         .await
