@@ -156,6 +156,9 @@ fn examples_dir() -> &'static Path {
             ])
             .arg("--manifest-path")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            // The target directory this test was built in, whichever tool chose it.
+            .arg("--target-dir")
+            .arg(profile_dir.parent().unwrap())
             .status()
             .unwrap();
         assert!(status.success(), "building the examples failed");
@@ -520,7 +523,10 @@ async fn watch_prints_the_init_table_then_updates() {
     // three UPDTs with values.
     let updates: Vec<&&str> = lines.iter().filter(|l| l.contains("  UPDT ")).collect();
     assert_eq!(updates.len(), 6, "{stdout}");
-    let with_values = updates.iter().filter(|l| l.contains("last_status_update=")).count();
+    let with_values = updates
+        .iter()
+        .filter(|l| l.contains("last_status_update="))
+        .count();
     assert!(with_values >= 3, "{stdout}");
     server.stop().await;
 }

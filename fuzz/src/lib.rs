@@ -1,9 +1,11 @@
 //! Checks shared by the fuzz targets: the properties every parse result must have, beyond "no panic".
 //!
 //! A failed assertion here is a finding, exactly like a crash: libFuzzer saves the input under
-//! `fuzz/artifacts/<target>/`.
+//! `fuzz/artifacts/<target>/`. Panicking on a broken property is the point, hence no `# Panics` docs.
+#![allow(clippy::missing_panics_doc, clippy::cast_possible_wrap)]
 
 use std::cmp::Ordering;
+use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 use serde_json::Value;
@@ -123,7 +125,7 @@ pub fn check_device_message(msg: &DeviceMessage) {
     let init = write_init([&record]);
     match parse_server_message(&init) {
         Ok(ServerMessage::Init(records)) => {
-            assert_eq!(records, [record], "INIT round trip via {init}")
+            assert_eq!(records, [record], "INIT round trip via {init}");
         }
         other => panic!("own INIT {init} read back as {other:?}"),
     }
@@ -187,7 +189,7 @@ pub fn python_repr(value: &Value, out: &mut String) {
         Value::Number(n) => {
             if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
                 // Debug keeps a `.0` or an exponent, so Python reads it back as a float, not an int.
-                out.push_str(&format!("{f:?}"));
+                let _ = write!(out, "{f:?}");
             } else {
                 out.push_str(&n.to_string());
             }
@@ -228,7 +230,7 @@ fn python_str(s: &str, out: &mut String) {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
+                let _ = write!(out, "\\x{:02x}", c as u32);
             }
             c => out.push(c),
         }

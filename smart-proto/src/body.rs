@@ -189,35 +189,64 @@ pub(crate) fn json_str(s: &str, i: usize) -> Option<(crate::envelope::JsonStr<'_
     ))
 }
 
+/// The single-quoted Python string whose opening quote is at `i`, and the index after its closing quote,
+/// if it holds no backslash and no control byte: then its inside is its value, as for a JSON string
+/// without escapes. `None` otherwise (the Python parser reads those).
+pub(crate) fn single_quoted_plain(s: &str, i: usize) -> Option<(crate::envelope::JsonStr<'_>, usize)> {
+    let b = s.as_bytes();
+    if b.get(i) != Some(&b'\'') {
+        return None;
+    }
+    let start = i + 1;
+    let end = start + find_special(b.get(start..)?, b'\'')?;
+    if b[end] != b'\'' {
+        return None;
+    }
+    Some((
+        crate::envelope::JsonStr {
+            // `end` holds an ASCII quote, so it is a char boundary.
+            raw: s.get(start..end)?,
+            escaped: false,
+        },
+        end + 1,
+    ))
+}
+
 /// Index of the first `quote`, backslash or control byte, eight bytes at a time (frames are short, so
 /// this beats a vectorized search, whose setup costs more than the scan).
 fn find_special(b: &[u8], quote: u8) -> Option<usize> {
+    find_special2(b, quote, quote)
+}
+
+/// [`find_special`] for either of two quotes.
+#[inline(always)]
+fn find_special2(b: &[u8], quote: u8, other: u8) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // High bit set in each byte of `v` below `n` (exact for the lowest such byte, which is all we use).
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH;
-    let first = |word: [u8; 8]| {
+    let mut i = 0;
+    // Whole words while there are any: the input runs on past the string, so short strings are found
+    // within a word or two.
+    while let Some(word) = b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
         let x = u64::from_le_bytes(word);
         let hits = below(x ^ (ONES * u64::from(quote)), 1)
+            | below(x ^ (ONES * u64::from(other)), 1)
             | below(x ^ (ONES * u64::from(b'\\')), 1)
             | below(x, 0x20);
-        (hits != 0).then(|| (hits.trailing_zeros() / 8) as usize)
-    };
-    let mut chunks = b.chunks_exact(8);
-    let mut base = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        if let Some(at) = first(word) {
-            return Some(base + at);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
         }
-        base += 8;
+        i += 8;
     }
-    // The tail, padded with a byte that is never special.
-    let tail = chunks.remainder();
-    let mut word = [b'a'; 8];
-    word[..tail.len()].copy_from_slice(tail);
-    first(word).map(|at| base + at)
+    // The last few bytes of the input, one at a time.
+    while let Some(&c) = b.get(i) {
+        if c == quote || c == other || c == b'\\' || c < 0x20 {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Where a Python string body stops being plain text: its quote, a backslash or a line break. Other
@@ -292,50 +321,119 @@ fn json_u_escape(after: &str) -> Option<(char, usize)> {
     Some((char::from_u32(code)?, 5))
 }
 
+/// How the strings of a flat object are quoted, and what whitespace surrounds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Quoting {
+    /// `"key"`: the text is JSON.
+    Plain,
+    /// `\"key\"`: the text is the still-escaped inside of a JSON string (the message of a strict-JSON
+    /// envelope), read in place instead of being unescaped first. Whitespace is spaces only: other
+    /// whitespace bytes would be raw control bytes in that string.
+    Escaped,
+    /// `"key"` inside a single-quoted Python string (the message of a `str(dict)` envelope), read in
+    /// place: as [`Quoting::Plain`], but a `'` would end the message and whitespace is spaces only.
+    InSingleQuotes,
+}
+
+impl Quoting {
+    /// The index of the first byte from `i` on that is not whitespace here.
+    #[inline(always)]
+    fn ws(self, b: &[u8], mut i: usize) -> usize {
+        if self == Quoting::Plain {
+            return json_ws(b, i);
+        }
+        while b.get(i) == Some(&b' ') {
+            i += 1;
+        }
+        i
+    }
+}
+
+/// Where the entries of a flat object go.
+pub(crate) trait FlatSink {
+    /// Take one entry (a later duplicate key replaces an earlier one); `false` declines the whole object,
+    /// which then goes to the general path.
+    fn put(&mut self, key: &str, value: Value) -> bool;
+}
+
+impl FlatSink for Map<String, Value> {
+    fn put(&mut self, key: &str, value: Value) -> bool {
+        self.insert(key.to_owned(), value);
+        true
+    }
+}
+
 /// A flat JSON object of unescaped keys and scalar values, or `None`.
 fn scan_flat_json(body: &str) -> Option<Map<String, Value>> {
-    let b = body.as_bytes();
-    let mut i = json_ws(b, 0);
+    let mut map = Map::new();
+    let end = scan_flat(body, Quoting::Plain, &mut map)?;
+    (json_ws(body.as_bytes(), end) == body.len()).then_some(map)
+}
+
+/// A flat object of unescaped keys and scalar values at the start of `s` (after whitespace), quoted as
+/// `quoting` says; its entries go to `sink`. Returns the index after the closing brace, or `None` for
+/// anything else (nesting, escapes, numbers `serde_json` reads its own way, syntax errors).
+///
+/// With [`Quoting::Escaped`] the entries are what [`parse_body`] gives for the unescaped text: the only
+/// escape taken is the `\"` around strings, so every string's inside is the same in both forms.
+pub(crate) fn scan_flat(s: &str, quoting: Quoting, sink: &mut impl FlatSink) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = quoting.ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
-    i = json_ws(b, i + 1);
-    let mut map = Map::new();
+    i = quoting.ws(b, i + 1);
     if b.get(i) == Some(&b'}') {
-        i += 1;
-    } else {
-        loop {
-            let (key, next) = json_str(body, i)?;
-            if key.escaped {
-                return None;
-            }
-            i = json_ws(b, next);
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            let (value, next) = json_scalar(body, json_ws(b, i + 1))?;
-            map.insert(key.raw.to_owned(), value);
-            i = json_ws(b, next);
-            match b.get(i)? {
-                b',' => i = json_ws(b, i + 1),
-                b'}' => {
-                    i += 1;
-                    break;
-                }
-                _ => return None,
-            }
+        return Some(i + 1);
+    }
+    loop {
+        let (key, next) = flat_str(s, i, quoting)?;
+        i = quoting.ws(b, next);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let (value, next) = flat_scalar(s, quoting.ws(b, i + 1), quoting)?;
+        if !sink.put(key, value) {
+            return None;
+        }
+        i = quoting.ws(b, next);
+        match b.get(i)? {
+            b',' => i = quoting.ws(b, i + 1),
+            b'}' => return Some(i + 1),
+            _ => return None,
         }
     }
-    (json_ws(b, i) == b.len()).then_some(map)
+}
+
+/// The inside of an unescaped string whose opening quote starts at `i`, and the index after its
+/// closing quote; `None` for anything else (escapes, control bytes, no string there).
+#[inline(always)]
+fn flat_str(s: &str, i: usize, quoting: Quoting) -> Option<(&str, usize)> {
+    let b = s.as_bytes();
+    let (start, stop) = match quoting {
+        Quoting::Plain if b.get(i) == Some(&b'"') => (i + 1, b'"'),
+        Quoting::InSingleQuotes if b.get(i) == Some(&b'"') => (i + 1, b'\''),
+        Quoting::Escaped if b.get(i..i + 2) == Some(b"\\\"") => (i + 2, b'"'),
+        _ => return None,
+    };
+    let end = start + find_special2(b.get(start..)?, b'"', stop)?;
+    let after = match (quoting, b[end]) {
+        (Quoting::Plain | Quoting::InSingleQuotes, b'"') => end + 1,
+        (Quoting::Escaped, b'\\') if b.get(end + 1) == Some(&b'"') => end + 2,
+        _ => return None,
+    };
+    // `start` follows an ASCII quote and `end` holds an ASCII byte: both are char boundaries.
+    Some((s.get(start..end)?, after))
 }
 
 /// An unescaped string, a number, `true`, `false` or `null` at `i`, and the index after it.
-fn json_scalar(s: &str, i: usize) -> Option<(Value, usize)> {
+#[inline(always)]
+fn flat_scalar(s: &str, i: usize, quoting: Quoting) -> Option<(Value, usize)> {
     let rest = s.get(i..)?;
     match rest.as_bytes().first()? {
-        b'"' => {
-            let (v, next) = json_str(s, i)?;
-            (!v.escaped).then(|| (Value::String(v.raw.to_owned()), next))
+        b'"' | b'\\' => {
+            let (v, next) = flat_str(s, i, quoting)?;
+            Some((Value::String(v.to_owned()), next))
         }
         b't' if rest.starts_with("true") => Some((Value::Bool(true), i + 4)),
         b'f' if rest.starts_with("false") => Some((Value::Bool(false), i + 5)),
@@ -345,52 +443,72 @@ fn json_scalar(s: &str, i: usize) -> Option<(Value, usize)> {
     }
 }
 
+/// Powers of ten that an `f64` holds exactly.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
 /// A number in JSON's grammar. Big integers and `-0` go to `serde_json`, which gives them its own meaning.
 fn json_number(s: &str, start: usize) -> Option<(Value, usize)> {
     let b = s.as_bytes();
-    let digits = |mut j: usize| {
-        while let Some(b'0'..=b'9') = b.get(j) {
+    // The digits, also gathered into `mantissa` (wrapping: only used when there are few enough digits).
+    let mut mantissa = 0_u64;
+    let mut digits = |mut j: usize| {
+        while let Some(&d @ b'0'..=b'9') = b.get(j) {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
             j += 1;
         }
         j
     };
-    let int_start = if b.get(start) == Some(&b'-') {
-        start + 1
-    } else {
-        start
-    };
+    let negative = b.get(start) == Some(&b'-');
+    let int_start = start + usize::from(negative);
     let mut j = digits(int_start);
-    if j == int_start || (j - int_start > 1 && b[int_start] == b'0') {
+    let int_digits = j - int_start;
+    if int_digits == 0 || (int_digits > 1 && b[int_start] == b'0') {
         return None;
     }
-    let mut float = false;
+    let mut frac_digits = 0;
     if b.get(j) == Some(&b'.') {
         let frac = j + 1;
         j = digits(frac);
-        if j == frac {
+        frac_digits = j - frac;
+        if frac_digits == 0 {
             return None;
         }
-        float = true;
     }
+    let mut exponent = false;
     if let Some(b'e' | b'E') = b.get(j) {
         j += 1;
         if let Some(b'+' | b'-') = b.get(j) {
             j += 1;
         }
         let exp = j;
-        j = digits(exp);
+        while let Some(b'0'..=b'9') = b.get(j) {
+            j += 1;
+        }
         if j == exp {
             return None;
         }
-        float = true;
+        exponent = true;
     }
     let token = &s[start..j];
-    let number = if float {
-        Number::from_f64(token.parse().ok()?)?
-    } else if let Ok(n) = token.parse::<i64>() {
-        if n == 0 && int_start != start {
-            return None;
+    let number = if exponent || frac_digits > 0 {
+        if !exponent && int_digits + frac_digits <= 15 {
+            // Both operands are exact in an `f64` (below 2^53 and 10^22), so the one rounding of the
+            // division gives the correctly rounded value, the same as a full parse (Clinger's fast path).
+            let x = mantissa as f64 / POW10[frac_digits];
+            Number::from_f64(if negative { -x } else { x })?
+        } else {
+            Number::from_f64(token.parse().ok()?)?
         }
+    } else if int_digits <= 18 {
+        // Below 10^18: no overflow, and it fits an `i64`.
+        match (negative, mantissa) {
+            (true, 0) => return None,
+            (true, m) => Number::from(-(m as i64)),
+            (false, m) => Number::from(m),
+        }
+    } else if let Ok(n) = token.parse::<i64>() {
         Number::from(n)
     } else {
         Number::from(token.parse::<u64>().ok()?)

@@ -202,8 +202,23 @@ impl<'a> FastEnvelope<'a> {
     }
 }
 
-/// A strict-JSON object whose keys and values are all strings, or `None`.
+/// An object whose keys and values are all strings, or `None`: strict JSON, or a Python dict literal of
+/// single-quoted strings without escapes (`str(dict)` from a Python device), or a mix of both.
+///
+/// Where the two languages disagree, JSON's reading applies only to JSON text and Python's only to the
+/// rest (PROTOCOL.md §3): so once a single-quoted string is seen, an escaped string anywhere leaves the
+/// frame to the general path.
 pub(crate) fn scan_json_envelope(frame: &str) -> Option<FastEnvelope<'_>> {
+    scan_envelope(frame, |_, _| None)
+}
+
+/// [`scan_json_envelope`], offering each `message` value to `in_place` first: given the frame and the
+/// index of the value's opening quote, it returns the index after the closing quote if it read the
+/// value itself, or `None` to leave it to the scan.
+pub(crate) fn scan_envelope<'a>(
+    frame: &'a str,
+    mut in_place: impl FnMut(&'a str, usize) -> Option<usize>,
+) -> Option<FastEnvelope<'a>> {
     let b = frame.as_bytes();
     let mut i = body::json_ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -211,16 +226,36 @@ pub(crate) fn scan_json_envelope(frame: &str) -> Option<FastEnvelope<'_>> {
     }
     i = body::json_ws(b, i + 1);
     let mut env = FastEnvelope::default();
+    let (mut python, mut escaped) = (false, false);
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
         loop {
-            let (key, next) = body::json_str(frame, i)?;
+            let (key, next) = envelope_str(frame, i, &mut python)?;
             i = body::json_ws(b, next);
             if b.get(i) != Some(&b':') {
                 return None;
             }
-            let (value, next) = body::json_str(frame, body::json_ws(b, i + 1))?;
+            i = body::json_ws(b, i + 1);
+            let read = if key.raw == "message" && !key.escaped {
+                in_place(frame, i)
+            } else {
+                None
+            };
+            let (value, next) = match read {
+                Some(next) => {
+                    let quote = *b.get(i)?;
+                    python |= quote == b'\'';
+                    let value = JsonStr {
+                        raw: frame.get(i + 1..next.saturating_sub(1))?,
+                        // Conservative: the text may hold escaped quotes.
+                        escaped: quote == b'"',
+                    };
+                    (value, next)
+                }
+                None => envelope_str(frame, i, &mut python)?,
+            };
+            escaped |= value.escaped;
             // An escaped key could still spell one of ours; leave that rare case to serde.
             match (key.escaped, key.raw) {
                 (true, _) => return None,
@@ -240,7 +275,17 @@ pub(crate) fn scan_json_envelope(frame: &str) -> Option<FastEnvelope<'_>> {
             }
         }
     }
-    (body::json_ws(b, i) == b.len()).then_some(env)
+    (body::json_ws(b, i) == b.len() && !(python && escaped)).then_some(env)
+}
+
+/// A JSON string, or a single-quoted Python string without escapes (which sets `python`), at `i`.
+fn envelope_str<'a>(frame: &'a str, i: usize, python: &mut bool) -> Option<(JsonStr<'a>, usize)> {
+    if frame.as_bytes().get(i) == Some(&b'\'') {
+        *python = true;
+        body::single_quoted_plain(frame, i)
+    } else {
+        body::json_str(frame, i)
+    }
 }
 
 /// A JSON string between its quotes, as it sits in the frame; `escaped` if it holds a backslash.
@@ -593,15 +638,41 @@ mod tests {
             let raw: RawEnvelope<'_> = serde_json::from_str(frame).unwrap();
             assert_eq!(fast, finish(raw.kind, raw.message, raw.reason), "{frame}");
         }
+        // Python dict literals of plain single-quoted strings (and mixes) take the fast path too.
+        for frame in [
+            "{'type': 'UPDT', 'message': '0116:0001:{\"power_consumption\": 357}'}",
+            r#"{"type": 'INFO', 'message': "m", 'reason': 'r'}"#,
+            "{'type': 'UPDT'}",
+        ] {
+            let fast = scan_json_envelope(frame)
+                .and_then(FastEnvelope::into_envelope)
+                .unwrap();
+            let raw = python_envelope(frame).unwrap();
+            assert_eq!(fast, finish(raw.kind, raw.message, raw.reason), "{frame}");
+        }
         for not_fast in [
             r#"{"type": "UPDT", "message": []}"#,
             r#"{"type": "UPDT", "message": "x"} x"#,
-            "{'type': 'UPDT'}",
             "[]",
             r#"{"a\u0062": "x"}"#,
+            // Python forms the scan leaves to the Python parser: escapes, prefixes, trailing commas,
+            // raw control bytes, and a JSON escape in a frame that is not JSON (Python reads `\/` as is).
+            r"{'type': 'UP\'DT'}",
+            "{u'type': 'UPDT'}",
+            "{'type': 'UPDT',}",
+            "{'type': 'UP\tDT'}",
+            r#"{'type': 'UPDT', "message": "a\/b"}"#,
         ] {
             assert!(scan_json_envelope(not_fast).is_none(), "{not_fast}");
         }
+        assert_eq!(
+            text(&parse_envelope(r#"{'type': 'UPDT', "message": "a\/b"}"#).unwrap()),
+            r"a\/b"
+        );
+        assert_eq!(
+            text(&parse_envelope(r#"{"type": "UPDT", "message": "a\/b"}"#).unwrap()),
+            "a/b"
+        );
     }
 
     #[test]

@@ -23,10 +23,6 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
-use nom::bytes::complete::{tag, take_while_m_n};
-use nom::sequence::terminated;
-use nom::{IResult, Parser};
-
 use crate::{Error, Result};
 
 /// Longest accepted message id, in digits.
@@ -206,25 +202,56 @@ impl Serial {
 }
 
 fn is_serial_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+    SERIAL_BYTES[usize::from(b)]
 }
 
-/// `MID:SERIAL:` on bytes, each part checked while it is read (the hot path: one pass, no re-validation).
-fn header_bytes(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8])> {
-    (
-        terminated(
-            take_while_m_n(1, MAX_ID_LEN, |b: u8| b.is_ascii_digit()),
-            tag(&b":"[..]),
-        ),
-        terminated(
-            take_while_m_n(1, MAX_SERIAL_LEN, is_serial_byte),
-            tag(&b":"[..]),
-        ),
-    )
-        .parse(input)
+/// `[A-Za-z0-9_-]`, as a table: one load per byte on the hot path.
+static SERIAL_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+        b += 1;
+    }
+    table
+};
+
+/// `MID:SERIAL:` at the start of `b`, each part checked while it is copied (the hot path: one pass over a
+/// few bytes, no re-validation, no error text), and the index after the second colon.
+fn read_header(b: &[u8]) -> Option<(Header, usize)> {
+    let (id, id_len) = read_part::<MAX_ID_LEN>(b, |c| c.is_ascii_digit())?;
+    let serial_start = id_len + 1;
+    let (serial, serial_len) = read_part::<MAX_SERIAL_LEN>(b.get(serial_start..)?, is_serial_byte)?;
+    let header = Header {
+        id: MessageId {
+            len: id_len as u8,
+            buf: id,
+        },
+        serial: Serial {
+            len: serial_len as u8,
+            buf: serial,
+        },
+    };
+    Some((header, serial_start + serial_len + 1))
 }
 
-/// `MID`, `:`, `SERIAL`, `:` again, to say which part is wrong once [`header_bytes`] failed.
+/// The run of 1 to `N` bytes accepted by `ok` that starts `b` and is followed by a colon, copied into an
+/// inline buffer, and its length.
+fn read_part<const N: usize>(b: &[u8], ok: impl Fn(u8) -> bool) -> Option<([u8; N], usize)> {
+    let mut buf = [0u8; N];
+    for (i, slot) in buf.iter_mut().enumerate() {
+        match *b.get(i)? {
+            b':' if i > 0 => return Some((buf, i)),
+            c if ok(c) => *slot = c,
+            _ => return None,
+        }
+    }
+    // `N` accepted bytes: only a colon may follow.
+    (b.get(N) == Some(&b':')).then_some((buf, N))
+}
+
+/// `MID`, `:`, `SERIAL`, `:` again, to say which part is wrong once [`read_header`] failed.
 fn header_error(message: &str) -> Error {
     let mut parts = message.splitn(3, ':');
     let (mid, serial) = (parts.next().unwrap_or_default(), parts.next());
@@ -256,21 +283,14 @@ impl Header {
     /// # Ok::<(), smart_proto::Error>(())
     /// ```
     pub fn parse(message: &str) -> Result<(Header, &str)> {
-        let Ok((rest, (id, serial))) = header_bytes(message.as_bytes()) else {
-            return Err(header_error(message));
-        };
-        let header = Header {
-            id: MessageId {
-                len: id.len() as u8,
-                buf: inline_bytes(id),
-            },
-            serial: Serial {
-                len: serial.len() as u8,
-                buf: inline_bytes(serial),
-            },
-        };
-        // Measured by length: the parts are ASCII, so the body starts on a char boundary.
-        Ok((header, &message[message.len() - rest.len()..]))
+        Header::split(message).ok_or_else(|| header_error(message))
+    }
+
+    /// [`Header::parse`] without the error: `None` if the text does not start with a valid header.
+    pub(crate) fn split(message: &str) -> Option<(Header, &str)> {
+        let (header, body_start) = read_header(message.as_bytes())?;
+        // The parts and colons are ASCII, so the body starts on a char boundary.
+        Some((header, message.get(body_start..)?))
     }
 
     /// Build a header from its two texts.

@@ -14,12 +14,13 @@
 //! # Ok::<(), smart_proto::Error>(())
 //! ```
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-use crate::envelope::{FastEnvelope, Payload, scan_json_envelope};
+use crate::body::{Quoting, scan_flat};
+use crate::envelope::{Payload, scan_envelope};
+use crate::record::FastFields;
 use crate::{
     Error, Header, Kind, Query, Record, Result, Update, normalize, parse_body, parse_envelope,
 };
@@ -139,7 +140,7 @@ impl From<Error> for Rejection {
 /// # Ok::<(), smart_proto::Error>(())
 /// ```
 pub fn parse_device_message(frame: &str) -> Result<DeviceMessage, Rejection> {
-    if let Some(result) = scan_json_envelope(frame).and_then(fast_device_message) {
+    if let Some(result) = fast_device_message(frame) {
         return result;
     }
     let envelope = parse_envelope(frame)?;
@@ -167,32 +168,46 @@ fn device_kind(kind: Kind) -> Result<Kind> {
 /// Header, body, normalization and typing of the message text.
 fn device_message(kind: Kind, text: &str) -> Result<DeviceMessage, Rejection> {
     let (header, body) = Header::parse(text)?;
-    let with_header = |error| Rejection {
-        header: Some(header.clone()),
-        error,
-    };
-    let fields = parse_body(body)
+    let fields = parse_body(body);
+    typed_message(kind, header, fields)
+}
+
+/// Normalization and typing of a parsed body; errors keep the header for the reply.
+fn typed_message(
+    kind: Kind,
+    header: Header,
+    fields: Result<Map<String, Value>>,
+) -> Result<DeviceMessage, Rejection> {
+    let update = fields
         .and_then(|map| normalize(map, &header.serial))
-        .map_err(with_header)?;
-    let update = Update::from_normalized(fields).map_err(with_header)?;
-    Ok(DeviceMessage {
-        kind,
-        header,
-        update,
-    })
+        .and_then(Update::from_normalized);
+    match update {
+        Ok(update) => Ok(DeviceMessage {
+            kind,
+            header,
+            update,
+        }),
+        Err(error) => Err(Rejection {
+            header: Some(header),
+            error,
+        }),
+    }
 }
 
-thread_local! {
-    /// Where escaped message texts are unescaped, so the hot path allocates only what it returns.
-    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
-/// Larger scratch buffers are released after use rather than kept per thread.
-const SCRATCH_KEEP: usize = 64 * 1024;
-
-/// The common frame: strict JSON, string values, a known kind. `None` leaves anything else (and every
-/// envelope-level error) to the general path.
-fn fast_device_message(env: FastEnvelope<'_>) -> Option<Result<DeviceMessage, Rejection>> {
+/// The common frame: strings only, a known kind. `None` leaves anything else (and every envelope-level
+/// error) to the general path.
+///
+/// The usual message, a header and a flat body, is read in place while the envelope is scanned: no
+/// unescaped copy of the message, one pass over it, and fields that go straight into the [`Update`].
+fn fast_device_message(frame: &str) -> Option<Result<DeviceMessage, Rejection>> {
+    let mut read = None;
+    let env = scan_envelope(frame, |frame, at| {
+        // A later `message` key replaces an earlier one, whichever way either is read.
+        read = None;
+        let (header, fields, next) = message_in_place(frame, at)?;
+        read = Some((header, fields));
+        Some(next)
+    })?;
     let (kind, message) = (env.kind?, env.message?);
     if kind.escaped {
         return None;
@@ -201,19 +216,36 @@ fn fast_device_message(env: FastEnvelope<'_>) -> Option<Result<DeviceMessage, Re
         Ok(kind) => kind,
         Err(e) => return Some(Err(e.into())),
     };
+    if let Some((header, fields)) = read {
+        return Some(Ok(DeviceMessage {
+            kind,
+            header,
+            update: fields.into_update(),
+        }));
+    }
     if !message.escaped {
         return Some(device_message(kind, message.raw));
     }
-    SCRATCH.with(|cell| {
-        let mut buf = cell.try_borrow_mut().ok()?;
-        buf.clear();
-        let result =
-            crate::body::unescape_json(message.raw, &mut buf).then(|| device_message(kind, &buf));
-        if buf.capacity() > SCRATCH_KEEP {
-            *buf = String::new();
-        }
-        result
-    })
+    let text = message.to_cow()?;
+    Some(device_message(kind, &text))
+}
+
+/// The message `"MID:SERIAL:{flat body}"` whose opening quote is at `at`, read in place: its header, its
+/// fields and the index after its closing quote. A double-quoted message is read with its escaped
+/// quotes (`{\"battery\": 92.5}`), a single-quoted one (a Python envelope) as it stands. `None` for
+/// anything else, including any body that normalization would change or typing would refuse.
+fn message_in_place(frame: &str, at: usize) -> Option<(Header, FastFields, usize)> {
+    let (quote, quoting) = match frame.as_bytes().get(at)? {
+        b'"' => (b'"', Quoting::Escaped),
+        b'\'' => (b'\'', Quoting::InSingleQuotes),
+        _ => return None,
+    };
+    // Header characters are never quotes, backslashes or control bytes, so the header reads the same
+    // escaped or not.
+    let (header, body) = Header::split(frame.get(at + 1..)?)?;
+    let mut fields = FastFields::default();
+    let close = frame.len() - body.len() + scan_flat(body, quoting, &mut fields)?;
+    (frame.as_bytes().get(close) == Some(&quote)).then_some((header, fields, close + 1))
 }
 
 impl DeviceMessage {
@@ -232,7 +264,7 @@ impl DeviceMessage {
     /// ```
     pub fn to_frame(&self) -> String {
         let mut out = String::with_capacity(64);
-        write_header_frame(&mut out, self.kind, &self.header, self.update.as_map());
+        write_header_frame(&mut out, self.kind, &self.header, self.update.iter());
         out
     }
 }
@@ -347,7 +379,7 @@ impl ServerMessage {
             }
             ServerMessage::Init(records) => return write_init(records),
             ServerMessage::Updt { header, body } => {
-                write_header_frame(&mut out, Kind::Updt, header, body);
+                write_header_frame(&mut out, Kind::Updt, header, map_entries(body));
             }
         }
         out
@@ -355,7 +387,12 @@ impl ServerMessage {
 }
 
 /// `{"type":KIND,"message":"MID:SERIAL:{body}"}`. Header texts are `[A-Za-z0-9_-]`, so need no escaping.
-fn write_header_frame(out: &mut String, kind: Kind, header: &Header, body: &Map<String, Value>) {
+fn write_header_frame<'a>(
+    out: &mut String,
+    kind: Kind,
+    header: &Header,
+    body: impl IntoIterator<Item = (&'a str, &'a Value)>,
+) {
     let _ = write!(out, r#"{{"type":"{kind}","message":"{header}:"#);
     let mut inner = String::with_capacity(32);
     write_json_object(&mut inner, body);
@@ -494,10 +531,14 @@ fn write_json_chars(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
+fn map_entries(map: &Map<String, Value>) -> impl Iterator<Item = (&str, &Value)> {
+    map.iter().map(|(k, v)| (k.as_str(), v))
+}
+
 /// `{"a": 1, "b": [1, 2]}`, as Python's `json.dumps` separates items.
-fn write_json_object(out: &mut String, map: &Map<String, Value>) {
+fn write_json_object<'a>(out: &mut String, entries: impl IntoIterator<Item = (&'a str, &'a Value)>) {
     out.push('{');
-    for (i, (k, v)) in map.iter().enumerate() {
+    for (i, (k, v)) in entries.into_iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
@@ -527,7 +568,7 @@ fn write_json_value(out: &mut String, v: &Value) {
             }
             out.push(']');
         }
-        Value::Object(map) => write_json_object(out, map),
+        Value::Object(map) => write_json_object(out, map_entries(map)),
     }
 }
 

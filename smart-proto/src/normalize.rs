@@ -122,7 +122,7 @@ fn is_dropped(name: &str) -> bool {
 }
 
 /// Whether a key needs any of the rules (the common UPDT body needs none and is returned as is).
-fn needs_work(key: &str) -> bool {
+pub(crate) fn needs_work(key: &str) -> bool {
     key.starts_with('_') || key == "serial_number" || is_dropped(key)
 }
 

@@ -24,10 +24,12 @@
 //! );
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::io;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::{self, Deserializer};
@@ -432,19 +434,30 @@ enum FieldKind {
 
 impl FieldKind {
     fn of(key: &str) -> FieldKind {
-        match key {
-            "software_version" | "country" | "solmate_version" => FieldKind::Text,
-            "postcode" => FieldKind::Postcode,
-            "power_income" | "power_inject" | "power_consumption" | "battery" | "capacity" => {
-                FieldKind::Number
-            }
-            "pv_connectors" => FieldKind::Integer,
-            "local_time" => FieldKind::OptionalText,
-            "serial_number" | "owner" | "manufacturing_date" | "last_status_update" | "online" => {
-                FieldKind::Reserved
-            }
-            _ => FieldKind::Extra,
-        }
+        FieldKind::named(key).map_or(FieldKind::Extra, |(_, kind)| kind)
+    }
+
+    /// The crate's own copy of a known or reserved field name, and its kind; `None` for other keys.
+    fn named(key: &str) -> Option<(&'static str, FieldKind)> {
+        Some(match key {
+            "software_version" => ("software_version", FieldKind::Text),
+            "country" => ("country", FieldKind::Text),
+            "solmate_version" => ("solmate_version", FieldKind::Text),
+            "postcode" => ("postcode", FieldKind::Postcode),
+            "power_income" => ("power_income", FieldKind::Number),
+            "power_inject" => ("power_inject", FieldKind::Number),
+            "power_consumption" => ("power_consumption", FieldKind::Number),
+            "battery" => ("battery", FieldKind::Number),
+            "capacity" => ("capacity", FieldKind::Number),
+            "pv_connectors" => ("pv_connectors", FieldKind::Integer),
+            "local_time" => ("local_time", FieldKind::OptionalText),
+            "serial_number" => ("serial_number", FieldKind::Reserved),
+            "owner" => ("owner", FieldKind::Reserved),
+            "manufacturing_date" => ("manufacturing_date", FieldKind::Reserved),
+            "last_status_update" => ("last_status_update", FieldKind::Reserved),
+            "online" => ("online", FieldKind::Reserved),
+            _ => return None,
+        })
     }
 
     fn expected(self) -> &'static str {
@@ -458,42 +471,72 @@ impl FieldKind {
         }
     }
 
-    /// The value in its canonical type, or `None` if it has the wrong type.
-    fn coerce(self, value: Value) -> Option<Value> {
-        match (self, value) {
-            (FieldKind::Text | FieldKind::Postcode, value @ Value::String(_))
-            | (FieldKind::OptionalText, value @ (Value::String(_) | Value::Null))
-            | (FieldKind::Number, value @ Value::Null)
-            | (FieldKind::Reserved | FieldKind::Extra, value) => Some(value),
-            (FieldKind::Postcode, Value::Number(n)) => {
-                let text = if n.is_f64() {
-                    let x = n.as_f64()?;
-                    if !x.is_finite() || x.fract() != 0.0 {
-                        return None;
-                    }
-                    // Rust prints integral floats without a fraction or exponent; `+ 0.0` drops `-0`.
-                    format!("{}", x + 0.0)
-                } else {
-                    n.to_string()
-                };
-                Some(Value::String(text))
+    /// Turn `value` into its canonical type in place; `false` (and `value` untouched) if it has the
+    /// wrong type. Values already in canonical form, the common case, are left as they are.
+    fn coerce(self, value: &mut Value) -> bool {
+        let canonical = match (self, &*value) {
+            (FieldKind::Text | FieldKind::Postcode, Value::String(_))
+            | (FieldKind::OptionalText, Value::String(_) | Value::Null)
+            | (FieldKind::Number, Value::Null)
+            | (FieldKind::Reserved | FieldKind::Extra, _) => return true,
+            (FieldKind::Postcode, Value::Number(n)) => postcode_text(n).map(Value::String),
+            (FieldKind::Number, Value::Number(n)) => {
+                if is_canonical_number(n) {
+                    return true;
+                }
+                n.as_f64().map(|x| number_value(x + 0.0))
             }
-            (FieldKind::Number, Value::Number(n)) => n.as_f64().map(|x| number_value(x + 0.0)),
-            (FieldKind::Number, Value::String(s)) => parse_number(&s).map(number_value),
-            (FieldKind::Integer, Value::Number(n)) => n
-                .as_i64()
-                .or_else(|| {
-                    if n.is_f64() {
-                        n.as_f64().and_then(integral)
-                    } else {
-                        None
-                    }
-                })
-                .map(Value::from),
+            (FieldKind::Number, Value::String(s)) => parse_number(s).map(number_value),
+            (FieldKind::Integer, Value::Number(n)) => {
+                if n.is_i64() {
+                    return true;
+                }
+                // Past `i64`, only an integral float is accepted.
+                n.as_f64()
+                    .filter(|_| n.is_f64())
+                    .and_then(integral)
+                    .map(Value::from)
+            }
             _ => None,
+        };
+        match canonical {
+            Some(canonical) => {
+                *value = canonical;
+                true
+            }
+            None => false,
         }
     }
 }
+
+/// A number that [`number_value`] would give back unchanged: an integer below 2^53 in magnitude, or a
+/// float with a fraction.
+fn is_canonical_number(n: &Number) -> bool {
+    match n.as_i64() {
+        Some(i) => i.unsigned_abs() < 1 << 53,
+        // Below 2^53 the cast back and forth is exact for integral values only (and cheaper than
+        // `fract`, a library call on baseline x86-64).
+        None => n.is_f64() && n.as_f64().is_some_and(|x| (x as i64) as f64 != x),
+    }
+}
+
+/// The decimal text of an integral postcode number (`7445` → `"7445"`), or `None` for fractions.
+fn postcode_text(n: &Number) -> Option<String> {
+    if n.is_f64() {
+        let x = n.as_f64()?;
+        if !x.is_finite() || x.fract() != 0.0 {
+            return None;
+        }
+        // Rust prints integral floats without a fraction or exponent; `+ 0.0` drops `-0`.
+        Some(format!("{}", x + 0.0))
+    } else {
+        Some(n.to_string())
+    }
+}
+
+/// One field of an update: its name (the crate's own copy for known fields, so that they cost no
+/// allocation) and its value.
+type Field = (Cow<'static, str>, Value);
 
 /// The normalized, type-checked fields of one device message: known fields coerced to their type
 /// (numbers from numeric strings, postcode from numbers, integral `pv_connectors`), others kept as sent.
@@ -509,8 +552,14 @@ impl FieldKind {
 ///     r#"{"battery":12.5,"charging":false,"pv_connectors":2}"#
 /// );
 /// ```
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Update(pub(crate) Map<String, Value>);
+#[derive(Clone, Default)]
+pub struct Update {
+    /// In key order, names unique. A list rather than a map: a typical update has a few fields, and
+    /// building and dropping a map for them would cost more than the parse.
+    fields: Vec<Field>,
+    /// The fields as a map, built on the first [`Update::as_map`].
+    map: OnceLock<Map<String, Value>>,
+}
 
 impl Update {
     /// Type-check and coerce a normalized body. Any known field of the wrong type fails the whole
@@ -538,36 +587,36 @@ impl Update {
         Update::coerce(fields.into_map())
     }
 
-    fn coerce(fields: Map<String, Value>) -> Result<Update> {
-        let mut out = Map::new();
-        for (key, value) in fields {
+    /// Coerces each value in place; the text of a wrong value is only written for the error.
+    fn coerce(map: Map<String, Value>) -> Result<Update> {
+        let mut fields: Vec<Field> = Vec::with_capacity(map.len());
+        for (key, mut value) in map {
             let kind = FieldKind::of(&key);
             if kind == FieldKind::Reserved {
                 // Normalization already removed these; a device may not set them in any case.
                 continue;
             }
-            let got = if kind == FieldKind::Extra {
-                None
-            } else {
-                Some(quote(&value.to_string()))
-            };
-            match kind.coerce(value) {
-                Some(value) => {
-                    out.insert(key, value);
-                }
-                None => {
-                    return Err(Error::FieldType {
-                        field: quote(&key),
-                        expected: kind.expected(),
-                        got: got.unwrap_or_default(),
-                    });
-                }
+            if !kind.coerce(&mut value) {
+                return Err(Error::FieldType {
+                    field: quote(&key),
+                    expected: kind.expected(),
+                    got: quote(&value.to_string()),
+                });
             }
+            fields.push((Cow::Owned(key), value));
         }
-        Ok(Update(out))
+        // In key order already, unless serde_json's `preserve_order` kept the order sent.
+        if !fields.is_sorted_by(|a, b| a.0 < b.0) {
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(Update {
+            fields,
+            map: OnceLock::new(),
+        })
     }
 
-    /// The coerced fields, in key order.
+    /// The coerced fields as a map, in key order. Built on first use (the server reads the fields
+    /// with [`Update::iter`] and never needs it).
     ///
     /// ```
     /// use smart_proto::{Serial, Update, normalize, parse_body};
@@ -578,7 +627,45 @@ impl Update {
     /// assert_eq!(update.as_map()["postcode"], "8020");
     /// ```
     pub fn as_map(&self) -> &Map<String, Value> {
-        &self.0
+        self.map.get_or_init(|| {
+            self.iter()
+                .map(|(key, value)| (key.to_owned(), value.clone()))
+                .collect()
+        })
+    }
+
+    /// The coerced fields, in key order.
+    ///
+    /// ```
+    /// use smart_proto::{Serial, Update, normalize, parse_body};
+    ///
+    /// let serial = Serial::new("0001").unwrap();
+    /// let body = parse_body(r#"{"power_inject": "357", "battery": 92.5}"#).unwrap();
+    /// let update = Update::from_normalized(normalize(body, &serial).unwrap()).unwrap();
+    /// let fields: Vec<(&str, String)> = update.iter().map(|(k, v)| (k, v.to_string())).collect();
+    /// assert_eq!(fields, [("battery", "92.5".to_owned()), ("power_inject", "357".to_owned())]);
+    /// ```
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> + '_ {
+        self.fields.iter().map(|(key, value)| (key.as_ref(), value))
+    }
+
+    /// One field's coerced value.
+    ///
+    /// ```
+    /// use smart_proto::{Serial, Update, normalize, parse_body};
+    ///
+    /// let serial = Serial::new("0001").unwrap();
+    /// let body = parse_body(r#"{"battery": "92.5"}"#).unwrap();
+    /// let update = Update::from_normalized(normalize(body, &serial).unwrap()).unwrap();
+    /// assert_eq!(update.get("battery"), Some(&serde_json::json!(92.5)));
+    /// assert_eq!(update.get("country"), None);
+    /// ```
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        let at = self
+            .fields
+            .binary_search_by(|(name, _)| name.as_ref().cmp(key))
+            .ok()?;
+        Some(&self.fields[at].1)
     }
 
     /// Number of fields.
@@ -591,7 +678,7 @@ impl Update {
     /// assert_eq!(Update::from_normalized(normalize(body, &serial).unwrap()).unwrap().len(), 2);
     /// ```
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.fields.len()
     }
 
     /// `{}`: a sign of life that changes nothing.
@@ -601,7 +688,64 @@ impl Update {
     /// assert!(Update::default().is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.fields.is_empty()
+    }
+}
+
+/// Equal when the fields are (whether or not either map view was built).
+impl PartialEq for Update {
+    fn eq(&self, other: &Update) -> bool {
+        self.fields == other.fields
+    }
+}
+
+/// Written like the map: `Update({"battery": Number(92.5)})`.
+impl fmt::Debug for Update {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Fields<'a>(&'a Update);
+        impl fmt::Debug for Fields<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map().entries(self.0.iter()).finish()
+            }
+        }
+        f.debug_tuple("Update").field(&Fields(self)).finish()
+    }
+}
+
+/// The fields of a device message read straight from the frame (the fast path of
+/// [`parse_device_message`](crate::parse_device_message)), coerced as they arrive.
+///
+/// It declines (and the frame takes the general path, which gives the same result or the error) any key
+/// that normalization would touch, and any value of the wrong type: a later duplicate key could still
+/// make the message valid, and the general path reports the first bad field in key order.
+#[derive(Debug, Default)]
+pub(crate) struct FastFields(Vec<Field>);
+
+impl FastFields {
+    pub(crate) fn into_update(self) -> Update {
+        Update {
+            fields: self.0,
+            map: OnceLock::new(),
+        }
+    }
+}
+
+impl crate::body::FlatSink for FastFields {
+    fn put(&mut self, key: &str, mut value: Value) -> bool {
+        let (name, kind) = match FieldKind::named(key) {
+            Some((_, FieldKind::Reserved)) => return false,
+            Some((name, kind)) => (Cow::Borrowed(name), kind),
+            None if crate::normalize::needs_work(key) => return false,
+            None => (Cow::Owned(key.to_owned()), FieldKind::Extra),
+        };
+        if !kind.coerce(&mut value) {
+            return false;
+        }
+        match self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
+            Ok(at) => self.0[at].1 = value,
+            Err(at) => self.0.insert(at, (name, value)),
+        }
+        true
     }
 }
 
@@ -832,9 +976,9 @@ impl Record {
     /// ```
     pub fn apply(&mut self, update: &Update, now: Timestamp) -> Map<String, Value> {
         let mut changed = Map::new();
-        for (key, value) in &update.0 {
+        for (key, value) in update.iter() {
             if self.set(key, value) {
-                changed.insert(key.clone(), value.clone());
+                changed.insert(key.to_owned(), value.clone());
             }
         }
         self.last_status_update = now;
@@ -1142,7 +1286,7 @@ impl Record {
         record.last_status_update = last_status_update;
         record.online = online;
         let fields = Update::coerce(map).map_err(|e| Error::Record(e.to_string()))?;
-        for (key, value) in &fields.0 {
+        for (key, value) in fields.iter() {
             record.set(key, value);
         }
         Ok(record)

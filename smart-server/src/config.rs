@@ -22,7 +22,8 @@ pub struct Config {
     #[arg(long, env = "SMART_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
 
-    /// Directory of the sled database holding the latest record of every device.
+    /// Directory of the store: `sled/` (the latest record of every device) and `wal/` (the
+    /// write-ahead log of recent commits).
     #[arg(long, env = "SMART_DATA_DIR", default_value = "./smart-data")]
     pub data_dir: PathBuf,
 
@@ -68,7 +69,7 @@ pub struct Config {
     pub max_in_flight: usize,
 
     /// Seconds graceful shutdown waits for connections to finish before giving up on them.
-    #[arg(long, env = "SMART_SHUTDOWN_GRACE", default_value_t = 10)]
+    #[arg(long = "shutdown-grace", env = "SMART_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 }
 

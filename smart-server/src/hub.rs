@@ -196,17 +196,27 @@ impl Hub {
         self.listeners.load(Ordering::Relaxed) > 0
     }
 
-    /// Hand `change` to every dashboard. Never waits on a dashboard.
-    pub(crate) fn publish(&self, change: &Arc<Change>) {
+    /// Hand `changes` (in order) to every dashboard: one lock and at most one wake-up per dashboard
+    /// for the whole batch. Never waits on a dashboard.
+    pub(crate) fn publish(&self, changes: &[Arc<Change>]) {
+        if changes.is_empty() {
+            return;
+        }
         let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
         for slot in slots.iter() {
-            let pushed = slot.lock().push(change, self.limits);
-            match pushed {
-                Pushed::StartedConflation => Metrics::inc(&self.metrics.dashboard_conflated),
-                Pushed::StartedResync => Metrics::inc(&self.metrics.dashboard_resyncs),
-                Pushed::Queued | Pushed::Conflated | Pushed::Dropped => {}
+            let mut wake = false;
+            let mut pending = slot.lock();
+            for change in changes {
+                let pushed = pending.push(change, self.limits);
+                match pushed {
+                    Pushed::StartedConflation => Metrics::inc(&self.metrics.dashboard_conflated),
+                    Pushed::StartedResync => Metrics::inc(&self.metrics.dashboard_resyncs),
+                    Pushed::Queued | Pushed::Conflated | Pushed::Dropped => {}
+                }
+                wake |= pushed != Pushed::Dropped;
             }
-            if pushed != Pushed::Dropped {
+            drop(pending);
+            if wake {
                 slot.notify.notify_one();
             }
         }
@@ -376,10 +386,13 @@ mod tests {
         let a = hub.subscribe();
         let b = hub.subscribe();
         assert!(hub.has_listeners());
-        hub.publish(&change("0001", "0001", "battery", 1));
-        assert_eq!(a.take(Vec::new()).changes.len(), 1);
+        hub.publish(&[
+            change("0001", "0001", "battery", 1),
+            change("0002", "0001", "battery", 1),
+        ]);
+        assert_eq!(a.take(Vec::new()).changes.len(), 2);
         drop(b);
-        hub.publish(&change("0001", "0002", "battery", 2));
+        hub.publish(&[change("0001", "0002", "battery", 2)]);
         let got = a.take(Vec::new());
         assert_eq!(got.changes.len(), 1);
         assert_eq!(got.changes[0].id.as_str(), "0002");

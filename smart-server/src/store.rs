@@ -80,14 +80,17 @@ impl Store {
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
         let devices = db.open_tree("devices")?;
-        let store = Store {
+        let meta = db.open_tree("meta")?;
+        let mut store = Store {
             db,
             devices,
+            meta,
             wal_dir: dir.join("wal"),
+            first_segment: 0,
             healthy: AtomicBool::new(true),
         };
         std::fs::create_dir_all(&store.wal_dir)?;
-        store.replay()?;
+        store.first_segment = store.replay()?;
         Ok(store)
     }
 
@@ -126,7 +129,12 @@ impl Store {
                 return Err(e.into());
             }
             replayed += 1;
-            debug!(seq, frames = outcome.frames, rest = outcome.rest, "replayed log segment");
+            debug!(
+                seq,
+                frames = outcome.frames,
+                rest = outcome.rest,
+                "replayed log segment"
+            );
         }
         self.meta.insert(CHECKPOINT_KEY, &last.to_be_bytes())?;
         self.db.flush()?;
@@ -148,7 +156,7 @@ impl Store {
 
     /// Put the latest `records` of segments up to `seq` into sled, note the checkpoint, flush, and
     /// retire those segments.
-    fn checkpoint(&self, seq: u64, records: HashMap<Serial, Arc<str>>) -> Result<(), StoreError> {
+    fn checkpoint(&self, seq: u64, records: &HashMap<Serial, Arc<str>>) -> Result<(), StoreError> {
         for (serial, json) in records {
             self.devices.insert(serial.as_str(), json.as_bytes())?;
         }
@@ -293,7 +301,10 @@ struct Writer {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     log: Wal,
+    /// The frames of the batch being committed (reused).
     frames: Vec<u8>,
+    /// Latest record of every device written since the last checkpoint.
+    dirty: HashMap<Serial, Arc<str>>,
     last_checkpoint: Instant,
     checkpoints: Checkpoints,
 }
@@ -307,6 +318,7 @@ impl Writer {
             metrics,
             log,
             frames: Vec::with_capacity(64 * 1024),
+            dirty: HashMap::new(),
             last_checkpoint: Instant::now(),
             checkpoints,
         }
@@ -314,6 +326,7 @@ impl Writer {
 
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         let mut batch: Vec<Job> = Vec::with_capacity(256);
+        let mut changes: Vec<Arc<Change>> = Vec::with_capacity(256);
         let mut stopping = false;
         while !stopping {
             let Some(first) = rx.blocking_recv() else {
@@ -328,50 +341,46 @@ impl Writer {
             }
 
             let ack = self.commit(&batch);
+            // Acks first (devices wait for them), then the dashboards' share, in one go.
             for job in batch.drain(..) {
                 match job {
                     Job::Write(write) => {
-                        if let (Ok(()), Some(change)) = (ack, write.change) {
-                            self.hub.publish(&change);
-                        }
                         // The session may be gone (peer closed): the write is durable all the same.
                         let _ = write.ack.send(ack);
+                        if ack.is_ok() {
+                            changes.extend(write.change);
+                            self.dirty.insert(write.serial, write.json);
+                        }
                     }
-                    Job::Publish(change) => self.hub.publish(&change),
+                    Job::Publish(change) => changes.push(change),
                     Job::Stop => stopping = true,
                 }
             }
+            self.hub.publish(&changes);
+            changes.clear();
             self.maybe_checkpoint();
         }
         self.final_checkpoint();
         debug!("store writer stopped");
     }
 
-    /// Make the writes of `batch` durable: into sled, then one append and sync of the log.
+    /// Make the writes of `batch` durable: one append and one sync of the log.
     fn commit(&mut self, batch: &[Job]) -> Ack {
         let started = Instant::now();
         self.frames.clear();
+        let seq = self.log.seq();
         let mut writes = 0u64;
-        let mut result: Result<(), StoreError> = Ok(());
         for job in batch {
             if let Job::Write(write) = job {
-                wal::encode(&mut self.frames, write.json.as_bytes());
-                if let Err(e) = self
-                    .store
-                    .devices
-                    .insert(write.serial.as_str(), write.json.as_bytes())
-                {
-                    result = Err(e.into());
-                }
+                wal::encode(&mut self.frames, seq, write.json.as_bytes());
                 writes += 1;
             }
         }
         if writes == 0 {
             return Ok(());
         }
-        result = result.and_then(|()| self.log.append_sync(&self.frames).map_err(StoreError::from));
         let metrics = &self.metrics;
-        match result {
+        match self.log.append_sync(&self.frames) {
             Ok(()) => {
                 Metrics::inc(&metrics.flushes);
                 metrics.flushed_writes.fetch_add(writes, Ordering::Relaxed);
@@ -396,7 +405,8 @@ impl Writer {
         }
     }
 
-    /// Every second (or 64 MiB of log), hand the finished segment to the checkpoint thread.
+    /// Every second (or 64 MiB of log), start a new segment and hand what the finished ones hold to
+    /// the checkpoint thread, unless it is still busy with the previous one.
     fn maybe_checkpoint(&mut self) {
         let due = self.log.len() >= CHECKPOINT_BYTES
             || (self.log.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
@@ -406,60 +416,73 @@ impl Writer {
         match self.log.rotate() {
             Ok(finished) => {
                 self.last_checkpoint = Instant::now();
-                self.checkpoints.request(finished);
+                if let Err(records) = self
+                    .checkpoints
+                    .request(finished, std::mem::take(&mut self.dirty))
+                {
+                    // Keep them for the next checkpoint; what was written since is newer.
+                    for (serial, json) in records {
+                        self.dirty.entry(serial).or_insert(json);
+                    }
+                }
             }
             Err(e) => error!(%e, "cannot rotate the write-ahead log"),
         }
     }
 
-    /// On shutdown: everything into sled's files, and no log left to replay.
+    /// On shutdown: everything into sled, and no log left to replay.
     fn final_checkpoint(self) {
         let Writer {
             store,
             log,
+            mut dirty,
             checkpoints,
             ..
         } = self;
-        checkpoints.finish();
-        match store.flush() {
-            Ok(()) => {
-                if let Err(e) = wal::remove_through(&store.wal_dir, log.seq()) {
-                    warn!(%e, "cannot remove the write-ahead log after the final flush");
-                }
-            }
-            Err(e) => error!(%e, "final flush failed; the write-ahead log is kept for replay"),
+        for (serial, json) in checkpoints.finish() {
+            dirty.entry(serial).or_insert(json);
+        }
+        if let Err(e) = store.checkpoint(log.seq(), &dirty) {
+            error!(%e, "final checkpoint failed; the log is kept for replay");
         }
     }
 }
 
-/// The checkpoint thread: flush sled, then delete the log segments that flush covers.
+type Records = HashMap<Serial, Arc<str>>;
+
+/// The checkpoint thread.
 struct Checkpoints {
-    tx: Option<std_mpsc::SyncSender<u64>>,
+    tx: Option<std_mpsc::SyncSender<(u64, Records)>>,
     busy: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    thread: Option<thread::JoinHandle<Records>>,
 }
 
 impl Checkpoints {
     fn start(store: Arc<Store>) -> Checkpoints {
-        let (tx, rx) = std_mpsc::sync_channel::<u64>(1);
+        let (tx, rx) = std_mpsc::sync_channel::<(u64, Records)>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&busy);
         let thread = thread::Builder::new()
             .name("smart-store-checkpoint".to_owned())
             .spawn(move || {
-                // Every insert for the segments up to `seq` happened before the rotation that sent
-                // it, so a flush that starts now covers them all.
-                for seq in rx {
+                // Records of a failed checkpoint: their segments stay until a later checkpoint
+                // succeeds, and that one must carry them into sled.
+                let mut carried = Records::new();
+                for (seq, mut records) in rx {
+                    for (serial, json) in carried.drain() {
+                        records.entry(serial).or_insert(json);
+                    }
                     let started = Instant::now();
-                    match store.flush() {
-                        Ok(()) => match wal::remove_through(&store.wal_dir, seq) {
-                            Ok(n) => debug!(seq, segments = n, elapsed = ?started.elapsed(), "checkpoint"),
-                            Err(e) => warn!(%e, "cannot remove checkpointed log segments"),
-                        },
-                        Err(e) => error!(%e, "checkpoint flush failed; the log is kept"),
+                    match store.checkpoint(seq, &records) {
+                        Ok(()) => debug!(seq, devices = records.len(), elapsed = ?started.elapsed(), "checkpoint"),
+                        Err(e) => {
+                            error!(%e, seq, "checkpoint failed; the log is kept");
+                            carried = records;
+                        }
                     }
                     flag.store(false, Ordering::Release);
                 }
+                carried
             });
         match thread {
             Ok(thread) => Checkpoints {
@@ -483,20 +506,31 @@ impl Checkpoints {
         self.tx.is_none() || self.busy.load(Ordering::Acquire)
     }
 
-    fn request(&self, seq: u64) {
-        if let Some(tx) = &self.tx {
-            self.busy.store(true, Ordering::Release);
-            if tx.try_send(seq).is_err() {
-                self.busy.store(false, Ordering::Release);
+    /// Hand `records` (everything of the segments up to `seq`) over, or get them back.
+    fn request(&self, seq: u64, records: Records) -> Result<(), Records> {
+        let Some(tx) = &self.tx else {
+            return Err(records);
+        };
+        self.busy.store(true, Ordering::Release);
+        tx.try_send((seq, records)).map_err(|e| {
+            self.busy.store(false, Ordering::Release);
+            match e {
+                std_mpsc::TrySendError::Full((_, r))
+                | std_mpsc::TrySendError::Disconnected((_, r)) => r,
             }
-        }
+        })
     }
 
-    /// Wait for a running checkpoint and stop the thread.
-    fn finish(mut self) {
+    /// Wait for a running checkpoint and stop the thread; returns records it could not store.
+    fn finish(mut self) -> Records {
         drop(self.tx.take());
-        if let Some(Err(_)) = self.thread.take().map(thread::JoinHandle::join) {
-            error!("checkpoint thread panicked");
+        match self.thread.take().map(thread::JoinHandle::join) {
+            Some(Ok(carried)) => carried,
+            Some(Err(_)) => {
+                error!("checkpoint thread panicked");
+                Records::new()
+            }
+            None => Records::new(),
         }
     }
 }
@@ -516,44 +550,91 @@ mod tests {
         record.to_json()
     }
 
+    fn frames(seq: u64, records: &[String]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in records {
+            wal::encode(&mut out, seq, r.as_bytes());
+        }
+        out
+    }
+
+    fn batteries(store: &Store) -> Vec<(String, Option<f64>)> {
+        store
+            .load()
+            .unwrap()
+            .iter()
+            .map(|r| (r.serial_number.as_str().to_owned(), r.battery))
+            .collect()
+    }
+
     /// A crash leaves log segments behind: opening the store replays them into sled, later records
-    /// over earlier ones, a torn tail ignored, and removes them.
+    /// over earlier ones, a torn tail ignored, and retires them.
     #[test]
     fn open_replays_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut log = Wal::create(&wal_dir, 3).unwrap();
-        let mut frames = Vec::new();
-        wal::encode(&mut frames, record_json("0001", 10).as_bytes());
-        wal::encode(&mut frames, record_json("0002", 20).as_bytes());
-        log.append_sync(&frames).unwrap();
+        log.append_sync(&frames(
+            3,
+            &[record_json("0001", 10), record_json("0002", 20)],
+        ))
+        .unwrap();
         log.rotate().unwrap();
-        let mut frames = Vec::new();
-        wal::encode(&mut frames, record_json("0001", 11).as_bytes());
-        wal::encode(&mut frames, record_json("0003", 30).as_bytes());
-        frames.truncate(frames.len() - 5); // torn: 0003 was never acked
-        log.append_sync(&frames).unwrap();
+        let mut torn = frames(4, &[record_json("0001", 11), record_json("0003", 30)]);
+        torn.truncate(torn.len() - 5); // 0003 was never acked
+        log.append_sync(&torn).unwrap();
         drop(log);
 
         let store = Store::open(dir.path()).unwrap();
-        let records = store.load().unwrap();
-        let got: Vec<(String, Option<f64>)> = records
-            .iter()
-            .map(|r| (r.serial_number.as_str().to_owned(), r.battery))
-            .collect();
         assert_eq!(
-            got,
+            batteries(&store),
             [
                 ("0001".to_owned(), Some(11.0)),
                 ("0002".to_owned(), Some(20.0))
             ]
         );
         assert!(wal::segments(&wal_dir).unwrap().is_empty());
+        assert_eq!(store.first_segment, 5);
         drop(store);
 
-        // And it is in sled now: a second open finds the same without any log.
+        // It is in sled now: a second open finds the same without any log.
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.load().unwrap().len(), 2);
+        assert_eq!(batteries(&store).len(), 2);
+        assert_eq!(store.first_segment, 5);
+    }
+
+    /// Segments a checkpoint covered are never replayed, even if their files survived: replaying
+    /// them would take devices back to older states.
+    #[test]
+    fn checkpointed_segments_are_not_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let store = Store::open(dir.path()).unwrap();
+        let mut records = Records::new();
+        records.insert(
+            Serial::new("0001").unwrap(),
+            Arc::from(record_json("0001", 50)),
+        );
+        store.checkpoint(2, &records).unwrap();
+        drop(store);
+
+        let mut log = Wal::create(&wal_dir, 2).unwrap();
+        log.append_sync(&frames(2, &[record_json("0001", 10)]))
+            .unwrap(); // older than sled
+        log.rotate().unwrap();
+        log.append_sync(&frames(3, &[record_json("0002", 20)]))
+            .unwrap();
+        drop(log);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            batteries(&store),
+            [
+                ("0001".to_owned(), Some(50.0)),
+                ("0002".to_owned(), Some(20.0))
+            ]
+        );
+        assert_eq!(store.first_segment, 4);
     }
 
     #[test]

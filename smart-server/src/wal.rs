@@ -60,7 +60,9 @@ pub(crate) fn decode(bytes: &[u8], seq: u64, mut each: impl FnMut(&[u8])) -> Rep
         if len as usize > MAX_PAYLOAD {
             break;
         }
-        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len as usize) else { break };
+        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len as usize) else {
+            break;
+        };
         if checksum(seq, len, payload) != crc {
             break;
         }
@@ -68,7 +70,10 @@ pub(crate) fn decode(bytes: &[u8], seq: u64, mut each: impl FnMut(&[u8])) -> Rep
         frames += 1;
         at += HEADER + len as usize;
     }
-    Replayed { frames, rest: bytes.len() - at }
+    Replayed {
+        frames,
+        rest: bytes.len() - at,
+    }
 }
 
 /// The segments in `dir`, oldest first.
@@ -101,7 +106,10 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Retire the segments up to and including `seq` (their content is safe elsewhere): the newest is
 /// kept as the spare unless there is one already, the others are deleted. Returns how many.
 pub(crate) fn retire_through(dir: &Path, seq: u64) -> io::Result<usize> {
-    let mut retired: Vec<(u64, PathBuf)> = segments(dir)?.into_iter().filter(|(s, _)| *s <= seq).collect();
+    let mut retired: Vec<(u64, PathBuf)> = segments(dir)?
+        .into_iter()
+        .filter(|(s, _)| *s <= seq)
+        .collect();
     let count = retired.len();
     let spare = dir.join(SPARE);
     if let Some((_, newest)) = retired.pop() {
@@ -138,10 +146,19 @@ impl Wal {
         // fresh file.
         let recycled = fs::rename(dir.join(SPARE), &path).is_ok();
         // Not `append`: a recycled file is overwritten from its start.
-        let file = OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
         sync_dir(dir)?;
         tracing::debug!(seq, recycled, "new log segment");
-        Ok(Wal { dir: dir.to_path_buf(), file, seq, len: 0 })
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            file,
+            seq,
+            len: 0,
+        })
     }
 
     /// Append frames encoded for this segment ([`Wal::seq`]) and make them durable.
@@ -201,7 +218,13 @@ mod tests {
     #[test]
     fn frames_of_another_segment_or_zeroes_do_not_validate() {
         let bytes = frames(4, &[b"one"]);
-        assert_eq!(replay(&bytes, 5).1, Replayed { frames: 0, rest: bytes.len() });
+        assert_eq!(
+            replay(&bytes, 5).1,
+            Replayed {
+                frames: 0,
+                rest: bytes.len()
+            }
+        );
         assert_eq!(replay(&[0; 64], 0).1.frames, 0);
     }
 
@@ -237,14 +260,26 @@ mod tests {
         let mut wal = Wal::create(&wal_dir, 7).unwrap();
         wal.append_sync(&frames(7, &[b"a"])).unwrap();
         assert_eq!(wal.rotate().unwrap(), 7);
-        wal.append_sync(&frames(8, &[b"a long record from segment eight", b"and another"])).unwrap();
+        wal.append_sync(&frames(
+            8,
+            &[b"a long record from segment eight", b"and another"],
+        ))
+        .unwrap();
         assert_eq!(wal.rotate().unwrap(), 8);
-        let seqs: Vec<u64> = segments(&wal_dir).unwrap().into_iter().map(|(s, _)| s).collect();
+        let seqs: Vec<u64> = segments(&wal_dir)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(seqs, [7, 8, 9]);
 
         assert_eq!(retire_through(&wal_dir, 8).unwrap(), 2);
         assert!(wal_dir.join(SPARE).exists());
-        let seqs: Vec<u64> = segments(&wal_dir).unwrap().into_iter().map(|(s, _)| s).collect();
+        let seqs: Vec<u64> = segments(&wal_dir)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(seqs, [9]);
 
         // Segment 10 reuses the spare (segment 8's file) and writes a shorter frame over it: what
