@@ -70,6 +70,10 @@ struct Args {
     /// Also measure a minimal echo-ack server (child process) with the same load, as the ceiling.
     #[arg(long)]
     baseline: bool,
+    /// Measure this many times (alternating with the baseline) and report the run with the median
+    /// rate: on a shared machine the spread shows how much other work disturbed the figures.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Instead of a load, open this many idle device connections and report the server's memory per
     /// connection (needs `--server-pid`).
     #[arg(long, value_name = "N")]
@@ -166,12 +170,26 @@ async fn load(args: &Args) -> Result<Value> {
         quiet: args.quiet || args.json,
     };
     check_frames(&load)?;
-    let mut report = measure("smart-server", &args.url, args.server_pid, &load).await?;
-    if args.baseline {
-        let (mut child, url, pid) = spawn_baseline().await?;
-        let baseline = measure("baseline", &url, Some(pid), &load).await;
+    let mut baseline = if args.baseline {
+        Some(spawn_baseline().await?)
+    } else {
+        None
+    };
+    // Alternate server and baseline so that both see the same background load on a shared machine.
+    let mut server_runs = Vec::new();
+    let mut baseline_runs = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        server_runs.push(measure("smart-server", &args.url, args.server_pid, &load).await?);
+        if let Some((_, url, pid)) = &baseline {
+            baseline_runs.push(measure("baseline", url, Some(*pid), &load).await?);
+        }
+    }
+    if let Some((child, _, _)) = baseline.as_mut() {
         let _ = child.kill().await;
-        let baseline = baseline?;
+    }
+    let mut report = median_run(server_runs);
+    if !baseline_runs.is_empty() {
+        let baseline = median_run(baseline_runs);
         let ceiling = baseline["acks_per_s"].as_f64().unwrap_or(0.0);
         let rate = report["acks_per_s"].as_f64().unwrap_or(0.0);
         report["fraction_of_baseline"] = json!(if ceiling > 0.0 {
@@ -182,6 +200,18 @@ async fn load(args: &Args) -> Result<Value> {
         report["baseline"] = baseline;
     }
     Ok(report)
+}
+
+/// The run with the median ack rate, with every run's rate alongside to show the spread.
+fn median_run(mut runs: Vec<Value>) -> Value {
+    let rate = |run: &Value| run["acks_per_s"].as_f64().unwrap_or(0.0);
+    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let rates: Vec<f64> = runs.iter().map(rate).collect();
+    let mut median = runs.swap_remove(runs.len().saturating_sub(1) / 2);
+    if rates.len() > 1 {
+        median["rounds_acks_per_s"] = json!(rates);
+    }
+    median
 }
 
 /// Counters shared by the tasks of one run.
@@ -785,6 +815,9 @@ fn print_run(r: &Value) {
         r["load_average"]
     );
     println!("{cpu}");
+    if let Some(rounds) = r.get("rounds_acks_per_s") {
+        println!("  rounds        acks/s {rounds} (this is the median one)");
+    }
     print_errors(r);
 }
 

@@ -157,64 +157,10 @@ pub(crate) fn json_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The JSON string whose opening quote is at `i`, and the index after its closing quote. `None` if there
-/// is no string there, it is unterminated, or it holds a raw control character (invalid JSON).
-pub(crate) fn json_str(s: &str, i: usize) -> Option<(crate::envelope::JsonStr<'_>, usize)> {
-    let b = s.as_bytes();
-    if b.get(i) != Some(&b'"') {
-        return None;
-    }
-    let start = i + 1;
-    let mut j = start;
-    let mut escaped = false;
-    loop {
-        j += find_special(b.get(j..)?, b'"')?;
-        match b[j] {
-            b'"' => break,
-            b'\\' => {
-                escaped = true;
-                // Skip the escaped byte; a multi-byte char there holds no quote or backslash byte.
-                j += 2;
-            }
-            _ => return None,
-        }
-    }
-    // Index `j` holds an ASCII quote, so it is a char boundary.
-    Some((
-        crate::envelope::JsonStr {
-            raw: &s[start..j],
-            escaped,
-        },
-        j + 1,
-    ))
-}
-
-/// The single-quoted Python string whose opening quote is at `i`, and the index after its closing quote,
-/// if it holds no backslash and no control byte: then its inside is its value, as for a JSON string
-/// without escapes. `None` otherwise (the Python parser reads those).
-pub(crate) fn single_quoted_plain(s: &str, i: usize) -> Option<(crate::envelope::JsonStr<'_>, usize)> {
-    let b = s.as_bytes();
-    if b.get(i) != Some(&b'\'') {
-        return None;
-    }
-    let start = i + 1;
-    let end = start + find_special(b.get(start..)?, b'\'')?;
-    if b[end] != b'\'' {
-        return None;
-    }
-    Some((
-        crate::envelope::JsonStr {
-            // `end` holds an ASCII quote, so it is a char boundary.
-            raw: s.get(start..end)?,
-            escaped: false,
-        },
-        end + 1,
-    ))
-}
-
 /// Index of the first `quote`, backslash or control byte, eight bytes at a time (frames are short, so
 /// this beats a vectorized search, whose setup costs more than the scan).
-fn find_special(b: &[u8], quote: u8) -> Option<usize> {
+#[inline(always)]
+pub(crate) fn find_special(b: &[u8], quote: u8) -> Option<usize> {
     find_special2(b, quote, quote)
 }
 
@@ -387,7 +333,8 @@ pub(crate) fn scan_flat(s: &str, quoting: Quoting, sink: &mut impl FlatSink) -> 
         return Some(i + 1);
     }
     loop {
-        let (key, next) = flat_str(s, i, quoting)?;
+        let (start, end, next) = flat_str(s, i, quoting)?;
+        let key = s.get(start..end)?;
         i = quoting.ws(b, next);
         if b.get(i) != Some(&b':') {
             return None;
@@ -405,39 +352,40 @@ pub(crate) fn scan_flat(s: &str, quoting: Quoting, sink: &mut impl FlatSink) -> 
     }
 }
 
-/// The inside of an unescaped string whose opening quote starts at `i`, and the index after its
-/// closing quote; `None` for anything else (escapes, control bytes, no string there).
+/// The inside of an unescaped string whose opening quote starts at `i` (as the range `start..end`), and
+/// the index after its closing quote; `None` for anything else (escapes, control bytes, no string there).
+/// `start` follows an ASCII quote and `end` holds one: both are char boundaries.
 #[inline(always)]
-fn flat_str(s: &str, i: usize, quoting: Quoting) -> Option<(&str, usize)> {
+fn flat_str(s: &str, i: usize, quoting: Quoting) -> Option<(usize, usize, usize)> {
     let b = s.as_bytes();
-    let (start, stop) = match quoting {
-        Quoting::Plain if b.get(i) == Some(&b'"') => (i + 1, b'"'),
-        Quoting::InSingleQuotes if b.get(i) == Some(&b'"') => (i + 1, b'\''),
-        Quoting::Escaped if b.get(i..i + 2) == Some(b"\\\"") => (i + 2, b'"'),
+    let (start, stop) = match (quoting, b.get(i)) {
+        (Quoting::Plain, Some(b'"')) => (i + 1, b'"'),
+        (Quoting::InSingleQuotes, Some(b'"')) => (i + 1, b'\''),
+        (Quoting::Escaped, Some(b'\\')) if b.get(i + 1) == Some(&b'"') => (i + 2, b'"'),
         _ => return None,
     };
     let end = start + find_special2(b.get(start..)?, b'"', stop)?;
-    let after = match (quoting, b[end]) {
+    let after = match (quoting, b.get(end)?) {
         (Quoting::Plain | Quoting::InSingleQuotes, b'"') => end + 1,
         (Quoting::Escaped, b'\\') if b.get(end + 1) == Some(&b'"') => end + 2,
         _ => return None,
     };
-    // `start` follows an ASCII quote and `end` holds an ASCII byte: both are char boundaries.
-    Some((s.get(start..end)?, after))
+    Some((start, end, after))
 }
 
 /// An unescaped string, a number, `true`, `false` or `null` at `i`, and the index after it.
 #[inline(always)]
 fn flat_scalar(s: &str, i: usize, quoting: Quoting) -> Option<(Value, usize)> {
-    let rest = s.get(i..)?;
-    match rest.as_bytes().first()? {
+    let b = s.as_bytes();
+    let word = |w: &[u8]| b.get(i..i + w.len()) == Some(w);
+    match b.get(i)? {
         b'"' | b'\\' => {
-            let (v, next) = flat_str(s, i, quoting)?;
-            Some((Value::String(v.to_owned()), next))
+            let (start, end, next) = flat_str(s, i, quoting)?;
+            Some((Value::String(s.get(start..end)?.to_owned()), next))
         }
-        b't' if rest.starts_with("true") => Some((Value::Bool(true), i + 4)),
-        b'f' if rest.starts_with("false") => Some((Value::Bool(false), i + 5)),
-        b'n' if rest.starts_with("null") => Some((Value::Null, i + 4)),
+        b't' if word(b"true") => Some((Value::Bool(true), i + 4)),
+        b'f' if word(b"false") => Some((Value::Bool(false), i + 5)),
+        b'n' if word(b"null") => Some((Value::Null, i + 4)),
         b'-' | b'0'..=b'9' => json_number(s, i),
         _ => None,
     }
@@ -449,7 +397,56 @@ const POW10: [f64; 16] = [
 ];
 
 /// A number in JSON's grammar. Big integers and `-0` go to `serde_json`, which gives them its own meaning.
+///
+/// The usual short integers and decimals are read in one pass here; anything longer, or with an
+/// exponent, by [`json_number_full`].
+#[inline(always)]
 fn json_number(s: &str, start: usize) -> Option<(Value, usize)> {
+    let b = s.as_bytes();
+    let negative = b.get(start) == Some(&b'-');
+    let int_start = start + usize::from(negative);
+    let mut j = int_start;
+    let mut mantissa = 0_u64;
+    let mut frac_digits = 0;
+    let mut point = None;
+    while let Some(&c) = b.get(j) {
+        let digit = c.wrapping_sub(b'0');
+        if digit <= 9 {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(digit));
+            frac_digits += usize::from(point.is_some());
+        } else if c == b'.' && point.is_none() {
+            point = Some(j);
+        } else {
+            break;
+        }
+        j += 1;
+    }
+    let int_end = point.unwrap_or(j);
+    let int_digits = int_end - int_start;
+    let plain = int_digits > 0
+        && int_digits + frac_digits <= 15
+        && (int_digits == 1 || b[int_start] != b'0')
+        && (point.is_none() || frac_digits > 0)
+        && !matches!(b.get(j), Some(b'e' | b'E' | b'.'));
+    if !plain {
+        return json_number_full(s, start);
+    }
+    let number = match (point, negative) {
+        (Some(_), _) => {
+            // Both operands are exact in an `f64` (below 2^53 and 10^22), so the one rounding of the
+            // division gives the correctly rounded value, the same as a full parse (Clinger's fast path).
+            let x = mantissa as f64 / POW10[frac_digits];
+            Number::from_f64(if negative { -x } else { x })?
+        }
+        (None, true) if mantissa == 0 => return None,
+        (None, true) => Number::from(-(mantissa as i64)),
+        (None, false) => Number::from(mantissa),
+    };
+    Some((Value::Number(number), j))
+}
+
+/// [`json_number`], for any length and with exponents.
+fn json_number_full(s: &str, start: usize) -> Option<(Value, usize)> {
     let b = s.as_bytes();
     // The digits, also gathered into `mantissa` (wrapping: only used when there are few enough digits).
     let mut mantissa = 0_u64;

@@ -219,6 +219,13 @@ pub(crate) fn scan_envelope<'a>(
     frame: &'a str,
     mut in_place: impl FnMut(&'a str, usize) -> Option<usize>,
 ) -> Option<FastEnvelope<'a>> {
+    /// Where a value goes.
+    enum Slot {
+        Kind,
+        Message,
+        Reason,
+        Other,
+    }
     let b = frame.as_bytes();
     let mut i = body::json_ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -232,15 +239,24 @@ pub(crate) fn scan_envelope<'a>(
     } else {
         loop {
             let (key, next) = envelope_str(frame, i, &mut python)?;
+            // An escaped key could still spell one of ours; leave that rare case to serde.
+            if key.escaped {
+                return None;
+            }
+            let slot = match key.raw.as_bytes() {
+                b"type" => Slot::Kind,
+                b"message" => Slot::Message,
+                b"reason" => Slot::Reason,
+                _ => Slot::Other,
+            };
             i = body::json_ws(b, next);
             if b.get(i) != Some(&b':') {
                 return None;
             }
             i = body::json_ws(b, i + 1);
-            let read = if key.raw == "message" && !key.escaped {
-                in_place(frame, i)
-            } else {
-                None
+            let read = match slot {
+                Slot::Message => in_place(frame, i),
+                _ => None,
             };
             let (value, next) = match read {
                 Some(next) => {
@@ -256,13 +272,11 @@ pub(crate) fn scan_envelope<'a>(
                 None => envelope_str(frame, i, &mut python)?,
             };
             escaped |= value.escaped;
-            // An escaped key could still spell one of ours; leave that rare case to serde.
-            match (key.escaped, key.raw) {
-                (true, _) => return None,
-                (false, "type") => env.kind = Some(value),
-                (false, "message") => env.message = Some(value),
-                (false, "reason") => env.reason = Some(value),
-                (false, _) => {}
+            match slot {
+                Slot::Kind => env.kind = Some(value),
+                Slot::Message => env.message = Some(value),
+                Slot::Reason => env.reason = Some(value),
+                Slot::Other => {}
             }
             i = body::json_ws(b, next);
             match b.get(i)? {
@@ -278,14 +292,40 @@ pub(crate) fn scan_envelope<'a>(
     (body::json_ws(b, i) == b.len() && !(python && escaped)).then_some(env)
 }
 
-/// A JSON string, or a single-quoted Python string without escapes (which sets `python`), at `i`.
+/// The string whose opening quote is at `i`, and the index after its closing quote: a JSON string, or
+/// a single-quoted Python string without escapes (which sets `python`; its inside is its value). `None`
+/// for anything else, including raw control bytes (the general path reads those).
+#[inline(always)]
 fn envelope_str<'a>(frame: &'a str, i: usize, python: &mut bool) -> Option<(JsonStr<'a>, usize)> {
-    if frame.as_bytes().get(i) == Some(&b'\'') {
-        *python = true;
-        body::single_quoted_plain(frame, i)
-    } else {
-        body::json_str(frame, i)
+    let b = frame.as_bytes();
+    let quote = *b.get(i)?;
+    if quote != b'"' && quote != b'\'' {
+        return None;
     }
+    *python |= quote == b'\'';
+    let start = i + 1;
+    let mut j = start;
+    let mut escaped = false;
+    loop {
+        j += body::find_special(b.get(j..)?, quote)?;
+        match *b.get(j)? {
+            c if c == quote => break,
+            // Skip the escaped byte; a multi-byte char there holds no quote or backslash byte.
+            b'\\' if quote == b'"' => {
+                escaped = true;
+                j += 2;
+            }
+            _ => return None,
+        }
+    }
+    // `j` holds an ASCII quote, so it is a char boundary.
+    Some((
+        JsonStr {
+            raw: frame.get(start..j)?,
+            escaped,
+        },
+        j + 1,
+    ))
 }
 
 /// A JSON string between its quotes, as it sits in the frame; `escaped` if it holds a backslash.

@@ -25,6 +25,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::io;
@@ -473,6 +474,7 @@ impl FieldKind {
 
     /// Turn `value` into its canonical type in place; `false` (and `value` untouched) if it has the
     /// wrong type. Values already in canonical form, the common case, are left as they are.
+    #[inline]
     fn coerce(self, value: &mut Value) -> bool {
         let canonical = match (self, &*value) {
             (FieldKind::Text | FieldKind::Postcode, Value::String(_))
@@ -741,11 +743,42 @@ impl crate::body::FlatSink for FastFields {
         if !kind.coerce(&mut value) {
             return false;
         }
-        match self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
-            Ok(at) => self.0[at].1 = value,
-            Err(at) => self.0.insert(at, (name, value)),
+        if self.0.capacity() == 0 {
+            // Enough for a typical update, without the growth policy's bookkeeping.
+            self.0 = Vec::with_capacity(4);
+        }
+        // Keys mostly arrive out of order, but there are few: insertion sort, keeping the later of two
+        // equal keys (JSON's last-wins).
+        let mut at = self.0.len();
+        self.0.push((name, value));
+        while at > 0 {
+            match key_cmp(&self.0[at - 1].0, &self.0[at].0) {
+                Ordering::Less => break,
+                Ordering::Greater => {
+                    self.0.swap(at - 1, at);
+                    at -= 1;
+                }
+                Ordering::Equal => {
+                    let (_, later) = self.0.remove(at);
+                    self.0[at - 1].1 = later;
+                    break;
+                }
+            }
         }
         true
+    }
+}
+
+/// `str`'s order, with a shortcut: most keys differ in their first eight bytes, compared as one number.
+#[inline]
+fn key_cmp(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    match (a.first_chunk::<8>(), b.first_chunk::<8>()) {
+        (Some(x), Some(y)) if x != y => u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y)),
+        _ => match (a.first(), b.first()) {
+            (Some(x), Some(y)) if x != y => x.cmp(y),
+            _ => a.cmp(b),
+        },
     }
 }
 

@@ -69,7 +69,11 @@ pub struct Config {
     pub max_in_flight: usize,
 
     /// Seconds graceful shutdown waits for connections to finish before giving up on them.
-    #[arg(long = "shutdown-grace", env = "SMART_SHUTDOWN_GRACE", default_value_t = 10)]
+    #[arg(
+        long = "shutdown-grace",
+        env = "SMART_SHUTDOWN_GRACE",
+        default_value_t = 10
+    )]
     pub shutdown_grace_secs: u64,
 }
 

@@ -401,7 +401,8 @@ async fn membership_inits_are_rate_limited() {
     assert!(!inits.is_empty());
     for pair in inits.windows(2) {
         let gap = pair[1].0 - pair[0].0;
-        assert!(gap >= Duration::from_millis(200), "INITs {gap:?} apart");
+        // 250 ms apart when sent; reading them may be delayed a little.
+        assert!(gap >= Duration::from_millis(150), "INITs {gap:?} apart");
     }
     let allowed = (sending.as_millis() / 250 + 2) as usize;
     assert!(
@@ -460,9 +461,9 @@ async fn slow_dashboard_is_conflated_then_resynced_and_converges() {
     let server = TestServer::start(config).await;
     let (mut slow, _) = server.dashboard().await;
 
-    // ~12 MB of updates, far beyond what socket buffers hold, while the dashboard does not read.
+    // ~25 MB of updates, far beyond what socket buffers hold, while the dashboard does not read.
     let mut dev = server.device().await;
-    let padding = "p".repeat(1000);
+    let padding = "p".repeat(2000);
     let total = 12_000u32;
     let started = Instant::now();
     let sender = async {
