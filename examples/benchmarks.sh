@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|idle|fleet|all]`.
+# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|all]`.
 #
 # Each measurement starts a fresh release smart-server on 127.0.0.1 (port 0, temporary data dir), runs one
 # example against it with --server-pid so the server's CPU and memory are read from /proc, stops it with
 # SIGTERM and prints the example's JSON line (ingest and idle) or summary (fleet). Every run is bounded:
-# the ingest runs take about 20 s each (smart-server, then the baseline, 2 s warm-up + 7 s measured).
+# an ingest run alternates smart-server and the baseline for 3 rounds of 1 s warm-up + 2 s measured
+# (about 20 s) and reports the median round of each, with the spread of all rounds.
 #
-#   SECONDS_MEASURED=N  measured seconds per ingest run (default 7)
-#   WARMUP=N            warm-up seconds per ingest run (default 2)
+#   ROUNDS=N            rounds per ingest run (default 3)
+#   SECONDS_MEASURED=N  measured seconds per round (default 2)
+#   WARMUP=N            warm-up seconds per round (default 1)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-measured=${SECONDS_MEASURED:-7}
-warmup=${WARMUP:-2}
+rounds=${ROUNDS:-3}
+measured=${SECONDS_MEASURED:-2}
+warmup=${WARMUP:-1}
 what=${1:-all}
 
 cargo build --quiet --release -p smart-server
@@ -44,9 +47,15 @@ ingest() {
         for dashboards in 0 1 10; do
             echo "ingest: $devices devices, $dashboards dashboards (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
             with_server sh -c "\"$examples/loadgen\" --url \"\$url\" --server-pid \"\$pid\" --devices $devices \
-                --dashboards $dashboards --warmup $warmup --seconds $measured --baseline --json"
+                --dashboards $dashboards --warmup $warmup --seconds $measured --rounds $rounds --baseline --json"
         done
     done
+}
+
+window() {
+    echo "ingest: 100 devices with 8 messages in flight each" >&2
+    with_server sh -c "\"$examples/loadgen\" --url \"\$url\" --server-pid \"\$pid\" --devices 100 --window 8 \
+        --warmup $warmup --seconds $measured --rounds $rounds --baseline --json"
 }
 
 idle() {
@@ -62,15 +71,17 @@ fleet() {
 
 case $what in
     ingest) ingest ;;
+    window) window ;;
     idle) idle ;;
     fleet) fleet ;;
     all)
         ingest
+        window
         idle
         fleet
         ;;
     *)
-        echo "usage: $0 [ingest|idle|fleet|all]" >&2
+        echo "usage: $0 [ingest|window|idle|fleet|all]" >&2
         exit 2
         ;;
 esac

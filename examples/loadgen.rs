@@ -882,8 +882,10 @@ async fn serve_baseline(listen: SocketAddr) -> Result<()> {
     loop {
         let (stream, _peer) = listener.accept().await.context("accepting")?;
         let _ = stream.set_nodelay(true);
-        let routes = routes.clone();
-        let service = hyper::service::service_fn(move |request| routes.clone().call(request));
+        let service = hyper::service::service_fn(move |request| {
+            let mut routes = routes;
+            routes.call(request)
+        });
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)

@@ -312,19 +312,43 @@ impl FlatSink for Map<String, Value> {
 /// A flat JSON object of unescaped keys and scalar values, or `None`.
 fn scan_flat_json(body: &str) -> Option<Map<String, Value>> {
     let mut map = Map::new();
-    let end = scan_flat(body, Quoting::Plain, &mut map)?;
+    let end = scan_flat(body, 0, Quoting::Plain, &mut map)?;
     (json_ws(body.as_bytes(), end) == body.len()).then_some(map)
 }
 
-/// A flat object of unescaped keys and scalar values at the start of `s` (after whitespace), quoted as
+/// A flat object of unescaped keys and scalar values at `from` in `s` (after whitespace), quoted as
 /// `quoting` says; its entries go to `sink`. Returns the index after the closing brace, or `None` for
 /// anything else (nesting, escapes, numbers `serde_json` reads its own way, syntax errors).
 ///
 /// With [`Quoting::Escaped`] the entries are what [`parse_body`] gives for the unescaped text: the only
 /// escape taken is the `\"` around strings, so every string's inside is the same in both forms.
-pub(crate) fn scan_flat(s: &str, quoting: Quoting, sink: &mut impl FlatSink) -> Option<usize> {
+pub(crate) fn scan_flat(
+    s: &str,
+    from: usize,
+    quoting: Quoting,
+    sink: &mut impl FlatSink,
+) -> Option<usize> {
+    // One copy of the scan per quoting, so that the quote bytes it looks for are constants.
+    match quoting {
+        Quoting::Plain => scan_flat_as::<PLAIN>(s, from, sink),
+        Quoting::Escaped => scan_flat_as::<ESCAPED>(s, from, sink),
+        Quoting::InSingleQuotes => scan_flat_as::<IN_SINGLE_QUOTES>(s, from, sink),
+    }
+}
+
+const PLAIN: u8 = 0;
+const ESCAPED: u8 = 1;
+const IN_SINGLE_QUOTES: u8 = 2;
+
+#[inline(always)]
+fn scan_flat_as<const Q: u8>(s: &str, from: usize, sink: &mut impl FlatSink) -> Option<usize> {
+    let quoting = match Q {
+        PLAIN => Quoting::Plain,
+        ESCAPED => Quoting::Escaped,
+        _ => Quoting::InSingleQuotes,
+    };
     let b = s.as_bytes();
-    let mut i = quoting.ws(b, 0);
+    let mut i = quoting.ws(b, from);
     if b.get(i) != Some(&b'{') {
         return None;
     }

@@ -108,7 +108,9 @@ fn inline<const N: usize>(s: &str) -> [u8; N] {
 /// Copy validated ASCII (at most `N` bytes) into an inline buffer.
 fn inline_bytes<const N: usize>(s: &[u8]) -> [u8; N] {
     let mut buf = [0u8; N];
-    buf[..s.len()].copy_from_slice(s);
+    if let Some(head) = buf.get_mut(..s.len()) {
+        head.copy_from_slice(s);
+    }
     buf
 }
 
@@ -217,38 +219,35 @@ static SERIAL_BYTES: [bool; 256] = {
     table
 };
 
-/// `MID:SERIAL:` at the start of `b`, each part checked while it is copied (the hot path: one pass over a
-/// few bytes, no re-validation, no error text), and the index after the second colon.
-fn read_header(b: &[u8]) -> Option<(Header, usize)> {
-    let (id, id_len) = read_part::<MAX_ID_LEN>(b, |c| c.is_ascii_digit())?;
+/// `MID:SERIAL:` at the start of `b` (the hot path: one pass over a few bytes, no re-validation, no
+/// error text), and the index after the second colon.
+pub(crate) fn read_header(b: &[u8]) -> Option<(Header, usize)> {
+    let id_len = part_len(b, MAX_ID_LEN, |c| c.is_ascii_digit())?;
     let serial_start = id_len + 1;
-    let (serial, serial_len) = read_part::<MAX_SERIAL_LEN>(b.get(serial_start..)?, is_serial_byte)?;
+    let serial = b.get(serial_start..)?;
+    let serial_len = part_len(serial, MAX_SERIAL_LEN, is_serial_byte)?;
     let header = Header {
         id: MessageId {
             len: id_len as u8,
-            buf: id,
+            buf: inline_bytes(b.get(..id_len)?),
         },
         serial: Serial {
             len: serial_len as u8,
-            buf: serial,
+            buf: inline_bytes(serial.get(..serial_len)?),
         },
     };
     Some((header, serial_start + serial_len + 1))
 }
 
-/// The run of 1 to `N` bytes accepted by `ok` that starts `b` and is followed by a colon, copied into an
-/// inline buffer, and its length.
-fn read_part<const N: usize>(b: &[u8], ok: impl Fn(u8) -> bool) -> Option<([u8; N], usize)> {
-    let mut buf = [0u8; N];
-    for (i, slot) in buf.iter_mut().enumerate() {
-        match *b.get(i)? {
-            b':' if i > 0 => return Some((buf, i)),
-            c if ok(c) => *slot = c,
-            _ => return None,
-        }
+/// Length of the run of 1 to `max` bytes accepted by `ok` that starts `b` and is followed by a colon.
+#[inline(always)]
+fn part_len(b: &[u8], max: usize, ok: impl Fn(u8) -> bool) -> Option<usize> {
+    let mut i = 0;
+    // Stops one byte past the longest valid part, which bounds the scan on hostile input.
+    while i <= max && i < b.len() && ok(b[i]) {
+        i += 1;
     }
-    // `N` accepted bytes: only a colon may follow.
-    (b.get(N) == Some(&b':')).then_some((buf, N))
+    (i > 0 && i <= max && b.get(i) == Some(&b':')).then_some(i)
 }
 
 /// `MID`, `:`, `SERIAL`, `:` again, to say which part is wrong once [`read_header`] failed.

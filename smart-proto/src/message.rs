@@ -212,7 +212,7 @@ fn fast_device_message(frame: &str) -> Option<Result<DeviceMessage, Rejection>> 
     if kind.escaped {
         return None;
     }
-    let kind = match device_kind(Kind::parse(kind.raw).ok()?) {
+    let kind = match device_kind(Kind::from_bytes(kind.bytes(frame))?) {
         Ok(kind) => kind,
         Err(e) => return Some(Err(e.into())),
     };
@@ -224,9 +224,9 @@ fn fast_device_message(frame: &str) -> Option<Result<DeviceMessage, Rejection>> 
         }));
     }
     if !message.escaped {
-        return Some(device_message(kind, message.raw));
+        return Some(device_message(kind, message.raw(frame)?));
     }
-    let text = message.to_cow()?;
+    let text = message.to_cow(frame)?;
     Some(device_message(kind, &text))
 }
 
@@ -242,9 +242,9 @@ fn message_in_place(frame: &str, at: usize) -> Option<(Header, FastFields, usize
     };
     // Header characters are never quotes, backslashes or control bytes, so the header reads the same
     // escaped or not.
-    let (header, body) = Header::split(frame.get(at + 1..)?)?;
+    let (header, len) = crate::header::read_header(frame.as_bytes().get(at + 1..)?)?;
     let mut fields = FastFields::default();
-    let close = frame.len() - body.len() + scan_flat(body, quoting, &mut fields)?;
+    let close = scan_flat(frame, at + 1 + len, quoting, &mut fields)?;
     (frame.as_bytes().get(close) == Some(&quote)).then_some((header, fields, close + 1))
 }
 

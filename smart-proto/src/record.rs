@@ -474,31 +474,32 @@ impl FieldKind {
 
     /// Turn `value` into its canonical type in place; `false` (and `value` untouched) if it has the
     /// wrong type. Values already in canonical form, the common case, are left as they are.
-    #[inline]
+    #[inline(always)]
     fn coerce(self, value: &mut Value) -> bool {
-        let canonical = match (self, &*value) {
+        match (self, &*value) {
             (FieldKind::Text | FieldKind::Postcode, Value::String(_))
             | (FieldKind::OptionalText, Value::String(_) | Value::Null)
             | (FieldKind::Number, Value::Null)
-            | (FieldKind::Reserved | FieldKind::Extra, _) => return true,
+            | (FieldKind::Reserved | FieldKind::Extra, _) => true,
+            (FieldKind::Number, Value::Number(n)) if is_canonical_number(n) => true,
+            (FieldKind::Integer, Value::Number(n)) if n.is_i64() => true,
+            _ => self.coerce_changing(value),
+        }
+    }
+
+    /// The part of [`FieldKind::coerce`] that changes the value or refuses it.
+    #[inline(never)]
+    fn coerce_changing(self, value: &mut Value) -> bool {
+        let canonical = match (self, &*value) {
             (FieldKind::Postcode, Value::Number(n)) => postcode_text(n).map(Value::String),
-            (FieldKind::Number, Value::Number(n)) => {
-                if is_canonical_number(n) {
-                    return true;
-                }
-                n.as_f64().map(|x| number_value(x + 0.0))
-            }
+            (FieldKind::Number, Value::Number(n)) => n.as_f64().map(|x| number_value(x + 0.0)),
             (FieldKind::Number, Value::String(s)) => parse_number(s).map(number_value),
-            (FieldKind::Integer, Value::Number(n)) => {
-                if n.is_i64() {
-                    return true;
-                }
-                // Past `i64`, only an integral float is accepted.
-                n.as_f64()
-                    .filter(|_| n.is_f64())
-                    .and_then(integral)
-                    .map(Value::from)
-            }
+            // Past `i64`, only an integral float is accepted.
+            (FieldKind::Integer, Value::Number(n)) => n
+                .as_f64()
+                .filter(|_| n.is_f64())
+                .and_then(integral)
+                .map(Value::from),
             _ => None,
         };
         match canonical {
@@ -513,6 +514,7 @@ impl FieldKind {
 
 /// A number that [`number_value`] would give back unchanged: an integer below 2^53 in magnitude, or a
 /// float with a fraction.
+#[inline(always)]
 fn is_canonical_number(n: &Number) -> bool {
     match n.as_i64() {
         Some(i) => i.unsigned_abs() < 1 << 53,
@@ -750,36 +752,37 @@ impl crate::body::FlatSink for FastFields {
         // Keys mostly arrive out of order, but there are few: insertion sort, keeping the later of two
         // equal keys (JSON's last-wins).
         let mut at = self.0.len();
-        self.0.push((name, value));
         while at > 0 {
-            match key_cmp(&self.0[at - 1].0, &self.0[at].0) {
+            match key_cmp(self.0[at - 1].0.as_bytes(), key.as_bytes()) {
                 Ordering::Less => break,
-                Ordering::Greater => {
-                    self.0.swap(at - 1, at);
-                    at -= 1;
-                }
+                Ordering::Greater => at -= 1,
                 Ordering::Equal => {
-                    let (_, later) = self.0.remove(at);
-                    self.0[at - 1].1 = later;
-                    break;
+                    self.0[at - 1].1 = value;
+                    return true;
                 }
             }
         }
+        self.0.insert(at, (name, value));
         true
     }
 }
 
-/// `str`'s order, with a shortcut: most keys differ in their first eight bytes, compared as one number.
+/// `str`'s order (bytewise), eight bytes at a time: keys are short and mostly differ early.
 #[inline]
-fn key_cmp(a: &str, b: &str) -> Ordering {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    match (a.first_chunk::<8>(), b.first_chunk::<8>()) {
-        (Some(x), Some(y)) if x != y => u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y)),
-        _ => match (a.first(), b.first()) {
-            (Some(x), Some(y)) if x != y => x.cmp(y),
-            _ => a.cmp(b),
-        },
+fn key_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    let (mut a, mut b) = (a, b);
+    while let (Some((x, a_rest)), Some((y, b_rest))) = (a.split_first_chunk::<8>(), b.split_first_chunk::<8>()) {
+        if x != y {
+            return u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y));
+        }
+        (a, b) = (a_rest, b_rest);
     }
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// A borrowed view of one field's value, for queries ([`Record::get`]).

@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use smart_proto::{DEVICE_WELCOME, Header, Kind, Rejection, Serial, ServerMessage, Timestamp};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,7 +22,7 @@ use crate::hub::Change;
 use crate::metrics::{Metrics, RejectClass};
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
-use crate::store::{Ack, Job, Write};
+use crate::store::{Ack, AckQueue, AckTicket, Job, Write};
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -35,11 +34,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 enum Reply {
     /// Known now (an ERROR).
     Ready(Utf8Bytes),
-    /// OK once the group commit covering the write is done.
+    /// OK once the group commit covering the write is done: the session's write number
+    /// `ordinal` (see [`AckQueue`]).
     Waiting {
         header: Header,
         kind: Kind,
-        ack: oneshot::Receiver<Ack>,
+        ordinal: u64,
     },
 }
 
@@ -68,6 +68,8 @@ pub(crate) async fn session<S>(
     let mut state = Session {
         shared: &shared,
         attached: Vec::new(),
+        acks: Arc::new(AckQueue::default()),
+        submitted: 0,
     };
     let welcome = ServerMessage::Info(DEVICE_WELCOME.to_owned()).to_frame();
     let end = match ws.send(info_text(welcome)).await {
@@ -113,6 +115,10 @@ struct Session<'a> {
     shared: &'a Shared,
     /// Serials this connection has sent a valid message for (it keeps them online).
     attached: Vec<Serial>,
+    /// Where the writer answers this connection's writes.
+    acks: Arc<AckQueue>,
+    /// Writes submitted so far (the ordinal of the latest).
+    submitted: u64,
 }
 
 impl Session<'_> {
@@ -140,11 +146,14 @@ impl Session<'_> {
             if !reading && replies.is_empty() {
                 return close.map_or(End::PeerClosed, End::Close);
             }
-            let waiting = matches!(replies.front(), Some(Reply::Waiting { .. }));
+            let waiting = match replies.front() {
+                Some(Reply::Waiting { ordinal, .. }) => Some(*ordinal),
+                _ => None,
+            };
             tokio::select! {
                 biased;
-                ack = front_ack(&mut replies), if waiting => {
-                    self.resolve_front(&mut replies, ack);
+                _ = std::future::poll_fn(|cx| self.acks.poll_answered(waiting.unwrap_or(u64::MAX), cx)), if waiting.is_some() => {
+                    // `send_ready` at the top of the loop takes every answered reply.
                 }
                 () = shutdown.recv(), if reading => {
                     reading = false;
@@ -195,16 +204,19 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut sent = false;
+        let mut answered = self.acks.answered();
         loop {
             // Acks that completed meanwhile are taken without another trip through the loop.
-            if let Some(Reply::Waiting { ack, .. }) = replies.front_mut() {
-                match ack.try_recv() {
-                    Ok(result) => self.resolve_front(replies, Ok(result)),
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        self.resolve_front(replies, Err(()));
+            if let Some(Reply::Waiting { ordinal, .. }) = replies.front() {
+                let ordinal = *ordinal;
+                if ordinal > answered {
+                    answered = self.acks.answered();
+                    if ordinal > answered {
+                        break;
                     }
-                    Err(oneshot::error::TryRecvError::Empty) => break,
                 }
+                let ack = self.acks.result(ordinal);
+                self.resolve_front(replies, ack);
             }
             match replies.front() {
                 Some(Reply::Ready(_)) => {
@@ -223,12 +235,12 @@ impl Session<'_> {
     }
 
     /// Turn the front `Waiting` reply into the `Ready` frame for its ack.
-    fn resolve_front(&self, replies: &mut VecDeque<Reply>, ack: Result<Ack, ()>) {
+    fn resolve_front(&self, replies: &mut VecDeque<Reply>, ack: Ack) {
         let Some(Reply::Waiting { header, kind, .. }) = replies.pop_front() else {
             return;
         };
         let metrics = &self.shared.metrics;
-        let frame = if let Ok(Ok(())) = ack {
+        let frame = if ack.is_ok() {
             Metrics::inc(&metrics.acks);
             Metrics::inc(if kind == Kind::Init {
                 &metrics.accepted_init
@@ -256,6 +268,8 @@ impl Session<'_> {
         let shared = self.shared;
         let serial = &message.header.serial;
         let attach = !self.attached.contains(serial);
+        let ordinal = self.submitted + 1;
+        let acks = &self.acks;
         let listening = shared.hub.has_listeners();
         let header = &message.header;
         let applied = shared
@@ -277,24 +291,23 @@ impl Session<'_> {
                     };
                     Arc::new(Change::new(header.clone(), body))
                 });
-                let (tx, rx) = oneshot::channel();
                 shared.committer.submit(Job::Write(Write {
                     serial: serial.clone(),
                     json: applied.json,
-                    ack: tx,
+                    ack: AckTicket::new(Arc::clone(acks), ordinal),
                     change,
                 }));
-                rx
             });
         match applied {
-            Ok(ack) => {
+            Ok(()) => {
                 if attach {
                     self.attached.push(serial.clone());
                 }
+                self.submitted = ordinal;
                 Reply::Waiting {
                     header: message.header,
                     kind: message.kind,
-                    ack,
+                    ordinal,
                 }
             }
             Err(e) => {
@@ -331,13 +344,5 @@ impl Session<'_> {
                 }
             });
         }
-    }
-}
-
-/// The ack of the front reply (which must be `Waiting`); `Err` if the writer dropped it.
-async fn front_ack(replies: &mut VecDeque<Reply>) -> Result<Ack, ()> {
-    match replies.front_mut() {
-        Some(Reply::Waiting { ack, .. }) => ack.await.map_err(|_| ()),
-        _ => std::future::pending().await,
     }
 }

@@ -19,14 +19,16 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use smart_proto::{Record, Serial};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::hub::{Change, Hub};
@@ -227,10 +229,119 @@ pub(crate) struct Write {
     pub serial: Serial,
     /// The full record after the update, as stored and served.
     pub json: Arc<str>,
-    /// Told once the write is durable (or failed).
-    pub ack: oneshot::Sender<Ack>,
+    /// Answered once the write is durable (or failed); a dropped ticket answers "failed".
+    pub ack: AckTicket,
     /// What dashboards see once the write is durable (`None` when no dashboard was listening).
     pub change: Option<Arc<Change>>,
+}
+
+/// A device session's commit results.
+///
+/// Why not a oneshot channel per message: that is an allocation and a channel per write, and a
+/// session only needs to know how far, in its own submission order, its writes are answered. The
+/// writer answers the writes of one session in submission order (one FIFO channel, batches taken in
+/// order), so one monotonic counter says it; failures (rare) are listed by ordinal.
+#[derive(Debug, Default)]
+pub(crate) struct AckQueue {
+    /// Highest ordinal answered; every lower ordinal is answered too.
+    answered: AtomicU64,
+    /// Whether `failed` may hold something (keeps the lock off the common path).
+    any_failed: AtomicBool,
+    /// Ordinals answered with a failure and not yet taken by the session.
+    failed: std::sync::Mutex<Vec<u64>>,
+    waker: AtomicWaker,
+}
+
+impl AckQueue {
+    /// Highest ordinal answered so far.
+    pub(crate) fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `ordinal` is answered, with the highest ordinal answered.
+    pub(crate) fn poll_answered(&self, ordinal: u64, cx: &mut Context<'_>) -> Poll<u64> {
+        let answered = self.answered();
+        if answered >= ordinal {
+            return Poll::Ready(answered);
+        }
+        self.waker.register(cx.waker());
+        // An answer racing with the registration would have found no waker to wake.
+        let answered = self.answered();
+        if answered >= ordinal {
+            Poll::Ready(answered)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// The result of the answered write `ordinal` (taking its failure mark, if any).
+    pub(crate) fn result(&self, ordinal: u64) -> Ack {
+        if !self.any_failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failed.iter().position(|&o| o == ordinal) {
+            Some(i) => {
+                failed.swap_remove(i);
+                Err(StoreFailed)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The writer's duty to answer one write of a session.
+#[derive(Debug)]
+pub(crate) struct AckTicket {
+    queue: Arc<AckQueue>,
+    ordinal: u64,
+    settled: bool,
+}
+
+impl AckTicket {
+    /// The ticket for the session's write number `ordinal` (1, 2, 3, … in submission order).
+    pub(crate) fn new(queue: Arc<AckQueue>, ordinal: u64) -> AckTicket {
+        AckTicket {
+            queue,
+            ordinal,
+            settled: false,
+        }
+    }
+
+    /// Answer the write and wake its session.
+    pub(crate) fn answer(mut self, ack: Ack) {
+        self.settle(ack);
+    }
+
+    fn settle(&mut self, ack: Ack) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let queue = &self.queue;
+        if ack.is_err() {
+            // Listed before the counter moves: a session that sees the ordinal answered sees this.
+            queue
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.ordinal);
+            queue.any_failed.store(true, Ordering::Release);
+        }
+        queue.answered.fetch_max(self.ordinal, Ordering::AcqRel);
+        // Several answers for one session in a batch: only the first finds a waker to wake.
+        queue.waker.wake();
+    }
+}
+
+impl Drop for AckTicket {
+    /// A write the writer never got to (it stopped) was not stored.
+    fn drop(&mut self) {
+        self.settle(Err(StoreFailed));
+    }
 }
 
 /// What the writer thread does, in channel order.
@@ -328,6 +439,8 @@ impl Writer {
         let mut batch: Vec<Job> = Vec::with_capacity(256);
         let mut changes: Vec<Arc<Change>> = Vec::with_capacity(256);
         let mut stopping = false;
+        let gather_mode: u64 = std::env::var("SMART_GATHER").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut prev_len = 0usize;
         while !stopping {
             let Some(first) = rx.blocking_recv() else {
                 break;
@@ -339,6 +452,16 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if gather_mode > 0 && batch.len() * 2 < prev_len {
+                if gather_mode == 1 { thread::yield_now(); } else { thread::sleep(Duration::from_micros(gather_mode)); }
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
+            prev_len = batch.len();
 
             let ack = self.commit(&batch);
             // Acks first (devices wait for them), then the dashboards' share, in one go.
@@ -346,7 +469,7 @@ impl Writer {
                 match job {
                     Job::Write(write) => {
                         // The session may be gone (peer closed): the write is durable all the same.
-                        let _ = write.ack.send(ack);
+                        write.ack.answer(ack);
                         if ack.is_ok() {
                             changes.extend(write.change);
                             self.dirty.insert(write.serial, write.json);
