@@ -159,12 +159,20 @@ pub(crate) fn json_ws(b: &[u8], mut i: usize) -> usize {
 
 /// Index of the first `quote`, backslash or control byte, eight bytes at a time (frames are short, so
 /// this beats a vectorized search, whose setup costs more than the scan).
+#[allow(
+    clippy::inline_always,
+    reason = "hot path; callgrind counts rise without it"
+)]
 #[inline(always)]
 pub(crate) fn find_special(b: &[u8], quote: u8) -> Option<usize> {
     find_special2(b, quote, quote)
 }
 
 /// [`find_special`] for either of two quotes.
+#[allow(
+    clippy::inline_always,
+    reason = "hot path; callgrind counts rise without it"
+)]
 #[inline(always)]
 fn find_special2(b: &[u8], quote: u8, other: u8) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -283,6 +291,10 @@ pub(crate) enum Quoting {
 
 impl Quoting {
     /// The index of the first byte from `i` on that is not whitespace here.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path; callgrind counts rise without it"
+    )]
     #[inline(always)]
     fn ws(self, b: &[u8], mut i: usize) -> usize {
         if self == Quoting::Plain {
@@ -340,6 +352,10 @@ const PLAIN: u8 = 0;
 const ESCAPED: u8 = 1;
 const IN_SINGLE_QUOTES: u8 = 2;
 
+#[allow(
+    clippy::inline_always,
+    reason = "hot path; callgrind counts rise without it"
+)]
 #[inline(always)]
 fn scan_flat_as<const Q: u8>(s: &str, from: usize, sink: &mut impl FlatSink) -> Option<usize> {
     let quoting = match Q {
@@ -379,6 +395,10 @@ fn scan_flat_as<const Q: u8>(s: &str, from: usize, sink: &mut impl FlatSink) -> 
 /// The inside of an unescaped string whose opening quote starts at `i` (as the range `start..end`), and
 /// the index after its closing quote; `None` for anything else (escapes, control bytes, no string there).
 /// `start` follows an ASCII quote and `end` holds one: both are char boundaries.
+#[allow(
+    clippy::inline_always,
+    reason = "hot path; callgrind counts rise without it"
+)]
 #[inline(always)]
 fn flat_str(s: &str, i: usize, quoting: Quoting) -> Option<(usize, usize, usize)> {
     let b = s.as_bytes();
@@ -398,6 +418,10 @@ fn flat_str(s: &str, i: usize, quoting: Quoting) -> Option<(usize, usize, usize)
 }
 
 /// An unescaped string, a number, `true`, `false` or `null` at `i`, and the index after it.
+#[allow(
+    clippy::inline_always,
+    reason = "hot path; callgrind counts rise without it"
+)]
 #[inline(always)]
 fn flat_scalar(s: &str, i: usize, quoting: Quoting) -> Option<(Value, usize)> {
     let b = s.as_bytes();
@@ -424,6 +448,10 @@ const POW10: [f64; 16] = [
 ///
 /// The usual short integers and decimals are read in one pass here; anything longer, or with an
 /// exponent, by [`json_number_full`].
+#[allow(
+    clippy::inline_always,
+    reason = "hot path; callgrind counts rise without it"
+)]
 #[inline(always)]
 fn json_number(s: &str, start: usize) -> Option<(Value, usize)> {
     let b = s.as_bytes();
@@ -976,6 +1004,53 @@ mod tests {
         match parse_python_literal(s).unwrap_err() {
             Error::BodySyntax { offset, reason } => (offset, reason),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        /// Numbers in JSON's grammar (and near misses): the scan reads them as `serde_json` does, or
+        /// declines.
+        #[test]
+        fn numbers_read_as_serde_json_reads_them(
+            token in "-?(0|[1-9][0-9]{0,19})(\\.[0-9]{1,18})?([eE][-+]?[0-9]{1,3})?|[-+.0-9eE]{1,8}",
+        ) {
+            let body = format!(r#"{{"n": {token}}}"#);
+            let serde = serde_json::from_str::<Value>(&body).ok();
+            for quoting in [Quoting::Plain, Quoting::Escaped, Quoting::InSingleQuotes] {
+                let text = if quoting == Quoting::Escaped { body.replace('"', "\\\"") } else { body.clone() };
+                let mut map = Map::new();
+                if let Some(end) = scan_flat(&text, 0, quoting, &mut map) {
+                    proptest::prop_assert_eq!(end, text.len());
+                    proptest::prop_assert_eq!(Some(Value::Object(map)), serde.clone(), "{}", text);
+                }
+            }
+            if let Some(Value::Object(map)) = &serde {
+                proptest::prop_assert_eq!(&parse_body(&body).unwrap(), map);
+            }
+        }
+    }
+
+    #[test]
+    fn short_decimals_take_the_one_pass_path() {
+        for token in [
+            "0.5",
+            "92.5",
+            "-92.5",
+            "0.001",
+            "123.456",
+            "12345678901234.5",
+            "-0.0",
+            "357",
+            "-7",
+        ] {
+            let (value, end) = json_number(token, 0).unwrap();
+            assert_eq!(end, token.len());
+            assert_eq!(
+                value,
+                serde_json::from_str::<Value>(token).unwrap(),
+                "{token}"
+            );
+            assert_eq!(Some((value, end)), json_number_full(token, 0), "{token}");
         }
     }
 

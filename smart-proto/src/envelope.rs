@@ -324,6 +324,10 @@ pub(crate) fn scan_envelope<'a>(
 /// If `word` stands at `i` between two equal quotes (`"` or `'`, which sets `python`), the index after
 /// the closing one. `word` must be plain text (no quote, backslash or control byte): then this reads
 /// what [`envelope_str`] would, with one comparison instead of a scan.
+#[allow(
+    clippy::inline_always,
+    reason = "hot path; callgrind counts rise without it"
+)]
 #[inline(always)]
 fn quoted_word(b: &[u8], i: usize, word: &[u8], python: &mut bool) -> Option<usize> {
     let quote = *b.get(i)?;
@@ -341,6 +345,10 @@ fn quoted_word(b: &[u8], i: usize, word: &[u8], python: &mut bool) -> Option<usi
 /// The string whose opening quote is at `i`, and the index after its closing quote: a JSON string, or
 /// a single-quoted Python string without escapes (which sets `python`; its inside is its value). `None`
 /// for anything else, including raw control bytes (the general path reads those).
+#[allow(
+    clippy::inline_always,
+    reason = "hot path; callgrind counts rise without it"
+)]
 #[inline(always)]
 fn envelope_str(frame: &str, i: usize, python: &mut bool) -> Option<(JsonStr, usize)> {
     let b = frame.as_bytes();

@@ -219,35 +219,38 @@ static SERIAL_BYTES: [bool; 256] = {
     table
 };
 
-/// `MID:SERIAL:` at the start of `b` (the hot path: one pass over a few bytes, no re-validation, no
-/// error text), and the index after the second colon.
+/// `MID:SERIAL:` at the start of `b`, each part checked while it is copied (the hot path: one pass over a
+/// few bytes, no re-validation, no error text), and the index after the second colon.
 pub(crate) fn read_header(b: &[u8]) -> Option<(Header, usize)> {
-    let id_len = part_len(b, MAX_ID_LEN, |c| c.is_ascii_digit())?;
+    let (id, id_len) = read_part::<MAX_ID_LEN>(b, |c| c.is_ascii_digit())?;
     let serial_start = id_len + 1;
-    let serial = b.get(serial_start..)?;
-    let serial_len = part_len(serial, MAX_SERIAL_LEN, is_serial_byte)?;
+    let (serial, serial_len) = read_part::<MAX_SERIAL_LEN>(b.get(serial_start..)?, is_serial_byte)?;
     let header = Header {
         id: MessageId {
             len: id_len as u8,
-            buf: inline_bytes(b.get(..id_len)?),
+            buf: id,
         },
         serial: Serial {
             len: serial_len as u8,
-            buf: inline_bytes(serial.get(..serial_len)?),
+            buf: serial,
         },
     };
     Some((header, serial_start + serial_len + 1))
 }
 
-/// Length of the run of 1 to `max` bytes accepted by `ok` that starts `b` and is followed by a colon.
-#[inline(always)]
-fn part_len(b: &[u8], max: usize, ok: impl Fn(u8) -> bool) -> Option<usize> {
-    let mut i = 0;
-    // Stops one byte past the longest valid part, which bounds the scan on hostile input.
-    while i <= max && i < b.len() && ok(b[i]) {
-        i += 1;
+/// The run of 1 to `N` bytes accepted by `ok` that starts `b` and is followed by a colon, copied into an
+/// inline buffer, and its length.
+fn read_part<const N: usize>(b: &[u8], ok: impl Fn(u8) -> bool) -> Option<([u8; N], usize)> {
+    let mut buf = [0u8; N];
+    for (i, slot) in buf.iter_mut().enumerate() {
+        match *b.get(i)? {
+            b':' if i > 0 => return Some((buf, i)),
+            c if ok(c) => *slot = c,
+            _ => return None,
+        }
     }
-    (i > 0 && i <= max && b.get(i) == Some(&b':')).then_some(i)
+    // `N` accepted bytes: only a colon may follow.
+    (b.get(N) == Some(&b':')).then_some((buf, N))
 }
 
 /// `MID`, `:`, `SERIAL`, `:` again, to say which part is wrong once [`read_header`] failed.

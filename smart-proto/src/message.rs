@@ -536,7 +536,10 @@ fn map_entries(map: &Map<String, Value>) -> impl Iterator<Item = (&str, &Value)>
 }
 
 /// `{"a": 1, "b": [1, 2]}`, as Python's `json.dumps` separates items.
-fn write_json_object<'a>(out: &mut String, entries: impl IntoIterator<Item = (&'a str, &'a Value)>) {
+fn write_json_object<'a>(
+    out: &mut String,
+    entries: impl IntoIterator<Item = (&'a str, &'a Value)>,
+) {
     out.push('{');
     for (i, (k, v)) in entries.into_iter().enumerate() {
         if i > 0 {
@@ -811,5 +814,274 @@ mod tests {
                 reason: "expected a value, found the end of the input".into()
             }
         );
+    }
+}
+
+/// The fast path (envelope scan with the message read in place) against the general parsers alone.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod fast_path_tests {
+    use std::fmt::Write as _;
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// What the general parsers make of a valid envelope: `serde_json` or the Python-literal parser for
+    /// the envelope and for the body (no scans), then normalization and typing.
+    fn reference(frame: &str) -> Result<DeviceMessage, Rejection> {
+        let envelope = serde_json::from_str::<Value>(frame)
+            .or_else(|_| crate::parse_python_literal(frame))
+            .unwrap();
+        let kind = device_kind(Kind::parse(envelope["type"].as_str().unwrap()).unwrap())?;
+        let (header, body) = Header::parse(envelope["message"].as_str().unwrap())?;
+        let fields = match serde_json::from_str::<Value>(body) {
+            Ok(Value::Object(map)) => Ok(map),
+            _ => parse_body(body),
+        };
+        typed_message(kind, header, fields)
+    }
+
+    /// A Python `repr` of a string, as `str(dict)` writes it.
+    fn py_str(s: &str) -> String {
+        let mut out = String::from("'");
+        for c in s.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\'' => out.push_str("\\'"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if u32::from(c) < 0x20 => {
+                    let _ = write!(out, "\\x{:02x}", u32::from(c));
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        out
+    }
+
+    /// Every layout a device might use for one message.
+    fn frames(kind: &str, message: &str) -> Vec<String> {
+        let json = Value::String(message.to_owned()).to_string();
+        let py = py_str(message);
+        vec![
+            format!(r#"{{"type": "{kind}", "message": {json}}}"#),
+            format!(r#"{{"type":"{kind}","message":{json}}}"#),
+            format!(r#" {{ "message" : {json} , "type" : "{kind}" , "x": "y" }} "#),
+            format!(r#"{{"message": "ignored", "type": "{kind}", "message": {json}}}"#),
+            format!(r#"{{"type": "{kind}", "message": {json}, "message": "0001:0001:{{}}"}}"#),
+            format!("{{'type': '{kind}', 'message': {py}}}"),
+            format!("{{'message': {py}, 'type': '{kind}'}}"),
+            format!(r#"{{"type": '{kind}', 'message': {py}}}"#),
+        ]
+    }
+
+    fn assert_agrees(frame: &str) {
+        assert_eq!(parse_device_message(frame), reference(frame), "{frame}");
+    }
+
+    #[test]
+    fn typical_frames_are_read_in_place() {
+        for (frame, at) in [
+            (
+                r#"{"type": "UPDT", "message": "0116:0001:{\"power_consumption\": 357}"}"#,
+                28,
+            ),
+            (
+                r#"{'type': 'UPDT', 'message': '0116:0001:{"power_consumption": 357}'}"#,
+                28,
+            ),
+            (
+                r#"{"type": "UPDT", "message": "0117:0001:{\"power_inject\": 357, \"battery\": 92.5}"}"#,
+                28,
+            ),
+            (
+                r#"{"type": "UPDT", "message": "1:A-b_9:{\"country\": \"AT\", \"x\": [true]}"}"#,
+                28,
+            ),
+        ] {
+            let in_place = message_in_place(frame, at);
+            let expect_in_place = !frame.contains('[');
+            assert_eq!(in_place.is_some(), expect_in_place, "{frame}");
+            if let Some((_, _, next)) = in_place {
+                assert_eq!(&frame[next..], "}", "{frame}");
+            }
+            assert_agrees(frame);
+        }
+    }
+
+    /// A quote inside the body that really ends the message: read in place, the rest of the envelope
+    /// would be taken for the body.
+    #[test]
+    fn a_quote_that_ends_the_message_ends_it() {
+        for frame in [
+            r#"{'type': 'UPDT', 'message': '1:1:{"a', 'x': '": 1}'}"#,
+            r#"{"type": "UPDT", "message": "1:1:{\"a", "x": "\": 1}"}"#,
+            r#"{'type': 'UPDT', 'message': '1:1:{"a": "b', 'x': '"}'}"#,
+            r#"{"type": "UPDT", "message": "1:1:{\"a\": \"b", "x": "\"}"}"#,
+        ] {
+            let rejection = parse_device_message(frame).unwrap_err();
+            assert!(
+                matches!(rejection.error, Error::BodySyntax { .. }),
+                "{frame}: {rejection:?}"
+            );
+            assert_agrees(frame);
+        }
+    }
+
+    #[test]
+    fn fields_are_sorted_and_the_last_duplicate_wins() {
+        let msg = parse_device_message(
+            r#"{"type": "UPDT", "message": "1:1:{\"power_inject\": 1, \"battery\": \"2\", \"power_income\": 3, \"power_inject\": 4, \"zz\": 5, \"a\": 6}"}"#,
+        )
+        .unwrap();
+        let fields: Vec<(&str, &Value)> = msg.update.iter().collect();
+        assert_eq!(
+            fields,
+            [
+                ("a", &json!(6)),
+                ("battery", &json!(2)),
+                ("power_income", &json!(3)),
+                ("power_inject", &json!(4)),
+                ("zz", &json!(5)),
+            ]
+        );
+        assert_eq!(msg.update.get("power_inject"), Some(&json!(4)));
+        assert_eq!(msg.update.as_map().len(), 5);
+    }
+
+    #[test]
+    fn what_the_fast_path_declines_still_agrees() {
+        for message in [
+            // Normalization, runtime and server keys, serial checks.
+            "1:0001:{\"_battery\": 1, \"battery\": 2}",
+            "1:0001:{\"serial_number\": \"0001\", \"tasks\": \"\"}",
+            "1:0001:{\"serial_number\": \"0002\"}",
+            "1:0001:{\"online\": true}",
+            // Type errors, including one a later duplicate repairs.
+            "1:0001:{\"battery\": \"full\"}",
+            "1:0001:{\"battery\": \"full\", \"battery\": 3}",
+            "1:0001:{\"pv_connectors\": 2.5}",
+            "1:0001:{\"postcode\": 8020, \"pv_connectors\": 2.0, \"battery\": 350.0}",
+            // Escapes inside strings, other whitespace, nesting, Python bodies, odd numbers.
+            "1:0001:{\"country\": \"A\\\"T\"}",
+            "1:0001:{\"country\": \"A\\\\T\"}",
+            "1:0001:{\"country\":\t\"AT\"}",
+            "1:0001:{\"x\": {\"a\": 1}}",
+            "1:0001:{'battery': 1, 'country': 'AT'}",
+            "1:0001:{\"a\": -0, \"b\": 1e3, \"c\": 18446744073709551616, \"d\": 0.1, \"e\": -0.0}",
+            "1:0001:{\"a\": 9007199254740993, \"battery\": 9007199254740993}",
+            "1:0001:{\"é\": \"ü\", \"it's\": 1}",
+            "1:0001:{} ",
+            "1:0001: {}",
+            "1:0001:{}",
+            "1:0001:",
+            "1:0001:[1]",
+            "x:0001:{}",
+            "1:00 01:{}",
+        ] {
+            for frame in frames("UPDT", message)
+                .iter()
+                .chain(&frames("INIT", message))
+            {
+                assert_agrees(frame);
+            }
+        }
+    }
+
+    fn arb_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "battery",
+                "power_income",
+                "power_inject",
+                "power_consumption",
+                "capacity",
+                "postcode",
+                "country",
+                "pv_connectors",
+                "local_time",
+                "software_version",
+                "solmate_version",
+                "serial_number",
+                "_battery",
+                "__x",
+                "websocket",
+                "online",
+                "owner",
+                "charging",
+                "power_in",
+                "power_injectx",
+                "",
+                "it's",
+                "a\"b",
+                "back\\slash",
+                "é",
+            ])
+            .prop_map(str::to_owned),
+            "[a-z_]{1,20}",
+        ]
+    }
+
+    fn arb_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            (-1000i64..1000).prop_map(|n| n.to_string()),
+            any::<f64>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(|x| Value::from(x).to_string()),
+            "-?[0-9]{1,17}(\\.[0-9]{1,17})?([eE][-+]?[0-9]{1,3})?",
+            prop::sample::select(vec![
+                "true",
+                "false",
+                "null",
+                "\"357\"",
+                "\" 12.5 \"",
+                "\"inf\"",
+                "\"\"",
+                "\"it's\"",
+                "\"a\\\"b\"",
+                "\"tab\\t\"",
+                "[1, 2]",
+                "{\"a\": 1}",
+                "-0",
+                "1.0",
+                "2.5",
+            ])
+            .prop_map(str::to_owned),
+            "\"[ -~]{0,12}\""
+                .prop_filter("valid JSON", |s| serde_json::from_str::<Value>(s).is_ok()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn fast_path_agrees_with_the_general_parsers(
+            fields in prop::collection::vec((arb_key(), arb_value()), 0..6),
+            serial in prop::sample::select(vec!["0001", "1", "SN-4711_b"]),
+            spacing in prop::sample::select(vec![(", ", ": "), (",", ":"), (" , ", " : ")]),
+            init in any::<bool>(),
+        ) {
+            let mut body = String::from("{");
+            for (i, (key, value)) in fields.iter().enumerate() {
+                if i > 0 {
+                    body.push_str(spacing.0);
+                }
+                body.push_str(&Value::String(key.clone()).to_string());
+                body.push_str(spacing.1);
+                body.push_str(value);
+            }
+            body.push('}');
+            let message = format!("0116:{serial}:{body}");
+            for frame in frames(if init { "INIT" } else { "UPDT" }, &message) {
+                prop_assert_eq!(parse_device_message(&frame), reference(&frame), "{}", frame);
+            }
+        }
     }
 }

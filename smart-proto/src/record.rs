@@ -474,6 +474,10 @@ impl FieldKind {
 
     /// Turn `value` into its canonical type in place; `false` (and `value` untouched) if it has the
     /// wrong type. Values already in canonical form, the common case, are left as they are.
+    #[allow(
+        clippy::inline_always,
+        reason = "hot path; callgrind counts rise without it"
+    )]
     #[inline(always)]
     fn coerce(self, value: &mut Value) -> bool {
         match (self, &*value) {
@@ -514,12 +518,17 @@ impl FieldKind {
 
 /// A number that [`number_value`] would give back unchanged: an integer below 2^53 in magnitude, or a
 /// float with a fraction.
+#[allow(
+    clippy::inline_always,
+    reason = "hot path; callgrind counts rise without it"
+)]
 #[inline(always)]
 fn is_canonical_number(n: &Number) -> bool {
     match n.as_i64() {
         Some(i) => i.unsigned_abs() < 1 << 53,
         // Below 2^53 the cast back and forth is exact for integral values only (and cheaper than
         // `fract`, a library call on baseline x86-64).
+        #[allow(clippy::float_cmp, reason = "an exact test of integrality")]
         None => n.is_f64() && n.as_f64().is_some_and(|x| (x as i64) as f64 != x),
     }
 }
@@ -771,7 +780,9 @@ impl crate::body::FlatSink for FastFields {
 #[inline]
 fn key_cmp(a: &[u8], b: &[u8]) -> Ordering {
     let (mut a, mut b) = (a, b);
-    while let (Some((x, a_rest)), Some((y, b_rest))) = (a.split_first_chunk::<8>(), b.split_first_chunk::<8>()) {
+    while let (Some((x, a_rest)), Some((y, b_rest))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
         if x != y {
             return u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y));
         }
@@ -1382,6 +1393,55 @@ mod tests {
 
     fn field_error(value: Value) -> String {
         update(value).unwrap_err().to_string()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn key_order_is_str_order(a in "[a-z_é]{0,20}", b in "[a-z_é]{0,20}") {
+            proptest::prop_assert_eq!(key_cmp(a.as_bytes(), b.as_bytes()), a.cmp(&b));
+            proptest::prop_assert_eq!(key_cmp(a.as_bytes(), a.as_bytes()), Ordering::Equal);
+        }
+    }
+
+    #[test]
+    fn key_order_edges() {
+        for (a, b) in [
+            ("power_income", "power_inject"),
+            ("power_in", "power_inject"),
+            ("abcdefgh", "abcdefgh"),
+            ("abcdefghi", "abcdefgh"),
+            ("", "a"),
+            ("b", "abcdefghijk"),
+        ] {
+            assert_eq!(key_cmp(a.as_bytes(), b.as_bytes()), a.cmp(b), "{a} {b}");
+            assert_eq!(key_cmp(b.as_bytes(), a.as_bytes()), b.cmp(a), "{b} {a}");
+        }
+    }
+
+    #[test]
+    fn update_views_agree() {
+        let u = update(json!({"power_inject": "357", "battery": 92.5, "zz": [1], "country": "AT"}))
+            .unwrap();
+        let listed: Vec<(&str, &Value)> = u.iter().collect();
+        let mapped: Vec<(&str, &Value)> = u.as_map().iter().map(|(k, v)| (k.as_str(), v)).collect();
+        assert_eq!(listed, mapped);
+        assert_eq!(u.len(), 4);
+        assert_eq!(u.get("power_inject"), Some(&json!(357)));
+        assert_eq!(u.get("zz"), Some(&json!([1])));
+        assert_eq!(u.get("nope"), None);
+        // The cached map does not take part in equality.
+        let fresh =
+            update(json!({"power_inject": 357, "battery": 92.5, "zz": [1], "country": "AT"}))
+                .unwrap();
+        assert_eq!(u, fresh);
+        assert_ne!(u, Update::default());
+        assert_eq!(
+            format!("{:?}", update(json!({"battery": 1})).unwrap()),
+            "Update({\"battery\": Number(1)})"
+        );
+        // Reserved keys are never kept, even when handed over directly.
+        let u = update(json!({"online": true, "owner": "x", "battery": 1})).unwrap();
+        assert_eq!(u.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["battery"]);
     }
 
     #[test]

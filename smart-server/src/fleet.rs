@@ -39,10 +39,21 @@ impl Device {
 
     /// Refresh the JSON text after a change, through `scratch` so that the only allocation is the
     /// shared text itself.
-    fn reserialize(&mut self, scratch: &mut String) {
+    ///
+    /// Through `Record`'s `Serialize` (the same text as `Record::write_json`, checked by
+    /// `init_frame_matches_write_init`) into bytes: `write_json` goes through a `String` writer that
+    /// re-validates every chunk serde_json hands it, measured at about 3 % of the server's CPU at 100
+    /// devices; validating the finished text once is a fraction of that.
+    fn reserialize(&mut self, scratch: &mut Vec<u8>) {
         scratch.clear();
-        self.record.write_json(scratch);
-        self.json = Arc::from(scratch.as_str());
+        if serde_json::to_writer(&mut *scratch, &self.record).is_ok()
+            && let Ok(text) = std::str::from_utf8(scratch)
+        {
+            self.json = Arc::from(text);
+        } else {
+            // Not expected (a record always serializes to UTF-8); the slow path is still right.
+            self.json = Arc::from(self.record.to_json());
+        }
     }
 }
 
@@ -51,7 +62,7 @@ impl Device {
 struct Devices {
     map: BTreeMap<Serial, Device>,
     /// Reused serialization buffer (only touched under the write lock).
-    scratch: String,
+    scratch: Vec<u8>,
 }
 
 /// The outcome of one applied update, handed to the caller while the fleet is still locked so that
@@ -92,7 +103,7 @@ impl Fleet {
         Fleet {
             devices: RwLock::new(Devices {
                 map,
-                scratch: String::new(),
+                scratch: Vec::new(),
             }),
             online: AtomicUsize::new(0),
             owner,
@@ -285,7 +296,10 @@ mod tests {
     fn fleet() -> Fleet {
         let fleet = Fleet::new("EET".to_owned(), Registration::Open, Vec::new());
         for (serial, body) in [
-            ("0003", r#"{"battery": 80, "country": "AT"}"#),
+            (
+                "0003",
+                r#"{"battery": 80, "country": "AT", "note": "Grüß \"dich\"\n\u0001 ✓"}"#,
+            ),
             (
                 "0001",
                 r#"{"battery": 20, "country": "DE", "extra": [1, "two"]}"#,

@@ -439,29 +439,23 @@ impl Writer {
         let mut batch: Vec<Job> = Vec::with_capacity(256);
         let mut changes: Vec<Arc<Change>> = Vec::with_capacity(256);
         let mut stopping = false;
-        let gather_mode: u64 = std::env::var("SMART_GATHER").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut prev_len = 0usize;
+        // Size of the previous batch.
+        let mut last_batch = 0;
         while !stopping {
             let Some(first) = rx.blocking_recv() else {
                 break;
             };
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+            drain(&mut rx, &mut batch);
+            if batch.len() * 2 < last_batch {
+                // Much less than last time: the sessions that make up the rest are probably waiting
+                // for a CPU (two cores, shared). Letting them run first costs a `sched_yield`
+                // and saves a whole commit (measured: about 60 µs of CPU per `write` +
+                // `fdatasync` here); with one device, or an idle CPU, it changes nothing.
+                thread::yield_now();
+                drain(&mut rx, &mut batch);
             }
-            if gather_mode > 0 && batch.len() * 2 < prev_len {
-                if gather_mode == 1 { thread::yield_now(); } else { thread::sleep(Duration::from_micros(gather_mode)); }
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-            }
-            prev_len = batch.len();
+            last_batch = batch.len();
 
             let ack = self.commit(&batch);
             // Acks first (devices wait for them), then the dashboards' share, in one go.
@@ -572,6 +566,16 @@ impl Writer {
 }
 
 type Records = HashMap<Serial, Arc<str>>;
+
+/// Move what is waiting in `rx` into `batch`, up to [`MAX_BATCH`].
+fn drain(rx: &mut mpsc::UnboundedReceiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
 
 /// The checkpoint thread.
 struct Checkpoints {
@@ -758,6 +762,31 @@ mod tests {
             ]
         );
         assert_eq!(store.first_segment, 4);
+    }
+
+    /// Answers arrive per session in submission order; a failure is reported for its own write
+    /// only, and a ticket the writer never answered (dropped) counts as a failure.
+    #[test]
+    fn ack_queue_reports_each_write_once_in_order() {
+        let queue = Arc::new(AckQueue::default());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let tickets: Vec<AckTicket> = (1..=4)
+            .map(|o| AckTicket::new(Arc::clone(&queue), o))
+            .collect();
+        assert!(queue.poll_answered(1, &mut cx).is_pending());
+        let mut tickets = tickets.into_iter();
+        tickets.next().unwrap().answer(Ok(()));
+        tickets.next().unwrap().answer(Err(StoreFailed));
+        assert_eq!(queue.poll_answered(1, &mut cx), Poll::Ready(2));
+        assert!(queue.poll_answered(3, &mut cx).is_pending());
+        assert_eq!(queue.result(1), Ok(()));
+        assert_eq!(queue.result(2), Err(StoreFailed));
+        tickets.next().unwrap().answer(Ok(()));
+        drop(tickets); // the writer stopped before the fourth
+        assert_eq!(queue.answered(), 4);
+        assert_eq!(queue.result(3), Ok(()));
+        assert_eq!(queue.result(4), Err(StoreFailed));
     }
 
     #[test]
