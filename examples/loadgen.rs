@@ -43,7 +43,7 @@ use common::{CpuSample, Histogram, Ws};
 
 /// Measure a SMART-OS server: ingest rate, ack latency, fan-out to dashboards, memory per connection.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 #[allow(clippy::struct_excessive_bools, reason = "command-line flags")]
 struct Args {
     /// Server URL (loopback only).

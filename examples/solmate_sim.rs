@@ -37,9 +37,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use common::{Histogram, Ws};
 
-/// Simulate `SolMate` devices against a SMART-OS server.
+/// Simulate a fleet of solar battery devices against a SMART-OS server.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 struct Args {
     /// Server URL; devices connect to its `/update/` endpoint.
     #[arg(long, default_value = "ws://127.0.0.1:8000")]

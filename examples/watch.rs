@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Watch a SMART-OS fleet from the terminal.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 struct Args {
     /// Server URL; the watcher connects to its `/client/` endpoint.
     #[arg(long, default_value = "ws://127.0.0.1:8000")]

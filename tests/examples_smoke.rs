@@ -327,7 +327,14 @@ async fn simulator_reconnects_and_resends_after_a_server_restart() {
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Stop the server once every device has registered (so that each one has a connection to lose).
+    for _ in 0..100 {
+        if server.serials().await.len() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.stop().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server = TestServer::start_on(dir.path(), addr).await;
@@ -472,7 +479,7 @@ async fn watch_prints_the_init_table_then_updates() {
             "--devices",
             "3",
             "--seconds",
-            "0.5",
+            "1.5",
             "--json",
         ],
     )
@@ -544,7 +551,7 @@ async fn watch_shows_only_the_filtered_view() {
             "--devices",
             "4",
             "--seconds",
-            "0.5",
+            "1.5",
             "--json",
         ],
     )

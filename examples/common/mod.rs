@@ -289,9 +289,9 @@ pub fn progress_bar(seconds: u64, quiet: bool) -> ProgressBar {
         ProgressDrawTarget::stderr_with_hz(4)
     };
     let bar = ProgressBar::with_draw_target(Some(seconds.max(1)), target);
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} s  {msg}")
-    {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} s  {msg}",
+    ) {
         bar.set_style(style);
     }
     bar

@@ -10,8 +10,9 @@ use std::sync::LazyLock;
 
 use serde_json::Value;
 use smart_proto::{
-    DeviceMessage, Error, Kind, Query, Record, Serial, ServerMessage, Timestamp,
-    parse_device_message, parse_server_message, write_init,
+    DeviceMessage, Error, Header, Kind, Payload, Query, Record, Rejection, Serial, ServerMessage,
+    Timestamp, Update, normalize, parse_body, parse_device_message, parse_envelope,
+    parse_server_message, write_init,
 };
 
 /// `2024-03-11T00:43:33.256667Z`, the seed's `manufacturing_date`.
@@ -59,6 +60,42 @@ pub fn check_error(error: &Error, parsed_len: usize) {
             );
         }
         _ => {}
+    }
+}
+
+/// `parse_device_message` composed from the public stage functions, without its fused fast path for flat
+/// JSON frames: the two must agree on every frame.
+pub fn device_message_by_stages(frame: &str) -> Result<DeviceMessage, Rejection> {
+    let envelope = parse_envelope(frame)?;
+    let kind = envelope.kind;
+    if !matches!(kind, Kind::Init | Kind::Updt) {
+        return Err(Error::UnexpectedKind {
+            kind: kind.as_str(),
+            expected: "INIT or UPDT",
+        }
+        .into());
+    }
+    let Payload::Text(text) = envelope.message else {
+        return Err(Error::PayloadType {
+            kind: kind.as_str(),
+            expected: "a string \"MID:SERIAL:BODY\"",
+        }
+        .into());
+    };
+    let (header, body) = Header::parse(&text)?;
+    match parse_body(body)
+        .and_then(|map| normalize(map, &header.serial))
+        .and_then(Update::from_normalized)
+    {
+        Ok(update) => Ok(DeviceMessage {
+            kind,
+            header,
+            update,
+        }),
+        Err(error) => Err(Rejection {
+            header: Some(header),
+            error,
+        }),
     }
 }
 

@@ -159,20 +159,14 @@ pub(crate) fn json_ws(b: &[u8], mut i: usize) -> usize {
 
 /// Index of the first `quote`, backslash or control byte, eight bytes at a time (frames are short, so
 /// this beats a vectorized search, whose setup costs more than the scan).
-#[allow(
-    clippy::inline_always,
-    reason = "hot path; callgrind counts rise without it"
-)]
+#[allow(clippy::inline_always, reason = "hot path, measured")]
 #[inline(always)]
 pub(crate) fn find_special(b: &[u8], quote: u8) -> Option<usize> {
     find_special2(b, quote, quote)
 }
 
 /// [`find_special`] for either of two quotes.
-#[allow(
-    clippy::inline_always,
-    reason = "hot path; callgrind counts rise without it"
-)]
+#[allow(clippy::inline_always, reason = "hot path, measured")]
 #[inline(always)]
 fn find_special2(b: &[u8], quote: u8, other: u8) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -291,10 +285,7 @@ pub(crate) enum Quoting {
 
 impl Quoting {
     /// The index of the first byte from `i` on that is not whitespace here.
-    #[allow(
-        clippy::inline_always,
-        reason = "hot path; callgrind counts rise without it"
-    )]
+    #[allow(clippy::inline_always, reason = "hot path, measured")]
     #[inline(always)]
     fn ws(self, b: &[u8], mut i: usize) -> usize {
         if self == Quoting::Plain {
@@ -352,10 +343,8 @@ const PLAIN: u8 = 0;
 const ESCAPED: u8 = 1;
 const IN_SINGLE_QUOTES: u8 = 2;
 
-#[allow(
-    clippy::inline_always,
-    reason = "hot path; callgrind counts rise without it"
-)]
+/// [`scan_flat`] for the quoting `Q` (one of the three constants above).
+#[allow(clippy::inline_always, reason = "hot path, measured")]
 #[inline(always)]
 fn scan_flat_as<const Q: u8>(s: &str, from: usize, sink: &mut impl FlatSink) -> Option<usize> {
     let quoting = match Q {
@@ -395,10 +384,7 @@ fn scan_flat_as<const Q: u8>(s: &str, from: usize, sink: &mut impl FlatSink) -> 
 /// The inside of an unescaped string whose opening quote starts at `i` (as the range `start..end`), and
 /// the index after its closing quote; `None` for anything else (escapes, control bytes, no string there).
 /// `start` follows an ASCII quote and `end` holds one: both are char boundaries.
-#[allow(
-    clippy::inline_always,
-    reason = "hot path; callgrind counts rise without it"
-)]
+#[allow(clippy::inline_always, reason = "hot path, measured")]
 #[inline(always)]
 fn flat_str(s: &str, i: usize, quoting: Quoting) -> Option<(usize, usize, usize)> {
     let b = s.as_bytes();
@@ -418,10 +404,7 @@ fn flat_str(s: &str, i: usize, quoting: Quoting) -> Option<(usize, usize, usize)
 }
 
 /// An unescaped string, a number, `true`, `false` or `null` at `i`, and the index after it.
-#[allow(
-    clippy::inline_always,
-    reason = "hot path; callgrind counts rise without it"
-)]
+#[allow(clippy::inline_always, reason = "hot path, measured")]
 #[inline(always)]
 fn flat_scalar(s: &str, i: usize, quoting: Quoting) -> Option<(Value, usize)> {
     let b = s.as_bytes();
@@ -448,10 +431,7 @@ const POW10: [f64; 16] = [
 ///
 /// The usual short integers and decimals are read in one pass here; anything longer, or with an
 /// exponent, by [`json_number_full`].
-#[allow(
-    clippy::inline_always,
-    reason = "hot path; callgrind counts rise without it"
-)]
+#[allow(clippy::inline_always, reason = "hot path, measured")]
 #[inline(always)]
 fn json_number(s: &str, start: usize) -> Option<(Value, usize)> {
     let b = s.as_bytes();

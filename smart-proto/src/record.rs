@@ -474,10 +474,7 @@ impl FieldKind {
 
     /// Turn `value` into its canonical type in place; `false` (and `value` untouched) if it has the
     /// wrong type. Values already in canonical form, the common case, are left as they are.
-    #[allow(
-        clippy::inline_always,
-        reason = "hot path; callgrind counts rise without it"
-    )]
+    #[allow(clippy::inline_always, reason = "hot path, measured")]
     #[inline(always)]
     fn coerce(self, value: &mut Value) -> bool {
         match (self, &*value) {
@@ -518,10 +515,7 @@ impl FieldKind {
 
 /// A number that [`number_value`] would give back unchanged: an integer below 2^53 in magnitude, or a
 /// float with a fraction.
-#[allow(
-    clippy::inline_always,
-    reason = "hot path; callgrind counts rise without it"
-)]
+#[allow(clippy::inline_always, reason = "hot path, measured")]
 #[inline(always)]
 fn is_canonical_number(n: &Number) -> bool {
     match n.as_i64() {
@@ -735,6 +729,10 @@ impl fmt::Debug for Update {
 pub(crate) struct FastFields(Vec<Field>);
 
 impl FastFields {
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+
     pub(crate) fn into_update(self) -> Update {
         Update {
             fields: self.0,

@@ -132,7 +132,18 @@ impl Session<'_> {
         let mut reading = true;
         let mut close = None;
         loop {
-            match tokio::time::timeout(WRITE_TIMEOUT, self.send_ready(ws, &mut replies)).await {
+            // Most turns of this loop (a frame just arrived) have nothing to send: skip the timer.
+            let sendable = match replies.front() {
+                Some(Reply::Ready(_)) => true,
+                Some(Reply::Waiting { ordinal, .. }) => *ordinal <= self.acks.answered(),
+                None => false,
+            };
+            let sent = if sendable {
+                tokio::time::timeout(WRITE_TIMEOUT, self.send_ready(ws, &mut replies)).await
+            } else {
+                Ok(Ok(()))
+            };
+            match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     debug!(%e, "device socket write failed");

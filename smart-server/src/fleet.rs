@@ -42,7 +42,7 @@ impl Device {
     ///
     /// Through `Record`'s `Serialize` (the same text as `Record::write_json`, checked by
     /// `init_frame_matches_write_init`) into bytes: `write_json` goes through a `String` writer that
-    /// re-validates every chunk serde_json hands it, measured at about 3 % of the server's CPU at 100
+    /// re-validates every chunk `serde_json` hands it, measured at about 3 % of the server's CPU at 100
     /// devices; validating the finished text once is a fraction of that.
     fn reserialize(&mut self, scratch: &mut Vec<u8>) {
         scratch.clear();

@@ -450,8 +450,9 @@ impl Writer {
             if batch.len() * 2 < last_batch {
                 // Much less than last time: the sessions that make up the rest are probably waiting
                 // for a CPU (two cores, shared). Letting them run first costs a `sched_yield`
-                // and saves a whole commit (measured: about 60 µs of CPU per `write` +
-                // `fdatasync` here); with one device, or an idle CPU, it changes nothing.
+                // and saves a whole commit (measured: 50–100 µs of CPU for `write` +
+                // `fdatasync` and their wake-ups here); with one device, or an idle CPU, it changes
+                // nothing.
                 thread::yield_now();
                 drain(&mut rx, &mut batch);
             }
