@@ -328,6 +328,22 @@ fn bench_filt_eval(c: &mut Criterion) {
             ],
         ),
     ];
+    // The baseline must do the same job: same devices, same order.
+    let typed = Query::parse(queries[1].1).expect("bench queries are valid");
+    let typed: Vec<&str> = typed
+        .apply(&records)
+        .iter()
+        .map(|r| r.serial_number.as_str())
+        .collect();
+    let naive: Vec<&str> = naive_eval(&maps, 300.0, "battery")
+        .iter()
+        .filter_map(|m| m.get("serial_number").and_then(Value::as_str))
+        .collect();
+    assert_eq!(
+        typed, naive,
+        "naive evaluation differs from the typed query"
+    );
+
     let mut group = c.benchmark_group("filt_eval_10k");
     group.throughput(Throughput::Elements(records.len() as u64));
     group.bench_function("naive_json_maps/numeric_sort_desc", |b| {

@@ -21,9 +21,7 @@ use serde_json::{Map, Value};
 use crate::body::{Quoting, scan_flat};
 use crate::envelope::{Payload, scan_envelope};
 use crate::record::FastFields;
-use crate::{
-    Error, Header, Kind, Query, Record, Result, Update, normalize, parse_body, parse_envelope,
-};
+use crate::{Error, Header, Kind, Query, Record, Result, Update, parse_body, parse_envelope};
 
 /// Welcome text sent to devices on connect (exact, devices look for it).
 ///
@@ -178,9 +176,7 @@ fn typed_message(
     header: Header,
     fields: Result<Map<String, Value>>,
 ) -> Result<DeviceMessage, Rejection> {
-    let update = fields
-        .and_then(|map| normalize(map, &header.serial))
-        .and_then(Update::from_normalized);
+    let update = fields.and_then(|map| crate::normalize::normalized_update(map, &header.serial));
     match update {
         Ok(update) => Ok(DeviceMessage {
             kind,

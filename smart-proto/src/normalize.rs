@@ -26,7 +26,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::{Error, Result, Serial};
+use crate::{Error, Result, Serial, Update};
 
 /// Runtime keys of the reference device that are not device state.
 ///
@@ -144,6 +144,22 @@ pub fn normalize(body: Map<String, Value>, serial: &Serial) -> Result<Normalized
     if !body.keys().any(|k| needs_work(k)) {
         return Ok(Normalized(body));
     }
+    Ok(Normalized(
+        normalized_entries(body, serial)?.into_iter().collect(),
+    ))
+}
+
+/// The rules applied to a body, typed ([`Update::from_normalized`] without the map in between).
+pub(crate) fn normalized_update(body: Map<String, Value>, serial: &Serial) -> Result<Update> {
+    if !body.keys().any(|k| needs_work(k)) {
+        return Update::from_normalized(Normalized(body));
+    }
+    Update::from_entries(normalized_entries(body, serial)?)
+}
+
+/// The rules, as a list of entries with unique keys, in the body's order (which stripping may have
+/// broken: `_x` sorts before `a`, `x` after it).
+fn normalized_entries(body: Map<String, Value>, serial: &Serial) -> Result<Vec<(String, Value)>> {
     // Decide on the borrowed map (rule 2 needs lookups), then move the entries out in the same order.
     // Only `x` and `_x` can collide after stripping (`_x` and `__x` become `x` and `_x`), so after this
     // filter no two kept keys share a name.
@@ -154,7 +170,7 @@ pub fn normalize(body: Map<String, Value>, serial: &Serial) -> Result<Normalized
             None => true,
         })
         .collect();
-    let mut out = Map::new();
+    let mut out = Vec::with_capacity(body.len());
     let mut body_serial = None;
     for ((mut key, value), keep) in body.into_iter().zip(keep) {
         if !keep {
@@ -166,7 +182,7 @@ pub fn normalize(body: Map<String, Value>, serial: &Serial) -> Result<Normalized
         if key == "serial_number" {
             body_serial = Some(value);
         } else if !is_dropped(&key) {
-            out.insert(key, value);
+            out.push((key, value));
         }
     }
     if let Some(value) = body_serial {
@@ -182,7 +198,7 @@ pub fn normalize(body: Map<String, Value>, serial: &Serial) -> Result<Normalized
             return Err(mismatch(serial, &text));
         }
     }
-    Ok(Normalized(out))
+    Ok(out)
 }
 
 fn mismatch(serial: &Serial, body: &str) -> Error {
@@ -320,6 +336,64 @@ mod tests {
             json!({"power_consumption": 357})
         );
         assert_eq!(norm(json!({}), "0001").unwrap(), json!({}));
+    }
+
+    /// The device path types the normalized entries without building the normalized map first.
+    fn both_ways(body: &Value, serial: &str) -> (Result<Update>, Result<Update>) {
+        let Value::Object(map) = body.clone() else {
+            panic!("not an object")
+        };
+        let serial = Serial::new(serial).unwrap();
+        let direct = normalized_update(map.clone(), &serial);
+        let via_map = normalize(map, &serial).and_then(Update::from_normalized);
+        (direct, via_map)
+    }
+
+    #[test]
+    fn typing_without_the_map_agrees() {
+        for body in [
+            json!({"_power_income": "x", "battery": "y"}),
+            json!({"_power_income": "x", "zz": 1, "_battery": 2}),
+            json!({"_z": 1, "a": 2, "_a": 3, "__b": 4, "tasks": 5, "serial_number": "0001"}),
+            json!({"serial_number": 2, "_battery": 1}),
+            json!({"_postcode": 8020, "_pv_connectors": 2.0, "owner": "x", "_online": true}),
+            json!({"battery": 1}),
+            json!({}),
+        ] {
+            let (direct, via_map) = both_ways(&body, "0001");
+            assert_eq!(direct, via_map, "{body}");
+        }
+        let (direct, _) = both_ways(&json!({"_power_income": "x", "battery": "y"}), "1");
+        assert!(
+            direct
+                .unwrap_err()
+                .to_string()
+                .starts_with("field \"battery\"")
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn typing_without_the_map_agrees_on_any_body(
+            entries in proptest::collection::vec(
+                (
+                    "_{0,2}(battery|power_income|country|postcode|pv_connectors|tasks|online|serial_number|[a-z]{1,3})",
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(json!(1)),
+                        proptest::strategy::Just(json!(2.5)),
+                        proptest::strategy::Just(json!("7")),
+                        proptest::strategy::Just(json!("x")),
+                        proptest::strategy::Just(json!(null)),
+                        proptest::strategy::Just(json!([1])),
+                    ],
+                ),
+                0..8,
+            ),
+        ) {
+            let body = Value::Object(entries.into_iter().collect());
+            let (direct, via_map) = both_ways(&body, "7");
+            proptest::prop_assert_eq!(direct, via_map, "{}", body);
+        }
     }
 
     #[test]

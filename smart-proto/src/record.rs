@@ -596,8 +596,29 @@ impl Update {
 
     /// Coerces each value in place; the text of a wrong value is only written for the error.
     fn coerce(map: Map<String, Value>) -> Result<Update> {
-        let mut fields: Vec<Field> = Vec::with_capacity(map.len());
-        for (key, mut value) in map {
+        let len = map.len();
+        let mut update = Update::coerce_in_order(map, len)?;
+        // In key order already, unless serde_json's `preserve_order` kept the order sent.
+        if !update.fields.is_sorted_by(|a, b| a.0 < b.0) {
+            update.fields.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(update)
+    }
+
+    /// [`Update::coerce`] for normalized entries in any order, with unique keys.
+    pub(crate) fn from_entries(mut entries: Vec<(String, Value)>) -> Result<Update> {
+        // Sorted first, so that a type error names the first bad field in key order, as for a map.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let len = entries.len();
+        Update::coerce_in_order(entries, len)
+    }
+
+    fn coerce_in_order(
+        entries: impl IntoIterator<Item = (String, Value)>,
+        len: usize,
+    ) -> Result<Update> {
+        let mut fields: Vec<Field> = Vec::with_capacity(len);
+        for (key, mut value) in entries {
             let kind = FieldKind::of(&key);
             if kind == FieldKind::Reserved {
                 // Normalization already removed these; a device may not set them in any case.
@@ -611,10 +632,6 @@ impl Update {
                 });
             }
             fields.push((Cow::Owned(key), value));
-        }
-        // In key order already, unless serde_json's `preserve_order` kept the order sent.
-        if !fields.is_sorted_by(|a, b| a.0 < b.0) {
-            fields.sort_by(|a, b| a.0.cmp(&b.0));
         }
         Ok(Update {
             fields,
