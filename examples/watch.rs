@@ -47,24 +47,7 @@ struct Args {
 }
 
 /// The known fields in the order of PROTOCOL.md §6; extra fields follow in key order.
-const KNOWN: [&str; 16] = [
-    "serial_number",
-    "software_version",
-    "country",
-    "postcode",
-    "solmate_version",
-    "power_income",
-    "power_inject",
-    "power_consumption",
-    "battery",
-    "capacity",
-    "pv_connectors",
-    "local_time",
-    "owner",
-    "manufacturing_date",
-    "last_status_update",
-    "online",
-];
+const KNOWN: [&str; 16] = Record::FIELDS;
 
 fn main() -> Result<()> {
     let args = Args::parse();
