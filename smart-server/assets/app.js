@@ -531,6 +531,8 @@ function setStatus(status) {
   connEl.dataset.state = status;
   renderStatusText();
   document.body.classList.toggle('disconnected', status === 'offline');
+  // Together with the status pill, not a frame later: the two must never disagree.
+  $('stale-badge').hidden = !(state.hadInit && status === 'offline');
   markDirty('summary');
 }
 
