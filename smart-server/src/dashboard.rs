@@ -13,7 +13,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::device::{End, finish};
 use crate::fleet::Records;
@@ -105,12 +105,15 @@ where
                         }
                         Err(e) => {
                             Metrics::inc(&shared.metrics.queries_rejected);
+                            info!(reason = %e, "dashboard query rejected");
                             let reply = ServerMessage::Error { header: None, reason: e.to_string() };
                             out.push(Message::Text(reply.to_frame().into()));
                         }
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
+                    Metrics::inc(&shared.metrics.queries_rejected);
+                    info!("dashboard query rejected: binary frame");
                     let reply = ServerMessage::Error {
                         header: None,
                         reason: "binary frames are not accepted: send FILT as a text frame".to_owned(),

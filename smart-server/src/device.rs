@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::hub::Change;
 use crate::metrics::{Metrics, RejectClass};
@@ -174,6 +174,7 @@ impl Session<'_> {
                     Some(Ok(Message::Text(text))) => replies.push_back(self.handle(&text)),
                     Some(Ok(Message::Binary(_))) => {
                         self.shared.metrics.reject(RejectClass::Binary);
+                        info!("device message rejected: binary frame");
                         let reply = ServerMessage::Error {
                             header: None,
                             reason: "binary frames are not accepted: send the JSON envelope as a text frame".to_owned(),
@@ -333,9 +334,13 @@ impl Session<'_> {
     }
 
     fn reject(&self, rejection: &Rejection) -> Reply {
-        self.shared
-            .metrics
-            .reject(RejectClass::of(&rejection.error));
+        let class = RejectClass::of(&rejection.error);
+        self.shared.metrics.reject(class);
+        if let Some(header) = &rejection.header {
+            info!(%header, reason = %rejection.error, "device message rejected");
+        } else {
+            info!(reason = %rejection.error, "device message rejected");
+        }
         Reply::Ready(rejection.reply().into())
     }
 
