@@ -4,45 +4,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 
 use common::*;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Connections opened for the measurement (the client side lives in this process).
 const CONNECTIONS: usize = 2000;
 /// Target from the issue.
 const BUDGET: usize = 16 * 1024;
-
-async fn spawn(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smart-server"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let stdout = child.stdout.take().unwrap();
-    tokio::time::timeout(TIMEOUT, BufReader::new(stdout).read_line(&mut line))
-        .await
-        .unwrap()
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    (child, addr)
-}
 
 /// Resident set of a process, in bytes.
 fn rss(pid: u32) -> usize {
@@ -66,7 +36,7 @@ async fn idle_device_connections_stay_small() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (child, addr) = spawn(dir.path()).await;
+    let (child, addr) = spawn_binary(dir.path()).await;
     let pid = child.id().unwrap();
 
     // Warm up: the first connections allocate runtime and store structures once.

@@ -290,3 +290,35 @@ pub async fn record(server: &TestServer, serial: &str) -> Value {
     assert_eq!(res.status, 200, "{}", res.body);
     res.json()
 }
+
+/// Start the real `smart-server` binary on 127.0.0.1 port 0 with `dir` as its data dir; returns the
+/// child (killed on drop) and the address from its first stdout line.
+pub async fn spawn_binary(dir: &Path) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    (child, addr)
+}
