@@ -63,6 +63,16 @@ pub struct Config {
     #[arg(long, env = "SMART_DASHBOARD_CONFLATE", default_value_t = 4096)]
     pub dashboard_conflate: usize,
 
+    /// Largest record (its JSON, as stored) a device may grow to; a message that would make it larger
+    /// gets ERROR and is not stored. Far below the write-ahead log's frame limit (64 MiB).
+    #[arg(long, env = "SMART_MAX_RECORD_BYTES", default_value_t = 262_144)]
+    pub max_record_bytes: usize,
+
+    /// Most extra fields (keys outside PROTOCOL.md §6's table) one device record may hold; a message
+    /// that would add more gets ERROR and is not stored.
+    #[arg(long, env = "SMART_MAX_EXTRAS", default_value_t = 256)]
+    pub max_extras: usize,
+
     /// Messages one device connection may have waiting for their ack before the server stops reading
     /// from it.
     #[arg(long, env = "SMART_MAX_IN_FLIGHT", default_value_t = 256)]
@@ -92,6 +102,8 @@ impl Config {
             dashboard_queue: 1024,
             dashboard_conflate: 4096,
             max_in_flight: 256,
+            max_record_bytes: 262_144,
+            max_extras: 256,
             shutdown_grace_secs: 10,
         }
     }
@@ -113,6 +125,8 @@ mod tests {
         assert_eq!(parsed.max_connections, tests.max_connections);
         assert_eq!(parsed.dashboard_queue, tests.dashboard_queue);
         assert_eq!(parsed.max_in_flight, tests.max_in_flight);
+        assert_eq!(parsed.max_record_bytes, tests.max_record_bytes);
+        assert_eq!(parsed.max_extras, tests.max_extras);
     }
 
     #[test]

@@ -18,11 +18,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::hub::Change;
+use crate::acks::{Ack, AckQueue, AckTicket, Refusal};
+use crate::ingest::{Job, Write};
 use crate::metrics::{Metrics, RejectClass};
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
-use crate::store::{Ack, AckQueue, AckTicket, Job, Write};
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -252,26 +252,35 @@ impl Session<'_> {
             return;
         };
         let metrics = &self.shared.metrics;
-        let frame = if ack.is_ok() {
-            Metrics::inc(&metrics.acks);
-            Metrics::inc(if kind == Kind::Init {
-                &metrics.accepted_init
-            } else {
-                &metrics.accepted_updt
-            });
-            ServerMessage::Ok(header).to_frame()
-        } else {
-            metrics.reject(RejectClass::Storage);
-            ServerMessage::Error {
-                header: Some(header),
-                reason: "not stored: the store failed to make it durable".to_owned(),
+        let frame = match ack {
+            Ok(()) => {
+                Metrics::inc(&metrics.acks);
+                Metrics::inc(if kind == Kind::Init {
+                    &metrics.accepted_init
+                } else {
+                    &metrics.accepted_updt
+                });
+                ServerMessage::Ok(header).to_frame()
             }
-            .to_frame()
+            Err(refusal) => {
+                metrics.reject(match refusal {
+                    Refusal::Store => RejectClass::Storage,
+                    Refusal::RecordTooLarge { .. } | Refusal::TooManyExtras { .. } => {
+                        RejectClass::Limit
+                    }
+                });
+                info!(%header, reason = %refusal, "device message refused");
+                ServerMessage::Error {
+                    header: Some(header),
+                    reason: refusal.to_string(),
+                }
+                .to_frame()
+            }
         };
         replies.push_front(Reply::Ready(frame.into()));
     }
 
-    /// Parse, apply and queue one text frame; the reply it is owed.
+    /// Parse one text frame and queue it for the writer; the reply it is owed.
     fn handle(&mut self, text: &str) -> Reply {
         let message = match smart_proto::parse_device_message(text) {
             Ok(message) => message,
@@ -279,57 +288,35 @@ impl Session<'_> {
         };
         let shared = self.shared;
         let serial = &message.header.serial;
-        let attach = !self.attached.contains(serial);
+        if let Err(e) = shared.fleet.admit(serial) {
+            shared.metrics.reject(RejectClass::Unregistered);
+            info!(header = %message.header, reason = %e, "device message rejected");
+            let reply = ServerMessage::Error {
+                header: Some(message.header),
+                reason: e.to_string(),
+            };
+            return Reply::Ready(reply.to_frame().into());
+        }
         let ordinal = self.submitted + 1;
-        let acks = &self.acks;
-        let listening = shared.hub.has_listeners();
-        let header = &message.header;
-        let applied = shared
-            .fleet
-            .apply(serial, &message.update, now(), attach, |applied| {
-                // Under the fleet lock: queue in the order updates were applied, so the store and the
-                // dashboards never see two updates of one device swapped.
-                // A new device's full record already says it is online.
-                if applied.came_online && !applied.created && listening {
-                    shared
-                        .committer
-                        .submit(Job::Publish(Arc::new(Change::online(serial.clone(), true))));
-                }
-                let change = listening.then(|| {
-                    let body = if applied.created {
-                        applied.record.to_map()
-                    } else {
-                        applied.changed
-                    };
-                    Arc::new(Change::new(header.clone(), body))
-                });
-                shared.committer.submit(Job::Write(Write {
-                    serial: serial.clone(),
-                    json: applied.json,
-                    ack: AckTicket::new(Arc::clone(acks), ordinal),
-                    change,
-                }));
-            });
-        match applied {
-            Ok(()) => {
-                if attach {
-                    self.attached.push(serial.clone());
-                }
-                self.submitted = ordinal;
-                Reply::Waiting {
-                    header: message.header,
-                    kind: message.kind,
-                    ordinal,
-                }
-            }
-            Err(e) => {
-                shared.metrics.reject(RejectClass::Unregistered);
-                let reply = ServerMessage::Error {
-                    header: Some(message.header),
-                    reason: e.to_string(),
-                };
-                Reply::Ready(reply.to_frame().into())
-            }
+        let job = Job::Write(Box::new(Write {
+            header: message.header.clone(),
+            update: message.update,
+            now: now(),
+            ack: AckTicket::new(Arc::clone(&self.acks), ordinal),
+        }));
+        if self.attached.contains(serial) {
+            shared.ingest.submit(job);
+        } else {
+            // The first message of this connection for the serial: counted under the same lock
+            // that queues the device's "offline", so the two can never be queued swapped.
+            shared.fleet.attach(serial, || shared.ingest.submit(job));
+            self.attached.push(serial.clone());
+        }
+        self.submitted = ordinal;
+        Reply::Waiting {
+            header: message.header,
+            kind: message.kind,
+            ordinal,
         }
     }
 
@@ -348,15 +335,10 @@ impl Session<'_> {
     fn detach_all(&mut self) {
         let shared = self.shared;
         for serial in self.attached.drain(..) {
-            shared.fleet.detach(&serial, |went_offline| {
-                if went_offline && shared.hub.has_listeners() {
-                    // Through the writer, so it is published after this device's pending writes.
-                    shared
-                        .committer
-                        .submit(Job::Publish(Arc::new(Change::online(
-                            serial.clone(),
-                            false,
-                        ))));
+            shared.fleet.detach(&serial, |last| {
+                if last {
+                    // Through the writer, so it is applied after this device's pending writes.
+                    shared.ingest.submit(Job::Offline(serial.clone()));
                 }
             });
         }

@@ -13,12 +13,14 @@
 //! # }
 //! ```
 
+mod acks;
 mod config;
 mod dashboard;
 mod device;
 mod fleet;
 mod http;
 mod hub;
+mod ingest;
 mod metrics;
 mod server;
 mod shutdown;

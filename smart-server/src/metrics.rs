@@ -29,10 +29,12 @@ pub(crate) enum RejectClass {
     Unregistered,
     /// The store failed to make the write durable.
     Storage,
+    /// The record would break `--max-record-bytes` or `--max-extras`.
+    Limit,
 }
 
 impl RejectClass {
-    const ALL: [RejectClass; 10] = [
+    const ALL: [RejectClass; 11] = [
         RejectClass::Envelope,
         RejectClass::Kind,
         RejectClass::Header,
@@ -43,6 +45,7 @@ impl RejectClass {
         RejectClass::Oversize,
         RejectClass::Unregistered,
         RejectClass::Storage,
+        RejectClass::Limit,
     ];
 
     fn label(self) -> &'static str {
@@ -57,6 +60,7 @@ impl RejectClass {
             RejectClass::Oversize => "oversize",
             RejectClass::Unregistered => "unregistered",
             RejectClass::Storage => "storage",
+            RejectClass::Limit => "limit",
         }
     }
 

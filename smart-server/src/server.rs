@@ -17,17 +17,18 @@ use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::http;
 use crate::hub::{Hub, Limits};
+use crate::ingest::{Ingest, RecordLimits};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Tracker};
-use crate::store::{Committer, Store};
+use crate::store::Store;
 
 /// State every connection shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub config: Config,
-    pub fleet: Fleet,
+    pub fleet: Arc<Fleet>,
     pub hub: Arc<Hub>,
-    pub committer: Committer,
+    pub ingest: Ingest,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     /// Open websocket connections (for `--max-connections`).
@@ -75,9 +76,22 @@ impl Server {
             conflate: config.dashboard_conflate.max(1),
         };
         let hub = Arc::new(Hub::new(limits, Arc::clone(&metrics)));
-        let committer =
-            Committer::start(Arc::clone(&store), Arc::clone(&hub), Arc::clone(&metrics))?;
-        let fleet = Fleet::new(config.owner.clone(), config.registration, records);
+        let fleet = Arc::new(Fleet::new(
+            config.owner.clone(),
+            config.registration,
+            records,
+        ));
+        let ingest = Ingest::start(
+            Arc::clone(&store),
+            Arc::clone(&fleet),
+            Arc::clone(&hub),
+            &metrics,
+            RecordLimits {
+                max_bytes: config.max_record_bytes,
+                max_extras: config.max_extras,
+            },
+        )
+        .context("starting the store writer")?;
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -88,7 +102,7 @@ impl Server {
             config,
             fleet,
             hub,
-            committer,
+            ingest,
             store,
             metrics,
             sockets: AtomicUsize::new(0),
@@ -159,7 +173,7 @@ impl Server {
                 "connections still open after the grace period; closing anyway"
             );
         }
-        shared.committer.stop().await;
+        shared.ingest.stop().await;
         let store = Arc::clone(&shared.store);
         tokio::task::spawn_blocking(move || store.flush())
             .await

@@ -3,11 +3,9 @@
 //! Layout of `--data-dir`: `sled/` holds the latest record of every device (key: serial, value: the
 //! record's JSON); `wal/` holds the write-ahead log of what sled may not have yet (see [`crate::wal`]).
 //!
-//! One writer thread owns every write. Device sessions hand it [`Job`]s over an unbounded channel (the
-//! bound is upstream: each connection may only have `--max-in-flight` messages waiting). The writer
-//! takes everything that is waiting, appends it to the log with one `write`, makes it durable with
-//! one `fdatasync`, and only then answers each job, in arrival order. A batch costs one sync whatever
-//! its size: the more devices send at once, the more writes each sync covers.
+//! One writer thread ([`crate::ingest`]) owns every write. Through [`Log::commit`] it appends a whole
+//! batch of records to the log with one `write` and makes it durable with one `fdatasync`. A batch
+//! costs one sync whatever its size: the more devices send at once, the more writes each sync covers.
 //!
 //! sled is off the hot path: the writer only remembers the latest record of each device written
 //! since the last checkpoint. About once a second it starts a new log segment and hands that set to
@@ -19,25 +17,18 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use futures_util::task::AtomicWaker;
 use smart_proto::{Record, Serial};
 use thiserror::Error;
-use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::hub::{Change, Hub};
 use crate::metrics::Metrics;
 use crate::wal::{self, Wal};
 
-/// Largest number of jobs one group commit takes: bounds the latency a huge backlog adds to the
-/// first job of the next batch.
-const MAX_BATCH: usize = 4096;
 /// How often sled is flushed and the log truncated.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// A log segment this large is checkpointed without waiting for the interval.
@@ -214,204 +205,17 @@ fn record_key(payload: &[u8]) -> Option<String> {
         .map(|k| k.serial_number)
 }
 
-/// The result a device session gets for one write: durable, or not stored.
-pub(crate) type Ack = Result<(), StoreFailed>;
-
-/// The write was not made durable.
+/// The group commit failed: nothing of it will ever be replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("the store could not make the update durable")]
 pub(crate) struct StoreFailed;
 
-/// One record write waiting for the next group commit.
-#[derive(Debug)]
-pub(crate) struct Write {
-    /// Key.
-    pub serial: Serial,
-    /// The full record after the update, as stored and served.
-    pub json: Arc<str>,
-    /// Answered once the write is durable (or failed); a dropped ticket answers "failed".
-    pub ack: AckTicket,
-    /// What dashboards see once the write is durable (`None` when no dashboard was listening).
-    pub change: Option<Arc<Change>>,
-}
-
-/// A device session's commit results.
-///
-/// Why not a oneshot channel per message: that is an allocation and a channel per write, and a
-/// session only needs to know how far, in its own submission order, its writes are answered. The
-/// writer answers the writes of one session in submission order (one FIFO channel, batches taken in
-/// order), so one monotonic counter says it; failures (rare) are listed by ordinal.
-#[derive(Debug, Default)]
-pub(crate) struct AckQueue {
-    /// Highest ordinal answered; every lower ordinal is answered too.
-    answered: AtomicU64,
-    /// Whether `failed` may hold something (keeps the lock off the common path).
-    any_failed: AtomicBool,
-    /// Ordinals answered with a failure and not yet taken by the session.
-    failed: std::sync::Mutex<Vec<u64>>,
-    waker: AtomicWaker,
-}
-
-impl AckQueue {
-    /// Highest ordinal answered so far.
-    pub(crate) fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Acquire)
-    }
-
-    /// Resolves once `ordinal` is answered, with the highest ordinal answered.
-    pub(crate) fn poll_answered(&self, ordinal: u64, cx: &mut Context<'_>) -> Poll<u64> {
-        let answered = self.answered();
-        if answered >= ordinal {
-            return Poll::Ready(answered);
-        }
-        self.waker.register(cx.waker());
-        // An answer racing with the registration would have found no waker to wake.
-        let answered = self.answered();
-        if answered >= ordinal {
-            Poll::Ready(answered)
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// The result of the answered write `ordinal` (taking its failure mark, if any).
-    pub(crate) fn result(&self, ordinal: u64) -> Ack {
-        if !self.any_failed.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut failed = self
-            .failed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match failed.iter().position(|&o| o == ordinal) {
-            Some(i) => {
-                failed.swap_remove(i);
-                Err(StoreFailed)
-            }
-            None => Ok(()),
-        }
-    }
-}
-
-/// The writer's duty to answer one write of a session.
-#[derive(Debug)]
-pub(crate) struct AckTicket {
-    queue: Arc<AckQueue>,
-    ordinal: u64,
-    settled: bool,
-}
-
-impl AckTicket {
-    /// The ticket for the session's write number `ordinal` (1, 2, 3, … in submission order).
-    pub(crate) fn new(queue: Arc<AckQueue>, ordinal: u64) -> AckTicket {
-        AckTicket {
-            queue,
-            ordinal,
-            settled: false,
-        }
-    }
-
-    /// Answer the write and wake its session.
-    pub(crate) fn answer(mut self, ack: Ack) {
-        self.settle(ack);
-    }
-
-    fn settle(&mut self, ack: Ack) {
-        if self.settled {
-            return;
-        }
-        self.settled = true;
-        let queue = &self.queue;
-        if ack.is_err() {
-            // Listed before the counter moves: a session that sees the ordinal answered sees this.
-            queue
-                .failed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(self.ordinal);
-            queue.any_failed.store(true, Ordering::Release);
-        }
-        queue.answered.fetch_max(self.ordinal, Ordering::AcqRel);
-        // Several answers for one session in a batch: only the first finds a waker to wake.
-        queue.waker.wake();
-    }
-}
-
-impl Drop for AckTicket {
-    /// A write the writer never got to (it stopped) was not stored.
-    fn drop(&mut self) {
-        self.settle(Err(StoreFailed));
-    }
-}
-
-/// What the writer thread does, in channel order.
-#[derive(Debug)]
-pub(crate) enum Job {
-    /// Store a record.
-    Write(Write),
-    /// Publish a change that has nothing to store (online/offline), ordered after earlier writes.
-    Publish(Arc<Change>),
-    /// Finish what is queued, checkpoint and exit.
-    Stop,
-}
-
-/// Handle to the writer thread.
-#[derive(Debug)]
-pub(crate) struct Committer {
-    tx: mpsc::UnboundedSender<Job>,
-    thread: std::sync::Mutex<Option<thread::JoinHandle<()>>>,
-}
-
-impl Committer {
-    /// Start the writer thread (and its checkpoint thread).
-    pub(crate) fn start(
-        store: Arc<Store>,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Committer, StoreError> {
-        let log = Wal::create(&store.wal_dir, store.first_segment)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let thread = thread::Builder::new()
-            .name("smart-store-writer".to_owned())
-            .spawn(move || Writer::new(store, hub, metrics, log).run(rx))?;
-        Ok(Committer {
-            tx,
-            thread: std::sync::Mutex::new(Some(thread)),
-        })
-    }
-
-    /// Queue a job. Never blocks. Jobs sent after the writer stopped are dropped, which their ack
-    /// senders report as a failure to the waiting session.
-    pub(crate) fn submit(&self, job: Job) {
-        if self.tx.send(job).is_err() {
-            debug!("store writer gone; job dropped");
-        }
-    }
-
-    /// Finish every queued job, checkpoint and wait for the writer thread to exit.
-    pub(crate) async fn stop(&self) {
-        self.submit(Job::Stop);
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            match tokio::task::spawn_blocking(move || handle.join()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => error!("store writer panicked"),
-                Err(e) => error!(%e, "joining the store writer failed"),
-            }
-        }
-    }
-}
-
-/// The writer thread's state.
-struct Writer {
+/// The storage side of the writer thread: the log segment being appended, and the latest record of
+/// every device written since the last checkpoint. Owned by the writer thread ([`crate::ingest`]).
+pub(crate) struct Log {
     store: Arc<Store>,
-    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    log: Wal,
+    wal: Wal,
     /// The frames of the batch being committed (reused).
     frames: Vec<u8>,
     /// Latest record of every device written since the last checkpoint.
@@ -420,93 +224,49 @@ struct Writer {
     checkpoints: Checkpoints,
 }
 
-impl Writer {
-    fn new(store: Arc<Store>, hub: Arc<Hub>, metrics: Arc<Metrics>, log: Wal) -> Writer {
+impl Log {
+    /// Continue the log where [`Store::open`] left it, and start the checkpoint thread.
+    pub(crate) fn start(store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Log, StoreError> {
+        let log = Wal::create(&store.wal_dir, store.first_segment)?;
         let checkpoints = Checkpoints::start(Arc::clone(&store));
-        Writer {
+        Ok(Log {
             store,
-            hub,
             metrics,
-            log,
+            wal: log,
             frames: Vec::with_capacity(64 * 1024),
             dirty: HashMap::new(),
             last_checkpoint: Instant::now(),
             checkpoints,
-        }
+        })
     }
 
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
-        let mut batch: Vec<Job> = Vec::with_capacity(256);
-        let mut changes: Vec<Arc<Change>> = Vec::with_capacity(256);
-        let mut stopping = false;
-        // Size of the previous batch.
-        let mut last_batch = 0;
-        while !stopping {
-            let Some(first) = rx.blocking_recv() else {
-                break;
-            };
-            batch.push(first);
-            drain(&mut rx, &mut batch);
-            if batch.len() * 2 < last_batch {
-                // Much less than last time: the sessions that make up the rest are probably waiting
-                // for a CPU (two cores, shared). Letting them run first costs a `sched_yield`
-                // and saves a whole commit (measured: 50–100 µs of CPU for `write` +
-                // `fdatasync` and their wake-ups here); with one device, or an idle CPU, it changes
-                // nothing.
-                thread::yield_now();
-                drain(&mut rx, &mut batch);
-            }
-            last_batch = batch.len();
-
-            let ack = self.commit(&batch);
-            // Acks first (devices wait for them), then the dashboards' share, in one go.
-            for job in batch.drain(..) {
-                match job {
-                    Job::Write(write) => {
-                        // The session may be gone (peer closed): the write is durable all the same.
-                        write.ack.answer(ack);
-                        if ack.is_ok() {
-                            changes.extend(write.change);
-                            self.dirty.insert(write.serial, write.json);
-                        }
-                    }
-                    Job::Publish(change) => changes.push(change),
-                    Job::Stop => stopping = true,
-                }
-            }
-            self.hub.publish(&changes);
-            changes.clear();
-            self.maybe_checkpoint();
-        }
-        self.final_checkpoint();
-        debug!("store writer stopped");
-    }
-
-    /// Make the writes of `batch` durable: one append and one sync of the log.
-    fn commit(&mut self, batch: &[Job]) -> Ack {
-        let started = Instant::now();
-        self.frames.clear();
-        let seq = self.log.seq();
-        let mut writes = 0u64;
-        for job in batch {
-            if let Job::Write(write) = job {
-                wal::encode(&mut self.frames, seq, write.json.as_bytes());
-                writes += 1;
-            }
-        }
-        if writes == 0 {
+    /// Append `records` and make them durable with one append and one sync. `Ok`: every record is
+    /// durable and will be checkpointed. `Err`: the store is marked unhealthy and none of them counts.
+    pub(crate) fn commit(&mut self, records: &[(Serial, Arc<str>)]) -> Result<(), StoreFailed> {
+        if records.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
+        self.frames.clear();
+        let seq = self.wal.seq();
+        for (_, json) in records {
+            wal::encode(&mut self.frames, seq, json.as_bytes());
+        }
         let metrics = &self.metrics;
-        match self.log.append_sync(&self.frames) {
+        match self.wal.append_sync(&self.frames) {
             Ok(()) => {
                 Metrics::inc(&metrics.flushes);
-                metrics.flushed_writes.fetch_add(writes, Ordering::Relaxed);
+                metrics
+                    .flushed_writes
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
                 metrics
                     .flush_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 if !self.store.healthy.swap(true, Ordering::Relaxed) {
                     info!("store writable again");
+                }
+                for (serial, json) in records {
+                    self.dirty.insert(serial.clone(), Arc::clone(json));
                 }
                 Ok(())
             }
@@ -515,7 +275,7 @@ impl Writer {
                     error!(%e, "group commit failed; the updates in it are answered with ERROR");
                 }
                 // What the failed sync left in the segment is uncertain: continue in a fresh one.
-                if let Err(e) = self.log.rotate() {
+                if let Err(e) = self.wal.rotate() {
                     error!(%e, "cannot start a new log segment");
                 }
                 Err(StoreFailed)
@@ -525,13 +285,13 @@ impl Writer {
 
     /// Every second (or 64 MiB of log), start a new segment and hand what the finished ones hold to
     /// the checkpoint thread, unless it is still busy with the previous one.
-    fn maybe_checkpoint(&mut self) {
-        let due = self.log.len() >= CHECKPOINT_BYTES
-            || (self.log.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
+    pub(crate) fn maybe_checkpoint(&mut self) {
+        let due = self.wal.len() >= CHECKPOINT_BYTES
+            || (self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
         if !due || self.checkpoints.busy() {
             return;
         }
-        match self.log.rotate() {
+        match self.wal.rotate() {
             Ok(finished) => {
                 self.last_checkpoint = Instant::now();
                 if let Err(records) = self
@@ -549,10 +309,10 @@ impl Writer {
     }
 
     /// On shutdown: everything into sled, and no log left to replay.
-    fn final_checkpoint(self) {
-        let Writer {
+    pub(crate) fn finish(self) {
+        let Log {
             store,
-            log,
+            wal: log,
             mut dirty,
             checkpoints,
             ..
@@ -567,16 +327,6 @@ impl Writer {
 }
 
 type Records = HashMap<Serial, Arc<str>>;
-
-/// Move what is waiting in `rx` into `batch`, up to [`MAX_BATCH`].
-fn drain(rx: &mut mpsc::UnboundedReceiver<Job>, batch: &mut Vec<Job>) {
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
-        }
-    }
-}
 
 /// The checkpoint thread.
 struct Checkpoints {
@@ -763,31 +513,6 @@ mod tests {
             ]
         );
         assert_eq!(store.first_segment, 4);
-    }
-
-    /// Answers arrive per session in submission order; a failure is reported for its own write
-    /// only, and a ticket the writer never answered (dropped) counts as a failure.
-    #[test]
-    fn ack_queue_reports_each_write_once_in_order() {
-        let queue = Arc::new(AckQueue::default());
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let tickets: Vec<AckTicket> = (1..=4)
-            .map(|o| AckTicket::new(Arc::clone(&queue), o))
-            .collect();
-        assert!(queue.poll_answered(1, &mut cx).is_pending());
-        let mut tickets = tickets.into_iter();
-        tickets.next().unwrap().answer(Ok(()));
-        tickets.next().unwrap().answer(Err(StoreFailed));
-        assert_eq!(queue.poll_answered(1, &mut cx), Poll::Ready(2));
-        assert!(queue.poll_answered(3, &mut cx).is_pending());
-        assert_eq!(queue.result(1), Ok(()));
-        assert_eq!(queue.result(2), Err(StoreFailed));
-        tickets.next().unwrap().answer(Ok(()));
-        drop(tickets); // the writer stopped before the fourth
-        assert_eq!(queue.answered(), 4);
-        assert_eq!(queue.result(3), Ok(()));
-        assert_eq!(queue.result(4), Err(StoreFailed));
     }
 
     #[test]
