@@ -294,10 +294,16 @@ pub async fn record(server: &TestServer, serial: &str) -> Value {
 /// Start the real `smart-server` binary on 127.0.0.1 port 0 with `dir` as its data dir; returns the
 /// child (killed on drop) and the address from its first stdout line.
 pub async fn spawn_binary(dir: &Path) -> (tokio::process::Child, SocketAddr) {
+    spawn_binary_with(dir, &[]).await
+}
+
+/// [`spawn_binary`] with more command-line flags.
+pub async fn spawn_binary_with(dir: &Path, flags: &[&str]) -> (tokio::process::Child, SocketAddr) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        .args(flags)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
