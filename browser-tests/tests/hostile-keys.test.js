@@ -84,13 +84,22 @@ test('device keys __proto__, constructor and hasOwnProperty are plain extra colu
   assert.equal(await cellText(page, '0002', 'country'), deviceInit(2)._country);
   assert.equal(await cellText(page, '0003', 'postcode'), String(deviceInit(3)._postcode));
 
+  // A device that registers while the page is open arrives as one UPDT with its whole record.
+  const fourth = deviceInit(4);
+  fourth.___proto__ = { colour: 'NEW' };
+  await link.send('INIT', serialOf(4), fourth);
+  await waitForCount(page, 4);
+  await page.waitForSelector(rowSelector('0004'));
+  assert.equal(await cellText(page, '0004', '__proto__'), JSON.stringify({ colour: 'NEW' }));
+  assert.equal(await cellText(page, '0004', 'colour'), EMPTY);
+  assert.equal(await cellText(page, '0004', 'battery'), String(fourth._battery));
+
   const integrity = await page.evaluate(() => {
     const probe = {};
     const inherited = [];
     for (const k in probe) inherited.push(k);
-    const sameProto = ['0001', '0002', '0003'].every(
-      (s) => Object.getPrototypeOf(document.querySelector(`#body tr[data-serial="${s}"]`).rec) === window.__protoBefore[s],
-    );
+    const protoOf = (s) => Object.getPrototypeOf(document.querySelector(`#body tr[data-serial="${s}"]`).rec);
+    const sameProto = ['0001', '0002', '0003'].every((s) => protoOf(s) === window.__protoBefore[s]) && protoOf('0004') === window.__protoBefore['0001'];
     return { polluted: probe.polluted, colour: probe.colour, inherited, sameProto };
   });
   assert.deepEqual(integrity, { polluted: undefined, colour: undefined, inherited: [], sameProto: true });
