@@ -271,11 +271,15 @@ function setActiveQuery(q) {
 // ---------------------------------------------------------------------------------------------------
 // Applying protocol messages
 
-// Field names come from devices, so they may be `__proto__`, `constructor` or `hasOwnProperty`. Records
-// have no prototype: every field is an own data property (assigning `__proto__` cannot re-parent one),
-// and a field a record lacks reads as undefined, never as a member of Object.prototype.
+// Field names come from devices, so they may be `__proto__`, `constructor` or `hasOwnProperty`. A record's
+// prototype is an empty, frozen object with no prototype itself: nothing is inherited, so every field is
+// an own data property (assigning `__proto__` cannot re-parent a record) and a field a record lacks reads
+// as undefined, never as a member of Object.prototype. (Not Object.create(null): V8 keeps such objects in
+// dictionary mode, which makes sorting 10,000 records several times slower.)
+const RECORD_PROTO = Object.freeze(Object.create(null));
+
 function newRecord(...sources) {
-  return Object.assign(Object.create(null), ...sources);
+  return Object.assign(Object.create(RECORD_PROTO), ...sources);
 }
 
 function noteExtraKeys(rec) {
