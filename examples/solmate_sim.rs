@@ -5,7 +5,8 @@
 //! runtime keys a Python device sends, or a plain UPDT), then changes a few values every few seconds and
 //! sends only what changed. It waits for the ack of each message before the next one (changes made in the
 //! meantime are merged), counts OK and ERROR replies, and after a lost connection reconnects with
-//! exponential backoff and sends again whatever was not acked.
+//! exponential backoff and sends again every field the server has not acked — also after the end of the
+//! run, for up to `--drain-seconds`, so that a run ends with the server holding each device's last values.
 //!
 //! ```text
 //! cargo run --release --example solmate_sim -- --url ws://127.0.0.1:8000 --devices 1000 --seconds 60
@@ -72,6 +73,10 @@ struct Args {
     /// Seconds to wait for an ack before a connection counts as lost.
     #[arg(long, default_value_t = 10.0)]
     ack_timeout: f64,
+    /// After the run, how long a device whose connection was lost keeps reconnecting to deliver the
+    /// changes the server has not acked, in seconds (what is still pending then counts as unsent).
+    #[arg(long, default_value_t = 10.0)]
+    drain_seconds: f64,
     /// Connection handshakes in progress at once (a 10,000-device fleet connects in a few seconds).
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
@@ -87,6 +92,10 @@ struct Args {
     /// Print the summary as one line of JSON.
     #[arg(long)]
     json: bool,
+    /// Add each device's last values to the JSON summary (`final_values`: serial → fields, typed as the
+    /// server stores them), to compare with the server's records.
+    #[arg(long)]
+    final_values: bool,
     /// No progress bar.
     #[arg(short, long)]
     quiet: bool,
@@ -128,6 +137,7 @@ struct Counters {
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
     ack_timeouts: AtomicU64,
+    lost_in_flight: AtomicU64,
     connected_now: AtomicU64,
     ever_connected: AtomicU64,
     unsent_fields: AtomicU64,
@@ -155,6 +165,8 @@ struct Run {
     ack_timeout: Duration,
     start: Instant,
     deadline: Instant,
+    /// Devices with unacked changes keep reconnecting until then.
+    drain_deadline: Instant,
     handshakes: Semaphore,
     counters: Counters,
     latency: Mutex<Histogram>,
@@ -186,8 +198,9 @@ struct InFlight {
 enum SessionEnd {
     /// The run is over and nothing is waiting for an ack.
     Done,
-    /// The connection broke, or an ack did not come in time.
-    Lost,
+    /// The connection broke, or an ack did not come in time; with the message that was waiting for its
+    /// ack, if any (its fields are still pending and go out again on the next connection).
+    Lost(Option<InFlight>),
 }
 
 /// One simulated device: its values, what changed since the last ack, its message counter.
@@ -391,12 +404,37 @@ impl Device {
         }
     }
 
-    /// Run the device until the end of the run: connect, talk, reconnect with backoff.
-    async fn run(mut self, run: Arc<Run>) {
+    /// Whether the server has not acked everything yet: the announcement or a changed field.
+    fn pending(&self) -> bool {
+        !self.announced || !self.dirty.is_empty()
+    }
+
+    /// Until when this device keeps (re)connecting: the end of the run, or the end of the drain window
+    /// while a device that reached the server has something the server has not acked.
+    fn connect_until(&self, run: &Run, connected_before: bool) -> Instant {
+        if connected_before && self.pending() {
+            run.drain_deadline
+        } else {
+            run.deadline
+        }
+    }
+
+    /// The device's values typed as the server stores them (`postcode` as text, integral numbers as
+    /// integers), for the summary's `final_values`.
+    fn final_values(&self) -> Result<Value> {
+        let fields = smart_proto::normalize(self.state.clone(), &self.serial)?;
+        Ok(Value::Object(
+            Update::from_normalized(fields)?.as_map().clone(),
+        ))
+    }
+
+    /// Run the device until the end of the run: connect, talk, reconnect with backoff. Returns the
+    /// serial and the last values.
+    async fn run(mut self, run: Arc<Run>) -> (String, Value) {
         let mut connected_before = false;
         let mut failures = 0u32;
         let mut next_change = Instant::now() + self.interval(&run);
-        while Instant::now() < run.deadline {
+        while Instant::now() < self.connect_until(&run, connected_before) {
             match Device::open(&run).await {
                 Ok(ws) => {
                     if connected_before {
@@ -409,8 +447,11 @@ impl Device {
                     run.counters.connected_now.fetch_add(1, Ordering::Relaxed);
                     let end = self.session(ws, &run, &mut next_change).await;
                     run.counters.connected_now.fetch_sub(1, Ordering::Relaxed);
-                    if matches!(end, SessionEnd::Done) {
-                        break;
+                    match end {
+                        SessionEnd::Done => break,
+                        // Its fields stay in `dirty` (only an answer settles them): they go out again.
+                        SessionEnd::Lost(Some(_)) => Counters::bump(&run.counters.lost_in_flight),
+                        SessionEnd::Lost(None) => {}
                     }
                 }
                 Err(err) => {
@@ -424,12 +465,18 @@ impl Device {
                 .min(Duration::from_secs(5));
             failures += 1;
             let jitter = self.rng.random_range(0.5..1.5);
-            sleep_until((Instant::now() + base.mul_f64(jitter)).min(run.deadline)).await;
+            let until = self.connect_until(&run, connected_before);
+            sleep_until((Instant::now() + base.mul_f64(jitter)).min(until)).await;
         }
         let unsent = self.dirty.len() as u64;
         run.counters
             .unsent_fields
             .fetch_add(unsent, Ordering::Relaxed);
+        let values = self.final_values().unwrap_or_else(|err| {
+            run.note_error(format!("{}: final values: {err}", self.serial));
+            Value::Null
+        });
+        (self.serial.as_str().to_owned(), values)
     }
 
     /// One connection: send, wait for acks, change values on schedule.
@@ -440,7 +487,7 @@ impl Device {
             let running = now < run.deadline;
             // Past the deadline values no longer change: this sends at most one last message with
             // what is still pending, so a run ends with everything acked.
-            if in_flight.is_none() && (!self.announced || !self.dirty.is_empty()) {
+            if in_flight.is_none() && self.pending() {
                 let (frame, flight) = match self.next_message(run) {
                     Ok(message) => message,
                     Err(err) => {
@@ -451,7 +498,8 @@ impl Device {
                     }
                 };
                 if ws.send(Message::text(frame)).await.is_err() {
-                    return SessionEnd::Lost;
+                    // Not sent (not counted), and its fields are still pending.
+                    return SessionEnd::Lost(None);
                 }
                 Counters::bump(&run.counters.sent);
                 in_flight = Some(flight);
@@ -472,11 +520,11 @@ impl Device {
                 () = sleep_until(ack_deadline), if in_flight.is_some() => {
                     Counters::bump(&run.counters.ack_timeouts);
                     run.note_error(format!("{}: no ack within {:?}", self.serial, run.ack_timeout));
-                    return SessionEnd::Lost;
+                    return SessionEnd::Lost(in_flight);
                 }
                 message = ws.next() => match message {
                     Some(Ok(Message::Text(text))) => self.on_reply(&text, &mut in_flight, run),
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => return SessionEnd::Lost,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return SessionEnd::Lost(in_flight),
                     Some(Ok(_)) => {}
                 },
             }
@@ -563,6 +611,7 @@ async fn simulate(args: Args) -> Result<()> {
     let url = common::endpoint(&args.url, "/update/")?;
     let duration = common::seconds(args.seconds, "--seconds")?;
     let ack_timeout = common::seconds(args.ack_timeout, "--ack-timeout")?;
+    let drain = common::seconds(args.drain_seconds, "--drain-seconds")?;
     let start = Instant::now();
     let run = Arc::new(Run {
         server_url: url.clone(),
@@ -575,6 +624,7 @@ async fn simulate(args: Args) -> Result<()> {
         ack_timeout,
         start,
         deadline: start + duration,
+        drain_deadline: start + duration + drain,
         handshakes: Semaphore::new(args.connect_concurrency.max(1)),
         counters: Counters::default(),
         latency: Mutex::new(Histogram::default()),
@@ -592,8 +642,10 @@ async fn simulate(args: Args) -> Result<()> {
 
     let bar = common::progress_bar(duration.as_secs(), args.quiet || args.json);
     let counters = &run.counters;
-    // Every device stops by the deadline plus one ack timeout plus its last handshake and close.
-    let hard_stop = run.deadline + ack_timeout + Duration::from_secs(25);
+    // Every device stops by the end of the drain window plus one ack timeout plus its last handshake
+    // and close.
+    let hard_stop = run.drain_deadline + ack_timeout + Duration::from_secs(25);
+    let mut final_values = Map::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     while !devices.is_empty() && Instant::now() < hard_stop {
         tokio::select! {
@@ -605,11 +657,13 @@ async fn simulate(args: Args) -> Result<()> {
                     Counters::get(&counters.acked), Counters::get(&counters.errors), Counters::get(&counters.reconnects),
                 ));
             }
-            joined = devices.join_next() => {
-                if let Some(Err(err)) = joined {
-                    run.note_error(format!("device task failed: {err}"));
+            joined = devices.join_next() => match joined {
+                Some(Ok((serial, values))) if args.final_values => {
+                    final_values.insert(serial, values);
                 }
-            }
+                Some(Err(err)) => run.note_error(format!("device task failed: {err}")),
+                Some(Ok(_)) | None => {}
+            },
         }
     }
     let stragglers = devices.len();
@@ -626,6 +680,7 @@ async fn simulate(args: Args) -> Result<()> {
     let acked = Counters::get(&counters.acked);
     let errors = Counters::get(&counters.errors);
     let unexpected = Counters::get(&counters.unexpected);
+    let lost = Counters::get(&counters.lost_in_flight);
     let mut summary = json!({
         "devices": args.devices,
         "seconds": common::round(elapsed, 2),
@@ -634,7 +689,10 @@ async fn simulate(args: Args) -> Result<()> {
         "acked": acked,
         "errors": errors,
         "unexpected": unexpected,
-        "unacked": sent.saturating_sub(acked + errors),
+        // A message whose connection broke before its answer is lost, not unacked: its fields went out
+        // again (or count in `unsent_fields`). Unacked are the messages still waiting at the end.
+        "lost_in_flight": lost,
+        "unacked": sent.saturating_sub(acked + errors + lost),
         "unsent_fields": Counters::get(&counters.unsent_fields),
         "reconnects": Counters::get(&counters.reconnects),
         "connect_failures": Counters::get(&counters.connect_failures),
@@ -647,6 +705,9 @@ async fn simulate(args: Args) -> Result<()> {
         "sim_cpu_percent": common::round(own_cpu.percent()?, 1),
         "first_errors": run.first_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
     });
+    if args.final_values {
+        summary["final_values"] = Value::Object(final_values);
+    }
     if let (Some(pid), Some(cpu)) = (args.server_pid, server_cpu) {
         summary["server_cpu_percent"] = json!(common::round(cpu.percent()?, 1));
         summary["server_rss_kib"] = json!(common::rss_kib(pid)?);
@@ -676,8 +737,12 @@ fn print_summary(s: &Value) {
         s["ack_p50_ms"], s["ack_p99_ms"], s["ack_max_ms"]
     );
     println!(
-        "  connections {} reconnects, {} failed attempts, {} ack timeouts; {} changed fields never sent",
-        s["reconnects"], s["connect_failures"], s["ack_timeouts"], s["unsent_fields"]
+        "  connections {} reconnects, {} failed attempts, {} ack timeouts, {} messages lost in flight (sent again); {} changed fields never sent",
+        s["reconnects"],
+        s["connect_failures"],
+        s["ack_timeouts"],
+        s["lost_in_flight"],
+        s["unsent_fields"]
     );
     if let Some(cpu) = s.get("server_cpu_percent") {
         println!(

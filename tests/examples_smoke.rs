@@ -74,41 +74,12 @@ impl TestServer {
         }
     }
 
-    /// `GET path` over a plain HTTP/1.1 connection; the body parsed as JSON.
     async fn get_json(&self, path: &str) -> Value {
-        let mut stream = TcpStream::connect(self.addr).await.unwrap();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-            .await
-            .unwrap()
-            .unwrap();
-        let response = String::from_utf8(response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+        get_json(self.addr, path).await
     }
 
     async fn serials(&self) -> BTreeSet<String> {
-        let devices = self.get_json("/api/devices").await;
-        devices
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["serial_number"].as_str().unwrap().to_owned())
-            .collect()
+        serials(self.addr).await
     }
 }
 
@@ -118,6 +89,40 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// `GET path` over a plain HTTP/1.1 connection; the body parsed as JSON.
+async fn get_json(addr: SocketAddr, path: &str) -> Value {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+async fn serials(addr: SocketAddr) -> BTreeSet<String> {
+    let devices = get_json(addr, "/api/devices").await;
+    devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["serial_number"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -133,37 +138,121 @@ fn dechunk(mut body: &str) -> String {
     }
 }
 
+/// `cargo build --quiet ARGS` into the profile and target directory this test was built in (whichever
+/// tool chose them); returns that profile's directory (target/PROFILE).
+fn cargo_build(args: &[&str]) -> PathBuf {
+    // This test runs as target/PROFILE/deps/examples_smoke-HASH.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()).unwrap() {
+        "debug" => "dev".to_owned(),
+        other => other.to_owned(),
+    };
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet"])
+        .args(args)
+        .args(["--profile", &profile])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(profile_dir.parent().unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build {args:?} failed");
+    profile_dir
+}
+
 /// The directory of the example programs, built once per test run.
 fn examples_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // This test runs as target/PROFILE/deps/examples_smoke-HASH; the examples go to target/PROFILE/examples.
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()).unwrap() {
-            "debug" => "dev".to_owned(),
-            other => other.to_owned(),
-        };
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--examples",
-                "-p",
-                "smart-os",
-                "--profile",
-                &profile,
-            ])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            // The target directory this test was built in, whichever tool chose it.
-            .arg("--target-dir")
-            .arg(profile_dir.parent().unwrap())
+    DIR.get_or_init(|| cargo_build(&["--examples", "-p", "smart-os"]).join("examples"))
+}
+
+/// The real `smart-server` binary, built once per test run.
+fn server_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        cargo_build(&["-p", "smart-server", "--bin", "smart-server"]).join("smart-server")
+    })
+}
+
+/// The real server binary as a child process (killed on drop), for tests that kill it abruptly.
+struct ServerProcess {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Start on `listen` (port 0: any free port); the address comes from its first stdout line.
+    async fn spawn(data_dir: &Path, listen: SocketAddr) -> Result<ServerProcess, String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(server_binary())
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .map_err(|_| "no address within 30 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| format!("first line {line:?} (exit {:?})", child.try_wait()))?;
+        Ok(ServerProcess { child, addr })
+    }
+
+    async fn start(data_dir: &Path) -> ServerProcess {
+        Self::spawn(data_dir, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap()
+    }
+
+    /// Start again on the same address; the port may stay busy for a moment, so retry for 15 s.
+    async fn restart(data_dir: &Path, addr: SocketAddr) -> ServerProcess {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match Self::spawn(data_dir, addr).await {
+                Ok(server) => return server,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("restart on {addr}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Send a signal (`STOP`, `CONT`, ...) with kill(1).
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
             .status()
             .unwrap();
-        assert!(status.success(), "building the examples failed");
-        profile_dir.join("examples")
-    })
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }
 
 /// Run an example to completion (at most 60 s) and return its output.
@@ -300,12 +389,18 @@ async fn simulator_starts_with_updt_and_widens_serials_past_9999() {
     server.stop().await;
 }
 
+/// A server killed (SIGKILL) mid-stream: the simulator must send again every field the server had not acked,
+/// and say so truthfully in its summary.
 #[tokio::test(flavor = "multi_thread")]
-async fn simulator_reconnects_and_resends_after_a_server_restart() {
+async fn simulator_resends_every_unacked_field_after_the_server_is_killed() {
+    const SECONDS: u64 = 6;
     let dir = TempDir::new().unwrap();
-    let server = TestServer::start(dir.path()).await;
-    let url = server.url();
+    let server = ServerProcess::start(dir.path()).await;
     let addr = server.addr;
+    let url = format!("ws://{addr}");
+    // Built before the clock starts: the timing below is about the run, not the build.
+    examples_dir();
+    let spawned = tokio::time::Instant::now();
     let sim = tokio::spawn(async move {
         run(
             "solmate_sim",
@@ -313,41 +408,85 @@ async fn simulator_reconnects_and_resends_after_a_server_restart() {
                 "--url",
                 &url,
                 "--devices",
-                "5",
+                "8",
                 "--seconds",
-                "5",
+                &SECONDS.to_string(),
                 "--min-interval",
-                "0.1",
-                "--max-interval",
                 "0.2",
-                "--json",
+                "--max-interval",
+                "0.3",
                 "--ack-timeout",
-                "3",
+                "5",
+                "--drain-seconds",
+                "20",
+                "--final-values",
+                "--json",
+                "--seed",
+                "11",
             ],
         )
         .await
     });
-    // Stop the server once every device has registered (so that each one has a connection to lose).
-    for _ in 0..100 {
-        if server.serials().await.len() == 5 {
+    // Every device has registered (so each has a connection to lose) and is streaming changes.
+    for _ in 0..300 {
+        if serials(addr).await.len() == 8 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(serials(addr).await, expected_serials(1..=8));
+    let registered = tokio::time::Instant::now();
+    assert!(
+        registered - spawned < Duration::from_secs(SECONDS - 2),
+        "the devices took {:?} to register: the kill would miss the run",
+        registered - spawned
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    server.stop().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let server = TestServer::start_on(dir.path(), addr).await;
+    // Freeze the server for longer than a device's longest interval, so that every device has a
+    // message waiting for its ack (and maybe a newer change queued behind it), but not so long that
+    // later changes would cover every field in flight; then kill it without a chance to answer.
+    server.signal("STOP");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    server.kill().await;
+    // Come back only after the run is over (it began before the first device registered): no later
+    // change of a value can hide a dropped one, the devices must deliver what is pending on their own.
+    tokio::time::sleep_until(registered + Duration::from_millis(SECONDS * 1000 + 500)).await;
+    let server = ServerProcess::restart(dir.path(), addr).await;
+
     let output = sim.await.unwrap();
     let summary = json_summary("solmate_sim", &output);
     assert!(
-        summary["reconnects"].as_u64().unwrap() >= 5,
+        summary["reconnects"].as_u64().unwrap() >= 8,
         "every device came back: {summary}"
     );
+    assert!(
+        summary["lost_in_flight"].as_u64().unwrap() >= 8,
+        "every device lost a message in flight: {summary}"
+    );
     assert_eq!(summary["errors"], 0, "{summary}");
-    assert!(summary["acked"].as_u64().unwrap() > 5, "{summary}");
-    assert_eq!(server.serials().await, expected_serials(1..=5));
-    server.stop().await;
+    assert_eq!(summary["unexpected"], 0, "{summary}");
+    assert_eq!(summary["stragglers"], 0, "{summary}");
+    assert_eq!(summary["unacked"], 0, "{summary}");
+    assert_eq!(summary["unsent_fields"], 0, "{summary}");
+
+    // What each device last set is what the server holds.
+    let finals = summary["final_values"].as_object().unwrap();
+    assert_eq!(
+        finals.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_serials(1..=8)
+    );
+    for (serial, fields) in finals {
+        let record = get_json(server.addr, &format!("/api/devices/{serial}")).await;
+        let fields = fields.as_object().unwrap();
+        assert!(fields.len() >= 10, "{serial}: {fields:?}");
+        for (field, value) in fields {
+            assert_eq!(
+                &record[field], value,
+                "{serial}.{field}: the server holds {record}"
+            );
+        }
+    }
+    server.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
