@@ -1,0 +1,303 @@
+//! Storage faults injected into the real binary (the `faultfs` shim, loaded with `LD_PRELOAD`): a full
+//! disk, failing or blocked syncs, failing truncation, no file descriptors. What must hold: an OK
+//! only after the sync, ERROR for every message a failed commit held, `/healthz` 503 while the store
+//! fails and 200 again without a restart, and after SIGKILL every acked value there and nothing of
+//! the failed commits.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "common/faultfs.rs"]
+mod faultfs;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use faultfs::{Faults, Mode};
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio::process::Child;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+/// The real server on `data`, with `faults` loaded if given; its log goes to `data.log` (next to
+/// `data`, or in the system temporary directory when `data`'s parent does not exist yet).
+async fn start(data: &Path, faults: Option<&Faults>) -> Binary {
+    let log = match data.parent() {
+        Some(parent) if parent.is_dir() => data.with_extension("log"),
+        _ => std::env::temp_dir().join(format!("smart-faults-{}.log", std::process::id())),
+    };
+    let env: Vec<(&str, OsString)> = faults.map(Faults::env).unwrap_or_default();
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    let (child, addr) = spawn_binary_with(data, &env, &log).await;
+    Binary { child, addr, log }
+}
+
+impl Binary {
+    async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn health(&self) -> u16 {
+        http_get(self.addr, "/healthz", &[]).await.status
+    }
+
+    /// The stored value `v` of a device.
+    async fn value(&self, serial: &str) -> Value {
+        let res = http_get(self.addr, &format!("/api/devices/{serial}"), &[]).await;
+        assert_eq!(res.status, 200, "{serial}: {}", res.body);
+        res.json()["v"].clone()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Send `{"v": n}` for every `n` without waiting, then collect one reply per message, in order.
+async fn pipeline(ws: &mut Ws, serial: &str, values: std::ops::RangeInclusive<u32>) -> Vec<Value> {
+    let count = values.clone().count();
+    for n in values {
+        let frame = updt(&format!("{n:04}"), serial, &json!({ "v": n }));
+        ws.feed(Message::text(frame)).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    let mut replies = Vec::with_capacity(count);
+    for _ in 0..count {
+        replies.push(recv_json(ws).await);
+    }
+    replies
+}
+
+fn assert_all_refused(replies: &[Value], serial: &str, first: u32) {
+    for (i, reply) in replies.iter().enumerate() {
+        let n = first + i as u32;
+        assert_eq!(reply["type"], "INFO", "{reply}");
+        assert_eq!(
+            reply["message"],
+            format!("{n:04}:{serial}:ERROR"),
+            "{reply}"
+        );
+        assert!(
+            reply["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("not stored")),
+            "{reply}"
+        );
+    }
+}
+
+/// Two devices with a stored value each: `A` keeps writing, `B` only writes during the fault.
+async fn two_devices(server: &Binary) -> (Ws, Ws) {
+    let mut a = device(server.addr).await;
+    let mut b = device(server.addr).await;
+    send_ok(&mut a, "0001", "FA", &json!({"v": 1})).await;
+    send_ok(&mut b, "0001", "FB", &json!({"v": 1})).await;
+    (a, b)
+}
+
+/// After SIGKILL and a restart without faults: `A` has its last acked value, `B` the value it had
+/// before its refused messages (nothing of a failed commit is replayed).
+async fn assert_restart_keeps_acked_only(data: &Path, server: Binary, a_acked: u32) {
+    server.kill().await;
+    let server = start(data, None).await;
+    assert_eq!(server.value("FA").await, a_acked, "A's acked value");
+    assert_eq!(
+        server.value("FB").await,
+        1,
+        "B's refused values were not replayed"
+    );
+    server.kill().await;
+}
+
+/// Item 6: a full disk answers ERROR, turns /healthz 503, and recovers without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_answers_error_and_recovers_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let faults = Faults::new(&data);
+    let server = start(&data, Some(&faults)).await;
+    let (mut a, mut b) = two_devices(&server).await;
+    assert_eq!(server.health().await, 200);
+
+    faults.on(Mode::Enospc);
+    let replies = pipeline(&mut b, "FB", 2..=9).await;
+    assert_all_refused(&replies, "FB", 2);
+    assert_eq!(server.health().await, 503);
+    let metrics = http_get(server.addr, "/metrics", &[]).await.body;
+    assert!(metrics.contains("\nsmart_store_healthy 0\n"), "{metrics}");
+
+    faults.off(Mode::Enospc);
+    send_ok(&mut a, "0002", "FA", &json!({"v": 2})).await;
+    assert_eq!(server.health().await, 200);
+    send_ok(&mut a, "0003", "FA", &json!({"v": 3})).await;
+    assert!(
+        server.log().contains("group commit failed"),
+        "{}",
+        server.log()
+    );
+    assert_restart_keeps_acked_only(&data, server, 3).await;
+}
+
+/// Item 3: after a torn write, the next acked batch is not appended after the torn bytes even when
+/// no file can be opened (so no fresh segment can be created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_write_is_cut_off_even_without_file_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let faults = Faults::new(&data);
+    let server = start(&data, Some(&faults)).await;
+    let (mut a, mut b) = two_devices(&server).await;
+
+    faults.on(Mode::Emfile);
+    faults.on(Mode::Enospc);
+    let replies = pipeline(&mut b, "FB", 2..=9).await;
+    assert_all_refused(&replies, "FB", 2);
+    faults.off(Mode::Enospc);
+    send_ok(&mut a, "0002", "FA", &json!({"v": 2})).await;
+    send_ok(&mut a, "0003", "FA", &json!({"v": 3})).await;
+    assert_eq!(server.health().await, 200);
+    assert_restart_keeps_acked_only(&data, server, 3).await;
+}
+
+/// Item 3: when the torn bytes cannot be truncated away, the segment is abandoned: later acks go to
+/// a fresh one and the torn frames are never replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_that_cannot_be_truncated_is_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let faults = Faults::new(&data);
+    let server = start(&data, Some(&faults)).await;
+    let (mut a, mut b) = two_devices(&server).await;
+
+    faults.on(Mode::EioTrunc);
+    faults.on(Mode::Enospc);
+    let replies = pipeline(&mut b, "FB", 2..=9).await;
+    assert_all_refused(&replies, "FB", 2);
+    faults.off(Mode::Enospc);
+    send_ok(&mut a, "0002", "FA", &json!({"v": 2})).await;
+    faults.off(Mode::EioTrunc);
+    send_ok(&mut a, "0003", "FA", &json!({"v": 3})).await;
+    assert_restart_keeps_acked_only(&data, server, 3).await;
+}
+
+/// The sequence numbers of the log segments in `wal`.
+fn segments(wal: &Path) -> Vec<u64> {
+    let mut seqs: Vec<u64> = std::fs::read_dir(wal)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Item 3: with no file descriptor to be had, the log still rotates and checkpoints (it recycles
+/// the files it holds), so it neither grows without end nor stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_stops_neither_rotation_nor_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let faults = Faults::new(&data);
+    let server = start(&data, Some(&faults)).await;
+    let mut a = device(server.addr).await;
+    send_ok(&mut a, "0001", "FA", &json!({"v": 1})).await;
+    let first = *segments(&data.join("wal")).last().unwrap();
+
+    faults.on(Mode::Emfile);
+    // Three and a half checkpoint intervals of writes (bounded in count and time).
+    let started = Instant::now();
+    let mut n = 1;
+    while started.elapsed() < Duration::from_millis(3500) && n < 2000 {
+        n += 1;
+        send_ok(
+            &mut a,
+            &format!("{:04}", n % 10_000),
+            "FA",
+            &json!({"v": n}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seqs = segments(&data.join("wal"));
+    assert!(
+        *seqs.last().unwrap() >= first + 2,
+        "rotated at least twice after {first}: {seqs:?}"
+    );
+    assert!(seqs.len() <= 3, "checkpointed segments retired: {seqs:?}");
+    assert_eq!(server.health().await, 200);
+    server.kill().await;
+    let server = start(&data, None).await;
+    assert_eq!(server.value("FA").await, n);
+    server.kill().await;
+}
+
+/// Item 18: the ack waits for the sync. While the log's sync blocks, no OK arrives; released, it does;
+/// a failing sync answers every message of its batch with ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ack_waits_for_the_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let faults = Faults::new(&data);
+    let server = start(&data, Some(&faults)).await;
+    let mut ws = device(server.addr).await;
+
+    faults.on(Mode::BlockSync);
+    send(&mut ws, &updt("0001", "FS", &json!({"v": 1}))).await;
+    assert_silent(&mut ws, Duration::from_millis(800)).await;
+    faults.off(Mode::BlockSync);
+    assert_eq!(
+        recv_json(&mut ws).await,
+        json!({"type": "INFO", "message": "0001:FS:OK"})
+    );
+
+    faults.on(Mode::EioSync);
+    let replies = pipeline(&mut ws, "FS", 2..=9).await;
+    assert_all_refused(&replies, "FS", 2);
+    faults.off(Mode::EioSync);
+    send_ok(&mut ws, "0010", "FS", &json!({"v": 10})).await;
+    server.kill().await;
+}
+
+/// Item 5: creating the data directory, the log directory and a segment syncs their parents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_directories_are_synced_in_their_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new(dir.path()).with_sync_log();
+    let root = faults.watched().to_path_buf();
+    let data = root.join("x").join("y").join("data");
+    let server = start(&data, Some(&faults)).await;
+    let synced: Vec<PathBuf> = faults
+        .synced()
+        .into_iter()
+        .filter(|(call, _)| call == "fsync")
+        .map(|(_, path)| path)
+        .collect();
+    for parent in [
+        root.clone(),
+        root.join("x"),
+        root.join("x").join("y"),
+        data.clone(),
+        data.join("wal"),
+    ] {
+        assert!(
+            synced.contains(&parent),
+            "{} synced: {synced:?}",
+            parent.display()
+        );
+    }
+    server.kill().await;
+}
