@@ -189,6 +189,11 @@ async fn a_segment_that_cannot_be_truncated_is_abandoned() {
     send_ok(&mut a, "0002", "FA", &json!({"v": 2})).await;
     faults.off(Mode::EioTrunc);
     send_ok(&mut a, "0003", "FA", &json!({"v": 3})).await;
+    assert!(
+        server.log().contains("abandoning the segment"),
+        "{}",
+        server.log()
+    );
     assert_restart_keeps_acked_only(&data, server, 3).await;
 }
 
@@ -300,4 +305,92 @@ async fn new_directories_are_synced_in_their_parents() {
         );
     }
     server.kill().await;
+}
+
+/// One log frame of segment `seq` (the format of `wal.rs`: length, crc32 of segment, length and
+/// payload, payload).
+fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.update(&len.to_le_bytes());
+    crc.update(payload);
+    let mut out = len.to_le_bytes().to_vec();
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Item 2: stored records that cannot be read at start — bad JSON and nesting beyond the parser's
+/// limit in sled, a log record without a readable serial — are quarantined: logged at ERROR, counted
+/// in /metrics, kept on disk; the other devices load and work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_stored_records_are_quarantined_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start(&data, None).await;
+    let mut ws = device(server.addr).await;
+    send_ok(&mut ws, "0001", "FQ", &json!({"v": 1})).await;
+    let mut other = http_get(server.addr, "/api/devices/FQ", &[]).await.json();
+    drop(ws);
+    server.kill().await;
+
+    let bad_json = br#"{"serial_number": "FBAD", "battery": "#.to_vec();
+    let deep = format!(
+        r#"{{"serial_number":"FDEEP","x":{}{}}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    )
+    .into_bytes();
+    {
+        let db = sled::open(data.join("sled")).unwrap();
+        let devices = db.open_tree("devices").unwrap();
+        devices.insert("FBAD", bad_json.clone()).unwrap();
+        devices.insert("FDEEP", deep.clone()).unwrap();
+        db.flush().unwrap();
+    }
+    let wal = data.join("wal");
+    let seq = segments(&wal).last().map_or(0, |s| s + 1);
+    other["serial_number"] = json!("FR");
+    other["v"] = json!(2);
+    let mut bytes = frame(seq, b"[\"no serial here\"]");
+    bytes.extend(frame(seq, other.to_string().as_bytes()));
+    std::fs::write(wal.join(format!("{seq:020}.log")), bytes).unwrap();
+
+    let server = start(&data, None).await;
+    assert_eq!(server.value("FQ").await, 1);
+    assert_eq!(
+        server.value("FR").await,
+        2,
+        "replay went on after the bad frame"
+    );
+    let metrics = http_get(server.addr, "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains("\nsmart_store_quarantined_records 3\n"),
+        "{metrics}"
+    );
+    let log = server.log();
+    for key in ["FBAD", "FDEEP", &format!("wal:{seq}:1")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("ERROR") && l.contains("quarantined") && l.contains(key)),
+            "{key} logged at ERROR: {log}"
+        );
+    }
+    let mut ws = device(server.addr).await;
+    send_ok(&mut ws, "0002", "FQ", &json!({"v": 3})).await;
+    server.kill().await;
+
+    let db = sled::open(data.join("sled")).unwrap();
+    let quarantine = db.open_tree("quarantine").unwrap();
+    assert_eq!(quarantine.get("FBAD").unwrap().unwrap().as_ref(), bad_json);
+    assert_eq!(quarantine.get("FDEEP").unwrap().unwrap().as_ref(), deep);
+    assert_eq!(
+        quarantine
+            .get(format!("wal:{seq}:1"))
+            .unwrap()
+            .unwrap()
+            .as_ref(),
+        b"[\"no serial here\"]"
+    );
 }

@@ -26,7 +26,9 @@ fn shim() -> &'static Path {
             .arg(&source)
             .arg("-ldl")
             .output()
-            .unwrap_or_else(|e| panic!("the fault tests need a C compiler ({cc:?}): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("the fault tests need a C compiler ({}): {e}", cc.to_string_lossy())
+            });
         assert!(
             output.status.success(),
             "building the fault shim failed: {}",
