@@ -351,7 +351,34 @@ impl Wal {
             }
             Err(e) => {
                 warn!(%e, seq = self.seq, "cannot truncate the failed write; abandoning the segment");
-                self.rotate().map(|_| ())
+                self.rotate()?;
+                self.write_cuts();
+                Ok(())
+            }
+        }
+    }
+
+    /// Record the pending cuts at the start of a fresh segment now rather than with the next batch,
+    /// so a crash before that batch does not replay the abandoned segment's torn frames either. On
+    /// failure they stay pending (and the segment is repaired before the next append).
+    fn write_cuts(&mut self) {
+        let mut out = Vec::new();
+        for cut in &self.cuts {
+            // 20 bytes: never too large.
+            let _ = encode(&mut out, self.seq, &cut.payload());
+        }
+        match self
+            .file
+            .write_all_at(&out, self.len)
+            .and_then(|()| self.file.sync_data())
+        {
+            Ok(()) => {
+                self.len += out.len() as u64;
+                self.cuts.clear();
+            }
+            Err(e) => {
+                self.torn = true;
+                warn!(%e, seq = self.seq, "cannot record where the abandoned segment ends yet");
             }
         }
     }
