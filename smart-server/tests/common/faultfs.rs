@@ -27,7 +27,10 @@ fn shim() -> &'static Path {
             .arg("-ldl")
             .output()
             .unwrap_or_else(|e| {
-                panic!("the fault tests need a C compiler ({}): {e}", cc.to_string_lossy())
+                panic!(
+                    "the fault tests need a C compiler ({}): {e}",
+                    cc.to_string_lossy()
+                )
             });
         assert!(
             output.status.success(),
