@@ -223,10 +223,12 @@ async fn fd_exhaustion_stops_neither_rotation_nor_checkpoints() {
     let first = *segments(&data.join("wal")).last().unwrap();
 
     faults.on(Mode::Emfile);
-    // Three and a half checkpoint intervals of writes (bounded in count and time).
+    // Writes until the log has rotated twice more (each rotation after the first needs a file the
+    // previous checkpoint recycled), bounded in count and time.
     let started = Instant::now();
     let mut n = 1;
-    while started.elapsed() < Duration::from_millis(3500) && n < 2000 {
+    let mut seqs = Vec::new();
+    while started.elapsed() < Duration::from_secs(12) && n < 5000 {
         n += 1;
         send_ok(
             &mut a,
@@ -236,11 +238,14 @@ async fn fd_exhaustion_stops_neither_rotation_nor_checkpoints() {
         )
         .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
+        seqs = segments(&data.join("wal"));
+        if seqs.last().is_some_and(|&last| last >= first + 3) {
+            break;
+        }
     }
-    let seqs = segments(&data.join("wal"));
     assert!(
-        *seqs.last().unwrap() >= first + 2,
-        "rotated at least twice after {first}: {seqs:?}"
+        seqs.last().is_some_and(|&last| last >= first + 3),
+        "rotated three times after {first} with no descriptor to open: {seqs:?}"
     );
     assert!(seqs.len() <= 3, "checkpointed segments retired: {seqs:?}");
     assert_eq!(server.health().await, 200);
@@ -304,6 +309,33 @@ async fn new_directories_are_synced_in_their_parents() {
             parent.display()
         );
     }
+    server.kill().await;
+}
+
+/// Issue 9 item 4 (the lead's part: apply to a copy, visible only after the commit): an update
+/// answered ERROR must not be stored by the device's next successful write either. Ignored until
+/// then; today the fleet keeps the refused value and the next write of the device stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9 item 4: the in-memory apply of a failed commit is not undone yet"]
+async fn an_error_stores_nothing_even_after_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let faults = Faults::new(&data);
+    let server = start(&data, Some(&faults)).await;
+    let (_a, mut b) = two_devices(&server).await;
+    faults.on(Mode::Enospc);
+    let replies = pipeline(&mut b, "FB", 2..=9).await;
+    assert_all_refused(&replies, "FB", 2);
+    faults.off(Mode::Enospc);
+    assert_eq!(
+        server.value("FB").await,
+        1,
+        "the API shows no refused value"
+    );
+    send_ok(&mut b, "0010", "FB", &json!({"w": 1})).await;
+    server.kill().await;
+    let server = start(&data, None).await;
+    assert_eq!(server.value("FB").await, 1, "no refused value stored");
     server.kill().await;
 }
 
