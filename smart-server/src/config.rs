@@ -63,11 +63,6 @@ pub struct Config {
     #[arg(long, env = "SMART_DASHBOARD_CONFLATE", default_value_t = 4096)]
     pub dashboard_conflate: usize,
 
-    /// Largest record (its JSON, as stored) a device may grow to; a message that would make it larger
-    /// gets ERROR and is not stored. Far below the write-ahead log's frame limit (64 MiB).
-    #[arg(long, env = "SMART_MAX_RECORD_BYTES", default_value_t = 262_144)]
-    pub max_record_bytes: usize,
-
     /// Most extra fields (keys outside PROTOCOL.md §6's table) one device record may hold; a message
     /// that would add more gets ERROR and is not stored.
     #[arg(long, env = "SMART_MAX_EXTRAS", default_value_t = 256)]
@@ -78,6 +73,16 @@ pub struct Config {
     #[arg(long, env = "SMART_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
 
+    /// Largest stored record (a device's full record JSON, extras included), in bytes; an update that
+    /// would make a record larger gets ERROR. At most the write-ahead log's frame limit (64 MiB).
+    #[arg(
+        long,
+        env = "SMART_MAX_RECORD_BYTES",
+        default_value_t = DEFAULT_MAX_RECORD_BYTES,
+        value_parser = parse_record_cap
+    )]
+    pub max_record_bytes: usize,
+
     /// Seconds graceful shutdown waits for connections to finish before giving up on them.
     #[arg(
         long = "shutdown-grace",
@@ -85,6 +90,22 @@ pub struct Config {
         default_value_t = 10
     )]
     pub shutdown_grace_secs: u64,
+}
+
+/// Default of `--max-record-bytes`: 1 MiB, far below the log's frame limit.
+pub(crate) const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// The largest `--max-record-bytes` accepted: the write-ahead log cannot read back a larger record.
+pub(crate) const MAX_RECORD_BYTES_LIMIT: usize = crate::wal::MAX_PAYLOAD;
+
+fn parse_record_cap(text: &str) -> Result<usize, String> {
+    let value: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if (1..=MAX_RECORD_BYTES_LIMIT).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "must be between 1 and {MAX_RECORD_BYTES_LIMIT} (the write-ahead log's frame limit)"
+        ))
+    }
 }
 
 impl Config {
@@ -102,7 +123,7 @@ impl Config {
             dashboard_queue: 1024,
             dashboard_conflate: 4096,
             max_in_flight: 256,
-            max_record_bytes: 262_144,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             max_extras: 256,
             shutdown_grace_secs: 10,
         }
@@ -125,8 +146,20 @@ mod tests {
         assert_eq!(parsed.max_connections, tests.max_connections);
         assert_eq!(parsed.dashboard_queue, tests.dashboard_queue);
         assert_eq!(parsed.max_in_flight, tests.max_in_flight);
-        assert_eq!(parsed.max_record_bytes, tests.max_record_bytes);
         assert_eq!(parsed.max_extras, tests.max_extras);
+        assert_eq!(parsed.max_record_bytes, 1024 * 1024);
+        assert_eq!(parsed.max_record_bytes, tests.max_record_bytes);
+    }
+
+    /// No record cap beyond what the log can read back (issue 9, item 1).
+    #[test]
+    fn the_record_cap_stays_within_the_log_frame_limit() {
+        let at_limit = MAX_RECORD_BYTES_LIMIT.to_string();
+        let c = Config::try_parse_from(["smart-server", "--max-record-bytes", &at_limit]).unwrap();
+        assert_eq!(c.max_record_bytes, crate::wal::MAX_PAYLOAD);
+        let beyond = (MAX_RECORD_BYTES_LIMIT + 1).to_string();
+        assert!(Config::try_parse_from(["smart-server", "--max-record-bytes", &beyond]).is_err());
+        assert!(Config::try_parse_from(["smart-server", "--max-record-bytes", "0"]).is_err());
     }
 
     #[test]

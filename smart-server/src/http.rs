@@ -414,6 +414,7 @@ fn metrics(shared: &Shared) -> Response {
         dashboard_pending_max: lag_max,
         dashboard_pending_total: lag_total,
         store_healthy: shared.store.is_healthy(),
+        store_quarantined: shared.store.quarantined(),
     };
     let mut res = Response::new(shared.metrics.render(gauges).into());
     res.headers_mut().insert(

@@ -200,13 +200,15 @@ impl Writer {
     /// Apply, commit, publish and answer one batch. Returns whether a [`Job::Stop`] was in it.
     fn process(&mut self, batch: &mut Vec<Job>) -> bool {
         let stopping = self.stage(batch);
-        let records: Vec<(Serial, Arc<str>)> = self
-            .staged
-            .iter()
-            .filter(|(_, s)| s.written)
-            .map(|(serial, s)| (serial.clone(), Arc::clone(&s.entry.json)))
-            .collect();
-        let committed = self.log.commit(&records).is_ok();
+        let committed = self
+            .log
+            .commit(
+                self.staged
+                    .iter()
+                    .filter(|(_, s)| s.written)
+                    .map(|(serial, s)| (serial, &s.entry.json)),
+            )
+            .is_ok();
         if committed {
             self.fleet.publish(
                 self.staged

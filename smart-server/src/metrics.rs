@@ -106,6 +106,8 @@ pub(crate) struct Gauges {
     pub dashboard_pending_max: usize,
     pub dashboard_pending_total: usize,
     pub store_healthy: bool,
+    /// Stored records kept in quarantine (unreadable at start).
+    pub store_quarantined: u64,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -218,6 +220,12 @@ impl Metrics {
             "gauge",
             "1 while the store accepts durable writes.",
             u64::from(gauges.store_healthy),
+        );
+        metric(
+            "smart_store_quarantined_records",
+            "gauge",
+            "Stored records that could not be read at start, kept in quarantine (not served).",
+            gauges.store_quarantined,
         );
         metric(
             "smart_devices",

@@ -10,24 +10,28 @@
 //! sled is off the hot path: the writer only remembers the latest record of each device written
 //! since the last checkpoint. About once a second it starts a new log segment and hands that set to
 //! the checkpoint thread, which inserts it into sled (one insert per device, however many updates it
-//! had), records how far it got, flushes, and retires the segments it covered. A restart replays at
-//! most the segments written since.
+//! had), records how far it got and flushes; the writer then retires the segments it covered. A
+//! restart replays at most the segments written since.
+//!
+//! The storage side of the writer is [`Log`] (append + sync, checkpoints); the job loop only hands
+//! it batches. A record that fails to read at start is quarantined (the `quarantine` tree), never
+//! dropped.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use smart_proto::{Record, Serial};
 use thiserror::Error;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use crate::metrics::Metrics;
-use crate::wal::{self, Wal};
+use crate::wal::{self, Wal, WalDir};
 
 /// How often sled is flushed and the log truncated.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -50,14 +54,18 @@ pub enum StoreError {
     WriterGone,
 }
 
-/// The sled database, its one tree of device records, and the log directory.
+/// The sled database, its trees, and the log directory.
 #[derive(Debug)]
 pub(crate) struct Store {
     db: sled::Db,
     devices: sled::Tree,
     /// `checkpoint`: the last log segment whose records are in `devices`.
     meta: sled::Tree,
-    wal_dir: PathBuf,
+    /// Stored records that could not be read, under their original key (log frames without a
+    /// readable key under `wal:<segment>:<frame>`): kept for an operator, never served.
+    quarantine: sled::Tree,
+    quarantined: AtomicU64,
+    wal_dir: Arc<WalDir>,
     /// Where the log continues after [`Store::open`].
     first_segment: u64,
     healthy: AtomicBool,
@@ -66,6 +74,8 @@ pub(crate) struct Store {
 impl Store {
     /// Open (or create) the store in `dir`, replaying whatever the log holds beyond sled.
     pub(crate) fn open(dir: &Path) -> Result<Store, StoreError> {
+        // Created here, with their parents synced, not by sled or `create_dir_all`.
+        wal::create_dir_durable(&dir.join("sled"))?;
         let db = sled::Config::new()
             .path(dir.join("sled"))
             // The log makes commits durable; sled is flushed by checkpoints only.
@@ -74,16 +84,26 @@ impl Store {
             .open()?;
         let devices = db.open_tree("devices")?;
         let meta = db.open_tree("meta")?;
+        let quarantine = db.open_tree("quarantine")?;
+        let quarantined = AtomicU64::new(quarantine.len() as u64);
         let mut store = Store {
             db,
             devices,
             meta,
-            wal_dir: dir.join("wal"),
+            quarantine,
+            quarantined,
+            wal_dir: Arc::new(WalDir::open(&dir.join("wal"))?),
             first_segment: 0,
             healthy: AtomicBool::new(true),
         };
-        std::fs::create_dir_all(&store.wal_dir)?;
         store.first_segment = store.replay()?;
+        let quarantined = store.quarantined();
+        if quarantined > 0 {
+            error!(
+                records = quarantined,
+                "stored records in quarantine (unreadable, kept in the `quarantine` tree of sled)"
+            );
+        }
         Ok(store)
     }
 
@@ -91,51 +111,99 @@ impl Store {
     /// the checkpoint, flush, retire them. Returns the sequence number for the next segment.
     fn replay(&self) -> Result<u64, StoreError> {
         let checkpointed = self.checkpointed()?;
-        let segments = wal::segments(&self.wal_dir)?;
-        let Some(&(last, _)) = segments.last() else {
-            return Ok(checkpointed.map_or(0, |c| c + 1));
-        };
-        let mut records = 0;
-        let mut replayed = 0;
-        for (seq, path) in &segments {
+        let segments: Vec<(u64, PathBuf)> = wal::segments(self.wal_dir.path())?
+            .into_iter()
             // Segments at or below the checkpoint are in sled already; replaying them could take
             // a device back to an older state.
-            if checkpointed.is_some_and(|c| *seq <= c) {
-                continue;
-            }
+            .filter(|(seq, _)| checkpointed.is_none_or(|c| *seq > c))
+            .collect();
+        let Some(&(last, _)) = segments.last() else {
+            let next = checkpointed.map_or(0, |c| c + 1);
+            self.wal_dir.retire_found(next.saturating_sub(1))?;
+            return Ok(next);
+        };
+        // First pass: where abandoned segments really end (recorded in later segments).
+        let mut cuts: HashMap<u64, u64> = HashMap::new();
+        for (seq, path) in &segments {
             let bytes = std::fs::read(path)?;
+            wal::decode(&bytes, *seq, |payload| {
+                if let Some(cut) = wal::Cut::of(payload) {
+                    let len = cuts.entry(cut.seq).or_insert(cut.len);
+                    *len = (*len).min(cut.len);
+                }
+            });
+        }
+        let mut records = 0;
+        for (seq, path) in &segments {
+            let bytes = std::fs::read(path)?;
+            let end = cuts
+                .get(seq)
+                .map_or(bytes.len(), |&len| bytes.len().min(len as usize));
             let mut failed = None;
-            let outcome = wal::decode(&bytes, *seq, |payload| {
-                if failed.is_some() {
+            let mut frame = 0;
+            let outcome = wal::decode(&bytes[..end], *seq, |payload| {
+                frame += 1;
+                if failed.is_some() || wal::Cut::of(payload).is_some() {
                     return;
                 }
-                let Some(key) = record_key(payload) else {
-                    warn!(seq, "skipping an unreadable record in the write-ahead log");
-                    return;
+                let result = match record_key(payload) {
+                    Some(key) => self.devices.insert(key, payload).map(|_| records += 1),
+                    None => self.quarantine_record(
+                        &format!("wal:{seq}:{frame}"),
+                        payload,
+                        "a log record without a readable serial_number",
+                    ),
                 };
-                match self.devices.insert(key, payload) {
-                    Ok(_) => records += 1,
-                    Err(e) => failed = Some(e),
+                if let Err(e) = result {
+                    failed = Some(e);
                 }
             });
             if let Some(e) = failed {
                 return Err(e.into());
             }
-            replayed += 1;
             debug!(
                 seq,
                 frames = outcome.frames,
                 rest = outcome.rest,
+                cut = end < bytes.len(),
                 "replayed log segment"
             );
         }
         self.meta.insert(CHECKPOINT_KEY, &last.to_be_bytes())?;
         self.db.flush()?;
-        wal::retire_through(&self.wal_dir, last)?;
-        if replayed > 0 {
-            info!(segments = replayed, records, "replayed the write-ahead log");
-        }
+        self.wal_dir.retire_found(last)?;
+        info!(
+            segments = segments.len(),
+            records, "replayed the write-ahead log"
+        );
         Ok(last + 1)
+    }
+
+    /// Keep an unreadable record in the quarantine tree (under `key`, or `key#2`, … if another
+    /// value is there already), log it at ERROR and count it.
+    fn quarantine_record(&self, key: &str, value: &[u8], reason: &str) -> Result<(), sled::Error> {
+        let mut slot = key.to_owned();
+        for n in 2.. {
+            match self.quarantine.get(&slot)? {
+                Some(old) if old.as_ref() == value => return Ok(()),
+                Some(_) => slot = format!("{key}#{n}"),
+                None => break,
+            }
+        }
+        self.quarantine.insert(slot.as_str(), value)?;
+        self.quarantined.fetch_add(1, Ordering::Relaxed);
+        error!(
+            key = slot,
+            bytes = value.len(),
+            reason,
+            "unreadable stored record quarantined (kept in sled's `quarantine` tree, not served)"
+        );
+        Ok(())
+    }
+
+    /// Records kept in quarantine.
+    pub(crate) fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
     }
 
     /// The last segment a checkpoint covered.
@@ -147,8 +215,8 @@ impl Store {
             .map(u64::from_be_bytes))
     }
 
-    /// Put the latest `records` of segments up to `seq` into sled, note the checkpoint, flush, and
-    /// retire those segments.
+    /// Put the latest `records` of segments up to `seq` into sled, note the checkpoint and flush.
+    /// Those segments may be retired once this returns `Ok`.
     fn checkpoint(&self, seq: u64, records: &HashMap<Serial, Arc<str>>) -> Result<(), StoreError> {
         for (serial, json) in records {
             self.devices.insert(serial.as_str(), json.as_bytes())?;
@@ -157,27 +225,37 @@ impl Store {
         // crash, so do they.
         self.meta.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
         self.db.flush()?;
-        wal::retire_through(&self.wal_dir, seq)?;
         Ok(())
     }
 
-    /// Every stored record. A record that no longer parses is logged and skipped, so one bad entry
-    /// cannot keep the whole fleet from starting.
+    /// Every stored record. A record that no longer reads is moved to quarantine (logged at ERROR,
+    /// counted), so one bad entry can neither keep the fleet from starting nor be lost.
     pub(crate) fn load(&self) -> Result<Vec<Record>, StoreError> {
         let mut records = Vec::with_capacity(self.devices.len());
+        let mut moved = 0;
         for entry in &self.devices {
             let (key, value) = entry?;
-            let key = String::from_utf8_lossy(&key).into_owned();
             let parsed = std::str::from_utf8(&value)
                 .map_err(|e| e.to_string())
                 .and_then(|text| Record::from_json(text).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(record) if record.serial_number.as_str() == key => records.push(record),
-                Ok(record) => {
-                    warn!(key, serial = %record.serial_number, "skipping stored record under a foreign key");
+            let reason = match parsed {
+                Ok(record) if record.serial_number.as_str().as_bytes() == key.as_ref() => {
+                    records.push(record);
+                    continue;
                 }
-                Err(reason) => warn!(key, reason, "skipping unreadable stored record"),
-            }
+                Ok(record) => format!(
+                    "stored under a foreign key (serial {})",
+                    record.serial_number
+                ),
+                Err(reason) => reason,
+            };
+            let name = String::from_utf8_lossy(&key).into_owned();
+            self.quarantine_record(&name, &value, &reason)?;
+            self.devices.remove(&key)?;
+            moved += 1;
+        }
+        if moved > 0 {
+            self.db.flush()?;
         }
         Ok(records)
     }
@@ -200,18 +278,25 @@ fn record_key(payload: &[u8]) -> Option<String> {
     struct Key {
         serial_number: String,
     }
+    // Records are JSON objects as written; serde would also take `["serial"]` for `Key`.
+    if payload.first() != Some(&b'{') {
+        return None;
+    }
     serde_json::from_slice::<Key>(payload)
         .ok()
         .map(|k| k.serial_number)
 }
 
-/// The group commit failed: nothing of it will ever be replayed.
+/// The result of a group commit: durable, or not stored.
+pub(crate) type Ack = Result<(), StoreFailed>;
+
+/// The write was not made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("the store could not make the update durable")]
 pub(crate) struct StoreFailed;
 
-/// The storage side of the writer thread: the log segment being appended, and the latest record of
-/// every device written since the last checkpoint. Owned by the writer thread ([`crate::ingest`]).
+/// The storage side of the writer: the log segment being appended, and what the next checkpoint
+/// needs. Owned by the writer thread.
 pub(crate) struct Log {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
@@ -219,73 +304,99 @@ pub(crate) struct Log {
     /// The frames of the batch being committed (reused).
     frames: Vec<u8>,
     /// Latest record of every device written since the last checkpoint.
-    dirty: HashMap<Serial, Arc<str>>,
+    dirty: Records,
     last_checkpoint: Instant,
     checkpoints: Checkpoints,
 }
 
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("wal", &self.wal)
+            .field("dirty", &self.dirty.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Log {
-    /// Continue the log where [`Store::open`] left it, and start the checkpoint thread.
+    /// Start the log where [`Store::open`] left it, and the checkpoint thread.
     pub(crate) fn start(store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Log, StoreError> {
-        let log = Wal::create(&store.wal_dir, store.first_segment)?;
+        let wal = Wal::start(Arc::clone(&store.wal_dir), store.first_segment)?;
         let checkpoints = Checkpoints::start(Arc::clone(&store));
         Ok(Log {
             store,
             metrics,
-            wal: log,
+            wal,
             frames: Vec::with_capacity(64 * 1024),
-            dirty: HashMap::new(),
+            dirty: Records::new(),
             last_checkpoint: Instant::now(),
             checkpoints,
         })
     }
 
-    /// Append `records` and make them durable with one append and one sync. `Ok`: every record is
-    /// durable and will be checkpointed. `Err`: the store is marked unhealthy and none of them counts.
-    pub(crate) fn commit(&mut self, records: &[(Serial, Arc<str>)]) -> Result<(), StoreFailed> {
-        if records.is_empty() {
-            return Ok(());
-        }
+    /// Append these records (serial, full record JSON) and make them durable with one write and one
+    /// sync. `Ok`: every record is durable and will be checkpointed. `Err`: none of them will ever
+    /// be replayed (no torn bytes are left for a later append to follow). A failed write or sync
+    /// marks the store unhealthy until a commit succeeds again; a record over the log's frame limit
+    /// ([`wal::MAX_PAYLOAD`], which `--max-record-bytes` keeps records far below) fails the batch
+    /// without touching the disk.
+    pub(crate) fn commit<'a, I>(&mut self, records: I) -> Ack
+    where
+        I: IntoIterator<Item = (&'a Serial, &'a Arc<str>)>,
+        I::IntoIter: Clone,
+    {
+        let records = records.into_iter();
         let started = Instant::now();
         self.frames.clear();
-        let seq = self.wal.seq();
-        for (_, json) in records {
-            wal::encode(&mut self.frames, seq, json.as_bytes());
+        if records.clone().next().is_none() {
+            return Ok(());
+        }
+        let seq = match self.wal.begin(&mut self.frames) {
+            Ok(seq) => seq,
+            Err(e) => return Err(self.failed(&e)),
+        };
+        let mut writes = 0u64;
+        for (serial, json) in records.clone() {
+            if let Err(e) = wal::encode(&mut self.frames, seq, json.as_bytes()) {
+                error!(%e, %serial, "record refused by the write-ahead log; its batch is answered with ERROR");
+                return Err(StoreFailed);
+            }
+            writes += 1;
+        }
+        if let Err(e) = self.wal.append_sync(&self.frames) {
+            return Err(self.failed(&e));
+        }
+        for (serial, json) in records {
+            self.dirty.insert(serial.clone(), Arc::clone(json));
         }
         let metrics = &self.metrics;
-        match self.wal.append_sync(&self.frames) {
-            Ok(()) => {
-                Metrics::inc(&metrics.flushes);
-                metrics
-                    .flushed_writes
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
-                metrics
-                    .flush_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                if !self.store.healthy.swap(true, Ordering::Relaxed) {
-                    info!("store writable again");
-                }
-                for (serial, json) in records {
-                    self.dirty.insert(serial.clone(), Arc::clone(json));
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if self.store.healthy.swap(false, Ordering::Relaxed) {
-                    error!(%e, "group commit failed; the updates in it are answered with ERROR");
-                }
-                // What the failed sync left in the segment is uncertain: continue in a fresh one.
-                if let Err(e) = self.wal.rotate() {
-                    error!(%e, "cannot start a new log segment");
-                }
-                Err(StoreFailed)
-            }
+        Metrics::inc(&metrics.flushes);
+        metrics.flushed_writes.fetch_add(writes, Ordering::Relaxed);
+        metrics
+            .flush_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if !self.store.healthy.swap(true, Ordering::Relaxed) {
+            info!("store writable again");
         }
+        Ok(())
     }
 
-    /// Every second (or 64 MiB of log), start a new segment and hand what the finished ones hold to
-    /// the checkpoint thread, unless it is still busy with the previous one.
+    fn failed(&self, e: &io::Error) -> StoreFailed {
+        if self.store.healthy.swap(false, Ordering::Relaxed) {
+            error!(%e, "group commit failed; the updates in it are answered with ERROR");
+        } else {
+            debug!(%e, "group commit failed again");
+        }
+        StoreFailed
+    }
+
+    /// Call after each batch: retire the segments the last checkpoint covered; every second (or
+    /// 64 MiB of log) start a new segment and hand what the finished ones hold to the checkpoint
+    /// thread, unless it is still busy with the previous one.
     pub(crate) fn maybe_checkpoint(&mut self) {
+        if let Some(done) = self.checkpoints.take_done() {
+            self.wal.retire_through(done);
+        }
         let due = self.wal.len() >= CHECKPOINT_BYTES
             || (self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
         if !due || self.checkpoints.busy() {
@@ -304,7 +415,11 @@ impl Log {
                     }
                 }
             }
-            Err(e) => error!(%e, "cannot rotate the write-ahead log"),
+            Err(e) => {
+                // Try again after the next batch, at most once an interval.
+                self.last_checkpoint = Instant::now();
+                error!(%e, "cannot rotate the write-ahead log; the segment keeps growing");
+            }
         }
     }
 
@@ -312,7 +427,7 @@ impl Log {
     pub(crate) fn finish(self) {
         let Log {
             store,
-            wal: log,
+            wal,
             mut dirty,
             checkpoints,
             ..
@@ -320,8 +435,9 @@ impl Log {
         for (serial, json) in checkpoints.finish() {
             dirty.entry(serial).or_insert(json);
         }
-        if let Err(e) = store.checkpoint(log.seq(), &dirty) {
-            error!(%e, "final checkpoint failed; the log is kept for replay");
+        match store.checkpoint(wal.seq(), &dirty) {
+            Ok(()) => wal.retire_all(),
+            Err(e) => error!(%e, "final checkpoint failed; the log is kept for replay"),
         }
     }
 }
@@ -332,6 +448,9 @@ type Records = HashMap<Serial, Arc<str>>;
 struct Checkpoints {
     tx: Option<std_mpsc::SyncSender<(u64, Records)>>,
     busy: Arc<AtomicBool>,
+    /// One more than the last segment a checkpoint covered (0: none yet), for retiring.
+    done: Arc<AtomicU64>,
+    retired: u64,
     thread: Option<thread::JoinHandle<Records>>,
 }
 
@@ -340,6 +459,8 @@ impl Checkpoints {
         let (tx, rx) = std_mpsc::sync_channel::<(u64, Records)>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&busy);
+        let done = Arc::new(AtomicU64::new(0));
+        let covered = Arc::clone(&done);
         let thread = thread::Builder::new()
             .name("smart-store-checkpoint".to_owned())
             .spawn(move || {
@@ -352,7 +473,10 @@ impl Checkpoints {
                     }
                     let started = Instant::now();
                     match store.checkpoint(seq, &records) {
-                        Ok(()) => debug!(seq, devices = records.len(), elapsed = ?started.elapsed(), "checkpoint"),
+                        Ok(()) => {
+                            covered.fetch_max(seq + 1, Ordering::AcqRel);
+                            debug!(seq, devices = records.len(), elapsed = ?started.elapsed(), "checkpoint");
+                        }
                         Err(e) => {
                             error!(%e, seq, "checkpoint failed; the log is kept");
                             carried = records;
@@ -366,6 +490,8 @@ impl Checkpoints {
             Ok(thread) => Checkpoints {
                 tx: Some(tx),
                 busy,
+                done,
+                retired: 0,
                 thread: Some(thread),
             },
             Err(e) => {
@@ -374,10 +500,22 @@ impl Checkpoints {
                 Checkpoints {
                     tx: None,
                     busy,
+                    done,
+                    retired: 0,
                     thread: None,
                 }
             }
         }
+    }
+
+    /// The last segment a checkpoint covered, once per new checkpoint.
+    fn take_done(&mut self) -> Option<u64> {
+        let done = self.done.load(Ordering::Acquire);
+        if done <= self.retired {
+            return None;
+        }
+        self.retired = done;
+        Some(done - 1)
     }
 
     fn busy(&self) -> bool {
@@ -414,114 +552,4 @@ impl Checkpoints {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn record_json(serial: &str, battery: u32) -> String {
-        let mut record = Record::new(
-            Serial::new(serial).unwrap(),
-            "EET",
-            smart_proto::Timestamp::from_unix_micros(0),
-        );
-        record.battery = Some(f64::from(battery));
-        record.to_json()
-    }
-
-    fn frames(seq: u64, records: &[String]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for r in records {
-            wal::encode(&mut out, seq, r.as_bytes());
-        }
-        out
-    }
-
-    fn batteries(store: &Store) -> Vec<(String, Option<f64>)> {
-        store
-            .load()
-            .unwrap()
-            .iter()
-            .map(|r| (r.serial_number.as_str().to_owned(), r.battery))
-            .collect()
-    }
-
-    /// A crash leaves log segments behind: opening the store replays them into sled, later records
-    /// over earlier ones, a torn tail ignored, and retires them.
-    #[test]
-    fn open_replays_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal_dir = dir.path().join("wal");
-        let mut log = Wal::create(&wal_dir, 3).unwrap();
-        log.append_sync(&frames(
-            3,
-            &[record_json("0001", 10), record_json("0002", 20)],
-        ))
-        .unwrap();
-        log.rotate().unwrap();
-        let mut torn = frames(4, &[record_json("0001", 11), record_json("0003", 30)]);
-        torn.truncate(torn.len() - 5); // 0003 was never acked
-        log.append_sync(&torn).unwrap();
-        drop(log);
-
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            batteries(&store),
-            [
-                ("0001".to_owned(), Some(11.0)),
-                ("0002".to_owned(), Some(20.0))
-            ]
-        );
-        assert!(wal::segments(&wal_dir).unwrap().is_empty());
-        assert_eq!(store.first_segment, 5);
-        drop(store);
-
-        // It is in sled now: a second open finds the same without any log.
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(batteries(&store).len(), 2);
-        assert_eq!(store.first_segment, 5);
-    }
-
-    /// Segments a checkpoint covered are never replayed, even if their files survived: replaying
-    /// them would take devices back to older states.
-    #[test]
-    fn checkpointed_segments_are_not_replayed() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal_dir = dir.path().join("wal");
-        let store = Store::open(dir.path()).unwrap();
-        let mut records = Records::new();
-        records.insert(
-            Serial::new("0001").unwrap(),
-            Arc::from(record_json("0001", 50)),
-        );
-        store.checkpoint(2, &records).unwrap();
-        drop(store);
-
-        let mut log = Wal::create(&wal_dir, 2).unwrap();
-        log.append_sync(&frames(2, &[record_json("0001", 10)]))
-            .unwrap(); // older than sled
-        log.rotate().unwrap();
-        log.append_sync(&frames(3, &[record_json("0002", 20)]))
-            .unwrap();
-        drop(log);
-
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            batteries(&store),
-            [
-                ("0001".to_owned(), Some(50.0)),
-                ("0002".to_owned(), Some(20.0))
-            ]
-        );
-        assert_eq!(store.first_segment, 4);
-    }
-
-    #[test]
-    fn record_key_reads_the_serial() {
-        assert_eq!(
-            record_key(record_json("X-1", 1).as_bytes()).as_deref(),
-            Some("X-1")
-        );
-        assert_eq!(record_key(b"{\"battery\": 1}"), None);
-        assert_eq!(record_key(b"not json"), None);
-    }
-}
+mod tests;

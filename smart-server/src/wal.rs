@@ -7,23 +7,39 @@
 //! second, after which the segments it covers are retired.
 //!
 //! Segment files are `wal/<seq>.log`, a sequence of frames
-//! `[len: u32 LE][crc32(seq, len, payload): u32 LE][payload]`. A retired segment is kept as
-//! `wal/spare.log` and reused for the next segment: overwriting blocks a file already has makes
-//! `fdatasync` cheaper than growing a file (no metadata to journal: measured about half the time).
-//! Because the checksum covers the segment's sequence number, frames left over from the file's
-//! previous life never validate. Replay stops at the first frame that does not validate: a torn write
-//! at the end (never acked), or the leftovers of a recycled file.
+//! `[len: u32 LE][crc32(seq, len, payload): u32 LE][payload]`. The next segment is opened ahead of
+//! time as `wal/next.log` and becomes `<seq>.log` by a rename when the log rotates, and a retired
+//! segment becomes the next `next.log`: rotating and retiring need no new file descriptor, so a
+//! process out of descriptors still rotates and checkpoints. Reusing a file also makes `fdatasync`
+//! cheaper than growing a fresh one (overwriting blocks a file already has journals no metadata:
+//! measured about half the time). Because the checksum covers the segment's sequence number, frames
+//! left over from a file's previous life never validate. Replay stops at the first frame that does
+//! not validate: a torn write at the end (never acked), or the leftovers of a recycled file.
+//!
+//! A failed append leaves no torn bytes for a later append to follow: the segment is truncated back
+//! to its last good length; if even that fails, the segment is abandoned, the log continues in the
+//! next one, and a *cut* frame written there with the next batch tells replay where the abandoned
+//! segment really ends.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use tracing::{debug, error, info, warn};
 
 /// Frame header: payload length and checksum.
 const HEADER: usize = 8;
-/// No record comes near this; a larger length is corruption.
-const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
-/// The retired segment kept for reuse.
-const SPARE: &str = "spare.log";
+/// The largest payload a frame may hold: [`decode`] treats a larger length as corruption, so
+/// [`encode`] refuses it. Stored records are capped far below (`--max-record-bytes`).
+pub(crate) const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
+/// The next segment, opened ahead of time.
+const NEXT: &str = "next.log";
+/// A retired segment kept for reuse by earlier versions.
+const LEGACY_SPARE: &str = "spare.log";
+/// Payload prefix of a cut frame. Records are JSON objects and start with `{`.
+const CUT: &[u8; 4] = b"\0cut";
 
 fn checksum(seq: u64, len: u32, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
@@ -33,12 +49,26 @@ fn checksum(seq: u64, len: u32, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Append one frame of segment `seq` holding `payload` to `out`.
-pub(crate) fn encode(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+/// A payload the log's reader would refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("a record of {len} bytes is over the write-ahead log's frame limit of {MAX_PAYLOAD} bytes")]
+pub(crate) struct TooLarge {
+    pub len: usize,
+}
+
+/// Append one frame of segment `seq` holding `payload` to `out`; refuses exactly the payloads that
+/// [`decode`] would not read back.
+pub(crate) fn encode(out: &mut Vec<u8>, seq: u64, payload: &[u8]) -> Result<(), TooLarge> {
+    let len = match u32::try_from(payload.len()) {
+        Ok(len) if payload.len() <= MAX_PAYLOAD => len,
+        _ => {
+            return Err(TooLarge { len: payload.len() });
+        }
+    };
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&checksum(seq, len, payload).to_le_bytes());
     out.extend_from_slice(payload);
+    Ok(())
 }
 
 /// How reading a segment ended.
@@ -76,6 +106,31 @@ pub(crate) fn decode(bytes: &[u8], seq: u64, mut each: impl FnMut(&[u8])) -> Rep
     }
 }
 
+/// Where an abandoned segment really ends: replay reads segment `seq` only up to `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cut {
+    pub seq: u64,
+    pub len: u64,
+}
+
+impl Cut {
+    fn payload(self) -> [u8; 20] {
+        let mut out = [0; 20];
+        out[..4].copy_from_slice(CUT);
+        out[4..12].copy_from_slice(&self.seq.to_le_bytes());
+        out[12..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    /// The cut a frame's payload records, if it is a cut frame.
+    pub(crate) fn of(payload: &[u8]) -> Option<Cut> {
+        let rest = payload.strip_prefix(CUT)?;
+        let seq = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let len = u64::from_le_bytes(rest.get(8..16)?.try_into().ok()?);
+        (rest.len() == 16).then_some(Cut { seq, len })
+    }
+}
+
 /// The segments in `dir`, oldest first.
 pub(crate) fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut found = Vec::new();
@@ -98,75 +153,146 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.log"))
 }
 
-/// Make the creation, renaming or removal of files in `dir` durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Create `dir` and its missing ancestors, syncing each new directory's parent so that the new
+/// entries survive a crash (`create_dir_all` leaves them to the next journal commit).
+pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    create_dir_durable(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(e),
+    }
+    File::open(parent)?.sync_all()
 }
 
-/// Retire the segments up to and including `seq` (their content is safe elsewhere): the newest is
-/// kept as the spare unless there is one already, the others are deleted. Returns how many.
-pub(crate) fn retire_through(dir: &Path, seq: u64) -> io::Result<usize> {
-    let mut retired: Vec<(u64, PathBuf)> = segments(dir)?
-        .into_iter()
-        .filter(|(s, _)| *s <= seq)
-        .collect();
-    let count = retired.len();
-    let spare = dir.join(SPARE);
-    if let Some((_, newest)) = retired.pop() {
-        if spare.exists() {
-            fs::remove_file(newest)?;
-        } else {
-            fs::rename(newest, &spare)?;
-        }
-    }
-    for (_, path) in retired {
-        fs::remove_file(path)?;
-    }
-    if count > 0 {
-        sync_dir(dir)?;
-    }
-    Ok(count)
-}
-
-/// The segment being appended to.
+/// The log directory, kept open: syncing it needs no new descriptor.
 #[derive(Debug)]
-pub(crate) struct Wal {
-    dir: PathBuf,
-    file: File,
-    seq: u64,
-    len: u64,
+pub(crate) struct WalDir {
+    path: PathBuf,
+    fd: File,
 }
 
-impl Wal {
-    /// Start segment `seq` in `dir`, reusing the spare file if there is one.
-    pub(crate) fn create(dir: &Path, seq: u64) -> io::Result<Wal> {
-        fs::create_dir_all(dir)?;
-        let path = segment_path(dir, seq);
-        // Another thread may take or make the spare at the same time: a failed rename just means a
-        // fresh file.
-        let recycled = fs::rename(dir.join(SPARE), &path).is_ok();
-        // Not `append`: a recycled file is overwritten from its start.
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)?;
-        sync_dir(dir)?;
-        tracing::debug!(seq, recycled, "new log segment");
-        Ok(Wal {
-            dir: dir.to_path_buf(),
-            file,
-            seq,
-            len: 0,
+impl WalDir {
+    /// Create (durably) and open the log directory.
+    pub(crate) fn open(path: &Path) -> io::Result<WalDir> {
+        create_dir_durable(path)?;
+        Ok(WalDir {
+            path: path.to_path_buf(),
+            fd: File::open(path)?,
         })
     }
 
-    /// Append frames encoded for this segment ([`Wal::seq`]) and make them durable.
-    pub(crate) fn append_sync(&mut self, frames: &[u8]) -> io::Result<()> {
-        self.file.write_all(frames)?;
-        self.file.sync_data()?;
-        self.len += frames.len() as u64;
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Make the creation, renaming or removal of files in the directory durable.
+    fn sync(&self) -> io::Result<()> {
+        self.fd.sync_all()
+    }
+
+    /// On start: remove the segments up to `seq` (a checkpoint covers them), keeping the newest as
+    /// the next segment's file if there is none. Returns how many.
+    pub(crate) fn retire_found(&self, seq: u64) -> io::Result<usize> {
+        let mut retired: Vec<(u64, PathBuf)> = segments(&self.path)?
+            .into_iter()
+            .filter(|(s, _)| *s <= seq)
+            .collect();
+        let count = retired.len();
+        if let Some((_, newest)) = retired.pop() {
+            if self.path.join(NEXT).exists() {
+                fs::remove_file(newest)?;
+            } else {
+                fs::rename(newest, self.path.join(NEXT))?;
+            }
+        }
+        for (_, path) in retired {
+            fs::remove_file(path)?;
+        }
+        // No directory sync: a retirement undone by a crash leaves segments the checkpoint covers,
+        // which replay skips and retires again.
+        Ok(count)
+    }
+
+    /// Make `next.log` segment `seq`; its name is durable before anything in it is acked.
+    fn install(&self, seq: u64) -> io::Result<()> {
+        let path = segment_path(&self.path, seq);
+        fs::rename(self.path.join(NEXT), &path)?;
+        if let Err(e) = self.sync() {
+            let _ = fs::rename(&path, self.path.join(NEXT));
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// Open `next.log` (made from the legacy spare if there is one, created otherwise).
+    fn open_next(&self) -> io::Result<File> {
+        let next = self.path.join(NEXT);
+        if !next.exists() && self.path.join(LEGACY_SPARE).exists() {
+            fs::rename(self.path.join(LEGACY_SPARE), &next)?;
+        }
+        // Not `append`: a recycled file is overwritten from its start.
+        OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(next)
+    }
+}
+
+/// The segment being appended to, the file of the next one, and what is not yet retired.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    dir: std::sync::Arc<WalDir>,
+    file: File,
+    seq: u64,
+    /// Bytes of the current segment known good (durable, or nothing after them).
+    len: u64,
+    /// The next segment's file, opened ahead (`next.log`).
+    reserve: Option<File>,
+    /// The newest finished segment, kept open to become the reserve once it is retired.
+    finished: Option<(u64, File)>,
+    /// The oldest segment not retired yet.
+    oldest: u64,
+    /// Abandoned segments, to be recorded by the next successful append.
+    cuts: Vec<Cut>,
+    /// The current segment may hold bytes after `len` that could not be removed.
+    torn: bool,
+}
+
+impl Wal {
+    /// Start segment `seq` (the segments before it are retired or replayed).
+    pub(crate) fn start(dir: std::sync::Arc<WalDir>, seq: u64) -> io::Result<Wal> {
+        let file = dir.open_next()?;
+        dir.install(seq)?;
+        let reserve = dir
+            .open_next()
+            .inspect_err(|e| warn!(%e, "cannot open the next log segment ahead of time"))
+            .ok();
+        debug!(seq, "first log segment");
+        Ok(Wal {
+            dir,
+            file,
+            seq,
+            len: 0,
+            reserve,
+            finished: None,
+            oldest: seq,
+            cuts: Vec::new(),
+            torn: false,
+        })
+    }
+
+    /// The current segment's sequence number.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// Bytes written to the current segment.
@@ -174,29 +300,180 @@ impl Wal {
         self.len
     }
 
+    /// Prepare an append: make sure nothing torn precedes it (truncating or abandoning a segment a
+    /// failed append left torn), and put the frames of pending cuts into `out`. Returns the segment
+    /// sequence number to encode the records for.
+    pub(crate) fn begin(&mut self, out: &mut Vec<u8>) -> io::Result<u64> {
+        if self.torn {
+            self.repair()?;
+        }
+        for cut in &self.cuts {
+            // 20 bytes: never too large.
+            let _ = encode(out, self.seq, &cut.payload());
+        }
+        Ok(self.seq)
+    }
+
+    /// Append frames encoded for this segment (by way of [`Wal::begin`]) and make them durable.
+    /// On failure nothing of them will be replayed.
+    pub(crate) fn append_sync(&mut self, frames: &[u8]) -> io::Result<()> {
+        let result = self
+            .file
+            .write_all_at(frames, self.len)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.len += frames.len() as u64;
+                self.cuts.clear();
+                Ok(())
+            }
+            Err(e) => {
+                self.torn = true;
+                if let Err(e) = self.repair() {
+                    error!(%e, seq = self.seq, "cannot cut the failed write off the log; retrying before the next one");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove what a failed append may have left after `len`: truncate, or abandon the segment.
+    fn repair(&mut self) -> io::Result<()> {
+        match self
+            .file
+            .set_len(self.len)
+            .and_then(|()| self.file.sync_all())
+        {
+            Ok(()) => {
+                self.torn = false;
+                debug!(seq = self.seq, len = self.len, "failed write truncated");
+                Ok(())
+            }
+            Err(e) => {
+                warn!(%e, seq = self.seq, "cannot truncate the failed write; abandoning the segment");
+                self.rotate()?;
+                self.write_cuts();
+                Ok(())
+            }
+        }
+    }
+
+    /// Record the pending cuts at the start of a fresh segment now rather than with the next batch,
+    /// so a crash before that batch does not replay the abandoned segment's torn frames either. On
+    /// failure they stay pending (and the segment is repaired before the next append).
+    fn write_cuts(&mut self) {
+        let mut out = Vec::new();
+        for cut in &self.cuts {
+            // 20 bytes: never too large.
+            let _ = encode(&mut out, self.seq, &cut.payload());
+        }
+        match self
+            .file
+            .write_all_at(&out, self.len)
+            .and_then(|()| self.file.sync_data())
+        {
+            Ok(()) => {
+                self.len += out.len() as u64;
+                self.cuts.clear();
+            }
+            Err(e) => {
+                self.torn = true;
+                warn!(%e, seq = self.seq, "cannot record where the abandoned segment ends yet");
+            }
+        }
+    }
+
     /// Continue in a new segment; returns the sequence number of the one just finished.
     pub(crate) fn rotate(&mut self) -> io::Result<u64> {
-        let next = Wal::create(&self.dir, self.seq + 1)?;
+        let file = match self.reserve.take() {
+            Some(file) => file,
+            None => self.dir.open_next()?,
+        };
+        let next = self.seq + 1;
+        if let Err(e) = self.dir.install(next) {
+            self.reserve = Some(file);
+            return Err(e);
+        }
         let finished = self.seq;
-        *self = next;
+        if self.torn {
+            self.cuts.push(Cut {
+                seq: finished,
+                len: self.len,
+            });
+            self.torn = false;
+        }
+        let old = std::mem::replace(&mut self.file, file);
+        self.finished = Some((finished, old));
+        self.seq = next;
+        self.len = 0;
+        debug!(seq = next, "new log segment");
         Ok(finished)
     }
 
-    /// The current segment's sequence number.
-    pub(crate) fn seq(&self) -> u64 {
-        self.seq
+    /// Retire the finished segments up to and including `seq` (a checkpoint covers them): the newest
+    /// one's file becomes the reserve if there is none, the others are deleted.
+    pub(crate) fn retire_through(&mut self, seq: u64) {
+        let Some(before_current) = self.seq.checked_sub(1) else {
+            return;
+        };
+        let last = seq.min(before_current);
+        while self.oldest <= last {
+            let s = self.oldest;
+            self.oldest += 1;
+            let path = segment_path(&self.dir.path, s);
+            let recycle =
+                self.reserve.is_none() && self.finished.as_ref().is_some_and(|f| f.0 == s);
+            let result = if recycle {
+                fs::rename(&path, self.dir.path.join(NEXT)).map(|()| {
+                    self.reserve = self.finished.take().map(|(_, f)| f);
+                })
+            } else {
+                fs::remove_file(&path)
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => warn!(%e, seq = s, "cannot retire a log segment"),
+            }
+        }
+        if self.finished.as_ref().is_some_and(|f| f.0 <= last) {
+            self.finished = None;
+        }
+    }
+
+    /// After the final checkpoint: retire every segment, the current one too.
+    pub(crate) fn retire_all(mut self) {
+        let current = self.seq;
+        if let Some(before_current) = current.checked_sub(1) {
+            self.retire_through(before_current);
+        }
+        let path = segment_path(&self.dir.path, current);
+        let result = if self.reserve.is_none() {
+            fs::rename(&path, self.dir.path.join(NEXT))
+        } else {
+            fs::remove_file(&path)
+        };
+        if let Err(e) = result {
+            warn!(%e, seq = current, "cannot retire the last log segment");
+        } else {
+            info!(seq = current, "write-ahead log retired");
+        }
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn frames(seq: u64, payloads: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for p in payloads {
-            encode(&mut out, seq, p);
+            encode(&mut out, seq, p).unwrap();
         }
         out
     }
@@ -213,6 +490,31 @@ mod tests {
         let (got, outcome) = replay(&bytes, 4);
         assert_eq!(got, [b"one".to_vec(), Vec::new(), b"three".to_vec()]);
         assert_eq!(outcome, Replayed { frames: 3, rest: 0 });
+    }
+
+    /// Item 1 of issue 9: the encoder refuses exactly what the decoder would not read back, so
+    /// nothing is acked that replay would treat as corruption (losing it and every later frame).
+    #[test]
+    fn encode_refuses_exactly_what_decode_refuses() {
+        let largest = vec![b'x'; MAX_PAYLOAD];
+        let mut out = Vec::new();
+        encode(&mut out, 1, &largest).unwrap();
+        encode(&mut out, 1, b"after").unwrap();
+        let (got, outcome) = replay(&out, 1);
+        assert_eq!(outcome, Replayed { frames: 2, rest: 0 });
+        assert_eq!(got[1], b"after");
+        drop((got, largest));
+
+        let mut out = frames(1, &[b"before"]);
+        let written = out.len();
+        let too_large = vec![b'x'; MAX_PAYLOAD + 1];
+        assert_eq!(
+            encode(&mut out, 1, &too_large),
+            Err(TooLarge {
+                len: MAX_PAYLOAD + 1
+            })
+        );
+        assert_eq!(out.len(), written, "nothing of a refused frame is written");
     }
 
     #[test]
@@ -253,45 +555,111 @@ mod tests {
         assert_eq!(replay(&bytes, 2).1, Replayed { frames: 1, rest: 8 });
     }
 
+    proptest! {
+        /// Item 19 of issue 9: damage anywhere in a frame — any bit of its header or payload, the
+        /// last payload byte included — and replay stops exactly there: the frames before it are
+        /// read whole, nothing of it or after it is. The same for a cut at every offset.
+        #[test]
+        fn replay_stops_exactly_at_the_damaged_frame(
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..5),
+            seq in any::<u64>(),
+            damaged in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut bytes = Vec::new();
+            let mut starts = Vec::new();
+            for p in &payloads {
+                starts.push(bytes.len());
+                encode(&mut bytes, seq, p).unwrap();
+            }
+            let target = damaged.index(payloads.len());
+            let frame = starts[target]..starts[target] + HEADER + payloads[target].len();
+            for at in frame.clone() {
+                let mut flipped = bytes.clone();
+                flipped[at] ^= 1 << bit;
+                let (got, outcome) = replay(&flipped, seq);
+                prop_assert_eq!(&got[..], &payloads[..target], "bit {} of byte {} flipped", bit, at);
+                prop_assert_eq!(outcome.rest, flipped.len() - frame.start);
+            }
+            for cut in 0..bytes.len() {
+                let whole = starts.iter().zip(&payloads).filter(|(s, p)| *s + HEADER + p.len() <= cut).count();
+                let (got, _) = replay(&bytes[..cut], seq);
+                prop_assert_eq!(&got[..], &payloads[..whole], "cut at {}", cut);
+            }
+        }
+    }
+
     #[test]
-    fn retired_segments_are_recycled_and_their_leftovers_ignored() {
+    fn cut_frames_read_back_and_are_not_records() {
+        let cut = Cut { seq: 7, len: 1234 };
+        assert_eq!(Cut::of(&cut.payload()), Some(cut));
+        assert_eq!(Cut::of(b"{\"serial_number\":\"x\"}"), None);
+        assert_eq!(Cut::of(&cut.payload()[..19]), None);
+    }
+
+    /// Rotation takes the file opened ahead; retiring makes a finished segment's file the next one,
+    /// so the log cycles through the files it holds; leftovers of a file's previous life never
+    /// validate.
+    #[test]
+    fn segments_are_recycled_and_their_leftovers_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
-        let mut wal = Wal::create(&wal_dir, 7).unwrap();
-        wal.append_sync(&frames(7, &[b"a"])).unwrap();
+        let wd = Arc::new(WalDir::open(&wal_dir).unwrap());
+        let mut wal = Wal::start(Arc::clone(&wd), 7).unwrap();
+        let append = |wal: &mut Wal, payloads: &[&[u8]]| {
+            let mut out = Vec::new();
+            let seq = wal.begin(&mut out).unwrap();
+            for p in payloads {
+                encode(&mut out, seq, p).unwrap();
+            }
+            wal.append_sync(&out).unwrap();
+        };
+        append(&mut wal, &[b"a"]);
         assert_eq!(wal.rotate().unwrap(), 7);
-        wal.append_sync(&frames(
-            8,
+        append(
+            &mut wal,
             &[b"a long record from segment eight", b"and another"],
-        ))
-        .unwrap();
+        );
         assert_eq!(wal.rotate().unwrap(), 8);
-        let seqs: Vec<u64> = segments(&wal_dir)
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(seqs, [7, 8, 9]);
+        let seqs = |wal_dir: &Path| -> Vec<u64> {
+            segments(wal_dir)
+                .unwrap()
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect()
+        };
+        assert_eq!(seqs(&wal_dir), [7, 8, 9]);
 
-        assert_eq!(retire_through(&wal_dir, 8).unwrap(), 2);
-        assert!(wal_dir.join(SPARE).exists());
-        let seqs: Vec<u64> = segments(&wal_dir)
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(seqs, [9]);
+        wal.retire_through(8);
+        assert!(wal_dir.join(NEXT).exists());
+        assert_eq!(seqs(&wal_dir), [9]);
+        // Never the current segment.
+        wal.retire_through(100);
+        assert_eq!(seqs(&wal_dir), [9]);
 
-        // Segment 10 reuses the spare (segment 8's file) and writes a shorter frame over it: what
-        // is left of segment 8 after it does not validate.
+        // Segment 10 reuses segment 8's file and writes a shorter frame over it: what is left of
+        // segment 8 after it does not validate.
         assert_eq!(wal.rotate().unwrap(), 9);
-        assert!(!wal_dir.join(SPARE).exists());
-        wal.append_sync(&frames(10, &[b"c"])).unwrap();
+        assert!(!wal_dir.join(NEXT).exists());
+        append(&mut wal, &[b"c"]);
         let bytes = fs::read(segment_path(&wal_dir, 10)).unwrap();
         let (got, outcome) = replay(&bytes, 10);
         assert_eq!(got, [b"c".to_vec()]);
         assert!(outcome.rest > 0, "leftovers of segment 8 are there");
         assert_eq!(wal.seq(), 10);
         assert_eq!(wal.len(), (HEADER + 1) as u64);
+
+        wal.retire_all();
+        assert!(seqs(&wal_dir).is_empty());
+    }
+
+    /// Item 5 of issue 9: missing ancestors are created too.
+    #[test]
+    fn create_dir_durable_creates_missing_ancestors() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a").join("b").join("c");
+        create_dir_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durable(&deep).unwrap();
     }
 }

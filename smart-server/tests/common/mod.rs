@@ -328,3 +328,50 @@ pub async fn spawn_binary_with(dir: &Path, flags: &[&str]) -> (tokio::process::C
         .unwrap();
     (child, addr)
 }
+
+/// Like [`spawn_binary`], with extra environment variables (e.g. `LD_PRELOAD`) and `RUST_LOG=info`
+/// output appended to `log` instead of discarded.
+pub async fn spawn_binary_env(
+    dir: &Path,
+    envs: &[(&str, &std::ffi::OsStr)],
+    log: &Path,
+) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}; log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .trim()
+        .parse()
+        .unwrap();
+    (child, addr)
+}
