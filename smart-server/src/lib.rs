@@ -14,11 +14,14 @@
 //! ```
 
 mod config;
+mod conns;
 mod dashboard;
 mod device;
 mod fleet;
 mod http;
 mod hub;
+mod lenient;
+mod liveness;
 mod metrics;
 mod server;
 mod shutdown;
