@@ -17,7 +17,8 @@ use crate::metrics::Metrics;
 pub(crate) const STORE_RESERVE: usize = 64;
 /// Sockets kept for plain HTTP when the websockets are at their cap.
 pub(crate) const HTTP_RESERVE: usize = 64;
-/// Sockets accepted beyond the budget while the connections evicted for them are still closing.
+/// Sockets accepted beyond the budget while the connections evicted for them are still closing;
+/// the accept loop waits for them beyond this.
 const EVICTION_SLACK: usize = STORE_RESERVE / 4;
 
 /// The caps in force.
@@ -75,6 +76,8 @@ pub(crate) struct Conns {
     /// Idle HTTP connections by the order they became idle (oldest first).
     idle: Mutex<BTreeMap<u64, Arc<ConnState>>>,
     next: AtomicU64,
+    /// Notified whenever a socket closes.
+    released: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -105,6 +108,7 @@ impl Conns {
             open: AtomicUsize::new(0),
             idle: Mutex::new(BTreeMap::new()),
             next: AtomicU64::new(0),
+            released: Notify::new(),
             metrics,
         }
     }
@@ -118,13 +122,23 @@ impl Conns {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Resolves when another socket may be accepted: at once unless connections evicted for
+    /// earlier ones are still closing (then the kernel's backlog holds the next one meanwhile).
+    pub(crate) async fn room(&self) {
+        while self.open() >= self.budget.sockets.saturating_add(EVICTION_SLACK) {
+            let released = self.released.notified();
+            if self.open() < self.budget.sockets.saturating_add(EVICTION_SLACK) {
+                return;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), released).await;
+        }
+    }
+
     /// Take a place for a socket just accepted, evicting the longest-idle HTTP connection if the
     /// budget is spent. `None`: no room (answer 503 and close it).
     pub(crate) fn admit(self: &Arc<Self>) -> Option<Slot> {
         let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
-        if open > self.budget.sockets
-            && (open > self.budget.sockets.saturating_add(EVICTION_SLACK) || !self.evict_oldest())
-        {
+        if open > self.budget.sockets && !self.evict_oldest() {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -178,6 +192,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.busy();
         self.conns.open.fetch_sub(1, Ordering::AcqRel);
+        self.conns.released.notify_waiters();
     }
 }
 

@@ -138,8 +138,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Lenient<S> {
                 buf.put_slice(&this.out[this.taken..this.taken + n]);
                 this.taken += n;
                 if this.taken == this.out.len() {
-                    this.out.clear();
                     this.taken = 0;
+                    if this.state == State::Through {
+                        // An upgraded socket keeps nothing of its HTTP past.
+                        this.out = Vec::new();
+                        this.line = Vec::new();
+                    } else {
+                        this.out.clear();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }

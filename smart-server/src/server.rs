@@ -136,7 +136,10 @@ impl Server {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
+                accepted = async {
+                    shared.conns.room().await;
+                    listener.accept().await
+                } => match accepted {
                     Ok((stream, _peer)) => {
                         // Acks are tiny and latency-bound: never let Nagle hold them back.
                         let _ = stream.set_nodelay(true);
@@ -212,6 +215,10 @@ fn refuse(stream: TcpStream, shared: &Shared, last_log: &mut Option<Instant>) {
         b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
         content-length: 32\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}";
     Metrics::inc(&shared.metrics.connections_refused_fd);
+    // Take in what the client has sent already: closing with unread data resets the connection,
+    // and the client might lose the answer.
+    let mut sink = [0u8; 4096];
+    let _ = stream.try_read(&mut sink);
     let _ = stream.try_write(REFUSAL);
     drop(stream);
     if last_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {

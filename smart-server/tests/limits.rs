@@ -161,6 +161,9 @@ async fn a_ping_flood_that_never_reads_is_dropped_and_memory_stays_bounded() {
     send_ok(&mut good, "9999", "0001", &json!({"battery": 99})).await;
 
     let peak = vm_kib(pid, "VmHWM");
+    eprintln!(
+        "server RSS before the flood {base} KiB, peak {peak} KiB; writes failed: {write_failed}"
+    );
     assert!(
         peak < base + 32 * 1024,
         "server grew from {base} KiB to a peak of {peak} KiB"
