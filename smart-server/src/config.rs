@@ -40,8 +40,27 @@ pub struct Config {
     pub max_frame_bytes: usize,
 
     /// Most websocket connections (devices and dashboards) open at once; upgrades beyond get 503.
+    /// Clamped at start to the file-descriptor limit (`ulimit -n`) minus 128: 64 descriptors stay
+    /// reserved for the store and the process, 64 for plain HTTP (`/healthz`, `/api`). Every accepted
+    /// socket counts against the limit minus 64; when those are spent, the HTTP connection that has
+    /// waited longest for a request is closed to make room, or the new one gets 503.
     #[arg(long, env = "SMART_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
+
+    /// Seconds a websocket peer (device or dashboard) may stay silent: after half of it the server
+    /// pings, and closes the connection (1001 "idle timeout") when nothing, not even a pong, has
+    /// arrived by the end. 0 disables the timeout.
+    #[arg(
+        long = "idle-timeout",
+        env = "SMART_IDLE_TIMEOUT",
+        default_value_t = 120
+    )]
+    pub idle_timeout_secs: u64,
+
+    /// Most distinct serials one device connection may send for; messages for further serials get
+    /// `MID:SERIAL:ERROR` (the connection stays open and its serials keep working).
+    #[arg(long, env = "SMART_MAX_SERIALS_PER_CONNECTION", default_value_t = 1000)]
+    pub max_serials_per_connection: usize,
 
     /// Browser origin allowed to open `/update/` (and `/client/`), e.g. `https://ops.example.com`.
     /// Repeatable; with `SMART_ALLOWED_ORIGIN` separate origins by commas. Devices send no Origin and
@@ -119,6 +138,8 @@ impl Config {
             registration: Registration::Open,
             max_frame_bytes: 65_536,
             max_connections: 100_000,
+            idle_timeout_secs: 120,
+            max_serials_per_connection: 1000,
             allowed_origins: Vec::new(),
             dashboard_queue: 1024,
             dashboard_conflate: 4096,
@@ -146,6 +167,11 @@ mod tests {
         assert_eq!(parsed.max_connections, tests.max_connections);
         assert_eq!(parsed.dashboard_queue, tests.dashboard_queue);
         assert_eq!(parsed.max_in_flight, tests.max_in_flight);
+        assert_eq!(parsed.idle_timeout_secs, tests.idle_timeout_secs);
+        assert_eq!(
+            parsed.max_serials_per_connection,
+            tests.max_serials_per_connection
+        );
         assert_eq!(parsed.max_extras, tests.max_extras);
         assert_eq!(parsed.max_record_bytes, 1024 * 1024);
         assert_eq!(parsed.max_record_bytes, tests.max_record_bytes);

@@ -12,12 +12,13 @@ use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
 use crate::device::{End, finish};
 use crate::fleet::Records;
 use crate::hub::{Change, Pending, Subscription};
+use crate::liveness::{Due, Liveness, feed_text, is_not_reading};
 use crate::metrics::Metrics;
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
@@ -67,6 +68,7 @@ where
     out.push(init(shared, &subscription, &mut view));
     let mut init_due: Option<Instant> = None;
     let mut spare = Vec::new();
+    let mut liveness = Liveness::new(Duration::from_secs(shared.config.idle_timeout_secs));
     loop {
         if !out.is_empty() {
             let sent = tokio::select! {
@@ -81,6 +83,7 @@ where
                         .dashboard_frames
                         .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }
+                Err(e) if is_not_reading(&e) => return not_reading(shared),
                 Err(e) => {
                     debug!(%e, "dashboard socket write failed");
                     return End::Broken;
@@ -88,6 +91,7 @@ where
             }
         }
         let due = init_due.unwrap_or_else(Instant::now);
+        let idle_at = liveness.deadline();
         tokio::select! {
             biased;
             () = shutdown.recv() => {
@@ -95,6 +99,7 @@ where
             }
             frame = ws.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
+                    liveness.heard();
                     match smart_proto::parse_dashboard_message(&text) {
                         Ok(query) => {
                             Metrics::inc(&shared.metrics.queries);
@@ -112,6 +117,7 @@ where
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
+                    liveness.heard();
                     Metrics::inc(&shared.metrics.queries_rejected);
                     info!("dashboard query rejected: binary frame");
                     let reply = ServerMessage::Error {
@@ -121,7 +127,18 @@ where
                     out.push(Message::Text(reply.to_frame().into()));
                 }
                 Some(Ok(Message::Close(_))) | None => return End::PeerClosed,
-                Some(Ok(_)) => {}
+                Some(Ok(Message::Ping(_))) => {
+                    liveness.heard();
+                    match liveness.peer_pinged(ws) {
+                        Ok(true) => {}
+                        Ok(false) => return not_reading(shared),
+                        Err(e) => {
+                            debug!(%e, "dashboard socket write failed");
+                            return End::Broken;
+                        }
+                    }
+                }
+                Some(Ok(_)) => liveness.heard(),
                 Some(Err(WsError::Capacity(_))) => {
                     return End::Close(CloseFrame { code: CloseCode::Size, reason: "frame too large".into() });
                 }
@@ -130,6 +147,16 @@ where
                     return End::Broken;
                 }
             },
+            () = tokio::time::sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
+                match liveness.due() {
+                    Due::Ping => out.push(Message::Ping(Bytes::new())),
+                    Due::Idle => {
+                        Metrics::inc(&shared.metrics.shed_idle);
+                        info!(timeout = ?liveness.timeout(), "closing a silent dashboard connection");
+                        return End::Close(CloseFrame { code: CloseCode::Away, reason: "idle timeout".into() });
+                    }
+                }
+            }
             () = tokio::time::sleep_until(due), if init_due.is_some() => {
                 out.push(init(shared, &subscription, &mut view));
                 last_init = Instant::now();
@@ -150,6 +177,13 @@ where
             }
         }
     }
+}
+
+/// The dashboard does not read what the server sends: drop it.
+fn not_reading(shared: &Shared) -> End {
+    Metrics::inc(&shared.metrics.shed_not_reading);
+    info!("dropping a dashboard connection that does not read (its write buffer is full)");
+    End::Broken
 }
 
 /// A fresh INIT of the view; resets membership and drops what is pending (the INIT covers it).
@@ -280,7 +314,10 @@ where
     let n = out.len() as u64;
     let write = async {
         for message in out.drain(..) {
-            ws.feed(message).await?;
+            match message {
+                Message::Text(text) => feed_text(ws, text).await?,
+                other => ws.feed(other).await?,
+            }
         }
         ws.flush().await
     };

@@ -5,7 +5,7 @@
 //! a bad frame therefore waits behind the OKs of earlier good frames, and nothing of the bad frame is
 //! applied.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,11 +15,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
 use crate::acks::{Ack, AckQueue, AckTicket, Refusal};
 use crate::ingest::{Job, Write};
+use crate::liveness::{Due, Liveness, is_not_reading};
 use crate::metrics::{Metrics, RejectClass};
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
@@ -67,7 +68,7 @@ pub(crate) async fn session<S>(
     Metrics::inc(&metrics.device_connections);
     let mut state = Session {
         shared: &shared,
-        attached: Vec::new(),
+        attached: HashSet::new(),
         acks: Arc::new(AckQueue::default()),
         submitted: 0,
     };
@@ -113,8 +114,9 @@ where
 
 struct Session<'a> {
     shared: &'a Shared,
-    /// Serials this connection has sent a valid message for (it keeps them online).
-    attached: Vec<Serial>,
+    /// Serials this connection has sent a valid message for (it keeps them online); at most
+    /// `--max-serials-per-connection`.
+    attached: HashSet<Serial>,
     /// Where the writer answers this connection's writes.
     acks: Arc<AckQueue>,
     /// Writes submitted so far (the ordinal of the latest).
@@ -131,6 +133,7 @@ impl Session<'_> {
         let mut replies: VecDeque<Reply> = VecDeque::new();
         let mut reading = true;
         let mut close = None;
+        let mut liveness = Liveness::new(Duration::from_secs(self.shared.config.idle_timeout_secs));
         loop {
             // Most turns of this loop (a frame just arrived) have nothing to send: skip the timer.
             let sendable = match replies.front() {
@@ -145,6 +148,7 @@ impl Session<'_> {
             };
             match sent {
                 Ok(Ok(())) => {}
+                Ok(Err(e)) if is_not_reading(&e) => return self.not_reading(),
                 Ok(Err(e)) => {
                     debug!(%e, "device socket write failed");
                     return End::Broken;
@@ -161,6 +165,10 @@ impl Session<'_> {
                 Some(Reply::Waiting { ordinal, .. }) => Some(*ordinal),
                 _ => None,
             };
+            // Silence only counts while the device owes nothing and is owed nothing.
+            let idle_at = liveness
+                .deadline()
+                .filter(|_| reading && replies.is_empty());
             tokio::select! {
                 biased;
                 _ = std::future::poll_fn(|cx| self.acks.poll_answered(waiting.unwrap_or(u64::MAX), cx)), if waiting.is_some() => {
@@ -170,9 +178,31 @@ impl Session<'_> {
                     reading = false;
                     close = Some(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
                 }
+                () = tokio::time::sleep_until(idle_at.unwrap_or_else(tokio::time::Instant::now)), if idle_at.is_some() => {
+                    match liveness.due() {
+                        Due::Ping => {
+                            let ping = ws.send(Message::Ping(Bytes::new()));
+                            match tokio::time::timeout(WRITE_TIMEOUT, ping).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) if is_not_reading(&e) => return self.not_reading(),
+                                Ok(Err(_)) | Err(_) => return End::Broken,
+                            }
+                        }
+                        Due::Idle => {
+                            Metrics::inc(&self.shared.metrics.shed_idle);
+                            info!(timeout = ?liveness.timeout(), "closing a silent device connection");
+                            reading = false;
+                            close = Some(CloseFrame { code: CloseCode::Away, reason: "idle timeout".into() });
+                        }
+                    }
+                }
                 frame = ws.next(), if reading && replies.len() < max_in_flight => match frame {
-                    Some(Ok(Message::Text(text))) => replies.push_back(self.handle(&text)),
+                    Some(Ok(Message::Text(text))) => {
+                        liveness.heard();
+                        replies.push_back(self.handle(&text));
+                    }
                     Some(Ok(Message::Binary(_))) => {
+                        liveness.heard();
                         self.shared.metrics.reject(RejectClass::Binary);
                         info!("device message rejected: binary frame");
                         let reply = ServerMessage::Error {
@@ -186,7 +216,20 @@ impl Session<'_> {
                         // is nobody left to ack.
                         return End::PeerClosed;
                     }
-                    Some(Ok(_)) => {} // ping/pong: answered by tungstenite
+                    Some(Ok(Message::Ping(_))) => {
+                        // Answered by tungstenite; a peer that pings but never reads the pongs
+                        // is dropped before they pile up.
+                        liveness.heard();
+                        match liveness.peer_pinged(ws) {
+                            Ok(true) => {}
+                            Ok(false) => return self.not_reading(),
+                            Err(e) => {
+                                debug!(%e, "device socket write failed");
+                                return End::Broken;
+                            }
+                        }
+                    }
+                    Some(Ok(_)) => liveness.heard(), // pong
                     Some(Err(WsError::Capacity(e))) => {
                         self.shared.metrics.reject(RejectClass::Oversize);
                         debug!(%e, "device frame too large");
@@ -204,6 +247,13 @@ impl Session<'_> {
                 },
             }
         }
+    }
+
+    /// The device does not read what the server sends: drop it.
+    fn not_reading(&self) -> End {
+        Metrics::inc(&self.shared.metrics.shed_not_reading);
+        info!("dropping a device connection that does not read (its write buffer is full)");
+        End::Broken
     }
 
     /// Send every reply at the front of the queue that is known, then flush once.
@@ -288,6 +338,19 @@ impl Session<'_> {
         };
         let shared = self.shared;
         let serial = &message.header.serial;
+        let attach = !self.attached.contains(serial);
+        let max_serials = shared.config.max_serials_per_connection;
+        if attach && self.attached.len() >= max_serials {
+            shared.metrics.reject(RejectClass::Serials);
+            info!(header = %message.header, max_serials, "device message rejected: too many serials on one connection");
+            let reply = ServerMessage::Error {
+                header: Some(message.header),
+                reason: format!(
+                    "this connection already carries {max_serials} serials (--max-serials-per-connection): send for more serials over another connection"
+                ),
+            };
+            return Reply::Ready(reply.to_frame().into());
+        }
         if let Err(e) = shared.fleet.admit(serial) {
             shared.metrics.reject(RejectClass::Unregistered);
             info!(header = %message.header, reason = %e, "device message rejected");
@@ -304,13 +367,13 @@ impl Session<'_> {
             now: now(),
             ack: AckTicket::new(Arc::clone(&self.acks), ordinal),
         }));
-        if self.attached.contains(serial) {
-            shared.ingest.submit(job);
-        } else {
+        if attach {
             // The first message of this connection for the serial: counted under the same lock
             // that queues the device's "offline", so the two can never be queued swapped.
             shared.fleet.attach(serial, || shared.ingest.submit(job));
-            self.attached.push(serial.clone());
+            self.attached.insert(serial.clone());
+        } else {
+            shared.ingest.submit(job);
         }
         self.submitted = ordinal;
         Reply::Waiting {
@@ -334,7 +397,7 @@ impl Session<'_> {
     /// The connection is over: it no longer keeps its devices online.
     fn detach_all(&mut self) {
         let shared = self.shared;
-        for serial in self.attached.drain(..) {
+        for serial in self.attached.drain() {
             shared.fleet.detach(&serial, |last| {
                 if last {
                     // Through the writer, so it is applied after this device's pending writes.

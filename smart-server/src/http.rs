@@ -5,6 +5,7 @@
 //! `/metrics`.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,6 +27,9 @@ use warp::http::header::{self, HeaderValue};
 use warp::http::{Method, Request, StatusCode, Uri};
 use warp::reply::{Reply, Response};
 
+use crate::conns::Slot;
+use crate::lenient::Lenient;
+use crate::liveness::{CONTROL_ROOM, FRAGMENT};
 use crate::metrics::{Gauges, Metrics};
 use crate::server::Shared;
 use crate::shutdown::{Shutdown, TaskToken};
@@ -83,16 +87,27 @@ fn ws_config(shared: &Shared, peer: Peer) -> WebSocketConfig {
         Peer::Dashboard => (DASHBOARD_READ_BUFFER, DASHBOARD_WRITE_BUFFER),
     };
     let max = shared.config.max_frame_bytes;
+    // The largest frame the server sends: a device reply echoes at most a frame's header and adds a
+    // reason; dashboard messages go out in fragments.
+    let largest = match peer {
+        Peer::Device => max.saturating_mul(2),
+        Peer::Dashboard => FRAGMENT,
+    };
     WebSocketConfig::default()
         .read_buffer_size(read)
         .write_buffer_size(write)
+        // Bounded, so that a peer that never reads cannot make the server hold its pongs: beyond
+        // this, pongs are replaced and writes fail with `WriteBufferFull` (the peer is dropped).
+        .max_write_buffer_size(write + largest + CONTROL_ROOM)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }
 
-/// Serve one TCP connection until it closes, upgrades, or the server shuts down.
+/// Serve one TCP connection until it closes, upgrades, or the server shuts down. `slot` is its
+/// place in the descriptor budget.
 pub(crate) async fn serve_connection<S>(
     stream: TcpStream,
+    slot: Slot,
     shared: Arc<Shared>,
     routes: S,
     mut shutdown: Shutdown,
@@ -101,25 +116,38 @@ pub(crate) async fn serve_connection<S>(
     S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let slot = Arc::new(slot);
     let ctx = Ctx {
         shared,
         shutdown: shutdown.clone(),
         token,
+        local,
+        slot: Arc::clone(&slot),
     };
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         let mut routes = routes.clone();
         async move {
-            match websocket_peer(&req) {
-                Some(peer) => Ok(ctx.upgrade(req, peer)),
-                None => routes.call(req).await,
+            ctx.slot.busy();
+            if let Some(peer) = websocket_peer(&req) {
+                let res = ctx.upgrade(req, peer);
+                if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    ctx.slot.idle();
+                }
+                return Ok(res);
             }
+            let res = routes.call(req).await;
+            ctx.slot.idle();
+            res.map(json_errors)
         }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(Lenient::new(stream)), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -128,10 +156,26 @@ pub(crate) async fn serve_connection<S>(
                 debug!(%e, "http connection ended with an error");
             }
         }
+        () = slot.evicted() => {
+            debug!("closing an idle HTTP connection to make room for a new one");
+        }
         () = shutdown.recv() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// Errors the warp layer answers without a body (404 for an unknown path, 405…) get the JSON
+/// error body of PROTOCOL.md §9.
+fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    if (status.is_client_error() || status.is_server_error())
+        && !res.headers().contains_key(header::CONTENT_TYPE)
+    {
+        error_json(status, status.canonical_reason().unwrap_or("error"))
+    } else {
+        res
     }
 }
 
@@ -149,6 +193,9 @@ struct Ctx {
     shared: Arc<Shared>,
     shutdown: Shutdown,
     token: TaskToken,
+    /// The address this connection reached (the server's own origin for `/client/`).
+    local: SocketAddr,
+    slot: Arc<Slot>,
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
@@ -215,7 +262,7 @@ impl Ctx {
             return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
         };
         let accept = derive_accept_key(key.as_bytes());
-        if !origin_allowed(&req, peer, &shared.config.allowed_origins) {
+        if !origin_allowed(&req, peer, &shared.config.allowed_origins, self.local) {
             Metrics::inc(&shared.metrics.connections_refused_origin);
             return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
         }
@@ -235,9 +282,12 @@ impl Ctx {
         let shared = Arc::clone(shared);
         let shutdown = self.shutdown.clone();
         let token = self.token.clone();
+        // The socket lives on in the websocket session.
+        let conn_slot = Arc::clone(&self.slot);
         tokio::spawn(async move {
             let _token = token;
             let _slot = slot;
+            let _conn_slot = conn_slot;
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
@@ -272,7 +322,7 @@ struct SocketSlot {
 
 impl SocketSlot {
     fn take(shared: &Arc<Shared>) -> Option<SocketSlot> {
-        let max = shared.config.max_connections;
+        let max = shared.conns.budget().websockets;
         shared
             .sockets
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -293,8 +343,15 @@ impl Drop for SocketSlot {
 
 /// Devices send no `Origin`; browsers always do. A browser may open `/update/` only from a listed
 /// origin (so no web page can forge device data), and `/client/` from a listed origin or the
-/// server's own.
-fn origin_allowed(req: &Request<Incoming>, peer: Peer, allowed: &[String]) -> bool {
+/// server's own: the address the connection reached (`local`), or a loopback name with its port
+/// when that address is loopback. Never the Host header: with DNS rebinding, a hostile page's
+/// origin and Host agree.
+fn origin_allowed(
+    req: &Request<Incoming>,
+    peer: Peer,
+    allowed: &[String],
+    local: SocketAddr,
+) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return true;
     };
@@ -308,20 +365,47 @@ fn origin_allowed(req: &Request<Incoming>, peer: Peer, allowed: &[String]) -> bo
     {
         return true;
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
-    match (peer, host) {
-        (Peer::Dashboard, Some(host)) => {
-            let own = |scheme: &str| {
-                origin.len() == scheme.len() + host.len()
-                    && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
-                    && origin[scheme.len()..].eq_ignore_ascii_case(host)
-            };
-            own("http://") || own("https://")
+    peer == Peer::Dashboard && own_origin(origin, local)
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names `local`.
+fn own_origin(origin: &str, local: SocketAddr) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = if scheme.eq_ignore_ascii_case("http") {
+        80
+    } else if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        return false;
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((host, rest)) = v6.split_once(']') else {
+            return false;
+        };
+        (host, rest)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, authority.get(host.len()..).unwrap_or(port)),
+            None => (authority, ""),
         }
-        _ => false,
+    };
+    let port = match port.strip_prefix(':') {
+        Some(p) => p.parse::<u16>().ok(),
+        None if port.is_empty() => Some(default_port),
+        None => None,
+    };
+    if port != Some(local.port()) {
+        return false;
+    }
+    let local_ip = local.ip().to_canonical();
+    match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            let ip = ip.to_canonical();
+            ip == local_ip || (ip.is_loopback() && local_ip.is_loopback())
+        }
+        Err(_) => host.eq_ignore_ascii_case("localhost") && local_ip.is_loopback(),
     }
 }
 
@@ -415,6 +499,9 @@ fn metrics(shared: &Shared) -> Response {
         dashboard_pending_total: lag_total,
         store_healthy: shared.store.is_healthy(),
         store_quarantined: shared.store.quarantined(),
+        sockets_open: shared.conns.open(),
+        sockets_limit: shared.conns.budget().sockets,
+        websockets_limit: shared.conns.budget().websockets,
     };
     let mut res = Response::new(shared.metrics.render(gauges).into());
     res.headers_mut().insert(

@@ -15,12 +15,15 @@
 
 mod acks;
 mod config;
+mod conns;
 mod dashboard;
 mod device;
 mod fleet;
 mod http;
 mod hub;
 mod ingest;
+mod lenient;
+mod liveness;
 mod metrics;
 mod server;
 mod shutdown;

@@ -31,10 +31,12 @@ pub(crate) enum RejectClass {
     Storage,
     /// The record would break `--max-record-bytes` or `--max-extras`.
     Limit,
+    /// The connection already carries `--max-serials-per-connection` serials.
+    Serials,
 }
 
 impl RejectClass {
-    const ALL: [RejectClass; 11] = [
+    const ALL: [RejectClass; 12] = [
         RejectClass::Envelope,
         RejectClass::Kind,
         RejectClass::Header,
@@ -46,6 +48,7 @@ impl RejectClass {
         RejectClass::Unregistered,
         RejectClass::Storage,
         RejectClass::Limit,
+        RejectClass::Serials,
     ];
 
     fn label(self) -> &'static str {
@@ -61,6 +64,7 @@ impl RejectClass {
             RejectClass::Unregistered => "unregistered",
             RejectClass::Storage => "storage",
             RejectClass::Limit => "limit",
+            RejectClass::Serials => "serials",
         }
     }
 
@@ -84,6 +88,14 @@ pub(crate) struct Metrics {
     pub dashboard_connections: AtomicU64,
     pub connections_refused_limit: AtomicU64,
     pub connections_refused_origin: AtomicU64,
+    /// Accepted sockets answered 503 and closed: the descriptor budget was spent.
+    pub connections_refused_fd: AtomicU64,
+    /// Websockets closed after `--idle-timeout` of silence.
+    pub shed_idle: AtomicU64,
+    /// Websockets dropped because the peer stopped reading (its write buffer stayed full).
+    pub shed_not_reading: AtomicU64,
+    /// Idle HTTP connections closed to make room for a new socket.
+    pub shed_evicted: AtomicU64,
     pub accepted_init: AtomicU64,
     pub accepted_updt: AtomicU64,
     rejected: [AtomicU64; RejectClass::ALL.len()],
@@ -108,6 +120,12 @@ pub(crate) struct Gauges {
     pub store_healthy: bool,
     /// Stored records kept in quarantine (unreadable at start).
     pub store_quarantined: u64,
+    /// Accepted sockets open now (plain HTTP and websockets).
+    pub sockets_open: usize,
+    /// Most sockets open at once (the descriptor limit minus the reserve).
+    pub sockets_limit: usize,
+    /// Most websockets open at once (`--max-connections`, clamped).
+    pub websockets_limit: usize,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -158,6 +176,32 @@ impl Metrics {
             &[
                 ("{reason=\"limit\"}", get(&self.connections_refused_limit)),
                 ("{reason=\"origin\"}", get(&self.connections_refused_origin)),
+                ("{reason=\"fd_limit\"}", get(&self.connections_refused_fd)),
+            ],
+        );
+        metric(
+            "smart_connections_shed_total",
+            "counter",
+            "Connections the server closed to protect the others.",
+            &[
+                ("{reason=\"idle\"}", get(&self.shed_idle)),
+                ("{reason=\"not_reading\"}", get(&self.shed_not_reading)),
+                ("{reason=\"evicted\"}", get(&self.shed_evicted)),
+            ],
+        );
+        metric(
+            "smart_sockets_open",
+            "gauge",
+            "Accepted sockets open now (plain HTTP and websockets).",
+            &[("", gauges.sockets_open as u64)],
+        );
+        metric(
+            "smart_connections_limit",
+            "gauge",
+            "Connection caps in force (after clamping to the descriptor limit).",
+            &[
+                ("{kind=\"socket\"}", gauges.sockets_limit as u64),
+                ("{kind=\"websocket\"}", gauges.websockets_limit as u64),
             ],
         );
         metric(

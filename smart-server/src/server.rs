@@ -6,14 +6,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::conns::{Budget, Conns};
 use crate::fleet::Fleet;
 use crate::http;
 use crate::hub::{Hub, Limits};
@@ -33,6 +34,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Open websocket connections (for `--max-connections`).
     pub sockets: AtomicUsize,
+    /// Every accepted socket, against the descriptor budget.
+    pub conns: Arc<Conns>,
 }
 
 /// A bound, not yet running server.
@@ -98,6 +101,9 @@ impl Server {
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let (shutdown_tx, shutdown) = Shutdown::new();
+        let budget = Budget::of_process(config.max_connections);
+        log_budget(&budget, config.max_connections);
+        let conns = Arc::new(Conns::new(budget, Arc::clone(&metrics)));
         let shared = Arc::new(Shared {
             config,
             fleet,
@@ -106,6 +112,7 @@ impl Server {
             store,
             metrics,
             sockets: AtomicUsize::new(0),
+            conns,
         });
         Ok(Server {
             listener,
@@ -139,16 +146,25 @@ impl Server {
         info!(%local_addr, "serving");
         let routes = warp::service(http::routes(Arc::clone(&shared)));
         tokio::pin!(shutdown);
+        let mut last_refusal_log: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
+                accepted = async {
+                    shared.conns.room().await;
+                    listener.accept().await
+                } => match accepted {
                     Ok((stream, _peer)) => {
                         // Acks are tiny and latency-bound: never let Nagle hold them back.
                         let _ = stream.set_nodelay(true);
                         let Some(token) = tracker.token() else { break };
+                        let Some(slot) = shared.conns.admit() else {
+                            refuse(stream, &shared, &mut last_refusal_log);
+                            continue;
+                        };
                         tokio::spawn(http::serve_connection(
                             stream,
+                            slot,
                             Arc::clone(&shared),
                             routes.clone(),
                             watcher.clone(),
@@ -181,5 +197,50 @@ impl Server {
             .context("final flush")?;
         info!("shut down cleanly");
         Ok(())
+    }
+}
+
+/// Say at start what the connection caps are, and whether the descriptor limit lowered them.
+fn log_budget(budget: &Budget, max_connections: usize) {
+    let fd_limit = budget
+        .fd_limit
+        .map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    info!(
+        fd_limit,
+        max_sockets = budget.sockets,
+        max_websockets = budget.websockets,
+        "connection caps (the descriptor limit minus {} for the store and {} for plain HTTP)",
+        crate::conns::STORE_RESERVE,
+        crate::conns::HTTP_RESERVE,
+    );
+    if budget.websockets < max_connections {
+        warn!(
+            "--max-connections {max_connections} lowered to {} by the file-descriptor limit \
+             {fd_limit}; raise `ulimit -n` to allow more",
+            budget.websockets
+        );
+    }
+}
+
+/// No room for another socket, not even by closing an idle one: a 503 if the socket takes it at
+/// once, then close. Logged at most once a second.
+fn refuse(stream: TcpStream, shared: &Shared, last_log: &mut Option<Instant>) {
+    const REFUSAL: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+        content-length: 32\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}";
+    Metrics::inc(&shared.metrics.connections_refused_fd);
+    // Take in what the client has sent already: closing with unread data resets the connection,
+    // and the client might lose the answer.
+    let mut sink = [0u8; 4096];
+    let _ = stream.try_read(&mut sink);
+    let _ = stream.try_write(REFUSAL);
+    drop(stream);
+    if last_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+        *last_log = Some(Instant::now());
+        warn!(
+            open = shared.conns.open(),
+            max_sockets = shared.conns.budget().sockets,
+            "refusing connections: the descriptor budget is spent by active ones"
+        );
     }
 }

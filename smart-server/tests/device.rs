@@ -434,3 +434,91 @@ async fn restart_keeps_devices_offline() {
     assert!(!online(&server, "0001").await);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn silent_peers_are_pinged_then_closed_while_answering_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().to_path_buf());
+    config.idle_timeout_secs = 2;
+    let server = TestServer::start(config).await;
+    // Upgraded, then never a byte: neither a message nor a pong.
+    let (status, mut silent_device) = upgrade_raw(server.addr, "/update/", None, &[]).await;
+    assert_eq!(status, 101);
+    let (status, mut silent_dashboard) = upgrade_raw(server.addr, "/client/", None, &[]).await;
+    assert_eq!(status, 101);
+    // Reads (so tungstenite answers every ping) but never sends a message of its own.
+    let mut live = server.device().await;
+    send_ok(&mut live, "0001", "0001", &json!({"battery": 1})).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut pings = 0;
+    loop {
+        match tokio::time::timeout_at(until, live.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(other) => panic!("a device answering pings got {other:?}"),
+        }
+    }
+    assert!(pings >= 1, "the server never pinged a silent device");
+    send_ok(&mut live, "0002", "0001", &json!({"battery": 2})).await;
+
+    for (name, socket) in [
+        ("device", &mut silent_device),
+        ("dashboard", &mut silent_dashboard),
+    ] {
+        let bytes = read_until_closed(socket, TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("a silent {name} is never closed"));
+        let opcodes = server_opcodes(&bytes);
+        let ping = opcodes.iter().position(|&op| op == 0x9);
+        let close = opcodes.iter().position(|&op| op == 0x8);
+        assert!(
+            matches!((ping, close), (Some(p), Some(c)) if p < c),
+            "{name}: expected a ping, then a close: {opcodes:?}"
+        );
+    }
+    let metrics = server.get("/metrics").await.body;
+    assert_eq!(
+        metric_or_zero(&metrics, "smart_connections_shed_total{reason=\"idle\"}"),
+        2,
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn serials_per_connection_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().to_path_buf());
+    config.max_serials_per_connection = 3;
+    let server = TestServer::start(config).await;
+    let mut dev = server.device().await;
+    for serial in ["1001", "1002", "1003"] {
+        send_ok(&mut dev, "0001", serial, &json!({"battery": 1})).await;
+    }
+    let reply = exchange(&mut dev, &updt("0002", "1004", &json!({"battery": 2}))).await;
+    assert_eq!(reply["message"], "0002:1004:ERROR", "{reply}");
+    assert!(
+        reply["reason"].as_str().unwrap().contains("serials"),
+        "{reply}"
+    );
+    assert_eq!(
+        server.get("/api/devices/1004").await.status,
+        404,
+        "nothing stored"
+    );
+    // The connection stays open and its serials keep working; another connection may take the
+    // refused serial.
+    send_ok(&mut dev, "0003", "1001", &json!({"battery": 3})).await;
+    send_ok(&mut dev, "0004", "1003", &json!({"battery": 4})).await;
+    let mut other = server.device().await;
+    send_ok(&mut other, "0005", "1004", &json!({"battery": 5})).await;
+    let metrics = server.get("/metrics").await.body;
+    assert_eq!(
+        metric_or_zero(
+            &metrics,
+            "smart_messages_rejected_total{reason=\"serials\"}"
+        ),
+        1
+    );
+    server.stop().await;
+}

@@ -309,3 +309,132 @@ async fn connections_beyond_the_limit_get_503() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn own_origin_is_the_listen_address_not_the_host_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let port = server.addr.port();
+    let status = |origin: String, host: String| async move {
+        upgrade_raw(server.addr, "/client/", Some(&host), &[("Origin", &origin)])
+            .await
+            .0
+    };
+    // DNS rebinding: evil.example resolves to 127.0.0.1, so Host and Origin agree.
+    assert_eq!(
+        status(
+            format!("http://evil.example:{port}"),
+            format!("evil.example:{port}")
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status(
+            format!("http://evil.example:{port}"),
+            format!("127.0.0.1:{port}")
+        )
+        .await,
+        403
+    );
+    // The real page, under each loopback name.
+    for own in [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+        format!("http://LOCALHOST:{port}/"),
+    ] {
+        let host = own
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        assert_eq!(status(own.clone(), host).await, 101, "{own}");
+    }
+    // Same host, another port: another origin.
+    let other = port.wrapping_add(1);
+    assert_eq!(
+        status(
+            format!("http://127.0.0.1:{other}"),
+            format!("127.0.0.1:{other}")
+        )
+        .await,
+        403
+    );
+    let metrics = server.get("/metrics").await.body;
+    assert_eq!(
+        metric(
+            &metrics,
+            "smart_connections_refused_total{reason=\"origin\"}"
+        ),
+        3
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_api_error_is_json_even_for_unencoded_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let mut dev = server.device().await;
+    send_ok(
+        &mut dev,
+        "0001",
+        "0001",
+        &json!({"country": "AT", "postcode": 9}),
+    )
+    .await;
+    send_ok(
+        &mut dev,
+        "0001",
+        "0002",
+        &json!({"country": "AT", "postcode": 1}),
+    )
+    .await;
+    // The README's example exactly as curl sends it: `<` unencoded.
+    let res = server
+        .get("/api/devices?q=filter:country:=:AT&q=sort:postcode:<:abc")
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let got: Vec<_> = res
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["serial_number"].clone())
+        .collect();
+    assert_eq!(got, [json!("0002"), json!("0001")]);
+    // Raw non-ASCII and control bytes reach the query too (which matches nothing here).
+    let res = server
+        .get("/api/devices?q=filter:country:=:\u{e9}\u{1}")
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.json(), json!([]));
+
+    for bad in [
+        "/api/devices?q=filter:postcode:>:lots",
+        "/api/devices?q=a b",
+        "/api/devices?q=\"quoted\"",
+        "/api/devices?q=%zz",
+        "/api/devices?q={x}|^`\\",
+    ] {
+        let res = server.get(bad).await;
+        assert_eq!(res.status, 400, "{bad}: {}", res.body);
+        assert!(
+            res.header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{bad}"
+        );
+        assert!(
+            !res.json()["error"].as_str().unwrap().is_empty(),
+            "{bad}: {}",
+            res.body
+        );
+    }
+    for missing in ["/nothing-here.html", "/api/nothing", "/a b"] {
+        let res = server.get(missing).await;
+        assert_eq!(res.status, 404, "{missing}");
+        assert!(res.json()["error"].is_string(), "{missing}: {}", res.body);
+    }
+    // A good request on the same kind of connection still works afterwards.
+    assert_eq!(server.get("/healthz").await.status, 200);
+    server.stop().await;
+}

@@ -23,7 +23,7 @@ async fn api_record(addr: std::net::SocketAddr, serial: &str) -> Value {
 #[tokio::test]
 async fn a_message_beyond_max_extras_is_refused_whole_and_never_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_binary_with(dir.path(), &["--max-extras", "3"]).await;
+    let (mut child, addr) = spawn_binary_with(dir.path(), &[], &["--max-extras", "3"]).await;
     let (mut dash, _) = dashboard(addr).await;
     let mut dev = device(addr).await;
 
@@ -78,7 +78,7 @@ async fn a_message_beyond_max_extras_is_refused_whole_and_never_stored() {
 
     // After a crash, the same.
     child.kill().await.unwrap();
-    let (_child, addr) = spawn_binary_with(dir.path(), &["--max-extras", "3"]).await;
+    let (_child, addr) = spawn_binary_with(dir.path(), &[], &["--max-extras", "3"]).await;
     let rec = api_record(addr, "D1").await;
     assert_eq!(
         (rec["battery"].clone(), rec["capacity"].clone()),
@@ -90,7 +90,7 @@ async fn a_message_beyond_max_extras_is_refused_whole_and_never_stored() {
 #[tokio::test]
 async fn a_record_that_would_outgrow_max_record_bytes_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (_child, addr) = spawn_binary_with(dir.path(), &["--max-record-bytes", "20000"]).await;
+    let (_child, addr) = spawn_binary_with(dir.path(), &[], &["--max-record-bytes", "20000"]).await;
     let mut dev = device(addr).await;
     let big = "x".repeat(12_000);
 

@@ -294,16 +294,10 @@ pub async fn record(server: &TestServer, serial: &str) -> Value {
 /// Start the real `smart-server` binary on 127.0.0.1 port 0 with `dir` as its data dir; returns the
 /// child (killed on drop) and the address from its first stdout line.
 pub async fn spawn_binary(dir: &Path) -> (tokio::process::Child, SocketAddr) {
-    spawn_binary_with(dir, &[]).await
-}
-
-/// [`spawn_binary`] with more command-line flags.
-pub async fn spawn_binary_with(dir: &Path, flags: &[&str]) -> (tokio::process::Child, SocketAddr) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
-        .args(flags)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -327,6 +321,155 @@ pub async fn spawn_binary_with(dir: &Path, flags: &[&str]) -> (tokio::process::C
         .parse()
         .unwrap();
     (child, addr)
+}
+
+/// Start the real binary as [`spawn_binary`] does, run through `wrapper` (e.g.
+/// `["prlimit", "--nofile=1024:1024", "--"]`, which execs it: the child's pid is the server's) and
+/// with `args` added.
+pub async fn spawn_binary_with(
+    dir: &Path,
+    wrapper: &[&str],
+    args: &[&str],
+) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let server = env!("CARGO_BIN_EXE_smart-server");
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(rest).arg(server);
+            c
+        }
+        None => tokio::process::Command::new(server),
+    };
+    let mut child = command
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// A hand-made websocket handshake on a raw socket: the response status and the socket (past the
+/// response head). `host` replaces the Host header (default: `addr`).
+pub async fn upgrade_raw(
+    addr: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+    extra_headers: &[(&str, &str)],
+) -> (u16, TcpStream) {
+    let host = host.map_or_else(|| addr.to_string(), str::to_owned);
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    for (k, v) in extra_headers {
+        let _ = write!(request, "{k}: {v}\r\n");
+    }
+    request.push_str("\r\n");
+    tokio::time::timeout(TIMEOUT, async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Byte by byte so that nothing past the head is consumed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let status = parse_http(&head).status;
+        if status != 101 {
+            // Not upgraded: read the rest of the response so that the socket is done.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            })
+            .await;
+        }
+        (status, stream)
+    })
+    .await
+    .unwrap()
+}
+
+/// A masked client frame (FIN set) with `opcode` and `payload` (at most 125 bytes).
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Read until the server closes the socket (EOF or reset) within `within`: the bytes read, or
+/// `None` if it was still open.
+pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| all)
+}
+
+/// The opcodes of the (unmasked) server frames in `bytes`, in order; a truncated last frame is
+/// ignored.
+pub fn server_opcodes(mut bytes: &[u8]) -> Vec<u8> {
+    let mut opcodes = Vec::new();
+    while bytes.len() >= 2 {
+        let opcode = bytes[0] & 0x0f;
+        let (len, head) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 if bytes.len() >= 10 => (
+                usize::try_from(u64::from_be_bytes(bytes[2..10].try_into().unwrap())).unwrap(),
+                10,
+            ),
+            126 | 127 => break,
+            n => (usize::from(n), 2),
+        };
+        if bytes.len() < head + len {
+            break;
+        }
+        opcodes.push(opcode);
+        bytes = &bytes[head + len..];
+    }
+    opcodes
+}
+
+/// A counter or gauge from the `/metrics` text (0 when absent).
+pub fn metric_or_zero(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0, |v| v.parse().unwrap())
 }
 
 /// Like [`spawn_binary`], with extra environment variables (e.g. `LD_PRELOAD`) and `RUST_LOG=info`
