@@ -420,7 +420,16 @@ pub(crate) fn routes(
     let list = warp::path!("api" / "devices")
         .and(raw_query)
         .and(with_shared.clone())
-        .map(|raw: String, shared: Arc<Shared>| list_devices(&raw, &shared));
+        .then(|raw: String, shared: Arc<Shared>| async move {
+            // Filtering and sorting the whole fleet is CPU work: on a blocking thread, so that
+            // neither the runtime's workers (device sessions) nor the fleet (the writer) wait for it.
+            tokio::task::spawn_blocking(move || list_devices(&raw, &shared))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(%e, "device query task failed");
+                    error_json(StatusCode::INTERNAL_SERVER_ERROR, "query failed")
+                })
+        });
     let one = warp::path!("api" / "devices" / String)
         .and(with_shared.clone())
         .map(|serial: String, shared: Arc<Shared>| one_device(&serial, &shared));
