@@ -148,6 +148,8 @@ pub mod body;
 pub mod envelope;
 pub mod error;
 pub mod header;
+pub mod init;
+pub mod limits;
 pub mod message;
 pub mod normalize;
 pub mod query;
@@ -157,12 +159,14 @@ pub use body::{parse_body, parse_python_literal};
 pub use envelope::{Envelope, Kind, Payload, parse_envelope};
 pub use error::{Error, Result};
 pub use header::{Header, MessageId, Serial};
+pub use init::extra_keys;
+pub use limits::Limits;
 pub use message::{
     DASHBOARD_WELCOME, DEVICE_WELCOME, DeviceMessage, Rejection, ServerMessage,
     parse_dashboard_message, parse_device_message, parse_server_message, write_init,
 };
 pub use normalize::{Normalized, normalize};
-pub use query::{Clause, Direction, Filter, Op, Query, Sort, SortKind};
+pub use query::{Clause, Direction, Filter, Matcher, Op, Query, Sort, SortKind};
 pub use record::{FieldValue, Record, Timestamp, Update};
 
 // The README's examples run as doctests too, so they cannot go stale.
