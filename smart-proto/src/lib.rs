@@ -134,7 +134,17 @@
 //! # Ok::<(), smart_proto::Error>(())
 //! ```
 //!
+//! Every record of an INIT list carries the same keys (the union of the list's extras, `null` where a record
+//! has none; [`extra_keys`], [`Record::write_json_padded`]). To test many records against one query, build
+//! its [`Matcher`] once ([`Query::matcher`]).
+//!
 //! Clients (watchers, tests, load generators) read what the server sends with [`parse_server_message`].
+//!
+//! # Limits
+//!
+//! Bodies nest at most [`body::MAX_DEPTH`] (32) levels; integers beyond ±(2^53−1) in a device body are
+//! refused ([`limits::MAX_SAFE_INTEGER`]), since browsers would round them; a FILT value is at most
+//! [`query::MAX_VALUE_BYTES`] (256) bytes. The server bounds extra fields with [`Limits`].
 //!
 //! # Errors
 //!
