@@ -308,10 +308,18 @@ fn naive_eval<'a>(
 fn bench_filt_eval(c: &mut Criterion) {
     let records = fleet(10_000);
     let maps: Vec<Map<String, Value>> = records.iter().map(Record::to_map).collect();
-    let queries: [(&str, &[&str]); 3] = [
+    let queries: [(&str, &[&str]); 4] = [
         (
             "seed_contains_sort",
             &["filter:serial_number:=:0", "sort:serial_number:<:abc"],
+        ),
+        (
+            "contains_upper_case",
+            &[
+                "filter:local_time:=:14:3",
+                "filter:solmate_version:=:V2",
+                "sort:serial_number:<:abc",
+            ],
         ),
         (
             "numeric_sort_desc",
@@ -329,7 +337,7 @@ fn bench_filt_eval(c: &mut Criterion) {
         ),
     ];
     // The baseline must do the same job: same devices, same order.
-    let typed = Query::parse(queries[1].1).expect("bench queries are valid");
+    let typed = Query::parse(queries[2].1).expect("bench queries are valid");
     let typed: Vec<&str> = typed
         .apply(&records)
         .iter()
@@ -359,6 +367,50 @@ fn bench_filt_eval(c: &mut Criterion) {
     group.finish();
 }
 
+/// The contains test of a straightforward port: every window of the text against the needle, ignoring
+/// ASCII case (what smart-proto did before issue 9: O(text × needle)).
+fn naive_contains(text: &str, needle: &str) -> bool {
+    text.as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// The `=` filter at its worst: a needle at the value cap that almost matches everywhere in long texts
+/// (the attack of issue 9, item 7), naive windows against smart-proto's linear search.
+fn bench_filt_long_text(c: &mut Criterion) {
+    let text = "a".repeat(4096);
+    let records: Vec<Record> = (0..100)
+        .map(|i| {
+            let mut r = Record::new(
+                Serial::new(&format!("{i:04}")).expect("valid serial"),
+                "EET",
+                Timestamp::UNIX_EPOCH,
+            );
+            r.country.clone_from(&text);
+            r
+        })
+        .collect();
+    let needle = format!("{}B", "A".repeat(smart_proto::query::MAX_VALUE_BYTES - 1));
+    let query =
+        Query::parse(&[format!("filter:country:=:{needle}")]).expect("bench query is valid");
+    assert!(query.apply(&records).is_empty());
+    let mut group = c.benchmark_group("filt_eval_long_text_100");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(records.len() as u64));
+    group.bench_function("naive_windows", |b| {
+        b.iter(|| {
+            black_box(&records)
+                .iter()
+                .filter(|r| naive_contains(&r.country, &needle))
+                .count()
+        });
+    });
+    group.bench_function("smart_proto_apply", |b| {
+        b.iter(|| query.apply(black_box(&records)).len());
+    });
+    group.finish();
+}
+
 fn bench_init_write(c: &mut Criterion) {
     let records = fleet(10_000);
     let values: Vec<Value> = records.iter().map(|r| Value::Object(r.to_map())).collect();
@@ -373,6 +425,14 @@ fn bench_init_write(c: &mut Criterion) {
     group.bench_function("smart_proto_write_init", |b| {
         b.iter(|| write_init(black_box(&records)).len());
     });
+    // One device in ten reports an extra the others lack: the rest are padded with `null` for it.
+    let mut mixed = records.clone();
+    for record in mixed.iter_mut().step_by(10) {
+        record.extra.insert("mode".to_owned(), json!("eco"));
+    }
+    group.bench_function("smart_proto_write_init_padded", |b| {
+        b.iter(|| write_init(black_box(&mixed)).len());
+    });
     group.finish();
 }
 
@@ -384,6 +444,7 @@ criterion_group!(
     bench_body,
     bench_filt_parse,
     bench_filt_eval,
+    bench_filt_long_text,
     bench_init_write
 );
 criterion_main!(benches);

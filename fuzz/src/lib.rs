@@ -14,6 +14,7 @@ use smart_proto::{
     Timestamp, Update, normalize, parse_body, parse_device_message, parse_envelope,
     parse_server_message, write_init,
 };
+use smart_proto::limits::check_safe_integers;
 
 /// `2024-03-11T00:43:33.256667Z`, the seed's `manufacturing_date`.
 const FIRST_SEEN: i64 = 1_710_117_813_256_667;
@@ -66,14 +67,30 @@ pub fn check_error(error: &Error, parsed_len: usize) {
 /// `parse_device_message` composed from the public stage functions, without its fused fast path for flat
 /// JSON frames: the two must agree on every frame.
 pub fn device_message_by_stages(frame: &str) -> Result<DeviceMessage, Rejection> {
-    let envelope = parse_envelope(frame)?;
-    let kind = envelope.kind;
-    if !matches!(kind, Kind::Init | Kind::Updt) {
-        return Err(Error::UnexpectedKind {
-            kind: kind.as_str(),
-            expected: "INIT or UPDT",
+    let envelope = match parse_envelope(frame) {
+        Ok(envelope) => envelope,
+        // A frame that is an object but has no usable `type` still echoes a readable header (§5).
+        Err(error @ (Error::MissingType | Error::UnknownKind(_))) => {
+            return Err(Rejection {
+                header: header_of_message(frame),
+                error,
+            });
         }
-        .into());
+        Err(error) => return Err(error.into()),
+    };
+    let kind = envelope.kind;
+    let header_of_text = match &envelope.message {
+        Payload::Text(text) => Header::parse(text).ok().map(|(header, _)| header),
+        _ => None,
+    };
+    if !matches!(kind, Kind::Init | Kind::Updt) {
+        return Err(Rejection {
+            header: header_of_text,
+            error: Error::UnexpectedKind {
+                kind: kind.as_str(),
+                expected: "INIT or UPDT",
+            },
+        });
     }
     let Payload::Text(text) = envelope.message else {
         return Err(Error::PayloadType {
@@ -84,6 +101,7 @@ pub fn device_message_by_stages(frame: &str) -> Result<DeviceMessage, Rejection>
     };
     let (header, body) = Header::parse(&text)?;
     match parse_body(body)
+        .and_then(|map| check_safe_integers(&map, body).map(|()| map))
         .and_then(|map| normalize(map, &header.serial))
         .and_then(Update::from_normalized)
     {
@@ -97,6 +115,16 @@ pub fn device_message_by_stages(frame: &str) -> Result<DeviceMessage, Rejection>
             error,
         }),
     }
+}
+
+/// The header of an envelope's `message` string, read with the general parsers (last key wins).
+fn header_of_message(frame: &str) -> Option<Header> {
+    let value = serde_json::from_str::<Value>(frame)
+        .ok()
+        .filter(Value::is_object)
+        .or_else(|| smart_proto::parse_python_literal(frame).ok())?;
+    let (header, _) = Header::parse(value.get("message")?.as_str()?).ok()?;
+    Some(header)
 }
 
 /// Properties of an accepted device message.

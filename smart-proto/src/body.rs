@@ -21,8 +21,9 @@
 //! # Ok::<(), smart_proto::Error>(())
 //! ```
 //!
-//! Limits: nesting is bounded ([`MAX_DEPTH`] levels for Python literals, `serde_json`'s 128 for JSON) so
-//! that hostile input cannot exhaust the stack. Not supported: sets, bytes and raw strings, triple-quoted
+//! Limits: nesting is bounded to [`MAX_DEPTH`] levels, for JSON and Python literals alike, so that hostile
+//! input cannot exhaust the stack and every accepted body stays well within what `serde_json` reads back
+//! (its own limit is 128) once it is stored inside a record. Not supported: sets, bytes and raw strings, triple-quoted
 //! strings, `\N{…}` escapes, hex/octal/binary integers, `_` digit separators, non-string dict keys, and
 //! `inf`/`nan` (JSON has no such numbers). A `u` prefix on strings (Python 2's `u'…'`) is accepted.
 
@@ -38,16 +39,37 @@ use serde_json::{Map, Number, Value};
 
 use crate::{Error, Result};
 
-/// Deepest nesting of dicts, lists and tuples the Python-literal parser accepts.
+/// Deepest nesting of objects (dicts), lists and tuples in a body or literal, counting the outermost
+/// container as level 1 (PROTOCOL.md §3). The same for JSON and Python literals, and far below
+/// `serde_json`'s recursion limit of 128, so that a stored record (one level deeper than its body)
+/// always reads back.
 ///
 /// ```
-/// use smart_proto::{body::MAX_DEPTH, parse_python_literal};
+/// use smart_proto::{body::MAX_DEPTH, parse_body, parse_python_literal};
 ///
 /// let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
 /// assert!(parse_python_literal(&nested(MAX_DEPTH)).is_ok());
 /// assert!(parse_python_literal(&nested(MAX_DEPTH + 1)).is_err());
+///
+/// // A JSON body: the object itself is level 1.
+/// let body = |n: usize| format!("{{\"a\": {}}}", nested(n - 1));
+/// assert!(parse_body(&body(MAX_DEPTH)).is_ok());
+/// let err = parse_body(&body(MAX_DEPTH + 1)).unwrap_err();
+/// assert!(err.to_string().ends_with("nested deeper than 32 levels"), "{err}");
 /// ```
-pub const MAX_DEPTH: usize = 64;
+pub const MAX_DEPTH: usize = 32;
+
+/// The reason given for a body nested deeper than [`MAX_DEPTH`].
+const TOO_DEEP: &str = "nested deeper than 32 levels";
+
+/// Whether a value nests deeper than `limit` levels (a scalar is level 0, `[]` level 1).
+pub(crate) fn deeper_than(value: &Value, limit: usize) -> bool {
+    match value {
+        Value::Array(items) => limit == 0 || items.iter().any(|v| deeper_than(v, limit - 1)),
+        Value::Object(map) => limit == 0 || map.values().any(|v| deeper_than(v, limit - 1)),
+        _ => false,
+    }
+}
 
 /// Parse a body into an object: JSON first (fast paths), then a Python dict literal.
 /// Duplicate keys: the last wins. Anything but an object is [`Error::BodyNotObject`]; text that is
@@ -74,10 +96,21 @@ pub fn parse_body(body: &str) -> Result<Map<String, Value>> {
     let start = body.len() - skip_ws(body).len();
     if looks_like_json(&body[start..]) {
         if let Ok(value) = serde_json::from_str::<Value>(body) {
-            return into_object(value, start);
+            if !deeper_than(&value, MAX_DEPTH) {
+                return into_object(value, start);
+            }
+            // Too deep: the Python-literal parser reads JSON too and reports where the limit is crossed.
         }
     }
-    into_object(parse_python_literal(body)?, start)
+    let value = parse_python_literal(body)?;
+    if deeper_than(&value, MAX_DEPTH) {
+        // Not expected: the Python-literal parser checks the depth as it goes.
+        return Err(Error::BodySyntax {
+            offset: start,
+            reason: TOO_DEEP.to_owned(),
+        });
+    }
+    into_object(value, start)
 }
 
 /// Parse any Python literal (dict, list, tuple, str, int, float, `True`/`False`/`None`) into JSON.
@@ -429,11 +462,15 @@ fn flat_scalar(s: &str, i: usize, quoting: Quoting) -> Option<(Value, usize)> {
     }
 }
 
-/// The one JSON value at `i`, read by `serde_json`, and the index after it.
+/// The one JSON value at `i`, read by `serde_json`, and the index after it. `None` for a value that
+/// would nest the object that holds it deeper than [`MAX_DEPTH`] (the general path reports it).
 #[cold]
 fn serde_value(s: &str, i: usize) -> Option<(Value, usize)> {
     let mut values = serde_json::Deserializer::from_str(s.get(i..)?).into_iter::<Value>();
     let value = values.next()?.ok()?;
+    if deeper_than(&value, MAX_DEPTH - 1) {
+        return None;
+    }
     Some((value, i + values.byte_offset()))
 }
 
@@ -546,16 +583,17 @@ fn json_number_full(s: &str, start: usize) -> Option<(Value, usize)> {
             Number::from_f64(token.parse().ok()?)?
         }
     } else if int_digits <= 18 {
-        // Below 10^18: no overflow, and it fits an `i64`.
+        // Below 10^18: no overflow, and it fits an `i64`. Integers beyond ±(2^53−1) are left to the
+        // general path, where a device message refuses them (PROTOCOL.md §6).
         match (negative, mantissa) {
             (true, 0) => return None,
+            (_, m) if m > crate::limits::MAX_SAFE_INTEGER => return None,
             (true, m) => Number::from(-(m as i64)),
             (false, m) => Number::from(m),
         }
-    } else if let Ok(n) = token.parse::<i64>() {
-        Number::from(n)
     } else {
-        Number::from(token.parse::<u64>().ok()?)
+        // 19 digits or more, all beyond ±(2^53−1): as above.
+        return None;
     };
     Some((Value::Number(number), j))
 }
@@ -660,7 +698,7 @@ pub(crate) fn value(i: &str, depth: usize) -> PResult<'_, Value> {
 
 fn check_depth(i: &str, depth: usize) -> PResult<'_, ()> {
     if depth > MAX_DEPTH {
-        fail(i, "nested deeper than 64 levels")
+        fail(i, TOO_DEEP)
     } else {
         Ok((i, ()))
     }
@@ -1318,8 +1356,9 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
         assert_eq!(
             syntax(&deep),
-            (MAX_DEPTH, "nested deeper than 64 levels".into())
+            (MAX_DEPTH, "nested deeper than 32 levels".into())
         );
+        assert_eq!(TOO_DEEP, format!("nested deeper than {MAX_DEPTH} levels"));
         let hostile = "{'a': ".repeat(100_000);
         assert!(parse_body(&hostile).is_err());
         let hostile_json = "[".repeat(100_000);

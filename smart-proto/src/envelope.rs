@@ -157,32 +157,34 @@ pub struct Envelope<'a> {
 /// );
 /// ```
 pub fn parse_envelope(frame: &str) -> Result<Envelope<'_>> {
-    if let Some(envelope) = scan_json_envelope(frame).and_then(FastEnvelope::into_envelope) {
-        return envelope;
-    }
-    let raw = if looks_like_json(frame) {
-        match serde_json::from_str::<RawEnvelope<'_>>(frame) {
-            Ok(raw) => raw,
-            Err(_) => python_envelope(frame)?,
-        }
-    } else {
-        python_envelope(frame)?
-    };
-    finish(raw.kind, raw.message, raw.reason)
+    envelope_parts(frame)?.finish()
 }
 
-fn finish<'a>(
-    kind: Option<Cow<'a, str>>,
-    message: Option<Payload<'a>>,
-    reason: Option<Cow<'a, str>>,
-) -> Result<Envelope<'a>> {
-    let kind = Kind::parse(&kind.ok_or(Error::MissingType)?)?;
-    let message = message.ok_or(Error::MissingMessage)?;
-    Ok(Envelope {
-        kind,
-        message,
-        reason,
-    })
+/// The envelope's fields as the frame holds them, before `type` and `message` are checked: errors are
+/// syntax errors only ([`Error::Envelope`]).
+pub(crate) fn envelope_parts(frame: &str) -> Result<RawEnvelope<'_>> {
+    if let Some(raw) = scan_json_envelope(frame).and_then(FastEnvelope::into_raw) {
+        return Ok(raw);
+    }
+    if looks_like_json(frame) {
+        if let Ok(raw) = serde_json::from_str::<RawEnvelope<'_>>(frame) {
+            return Ok(raw);
+        }
+    }
+    python_envelope(frame)
+}
+
+impl<'a> RawEnvelope<'a> {
+    /// The envelope, once `type` names a kind and `message` is present.
+    pub(crate) fn finish(self) -> Result<Envelope<'a>> {
+        let kind = Kind::parse(&self.kind.ok_or(Error::MissingType)?)?;
+        let message = self.message.ok_or(Error::MissingMessage)?;
+        Ok(Envelope {
+            kind,
+            message,
+            reason: self.reason,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -203,7 +205,7 @@ pub(crate) struct FastEnvelope<'a> {
 
 impl<'a> FastEnvelope<'a> {
     /// `None` if an escape is invalid: the full path then reports it.
-    fn into_envelope(self) -> Option<Result<Envelope<'a>>> {
+    fn into_raw(self) -> Option<RawEnvelope<'a>> {
         let unescape = |s: Option<JsonStr>| match s {
             Some(s) => s.to_cow(self.frame).map(Some),
             None => Some(None),
@@ -213,7 +215,11 @@ impl<'a> FastEnvelope<'a> {
             unescape(self.message)?,
             unescape(self.reason)?,
         );
-        Some(finish(kind, message.map(Payload::Text), reason))
+        Some(RawEnvelope {
+            kind,
+            message: message.map(Payload::Text),
+            reason,
+        })
     }
 }
 
@@ -428,10 +434,10 @@ fn looks_like_json(frame: &str) -> bool {
 
 /// The envelope's fields as found; `None` for missing (or, for `type`/`reason`, non-string) values.
 #[derive(Default)]
-struct RawEnvelope<'a> {
-    kind: Option<Cow<'a, str>>,
-    message: Option<Payload<'a>>,
-    reason: Option<Cow<'a, str>>,
+pub(crate) struct RawEnvelope<'a> {
+    pub(crate) kind: Option<Cow<'a, str>>,
+    pub(crate) message: Option<Payload<'a>>,
+    pub(crate) reason: Option<Cow<'a, str>>,
 }
 
 // Hand-written rather than derived so that strings borrow from the frame, duplicate keys behave as in the
@@ -744,10 +750,11 @@ mod tests {
             "{}",
         ] {
             let fast = scan_json_envelope(frame)
-                .and_then(FastEnvelope::into_envelope)
-                .unwrap();
+                .and_then(FastEnvelope::into_raw)
+                .unwrap()
+                .finish();
             let raw: RawEnvelope<'_> = serde_json::from_str(frame).unwrap();
-            assert_eq!(fast, finish(raw.kind, raw.message, raw.reason), "{frame}");
+            assert_eq!(fast, raw.finish(), "{frame}");
         }
         // Python dict literals of plain single-quoted strings (and mixes) take the fast path too.
         for frame in [
@@ -756,10 +763,11 @@ mod tests {
             "{'type': 'UPDT'}",
         ] {
             let fast = scan_json_envelope(frame)
-                .and_then(FastEnvelope::into_envelope)
-                .unwrap();
+                .and_then(FastEnvelope::into_raw)
+                .unwrap()
+                .finish();
             let raw = python_envelope(frame).unwrap();
-            assert_eq!(fast, finish(raw.kind, raw.message, raw.reason), "{frame}");
+            assert_eq!(fast, raw.finish(), "{frame}");
         }
         for not_fast in [
             r#"{"type": "UPDT", "message": []}"#,

@@ -114,6 +114,36 @@ pub enum Error {
     /// More clauses than [`crate::query::MAX_CLAUSES`].
     #[error("too many query clauses: {0} (at most 64)")]
     TooManyClauses(usize),
+    /// A device body holds an integer beyond ±(2^53−1), which a browser's `JSON.parse` would silently
+    /// round ([`crate::limits::MAX_SAFE_INTEGER`]).
+    #[error(
+        "field {field:?} holds the integer {value}, beyond ±9007199254740991 (2^53-1): browsers would \
+         silently round it; send it as a string"
+    )]
+    UnsafeInteger {
+        /// The top-level key of the body that holds it (as sent).
+        field: String,
+        /// The integer as written (shortened).
+        value: String,
+    },
+    /// A record would hold more extra fields than the server allows ([`crate::Limits`]).
+    #[error("too many extra fields: {count} (at most {max})")]
+    TooManyExtras {
+        /// How many extra fields the record would hold.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An extra field's value is larger, written as JSON, than the server allows ([`crate::Limits`]).
+    #[error("extra field {field:?} is {bytes} bytes as JSON (at most {max})")]
+    ExtraTooLarge {
+        /// The field (shortened).
+        field: String,
+        /// Its size as compact JSON, in bytes.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Shorthand for results of this crate.

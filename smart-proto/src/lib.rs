@@ -134,7 +134,17 @@
 //! # Ok::<(), smart_proto::Error>(())
 //! ```
 //!
+//! Every record of an INIT list carries the same keys (the union of the list's extras, `null` where a record
+//! has none; [`extra_keys`], [`Record::write_json_padded`]). To test many records against one query, build
+//! its [`Matcher`] once ([`Query::matcher`]).
+//!
 //! Clients (watchers, tests, load generators) read what the server sends with [`parse_server_message`].
+//!
+//! # Limits
+//!
+//! Bodies nest at most [`body::MAX_DEPTH`] (32) levels; integers beyond ±(2^53−1) in a device body are
+//! refused ([`limits::MAX_SAFE_INTEGER`]), since browsers would round them; a FILT value is at most
+//! [`query::MAX_VALUE_BYTES`] (256) bytes. The server bounds extra fields with [`Limits`].
 //!
 //! # Errors
 //!
@@ -148,6 +158,8 @@ pub mod body;
 pub mod envelope;
 pub mod error;
 pub mod header;
+pub mod init;
+pub mod limits;
 pub mod message;
 pub mod normalize;
 pub mod query;
@@ -157,12 +169,14 @@ pub use body::{parse_body, parse_python_literal};
 pub use envelope::{Envelope, Kind, Payload, parse_envelope};
 pub use error::{Error, Result};
 pub use header::{Header, MessageId, Serial};
+pub use init::extra_keys;
+pub use limits::Limits;
 pub use message::{
     DASHBOARD_WELCOME, DEVICE_WELCOME, DeviceMessage, Rejection, ServerMessage,
     parse_dashboard_message, parse_device_message, parse_server_message, write_init,
 };
 pub use normalize::{Normalized, normalize};
-pub use query::{Clause, Direction, Filter, Op, Query, Sort, SortKind};
+pub use query::{Clause, Direction, Filter, Matcher, Op, Query, Sort, SortKind};
 pub use record::{FieldValue, Record, Timestamp, Update};
 
 // The README's examples run as doctests too, so they cannot go stale.

@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::body::{Quoting, scan_flat};
 use crate::envelope::{Payload, scan_envelope};
+pub use crate::init::write_init;
 use crate::record::FastFields;
 use crate::{Error, Header, Kind, Query, Record, Result, Update, parse_body, parse_envelope};
 
@@ -141,8 +142,19 @@ pub fn parse_device_message(frame: &str) -> Result<DeviceMessage, Rejection> {
     if let Some(result) = fast_device_message(frame) {
         return result;
     }
-    let envelope = parse_envelope(frame)?;
-    let kind = device_kind(envelope.kind)?;
+    let raw = crate::envelope::envelope_parts(frame)?;
+    // The frame is an object: once its message shows a header, every error echoes it (PROTOCOL.md §5),
+    // a `type` that is missing, unknown or not for devices included.
+    let header = match &raw.message {
+        Some(Payload::Text(text)) => Header::parse(text).ok().map(|(header, _)| header),
+        _ => None,
+    };
+    let rejection = |error: Error| Rejection {
+        header: header.clone(),
+        error,
+    };
+    let envelope = raw.finish().map_err(rejection)?;
+    let kind = device_kind(envelope.kind).map_err(rejection)?;
     let Payload::Text(text) = envelope.message else {
         return Err(Error::PayloadType {
             kind: kind.as_str(),
@@ -167,16 +179,21 @@ fn device_kind(kind: Kind) -> Result<Kind> {
 fn device_message(kind: Kind, text: &str) -> Result<DeviceMessage, Rejection> {
     let (header, body) = Header::parse(text)?;
     let fields = parse_body(body);
-    typed_message(kind, header, fields)
+    typed_message(kind, header, body, fields)
 }
 
-/// Normalization and typing of a parsed body; errors keep the header for the reply.
+/// The device rules for a parsed `body` (safe integers, normalization, typing); errors keep the header
+/// for the reply.
 fn typed_message(
     kind: Kind,
     header: Header,
+    body: &str,
     fields: Result<Map<String, Value>>,
 ) -> Result<DeviceMessage, Rejection> {
-    let update = fields.and_then(|map| crate::normalize::normalized_update(map, &header.serial));
+    let update = fields.and_then(|map| {
+        crate::limits::check_safe_integers(&map, body)?;
+        crate::normalize::normalized_update(map, &header.serial)
+    });
     match update {
         Ok(update) => Ok(DeviceMessage {
             kind,
@@ -404,24 +421,6 @@ fn write_header_frame<'a>(
     write_json_object(&mut inner, body);
     write_json_chars(out, &inner);
     out.push_str("\"}");
-}
-
-/// Write an INIT frame straight from borrowed records (no intermediate `Vec`).
-///
-/// ```
-/// let frame = smart_proto::write_init([]);
-/// assert_eq!(frame, r#"{"type":"INIT","message":[]}"#);
-/// ```
-pub fn write_init<'a>(records: impl IntoIterator<Item = &'a Record>) -> String {
-    let mut out = String::from(r#"{"type":"INIT","message":["#);
-    for (i, record) in records.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        record.write_json(&mut out);
-    }
-    out.push_str("]}");
-    out
 }
 
 /// Parse a frame sent by the server (for clients: watchers, tests, load generators).
@@ -744,12 +743,44 @@ mod tests {
                 r#"{"type":"UPDT","message":"0116:0001"}"#,
                 Error::Header("missing ':' after serial".into()),
             ),
-            (r#"{"message":"0116:0001:{}"}"#, Error::MissingType),
+            (r#"{"message":"0116:0001"}"#, Error::MissingType),
         ] {
             assert_eq!(
                 parse_device_message(frame).unwrap_err(),
                 Rejection {
                     header: None,
+                    error
+                },
+                "{frame}"
+            );
+        }
+    }
+
+    #[test]
+    fn envelope_errors_keep_a_readable_header() {
+        let h = Some(Header::new("0116", "0001").unwrap());
+        for (frame, error) in [
+            (r#"{"message":"0116:0001:{}"}"#, Error::MissingType),
+            (
+                r#"{"type":"FOO","message":"0116:0001:{}"}"#,
+                Error::UnknownKind("FOO".into()),
+            ),
+            (
+                "{'type': 'ping', 'message': '0116:0001:x'}",
+                Error::UnknownKind("ping".into()),
+            ),
+            (
+                r#"{"type":"INFO","message":"0116:0001:OK"}"#,
+                Error::UnexpectedKind {
+                    kind: "INFO",
+                    expected: "INIT or UPDT",
+                },
+            ),
+        ] {
+            assert_eq!(
+                parse_device_message(frame).unwrap_err(),
+                Rejection {
+                    header: h.clone(),
                     error
                 },
                 "{frame}"
@@ -842,11 +873,14 @@ mod fast_path_tests {
             .unwrap();
         let kind = device_kind(Kind::parse(envelope["type"].as_str().unwrap()).unwrap())?;
         let (header, body) = Header::parse(envelope["message"].as_str().unwrap())?;
-        let fields = match serde_json::from_str::<Value>(body) {
-            Ok(Value::Object(map)) => Ok(map),
+        let json = serde_json::from_str::<Value>(body)
+            .ok()
+            .filter(|v| !crate::body::deeper_than(v, crate::body::MAX_DEPTH));
+        let fields = match json {
+            Some(Value::Object(map)) => Ok(map),
             _ => parse_body(body),
         };
-        typed_message(kind, header, fields)
+        typed_message(kind, header, body, fields)
     }
 
     /// A Python `repr` of a string, as `str(dict)` writes it.
@@ -997,6 +1031,17 @@ mod fast_path_tests {
             "1:0001:{'battery': 1, 'country': 'AT'}",
             "1:0001:{\"a\": -0, \"b\": 1e3, \"c\": 18446744073709551616, \"d\": 0.1, \"e\": -0.0}",
             "1:0001:{\"a\": 9007199254740993, \"battery\": 9007199254740993}",
+            // Integers at and beyond ±(2^53−1), connector counts, nesting at and beyond the limit.
+            "1:0001:{\"a\": 9007199254740991, \"b\": -9007199254740991}",
+            "1:0001:{\"a\": 9007199254740992}",
+            "1:0001:{\"battery\": -9007199254740992, \"country\": 1}",
+            "1:0001:{\"a\": 123456789012345678901234567890}",
+            "1:0001:{\"a\": 1.8446744073709552e19, \"b\": 18446744073709551616}",
+            "1:0001:{\"pv_connectors\": -1}",
+            "1:0001:{\"pv_connectors\": -1, \"pv_connectors\": 2}",
+            "1:0001:{\"pv_connectors\": 9007199254740992.0}",
+            "1:0001:{\"a\": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
+            "1:0001:{\"a\": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
             "1:0001:{\"é\": \"ü\", \"it's\": 1}",
             "1:0001:{} ",
             "1:0001: {}",
@@ -1071,6 +1116,12 @@ mod fast_path_tests {
                 "\"tab\\t\"",
                 "[1, 2]",
                 "{\"a\": 1}",
+                "9007199254740991",
+                "-9007199254740992",
+                "99999999999999999999",
+                "-1",
+                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
                 "-0",
                 "1.0",
                 "2.5",

@@ -18,9 +18,10 @@
 //! assert_eq!(serials, ["0002", "0003"]);
 //! ```
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::fmt;
+use std::fmt::{self, Write as _};
+
+use memchr::memmem::Finder;
 
 use crate::error::shorten;
 use crate::record::{FieldValue, parse_number};
@@ -33,6 +34,17 @@ use crate::{Error, Record, Result};
 /// assert!(smart_proto::Query::parse(&clauses).is_err());
 /// ```
 pub const MAX_CLAUSES: usize = 64;
+
+/// Longest VALUE of a filter clause, in bytes (PROTOCOL.md §8).
+///
+/// ```
+/// use smart_proto::{Clause, query::MAX_VALUE_BYTES};
+///
+/// assert!(Clause::parse(&format!("filter:country:=:{}", "a".repeat(MAX_VALUE_BYTES))).is_ok());
+/// let err = Clause::parse(&format!("filter:country:=:{}", "a".repeat(MAX_VALUE_BYTES + 1))).unwrap_err();
+/// assert!(err.to_string().ends_with("value is 257 bytes long, more than 256"), "{err}");
+/// ```
+pub const MAX_VALUE_BYTES: usize = 256;
 
 /// Clauses and their parts are cut to about this many bytes in error messages.
 const QUOTE_BYTES: usize = 80;
@@ -311,6 +323,12 @@ fn parse_clause(clause: &str) -> Result<Clause, String> {
         let (Some(symbol), Some(value)) = (parts.next(), parts.next()) else {
             return Err("expected filter:FIELD:OP:VALUE".to_owned());
         };
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(format!(
+                "value is {} bytes long, more than {MAX_VALUE_BYTES}",
+                value.len()
+            ));
+        }
         let op = Op::from_symbol(symbol).ok_or_else(|| {
             format!(
                 "unknown operator {:?}: expected one of = == < > <= >= ^",
@@ -392,18 +410,22 @@ impl fmt::Display for Clause {
     }
 }
 
-/// A filter made ready to test many records: its number parsed and its needle lowercased once.
+/// A filter made ready to test many records: its number parsed, its needle lowercased and its
+/// searcher built once.
+#[derive(Debug)]
 struct Test<'q> {
     field: &'q str,
     check: Check<'q>,
 }
 
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a few per query, never moved around; boxing would allocate per `Query::matches`"
+)]
 enum Check<'q> {
-    /// Case-insensitive substring; the needle as given and lowercased.
-    Contains {
-        needle: &'q str,
-        lower: Cow<'q, str>,
-    },
+    /// Case-insensitive substring: a searcher for the lowercased needle.
+    Contains(Finder<'q>),
     StartsWith(&'q str),
     Compare(Op, f64),
     /// A numeric operator with a non-number value (only in hand-built filters).
@@ -415,14 +437,10 @@ impl<'q> Test<'q> {
         let value = filter.value.as_str();
         let check = match filter.op {
             Op::Contains => {
-                let lower = if value.bytes().any(|b| b.is_ascii_uppercase()) || !value.is_ascii() {
-                    Cow::Owned(value.to_lowercase())
+                if value.bytes().any(|b| b.is_ascii_uppercase()) || !value.is_ascii() {
+                    Check::Contains(Finder::new(&value.to_lowercase()).into_owned())
                 } else {
-                    Cow::Borrowed(value)
-                };
-                Check::Contains {
-                    needle: value,
-                    lower,
+                    Check::Contains(Finder::new(value))
                 }
             }
             Op::StartsWith => Check::StartsWith(value),
@@ -439,8 +457,8 @@ impl<'q> Test<'q> {
             return false;
         };
         match &self.check {
-            Check::Contains { needle, lower } => {
-                with_text(value, |text| contains_ignoring_case(text, needle, lower))
+            Check::Contains(finder) => {
+                with_text(value, |text| contains_ignoring_case(text, finder))
             }
             Check::StartsWith(prefix) => with_text(value, |text| text.starts_with(prefix)),
             Check::Compare(op, wanted) => {
@@ -476,22 +494,88 @@ fn compare_numbers(op: Op, x: f64, wanted: f64) -> bool {
 fn with_text<R>(value: FieldValue<'_>, f: impl FnOnce(&str) -> R) -> R {
     match value {
         FieldValue::Str(s) => f(s),
-        FieldValue::Num(x) => f(&x.to_string()),
+        FieldValue::Num(x) => {
+            // The longest shortest form of an `f64` is about 330 bytes (`5e-324` in full): a stack
+            // buffer, with a heap fallback that is never expected.
+            let mut buf = StackText::<400>::new();
+            if write!(buf, "{x}").is_ok() {
+                f(buf.as_str())
+            } else {
+                f(&x.to_string())
+            }
+        }
         FieldValue::Bool(b) => f(if b { "true" } else { "false" }),
         FieldValue::Other(v) => f(&v.to_string()),
     }
 }
 
-/// Whether `text` contains `needle`, both lowercased. ASCII text is searched without allocating.
-fn contains_ignoring_case(text: &str, needle: &str, lower_needle: &str) -> bool {
-    if needle.is_empty() {
-        true
-    } else if text.is_ascii() && needle.is_ascii() {
-        text.as_bytes()
-            .windows(needle.len())
-            .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
-    } else {
-        text.to_lowercase().contains(lower_needle)
+/// A fixed-capacity text buffer on the stack; writing past its end is an error.
+struct StackText<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    fn new() -> Self {
+        StackText {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `str`s are written in.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> fmt::Write for StackText<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Bytes of text lowercased per search on the stack (a needle is at most [`MAX_VALUE_BYTES`] long).
+const CHUNK: usize = 2048;
+
+/// Whether `text`, lowercased, contains the lowercased needle `finder` looks for; in time linear in the
+/// text and the needle (a two-way search, `memchr::memmem`). ASCII text is lowercased in chunks on the
+/// stack, so it costs no allocation; other text is lowercased as a whole, as `str::to_lowercase` does.
+fn contains_ignoring_case(text: &str, finder: &Finder<'_>) -> bool {
+    let needle = finder.needle().len();
+    if needle == 0 {
+        return true;
+    }
+    if !text.is_ascii() {
+        return finder.find(text.to_lowercase().as_bytes()).is_some();
+    }
+    let bytes = text.as_bytes();
+    if !bytes.iter().any(u8::is_ascii_uppercase) {
+        return finder.find(bytes).is_some();
+    }
+    if needle > CHUNK / 2 {
+        // Longer than a hand-built filter should be: no chunking.
+        return finder.find(text.to_ascii_lowercase().as_bytes()).is_some();
+    }
+    // Chunks overlap by `needle - 1` bytes, so that every match lies whole inside one of them.
+    let mut buf = [0_u8; CHUNK];
+    let mut start = 0;
+    loop {
+        let end = bytes.len().min(start + CHUNK);
+        let chunk = &mut buf[..end - start];
+        chunk.copy_from_slice(&bytes[start..end]);
+        chunk.make_ascii_lowercase();
+        if finder.find(chunk).is_some() {
+            return true;
+        }
+        if end == bytes.len() {
+            return false;
+        }
+        start = end - (needle - 1);
     }
 }
 
@@ -511,6 +595,37 @@ fn compare_values(a: FieldValue<'_>, b: FieldValue<'_>) -> Ordering {
         (FieldValue::Str(x), FieldValue::Str(y)) => x.cmp(y),
         (FieldValue::Bool(x), FieldValue::Bool(y)) => x.cmp(&y),
         _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+/// The filters of a [`Query`], ready to test many records ([`Query::matcher`]).
+///
+/// ```
+/// use smart_proto::{Query, Record, Serial, Timestamp};
+///
+/// let mut record = Record::new(Serial::new("0001").unwrap(), "EET", Timestamp::UNIX_EPOCH);
+/// record.country = "Österreich".into();
+/// let query = Query::parse(&["filter:country:=:ÖSTER", "filter:pv_connectors:>=:1"]).unwrap();
+/// assert!(query.matcher().matches(&record));
+/// ```
+#[derive(Debug)]
+pub struct Matcher<'q> {
+    tests: Vec<Test<'q>>,
+}
+
+impl Matcher<'_> {
+    /// Whether a record passes every filter, as [`Query::matches`] says.
+    ///
+    /// ```
+    /// use smart_proto::{Query, Record, Serial, Timestamp};
+    ///
+    /// let record = Record::new(Serial::new("0001").unwrap(), "EET", Timestamp::UNIX_EPOCH);
+    /// let query = Query::parse(&["filter:owner:=:eet"]).unwrap();
+    /// assert!(query.matcher().matches(&record));
+    /// assert!(!Query::parse(&["filter:owner:=:x"]).unwrap().matcher().matches(&record));
+    /// ```
+    pub fn matches(&self, record: &Record) -> bool {
+        self.tests.iter().all(|test| test.matches(record))
     }
 }
 
@@ -588,10 +703,35 @@ impl Query {
     /// assert!(!matches("filter:owner:>:1"));
     /// assert!(!matches("filter:capacity:=:"));
     /// ```
+    ///
+    /// To test many records, build a [`Matcher`] once with [`Query::matcher`]: this prepares the filters
+    /// anew on every call.
     pub fn matches(&self, record: &Record) -> bool {
         self.filters
             .iter()
             .all(|filter| Test::new(filter).matches(record))
+    }
+
+    /// The filters made ready to test many records: numbers parsed, `=` needles lowercased and their
+    /// searchers built once. [`Matcher::matches`] then gives what [`Query::matches`] gives, without
+    /// allocating for ASCII text.
+    ///
+    /// ```
+    /// use smart_proto::{Query, Record, Serial, Timestamp};
+    ///
+    /// let fleet: Vec<Record> = ["0001", "0010", "0100"]
+    ///     .iter()
+    ///     .map(|s| Record::new(Serial::new(s).unwrap(), "EET", Timestamp::UNIX_EPOCH))
+    ///     .collect();
+    /// let query = Query::parse(&["filter:serial_number:=:10"]).unwrap();
+    /// let matcher = query.matcher();
+    /// let serials: Vec<&str> = fleet.iter().filter(|r| matcher.matches(r)).map(|r| r.serial_number.as_str()).collect();
+    /// assert_eq!(serials, ["0010", "0100"]);
+    /// ```
+    pub fn matcher(&self) -> Matcher<'_> {
+        Matcher {
+            tests: self.filters.iter().map(Test::new).collect(),
+        }
     }
 
     /// The order of the sort keys, the first being primary: values by type (numbers numerically, then
@@ -649,11 +789,8 @@ impl Query {
     /// assert_eq!(serials, ["0001", "0002", "0010"]);
     /// ```
     pub fn apply<'a>(&self, records: impl IntoIterator<Item = &'a Record>) -> Vec<&'a Record> {
-        let tests: Vec<Test<'_>> = self.filters.iter().map(Test::new).collect();
-        let mut out: Vec<&Record> = records
-            .into_iter()
-            .filter(|r| tests.iter().all(|test| test.matches(r)))
-            .collect();
+        let matcher = self.matcher();
+        let mut out: Vec<&Record> = records.into_iter().filter(|r| matcher.matches(r)).collect();
         out.sort_by(|a, b| self.compare(a, b));
         out
     }

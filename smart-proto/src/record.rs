@@ -466,7 +466,7 @@ impl FieldKind {
             FieldKind::Text => "a string",
             FieldKind::Postcode => "a string or an integer",
             FieldKind::Number => "a number, numeric string or null",
-            FieldKind::Integer => "an integer",
+            FieldKind::Integer => "an integer from 0 to 9007199254740991",
             FieldKind::OptionalText => "a string or null",
             FieldKind::Reserved | FieldKind::Extra => "anything",
         }
@@ -577,7 +577,8 @@ impl Update {
     /// - `power_income`, `power_inject`, `power_consumption`, `battery`, `capacity`: a number, `null`, or
     ///   a string holding a number (`"357"`; surrounding whitespace is ignored; `"inf"` and `"NaN"` are not
     ///   numbers). Integral values are kept as integers (`350`, not `350.0`).
-    /// - `pv_connectors`: an integer, or an integral float (`2.0` → `2`); `null` is a type error too.
+    /// - `pv_connectors`: an integer from 0 to 2^53−1, or an integral float (`2.0` → `2`); `null` and
+    ///   negative counts are type errors too.
     /// - `local_time`: a string or `null`.
     /// - any other field: kept as sent.
     ///
@@ -591,13 +592,13 @@ impl Update {
     /// assert_eq!(err.to_string(), r#"field "battery" must be a number, numeric string or null, got "full""#);
     /// ```
     pub fn from_normalized(fields: Normalized) -> Result<Update> {
-        Update::coerce(fields.into_map())
+        Update::coerce(fields.into_map(), Source::Device)
     }
 
     /// Coerces each value in place; the text of a wrong value is only written for the error.
-    fn coerce(map: Map<String, Value>) -> Result<Update> {
+    fn coerce(map: Map<String, Value>, source: Source) -> Result<Update> {
         let len = map.len();
-        let mut update = Update::coerce_in_order(map, len)?;
+        let mut update = Update::coerce_in_order(map, len, source)?;
         // In key order already, unless serde_json's `preserve_order` kept the order sent.
         if !update.fields.is_sorted_by(|a, b| a.0 < b.0) {
             update.fields.sort_by(|a, b| a.0.cmp(&b.0));
@@ -610,12 +611,13 @@ impl Update {
         // Sorted first, so that a type error names the first bad field in key order, as for a map.
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let len = entries.len();
-        Update::coerce_in_order(entries, len)
+        Update::coerce_in_order(entries, len, Source::Device)
     }
 
     fn coerce_in_order(
         entries: impl IntoIterator<Item = (String, Value)>,
         len: usize,
+        source: Source,
     ) -> Result<Update> {
         let mut fields: Vec<Field> = Vec::with_capacity(len);
         for (key, mut value) in entries {
@@ -624,7 +626,12 @@ impl Update {
                 // Normalization already removed these; a device may not set them in any case.
                 continue;
             }
-            if !kind.coerce(&mut value) {
+            let coerced = kind.coerce(&mut value);
+            // A device's count of connectors is never negative (stored records are read as they are).
+            let counted = kind != FieldKind::Integer
+                || source == Source::Stored
+                || crate::limits::is_connector_count(&value);
+            if !coerced || !counted {
                 return Err(Error::FieldType {
                     field: quote(&key),
                     expected: kind.expected(),
@@ -692,6 +699,12 @@ impl Update {
         Some(&self.fields[at].1)
     }
 
+    /// The fields that are not known ones (the record's extras), in key order.
+    pub(crate) fn extras(&self) -> impl Iterator<Item = (&str, &Value)> + '_ {
+        self.iter()
+            .filter(|(key, _)| FieldKind::of(key) == FieldKind::Extra)
+    }
+
     /// Number of fields.
     ///
     /// ```
@@ -714,6 +727,14 @@ impl Update {
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
+}
+
+/// Where an update's fields come from: a device (every rule of PROTOCOL.md §6), or a stored record,
+/// read as it was written even if a rule was added since.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Device,
+    Stored,
 }
 
 /// Equal when the fields are (whether or not either map view was built).
@@ -766,7 +787,9 @@ impl crate::body::FlatSink for FastFields {
             None if crate::normalize::needs_work(key) => return false,
             None => (Cow::Owned(key.to_owned()), FieldKind::Extra),
         };
-        if !kind.coerce(&mut value) {
+        if !kind.coerce(&mut value)
+            || (kind == FieldKind::Integer && !crate::limits::is_connector_count(&value))
+        {
             return false;
         }
         if self.0.capacity() == 0 {
@@ -937,6 +960,26 @@ impl io::Write for StringWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// `"key":value`, after a comma unless it is the `first` field.
+#[inline]
+fn write_field(out: &mut String, first: &mut bool, key: &str, value: FieldRef<'_>) {
+    if !*first {
+        out.push(',');
+    }
+    *first = false;
+    write_json_value(out, key);
+    out.push(':');
+    match value {
+        FieldRef::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        FieldRef::Int(i) => {
+            // Writing to a `String` cannot fail.
+            let _ = write!(out, "{i}");
+        }
+        FieldRef::OptStr(None) | FieldRef::Num(None) => out.push_str("null"),
+        other => write_json_value(out, &other),
     }
 }
 
@@ -1167,6 +1210,18 @@ impl Record {
         &self,
         mut visit: impl FnMut(&str, FieldRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.try_for_each_known(&mut visit)?;
+        for (key, value) in self.extras() {
+            visit(key, FieldRef::Json(value))?;
+        }
+        Ok(())
+    }
+
+    /// Visits the known fields in the written order.
+    fn try_for_each_known<E>(
+        &self,
+        mut visit: impl FnMut(&str, FieldRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         visit("serial_number", FieldRef::Str(self.serial_number.as_str()))?;
         visit("software_version", FieldRef::Str(&self.software_version))?;
         visit("country", FieldRef::Str(&self.country))?;
@@ -1188,15 +1243,11 @@ impl Record {
             "last_status_update",
             FieldRef::Str(self.last_status_update.as_str()),
         )?;
-        visit("online", FieldRef::Bool(self.online))?;
-        for (key, value) in self.extras() {
-            visit(key, FieldRef::Json(value))?;
-        }
-        Ok(())
+        visit("online", FieldRef::Bool(self.online))
     }
 
     /// Extra fields that do not shadow a known one.
-    fn extras(&self) -> impl Iterator<Item = (&String, &Value)> {
+    pub(crate) fn extras(&self) -> impl Iterator<Item = (&String, &Value)> {
         self.extra
             .iter()
             .filter(|(key, _)| FieldKind::of(key) == FieldKind::Extra)
@@ -1255,24 +1306,80 @@ impl Record {
         out.push('{');
         let mut first = true;
         let _ = self.try_for_each_field(|key, value| {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            write_json_value(out, key);
-            out.push(':');
-            match value {
-                FieldRef::Bool(b) => out.push_str(if b { "true" } else { "false" }),
-                FieldRef::Int(i) => {
-                    // Writing to a `String` cannot fail.
-                    let _ = write!(out, "{i}");
-                }
-                FieldRef::OptStr(None) | FieldRef::Num(None) => out.push_str("null"),
-                other => write_json_value(out, &other),
-            }
+            write_field(out, &mut first, key, value);
             Ok::<(), std::convert::Infallible>(())
         });
         out.push('}');
+    }
+
+    /// [`Record::write_json`], with `null` for each of `keys` (in ascending order) that is not one of
+    /// the record's extra fields, merged into the extras in key order. Keys that name a known field are
+    /// skipped. This is how a record is written in an INIT list (PROTOCOL.md §7), `keys` being the
+    /// union of the list's extra keys ([`extra_keys`](crate::extra_keys)).
+    ///
+    /// ```
+    /// use smart_proto::{Record, Serial, Timestamp};
+    ///
+    /// let mut record = Record::new(Serial::new("0001")?, "EET", Timestamp::UNIX_EPOCH);
+    /// record.extra.insert("b".into(), 2.into());
+    /// let mut out = String::new();
+    /// record.write_json_padded(["a", "b", "battery", "c"], &mut out);
+    /// assert!(out.ends_with(r#""online":false,"a":null,"b":2,"c":null}"#), "{out}");
+    /// # Ok::<(), smart_proto::Error>(())
+    /// ```
+    pub fn write_json_padded<K: AsRef<str>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+        out: &mut String,
+    ) {
+        out.push('{');
+        let mut first = true;
+        let _ = self.try_for_each_known(|key, value| {
+            write_field(out, &mut first, key, value);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        let mut pads = keys.into_iter().peekable();
+        let mut last_pad: Option<K> = None;
+        let mut pad = |out: &mut String, first: &mut bool, key: K| {
+            let name = key.as_ref();
+            let repeated = last_pad.as_ref().is_some_and(|last| last.as_ref() == name);
+            if !repeated
+                && FieldKind::of(name) == FieldKind::Extra
+                && !self.extra.contains_key(name)
+            {
+                write_field(out, first, name, FieldRef::OptStr(None));
+            }
+            last_pad = Some(key);
+        };
+        for (key, value) in self.extras() {
+            while let Some(key) = pads.next_if(|k| k.as_ref() < key.as_str()) {
+                pad(out, &mut first, key);
+            }
+            write_field(out, &mut first, key, FieldRef::Json(value));
+        }
+        for key in pads {
+            pad(out, &mut first, key);
+        }
+        out.push('}');
+    }
+
+    /// Whether every one of `keys` is an extra field of this record, so that [`Record::write_json`]
+    /// already writes what [`Record::write_json_padded`] would.
+    ///
+    /// ```
+    /// use smart_proto::{Record, Serial, Timestamp};
+    ///
+    /// let mut record = Record::new(Serial::new("0001")?, "EET", Timestamp::UNIX_EPOCH);
+    /// record.extra.insert("b".into(), 2.into());
+    /// assert!(record.has_extras(["b"]));
+    /// assert!(!record.has_extras(["a", "b"]));
+    /// # Ok::<(), smart_proto::Error>(())
+    /// ```
+    pub fn has_extras<K: AsRef<str>>(&self, keys: impl IntoIterator<Item = K>) -> bool {
+        keys.into_iter().all(|key| {
+            let key = key.as_ref();
+            FieldKind::of(key) == FieldKind::Extra && self.extra.contains_key(key)
+        })
     }
 
     /// The JSON text of [`Record::write_json`].
@@ -1347,7 +1454,8 @@ impl Record {
         let mut record = Record::new(serial, owner, manufacturing_date);
         record.last_status_update = last_status_update;
         record.online = online;
-        let fields = Update::coerce(map).map_err(|e| Error::Record(e.to_string()))?;
+        let fields =
+            Update::coerce(map, Source::Stored).map_err(|e| Error::Record(e.to_string()))?;
         for (key, value) in fields.iter() {
             record.set(key, value);
         }
@@ -1664,9 +1772,14 @@ mod tests {
             "0"
         );
         assert_eq!(
-            update(json!({"pv_connectors": -3})).unwrap().as_map()["pv_connectors"],
-            -3
+            update(json!({"pv_connectors": 0})).unwrap().as_map()["pv_connectors"],
+            0
         );
+        // A device may not send a negative count, but a stored record is read as it was written.
+        assert!(update(json!({"pv_connectors": -3})).is_err());
+        let mut stored = Record::new(serial(), "EET", Timestamp::UNIX_EPOCH);
+        stored.pv_connectors = -3;
+        assert_eq!(Record::from_json(&stored.to_json()).unwrap(), stored);
         assert_eq!(
             update(json!({"local_time": "14:59"})).unwrap().as_map()["local_time"],
             "14:59"
@@ -1681,19 +1794,19 @@ mod tests {
         );
         assert_eq!(
             field_error(json!({"pv_connectors": true})),
-            r#"field "pv_connectors" must be an integer, got true"#
+            r#"field "pv_connectors" must be an integer from 0 to 9007199254740991, got true"#
         );
         assert_eq!(
             field_error(json!({"pv_connectors": 2.5})),
-            r#"field "pv_connectors" must be an integer, got 2.5"#
+            r#"field "pv_connectors" must be an integer from 0 to 9007199254740991, got 2.5"#
         );
         assert_eq!(
             field_error(json!({"pv_connectors": null})),
-            r#"field "pv_connectors" must be an integer, got null"#
+            r#"field "pv_connectors" must be an integer from 0 to 9007199254740991, got null"#
         );
         assert_eq!(
             field_error(json!({"pv_connectors": "2"})),
-            r#"field "pv_connectors" must be an integer, got "2""#
+            r#"field "pv_connectors" must be an integer from 0 to 9007199254740991, got "2""#
         );
         assert!(field_error(json!({"pv_connectors": 1e19})).contains("must be an integer"));
         assert!(field_error(json!({"pv_connectors": u64::MAX})).contains("must be an integer"));

@@ -283,7 +283,9 @@ fn number_text() -> impl Strategy<Value = String> {
         any::<i64>().prop_map(|n| n.to_string()),
         any::<f64>()
             .prop_filter("finite", |x| x.is_finite())
-            .prop_map(|x| x.to_string()),
+            .prop_map(|x| x.to_string())
+            .prop_filter("within the value cap", |s| s.len()
+                <= smart_proto::query::MAX_VALUE_BYTES),
         (any::<f64>().prop_filter("finite", |x| x.is_finite())).prop_map(|x| format!("{x:e}")),
     ]
 }
