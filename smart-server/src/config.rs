@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, env = "SMART_MAX_EXTRAS", default_value_t = 256)]
     pub max_extras: usize,
 
+    /// Largest value of one extra field, in bytes of compact JSON; a message carrying a larger one gets
+    /// ERROR and is not stored. 256 extras of 4 KiB make the default `--max-record-bytes`.
+    #[arg(long, env = "SMART_MAX_EXTRA_BYTES", default_value_t = 4096)]
+    pub max_extra_bytes: usize,
+
     /// Messages one device connection may have waiting for their ack before the server stops reading
     /// from it.
     #[arg(long, env = "SMART_MAX_IN_FLIGHT", default_value_t = 256)]
@@ -146,6 +151,7 @@ impl Config {
             max_in_flight: 256,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             max_extras: 256,
+            max_extra_bytes: 4096,
             shutdown_grace_secs: 10,
         }
     }
@@ -173,6 +179,7 @@ mod tests {
             tests.max_serials_per_connection
         );
         assert_eq!(parsed.max_extras, tests.max_extras);
+        assert_eq!(parsed.max_extra_bytes, tests.max_extra_bytes);
         assert_eq!(parsed.max_record_bytes, 1024 * 1024);
         assert_eq!(parsed.max_record_bytes, tests.max_record_bytes);
     }

@@ -351,6 +351,17 @@ impl Session<'_> {
             };
             return Reply::Ready(reply.to_frame().into());
         }
+        let limits = smart_proto::Limits {
+            max_extras: shared.config.max_extras,
+            max_extra_bytes: shared.config.max_extra_bytes,
+        };
+        if let Err(e) = limits.check(&message.update) {
+            let rejection = Rejection {
+                header: Some(message.header),
+                error: e,
+            };
+            return self.reject(&rejection);
+        }
         if let Err(e) = shared.fleet.admit(serial) {
             shared.metrics.reject(RejectClass::Unregistered);
             info!(header = %message.header, reason = %e, "device message rejected");

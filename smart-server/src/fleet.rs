@@ -214,22 +214,30 @@ fn write_array(
     let mut selected: Vec<&Entry> = if query.filters.is_empty() {
         entries.iter().collect()
     } else {
+        let matcher = query.matcher();
         entries
             .iter()
-            .filter(|d| query.matches(&d.record))
+            .filter(|d| matcher.matches(&d.record))
             .collect()
     };
     if !query.sorts.is_empty() {
         // Stable over serial-ascending input, and `compare` ends ties on the serial anyway.
         selected.sort_by(|a, b| query.compare(&a.record, &b.record));
     }
+    // Every record of the list carries the same keys (PROTOCOL.md §7): a record lacking some of the
+    // list's extras is written padded with nulls; the others are their cached text as is.
+    let keys = smart_proto::extra_keys(selected.iter().map(|d| &*d.record));
     out.reserve(selected.iter().map(|d| d.json.len() + 1).sum::<usize>() + 2);
     out.push('[');
     for (i, device) in selected.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&device.json);
+        if device.record.has_extras(&keys) {
+            out.push_str(&device.json);
+        } else {
+            device.record.write_json_padded(&keys, out);
+        }
         if let Some(members) = members.as_deref_mut() {
             members.insert(device.record.serial_number.clone());
         }

@@ -29,7 +29,8 @@ pub(crate) enum RejectClass {
     Unregistered,
     /// The store failed to make the write durable.
     Storage,
-    /// The record would break `--max-record-bytes` or `--max-extras`.
+    /// The message or the record would break `--max-record-bytes`, `--max-extras` or
+    /// `--max-extra-bytes`.
     Limit,
     /// The connection already carries `--max-serials-per-connection` serials.
     Serials,
@@ -74,7 +75,8 @@ impl RejectClass {
             Error::UnknownKind(_) | Error::UnexpectedKind { .. } => RejectClass::Kind,
             Error::Header(_) => RejectClass::Header,
             Error::BodyNotObject { .. } | Error::BodySyntax { .. } => RejectClass::Body,
-            Error::FieldType { .. } => RejectClass::Field,
+            Error::FieldType { .. } | Error::UnsafeInteger { .. } => RejectClass::Field,
+            Error::TooManyExtras { .. } | Error::ExtraTooLarge { .. } => RejectClass::Limit,
             Error::SerialMismatch { .. } => RejectClass::Serial,
             _ => RejectClass::Envelope,
         }

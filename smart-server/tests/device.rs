@@ -165,14 +165,14 @@ async fn bad_input_gets_error_and_changes_nothing() {
     let cases: &[(&str, &str, Option<&str>)] = &[
         ("not JSON", "this is not json", None),
         (
-            "unknown type",
+            "unknown type with a readable header (PROTOCOL §5)",
             r#"{"type":"PING","message":"0002:0001:{\"battery\": 1}"}"#,
-            None,
+            Some("0002:0001"),
         ),
         (
             "info from a device",
             r#"{"type":"INFO","message":"0002:0001:{\"battery\": 1}"}"#,
-            None,
+            Some("0002:0001"),
         ),
         (
             "no header",

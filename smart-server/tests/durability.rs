@@ -26,7 +26,8 @@ struct Binary {
 }
 
 async fn spawn(dir: &Path) -> Binary {
-    let (child, addr) = spawn_binary(dir).await;
+    // Every message sets its own key `m<n>`, so a device's record grows by one extra per message.
+    let (child, addr) = spawn_binary_with(dir, &[], &["--max-extras", "1000000"]).await;
     Binary { child, addr }
 }
 

@@ -112,3 +112,24 @@ async fn a_record_that_would_outgrow_max_record_bytes_is_refused() {
     send_ok(&mut dev, "0004", "D3", &json!({"battery": 1})).await;
     assert_eq!(api_record(addr, "D2").await["one"], "small");
 }
+
+#[tokio::test]
+async fn an_extra_value_beyond_max_extra_bytes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, addr) = spawn_binary_with(dir.path(), &[], &["--max-extra-bytes", "100"]).await;
+    let mut dev = device(addr).await;
+    send_ok(&mut dev, "0001", "D4", &json!({"note": "x".repeat(98)})).await; // 100 bytes as JSON
+    let reply = exchange(
+        &mut dev,
+        &updt("0002", "D4", &json!({"note": "x".repeat(99), "battery": 3})),
+    )
+    .await;
+    let reason = error_reason(&reply, "0002", "D4");
+    assert!(
+        reason.contains("\"note\"") && reason.contains("100"),
+        "{reason}"
+    );
+    let rec = api_record(addr, "D4").await;
+    assert_eq!(rec["note"].as_str().unwrap().len(), 98, "{rec}");
+    assert_eq!(rec["battery"], Value::Null, "{rec}");
+}
