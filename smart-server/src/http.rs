@@ -20,7 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tower_service::Service;
-use tracing::debug;
+use tracing::{debug, info};
 use warp::Filter;
 use warp::http::header::{self, HeaderValue};
 use warp::http::{Method, Request, StatusCode, Uri};
@@ -38,10 +38,17 @@ const DEVICE_READ_BUFFER: usize = 2 * 1024;
 const DASHBOARD_READ_BUFFER: usize = 4 * 1024;
 /// Device writes smaller than this are coalesced until a flush (acks are tens of bytes).
 const DEVICE_WRITE_BUFFER: usize = 8 * 1024;
-/// Dashboard writes are coalesced up to this: a group commit of 100 devices is 15–20 KB of UPDTs,
-/// and one `send` for all of it costs a third of three 8 KiB ones on loopback. The buffer only
-/// grows that large for a dashboard that is being fed that much.
-const DASHBOARD_WRITE_BUFFER: usize = 64 * 1024;
+/// Dashboard writes are coalesced up to this before a `send`. It is also what a dashboard that stops
+/// reading holds on to (with what it took from the hub and its read buffer): its budget is 64 KiB.
+/// INITs are sent in fragments (`dashboard::INIT_FRAGMENT`), so no frame is larger than a few KiB.
+const DASHBOARD_WRITE_BUFFER: usize = 16 * 1024;
+/// Bound of a dashboard's write buffer: the buffer plus the largest frame the server sends it.
+const DASHBOARD_MAX_WRITE_BUFFER: usize = DASHBOARD_WRITE_BUFFER + 80 * 1024;
+/// Kernel send buffer of a dashboard socket (`SO_SNDBUF`; Linux doubles it). Without it the kernel
+/// grows it to megabytes for a peer that does not read, and the server keeps writing into it long
+/// after the dashboard stopped: with this bound such a dashboard is stalled (and conflated) after
+/// a few hundred KB. 64 KiB still carries a few MB/s on a LAN.
+const DASHBOARD_SEND_BUFFER: usize = 64 * 1024;
 /// A client must send its request head within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -83,11 +90,15 @@ fn ws_config(shared: &Shared, peer: Peer) -> WebSocketConfig {
         Peer::Dashboard => (DASHBOARD_READ_BUFFER, DASHBOARD_WRITE_BUFFER),
     };
     let max = shared.config.max_frame_bytes;
-    WebSocketConfig::default()
+    let config = WebSocketConfig::default()
         .read_buffer_size(read)
         .write_buffer_size(write)
         .max_message_size(Some(max))
-        .max_frame_size(Some(max))
+        .max_frame_size(Some(max));
+    match peer {
+        Peer::Device => config,
+        Peer::Dashboard => config.max_write_buffer_size(DASHBOARD_MAX_WRITE_BUFFER),
+    }
 }
 
 /// Serve one TCP connection until it closes, upgrades, or the server shuts down.
@@ -222,6 +233,19 @@ impl Ctx {
         if self.shutdown.is_shutdown() {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
         }
+        let admission = match peer {
+            Peer::Dashboard => {
+                let max = shared.config.max_dashboards;
+                let Some(admission) = shared.hub.admit(max) else {
+                    Metrics::inc(&shared.metrics.connections_refused_dashboards);
+                    info!(max, "dashboard refused: --max-dashboards reached");
+                    let reason = format!("too many dashboards: at most {max} may be connected");
+                    return error_json(StatusCode::SERVICE_UNAVAILABLE, &reason);
+                };
+                Some(admission)
+            }
+            Peer::Device => None,
+        };
         let Some(slot) = SocketSlot::take(shared) else {
             Metrics::inc(&shared.metrics.connections_refused_limit);
             return plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
@@ -238,7 +262,37 @@ impl Ctx {
         tokio::spawn(async move {
             let _token = token;
             let _slot = slot;
+            let _admission = admission;
             match on_upgrade.await {
+                Ok(upgraded) if peer == Peer::Dashboard => {
+                    match upgraded.downcast::<TokioIo<TcpStream>>() {
+                        Ok(parts) => {
+                            let stream = parts.io.into_inner();
+                            if let Err(e) = socket2::SockRef::from(&stream)
+                                .set_send_buffer_size(DASHBOARD_SEND_BUFFER)
+                            {
+                                debug!(%e, "could not bound a dashboard's send buffer");
+                            }
+                            let ws = WebSocketStream::from_partially_read(
+                                stream,
+                                parts.read_buf.to_vec(),
+                                WsRole::Server,
+                                Some(config),
+                            )
+                            .await;
+                            dashboard::session(ws, shared, shutdown).await;
+                        }
+                        Err(upgraded) => {
+                            let ws = WebSocketStream::from_raw_socket(
+                                TokioIo::new(upgraded),
+                                WsRole::Server,
+                                Some(config),
+                            )
+                            .await;
+                            dashboard::session(ws, shared, shutdown).await;
+                        }
+                    }
+                }
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
@@ -246,10 +300,7 @@ impl Ctx {
                         Some(config),
                     )
                     .await;
-                    match peer {
-                        Peer::Device => device::session(ws, shared, shutdown).await,
-                        Peer::Dashboard => dashboard::session(ws, shared, shutdown).await,
-                    }
+                    device::session(ws, shared, shutdown).await;
                 }
                 Err(e) => debug!(%e, "websocket upgrade failed"),
             }

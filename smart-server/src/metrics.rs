@@ -80,6 +80,7 @@ pub(crate) struct Metrics {
     pub dashboard_connections: AtomicU64,
     pub connections_refused_limit: AtomicU64,
     pub connections_refused_origin: AtomicU64,
+    pub connections_refused_dashboards: AtomicU64,
     pub accepted_init: AtomicU64,
     pub accepted_updt: AtomicU64,
     rejected: [AtomicU64; RejectClass::ALL.len()],
@@ -152,6 +153,10 @@ impl Metrics {
             &[
                 ("{reason=\"limit\"}", get(&self.connections_refused_limit)),
                 ("{reason=\"origin\"}", get(&self.connections_refused_origin)),
+                (
+                    "{reason=\"dashboards\"}",
+                    get(&self.connections_refused_dashboards),
+                ),
             ],
         );
         metric(
@@ -236,7 +241,7 @@ impl Metrics {
         metric(
             "smart_dashboard_conflated_total",
             "counter",
-            "Dashboard queues that overflowed into conflation (latest value per device and field).",
+            "Times a dashboard fell behind the ring of recent changes and was conflated (current record per changed device).",
             get(&self.dashboard_conflated),
         );
         metric(
@@ -260,13 +265,13 @@ impl Metrics {
         metric(
             "smart_dashboard_lag_max",
             "gauge",
-            "Most pending updates (queued or conflated devices) of any one dashboard.",
+            "Most changes published that one dashboard has not taken yet.",
             gauges.dashboard_pending_max as u64,
         );
         metric(
             "smart_dashboard_lag_total",
             "gauge",
-            "Pending updates over all dashboards.",
+            "Changes published that dashboards have not taken yet, summed over dashboards.",
             gauges.dashboard_pending_total as u64,
         );
         out

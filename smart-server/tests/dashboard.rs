@@ -513,8 +513,8 @@ async fn slow_dashboard_is_conflated_then_resynced_and_converges() {
     };
     assert!(value("smart_dashboard_conflated_total") >= 1, "{metrics}");
     assert!(value("smart_dashboard_resyncs_total") >= 1, "{metrics}");
-    // Owed updates are bounded by the limits, not by what was sent.
-    assert!(value("smart_dashboard_lag_max") <= 64 + 20, "{metrics}");
+    // What a stalled dashboard costs the devices and the server's memory is measured on the real
+    // binary in tests/memory.rs (`stalled_dashboards_neither_slow_devices_nor_hold_memory`).
 
     // Now read everything the dashboard was sent, until it goes quiet.
     let mut mirror = Mirror::default();
