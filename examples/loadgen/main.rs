@@ -9,6 +9,8 @@
 //! loadgen --url ws://127.0.0.1:8000 --devices 100 --dashboards 10 --seconds 10 --json
 //! loadgen --url ws://127.0.0.1:8000 --devices 100 --baseline        # also measure an echo-ack ceiling
 //! loadgen --url ws://127.0.0.1:8000 --idle 10000 --server-pid PID    # memory per idle connection
+//! loadgen --url ws://127.0.0.1:8000 --devices 100 --stalled-dashboards 1000 --server-pid PID \
+//!     --against-no-dashboards --rounds 3 --warmup 5                   # dashboards that never read
 //! ```
 //!
 //! `--baseline` starts a minimal websocket server as a child process (this binary with a hidden flag:
@@ -57,6 +59,14 @@ struct Args {
     /// Messages in flight per device (1: each device waits for its ack before the next message).
     #[arg(long, default_value_t = 1)]
     window: usize,
+    /// Dashboards connected to `/client/` that never read anything (not even the welcome), as a
+    /// browser tab that hangs would: what they cost the devices and the server's memory.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    stalled_dashboards: usize,
+    /// Also measure, alternating round by round, the same devices against the same server with no
+    /// dashboards at all (reading or stalled), and report the rate as a fraction of that.
+    #[arg(long)]
+    against_no_dashboards: bool,
     /// Serial number of the first device (serials are zero-padded to 4 digits).
     #[arg(long, default_value_t = 1)]
     first_serial: u64,
@@ -134,7 +144,7 @@ fn main() -> Result<()> {
     }
     ensure!(args.devices > 0, "--devices must be at least 1");
     ensure!(args.window > 0, "--window must be at least 1");
-    common::check_socket_budget(args.devices + args.dashboards)?;
+    common::check_socket_budget(args.devices + args.dashboards + args.stalled_dashboards)?;
     let report = runtime.block_on(load(&args))?;
     print_report(&args, &report);
     Ok(())
@@ -145,6 +155,7 @@ fn main() -> Result<()> {
 struct Load {
     devices: usize,
     dashboards: usize,
+    stalled_dashboards: usize,
     window: usize,
     first_serial: u64,
     warmup: Duration,
@@ -156,6 +167,7 @@ async fn load(args: &Args) -> Result<Value> {
     let load = Load {
         devices: args.devices,
         dashboards: args.dashboards,
+        stalled_dashboards: args.stalled_dashboards,
         window: args.window,
         first_serial: args.first_serial,
         warmup: common::seconds(args.warmup, "--warmup")?,
@@ -171,16 +183,47 @@ async fn load(args: &Args) -> Result<Value> {
     // Alternate server and baseline so that both see the same background load on a shared machine.
     let mut server_runs = Vec::new();
     let mut baseline_runs = Vec::new();
+    let mut alone_runs = Vec::new();
+    let alone = Load {
+        dashboards: 0,
+        stalled_dashboards: 0,
+        ..load.clone()
+    };
     for _ in 0..args.rounds.max(1) {
         server_runs.push(measure("smart-server", &args.url, args.server_pid, &load).await?);
+        if args.against_no_dashboards {
+            alone_runs.push(measure("no dashboards", &args.url, args.server_pid, &alone).await?);
+        }
         if let Some((_, url, pid)) = &baseline {
             baseline_runs.push(measure("baseline", url, Some(*pid), &load).await?);
         }
     }
+    let stalled_memory: Vec<f64> = server_runs
+        .iter()
+        .filter_map(|r| r["rss_per_stalled_dashboard_kib"].as_f64())
+        .collect();
     if let Some((child, _, _)) = baseline.as_mut() {
         let _ = child.kill().await;
     }
     let mut report = median_run(server_runs);
+    if !stalled_memory.is_empty() {
+        // Later rounds reuse memory the first one's dashboards left to the allocator: the largest
+        // growth is the figure.
+        report["rss_per_stalled_dashboard_kib"] =
+            json!(stalled_memory.iter().copied().fold(0.0, f64::max));
+        report["rounds_rss_per_stalled_dashboard_kib"] = json!(stalled_memory);
+    }
+    if !alone_runs.is_empty() {
+        let alone = median_run(alone_runs);
+        let reference = alone["acks_per_s"].as_f64().unwrap_or(0.0);
+        let rate = report["acks_per_s"].as_f64().unwrap_or(0.0);
+        report["ratio_to_no_dashboards"] = json!(if reference > 0.0 {
+            common::round(rate / reference, 3)
+        } else {
+            0.0
+        });
+        report["no_dashboards"] = alone;
+    }
     if !baseline_runs.is_empty() {
         let baseline = median_run(baseline_runs);
         let ceiling = baseline["acks_per_s"].as_f64().unwrap_or(0.0);
@@ -227,6 +270,13 @@ fn print_report(args: &Args, report: &Value) {
         return;
     }
     print_run(report);
+    if let Some(alone) = report.get("no_dashboards") {
+        print_run(alone);
+        println!(
+            "with / without dashboards acks/s: {}",
+            report["ratio_to_no_dashboards"]
+        );
+    }
     if let Some(baseline) = report.get("baseline") {
         print_run(baseline);
         println!(
@@ -238,11 +288,12 @@ fn print_report(args: &Args, report: &Value) {
 
 fn print_run(r: &Value) {
     println!(
-        "{}: {} devices (window {}), {} dashboards; {} s measured after {} s warm-up",
+        "{}: {} devices (window {}), {} dashboards, {} stalled; {} s measured after {} s warm-up",
         r["target"].as_str().unwrap_or_default(),
         r["devices"],
         r["window"],
         r["dashboards"],
+        r["stalled_dashboards"],
         r["seconds"],
         r["warmup_s"]
     );
@@ -254,6 +305,12 @@ fn print_run(r: &Value) {
         "  ack latency   p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
         r["ack_p50_ms"], r["ack_p99_ms"], r["ack_p999_ms"], r["ack_max_ms"]
     );
+    if let Some(per) = r.get("rss_per_stalled_dashboard_kib") {
+        println!(
+            "  stalled       {} dashboards that never read; server RSS {} KiB before them, peak {} KiB: {per} KiB each",
+            r["stalled_dashboards"], r["server_rss_before_stalled_kib"], r["server_rss_peak_kib"]
+        );
+    }
     if r["dashboards"].as_u64().unwrap_or(0) > 0 {
         println!(
             "  dashboards    {} msgs/s in all; device→dashboard p50 {} ms, p99 {} ms; {} resyncs",

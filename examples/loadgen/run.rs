@@ -317,6 +317,53 @@ async fn dashboard(
     result
 }
 
+/// A dashboard that connects and never reads anything (not even the welcome) until the run is
+/// DONE, then closes its socket.
+async fn stalled_dashboard(
+    url: Arc<str>,
+    shared: Arc<Shared>,
+    handshakes: Arc<Semaphore>,
+    mut phase: watch::Receiver<u8>,
+) {
+    let connected = async {
+        let _permit = handshakes.acquire().await?;
+        timeout(
+            REPLY_TIMEOUT,
+            common::connect(&url, WebSocketConfig::default()),
+        )
+        .await
+        .context("connect timed out")?
+    };
+    match connected.await {
+        Ok(ws) => {
+            shared.ready.fetch_add(1, Ordering::Relaxed);
+            let _ = timeout(Duration::from_mins(30), phase.wait_for(|p| *p >= DONE)).await;
+            drop(ws);
+        }
+        Err(err) => {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            shared.error(format!("stalled dashboard: {err:#}"));
+        }
+    }
+}
+
+/// Reset the peak resident set of `pid` to its current one (`echo 5 > /proc/PID/clear_refs`);
+/// whether the kernel allowed it.
+fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// Peak resident set (`VmHWM`) of `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+}
+
 /// Wait until `expected` tasks are ready or failed, at most `limit`.
 async fn wait_ready(shared: &Shared, expected: usize, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
@@ -358,6 +405,29 @@ pub(crate) async fn measure(
     }
     wait_ready(&shared, load.dashboards, Duration::from_secs(30)).await?;
     let handshakes = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    // Stalled dashboards: the server's memory is read before they connect and at its peak after
+    // the measured period.
+    let peak_reset = load.stalled_dashboards > 0 && pid.is_some_and(reset_peak_rss);
+    let rss_before_stalled = if load.stalled_dashboards > 0 {
+        pid.map(common::rss_kib).transpose()?
+    } else {
+        None
+    };
+    let mut stalled = JoinSet::new();
+    for _ in 0..load.stalled_dashboards {
+        stalled.spawn(stalled_dashboard(
+            Arc::clone(&dashboard_url),
+            Arc::clone(&shared),
+            Arc::clone(&handshakes),
+            phase_rx.clone(),
+        ));
+    }
+    wait_ready(
+        &shared,
+        load.dashboards + load.stalled_dashboards,
+        Duration::from_mins(1),
+    )
+    .await?;
     let mut devices = JoinSet::new();
     for i in 0..load.devices {
         let serial = format!("{:04}", load.first_serial + i as u64);
@@ -372,7 +442,7 @@ pub(crate) async fn measure(
     }
     wait_ready(
         &shared,
-        load.dashboards + load.devices,
+        load.dashboards + load.stalled_dashboards + load.devices,
         Duration::from_mins(1),
     )
     .await?;
@@ -411,6 +481,10 @@ pub(crate) async fn measure(
     let server_cpu = server_cpu.map(|c| c.percent()).transpose()?;
     let own_cpu = own_cpu.percent()?;
     let server_rss = pid.map(common::rss_kib).transpose()?;
+    let server_peak = match pid {
+        Some(pid) if peak_reset => Some(peak_rss_kib(pid)?),
+        _ => server_rss,
+    };
     ticker.abort();
     bar.finish_and_clear();
 
@@ -449,6 +523,15 @@ pub(crate) async fn measure(
         }
     }
     dashboards.abort_all();
+    // The stalled dashboards were released at DONE: they close without reading.
+    let join_deadline = Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(_)) = timeout(
+        join_deadline.saturating_duration_since(Instant::now()),
+        stalled.join_next(),
+    )
+    .await
+    {}
+    stalled.abort_all();
     if stuck_devices > 0 {
         shared.error(format!("{stuck_devices} devices did not finish"));
     }
@@ -460,6 +543,7 @@ pub(crate) async fn measure(
         "url": base,
         "devices": load.devices,
         "dashboards": load.dashboards,
+        "stalled_dashboards": load.stalled_dashboards,
         "window": load.window,
         "connected": connected,
         "warmup_s": load.warmup.as_secs_f64(),
@@ -485,6 +569,12 @@ pub(crate) async fn measure(
     }
     if let Some(rss) = server_rss {
         report["server_rss_kib"] = json!(rss);
+    }
+    if let (Some(before), Some(peak)) = (rss_before_stalled, server_peak) {
+        report["server_rss_before_stalled_kib"] = json!(before);
+        report["server_rss_peak_kib"] = json!(peak);
+        let per = (peak as f64 - before as f64) / load.stalled_dashboards.max(1) as f64;
+        report["rss_per_stalled_dashboard_kib"] = json!(common::round(per, 2));
     }
     Ok(report)
 }

@@ -42,12 +42,12 @@ struct View {
 const TAKE_CHANGES: usize = 256;
 /// About how many bytes of frames are taken from the hub at once: what a dashboard that stops
 /// reading holds on to, besides its socket's write buffer.
-const TAKE_BYTES: usize = 16 * 1024;
+const TAKE_BYTES: usize = 8 * 1024;
 /// Most conflated devices taken at once (each is framed from its current record).
 const TAKE_DEVICES: usize = 32;
 /// INIT frames larger than this are sent as websocket fragments of this size, so that the socket's
 /// write buffer never has to hold a whole INIT of a large fleet.
-const INIT_FRAGMENT: usize = 8 * 1024;
+const INIT_FRAGMENT: usize = 4 * 1024;
 
 /// Serve one dashboard until it closes or the server shuts down.
 pub(crate) async fn session<S>(

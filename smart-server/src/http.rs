@@ -38,12 +38,14 @@ const DEVICE_READ_BUFFER: usize = 2 * 1024;
 const DASHBOARD_READ_BUFFER: usize = 4 * 1024;
 /// Device writes smaller than this are coalesced until a flush (acks are tens of bytes).
 const DEVICE_WRITE_BUFFER: usize = 8 * 1024;
-/// Dashboard writes are coalesced up to this before a `send`. It is also what a dashboard that stops
-/// reading holds on to (with what it took from the hub and its read buffer): its budget is 64 KiB.
-/// INITs are sent in fragments (`dashboard::INIT_FRAGMENT`), so no frame is larger than a few KiB.
-const DASHBOARD_WRITE_BUFFER: usize = 16 * 1024;
-/// Bound of a dashboard's write buffer: the buffer plus the largest frame the server sends it.
-const DASHBOARD_MAX_WRITE_BUFFER: usize = DASHBOARD_WRITE_BUFFER + 80 * 1024;
+/// Dashboard writes are coalesced up to this before a `send`. With the `Sink` API the buffer never
+/// holds more than this plus one frame (it is flushed before the next frame is accepted), and that
+/// is what a dashboard that stops reading holds on to (with what it took from the hub and its read
+/// buffer; its budget is 64 KiB). INITs go out in fragments (`dashboard::INIT_FRAGMENT`).
+const DASHBOARD_WRITE_BUFFER: usize = 8 * 1024;
+/// Hard bound of a dashboard's write buffer: the buffer plus the largest frame the server may send
+/// (a full record, which the write-ahead log bounds at 64 MiB). Beyond it the dashboard is dropped.
+const DASHBOARD_MAX_WRITE_BUFFER: usize = DASHBOARD_WRITE_BUFFER + 64 * 1024 * 1024;
 /// Kernel send buffer of a dashboard socket (`SO_SNDBUF`; Linux doubles it). Without it the kernel
 /// grows it to megabytes for a peer that does not read, and the server keeps writing into it long
 /// after the dashboard stopped: with this bound such a dashboard is stalled (and conflated) after

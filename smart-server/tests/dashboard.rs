@@ -555,6 +555,63 @@ async fn slow_dashboard_is_conflated_then_resynced_and_converges() {
     server.stop().await;
 }
 
+/// `--max-dashboards`: the upgrade beyond the cap gets 503 with a JSON reason and is counted; devices
+/// are still served, and a slot freed by a closing dashboard can be taken again.
+#[tokio::test]
+async fn dashboards_beyond_the_cap_get_503_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().to_path_buf());
+    config.max_dashboards = 2;
+    let server = TestServer::start(config).await;
+    let (mut first, _) = server.dashboard().await;
+    let (_second, _) = server.dashboard().await;
+    let upgrade = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let refused = http_get(server.addr, "/client/", &upgrade).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("content-type"), Some("application/json"));
+    let reason = refused.json()["error"].as_str().unwrap().to_owned();
+    assert!(reason.contains("too many dashboards"), "{reason}");
+    let metrics = server.get("/metrics").await.body;
+    assert!(
+        metrics.contains("smart_connections_refused_total{reason=\"dashboards\"} 1"),
+        "{metrics}"
+    );
+    // Devices are not dashboards.
+    let mut dev = server.device().await;
+    send_ok(&mut dev, "0001", "0001", &json!({"battery": 1})).await;
+
+    first.close(None).await.unwrap();
+    let _ = tokio::time::timeout(TIMEOUT, first.next()).await;
+    drop(first);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let attempt = tokio::time::timeout(
+            TIMEOUT,
+            tokio_tungstenite::connect_async(server.url("/client/")),
+        )
+        .await
+        .unwrap();
+        match attempt {
+            Ok(_) => break,
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status(), 503);
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed dashboard's slot was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_closes_dashboards_with_1001() {
     let dir = tempfile::tempdir().unwrap();

@@ -128,7 +128,9 @@ async fn ack_phase(devices: &mut [Ws], phase: usize) -> u64 {
                 break;
             }
             let mid = format!("{:04}", i % 10_000);
-            let body = json!({"battery": i, "power_consumption": phase, "pad": pad});
+            // The pad changes with every message, so that every UPDT to the dashboards carries it.
+            let body =
+                json!({"battery": i, "power_consumption": phase, "pad": format!("{pad}{i}")});
             tokio::time::timeout(
                 TIMEOUT,
                 ws.send(tokio_tungstenite::tungstenite::Message::text(updt(
@@ -174,6 +176,17 @@ async fn stalled_dashboard(
     ws
 }
 
+/// Frames the server has written to dashboards so far.
+async fn dashboard_frames(addr: std::net::SocketAddr) -> u64 {
+    let metrics = http_get(addr, "/metrics", &[]).await.body;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("smart_dashboard_frames_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// The measurements of this file run one at a time (they read the server's memory and rates).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -211,8 +224,16 @@ async fn stalled_dashboards_neither_slow_devices_nor_hold_memory() {
             stalled.push(stalled_dashboard(addr).await);
         }
         // Fill their socket buffers, then measure with them stalled.
-        ack_phase(&mut devices, 2).await;
-        with_stalled += ack_phase(&mut devices, 3).await;
+        let filling = ack_phase(&mut devices, 2).await;
+        let frames_before = dashboard_frames(addr).await;
+        let measured = ack_phase(&mut devices, 3).await;
+        with_stalled += measured;
+        eprintln!(
+            "round {round}: {filling} acks while filling, {measured} stalled; {} frames to \
+             dashboards meanwhile",
+            dashboard_frames(addr).await - frames_before
+        );
+
         let peak = if reset { peak_rss(pid) } else { rss(pid) };
         if round == 0 {
             // Later rounds reuse the memory the first one's dashboards left behind.
