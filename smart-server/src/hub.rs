@@ -322,18 +322,17 @@ impl Subscription {
             self.advance(self.cursor + taken);
             return Owed::Changes;
         }
-        let mut sent = match self.conflated {
-            Some(sent) => sent,
-            None => {
-                // A new episode: resync at once if it would be too long.
-                let owed = log.by_seq.range(self.cursor..).take(limits.conflate + 1);
-                if owed.count() > limits.conflate {
-                    Metrics::inc(&self.hub.metrics.dashboard_resyncs);
-                    return Owed::Resync;
-                }
-                Metrics::inc(&self.hub.metrics.dashboard_conflated);
-                0
+        let mut sent = if let Some(sent) = self.conflated {
+            sent
+        } else {
+            // A new episode: resync at once if it would be too long.
+            let owed = log.by_seq.range(self.cursor..).take(limits.conflate + 1);
+            if owed.count() > limits.conflate {
+                Metrics::inc(&self.hub.metrics.dashboard_resyncs);
+                return Owed::Resync;
             }
+            Metrics::inc(&self.hub.metrics.dashboard_conflated);
+            0
         };
         let mut next = self.cursor;
         for (&seq, latest) in log.by_seq.range(self.cursor..).take(budget.devices.max(1)) {
