@@ -461,45 +461,54 @@ async fn slow_dashboard_is_conflated_then_resynced_and_converges() {
     let server = TestServer::start(config).await;
     let (mut slow, _) = server.dashboard().await;
 
-    // ~25 MB of updates, far beyond what socket buffers hold, while the dashboard does not read.
+    // ~25 MB of updates, far beyond what socket buffers hold, while the dashboard does not read:
+    // first to 10 devices (few enough to conflate), then to 30 others (too many: resync).
     let mut dev = server.device().await;
     let padding = "p".repeat(2000);
     let total = 12_000u32;
     let started = Instant::now();
-    let sender = async {
-        let mut acks = 0;
-        let mut sent = 0;
-        while acks < total {
-            while sent < total && sent - acks < 200 {
-                // First 10 devices (fit in conflation), then 30 others (too many: resync).
-                let serial = if sent < total / 2 {
-                    sent % 10
-                } else {
-                    10 + sent % 30
-                };
-                let serial = format!("{serial:04}");
-                let body = json!({"battery": sent, "pad": format!("{padding}{sent}")});
-                dev.feed(Message::text(updt(
-                    &format!("{:04}", sent % 10_000),
-                    &serial,
-                    &body,
-                )))
-                .await
-                .unwrap();
-                sent += 1;
+    let mut mirror = Mirror::default();
+    for (phase, serials) in [(0..total / 2, 0..10u32), (total / 2..total, 10..40)] {
+        let sender = async {
+            let (mut acks, mut sent) = (phase.start, phase.start);
+            while acks < phase.end {
+                while sent < phase.end && sent - acks < 200 {
+                    let serial = serials.start + sent % (serials.end - serials.start);
+                    let serial = format!("{serial:04}");
+                    let body = json!({"battery": sent, "pad": format!("{padding}{sent}")});
+                    dev.feed(Message::text(updt(
+                        &format!("{:04}", sent % 10_000),
+                        &serial,
+                        &body,
+                    )))
+                    .await
+                    .unwrap();
+                    sent += 1;
+                }
+                dev.flush().await.unwrap();
+                let reply = recv_json(&mut dev).await;
+                assert!(
+                    reply["message"].as_str().unwrap().ends_with(":OK"),
+                    "{reply}"
+                );
+                acks += 1;
             }
-            dev.flush().await.unwrap();
-            let reply = recv_json(&mut dev).await;
-            assert!(
-                reply["message"].as_str().unwrap().ends_with(":OK"),
-                "{reply}"
-            );
-            acks += 1;
+        };
+        tokio::time::timeout(Duration::from_mins(2), sender)
+            .await
+            .unwrap();
+        // Now read everything the dashboard was sent, until it goes quiet.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), slow.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    mirror.apply(&serde_json::from_str(&text).unwrap());
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("dashboard connection ended: {other:?}"),
+                Err(_) => break,
+            }
         }
-    };
-    tokio::time::timeout(Duration::from_mins(2), sender)
-        .await
-        .unwrap();
+    }
     let ingest = started.elapsed();
 
     let metrics = server.get("/metrics").await.body;
@@ -515,19 +524,6 @@ async fn slow_dashboard_is_conflated_then_resynced_and_converges() {
     assert!(value("smart_dashboard_resyncs_total") >= 1, "{metrics}");
     // What a stalled dashboard costs the devices and the server's memory is measured on the real
     // binary in tests/memory.rs (`stalled_dashboards_neither_slow_devices_nor_hold_memory`).
-
-    // Now read everything the dashboard was sent, until it goes quiet.
-    let mut mirror = Mirror::default();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), slow.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => {
-                mirror.apply(&serde_json::from_str(&text).unwrap());
-            }
-            Ok(Some(Ok(_))) => {}
-            Ok(other) => panic!("dashboard connection ended: {other:?}"),
-            Err(_) => break,
-        }
-    }
     assert!(mirror.inits >= 1, "a resync INIT was sent");
     assert!(
         mirror.updts < total as usize,
