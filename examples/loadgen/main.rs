@@ -307,8 +307,8 @@ fn print_run(r: &Value) {
     );
     if let Some(per) = r.get("rss_per_stalled_dashboard_kib") {
         println!(
-            "  stalled       {} dashboards that never read; server RSS {} KiB before them, peak {} KiB: {per} KiB each",
-            r["stalled_dashboards"], r["server_rss_before_stalled_kib"], r["server_rss_peak_kib"]
+            "  stalled       {} dashboards that never read: {per} KiB of server RSS each (largest growth of the rounds {})",
+            r["stalled_dashboards"], r["rounds_rss_per_stalled_dashboard_kib"]
         );
     }
     if r["dashboards"].as_u64().unwrap_or(0) > 0 {

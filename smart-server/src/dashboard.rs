@@ -45,6 +45,10 @@ const TAKE_CHANGES: usize = 256;
 const TAKE_BYTES: usize = 8 * 1024;
 /// Most conflated devices taken at once (each is framed from its current record).
 const TAKE_DEVICES: usize = 32;
+/// A dashboard that keeps up sends at most once per this interval: what was published meanwhile
+/// goes out in one write, which costs the server (and the dashboard) far fewer wake-ups and
+/// syscalls than one write per group commit, for at most this much more latency.
+const COALESCE: Duration = Duration::from_millis(2);
 /// INIT frames larger than this are sent as websocket fragments of this size, so that the socket's
 /// write buffer never has to hold a whole INIT of a large fleet.
 const INIT_FRAGMENT: usize = 4 * 1024;
@@ -91,8 +95,11 @@ where
         bytes: TAKE_BYTES,
         devices: TAKE_DEVICES,
     };
+    let mut last_send = Instant::now();
+    let mut catching_up = false;
     loop {
         if !out.is_empty() {
+            last_send = Instant::now();
             let sent = tokio::select! {
                 sent = send_all(ws, &mut out) => sent,
                 // A dashboard that does not read must not hold up shutdown: give up on it.
@@ -160,7 +167,13 @@ where
                 init_due = None;
             }
             () = subscription.ready() => {
+                let since = last_send.elapsed();
+                if !catching_up && since < COALESCE {
+                    tokio::time::sleep(COALESCE - since).await;
+                }
                 let owed = subscription.take(&mut taken.changes, &mut taken.conflated, budget);
+                // More than one take's worth was waiting: send the rest without pausing.
+                catching_up = subscription.behind();
                 if owed == Owed::Resync {
                     init(shared, &mut subscription, &mut view, &mut out);
                     last_init = Instant::now();

@@ -292,6 +292,11 @@ impl Subscription {
         }
     }
 
+    /// Whether something was published past this dashboard's cursor.
+    pub(crate) fn behind(&self) -> bool {
+        *self.head.borrow() > self.cursor
+    }
+
     /// Take what this dashboard is owed next, at most `max_changes` changes of at most about
     /// `max_bytes` of frames, or `max_devices` conflated devices. Holds the hub's lock for O(what it
     /// takes) (plus, once per conflation episode, O(`--dashboard-conflate`) to count the devices).
