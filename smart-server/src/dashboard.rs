@@ -167,9 +167,8 @@ where
                 init_due = None;
             }
             () = subscription.ready() => {
-                let since = last_send.elapsed();
-                if !catching_up && since < COALESCE {
-                    tokio::time::sleep(COALESCE - since).await;
+                if !catching_up && last_send.elapsed() < COALESCE {
+                    tokio::time::sleep_until(last_send + COALESCE).await;
                 }
                 let owed = subscription.take(&mut taken.changes, &mut taken.conflated, budget);
                 // More than one take's worth was waiting: send the rest without pausing.
