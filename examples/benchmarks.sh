@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|all]`.
+# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|dashboards|all]`.
 #
 # Each measurement starts a fresh release smart-server on 127.0.0.1 (port 0, temporary data dir), runs one
 # example against it with --server-pid so the server's CPU and memory are read from /proc, stops it with
@@ -69,19 +69,30 @@ fleet() {
         --min-interval 2 --max-interval 8 --seconds 20 --quiet"
 }
 
+dashboards() {
+    echo "dashboards: 100 devices + 10 reading dashboards, against no dashboards in alternate rounds" >&2
+    with_server sh -c "\"$examples/loadgen\" --url \"\$url\" --server-pid \"\$pid\" --devices 100 --dashboards 10 \
+        --against-no-dashboards --warmup $warmup --seconds $measured --rounds $rounds --json"
+    echo "dashboards: 100 devices + 1000 dashboards that never read, against no dashboards in alternate rounds" >&2
+    with_server sh -c "\"$examples/loadgen\" --url \"\$url\" --server-pid \"\$pid\" --devices 100 \
+        --stalled-dashboards 1000 --against-no-dashboards --warmup 5 --seconds $measured --rounds $rounds --json"
+}
+
 case $what in
     ingest) ingest ;;
     window) window ;;
     idle) idle ;;
     fleet) fleet ;;
+    dashboards) dashboards ;;
     all)
         ingest
         window
         idle
         fleet
+        dashboards
         ;;
     *)
-        echo "usage: $0 [ingest|window|idle|fleet|all]" >&2
+        echo "usage: $0 [ingest|window|idle|fleet|dashboards|all]" >&2
         exit 2
         ;;
 esac

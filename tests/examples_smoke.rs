@@ -594,6 +594,69 @@ async fn loadgen_measures_the_baseline_and_idle_memory() {
     server.stop().await;
 }
 
+/// `--stalled-dashboards` with `--against-no-dashboards`: dashboards that never read, the same
+/// devices without them in alternating rounds, the ratio, and the server's memory per stalled one.
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_measures_stalled_dashboards_against_none() {
+    let dir = TempDir::new().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let url = server.url();
+    let pid = std::process::id().to_string();
+    let output = run(
+        "loadgen",
+        &[
+            "--url",
+            &url,
+            "--devices",
+            "3",
+            "--stalled-dashboards",
+            "5",
+            "--against-no-dashboards",
+            "--rounds",
+            "2",
+            "--seconds",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--server-pid",
+            &pid,
+            "--json",
+        ],
+    )
+    .await;
+    let report = json_summary("loadgen", &output);
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["stalled_dashboards"], 5, "{report}");
+    assert_eq!(report["connected"], 3 + 5, "{report}");
+    assert_eq!(
+        report["no_dashboards"]["target"], "no dashboards",
+        "{report}"
+    );
+    assert_eq!(report["no_dashboards"]["stalled_dashboards"], 0, "{report}");
+    assert_eq!(report["no_dashboards"]["connected"], 3, "{report}");
+    assert!(
+        report["no_dashboards"]["acks_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["ratio_to_no_dashboards"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["rss_per_stalled_dashboard_kib"].as_f64().is_some(),
+        "{report}"
+    );
+    assert_eq!(
+        report["rounds_rss_per_stalled_dashboard_kib"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{report}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn loadgen_refuses_non_loopback_servers() {
     let output = run(

@@ -72,13 +72,13 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
-    /// Per-dashboard queue of pending updates before they are conflated (latest value per device
-    /// and field).
+    /// Recent changes kept for dashboards (one ring shared by all of them); a dashboard further behind
+    /// is conflated: it gets the current record of each device changed since, once.
     #[arg(long, env = "SMART_DASHBOARD_QUEUE", default_value_t = 1024)]
     pub dashboard_queue: usize,
 
-    /// Devices with conflated updates a dashboard may owe before it is resynchronised with a fresh
-    /// INIT of its view instead.
+    /// Devices a conflated dashboard may owe before it is resynchronised with a fresh INIT of its
+    /// view instead.
     #[arg(long, env = "SMART_DASHBOARD_CONFLATE", default_value_t = 4096)]
     pub dashboard_conflate: usize,
 
@@ -91,6 +91,11 @@ pub struct Config {
     /// ERROR and is not stored. 256 extras of 4 KiB make the default `--max-record-bytes`.
     #[arg(long, env = "SMART_MAX_EXTRA_BYTES", default_value_t = 4096)]
     pub max_extra_bytes: usize,
+
+    /// Most dashboards (`/client/` connections) open at once; upgrades beyond get 503 with a JSON
+    /// error.
+    #[arg(long, env = "SMART_MAX_DASHBOARDS", default_value_t = 1000)]
+    pub max_dashboards: usize,
 
     /// Messages one device connection may have waiting for their ack before the server stops reading
     /// from it.
@@ -148,6 +153,7 @@ impl Config {
             allowed_origins: Vec::new(),
             dashboard_queue: 1024,
             dashboard_conflate: 4096,
+            max_dashboards: 1000,
             max_in_flight: 256,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             max_extras: 256,
@@ -172,6 +178,7 @@ mod tests {
         assert_eq!(parsed.max_frame_bytes, 65_536);
         assert_eq!(parsed.max_connections, tests.max_connections);
         assert_eq!(parsed.dashboard_queue, tests.dashboard_queue);
+        assert_eq!(parsed.max_dashboards, tests.max_dashboards);
         assert_eq!(parsed.max_in_flight, tests.max_in_flight);
         assert_eq!(parsed.idle_timeout_secs, tests.idle_timeout_secs);
         assert_eq!(

@@ -6,18 +6,19 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Map;
-use smart_proto::{DASHBOARD_WELCOME, Header, Query, Serial, ServerMessage};
+use smart_proto::{DASHBOARD_WELCOME, Header, Query, Record, Serial, ServerMessage};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
 use crate::device::{End, finish};
 use crate::fleet::Records;
-use crate::hub::{Change, Pending, Subscription};
+use crate::hub::{Budget, Change, Latest, Owed, Subscription};
 use crate::liveness::{Due, Liveness, feed_text, is_not_reading};
 use crate::metrics::Metrics;
 use crate::server::Shared;
@@ -38,6 +39,21 @@ struct View {
     members: Option<HashSet<Serial>>,
 }
 
+/// Most changes taken from the hub at once (their frames are shared with the hub's ring).
+const TAKE_CHANGES: usize = 256;
+/// About how many bytes of frames are taken from the hub at once: what a dashboard that stops
+/// reading holds on to, besides its socket's write buffer.
+const TAKE_BYTES: usize = 8 * 1024;
+/// Most conflated devices taken at once (each is framed from its current record).
+const TAKE_DEVICES: usize = 32;
+/// A dashboard that keeps up sends at most once per this interval: what was published meanwhile
+/// goes out in one write, which costs the server (and the dashboard) far fewer wake-ups and
+/// syscalls than one write per group commit, for at most this much more latency.
+const COALESCE: Duration = Duration::from_millis(2);
+/// INIT frames larger than this are sent as websocket fragments of this size, so that the socket's
+/// write buffer never has to hold a whole INIT of a large fleet.
+const INIT_FRAGMENT: usize = 4 * 1024;
+
 /// Serve one dashboard until it closes or the server shuts down.
 pub(crate) async fn session<S>(
     mut ws: WebSocketStream<S>,
@@ -52,25 +68,40 @@ pub(crate) async fn session<S>(
     Metrics::dec(&shared.metrics.dashboard_connections);
 }
 
+/// Reused buffers for what is taken from the hub.
+#[derive(Default)]
+struct Taken {
+    changes: Vec<Arc<Change>>,
+    conflated: Vec<Latest>,
+}
+
 async fn serve<S>(ws: &mut WebSocketStream<S>, shared: &Shared, shutdown: &mut Shutdown) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let welcome = ServerMessage::Info(DASHBOARD_WELCOME.to_owned()).to_frame();
     // Subscribe before the snapshot: a change racing with it is then sent twice, never lost.
-    let subscription = shared.hub.subscribe();
+    let mut subscription = shared.hub.subscribe();
     let mut view = View {
         query: Query::default(),
         members: None,
     };
     let mut out: Vec<Message> = vec![Message::Text(welcome.into())];
     let mut last_init = Instant::now();
-    out.push(init(shared, &subscription, &mut view));
+    init(shared, &mut subscription, &mut view, &mut out);
     let mut init_due: Option<Instant> = None;
-    let mut spare = Vec::new();
+    let mut taken = Taken::default();
+    let budget = Budget {
+        changes: TAKE_CHANGES,
+        bytes: TAKE_BYTES,
+        devices: TAKE_DEVICES,
+    };
+    let mut last_send = Instant::now();
+    let mut catching_up = false;
     let mut liveness = Liveness::new(Duration::from_secs(shared.config.idle_timeout_secs));
     loop {
         if !out.is_empty() {
+            last_send = Instant::now();
             let sent = tokio::select! {
                 sent = send_all(ws, &mut out) => sent,
                 // A dashboard that does not read must not hold up shutdown: give up on it.
@@ -104,7 +135,7 @@ where
                         Ok(query) => {
                             Metrics::inc(&shared.metrics.queries);
                             view = View { query, members: None };
-                            out.push(init(shared, &subscription, &mut view));
+                            init(shared, &mut subscription, &mut view, &mut out);
                             last_init = Instant::now();
                             init_due = None;
                         }
@@ -158,18 +189,23 @@ where
                 }
             }
             () = tokio::time::sleep_until(due), if init_due.is_some() => {
-                out.push(init(shared, &subscription, &mut view));
+                init(shared, &mut subscription, &mut view, &mut out);
                 last_init = Instant::now();
                 init_due = None;
             }
-            () = subscription.notified() => {
-                let pending = subscription.take(std::mem::take(&mut spare));
-                if pending.resync {
-                    out.push(init(shared, &subscription, &mut view));
+            () = subscription.ready() => {
+                if !catching_up && last_send.elapsed() < COALESCE {
+                    tokio::time::sleep_until(last_send + COALESCE).await;
+                }
+                let owed = subscription.take(&mut taken.changes, &mut taken.conflated, budget);
+                // More than one take's worth was waiting: send the rest without pausing.
+                catching_up = subscription.behind();
+                if owed == Owed::Resync {
+                    init(shared, &mut subscription, &mut view, &mut out);
                     last_init = Instant::now();
                     init_due = None;
                 } else {
-                    let membership_changed = forward(shared, &mut view, pending, &mut out, &mut spare);
+                    let membership_changed = forward(shared, &mut view, &mut taken, &mut out);
                     if membership_changed && init_due.is_none() {
                         init_due = Some((last_init + INIT_INTERVAL).max(Instant::now()));
                     }
@@ -186,43 +222,71 @@ fn not_reading(shared: &Shared) -> End {
     End::Broken
 }
 
-/// A fresh INIT of the view; resets membership and drops what is pending (the INIT covers it).
-fn init(shared: &Shared, subscription: &Subscription, view: &mut View) -> Message {
-    subscription.clear();
+/// A fresh INIT of the view (fragmented when large) into `out`; resets membership and skips the
+/// subscription to the head (the INIT covers everything published so far).
+fn init(shared: &Shared, subscription: &mut Subscription, view: &mut View, out: &mut Vec<Message>) {
+    subscription.resync();
     let (frame, members) = shared.fleet.init_frame(&view.query);
     view.members = members;
-    Message::Text(frame.into())
+    push_fragmented(frame, out);
 }
 
-/// Turn pending changes into frames for this view. Returns whether a device entered or left it.
-fn forward(
-    shared: &Shared,
-    view: &mut View,
-    pending: Pending,
-    out: &mut Vec<Message>,
-    spare: &mut Vec<Arc<Change>>,
-) -> bool {
-    let Pending {
-        mut changes,
-        conflated,
-        ..
-    } = pending;
+/// `frame` as one text message, or as fragments of about [`INIT_FRAGMENT`] bytes (cut on character
+/// boundaries) when larger: websocket clients reassemble them into the same message.
+fn push_fragmented(frame: String, out: &mut Vec<Message>) {
+    if frame.len() <= INIT_FRAGMENT {
+        out.push(Message::Text(frame.into()));
+        return;
+    }
+    let bytes = Bytes::from(frame);
+    let mut start = 0;
+    while start < bytes.len() {
+        let mut end = (start + INIT_FRAGMENT).min(bytes.len());
+        // The frame is UTF-8: back up to the start of a character (at most 3 bytes).
+        while end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
+            end -= 1;
+        }
+        let opcode = if start == 0 {
+            OpData::Text
+        } else {
+            OpData::Continue
+        };
+        let last = end == bytes.len();
+        out.push(Message::Frame(Frame::message(
+            bytes.slice(start..end),
+            OpCode::Data(opcode),
+            last,
+        )));
+        start = end;
+    }
+}
+
+/// Turn what was taken from the hub into frames for this view (emptying `taken`). Returns whether
+/// a device entered or left the view.
+fn forward(shared: &Shared, view: &mut View, taken: &mut Taken, out: &mut Vec<Message>) -> bool {
     let mut membership_changed = false;
     match view.members.as_mut() {
         None => {
-            out.extend(changes.iter().map(|c| Message::Text(c.frame.clone())));
-            for (serial, entry) in conflated {
-                out.push(updt(
-                    Header {
-                        id: entry.id,
-                        serial,
-                    },
-                    entry.fields,
-                ));
+            out.extend(taken.changes.iter().map(|c| Message::Text(c.frame.clone())));
+            if !taken.conflated.is_empty() {
+                // Conflated devices get their current record, read now.
+                shared.fleet.with_records(|records| {
+                    for latest in &taken.conflated {
+                        if let Some(record) = records.get(&latest.serial) {
+                            out.push(updt(
+                                Header {
+                                    id: latest.id.clone(),
+                                    serial: latest.serial.clone(),
+                                },
+                                record.to_map(),
+                            ));
+                        }
+                    }
+                });
             }
         }
         Some(members) => shared.fleet.with_records(|records| {
-            for change in &changes {
+            for change in &taken.changes {
                 let shared_frame = || Message::Text(change.frame.clone());
                 membership_changed |= follow(
                     &view.query,
@@ -234,26 +298,32 @@ fn forward(
                     out,
                 );
             }
-            for (serial, entry) in conflated {
+            for latest in &taken.conflated {
                 let header = Header {
-                    id: entry.id.clone(),
-                    serial: serial.clone(),
+                    id: latest.id.clone(),
+                    serial: latest.serial.clone(),
                 };
-                let frame = || updt(header, entry.fields);
+                let frame = || {
+                    let body = records
+                        .get(&latest.serial)
+                        .map(Record::to_map)
+                        .unwrap_or_default();
+                    updt(header, body)
+                };
                 membership_changed |= follow(
                     &view.query,
                     members,
                     records,
-                    &serial,
-                    &entry.id,
+                    &latest.serial,
+                    &latest.id,
                     frame,
                     out,
                 );
             }
         }),
     }
-    changes.clear();
-    *spare = changes;
+    taken.changes.clear();
+    taken.conflated.clear();
     membership_changed
 }
 

@@ -21,7 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tower_service::Service;
-use tracing::debug;
+use tracing::{debug, info};
 use warp::Filter;
 use warp::http::header::{self, HeaderValue};
 use warp::http::{Method, Request, StatusCode, Uri};
@@ -42,10 +42,16 @@ const DEVICE_READ_BUFFER: usize = 2 * 1024;
 const DASHBOARD_READ_BUFFER: usize = 4 * 1024;
 /// Device writes smaller than this are coalesced until a flush (acks are tens of bytes).
 const DEVICE_WRITE_BUFFER: usize = 8 * 1024;
-/// Dashboard writes are coalesced up to this: a group commit of 100 devices is 15–20 KB of UPDTs,
-/// and one `send` for all of it costs a third of three 8 KiB ones on loopback. The buffer only
-/// grows that large for a dashboard that is being fed that much.
-const DASHBOARD_WRITE_BUFFER: usize = 64 * 1024;
+/// Dashboard writes are coalesced up to this before a `send`. With the `Sink` API the buffer never
+/// holds more than this plus one frame (it is flushed before the next frame is accepted), and that
+/// is what a dashboard that stops reading holds on to (with what it took from the hub and its read
+/// buffer; its budget is 64 KiB). Every message larger than `liveness::FRAGMENT` goes out in fragments.
+const DASHBOARD_WRITE_BUFFER: usize = 8 * 1024;
+/// Kernel send buffer of a dashboard socket (`SO_SNDBUF`; Linux doubles it). Without it the kernel
+/// grows it to megabytes for a peer that does not read, and the server keeps writing into it long
+/// after the dashboard stopped: with this bound such a dashboard is stalled (and conflated) after
+/// a few hundred KB. 64 KiB still carries a few MB/s on a LAN.
+const DASHBOARD_SEND_BUFFER: usize = 64 * 1024;
 /// A client must send its request head within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -269,6 +275,19 @@ impl Ctx {
         if self.shutdown.is_shutdown() {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
         }
+        let admission = match peer {
+            Peer::Dashboard => {
+                let max = shared.config.max_dashboards;
+                let Some(admission) = shared.hub.admit(max) else {
+                    Metrics::inc(&shared.metrics.connections_refused_dashboards);
+                    info!(max, "dashboard refused: --max-dashboards reached");
+                    let reason = format!("too many dashboards: at most {max} may be connected");
+                    return error_json(StatusCode::SERVICE_UNAVAILABLE, &reason);
+                };
+                Some(admission)
+            }
+            Peer::Device => None,
+        };
         let Some(slot) = SocketSlot::take(shared) else {
             Metrics::inc(&shared.metrics.connections_refused_limit);
             return plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
@@ -288,7 +307,37 @@ impl Ctx {
             let _token = token;
             let _slot = slot;
             let _conn_slot = conn_slot;
+            let _admission = admission;
             match on_upgrade.await {
+                Ok(upgraded) if peer == Peer::Dashboard => {
+                    match upgraded.downcast::<TokioIo<Lenient<TcpStream>>>() {
+                        Ok(parts) => {
+                            let stream = parts.io.into_inner();
+                            if let Err(e) = socket2::SockRef::from(stream.get_ref())
+                                .set_send_buffer_size(DASHBOARD_SEND_BUFFER)
+                            {
+                                debug!(%e, "could not bound a dashboard's send buffer");
+                            }
+                            let ws = WebSocketStream::from_partially_read(
+                                stream,
+                                parts.read_buf.to_vec(),
+                                WsRole::Server,
+                                Some(config),
+                            )
+                            .await;
+                            dashboard::session(ws, shared, shutdown).await;
+                        }
+                        Err(upgraded) => {
+                            let ws = WebSocketStream::from_raw_socket(
+                                TokioIo::new(upgraded),
+                                WsRole::Server,
+                                Some(config),
+                            )
+                            .await;
+                            dashboard::session(ws, shared, shutdown).await;
+                        }
+                    }
+                }
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(
                         TokioIo::new(upgraded),
@@ -296,10 +345,7 @@ impl Ctx {
                         Some(config),
                     )
                     .await;
-                    match peer {
-                        Peer::Device => device::session(ws, shared, shutdown).await,
-                        Peer::Dashboard => dashboard::session(ws, shared, shutdown).await,
-                    }
+                    device::session(ws, shared, shutdown).await;
                 }
                 Err(e) => debug!(%e, "websocket upgrade failed"),
             }

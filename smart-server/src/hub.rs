@@ -1,25 +1,29 @@
 //! Fan-out of device changes to dashboards.
 //!
-//! Publishing never waits: each dashboard has a slot (a small mutex-protected [`Pending`] plus a
-//! wake-up), and a publish only appends a shared, already serialized change to every slot. A
-//! dashboard that does not drain its slot fast enough degrades in two steps instead of growing
-//! without bound:
-//! 1. past `queue_limit` queued changes its slot switches to *conflation*: one entry per device
-//!    holding the latest value of every changed field;
-//! 2. past `conflate_limit` devices in conflation the slot is cleared and marked for *resync*: the
-//!    dashboard gets a fresh INIT of its view instead of what it missed.
+//! The store's writer thread publishes each committed batch once, whatever the number of dashboards:
+//! [`Hub::publish`] appends the batch's changes (already serialized, shared by every dashboard) to one
+//! sequence-numbered ring of recent changes, notes per device the sequence number of its latest
+//! change, and bumps the head sequence number in a [`watch`] channel, which wakes only the dashboards
+//! that are waiting for it. A dashboard stuck writing to its socket is not touched at all.
 //!
-//! Views (FILT) are evaluated by the dashboard session when it drains, not here, so the cost on the
-//! ingest path is the same whatever the dashboards ask for.
+//! Every dashboard keeps a cursor (the next sequence number it wants) and does its own work in its
+//! own task: it copies changes from the ring, filters them by its view and frames them. One that fell
+//! behind the ring degrades in two bounded steps:
+//! 1. *conflation*: it is sent, once per device changed since its cursor, the device's current record
+//!    (read from the fleet when it is sent) — O(1) work per change, nothing stored per dashboard;
+//! 2. *resync*: if more than `conflate_limit` devices changed since its cursor, it gets a fresh INIT of
+//!    its view instead.
+//!
+//! Views (FILT) are evaluated by the dashboard session, not here, so the cost on the ingest path is
+//! the same whatever the dashboards ask for.
 
-use std::collections::HashMap;
-use std::mem;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::{Map, Value};
 use smart_proto::{Header, MessageId, Serial, ServerMessage};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
@@ -31,8 +35,6 @@ pub(crate) struct Change {
     pub serial: Serial,
     /// The message id of the device message (`0000` for online/offline).
     pub id: MessageId,
-    /// The fields of the UPDT body (kept for conflation).
-    pub fields: Map<String, Value>,
     /// The UPDT frame.
     pub frame: Utf8Bytes,
 }
@@ -40,17 +42,10 @@ pub(crate) struct Change {
 impl Change {
     /// An UPDT with `body` for the device of `header`.
     pub(crate) fn new(header: Header, body: Map<String, Value>) -> Change {
-        let message = ServerMessage::Updt { header, body };
-        let frame = Utf8Bytes::from(message.to_frame());
-        let ServerMessage::Updt { header, body } = message else {
-            unreachable!("constructed as an UPDT just above")
-        };
-        Change {
-            serial: header.serial,
-            id: header.id,
-            fields: body,
-            frame,
-        }
+        let serial = header.serial.clone();
+        let id = header.id.clone();
+        let frame = Utf8Bytes::from(ServerMessage::Updt { header, body }.to_frame());
+        Change { serial, id, frame }
     }
 
     /// `0000:SERIAL:{"online": …}`.
@@ -67,114 +62,85 @@ impl Change {
     }
 }
 
-/// Conflated changes of one device: the latest message id and the latest value of each field.
-#[derive(Debug)]
-pub(crate) struct Conflated {
-    pub id: MessageId,
-    pub fields: Map<String, Value>,
-}
-
-/// What a dashboard has not been sent yet.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    /// Changes in publish order (while within `queue_limit`).
-    pub changes: Vec<Arc<Change>>,
-    /// Per-device latest values, once the queue overflowed.
-    pub conflated: HashMap<Serial, Conflated>,
-    /// The dashboard fell too far behind: send a fresh INIT of its view, drop everything else.
-    pub resync: bool,
-}
-
-/// What a push did to a slot, for the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pushed {
-    Queued,
-    StartedConflation,
-    Conflated,
-    StartedResync,
-    Dropped,
-}
-
-impl Pending {
-    /// Updates owed: queued changes plus conflated devices.
-    pub(crate) fn len(&self) -> usize {
-        self.changes.len() + self.conflated.len()
-    }
-
-    fn push(&mut self, change: &Arc<Change>, limits: Limits) -> Pushed {
-        if self.resync {
-            return Pushed::Dropped;
-        }
-        if self.conflated.is_empty() && self.changes.len() < limits.queue {
-            self.changes.push(Arc::clone(change));
-            return Pushed::Queued;
-        }
-        let started = !self.changes.is_empty();
-        for queued in mem::take(&mut self.changes) {
-            self.conflate(&queued);
-        }
-        self.conflate(change);
-        if self.conflated.len() > limits.conflate {
-            self.conflated = HashMap::new();
-            self.resync = true;
-            return Pushed::StartedResync;
-        }
-        if started {
-            Pushed::StartedConflation
-        } else {
-            Pushed::Conflated
-        }
-    }
-
-    fn conflate(&mut self, change: &Change) {
-        match self.conflated.get_mut(&change.serial) {
-            Some(entry) => {
-                entry.id = change.id.clone();
-                for (k, v) in &change.fields {
-                    entry.fields.insert(k.clone(), v.clone());
-                }
-            }
-            None => {
-                self.conflated.insert(
-                    change.serial.clone(),
-                    Conflated {
-                        id: change.id.clone(),
-                        fields: change.fields.clone(),
-                    },
-                );
-            }
-        }
-    }
-}
-
-/// Per-dashboard bounds.
+/// Bounds of the fan-out.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
-    /// Changes queued before conflation starts.
+    /// Recent changes kept in the shared ring; a dashboard further behind is conflated.
     pub queue: usize,
-    /// Devices in conflation before a resync.
+    /// Devices a conflating dashboard may owe before it is resynchronised with a fresh INIT.
     pub conflate: usize,
 }
 
-/// One dashboard's mailbox.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    id: u64,
-    pending: Mutex<Pending>,
-    notify: Notify,
+/// The latest change of one device: what a conflated UPDT needs besides the current record.
+#[derive(Debug, Clone)]
+pub(crate) struct Latest {
+    pub serial: Serial,
+    pub id: MessageId,
 }
 
-impl Slot {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+/// What the hub's lock protects.
+#[derive(Debug, Default)]
+struct Log {
+    /// Recent changes, oldest first: `ring[i]` has sequence number `first + i`.
+    ring: VecDeque<Arc<Change>>,
+    /// Sequence number of `ring[0]`.
+    first: u64,
+    /// Sequence number the next change gets.
+    head: u64,
+    /// Per device, the sequence number of its latest change …
+    latest: HashMap<Serial, u64>,
+    /// … and the same by sequence number: the devices changed since any cursor, in order.
+    by_seq: BTreeMap<u64, Latest>,
+    /// Dashboards subscribed.
+    subscribers: usize,
+}
+
+impl Log {
+    fn push(&mut self, change: &Arc<Change>, ring_limit: usize) {
+        let seq = self.head;
+        self.head += 1;
+        self.ring.push_back(Arc::clone(change));
+        if self.ring.len() > ring_limit {
+            self.ring.pop_front();
+            self.first += 1;
+        }
+        match self.latest.get_mut(&change.serial) {
+            Some(previous) => {
+                self.by_seq.remove(previous);
+                *previous = seq;
+            }
+            None => {
+                self.latest.insert(change.serial.clone(), seq);
+            }
+        }
+        self.by_seq.insert(
+            seq,
+            Latest {
+                serial: change.serial.clone(),
+                id: change.id.clone(),
+            },
+        );
+    }
+
+    /// Forget everything (the last dashboard left): nothing is kept while nobody listens.
+    fn clear(&mut self) {
+        self.ring = VecDeque::new();
+        self.latest = HashMap::new();
+        self.by_seq = BTreeMap::new();
+        self.first = self.head;
     }
 }
 
 /// All connected dashboards.
 #[derive(Debug)]
 pub(crate) struct Hub {
-    slots: RwLock<Vec<Arc<Slot>>>,
+    log: Mutex<Log>,
+    head: watch::Sender<u64>,
+    /// Cursors of the subscribed dashboards, for the lag gauges (not on the publish path).
+    cursors: Mutex<HashMap<u64, Arc<AtomicU64>>>,
     listeners: AtomicUsize,
+    /// Dashboards admitted (see [`Hub::admit`]).
+    admitted: AtomicUsize,
     next_id: AtomicU64,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -183,12 +149,23 @@ pub(crate) struct Hub {
 impl Hub {
     pub(crate) fn new(limits: Limits, metrics: Arc<Metrics>) -> Hub {
         Hub {
-            slots: RwLock::new(Vec::new()),
+            log: Mutex::new(Log::default()),
+            head: watch::Sender::new(0),
+            cursors: Mutex::new(HashMap::new()),
             listeners: AtomicUsize::new(0),
+            admitted: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
-            limits,
+            limits: Limits {
+                queue: limits.queue.max(1),
+                conflate: limits.conflate.max(1),
+            },
             metrics,
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Log> {
+        // The log is consistent after every statement that a panic could interrupt.
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether any dashboard is connected: when none is, device sessions skip building changes.
@@ -196,106 +173,228 @@ impl Hub {
         self.listeners.load(Ordering::Relaxed) > 0
     }
 
-    /// Hand `changes` (in order) to every dashboard: one lock and at most one wake-up per dashboard
-    /// for the whole batch. Never waits on a dashboard.
+    /// Hand `changes` (in order) to every dashboard. O(batch) whatever the number of dashboards:
+    /// one append to the shared ring per change and one wake-up of the dashboards that wait. Never
+    /// waits on a dashboard.
     pub(crate) fn publish(&self, changes: &[Arc<Change>]) {
         if changes.is_empty() {
             return;
         }
-        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-        for slot in slots.iter() {
-            let mut wake = false;
-            let mut pending = slot.lock();
+        let head = {
+            let mut log = self.lock();
+            if log.subscribers == 0 {
+                return;
+            }
             for change in changes {
-                let pushed = pending.push(change, self.limits);
-                match pushed {
-                    Pushed::StartedConflation => Metrics::inc(&self.metrics.dashboard_conflated),
-                    Pushed::StartedResync => Metrics::inc(&self.metrics.dashboard_resyncs),
-                    Pushed::Queued | Pushed::Conflated | Pushed::Dropped => {}
-                }
-                wake |= pushed != Pushed::Dropped;
+                log.push(change, self.limits.queue);
             }
-            drop(pending);
-            if wake {
-                slot.notify.notify_one();
-            }
-        }
+            log.head
+        };
+        self.head.send_replace(head);
+    }
+
+    /// Count a dashboard connection against `max`; `None` when `max` are already connected.
+    pub(crate) fn admit(self: &Arc<Self>, max: usize) -> Option<Admission> {
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admission {
+                hub: Arc::clone(self),
+            })
     }
 
     /// Register a dashboard. Changes published from now on reach it until the subscription drops.
     pub(crate) fn subscribe(self: &Arc<Self>) -> Subscription {
-        let slot = Arc::new(Slot {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            pending: Mutex::new(Pending::default()),
-            notify: Notify::new(),
-        });
-        self.slots
-            .write()
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cursor = {
+            let mut log = self.lock();
+            log.subscribers += 1;
+            log.head
+        };
+        let shared_cursor = Arc::new(AtomicU64::new(cursor));
+        self.cursors
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::clone(&slot));
+            .insert(id, Arc::clone(&shared_cursor));
         self.listeners.fetch_add(1, Ordering::Relaxed);
         Subscription {
             hub: Arc::clone(self),
-            slot,
+            id,
+            cursor,
+            shared_cursor,
+            conflated: None,
+            head: self.head.subscribe(),
         }
     }
 
-    /// The most and the total updates owed to dashboards (the lag gauges).
+    /// The most and the total changes published that dashboards have not taken yet (the lag
+    /// gauges).
     pub(crate) fn lag(&self) -> (usize, usize) {
-        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-        slots
-            .iter()
-            .map(|slot| slot.lock().len())
+        let head = self.lock().head;
+        let cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        cursors
+            .values()
+            .map(|c| head.saturating_sub(c.load(Ordering::Relaxed)) as usize)
             .fold((0, 0), |(max, total), n| (max.max(n), total + n))
     }
+}
+
+/// A counted dashboard connection (`--max-dashboards`); released on drop.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    hub: Arc<Hub>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.hub.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a dashboard is owed next (see [`Subscription::take`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Owed {
+    /// Nothing yet.
+    Nothing,
+    /// The next changes, in publish order (appended to the caller's buffer).
+    Changes,
+    /// Devices changed since the cursor whose changes left the ring: send each one's current
+    /// record (appended to the caller's buffer).
+    Conflated,
+    /// Too many devices to conflate: send a fresh INIT of the view (then call [`Subscription::resync`]).
+    Resync,
 }
 
 /// A dashboard's registration with the hub; unregisters on drop.
 #[derive(Debug)]
 pub(crate) struct Subscription {
     hub: Arc<Hub>,
-    slot: Arc<Slot>,
+    id: u64,
+    /// The next sequence number this dashboard wants.
+    cursor: u64,
+    /// `cursor`, for the lag gauges.
+    shared_cursor: Arc<AtomicU64>,
+    /// While conflating: devices sent so far in this episode.
+    conflated: Option<usize>,
+    head: watch::Receiver<u64>,
 }
 
 impl Subscription {
-    /// Resolves when something was published for this dashboard since the last [`Subscription::take`]
-    /// (a wake-up is kept if nobody was waiting, so none is lost).
-    pub(crate) async fn notified(&self) {
-        self.slot.notify.notified().await;
-    }
-
-    /// Take everything pending, leaving `spare` (an empty change buffer, kept to reuse its capacity)
-    /// in its place.
-    pub(crate) fn take(&self, spare: Vec<Arc<Change>>) -> Pending {
-        let mut pending = self.slot.lock();
-        let changes = mem::replace(&mut pending.changes, spare);
-        Pending {
-            changes,
-            conflated: mem::take(&mut pending.conflated),
-            resync: mem::replace(&mut pending.resync, false),
+    /// Resolves once something was published past this dashboard's cursor (at once if that is
+    /// already so).
+    pub(crate) async fn ready(&mut self) {
+        let cursor = self.cursor;
+        if self.head.wait_for(|&head| head > cursor).await.is_err() {
+            // The hub is gone: the server is shutting down; nothing will come.
+            std::future::pending::<()>().await;
         }
     }
 
-    /// Drop everything pending (a fresh INIT is about to cover it).
-    pub(crate) fn clear(&self) {
-        let mut pending = self.slot.lock();
-        pending.changes.clear();
-        pending.conflated = HashMap::new();
-        pending.resync = false;
+    /// Whether something was published past this dashboard's cursor.
+    pub(crate) fn behind(&self) -> bool {
+        *self.head.borrow() > self.cursor
     }
+
+    /// Take what this dashboard is owed next, at most `max_changes` changes of at most about
+    /// `max_bytes` of frames, or `max_devices` conflated devices. Holds the hub's lock for O(what it
+    /// takes) (plus, once per conflation episode, O(`--dashboard-conflate`) to count the devices).
+    pub(crate) fn take(
+        &mut self,
+        changes: &mut Vec<Arc<Change>>,
+        conflated: &mut Vec<Latest>,
+        budget: Budget,
+    ) -> Owed {
+        let limits = self.hub.limits;
+        let log = self.hub.lock();
+        if self.cursor >= log.head {
+            self.conflated = None;
+            return Owed::Nothing;
+        }
+        if self.conflated.is_none() && self.cursor >= log.first {
+            let start = (self.cursor - log.first) as usize;
+            let (mut bytes, mut taken) = (0, 0);
+            for change in log.ring.range(start..).take(budget.changes.max(1)) {
+                if bytes >= budget.bytes {
+                    break;
+                }
+                bytes += change.frame.len();
+                taken += 1;
+                changes.push(Arc::clone(change));
+            }
+            drop(log);
+            self.advance(self.cursor + taken);
+            return Owed::Changes;
+        }
+        let mut sent = if let Some(sent) = self.conflated {
+            sent
+        } else {
+            // A new episode: resync at once if it would be too long.
+            let owed = log.by_seq.range(self.cursor..).take(limits.conflate + 1);
+            if owed.count() > limits.conflate {
+                Metrics::inc(&self.hub.metrics.dashboard_resyncs);
+                return Owed::Resync;
+            }
+            Metrics::inc(&self.hub.metrics.dashboard_conflated);
+            0
+        };
+        let mut next = self.cursor;
+        for (&seq, latest) in log.by_seq.range(self.cursor..).take(budget.devices.max(1)) {
+            conflated.push(latest.clone());
+            sent += 1;
+            next = seq + 1;
+        }
+        if sent > limits.conflate {
+            // Devices kept changing while it conflated.
+            conflated.clear();
+            Metrics::inc(&self.hub.metrics.dashboard_resyncs);
+            return Owed::Resync;
+        }
+        let caught_up = next >= log.head;
+        drop(log);
+        // Whatever the ring still holds from `next` on reaches the dashboard one by one again.
+        self.conflated = (!caught_up).then_some(sent);
+        self.advance(next);
+        Owed::Conflated
+    }
+
+    /// Skip to the head: a fresh INIT of the view is about to cover everything published so far.
+    /// Call *before* taking the INIT snapshot (a change racing with it is then sent twice, never lost).
+    pub(crate) fn resync(&mut self) {
+        let head = self.hub.lock().head;
+        self.conflated = None;
+        self.advance(head);
+    }
+
+    fn advance(&mut self, cursor: u64) {
+        self.cursor = cursor;
+        self.shared_cursor.store(cursor, Ordering::Relaxed);
+    }
+}
+
+/// How much one [`Subscription::take`] may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub changes: usize,
+    pub bytes: usize,
+    pub devices: usize,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut slots = self
-            .hub
-            .slots
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(i) = slots.iter().position(|s| s.id == self.slot.id) {
-            slots.swap_remove(i);
-            self.hub.listeners.fetch_sub(1, Ordering::Relaxed);
+        self.hub
+            .cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+        let mut log = self.hub.lock();
+        log.subscribers = log.subscribers.saturating_sub(1);
+        if log.subscribers == 0 {
+            log.clear();
         }
+        drop(log);
+        self.hub.listeners.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -314,90 +413,168 @@ mod tests {
         Arc::new(Change::new(header, body))
     }
 
-    const LIMITS: Limits = Limits {
-        queue: 2,
-        conflate: 2,
+    const BUDGET: Budget = Budget {
+        changes: 100,
+        bytes: 1 << 20,
+        devices: 100,
     };
 
-    #[test]
-    fn queues_until_the_limit_then_conflates_latest_per_device_and_field() {
-        let mut p = Pending::default();
-        assert_eq!(
-            p.push(&change("0001", "0001", "battery", 1), LIMITS),
-            Pushed::Queued
-        );
-        assert_eq!(
-            p.push(&change("0001", "0002", "capacity", 5), LIMITS),
-            Pushed::Queued
-        );
-        assert_eq!(
-            p.push(&change("0001", "0003", "battery", 3), LIMITS),
-            Pushed::StartedConflation
-        );
-        assert_eq!(
-            p.push(&change("0002", "0004", "battery", 7), LIMITS),
-            Pushed::Conflated
-        );
-        assert!(p.changes.is_empty());
-        let one = &p.conflated[&Serial::new("0001").unwrap()];
-        assert_eq!(one.id.as_str(), "0003");
-        assert_eq!(one.fields["battery"], 3);
-        assert_eq!(one.fields["capacity"], 5);
-        assert_eq!(p.len(), 2);
+    fn hub(queue: usize, conflate: usize) -> Arc<Hub> {
+        Arc::new(Hub::new(Limits { queue, conflate }, Arc::default()))
+    }
+
+    fn take(s: &mut Subscription, budget: Budget) -> (Owed, Vec<String>) {
+        let (mut changes, mut conflated) = (Vec::new(), Vec::new());
+        let owed = s.take(&mut changes, &mut conflated, budget);
+        let ids = changes
+            .iter()
+            .map(|c| format!("{}:{}", c.serial.as_str(), c.id.as_str()))
+            .chain(
+                conflated
+                    .iter()
+                    .map(|l| format!("{}:{}", l.serial.as_str(), l.id.as_str())),
+            )
+            .collect();
+        (owed, ids)
     }
 
     #[test]
-    fn resyncs_when_too_many_devices_are_owed() {
-        let mut p = Pending::default();
-        assert_eq!(
-            p.push(&change("0001", "0001", "battery", 1), LIMITS),
-            Pushed::Queued
-        );
-        assert_eq!(
-            p.push(&change("0001", "0002", "battery", 2), LIMITS),
-            Pushed::Queued
-        );
-        assert_eq!(
-            p.push(&change("0002", "0003", "battery", 3), LIMITS),
-            Pushed::StartedConflation
-        );
-        assert_eq!(
-            p.push(&change("0003", "0004", "battery", 4), LIMITS),
-            Pushed::StartedResync
-        );
-        assert!(p.resync);
-        assert_eq!(p.len(), 0);
-        assert_eq!(
-            p.push(&change("0005", "0001", "battery", 1), LIMITS),
-            Pushed::Dropped
-        );
-    }
-
-    #[test]
-    fn publish_reaches_every_subscriber_and_stops_after_drop() {
-        let hub = Arc::new(Hub::new(
-            Limits {
-                queue: 8,
-                conflate: 8,
-            },
-            Arc::default(),
-        ));
+    fn publish_reaches_every_subscriber_in_order_and_stops_after_drop() {
+        let hub = hub(8, 8);
         assert!(!hub.has_listeners());
-        let a = hub.subscribe();
+        let mut a = hub.subscribe();
         let b = hub.subscribe();
         assert!(hub.has_listeners());
         hub.publish(&[
             change("0001", "0001", "battery", 1),
             change("0002", "0001", "battery", 1),
         ]);
-        assert_eq!(a.take(Vec::new()).changes.len(), 2);
+        assert_eq!(hub.lag(), (2, 4));
+        assert_eq!(
+            take(&mut a, BUDGET),
+            (Owed::Changes, vec!["0001:0001".into(), "0002:0001".into()])
+        );
         drop(b);
         hub.publish(&[change("0001", "0002", "battery", 2)]);
-        let got = a.take(Vec::new());
-        assert_eq!(got.changes.len(), 1);
-        assert_eq!(got.changes[0].id.as_str(), "0002");
+        assert_eq!(
+            take(&mut a, BUDGET),
+            (Owed::Changes, vec!["0001:0002".into()])
+        );
+        assert_eq!(take(&mut a, BUDGET), (Owed::Nothing, vec![]));
         assert_eq!(hub.lag(), (0, 0));
         drop(a);
         assert!(!hub.has_listeners());
+        // Nobody listens: nothing is kept.
+        hub.publish(&[change("0001", "0003", "battery", 3)]);
+        assert!(hub.lock().ring.is_empty());
+        assert!(hub.lock().by_seq.is_empty());
+    }
+
+    #[test]
+    fn takes_are_bounded_by_count_and_bytes() {
+        let hub = hub(100, 100);
+        let mut a = hub.subscribe();
+        let batch: Vec<_> = (0..10)
+            .map(|i| change("0001", &format!("{i:04}"), "battery", i))
+            .collect();
+        hub.publish(&batch);
+        let few = Budget {
+            changes: 3,
+            ..BUDGET
+        };
+        assert_eq!(take(&mut a, few).1.len(), 3);
+        let one_frame = Budget { bytes: 1, ..BUDGET };
+        assert_eq!(take(&mut a, one_frame).1, ["0001:0003"]);
+        assert_eq!(take(&mut a, BUDGET).1.len(), 6);
+    }
+
+    #[test]
+    fn a_dashboard_behind_the_ring_gets_each_changed_device_once_then_the_ring_again() {
+        let hub = hub(2, 4);
+        let mut a = hub.subscribe();
+        hub.publish(&[
+            change("0001", "0001", "battery", 1),
+            change("0002", "0001", "battery", 1),
+            change("0001", "0002", "battery", 2),
+            change("0003", "0001", "battery", 1),
+            change("0001", "0003", "battery", 3),
+        ]);
+        // The ring holds the last two; five were published: 0002, 0003 and 0001 are owed once each,
+        // in the order of their latest change, with that change's id.
+        let two = Budget {
+            devices: 2,
+            ..BUDGET
+        };
+        assert_eq!(
+            take(&mut a, two),
+            (
+                Owed::Conflated,
+                vec!["0002:0001".into(), "0003:0001".into()]
+            )
+        );
+        hub.publish(&[change("0002", "0002", "battery", 2)]);
+        assert_eq!(
+            take(&mut a, two),
+            (
+                Owed::Conflated,
+                vec!["0001:0003".into(), "0002:0002".into()]
+            )
+        );
+        assert_eq!(take(&mut a, BUDGET), (Owed::Nothing, vec![]));
+        hub.publish(&[change("0003", "0002", "battery", 2)]);
+        assert_eq!(
+            take(&mut a, BUDGET),
+            (Owed::Changes, vec!["0003:0002".into()])
+        );
+        assert_eq!(hub.metrics.dashboard_conflated.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn too_many_devices_behind_means_a_resync_from_the_head() {
+        let hub = hub(2, 2);
+        let mut a = hub.subscribe();
+        hub.publish(&[
+            change("0001", "0001", "battery", 1),
+            change("0002", "0001", "battery", 1),
+            change("0003", "0001", "battery", 1),
+        ]);
+        assert_eq!(take(&mut a, BUDGET), (Owed::Resync, vec![]));
+        a.resync();
+        assert_eq!(take(&mut a, BUDGET), (Owed::Nothing, vec![]));
+        hub.publish(&[change("0004", "0001", "battery", 1)]);
+        assert_eq!(
+            take(&mut a, BUDGET),
+            (Owed::Changes, vec!["0004:0001".into()])
+        );
+        assert_eq!(hub.metrics.dashboard_resyncs.load(Ordering::Relaxed), 1);
+    }
+
+    /// Publishing does the same work and keeps the same state however many dashboards never take
+    /// anything.
+    #[test]
+    fn publish_state_does_not_grow_with_stalled_dashboards() {
+        let hub = hub(16, 16);
+        let stalled: Vec<_> = (0..1000).map(|_| hub.subscribe()).collect();
+        for i in 0..100 {
+            hub.publish(&[change(&format!("{:04}", i % 5), "0001", "battery", i)]);
+        }
+        let log = hub.lock();
+        assert_eq!(log.ring.len(), 16);
+        assert_eq!(log.latest.len(), 5);
+        assert_eq!(log.by_seq.len(), 5);
+        drop(log);
+        assert_eq!(hub.lag(), (100, 100_000));
+        drop(stalled);
+    }
+
+    #[test]
+    fn admission_is_capped_and_released() {
+        let hub = hub(4, 4);
+        let one = hub.admit(2).unwrap();
+        let two = hub.admit(2).unwrap();
+        assert!(hub.admit(2).is_none());
+        drop(one);
+        assert!(hub.admit(2).is_some());
+        drop(two);
     }
 }

@@ -35,6 +35,11 @@ pub(crate) struct Lenient<S> {
 }
 
 impl<S> Lenient<S> {
+    /// The wrapped socket (e.g. to set socket options after an upgrade).
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     pub(crate) fn new(inner: S) -> Lenient<S> {
         Lenient {
             inner,

@@ -17,8 +17,9 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 /// not reading (their pongs are at most this many small frames).
 const PONG_BACKLOG: u32 = 64;
 
-/// Messages longer than this are sent as several frames of at most this size.
-pub(crate) const FRAGMENT: usize = 64 * 1024;
+/// Messages longer than this are sent as several frames of at most this size: so the bounded write
+/// buffer of a dashboard (`http.rs`) never has to hold a large INIT or full record at once.
+pub(crate) const FRAGMENT: usize = 16 * 1024;
 
 /// Room in the write buffer beyond the flush threshold and the largest frame: for queued pongs and
 /// a close frame.

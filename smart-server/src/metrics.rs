@@ -98,6 +98,7 @@ pub(crate) struct Metrics {
     pub shed_not_reading: AtomicU64,
     /// Idle HTTP connections closed to make room for a new socket.
     pub shed_evicted: AtomicU64,
+    pub connections_refused_dashboards: AtomicU64,
     pub accepted_init: AtomicU64,
     pub accepted_updt: AtomicU64,
     rejected: [AtomicU64; RejectClass::ALL.len()],
@@ -179,6 +180,10 @@ impl Metrics {
                 ("{reason=\"limit\"}", get(&self.connections_refused_limit)),
                 ("{reason=\"origin\"}", get(&self.connections_refused_origin)),
                 ("{reason=\"fd_limit\"}", get(&self.connections_refused_fd)),
+                (
+                    "{reason=\"dashboards\"}",
+                    get(&self.connections_refused_dashboards),
+                ),
             ],
         );
         metric(
@@ -294,7 +299,7 @@ impl Metrics {
         metric(
             "smart_dashboard_conflated_total",
             "counter",
-            "Dashboard queues that overflowed into conflation (latest value per device and field).",
+            "Times a dashboard fell behind the ring of recent changes and was conflated (current record per changed device).",
             get(&self.dashboard_conflated),
         );
         metric(
@@ -318,13 +323,13 @@ impl Metrics {
         metric(
             "smart_dashboard_lag_max",
             "gauge",
-            "Most pending updates (queued or conflated devices) of any one dashboard.",
+            "Most changes published that one dashboard has not taken yet.",
             gauges.dashboard_pending_max as u64,
         );
         metric(
             "smart_dashboard_lag_total",
             "gauge",
-            "Pending updates over all dashboards.",
+            "Changes published that dashboards have not taken yet, summed over dashboards.",
             gauges.dashboard_pending_total as u64,
         );
         out

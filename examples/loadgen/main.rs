@@ -1,0 +1,340 @@
+//! The load generator behind BENCHMARKS.md: measures a SMART-OS server at the protocol level.
+//!
+//! N devices each send UPDTs as fast as their acks return (window W messages in flight per device),
+//! while M dashboards count the UPDTs the server pushes to them. After a warm-up, a measured period gives
+//! acks/s, ack latency percentiles, dashboard messages/s and the device→dashboard latency (from a
+//! `sent_us` timestamp the devices put in every body; both ends are in this process, on one clock).
+//!
+//! ```text
+//! loadgen --url ws://127.0.0.1:8000 --devices 100 --dashboards 10 --seconds 10 --json
+//! loadgen --url ws://127.0.0.1:8000 --devices 100 --baseline        # also measure an echo-ack ceiling
+//! loadgen --url ws://127.0.0.1:8000 --idle 10000 --server-pid PID    # memory per idle connection
+//! loadgen --url ws://127.0.0.1:8000 --devices 100 --stalled-dashboards 1000 --server-pid PID \
+//!     --against-no-dashboards --rounds 3 --warmup 5                   # dashboards that never read
+//! ```
+//!
+//! `--baseline` starts a minimal websocket server as a child process (this binary with a hidden flag:
+//! warp, reads only the message header, acks at once, stores nothing, pushes nothing) and measures it with
+//! the same load in the same run, so the server is reported as a fraction of that ceiling on this machine.
+//!
+//! Loopback only. Every phase is bounded in time; one process holds at most as many sockets as its
+//! open-files limit allows (about 19,900 here).
+
+mod baseline;
+#[path = "../common/mod.rs"]
+mod common;
+mod run;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use serde_json::{Value, json};
+
+use baseline::{serve_baseline, spawn_baseline};
+use run::{check_frames, idle, measure};
+
+/// Measure a SMART-OS server: ingest rate, ack latency, fan-out to dashboards, memory per connection.
+#[derive(Debug, Parser)]
+#[command(version, long_about = None)]
+#[allow(clippy::struct_excessive_bools, reason = "command-line flags")]
+struct Args {
+    /// Server URL (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:8000")]
+    url: String,
+    /// Devices, each on its own websocket, each sending as fast as its acks return.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Dashboards connected to `/client/`, counting what they receive.
+    #[arg(long, default_value_t = 0)]
+    dashboards: usize,
+    /// Length of the measured period, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Warm-up before the measured period, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Messages in flight per device (1: each device waits for its ack before the next message).
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Dashboards connected to `/client/` that never read anything (not even the welcome), as a
+    /// browser tab that hangs would: what they cost the devices and the server's memory.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    stalled_dashboards: usize,
+    /// Also measure, alternating round by round, the same devices against the same server with no
+    /// dashboards at all (reading or stalled), and report the rate as a fraction of that.
+    #[arg(long)]
+    against_no_dashboards: bool,
+    /// Serial number of the first device (serials are zero-padded to 4 digits).
+    #[arg(long, default_value_t = 1)]
+    first_serial: u64,
+    /// Also measure a minimal echo-ack server (child process) with the same load, as the ceiling.
+    #[arg(long)]
+    baseline: bool,
+    /// Measure this many times (alternating with the baseline) and report the run with the median
+    /// rate: on a shared machine the spread shows how much other work disturbed the figures.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Instead of a load, open this many idle device connections and report the server's memory per
+    /// connection (needs `--server-pid`).
+    #[arg(long, value_name = "N")]
+    idle: Option<usize>,
+    /// Pid of the (local) server, to report its CPU use and resident memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Worker threads of this process's runtime (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one line of JSON.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Run the baseline server (used by `--baseline`, which starts this binary as its child).
+    #[arg(long, hide = true)]
+    serve_baseline: bool,
+    /// Address of the baseline server.
+    #[arg(long, hide = true, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+/// How long a device waits for an ack, or a dashboard for its snapshot, before it counts as an error.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once, so a thousand devices do not overflow the server's accept backlog.
+const CONNECT_CONCURRENCY: usize = 64;
+
+// Phases of a run, in order.
+const CONNECTING: u8 = 0;
+const WARMUP: u8 = 1;
+const MEASURE: u8 = 2;
+/// Devices stop sending and wait for their last acks.
+const STOP: u8 = 3;
+/// Dashboards stop reading.
+const DONE: u8 = 4;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    if args.serve_baseline {
+        return runtime.block_on(serve_baseline(args.listen));
+    }
+    ensure!(
+        common::is_loopback(&args.url),
+        "loadgen only measures servers on the loopback interface, not {}",
+        args.url
+    );
+    if let Some(connections) = args.idle {
+        let report = runtime.block_on(idle(&args, connections))?;
+        print_report(&args, &report);
+        return Ok(());
+    }
+    ensure!(args.devices > 0, "--devices must be at least 1");
+    ensure!(args.window > 0, "--window must be at least 1");
+    common::check_socket_budget(args.devices + args.dashboards + args.stalled_dashboards)?;
+    let report = runtime.block_on(load(&args))?;
+    print_report(&args, &report);
+    Ok(())
+}
+
+/// Everything one load run needs to know.
+#[derive(Debug, Clone)]
+struct Load {
+    devices: usize,
+    dashboards: usize,
+    stalled_dashboards: usize,
+    window: usize,
+    first_serial: u64,
+    warmup: Duration,
+    measured: Duration,
+    quiet: bool,
+}
+
+async fn load(args: &Args) -> Result<Value> {
+    let load = Load {
+        devices: args.devices,
+        dashboards: args.dashboards,
+        stalled_dashboards: args.stalled_dashboards,
+        window: args.window,
+        first_serial: args.first_serial,
+        warmup: common::seconds(args.warmup, "--warmup")?,
+        measured: common::seconds(args.seconds, "--seconds")?,
+        quiet: args.quiet || args.json,
+    };
+    check_frames(&load)?;
+    let mut baseline = if args.baseline {
+        Some(spawn_baseline().await?)
+    } else {
+        None
+    };
+    // Alternate server and baseline so that both see the same background load on a shared machine.
+    let mut server_runs = Vec::new();
+    let mut baseline_runs = Vec::new();
+    let mut alone_runs = Vec::new();
+    let alone = Load {
+        dashboards: 0,
+        stalled_dashboards: 0,
+        ..load.clone()
+    };
+    for _ in 0..args.rounds.max(1) {
+        server_runs.push(measure("smart-server", &args.url, args.server_pid, &load).await?);
+        if args.against_no_dashboards {
+            alone_runs.push(measure("no dashboards", &args.url, args.server_pid, &alone).await?);
+        }
+        if let Some((_, url, pid)) = &baseline {
+            baseline_runs.push(measure("baseline", url, Some(*pid), &load).await?);
+        }
+    }
+    let stalled_memory: Vec<f64> = server_runs
+        .iter()
+        .filter_map(|r| r["rss_per_stalled_dashboard_kib"].as_f64())
+        .collect();
+    if let Some((child, _, _)) = baseline.as_mut() {
+        let _ = child.kill().await;
+    }
+    let mut report = median_run(server_runs);
+    if !stalled_memory.is_empty() {
+        // Later rounds reuse memory the first one's dashboards left to the allocator: the largest
+        // growth is the figure.
+        report["rss_per_stalled_dashboard_kib"] =
+            json!(stalled_memory.iter().copied().fold(0.0, f64::max));
+        report["rounds_rss_per_stalled_dashboard_kib"] = json!(stalled_memory);
+    }
+    if !alone_runs.is_empty() {
+        let alone = median_run(alone_runs);
+        let reference = alone["acks_per_s"].as_f64().unwrap_or(0.0);
+        let rate = report["acks_per_s"].as_f64().unwrap_or(0.0);
+        report["ratio_to_no_dashboards"] = json!(if reference > 0.0 {
+            common::round(rate / reference, 3)
+        } else {
+            0.0
+        });
+        report["no_dashboards"] = alone;
+    }
+    if !baseline_runs.is_empty() {
+        let baseline = median_run(baseline_runs);
+        let ceiling = baseline["acks_per_s"].as_f64().unwrap_or(0.0);
+        let rate = report["acks_per_s"].as_f64().unwrap_or(0.0);
+        report["fraction_of_baseline"] = json!(if ceiling > 0.0 {
+            common::round(rate / ceiling, 3)
+        } else {
+            0.0
+        });
+        report["baseline"] = baseline;
+    }
+    Ok(report)
+}
+
+/// The run with the median ack rate, with every run's rate alongside to show the spread.
+fn median_run(mut runs: Vec<Value>) -> Value {
+    let rate = |run: &Value| run["acks_per_s"].as_f64().unwrap_or(0.0);
+    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let rates: Vec<f64> = runs.iter().map(rate).collect();
+    let mut median = runs.swap_remove(runs.len().saturating_sub(1) / 2);
+    if rates.len() > 1 {
+        median["rounds_acks_per_s"] = json!(rates);
+    }
+    median
+}
+
+fn print_report(args: &Args, report: &Value) {
+    if args.json {
+        println!("{report}");
+        return;
+    }
+    if report.get("idle_connections").is_some() {
+        println!(
+            "{} idle device connections, {} errors",
+            report["idle_connections"], report["errors"]
+        );
+        if let Some(per) = report.get("rss_per_connection_kib") {
+            println!(
+                "  server RSS {} KiB → {} KiB: {per} KiB per connection",
+                report["server_rss_before_kib"], report["server_rss_after_kib"]
+            );
+        }
+        print_errors(report);
+        return;
+    }
+    print_run(report);
+    if let Some(alone) = report.get("no_dashboards") {
+        print_run(alone);
+        println!(
+            "with / without dashboards acks/s: {}",
+            report["ratio_to_no_dashboards"]
+        );
+    }
+    if let Some(baseline) = report.get("baseline") {
+        print_run(baseline);
+        println!(
+            "smart-server / baseline acks/s: {}",
+            report["fraction_of_baseline"]
+        );
+    }
+}
+
+fn print_run(r: &Value) {
+    println!(
+        "{}: {} devices (window {}), {} dashboards, {} stalled; {} s measured after {} s warm-up",
+        r["target"].as_str().unwrap_or_default(),
+        r["devices"],
+        r["window"],
+        r["dashboards"],
+        r["stalled_dashboards"],
+        r["seconds"],
+        r["warmup_s"]
+    );
+    println!(
+        "  acks/s        {} ({} acks, {} errors)",
+        r["acks_per_s"], r["acks"], r["errors"]
+    );
+    println!(
+        "  ack latency   p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+        r["ack_p50_ms"], r["ack_p99_ms"], r["ack_p999_ms"], r["ack_max_ms"]
+    );
+    if let Some(per) = r.get("rss_per_stalled_dashboard_kib") {
+        println!(
+            "  stalled       {} dashboards that never read: {per} KiB of server RSS each (largest growth of the rounds {})",
+            r["stalled_dashboards"], r["rounds_rss_per_stalled_dashboard_kib"]
+        );
+    }
+    if r["dashboards"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "  dashboards    {} msgs/s in all; device→dashboard p50 {} ms, p99 {} ms; {} resyncs",
+            r["dashboard_msgs_per_s"], r["fanout_p50_ms"], r["fanout_p99_ms"], r["resyncs"]
+        );
+    }
+    let mut cpu = format!("  CPU           loadgen {} %", r["loadgen_cpu_percent"]);
+    if let Some(server) = r.get("server_cpu_percent") {
+        let _ = write!(cpu, ", server {server} % (RSS {} KiB)", r["server_rss_kib"]);
+    }
+    let _ = write!(
+        cpu,
+        " of one core; machine load average {}",
+        r["load_average"]
+    );
+    println!("{cpu}");
+    if let Some(rounds) = r.get("rounds_acks_per_s") {
+        println!("  rounds        acks/s {rounds} (this is the median one)");
+    }
+    print_errors(r);
+}
+
+fn print_errors(report: &Value) {
+    for error in report["first_errors"].as_array().into_iter().flatten() {
+        println!("  error: {}", error.as_str().unwrap_or_default());
+    }
+}
