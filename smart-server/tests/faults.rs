@@ -339,6 +339,63 @@ async fn an_error_stores_nothing_even_after_the_next_write() {
     server.kill().await;
 }
 
+/// Issue 9 item 4, the pipelined case: while a commit is blocked in its sync, the device sends more,
+/// staged on top of it; then that sync fails (once — the disk works again right after). Whatever the
+/// server answers for the later messages, every OK is stored and nothing of an ERROR is, in the API
+/// and after SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_behind_a_failed_commit_store_nothing_they_were_not_acked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let faults = Faults::new(&data);
+    let server = start(&data, Some(&faults)).await;
+    let mut dev = device(server.addr).await;
+    send_ok(&mut dev, "0001", "FP", &json!({"v": 1})).await;
+
+    faults.on(Mode::BlockSync);
+    send(&mut dev, &updt("0002", "FP", &json!({"a": 2}))).await;
+    // Let the writer take it and block in its sync, then queue two more on top of it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut dev, &updt("0003", "FP", &json!({"b": 3}))).await;
+    send(&mut dev, &updt("0004", "FP", &json!({"c": 4}))).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    faults.on(Mode::EioOnce);
+    faults.off(Mode::BlockSync);
+    let replies = [
+        recv_json(&mut dev).await,
+        recv_json(&mut dev).await,
+        recv_json(&mut dev).await,
+    ];
+    assert_eq!(replies[0]["message"], "0002:FP:ERROR", "{}", replies[0]);
+    send_ok(&mut dev, "0005", "FP", &json!({"d": 5})).await;
+
+    let check = |record: &Value| {
+        assert!(
+            record.get("a").is_none(),
+            "a refused write is visible: {record}"
+        );
+        for (reply, key, value) in [(&replies[1], "b", 3), (&replies[2], "c", 4)] {
+            let ok = reply["message"].as_str().unwrap().ends_with(":OK");
+            if ok {
+                assert_eq!(record[key], value, "{reply} but {record}");
+            } else {
+                assert!(record.get(key).is_none(), "{reply} but {record}");
+            }
+        }
+        assert_eq!(
+            (record["v"].clone(), record["d"].clone()),
+            (json!(1), json!(5)),
+            "{record}"
+        );
+    };
+    let live = http_get(server.addr, "/api/devices/FP", &[]).await.json();
+    check(&live);
+    server.kill().await;
+    let server = start(&data, None).await;
+    check(&http_get(server.addr, "/api/devices/FP", &[]).await.json());
+    server.kill().await;
+}
+
 /// One log frame of segment `seq` (the format of `wal.rs`: length, crc32 of segment, length and
 /// payload, payload).
 fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {

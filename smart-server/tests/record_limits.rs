@@ -90,7 +90,12 @@ async fn a_message_beyond_max_extras_is_refused_whole_and_never_stored() {
 #[tokio::test]
 async fn a_record_that_would_outgrow_max_record_bytes_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (_child, addr) = spawn_binary_with(dir.path(), &[], &["--max-record-bytes", "20000"]).await;
+    let (_child, addr) = spawn_binary_with(
+        dir.path(),
+        &[],
+        &["--max-record-bytes", "20000", "--max-extra-bytes", "20000"],
+    )
+    .await;
     let mut dev = device(addr).await;
     let big = "x".repeat(12_000);
 

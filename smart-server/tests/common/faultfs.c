@@ -8,6 +8,7 @@
  *               it for real and reports that, so a write_all loop leaves torn bytes behind (all but the
  *               last byte of the batch) before it sees the error.
  *   eio_sync    fsync/fdatasync/sync_file_range fail with EIO (after doing nothing).
+ *   eio_once    the next fsync/fdatasync fails with EIO, and the mode switches itself off.
  *   block_sync  fsync/fdatasync block until the file is removed (then do the real sync).
  *   eio_trunc   ftruncate fails with EIO.
  *   emfile      open/openat/creat of a path under the directory fail with EMFILE.
@@ -156,6 +157,9 @@ static int sync_fault(int fd, const char *call) {
         nanosleep(&ts, NULL);
     }
     if (active("eio_sync")) { errno = EIO; return -1; }
+    char once[PATH_MAX + 32];
+    snprintf(once, sizeof once, "%s/eio_once", ctl);
+    if (syscall(SYS_unlinkat, AT_FDCWD, once, 0) == 0) { errno = EIO; return -1; }
     return 0;
 }
 

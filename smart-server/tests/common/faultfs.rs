@@ -57,6 +57,8 @@ pub enum Mode {
     EioSync,
     /// fsync/fdatasync block until switched off.
     BlockSync,
+    /// The next fsync/fdatasync fails with EIO; then the mode is off by itself.
+    EioOnce,
     /// ftruncate fails with EIO.
     EioTrunc,
     /// Opening a path under the directory fails with EMFILE.
@@ -69,6 +71,7 @@ impl Mode {
             Mode::Enospc => "enospc",
             Mode::EioSync => "eio_sync",
             Mode::BlockSync => "block_sync",
+            Mode::EioOnce => "eio_once",
             Mode::EioTrunc => "eio_trunc",
             Mode::Emfile => "emfile",
         }
