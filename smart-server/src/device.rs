@@ -5,7 +5,7 @@
 //! a bad frame therefore waits behind the OKs of earlier good frames, and nothing of the bad frame is
 //! applied.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 use tracing::{debug, info};
 
 use crate::acks::{Ack, AckQueue, AckTicket, Refusal};
-use crate::fleet::Slot;
+use crate::ingest::{Job, Write};
 use crate::liveness::{Due, Liveness, is_not_reading};
 use crate::metrics::{Metrics, RejectClass};
 use crate::server::Shared;
@@ -68,10 +68,9 @@ pub(crate) async fn session<S>(
     Metrics::inc(&metrics.device_connections);
     let mut state = Session {
         shared: &shared,
-        attached: HashMap::new(),
+        attached: HashSet::new(),
         acks: Arc::new(AckQueue::default()),
         submitted: 0,
-        scratch: Vec::new(),
     };
     let welcome = ServerMessage::Info(DEVICE_WELCOME.to_owned()).to_frame();
     let end = match ws.send(info_text(welcome)).await {
@@ -115,15 +114,13 @@ where
 
 struct Session<'a> {
     shared: &'a Shared,
-    /// Serials this connection has sent a valid message for (it keeps them online), with their
-    /// ingest slots; at most `--max-serials-per-connection`.
-    attached: HashMap<Serial, Arc<Slot>>,
+    /// Serials this connection has sent a valid message for (it keeps them online); at most
+    /// `--max-serials-per-connection`.
+    attached: HashSet<Serial>,
     /// Where the writer answers this connection's writes.
     acks: Arc<AckQueue>,
     /// Writes submitted so far (the ordinal of the latest).
     submitted: u64,
-    /// Serialization buffer for staged records.
-    scratch: Vec<u8>,
 }
 
 impl Session<'_> {
@@ -341,6 +338,19 @@ impl Session<'_> {
         };
         let shared = self.shared;
         let serial = &message.header.serial;
+        let attach = !self.attached.contains(serial);
+        let max_serials = shared.config.max_serials_per_connection;
+        if attach && self.attached.len() >= max_serials {
+            shared.metrics.reject(RejectClass::Serials);
+            info!(header = %message.header, max_serials, "device message rejected: too many serials on one connection");
+            let reply = ServerMessage::Error {
+                header: Some(message.header),
+                reason: format!(
+                    "this connection already carries {max_serials} serials (--max-serials-per-connection): send for more serials over another connection"
+                ),
+            };
+            return Reply::Ready(reply.to_frame().into());
+        }
         let limits = smart_proto::Limits {
             max_extras: shared.config.max_extras,
             max_extra_bytes: shared.config.max_extra_bytes,
@@ -352,54 +362,29 @@ impl Session<'_> {
             };
             return self.reject(&rejection);
         }
-        let (slot, attach) = if let Some(slot) = self.attached.get(serial) {
-            (Arc::clone(slot), false)
-        } else {
-            let max_serials = shared.config.max_serials_per_connection;
-            if self.attached.len() >= max_serials {
-                shared.metrics.reject(RejectClass::Serials);
-                info!(header = %message.header, max_serials, "device message rejected: too many serials on one connection");
-                let reply = ServerMessage::Error {
-                    header: Some(message.header),
-                    reason: format!(
-                        "this connection already carries {max_serials} serials (--max-serials-per-connection): send for more serials over another connection"
-                    ),
-                };
-                return Reply::Ready(reply.to_frame().into());
-            }
-            if let Err(e) = shared.fleet.admit(serial) {
-                shared.metrics.reject(RejectClass::Unregistered);
-                info!(header = %message.header, reason = %e, "device message rejected");
-                let reply = ServerMessage::Error {
-                    header: Some(message.header),
-                    reason: e.to_string(),
-                };
-                return Reply::Ready(reply.to_frame().into());
-            }
-            (shared.fleet.slot(serial), true)
-        };
-        let ordinal = self.submitted + 1;
-        let acks = &self.acks;
-        let staged = shared.ingest.stage(
-            &slot,
-            attach,
-            message.header.clone(),
-            &message.update,
-            now(),
-            &mut self.scratch,
-            || AckTicket::new(Arc::clone(acks), ordinal),
-        );
-        if let Err(refusal) = staged {
-            shared.metrics.reject(RejectClass::Limit);
-            info!(header = %message.header, reason = %refusal, "device message refused");
+        if let Err(e) = shared.fleet.admit(serial) {
+            shared.metrics.reject(RejectClass::Unregistered);
+            info!(header = %message.header, reason = %e, "device message rejected");
             let reply = ServerMessage::Error {
                 header: Some(message.header),
-                reason: refusal.to_string(),
+                reason: e.to_string(),
             };
             return Reply::Ready(reply.to_frame().into());
         }
+        let ordinal = self.submitted + 1;
+        let job = Job::Write(Box::new(Write {
+            header: message.header.clone(),
+            update: message.update,
+            now: now(),
+            ack: AckTicket::new(Arc::clone(&self.acks), ordinal),
+        }));
         if attach {
-            self.attached.insert(serial.clone(), slot);
+            // The first message of this connection for the serial: counted under the same lock
+            // that queues the device's "offline", so the two can never be queued swapped.
+            shared.fleet.attach(serial, || shared.ingest.submit(job));
+            self.attached.insert(serial.clone());
+        } else {
+            shared.ingest.submit(job);
         }
         self.submitted = ordinal;
         Reply::Waiting {
@@ -423,8 +408,13 @@ impl Session<'_> {
     /// The connection is over: it no longer keeps its devices online.
     fn detach_all(&mut self) {
         let shared = self.shared;
-        for (_, slot) in self.attached.drain() {
-            shared.ingest.detach(&slot, &mut self.scratch);
+        for serial in self.attached.drain() {
+            shared.fleet.detach(&serial, |last| {
+                if last {
+                    // Through the writer, so it is applied after this device's pending writes.
+                    shared.ingest.submit(Job::Offline(serial.clone()));
+                }
+            });
         }
     }
 }

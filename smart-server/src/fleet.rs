@@ -8,8 +8,8 @@
 //! read lock and evaluate it outside, so a costly query never holds up the writer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use smart_proto::{Query, Record, Serial};
 use thiserror::Error;
@@ -39,39 +39,12 @@ impl Entry {
     }
 }
 
-/// A device's place on the ingest path: what its queued writes build on. Sessions stage updates
-/// here (in parallel for different devices), the writer commits them ([`crate::ingest`]).
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub serial: Serial,
-    /// Bumped (under the lock) when a failed commit threw away what was staged: queued jobs of an
-    /// older generation were built on it and are refused.
-    pub generation: AtomicU64,
-    staging: Mutex<Staging>,
-}
-
-/// What the lock of a [`Slot`] protects.
-#[derive(Debug)]
-pub(crate) struct Staging {
-    /// The device as the writes queued so far leave it (`None`: not created yet).
-    pub entry: Option<Entry>,
-    /// Open connections that have sent a valid message for this serial (they keep it online).
-    pub connections: u32,
-}
-
-impl Slot {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Staging> {
-        // Staged entries are replaced whole: a panic elsewhere cannot leave a torn one.
-        self.staging.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 /// All devices, by serial.
 #[derive(Debug)]
 pub(crate) struct Fleet {
     devices: RwLock<BTreeMap<Serial, Entry>>,
-    /// The ingest slot of every device a connection has sent for.
-    slots: Mutex<HashMap<Serial, Arc<Slot>>>,
+    /// Open connections that have sent a valid message, per serial (they keep the device online).
+    connections: Mutex<HashMap<Serial, u32>>,
     online: AtomicUsize,
     owner: String,
     registration: Registration,
@@ -89,7 +62,7 @@ impl Fleet {
             .collect();
         Fleet {
             devices: RwLock::new(map),
-            slots: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
             online: AtomicUsize::new(0),
             owner,
             registration,
@@ -115,35 +88,53 @@ impl Fleet {
         }
     }
 
-    /// The ingest slot of `serial`, made on first use from the committed state.
-    pub(crate) fn slot(&self, serial: &Serial) -> Arc<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = slots.entry(serial.clone()).or_insert_with(|| {
-            Arc::new(Slot {
-                serial: serial.clone(),
-                generation: AtomicU64::new(0),
-                staging: Mutex::new(Staging {
-                    entry: self.committed(serial),
-                    connections: 0,
-                }),
-            })
-        });
-        Arc::clone(slot)
+    /// A connection sends its first valid message for `serial`: count it, and run `then` (which
+    /// queues that message) under the same lock as [`Fleet::detach`], so that a device's
+    /// "offline" can never be queued after a newer connection's write.
+    pub(crate) fn attach<T>(&self, serial: &Serial, then: impl FnOnce() -> T) -> T {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *connections.entry(serial.clone()).or_insert(0) += 1;
+        then()
     }
 
-    /// The committed state of `serial`.
-    pub(crate) fn committed(&self, serial: &Serial) -> Option<Entry> {
-        self.read().get(serial).cloned()
+    /// A connection that had sent for `serial` closed. `then` runs under the lock with whether that
+    /// was the device's last connection (it goes offline).
+    pub(crate) fn detach<T>(&self, serial: &Serial, then: impl FnOnce(bool) -> T) -> T {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let last = match connections.get_mut(serial) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                connections.remove(serial);
+                true
+            }
+            None => false,
+        };
+        then(last)
     }
 
-    /// Make committed states visible (the writer thread, after the commit that stored them).
-    pub(crate) fn publish(&self, entries: impl IntoIterator<Item = (Serial, Entry)>) {
+    /// Make committed states visible (the writer thread, after the commit that stored them). The
+    /// replaced entries go to `retired`, for the caller to drop outside the lock and after the acks
+    /// (freeing a record costs more than replacing it).
+    pub(crate) fn publish(
+        &self,
+        entries: impl IntoIterator<Item = (Serial, Entry)>,
+        retired: &mut Vec<Entry>,
+    ) {
         let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
         for (serial, entry) in entries {
             let now_online = entry.record.online;
-            let was_online = devices
-                .insert(serial, entry)
-                .is_some_and(|old| old.record.online);
+            let old = devices.insert(serial, entry);
+            let was_online = old.as_ref().is_some_and(|old| old.record.online);
+            retired.extend(old);
             match (was_online, now_online) {
                 (false, true) => {
                     self.online.fetch_add(1, Ordering::Relaxed);
@@ -212,6 +203,11 @@ impl Records<'_> {
     /// One record.
     pub(crate) fn get(&self, serial: &Serial) -> Option<&Record> {
         self.devices.get(serial).map(|d| &*d.record)
+    }
+
+    /// One device's entry (record and JSON).
+    pub(crate) fn entry(&self, serial: &Serial) -> Option<&Entry> {
+        self.devices.get(serial)
     }
 }
 
@@ -286,7 +282,7 @@ mod tests {
             let mut record = Record::new(serial.clone(), "EET", now);
             record.apply(&update(body, &serial), now);
             record.online = true;
-            fleet.publish([(serial, Entry::new(record))]);
+            fleet.publish([(serial, Entry::new(record))], &mut Vec::new());
         }
         fleet
     }
@@ -322,9 +318,12 @@ mod tests {
         let fleet = fleet();
         assert_eq!(fleet.online(), 3);
         let serial = Serial::new("0001").unwrap();
-        let mut record = (*fleet.committed(&serial).unwrap().record).clone();
+        let mut record = (*fleet
+            .with_records(|r| r.entry(&serial).unwrap().clone())
+            .record)
+            .clone();
         record.online = false;
-        fleet.publish([(serial.clone(), Entry::new(record))]);
+        fleet.publish([(serial.clone(), Entry::new(record))], &mut Vec::new());
         assert_eq!(fleet.online(), 2);
         let json = fleet.device_json("0001").unwrap();
         assert!(!Record::from_json(&json).unwrap().online);
@@ -332,23 +331,14 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_starts_from_the_committed_state_and_is_shared() {
+    fn the_last_connection_of_a_serial_detaches_it() {
         let fleet = fleet();
         let serial = Serial::new("0001").unwrap();
-        let slot = fleet.slot(&serial);
-        let staged = slot.lock().entry.clone().unwrap();
-        assert!(Arc::ptr_eq(
-            &staged.json,
-            &fleet.committed(&serial).unwrap().json
-        ));
-        assert!(Arc::ptr_eq(&slot, &fleet.slot(&serial)));
-        assert!(
-            fleet
-                .slot(&Serial::new("0009").unwrap())
-                .lock()
-                .entry
-                .is_none()
-        );
+        fleet.attach(&serial, || ());
+        fleet.attach(&serial, || ());
+        assert!(!fleet.detach(&serial, |last| last));
+        assert!(fleet.detach(&serial, |last| last));
+        assert!(!fleet.detach(&serial, |last| last), "already detached");
     }
 
     #[test]

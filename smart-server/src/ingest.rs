@@ -1,23 +1,19 @@
-//! The ingest rule, in one place: device updates are staged on copies, made durable by one writer
-//! thread in the order they were queued, and only then made visible.
+//! The ingest rule, in one place: device updates are applied, made durable and made visible by one
+//! writer thread, in the order they were queued.
 //!
-//! 1. A device session stages each update on the device's [`Slot`] ([`Ingest::stage`]): under the
-//!    slot's lock it applies the update to a copy of the record the earlier queued writes of that
-//!    device left, checks the record limits, serializes, and queues the result. Sessions of different
-//!    devices do this in parallel; nothing of it is visible yet.
-//! 2. The writer takes everything waiting, appends the final record of every device the batch
-//!    wrote to the log and syncs once ([`Log::commit`]).
-//! 3. Only if that succeeded, it makes the new records visible in the [`Fleet`], answers the acks,
-//!    and hands the changes to the dashboards ([`Hub::publish`]).
+//! Device sessions parse a frame and queue a [`Job::Write`] (the parsed update, not a new record).
+//! The writer takes everything waiting and, for the whole batch:
+//! 1. applies each update to a copy of the device's committed record (or of the record an earlier
+//!    job of the same batch produced), refusing any whose result breaks the record limits;
+//! 2. appends the final record of every device it changed to the log and syncs once ([`Log::commit`]);
+//! 3. only if that succeeded, makes the new records visible in the [`Fleet`], then answers the acks,
+//!    then hands the changes to the dashboards ([`Hub::publish`]).
 //!
 //! If the commit fails, every write of the batch is answered with ERROR and nothing of it is visible
-//! anywhere: not in the fleet, the HTTP API, dashboards, nor in a later write of the same device. The
-//! writer resets each slot of the batch to the committed record and bumps its generation, so jobs
-//! already queued on top of the failed state are refused too (ERROR, nothing stored), and new ones
-//! start again from the committed record. PROTOCOL.md §5: an ERROR stores nothing.
+//! anywhere: not in the fleet, the HTTP API, dashboards, nor in a later write of the same device
+//! (which starts again from the committed record). PROTOCOL.md §5: an ERROR stores nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
@@ -26,8 +22,8 @@ use smart_proto::{Header, Record, Serial, Timestamp, Update};
 use tokio::sync::mpsc;
 use tracing::{debug, error};
 
-use crate::acks::{AckTicket, Refusal};
-use crate::fleet::{Entry, Fleet, Slot};
+use crate::acks::{Ack, AckTicket, Refusal};
+use crate::fleet::{Entry, Fleet};
 use crate::hub::{Change, Hub};
 use crate::metrics::Metrics;
 use crate::store::{Log, Store, StoreError};
@@ -45,22 +41,15 @@ pub(crate) struct RecordLimits {
     pub max_extras: usize,
 }
 
-/// One staged device message, to store.
+/// One device message to apply and store.
 #[derive(Debug)]
 pub(crate) struct Write {
     /// The message's `MID:SERIAL:`.
     pub header: Header,
-    /// The device's slot, and the generation the write was staged in.
-    pub slot: Arc<Slot>,
-    pub generation: u64,
-    /// The record after this write, and its JSON.
-    pub entry: Entry,
-    /// Changed fields plus `last_status_update` (the UPDT body for dashboards).
-    pub changed: Map<String, Value>,
-    /// The device did not exist before.
-    pub created: bool,
-    /// The device was offline before.
-    pub came_online: bool,
+    /// Its normalized, typed fields.
+    pub update: Update,
+    /// When it arrived (`last_status_update`, and `manufacturing_date` of a new device).
+    pub now: Timestamp,
     /// Answered once the write is durable and visible, or refused; a dropped ticket answers ERROR.
     pub ack: AckTicket,
 }
@@ -68,15 +57,11 @@ pub(crate) struct Write {
 /// What the writer thread does, in channel order.
 #[derive(Debug)]
 pub(crate) enum Job {
-    /// Store one staged device message.
+    /// Apply and store one device message.
     Write(Box<Write>),
     /// The device's last connection closed: it goes offline (shown, not stored: every device is
     /// offline after a restart anyway).
-    Offline {
-        slot: Arc<Slot>,
-        generation: u64,
-        entry: Entry,
-    },
+    Offline(Serial),
     /// Finish what is queued, checkpoint and exit.
     Stop,
 }
@@ -86,8 +71,6 @@ pub(crate) enum Job {
 pub(crate) struct Ingest {
     tx: mpsc::UnboundedSender<Job>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
-    limits: RecordLimits,
-    fleet: Arc<Fleet>,
 }
 
 impl Ingest {
@@ -102,10 +85,11 @@ impl Ingest {
         let log = Log::start(store, Arc::clone(metrics))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
-            fleet: Arc::clone(&fleet),
+            fleet,
             hub,
             log,
-            finals: HashMap::new(),
+            limits,
+            staged: HashMap::new(),
             verdicts: Vec::new(),
             scratch: Vec::new(),
         };
@@ -115,91 +99,7 @@ impl Ingest {
         Ok(Ingest {
             tx,
             thread: Mutex::new(Some(thread)),
-            limits,
-            fleet,
         })
-    }
-
-    /// Stage `update` for the device of `slot` and queue it: applied to a copy of what the device's
-    /// queued writes leave, checked against the record limits, serialized. `attach` counts this
-    /// connection for the device (its first message for it). `ack` makes the ticket, only once the
-    /// write is queued. A refusal queues nothing and changes nothing.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn stage(
-        &self,
-        slot: &Arc<Slot>,
-        attach: bool,
-        header: Header,
-        update: &Update,
-        now: Timestamp,
-        scratch: &mut Vec<u8>,
-        ack: impl FnOnce() -> AckTicket,
-    ) -> Result<(), Refusal> {
-        let mut staging = slot.lock();
-        let (mut record, created) = match &staging.entry {
-            Some(entry) => ((*entry.record).clone(), false),
-            None => (
-                Record::new(slot.serial.clone(), self.fleet.owner(), now),
-                true,
-            ),
-        };
-        let was_online = !created && record.online;
-        let changed = record.apply(update, now);
-        // A device that sends is online: its connection is attached.
-        record.online = true;
-        if record.extra.len() > self.limits.max_extras {
-            return Err(Refusal::TooManyExtras {
-                count: record.extra.len(),
-                max: self.limits.max_extras,
-            });
-        }
-        let json = serialize(&record, scratch);
-        if json.len() > self.limits.max_bytes {
-            return Err(Refusal::RecordTooLarge {
-                bytes: json.len(),
-                max: self.limits.max_bytes,
-            });
-        }
-        if attach {
-            staging.connections += 1;
-        }
-        let entry = Entry {
-            record: Arc::new(record),
-            json,
-        };
-        staging.entry = Some(entry.clone());
-        // Queued under the slot's lock: the writer sees one device's writes in staging order.
-        self.submit(Job::Write(Box::new(Write {
-            header,
-            slot: Arc::clone(slot),
-            generation: slot.generation.load(Ordering::Acquire),
-            entry,
-            changed,
-            created,
-            came_online: !was_online,
-            ack: ack(),
-        })));
-        Ok(())
-    }
-
-    /// A connection that had sent for the device of `slot` closed; if it was the last, the device
-    /// goes offline (queued after its pending writes).
-    pub(crate) fn detach(&self, slot: &Arc<Slot>, scratch: &mut Vec<u8>) {
-        let mut staging = slot.lock();
-        staging.connections = staging.connections.saturating_sub(1);
-        if staging.connections > 0 {
-            return;
-        }
-        let Some(online) = staging.entry.as_ref().filter(|e| e.record.online) else {
-            return;
-        };
-        let entry = offline(online, scratch);
-        staging.entry = Some(entry.clone());
-        self.submit(Job::Offline {
-            slot: Arc::clone(slot),
-            generation: slot.generation.load(Ordering::Acquire),
-            entry,
-        });
     }
 
     /// Queue a job. Never blocks (the bound is upstream: each connection may only have
@@ -229,12 +129,29 @@ impl Ingest {
     }
 }
 
+/// A device's state as this batch leaves it (not visible until the commit succeeded).
+struct Staged {
+    entry: Entry,
+    /// A write of this batch changed it (so it goes to the log).
+    written: bool,
+}
+
 /// What became of one job of the batch.
 enum Verdict {
-    /// Stored if the commit succeeds.
-    Write(Box<Write>),
-    /// Staged on a state a failed commit threw away: refused.
-    Stale(AckTicket),
+    /// Applied; stored if the commit succeeds.
+    Write {
+        /// `None` once answered.
+        ack: Option<AckTicket>,
+        header: Header,
+        /// The record after this write (the full body for a device dashboards have not seen).
+        record: Arc<Record>,
+        /// Changed fields plus `last_status_update`.
+        changed: Map<String, Value>,
+        created: bool,
+        came_online: bool,
+    },
+    /// Refused on its own (a record limit); the rest of the batch goes on.
+    Refused(Option<AckTicket>, Refusal),
     /// The device went offline.
     Offline(Serial),
 }
@@ -244,9 +161,9 @@ struct Writer {
     fleet: Arc<Fleet>,
     hub: Arc<Hub>,
     log: Log,
-    /// Per batch, reused: the final state of every device it touched (and whether a write of the
-    /// batch changed it, so it goes to the log), and what became of each job.
-    finals: HashMap<Serial, (Arc<Slot>, Entry, bool)>,
+    limits: RecordLimits,
+    /// Per batch, reused: the devices it touched, and what became of each job.
+    staged: HashMap<Serial, Staged>,
     verdicts: Vec<Verdict>,
     /// Serialization buffer.
     scratch: Vec<u8>,
@@ -281,79 +198,77 @@ impl Writer {
         debug!("store writer stopped");
     }
 
-    /// Commit, publish and answer one batch. Returns whether a [`Job::Stop`] was in it.
+    /// Apply, commit, publish and answer one batch. Returns whether a [`Job::Stop`] was in it.
     fn process(&mut self, batch: &mut Vec<Job>) -> bool {
-        let mut stopping = false;
-        for job in batch.drain(..) {
-            match job {
-                Job::Write(write) => {
-                    if write.generation != write.slot.generation.load(Ordering::Acquire) {
-                        self.verdicts.push(Verdict::Stale(write.ack));
-                        continue;
-                    }
-                    let serial = write.slot.serial.clone();
-                    let slot = Arc::clone(&write.slot);
-                    self.finals
-                        .insert(serial, (slot, write.entry.clone(), true));
-                    self.verdicts.push(Verdict::Write(write));
-                }
-                Job::Offline {
-                    slot,
-                    generation,
-                    entry,
-                } => {
-                    if generation != slot.generation.load(Ordering::Acquire) {
-                        continue;
-                    }
-                    let serial = slot.serial.clone();
-                    let written = self.finals.get(&serial).is_some_and(|f| f.2);
-                    self.finals.insert(serial.clone(), (slot, entry, written));
-                    self.verdicts.push(Verdict::Offline(serial));
-                }
-                Job::Stop => stopping = true,
-            }
-        }
+        let stopping = self.stage(batch);
         let committed = self
             .log
             .commit(
-                self.finals
+                self.staged
                     .iter()
-                    .filter(|(_, f)| f.2)
-                    .map(|(serial, f)| (serial, &f.1.json)),
+                    .filter(|(_, s)| s.written)
+                    .map(|(serial, s)| (serial, &s.entry.json)),
             )
             .is_ok();
-        let listening = self.hub.has_listeners();
-        let mut changes = Vec::new();
+        let mut retired = Vec::new();
         if committed {
             self.fleet.publish(
-                self.finals
+                self.staged
                     .drain()
-                    .map(|(serial, (_, entry, _))| (serial, entry)),
+                    .map(|(serial, staged)| (serial, staged.entry)),
+                &mut retired,
             );
         } else {
-            self.reset_failed(listening, &mut changes);
+            // Nothing of the batch becomes visible; the offline marks still hold, on the
+            // committed records.
+            self.staged.clear();
+            let offline: Vec<(Serial, Entry)> = self.fleet.with_records(|records| {
+                self.verdicts
+                    .iter()
+                    .filter_map(|v| match v {
+                        Verdict::Offline(serial) => records
+                            .entry(serial)
+                            .filter(|e| e.record.online)
+                            .map(|e| (serial.clone(), e)),
+                        _ => None,
+                    })
+                    .map(|(serial, e)| {
+                        let mut record = (*e.record).clone();
+                        record.online = false;
+                        (serial, Entry::new(record))
+                    })
+                    .collect()
+            });
+            self.fleet.publish(offline, &mut retired);
         }
+        // Acks first: devices wait for them; framing for dashboards and freeing can wait.
+        for verdict in &mut self.verdicts {
+            let (ack, result): (_, Ack) = match verdict {
+                Verdict::Write { ack, .. } if committed => (ack, Ok(())),
+                Verdict::Write { ack, .. } => (ack, Err(Refusal::Store)),
+                Verdict::Refused(ack, refusal) => (ack, Err(refusal.clone())),
+                Verdict::Offline(_) => continue,
+            };
+            // The session may be gone (peer closed): the write is durable all the same.
+            if let Some(ack) = ack.take() {
+                ack.answer(result);
+            }
+        }
+        let listening = self.hub.has_listeners();
+        let mut changes = Vec::new();
         for verdict in self.verdicts.drain(..) {
             match verdict {
-                Verdict::Write(write) => {
-                    let Write {
-                        header,
-                        entry,
-                        changed,
-                        created,
-                        came_online,
-                        ack,
-                        ..
-                    } = *write;
-                    if !committed {
-                        ack.answer(Err(Refusal::Store));
-                        continue;
-                    }
-                    // The session may be gone (peer closed): the write is durable all the same.
-                    ack.answer(Ok(()));
-                    if listening {
+                Verdict::Write {
+                    header,
+                    record,
+                    changed,
+                    created,
+                    came_online,
+                    ..
+                } => {
+                    if committed && listening {
                         if created {
-                            changes.push(Arc::new(Change::new(header, entry.record.to_map())));
+                            changes.push(Arc::new(Change::new(header, record.to_map())));
                         } else {
                             if came_online {
                                 let serial = header.serial.clone();
@@ -363,51 +278,114 @@ impl Writer {
                         }
                     }
                 }
-                Verdict::Stale(ack) => ack.answer(Err(Refusal::Store)),
+                Verdict::Refused(..) => {}
                 Verdict::Offline(serial) => {
-                    if committed && listening {
+                    if listening {
                         changes.push(Arc::new(Change::online(serial, false)));
                     }
                 }
             }
         }
         self.hub.publish(&changes);
+        drop(retired);
         stopping
     }
 
-    /// The commit failed: every device of the batch starts again from its committed record, in a
-    /// new generation (what was queued on top of the failed state is refused when it comes). A
-    /// device whose connections are all gone is shown offline.
-    fn reset_failed(&mut self, listening: bool, changes: &mut Vec<Arc<Change>>) {
-        let mut offline = Vec::new();
-        for (serial, (slot, _, _)) in self.finals.drain() {
-            let mut staging = slot.lock();
-            slot.generation.fetch_add(1, Ordering::AcqRel);
-            let mut committed = self.fleet.committed(&serial);
-            if staging.connections == 0
-                && let Some(online) = committed.as_ref().filter(|e| e.record.online)
-            {
-                let entry = self::offline(online, &mut self.scratch);
-                committed = Some(entry.clone());
-                offline.push((serial.clone(), entry));
-                if listening {
-                    changes.push(Arc::new(Change::online(serial, false)));
+    /// Apply every job of `batch` to staged copies, recording a verdict per job. Returns whether a
+    /// [`Job::Stop`] was in it.
+    fn stage(&mut self, batch: &mut Vec<Job>) -> bool {
+        let Writer {
+            fleet,
+            limits,
+            staged,
+            verdicts,
+            scratch,
+            ..
+        } = self;
+        let mut stopping = false;
+        fleet.with_records(|records| {
+            for job in batch.drain(..) {
+                match job {
+                    Job::Write(write) => {
+                        let Write {
+                            header,
+                            update,
+                            now,
+                            ack,
+                        } = *write;
+                        let base = match staged.get(&header.serial) {
+                            Some(s) => Some(&s.entry),
+                            None => records.entry(&header.serial),
+                        };
+                        let (mut record, created) = match base {
+                            Some(entry) => ((*entry.record).clone(), false),
+                            None => (Record::new(header.serial.clone(), fleet.owner(), now), true),
+                        };
+                        let was_online = record.online && !created;
+                        let changed = record.apply(&update, now);
+                        // A device that sends is online: its connection is attached.
+                        record.online = true;
+                        if record.extra.len() > limits.max_extras {
+                            let refusal = Refusal::TooManyExtras {
+                                count: record.extra.len(),
+                                max: limits.max_extras,
+                            };
+                            verdicts.push(Verdict::Refused(Some(ack), refusal));
+                            continue;
+                        }
+                        let json = serialize(&record, scratch);
+                        if json.len() > limits.max_bytes {
+                            let refusal = Refusal::RecordTooLarge {
+                                bytes: json.len(),
+                                max: limits.max_bytes,
+                            };
+                            verdicts.push(Verdict::Refused(Some(ack), refusal));
+                            continue;
+                        }
+                        let record = Arc::new(record);
+                        let entry = Entry {
+                            record: Arc::clone(&record),
+                            json,
+                        };
+                        staged.insert(
+                            header.serial.clone(),
+                            Staged {
+                                entry,
+                                written: true,
+                            },
+                        );
+                        verdicts.push(Verdict::Write {
+                            ack: Some(ack),
+                            header,
+                            record,
+                            changed,
+                            created,
+                            came_online: !was_online,
+                        });
+                    }
+                    Job::Offline(serial) => {
+                        let (base, written) = match staged.get(&serial) {
+                            Some(s) => (Some(&s.entry), s.written),
+                            None => (records.entry(&serial), false),
+                        };
+                        let Some(base) = base.filter(|e| e.record.online) else {
+                            continue;
+                        };
+                        let mut record = (*base.record).clone();
+                        record.online = false;
+                        let json = serialize(&record, scratch);
+                        let entry = Entry {
+                            record: Arc::new(record),
+                            json,
+                        };
+                        staged.insert(serial.clone(), Staged { entry, written });
+                        verdicts.push(Verdict::Offline(serial));
+                    }
+                    Job::Stop => stopping = true,
                 }
             }
-            staging.entry = committed;
-        }
-        self.fleet.publish(offline);
-    }
-}
-
-/// `entry` with `online: false`.
-fn offline(entry: &Entry, scratch: &mut Vec<u8>) -> Entry {
-    let mut record = (*entry.record).clone();
-    record.online = false;
-    let json = serialize(&record, scratch);
-    Entry {
-        record: Arc::new(record),
-        json,
+        });
+        stopping
     }
 }
 
