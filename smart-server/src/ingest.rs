@@ -241,7 +241,38 @@ impl Writer {
             });
             self.fleet.publish(offline, &mut retired);
         }
-        // Acks first: devices wait for them; framing for dashboards and freeing can wait.
+        // Dashboards get the batch before its acks leave, so a dashboard that connects after an OK
+        // never gets a change older than its snapshot. (Without dashboards this costs nothing.)
+        let listening = self.hub.has_listeners();
+        let mut changes = Vec::new();
+        for verdict in &mut self.verdicts {
+            match verdict {
+                Verdict::Write {
+                    header,
+                    record,
+                    changed,
+                    created,
+                    came_online,
+                    ..
+                } if committed && listening => {
+                    let changed = std::mem::take(changed);
+                    if *created {
+                        changes.push(Arc::new(Change::new(header.clone(), record.to_map())));
+                    } else {
+                        if *came_online {
+                            let serial = header.serial.clone();
+                            changes.push(Arc::new(Change::online(serial, true)));
+                        }
+                        changes.push(Arc::new(Change::new(header.clone(), changed)));
+                    }
+                }
+                Verdict::Offline(serial) if listening => {
+                    changes.push(Arc::new(Change::online(serial.clone(), false)));
+                }
+                _ => {}
+            }
+        }
+        self.hub.publish(&changes);
         for verdict in &mut self.verdicts {
             let (ack, result): (_, Ack) = match verdict {
                 Verdict::Write { ack, .. } if committed => (ack, Ok(())),
@@ -254,39 +285,8 @@ impl Writer {
                 ack.answer(result);
             }
         }
-        let listening = self.hub.has_listeners();
-        let mut changes = Vec::new();
-        for verdict in self.verdicts.drain(..) {
-            match verdict {
-                Verdict::Write {
-                    header,
-                    record,
-                    changed,
-                    created,
-                    came_online,
-                    ..
-                } => {
-                    if committed && listening {
-                        if created {
-                            changes.push(Arc::new(Change::new(header, record.to_map())));
-                        } else {
-                            if came_online {
-                                let serial = header.serial.clone();
-                                changes.push(Arc::new(Change::online(serial, true)));
-                            }
-                            changes.push(Arc::new(Change::new(header, changed)));
-                        }
-                    }
-                }
-                Verdict::Refused(..) => {}
-                Verdict::Offline(serial) => {
-                    if listening {
-                        changes.push(Arc::new(Change::online(serial, false)));
-                    }
-                }
-            }
-        }
-        self.hub.publish(&changes);
+        // Freeing the batch's parsed updates and replaced records waits until the acks are out.
+        self.verdicts.clear();
         drop(retired);
         stopping
     }

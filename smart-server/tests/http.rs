@@ -198,7 +198,12 @@ async fn healthz_and_metrics_move() {
     assert_eq!(metric(&after, "smart_devices_online"), 1);
     let flushes = metric(&after, "smart_store_flushes_total");
     assert!((1..=3).contains(&flushes), "{flushes}");
-    assert_eq!(metric(&after, "smart_store_writes_total"), 3);
+    // One record per device per group commit: updates of one device in one batch are written once.
+    let writes = metric(&after, "smart_store_writes_total");
+    assert!(
+        (flushes..=3).contains(&writes),
+        "{writes} records in {flushes} commits"
+    );
     assert!(
         metric(&after, "smart_dashboard_frames_total") >= 4,
         "welcome, INIT and UPDTs\n{after}"
