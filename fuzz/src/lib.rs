@@ -9,12 +9,12 @@ use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 use serde_json::Value;
+use smart_proto::limits::check_safe_integers;
 use smart_proto::{
     DeviceMessage, Error, Header, Kind, Payload, Query, Record, Rejection, Serial, ServerMessage,
     Timestamp, Update, normalize, parse_body, parse_device_message, parse_envelope,
     parse_server_message, write_init,
 };
-use smart_proto::limits::check_safe_integers;
 
 /// `2024-03-11T00:43:33.256667Z`, the seed's `manufacturing_date`.
 const FIRST_SEEN: i64 = 1_710_117_813_256_667;
