@@ -7,6 +7,9 @@
 //! meantime are merged), counts OK and ERROR replies, and after a lost connection reconnects with
 //! exponential backoff and sends again every field the server has not acked — also after the end of the
 //! run, for up to `--drain-seconds`, so that a run ends with the server holding each device's last values.
+//! An ERROR is final (its fields are dropped: the server would refuse them again), except the store's
+//! transient refusal (`not stored: the store failed …`, a failed disk write): those fields stay pending
+//! and go out again after a backoff of 0.2 s doubling to 2 s, until acked (`retried_not_stored`).
 //!
 //! ```text
 //! cargo run --release --example solmate_sim -- --url ws://127.0.0.1:8000 --devices 1000 --seconds 60
@@ -141,6 +144,8 @@ struct Counters {
     connected_now: AtomicU64,
     ever_connected: AtomicU64,
     unsent_fields: AtomicU64,
+    /// ERROR replies of a failed store write, whose fields were kept and sent again.
+    retried_not_stored: AtomicU64,
 }
 
 impl Counters {
@@ -186,6 +191,11 @@ impl Run {
     }
 }
 
+/// How the server's reason of a transient refusal starts (`Refusal::Store` in smart-server's
+/// `acks.rs`): its disk write failed, nothing of the message is stored, and the same write succeeds
+/// once the store recovers (without a restart). Every other refusal is permanent.
+const STORE_FAILED: &str = "not stored: the store failed";
+
 /// A message waiting for its ack, and the versions of the fields it carries.
 #[derive(Debug)]
 struct InFlight {
@@ -214,6 +224,10 @@ struct Device {
     version: u64,
     /// The first message (INIT or full UPDT) has been answered.
     announced: bool,
+    /// After a transient refusal by the store: the pending fields go out again no earlier than this.
+    retry_at: Option<Instant>,
+    /// Transient refusals in a row, for the backoff.
+    store_refusals: u32,
     phases: [f64; DYNAMIC.len()],
     rng: StdRng,
 }
@@ -252,6 +266,8 @@ impl Device {
             dirty,
             version: 0,
             announced: false,
+            retry_at: None,
+            store_refusals: 0,
             phases,
             rng,
         }
@@ -485,9 +501,18 @@ impl Device {
         loop {
             let now = Instant::now();
             let running = now < run.deadline;
+            // After a transient refusal the pending fields wait for the end of the backoff; past the
+            // drain window the device gives up (what is still pending counts as unsent).
+            let backoff = self.retry_at.filter(|&at| at > now);
+            if in_flight.is_none() && backoff.is_some() && now >= run.drain_deadline {
+                let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
+                return SessionEnd::Done;
+            }
             // Past the deadline values no longer change: this sends at most one last message with
-            // what is still pending, so a run ends with everything acked.
-            if in_flight.is_none() && self.pending() {
+            // what is still pending (again after a transient refusal), so a run ends with everything
+            // acked.
+            if in_flight.is_none() && backoff.is_none() && self.pending() {
+                self.retry_at = None;
                 let (frame, flight) = match self.next_message(run) {
                     Ok(message) => message,
                     Err(err) => {
@@ -504,7 +529,7 @@ impl Device {
                 Counters::bump(&run.counters.sent);
                 in_flight = Some(flight);
             }
-            if !running && in_flight.is_none() {
+            if !running && in_flight.is_none() && backoff.is_none() {
                 let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
                 return SessionEnd::Done;
             }
@@ -517,6 +542,7 @@ impl Device {
                     *next_change = Instant::now() + self.interval(run);
                 }
                 () = sleep_until(run.deadline), if running && in_flight.is_none() => {}
+                () = sleep_until(backoff.unwrap_or(now).min(run.drain_deadline)), if backoff.is_some() => {}
                 () = sleep_until(ack_deadline), if in_flight.is_some() => {
                     Counters::bump(&run.counters.ack_timeouts);
                     run.note_error(format!("{}: no ack within {:?}", self.serial, run.ack_timeout));
@@ -545,6 +571,25 @@ impl Device {
                     .unwrap_or_else(PoisonError::into_inner)
                     .record(micros);
                 self.settle(&flight);
+                self.store_refusals = 0;
+            }
+            (
+                Ok(ServerMessage::Error {
+                    header: Some(header),
+                    reason,
+                }),
+                Some(flight),
+            ) if matches(&header, &flight) && reason.starts_with(STORE_FAILED) => {
+                // Nothing was stored, and the store recovers: the fields stay pending (a first message
+                // stays unannounced) and go out again, with newer changes, after the backoff.
+                Counters::bump(&run.counters.retried_not_stored);
+                tracing::debug!("{}: ERROR {reason}; sending again", self.serial);
+                let backoff = Duration::from_millis(200)
+                    .saturating_mul(1 << self.store_refusals.min(4))
+                    .min(Duration::from_secs(2));
+                self.store_refusals += 1;
+                let jitter = self.rng.random_range(0.75..1.25);
+                self.retry_at = Some(Instant::now() + backoff.mul_f64(jitter));
             }
             (
                 Ok(ServerMessage::Error {
@@ -553,7 +598,8 @@ impl Device {
                 }),
                 Some(flight),
             ) if matches(&header, &flight) => {
-                // The server will refuse the same values again: count them and move on.
+                // A permanent refusal: the server will refuse the same values again; count them and
+                // move on.
                 Counters::bump(&run.counters.errors);
                 run.note_error(format!("{}: ERROR {reason}", self.serial));
                 self.settle(&flight);
@@ -681,6 +727,7 @@ async fn simulate(args: Args) -> Result<()> {
     let errors = Counters::get(&counters.errors);
     let unexpected = Counters::get(&counters.unexpected);
     let lost = Counters::get(&counters.lost_in_flight);
+    let retried = Counters::get(&counters.retried_not_stored);
     let mut summary = json!({
         "devices": args.devices,
         "seconds": common::round(elapsed, 2),
@@ -692,7 +739,9 @@ async fn simulate(args: Args) -> Result<()> {
         // A message whose connection broke before its answer is lost, not unacked: its fields went out
         // again (or count in `unsent_fields`). Unacked are the messages still waiting at the end.
         "lost_in_flight": lost,
-        "unacked": sent.saturating_sub(acked + errors + lost),
+        "unacked": sent.saturating_sub(acked + errors + retried + lost),
+        // Transient refusals of the store (ERROR `not stored: the store failed …`): sent again.
+        "retried_not_stored": retried,
         "unsent_fields": Counters::get(&counters.unsent_fields),
         "reconnects": Counters::get(&counters.reconnects),
         "connect_failures": Counters::get(&counters.connect_failures),
@@ -731,6 +780,10 @@ fn print_summary(s: &Value) {
     println!(
         "  messages    {} sent, {} acked ({} acks/s), {} errors, {} unexpected replies, {} unacked",
         s["sent"], s["acked"], s["acks_per_s"], s["errors"], s["unexpected"], s["unacked"]
+    );
+    println!(
+        "  store       {} messages refused while the server's store failed (sent again)",
+        s["retried_not_stored"]
     );
     println!(
         "  ack latency p50 {} ms, p99 {} ms, max {} ms",

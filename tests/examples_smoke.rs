@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -23,6 +24,8 @@ use tokio::task::JoinHandle;
 
 #[path = "../examples/common/mod.rs"]
 mod common;
+#[path = "../smart-server/tests/common/faultfs.rs"]
+mod faultfs;
 
 /// A server running in this process until dropped or stopped.
 struct TestServer {
@@ -183,10 +186,16 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Start on `listen` (port 0: any free port); the address comes from its first stdout line.
-    async fn spawn(data_dir: &Path, listen: SocketAddr) -> Result<ServerProcess, String> {
+    /// Start on `listen` (port 0: any free port) with `env` added to its environment; the address
+    /// comes from its first stdout line.
+    async fn spawn(
+        data_dir: &Path,
+        listen: SocketAddr,
+        env: &[(&str, OsString)],
+    ) -> Result<ServerProcess, String> {
         use tokio::io::AsyncBufReadExt;
         let mut child = tokio::process::Command::new(server_binary())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("--listen")
             .arg(listen.to_string())
             .arg("--data-dir")
@@ -215,7 +224,7 @@ impl ServerProcess {
     }
 
     async fn start(data_dir: &Path) -> ServerProcess {
-        Self::spawn(data_dir, SocketAddr::from(([127, 0, 0, 1], 0)))
+        Self::spawn(data_dir, SocketAddr::from(([127, 0, 0, 1], 0)), &[])
             .await
             .unwrap()
     }
@@ -224,7 +233,7 @@ impl ServerProcess {
     async fn restart(data_dir: &Path, addr: SocketAddr) -> ServerProcess {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            match Self::spawn(data_dir, addr).await {
+            match Self::spawn(data_dir, addr, &[]).await {
                 Ok(server) => return server,
                 Err(e) if tokio::time::Instant::now() > deadline => {
                     panic!("restart on {addr}: {e}")
@@ -469,14 +478,16 @@ async fn simulator_resends_every_unacked_field_after_the_server_is_killed() {
     assert_eq!(summary["unacked"], 0, "{summary}");
     assert_eq!(summary["unsent_fields"], 0, "{summary}");
 
-    // What each device last set is what the server holds.
+    assert_final_values_stored(server.addr, &summary, &expected_serials(1..=8)).await;
+    server.kill().await;
+}
+
+/// What each device of a `--final-values` summary last set is what the server holds.
+async fn assert_final_values_stored(addr: SocketAddr, summary: &Value, serials: &BTreeSet<String>) {
     let finals = summary["final_values"].as_object().unwrap();
-    assert_eq!(
-        finals.keys().cloned().collect::<BTreeSet<_>>(),
-        expected_serials(1..=8)
-    );
+    assert_eq!(&finals.keys().cloned().collect::<BTreeSet<_>>(), serials);
     for (serial, fields) in finals {
-        let record = get_json(server.addr, &format!("/api/devices/{serial}")).await;
+        let record = get_json(addr, &format!("/api/devices/{serial}")).await;
         let fields = fields.as_object().unwrap();
         assert!(fields.len() >= 10, "{serial}: {fields:?}");
         for (field, value) in fields {
@@ -486,6 +497,78 @@ async fn simulator_resends_every_unacked_field_after_the_server_is_killed() {
             );
         }
     }
+}
+
+/// The server refuses writes while its disk fails (fsync EIO: `not stored: the store failed to make it
+/// durable`), a transient fault it recovers from without a restart: the simulator must keep those
+/// fields pending and send them again until they are acked — not drop them as it drops permanent
+/// refusals — and end with the server holding each device's last values.
+#[tokio::test(flavor = "multi_thread")]
+async fn simulator_resends_fields_refused_while_the_store_fails() {
+    const SECONDS: u64 = 4;
+    let dir = TempDir::new().unwrap();
+    let faults = faultfs::Faults::new(&dir.path().join("data"));
+    let server = ServerProcess::spawn(
+        faults.watched(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &faults.env(),
+    )
+    .await
+    .unwrap();
+    let addr = server.addr;
+    let url = format!("ws://{addr}");
+    examples_dir();
+    let sim = tokio::spawn(async move {
+        run(
+            "solmate_sim",
+            &[
+                "--url",
+                &url,
+                "--devices",
+                "4",
+                "--seconds",
+                &SECONDS.to_string(),
+                "--min-interval",
+                "0.1",
+                "--max-interval",
+                "0.2",
+                "--drain-seconds",
+                "15",
+                "--final-values",
+                "--json",
+                "--seed",
+                "5",
+            ],
+        )
+        .await
+    });
+    for _ in 0..300 {
+        if serials(addr).await.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(serials(addr).await, expected_serials(1..=4));
+    // Fail every sync for about a second, until the run is (nearly) over: the last changes of each
+    // device are refused, and no later change can cover a dropped field.
+    let registered = tokio::time::Instant::now();
+    tokio::time::sleep_until(registered + Duration::from_millis(SECONDS * 1000 - 1200)).await;
+    faults.on(faultfs::Mode::EioSync);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    faults.off(faultfs::Mode::EioSync);
+
+    let output = sim.await.unwrap();
+    let summary = json_summary("solmate_sim", &output);
+    assert!(
+        summary["retried_not_stored"].as_u64().unwrap_or(0) > 0,
+        "the fault refused some messages, and they were sent again: {summary}"
+    );
+    assert_eq!(summary["errors"], 0, "no permanent refusal: {summary}");
+    assert_eq!(summary["unexpected"], 0, "{summary}");
+    assert_eq!(summary["stragglers"], 0, "{summary}");
+    assert_eq!(summary["unacked"], 0, "{summary}");
+    assert_eq!(summary["unsent_fields"], 0, "{summary}");
+    assert_final_values_stored(addr, &summary, &expected_serials(1..=4)).await;
     server.kill().await;
 }
 
