@@ -294,33 +294,7 @@ pub async fn record(server: &TestServer, serial: &str) -> Value {
 /// Start the real `smart-server` binary on 127.0.0.1 port 0 with `dir` as its data dir; returns the
 /// child (killed on drop) and the address from its first stdout line.
 pub async fn spawn_binary(dir: &Path) -> (tokio::process::Child, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    tokio::time::timeout(
-        TIMEOUT,
-        tokio::io::BufReader::new(stdout).read_line(&mut line),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .trim()
-        .parse()
-        .unwrap();
-    (child, addr)
+    spawn_binary_with(dir, &[], &[]).await
 }
 
 /// Start the real binary as [`spawn_binary`] does, run through `wrapper` (e.g.
@@ -331,7 +305,6 @@ pub async fn spawn_binary_with(
     wrapper: &[&str],
     args: &[&str],
 ) -> (tokio::process::Child, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
     let server = env!("CARGO_BIN_EXE_smart-server");
     let mut command = match wrapper.split_first() {
         Some((program, rest)) => {
@@ -341,14 +314,47 @@ pub async fn spawn_binary_with(
         }
         None => tokio::process::Command::new(server),
     };
-    let mut child = command
+    command
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .args(args)
         .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null());
+    spawn_listening(command, None).await
+}
+
+/// Like [`spawn_binary`], with extra environment variables (e.g. `LD_PRELOAD`) and `RUST_LOG=info`
+/// output appended to `log` instead of discarded.
+pub async fn spawn_binary_env(
+    dir: &Path,
+    envs: &[(&str, &std::ffi::OsStr)],
+    log: &Path,
+) -> (tokio::process::Child, SocketAddr) {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart-server"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
+        .stderr(stderr);
+    spawn_listening(command, Some(log)).await
+}
+
+/// Spawn `command` (a server; killed on drop) and read the bound address from its first stdout line
+/// (`listening on ADDR`); a wrong first line panics with `log`'s content if given.
+async fn spawn_listening(
+    mut command: tokio::process::Command,
+    log: Option<&Path>,
+) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = command
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -363,7 +369,10 @@ pub async fn spawn_binary_with(
     .unwrap();
     let addr = line
         .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .unwrap_or_else(|| {
+            let log = log.map(|l| std::fs::read_to_string(l).unwrap_or_default());
+            panic!("unexpected first line {line:?}; log: {log:?}")
+        })
         .trim()
         .parse()
         .unwrap();
@@ -470,51 +479,4 @@ pub fn metric_or_zero(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .map_or(0, |v| v.parse().unwrap())
-}
-
-/// Like [`spawn_binary`], with extra environment variables (e.g. `LD_PRELOAD`) and `RUST_LOG=info`
-/// output appended to `log` instead of discarded.
-pub async fn spawn_binary_env(
-    dir: &Path,
-    envs: &[(&str, &std::ffi::OsStr)],
-    log: &Path,
-) -> (tokio::process::Child, SocketAddr) {
-    use tokio::io::AsyncBufReadExt;
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "info")
-        .envs(envs.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    tokio::time::timeout(
-        TIMEOUT,
-        tokio::io::BufReader::new(stdout).read_line(&mut line),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected first line {line:?}; log: {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        })
-        .trim()
-        .parse()
-        .unwrap();
-    (child, addr)
 }
