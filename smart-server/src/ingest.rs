@@ -222,6 +222,7 @@ impl Writer {
             // Nothing of the batch becomes visible; the offline marks still hold, on the
             // committed records.
             self.staged.clear();
+            let scratch = &mut self.scratch;
             let offline: Vec<(Serial, Entry)> = self.fleet.with_records(|records| {
                 self.verdicts
                     .iter()
@@ -229,13 +230,8 @@ impl Writer {
                         Verdict::Offline(serial) => records
                             .entry(serial)
                             .filter(|e| e.record.online)
-                            .map(|e| (serial.clone(), e)),
+                            .map(|e| (serial.clone(), offline(e, scratch))),
                         _ => None,
-                    })
-                    .map(|(serial, e)| {
-                        let mut record = (*e.record).clone();
-                        record.online = false;
-                        (serial, Entry::new(record))
                     })
                     .collect()
             });
@@ -371,13 +367,7 @@ impl Writer {
                         let Some(base) = base.filter(|e| e.record.online) else {
                             continue;
                         };
-                        let mut record = (*base.record).clone();
-                        record.online = false;
-                        let json = serialize(&record, scratch);
-                        let entry = Entry {
-                            record: Arc::new(record),
-                            json,
-                        };
+                        let entry = offline(base, scratch);
                         staged.insert(serial.clone(), Staged { entry, written });
                         verdicts.push(Verdict::Offline(serial));
                     }
@@ -386,6 +376,17 @@ impl Writer {
             }
         });
         stopping
+    }
+}
+
+/// `entry` with `online: false`.
+fn offline(entry: &Entry, scratch: &mut Vec<u8>) -> Entry {
+    let mut record = (*entry.record).clone();
+    record.online = false;
+    let json = serialize(&record, scratch);
+    Entry {
+        record: Arc::new(record),
+        json,
     }
 }
 
