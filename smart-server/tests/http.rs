@@ -204,6 +204,14 @@ async fn healthz_and_metrics_move() {
         (flushes..=3).contains(&writes),
         "{writes} records in {flushes} commits"
     );
+    // The dashboard's frames leave from its own task, a moment after the acks: wait (bounded) for them.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut after = after;
+    while metric(&after, "smart_dashboard_frames_total") < 4 && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        after = server.get("/metrics").await.body;
+    }
     assert!(
         metric(&after, "smart_dashboard_frames_total") >= 4,
         "welcome, INIT and UPDTs\n{after}"
