@@ -280,8 +280,8 @@ export async function registerFleet(link, n, overrides = () => ({})) {
 
 /** A fresh headless Chromium with its own profile directory. */
 export async function openBrowser({ viewport = { width: 1440, height: 900 }, colorScheme = 'light', ...options } = {}) {
-  const profile = tempDir('smart-os-chromium-');
-  const context = await chromium.launchPersistentContext(profile, {
+  const profiles = [];
+  const launch = () => chromium.launchPersistentContext(profiles[profiles.push(tempDir('smart-os-chromium-')) - 1], {
     executablePath: CHROMIUM,
     args: CHROMIUM_ARGS,
     headless: true,
@@ -291,6 +291,15 @@ export async function openBrowser({ viewport = { width: 1440, height: 900 }, col
     timeout: 30000,
     ...options,
   });
+  let context;
+  try {
+    context = await launch();
+  } catch (err) {
+    // Debian's Chromium sometimes dies at start in containers (seen in CI: SIGSEGV before the first
+    // page, with no page loaded yet). Start it once more, in a fresh profile; a second failure is real.
+    console.error(`chromium failed to start, retrying once: ${err.message.split('\n')[0]}`);
+    context = await launch();
+  }
   context.setDefaultTimeout(10000);
   const page = context.pages()[0] ?? (await context.newPage());
   const problems = [];
@@ -304,7 +313,7 @@ export async function openBrowser({ viewport = { width: 1440, height: 900 }, col
     problems,
     async close() {
       await context.close().catch(() => {});
-      fs.rmSync(profile, { recursive: true, force: true });
+      for (const profile of profiles) fs.rmSync(profile, { recursive: true, force: true });
     },
   };
 }
