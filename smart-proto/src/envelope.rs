@@ -313,6 +313,11 @@ pub(crate) fn scan_envelope<'a>(
                 None => envelope_str(frame, i, &mut python)?,
             };
             escaped |= value.escaped;
+            // Our own values are unescaped later; any other value must still be valid JSON, or the frame
+            // is not an object at all (the general path reports where).
+            if matches!(slot, Slot::Other) && value.escaped && value.to_cow(frame).is_none() {
+                return None;
+            }
             match slot {
                 Slot::Kind => env.kind = Some(value),
                 Slot::Message => env.message = Some(value),
@@ -732,6 +737,11 @@ mod tests {
         // A lone surrogate is not text: the full path reports it.
         assert!(matches!(
             parse_envelope(r#"{"type": "UPDT", "message": "\ud800"}"#),
+            Err(Error::Envelope { .. })
+        ));
+        // A bad escape in a key we do not read still makes the frame invalid JSON.
+        assert!(matches!(
+            parse_envelope(r#"{"type": "UPDT", "message": "m", "other": "\uZ"}"#),
             Err(Error::Envelope { .. })
         ));
         // A raw control character is not JSON, but a Python string may hold a tab.

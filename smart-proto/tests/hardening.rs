@@ -130,6 +130,19 @@ fn connector_counts_are_never_negative() {
     assert_eq!(msg.update.get("pv_connectors"), Some(&json!(0)));
 }
 
+/// Found by the `device_frame` fuzzer: a frame that is not JSON (a bad escape in a key the server does not
+/// read) is a syntax error with no header, even when an earlier `message` shows one.
+#[test]
+fn an_invalid_frame_echoes_no_header_even_after_a_readable_message() {
+    let f = r#"{"type": "SPDT", "message": "0035:0001:{}", "other": "\uZ"}"#;
+    let rejection = parse_device_message(f).unwrap_err();
+    assert_eq!(rejection.header, None, "{rejection:?}");
+    assert!(
+        matches!(rejection.error, smart_proto::Error::Envelope { .. }),
+        "{rejection:?}"
+    );
+}
+
 #[test]
 fn a_readable_header_is_echoed_whatever_the_type() {
     for (f, why) in [
