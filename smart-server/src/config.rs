@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::auth::{AuthMode, Role};
 
 /// Whether unknown serials may register by sending their first message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,6 +121,69 @@ pub struct Config {
         default_value_t = 10
     )]
     pub shutdown_grace_secs: u64,
+
+    /// Whether devices need a token and people a login: `off` or `required`. Default: `off` when
+    /// `--listen` is a loopback address (the zero-config first run), `required` otherwise; `off` on
+    /// another address must be asked for and logs a warning.
+    #[arg(long, env = "SMART_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// Manage device tokens or users instead of serving (see `smart-server token --help`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `smart-server` does besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Device tokens: a device presents its token on `/update/` when auth is required.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Users: people and scripts log in with a name and password when auth is required.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+/// `smart-server token …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenAction {
+    /// Issue a new token for SERIAL (replacing any earlier one) and print it as the last line.
+    Issue { serial: String },
+    /// Revoke SERIAL's token.
+    Revoke { serial: String },
+    /// List the serials that have a token, when each was created and last used (never the tokens).
+    List,
+    /// Issue tokens for many serials (given, or one per line on stdin) and write `SERIAL TOKEN`
+    /// lines to FILE (created with permissions 0600).
+    Bulk {
+        /// Where the `SERIAL TOKEN` lines go; must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+        /// Serials; read from stdin, one per line, when none are given.
+        serials: Vec<String>,
+    },
+}
+
+/// `smart-server user …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserAction {
+    /// Add (or replace) user NAME; the password is read from stdin (one line).
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Only devices whose `owner` is this are visible to the user.
+        #[arg(long)]
+        scope_owner: Option<String>,
+    },
+    /// Remove user NAME.
+    Remove { name: String },
+    /// List the users with their role and scope.
+    List,
 }
 
 /// Default of `--max-record-bytes`: 1 MiB, far below the log's frame limit.
@@ -159,7 +224,18 @@ impl Config {
             max_extras: 256,
             max_extra_bytes: 4096,
             shutdown_grace_secs: 10,
+            auth: None,
+            command: None,
         }
+    }
+
+    /// `--auth`, or its default for the listen address: off on loopback, required elsewhere.
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth.unwrap_or(if self.listen.ip().is_loopback() {
+            AuthMode::Off
+        } else {
+            AuthMode::Required
+        })
     }
 }
 
@@ -200,6 +276,29 @@ mod tests {
         let beyond = (MAX_RECORD_BYTES_LIMIT + 1).to_string();
         assert!(Config::try_parse_from(["smart-server", "--max-record-bytes", &beyond]).is_err());
         assert!(Config::try_parse_from(["smart-server", "--max-record-bytes", "0"]).is_err());
+    }
+
+    #[test]
+    fn auth_defaults_to_off_on_loopback_only() {
+        let local = Config::try_parse_from(["smart-server"]).unwrap();
+        assert_eq!(local.auth_mode(), AuthMode::Off);
+        let any = Config::try_parse_from(["smart-server", "--listen", "0.0.0.0:8000"]).unwrap();
+        assert_eq!(any.auth_mode(), AuthMode::Required);
+        let v6 = Config::try_parse_from(["smart-server", "--listen", "[::1]:8000"]).unwrap();
+        assert_eq!(v6.auth_mode(), AuthMode::Off);
+        let forced = Config::try_parse_from(["smart-server", "--auth", "required"]).unwrap();
+        assert_eq!(forced.auth_mode(), AuthMode::Required);
+        let open =
+            Config::try_parse_from(["smart-server", "--listen", "0.0.0.0:0", "--auth", "off"])
+                .unwrap();
+        assert_eq!(open.auth_mode(), AuthMode::Off);
+        let cmd =
+            Config::try_parse_from(["smart-server", "--data-dir", "d", "token", "issue", "0001"])
+                .unwrap();
+        assert!(matches!(
+            cmd.command,
+            Some(Command::Token { action: TokenAction::Issue { ref serial } }) if serial == "0001"
+        ));
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub(crate) async fn session<S>(
     mut ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     mut shutdown: Shutdown,
+    bound: Option<Serial>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -68,6 +69,7 @@ pub(crate) async fn session<S>(
     Metrics::inc(&metrics.device_connections);
     let mut state = Session {
         shared: &shared,
+        bound,
         attached: HashSet::new(),
         acks: Arc::new(AckQueue::default()),
         submitted: 0,
@@ -114,6 +116,8 @@ where
 
 struct Session<'a> {
     shared: &'a Shared,
+    /// The serial this connection's device token is for (`--auth required`); `None`: any serial.
+    bound: Option<Serial>,
     /// Serials this connection has sent a valid message for (it keeps them online); at most
     /// `--max-serials-per-connection`.
     attached: HashSet<Serial>,
@@ -338,6 +342,17 @@ impl Session<'_> {
         };
         let shared = self.shared;
         let serial = &message.header.serial;
+        if let Some(bound) = self.bound.as_ref().filter(|bound| *bound != serial) {
+            shared.metrics.reject(RejectClass::Token);
+            info!(header = %message.header, %bound, "device message rejected: serial not covered by the connection's token");
+            let reply = ServerMessage::Error {
+                header: Some(message.header.clone()),
+                reason: format!(
+                    "this connection's device token is for serial {bound}: it may not write {serial}"
+                ),
+            };
+            return Reply::Ready(reply.to_frame().into());
+        }
         let attach = !self.attached.contains(serial);
         let max_serials = shared.config.max_serials_per_connection;
         if attach && self.attached.len() >= max_serials {

@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use smart_proto::Query;
+use smart_proto::{Query, Serial};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -27,6 +27,7 @@ use warp::http::header::{self, HeaderValue};
 use warp::http::{Method, Request, StatusCode, Uri};
 use warp::reply::{Reply, Response};
 
+use crate::auth::Denied;
 use crate::conns::Slot;
 use crate::lenient::Lenient;
 use crate::liveness::{CONTROL_ROOM, FRAGMENT};
@@ -122,7 +123,7 @@ pub(crate) async fn serve_connection<S>(
     S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let Ok(local) = stream.local_addr() else {
+    let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
         return;
     };
     let slot = Arc::new(slot);
@@ -131,6 +132,7 @@ pub(crate) async fn serve_connection<S>(
         shutdown: shutdown.clone(),
         token,
         local,
+        remote: remote.ip(),
         slot: Arc::clone(&slot),
     };
     let service = service_fn(move |req| {
@@ -139,10 +141,23 @@ pub(crate) async fn serve_connection<S>(
         async move {
             ctx.slot.busy();
             if let Some(peer) = websocket_peer(&req) {
-                let res = ctx.upgrade(req, peer);
+                let grant = match ctx.admit(&req, peer).await {
+                    Ok(grant) => grant,
+                    Err(res) => {
+                        ctx.slot.idle();
+                        return Ok(res);
+                    }
+                };
+                let res = ctx.upgrade(req, peer, grant);
                 if res.status() != StatusCode::SWITCHING_PROTOCOLS {
                     ctx.slot.idle();
                 }
+                return Ok(res);
+            }
+            if req.uri().path() != "/healthz"
+                && let Err(res) = ctx.admit(&req, Peer::Dashboard).await
+            {
+                ctx.slot.idle();
                 return Ok(res);
             }
             let res = routes.call(req).await;
@@ -201,6 +216,8 @@ struct Ctx {
     token: TaskToken,
     /// The address this connection reached (the server's own origin for `/client/`).
     local: SocketAddr,
+    /// The peer's address (failed logins are rate-limited per user and address).
+    remote: IpAddr,
     slot: Arc<Slot>,
 }
 
@@ -234,8 +251,86 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
 }
 
 impl Ctx {
+    /// Check the request's credentials (`--auth`): a device token for a device, a user for anything
+    /// else. `Ok` carries the serial a device connection may write (`None`: any); `Err` the answer
+    /// (401, 429 or 503). Neither the token nor the query string is logged.
+    async fn admit(&self, req: &Request<Incoming>, peer: Peer) -> Result<Option<Serial>, Response> {
+        let auth = &self.shared.auth;
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let denied = match peer {
+            Peer::Device => match auth.device(authorization, req.uri().query()) {
+                Ok(grant) => return Ok(grant),
+                Err(denied) => denied,
+            },
+            Peer::Dashboard => match auth.person(authorization, self.remote).await {
+                Ok(None) => return Ok(None),
+                // Views limited to one owner's devices are not built yet: such a user gets nothing
+                // rather than everything.
+                Ok(Some(user)) if user.scope_owner.is_some() => {
+                    info!(user = %user.name, "refused: owner-scoped views are not available yet");
+                    return Err(error_json(
+                        StatusCode::FORBIDDEN,
+                        "this user is limited to one owner's devices, and scoped views are not available in this version",
+                    ));
+                }
+                Ok(Some(user)) => {
+                    debug!(user = %user.name, role = user.role.as_str(), "authenticated");
+                    return Ok(None);
+                }
+                Err(denied) => denied,
+            },
+        };
+        let person = peer == Peer::Dashboard;
+        self.shared.metrics.auth_failure(person, denied);
+        let who = if person { "person" } else { "device" };
+        info!(who, reason = denied.label(), remote = %self.remote, path = req.uri().path(), "refused: credentials");
+        let (status, message) = match denied {
+            Denied::Missing if person => (
+                StatusCode::UNAUTHORIZED,
+                "log in: HTTP Basic credentials of a user are required",
+            ),
+            Denied::Missing => (
+                StatusCode::UNAUTHORIZED,
+                "a device token is required: Authorization: Bearer TOKEN, or ?token=TOKEN",
+            ),
+            Denied::Invalid if person => {
+                (StatusCode::UNAUTHORIZED, "unknown user or wrong password")
+            }
+            Denied::Invalid => (StatusCode::UNAUTHORIZED, "unknown or revoked device token"),
+            Denied::RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins for this user from this address: wait a minute",
+            ),
+            Denied::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "credentials cannot be checked now",
+            ),
+        };
+        let mut res = error_json(status, message);
+        let challenge = if person {
+            "Basic realm=\"SMART-OS\", charset=\"UTF-8\""
+        } else {
+            "Bearer realm=\"SMART-OS\""
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        Err(res)
+    }
+
     /// Answer a request for `/update/` or `/client/`: 101 and a websocket session, or why not.
-    fn upgrade(&self, mut req: Request<Incoming>, peer: Peer) -> Response {
+    /// `grant` is the serial a device connection may write (`None`: any).
+    fn upgrade(&self, mut req: Request<Incoming>, peer: Peer, grant: Option<Serial>) -> Response {
         let shared = &self.shared;
         let is_upgrade = req.method() == Method::GET
             && header_has_token(&req, header::CONNECTION, "upgrade")
@@ -345,7 +440,7 @@ impl Ctx {
                         Some(config),
                     )
                     .await;
-                    device::session(ws, shared, shutdown).await;
+                    device::session(ws, shared, shutdown, grant).await;
                 }
                 Err(e) => debug!(%e, "websocket upgrade failed"),
             }

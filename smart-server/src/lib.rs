@@ -14,6 +14,8 @@
 //! ```
 
 mod acks;
+mod auth;
+mod cli;
 mod config;
 mod conns;
 mod dashboard;
@@ -30,6 +32,8 @@ mod shutdown;
 mod store;
 mod wal;
 
-pub use config::{Config, Registration};
+pub use auth::{AuthMode, Role};
+pub use cli::run_command;
+pub use config::{Command, Config, Registration, TokenAction, UserAction};
 pub use server::Server;
 pub use store::StoreError;

@@ -23,6 +23,8 @@ pub(crate) enum RejectClass {
     Serial,
     /// A binary websocket frame.
     Binary,
+    /// A serial other than the one the connection's device token is for.
+    Token,
     /// A frame above `--max-frame-bytes` (the connection is closed with 1009).
     Oversize,
     /// Registration is closed and the serial is unknown.
@@ -37,7 +39,7 @@ pub(crate) enum RejectClass {
 }
 
 impl RejectClass {
-    const ALL: [RejectClass; 12] = [
+    const ALL: [RejectClass; 13] = [
         RejectClass::Envelope,
         RejectClass::Kind,
         RejectClass::Header,
@@ -50,6 +52,7 @@ impl RejectClass {
         RejectClass::Storage,
         RejectClass::Limit,
         RejectClass::Serials,
+        RejectClass::Token,
     ];
 
     fn label(self) -> &'static str {
@@ -66,6 +69,7 @@ impl RejectClass {
             RejectClass::Storage => "storage",
             RejectClass::Limit => "limit",
             RejectClass::Serials => "serials",
+            RejectClass::Token => "token",
         }
     }
 
@@ -111,6 +115,8 @@ pub(crate) struct Metrics {
     pub dashboard_resyncs: AtomicU64,
     pub queries: AtomicU64,
     pub queries_rejected: AtomicU64,
+    /// Refused credentials: `[device, person][missing, invalid, rate_limited, unavailable]`.
+    auth_failures: [[AtomicU64; 4]; 2],
 }
 
 /// Values only known at scrape time.
@@ -142,6 +148,11 @@ impl Metrics {
             .position(|c| *c == class)
             .unwrap_or(0);
         inc(&self.rejected[i]);
+    }
+
+    /// Count a refused credential (`person`: a user, else a device token).
+    pub(crate) fn auth_failure(&self, person: bool, denied: crate::auth::Denied) {
+        inc(&self.auth_failures[usize::from(person)][denied.index()]);
     }
 
     pub(crate) fn inc(counter: &AtomicU64) {
@@ -185,6 +196,27 @@ impl Metrics {
                     get(&self.connections_refused_dashboards),
                 ),
             ],
+        );
+        let mut auth = Vec::new();
+        let labels = crate::auth::Denied::ALL.map(|d| {
+            [
+                format!("{{who=\"device\",reason=\"{}\"}}", d.label()),
+                format!("{{who=\"person\",reason=\"{}\"}}", d.label()),
+            ]
+        });
+        for (who, person) in [(0, false), (1, true)] {
+            for d in crate::auth::Denied::ALL {
+                auth.push((
+                    labels[d.index()][who].as_str(),
+                    get(&self.auth_failures[usize::from(person)][d.index()]),
+                ));
+            }
+        }
+        metric(
+            "smart_auth_failures_total",
+            "counter",
+            "Requests refused for their credentials (devices: token on /update/; people: user login).",
+            &auth,
         );
         metric(
             "smart_connections_shed_total",

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
 use crate::conns::{Budget, Conns};
 use crate::fleet::Fleet;
@@ -27,6 +28,8 @@ use crate::store::Store;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub config: Config,
+    /// Device tokens and user logins (`--auth`).
+    pub auth: Arc<Auth>,
     pub fleet: Arc<Fleet>,
     pub hub: Arc<Hub>,
     pub ingest: Ingest,
@@ -72,6 +75,13 @@ impl Server {
         .context("store open task failed")??;
         info!(devices = records.len(), dir = %config.data_dir.display(), "store opened");
 
+        let auth_mode = config.auth_mode();
+        let auth =
+            Arc::new(Auth::new(auth_mode, store.db()).context("opening the credential store")?);
+        if auth_mode == AuthMode::Off && !config.listen.ip().is_loopback() {
+            warn!(listen = %config.listen, "auth is off on a non-loopback address: anyone who reaches it can write any device and read the fleet");
+        }
+        info!(auth = ?auth_mode, "credentials");
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::default());
         let limits = Limits {
@@ -106,6 +116,7 @@ impl Server {
         let conns = Arc::new(Conns::new(budget, Arc::clone(&metrics)));
         let shared = Arc::new(Shared {
             config,
+            auth,
             fleet,
             hub,
             ingest,

@@ -107,6 +107,11 @@ impl Store {
         Ok(store)
     }
 
+    /// The sled database (other modules keep their own trees in it).
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Apply the log segments written since the last checkpoint (a crash left them behind), record
     /// the checkpoint, flush, retire them. Returns the sequence number for the next segment.
     fn replay(&self) -> Result<u64, StoreError> {

@@ -1,0 +1,320 @@
+//! Who may connect: device tokens on `/update/`, user credentials everywhere else but `/healthz`.
+//!
+//! With `--auth off` everything is open, as in the original. With `--auth required`:
+//! - a device presents its token (`Authorization: Bearer TOKEN`, or `?token=TOKEN` for devices that
+//!   cannot set headers) on the `/update/` upgrade; the connection may then write only the token's
+//!   serial. Missing or wrong: 401 before the upgrade.
+//! - people and scripts present HTTP Basic credentials of a user (`user add`); the browser asks for
+//!   them. Verified credentials are remembered for a while (argon2id costs tens of milliseconds by
+//!   design), and failures are rate-limited per user and address (429).
+//!
+//! Secrets never reach logs: neither tokens, passwords, nor the query strings that may carry them.
+
+mod tokens;
+mod users;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clap::ValueEnum;
+use sha2::{Digest as _, Sha256};
+use smart_proto::Serial;
+use tracing::{error, info};
+
+pub(crate) use tokens::Tokens;
+pub use users::Role;
+pub(crate) use users::Users;
+
+/// Whether connections must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Anyone who reaches the server may write any device and read the fleet.
+    Off,
+    /// Devices need a token, people a user name and password.
+    Required,
+}
+
+/// Why a request was refused (the label of `smart_auth_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// No credentials.
+    Missing,
+    /// Credentials that match no token or user.
+    Invalid,
+    /// Too many failures for this user and address: 429.
+    RateLimited,
+    /// The store could not be read: 503.
+    Unavailable,
+}
+
+impl Denied {
+    pub(crate) const ALL: [Denied; 4] = [
+        Denied::Missing,
+        Denied::Invalid,
+        Denied::RateLimited,
+        Denied::Unavailable,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Denied::Missing => "missing",
+            Denied::Invalid => "invalid",
+            Denied::RateLimited => "rate_limited",
+            Denied::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A person who authenticated.
+#[derive(Debug, Clone)]
+pub(crate) struct Principal {
+    pub name: String,
+    pub role: Role,
+    pub scope_owner: Option<String>,
+}
+
+/// How long verified credentials are remembered.
+const REMEMBER: Duration = Duration::from_mins(5);
+/// Most remembered credentials (then the memory is cleared).
+const REMEMBER_MAX: usize = 4096;
+/// Failed attempts per user and address within [`FAILURE_WINDOW`] before 429.
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_mins(1);
+/// Most (user, address) pairs tracked for failures (then the oldest window is forgotten wholesale).
+const FAILURES_MAX: usize = 65_536;
+
+/// The credential checks of one server.
+#[derive(Debug)]
+pub(crate) struct Auth {
+    mode: AuthMode,
+    tokens: Tokens,
+    users: Users,
+    /// SHA-256 of `name:password` → the principal and when it was verified.
+    remembered: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    failures: Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
+}
+
+impl Auth {
+    pub(crate) fn new(mode: AuthMode, db: &sled::Db) -> anyhow::Result<Auth> {
+        let users = Users::open(db)?;
+        if mode == AuthMode::Required && users.is_empty() {
+            info!(
+                "auth required and no user yet: dashboards and the API refuse everyone until one is added (`smart-server user add NAME --role owner`)"
+            );
+        }
+        Ok(Auth {
+            mode,
+            tokens: Tokens::open(db)?,
+            users,
+            remembered: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The serial a device connection may write, from the upgrade request's headers and query:
+    /// `Ok(None)` when auth is off (any serial).
+    pub(crate) fn device(
+        &self,
+        authorization: Option<&[u8]>,
+        query: Option<&str>,
+    ) -> Result<Option<Serial>, Denied> {
+        if self.mode == AuthMode::Off {
+            return Ok(None);
+        }
+        let token = authorization
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .map(str::to_owned)
+            .or_else(|| query.and_then(token_in_query));
+        let Some(token) = token else {
+            return Err(Denied::Missing);
+        };
+        match self.tokens.verify(&token) {
+            Ok(Some(serial)) => Ok(Some(serial)),
+            Ok(None) => Err(Denied::Invalid),
+            Err(e) => {
+                error!(%e, "device token lookup failed");
+                Err(Denied::Unavailable)
+            }
+        }
+    }
+
+    /// The person behind an `Authorization: Basic` header: `Ok(None)` when auth is off. Runs argon2id
+    /// on a blocking thread unless the credentials were verified recently.
+    pub(crate) async fn person(
+        self: &std::sync::Arc<Self>,
+        authorization: Option<&[u8]>,
+        from: IpAddr,
+    ) -> Result<Option<Principal>, Denied> {
+        if self.mode == AuthMode::Off {
+            return Ok(None);
+        }
+        let Some((name, password)) = authorization.and_then(basic_credentials) else {
+            return Err(Denied::Missing);
+        };
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(name.as_bytes())
+            .chain_update([0])
+            .chain_update(password.as_bytes())
+            .finalize()
+            .into();
+        if let Some(principal) = self.remembered(&key) {
+            return Ok(Some(principal));
+        }
+        if self.failed_too_often(&name, from) {
+            return Err(Denied::RateLimited);
+        }
+        let auth = std::sync::Arc::clone(self);
+        let who = name.clone();
+        let verified =
+            tokio::task::spawn_blocking(move || auth.users.verify(&who, &password)).await;
+        match verified {
+            Ok(Ok(Some(user))) => {
+                let principal = Principal {
+                    name,
+                    role: user.role,
+                    scope_owner: user.scope_owner,
+                };
+                self.remember(key, &principal);
+                Ok(Some(principal))
+            }
+            Ok(Ok(None)) => {
+                self.count_failure(name, from);
+                Err(Denied::Invalid)
+            }
+            Ok(Err(e)) => {
+                error!(%e, "user lookup failed");
+                Err(Denied::Unavailable)
+            }
+            Err(e) => {
+                error!(%e, "password check task failed");
+                Err(Denied::Unavailable)
+            }
+        }
+    }
+
+    fn remembered(&self, key: &[u8; 32]) -> Option<Principal> {
+        let map = self.remembered.lock().ok()?;
+        let (principal, at) = map.get(key)?;
+        (at.elapsed() < REMEMBER).then(|| principal.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], principal: &Principal) {
+        if let Ok(mut map) = self.remembered.lock() {
+            if map.len() >= REMEMBER_MAX {
+                map.clear();
+            }
+            map.insert(key, (principal.clone(), Instant::now()));
+        }
+    }
+
+    fn failed_too_often(&self, name: &str, from: IpAddr) -> bool {
+        let Ok(map) = self.failures.lock() else {
+            return true;
+        };
+        map.get(&(name.to_owned(), from))
+            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+    }
+
+    fn count_failure(&self, name: String, from: IpAddr) {
+        let Ok(mut map) = self.failures.lock() else {
+            return;
+        };
+        if map.len() >= FAILURES_MAX {
+            map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+            if map.len() >= FAILURES_MAX {
+                map.clear();
+            }
+        }
+        let entry = map.entry((name, from)).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
+/// `token=…` in a query string (percent-decoded).
+fn token_in_query(query: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v)
+}
+
+/// `Basic base64(name:password)`.
+fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(header).ok()?;
+    let (scheme, encoded) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (name, password) = decoded.split_once(':')?;
+    Some((name.to_owned(), password.to_owned()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_read_from_the_usual_places() {
+        assert_eq!(
+            basic_credentials(b"Basic b3BzOnNlY3JldDpwYXJ0"),
+            Some(("ops".into(), "secret:part".into()))
+        );
+        assert_eq!(basic_credentials(b"Bearer x"), None);
+        assert_eq!(basic_credentials(b"Basic !!!"), None);
+        assert_eq!(
+            token_in_query("a=1&token=smartos_x%2By").as_deref(),
+            Some("smartos_x+y")
+        );
+        assert_eq!(token_in_query("a=1"), None);
+    }
+
+    #[tokio::test]
+    async fn failures_are_rate_limited_per_user_and_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let auth = std::sync::Arc::new(Auth::new(AuthMode::Required, &db).unwrap());
+        auth.users.add("ops", "pw", Role::Viewer, None).unwrap();
+        let basic =
+            |user: &str, pw: &str| format!("Basic {}", STANDARD.encode(format!("{user}:{pw}")));
+        let here: IpAddr = [127, 0, 0, 1].into();
+        let there: IpAddr = [127, 0, 0, 2].into();
+        for _ in 0..MAX_FAILURES {
+            let r = auth.person(Some(basic("ops", "no").as_bytes()), here).await;
+            assert_eq!(r.unwrap_err(), Denied::Invalid);
+        }
+        let r = auth.person(Some(basic("ops", "pw").as_bytes()), here).await;
+        assert_eq!(
+            r.unwrap_err(),
+            Denied::RateLimited,
+            "even the right password"
+        );
+        let ok = auth
+            .person(Some(basic("ops", "pw").as_bytes()), there)
+            .await;
+        assert_eq!(ok.unwrap().unwrap().role, Role::Viewer, "another address");
+        // Remembered now: no argon2, no rate limit.
+        let again = auth.person(Some(basic("ops", "pw").as_bytes()), here).await;
+        assert_eq!(again.unwrap().unwrap().name, "ops");
+        assert_eq!(auth.person(None, here).await.unwrap_err(), Denied::Missing);
+    }
+}

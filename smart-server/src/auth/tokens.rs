@@ -1,0 +1,215 @@
+//! Device tokens: one per serial, 256 bits from the OS random source, stored only as SHA-256 hashes.
+//!
+//! Two sled trees: `device_tokens` maps a serial to its token's hash, creation and last use;
+//! `device_token_hashes` maps a hash back to its serial, so a device that presents only its token is
+//! found with one lookup. The hash found is compared again in constant time (`subtle`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest as _, Sha256};
+use smart_proto::Serial;
+use subtle::ConstantTimeEq as _;
+
+/// What every token starts with, so that secret scanners and people recognise one.
+pub(crate) const TOKEN_PREFIX: &str = "smartos_";
+/// Random bytes in a token.
+const TOKEN_BYTES: usize = 32;
+/// A stored entry: hash, created (ms since the epoch), last used (ms, 0 = never).
+const ENTRY_LEN: usize = 32 + 8 + 8;
+
+/// A token store failure.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TokenError {
+    #[error("the store failed: {0}")]
+    Store(#[from] sled::Error),
+    #[error("the OS random source failed: {0}")]
+    Random(String),
+    #[error("a stored token entry for {0:?} is damaged")]
+    Damaged(String),
+}
+
+/// One serial's token, as listed (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenInfo {
+    pub serial: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Milliseconds since the Unix epoch of the last accepted connection; `None` if never used.
+    pub last_used_ms: Option<u64>,
+}
+
+/// The device tokens of one data directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Tokens {
+    by_serial: sled::Tree,
+    by_hash: sled::Tree,
+}
+
+impl Tokens {
+    /// The token trees of `db`.
+    pub(crate) fn open(db: &sled::Db) -> Result<Tokens, TokenError> {
+        Ok(Tokens {
+            by_serial: db.open_tree("device_tokens")?,
+            by_hash: db.open_tree("device_token_hashes")?,
+        })
+    }
+
+    /// A new token for `serial`, replacing (revoking) any earlier one. Durable when this returns.
+    pub(crate) fn issue(&self, serial: &Serial) -> Result<String, TokenError> {
+        let mut random = [0_u8; TOKEN_BYTES];
+        getrandom::fill(&mut random).map_err(|e| TokenError::Random(e.to_string()))?;
+        let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(random));
+        let hash = hash(&token);
+        let mut entry = Vec::with_capacity(ENTRY_LEN);
+        entry.extend_from_slice(&hash);
+        entry.extend_from_slice(&now_ms().to_be_bytes());
+        entry.extend_from_slice(&0_u64.to_be_bytes());
+        if let Some(old) = self.by_serial.insert(serial.as_str(), entry)?
+            && let Some(old_hash) = old.get(..32)
+        {
+            self.by_hash.remove(old_hash)?;
+        }
+        self.by_hash.insert(hash, serial.as_str())?;
+        self.flush()?;
+        Ok(token)
+    }
+
+    /// Forget `serial`'s token; `false` if it had none. Durable when this returns.
+    pub(crate) fn revoke(&self, serial: &str) -> Result<bool, TokenError> {
+        let Some(old) = self.by_serial.remove(serial)? else {
+            return Ok(false);
+        };
+        if let Some(old_hash) = old.get(..32) {
+            self.by_hash.remove(old_hash)?;
+        }
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Every serial with a token, in serial order.
+    pub(crate) fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
+        let mut out = Vec::new();
+        for item in &self.by_serial {
+            let (key, value) = item?;
+            let serial = String::from_utf8_lossy(&key).into_owned();
+            let (Some(created), Some(used)) = (be_u64(&value, 32), be_u64(&value, 40)) else {
+                return Err(TokenError::Damaged(serial));
+            };
+            out.push(TokenInfo {
+                serial,
+                created_ms: created,
+                last_used_ms: (used != 0).then_some(used),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The serial `token` belongs to, or `None` for a token that is unknown or revoked. Records the
+    /// use (made durable with the next checkpoint, not here: a connection costs no sync).
+    pub(crate) fn verify(&self, token: &str) -> Result<Option<Serial>, TokenError> {
+        let hash = hash(token);
+        let Some(serial) = self.by_hash.get(hash)? else {
+            return Ok(None);
+        };
+        let Some(old) = self.by_serial.get(&serial)? else {
+            return Ok(None);
+        };
+        // The index agreed; the entry must too (a revoke may have raced this lookup).
+        let matches = old
+            .get(..32)
+            .is_some_and(|stored| bool::from(stored.ct_eq(&hash)));
+        let serial = std::str::from_utf8(&serial)
+            .ok()
+            .and_then(|s| Serial::new(s).ok());
+        let (true, Some(serial)) = (matches, serial) else {
+            return Ok(None);
+        };
+        let mut entry = old.to_vec();
+        if let Some(used) = entry.get_mut(40..48) {
+            used.copy_from_slice(&now_ms().to_be_bytes());
+            // Only if unchanged since it was read: a concurrent revoke or re-issue wins.
+            let _ = self
+                .by_serial
+                .compare_and_swap(serial.as_str(), Some(old), Some(entry))?;
+        }
+        Ok(Some(serial))
+    }
+
+    fn flush(&self) -> Result<(), TokenError> {
+        self.by_serial.flush()?;
+        self.by_hash.flush()?;
+        Ok(())
+    }
+}
+
+/// SHA-256 of a token's text.
+fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let raw: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(raw))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> (tempfile::TempDir, Tokens) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tokens = Tokens::open(&db).unwrap();
+        (dir, tokens)
+    }
+
+    #[test]
+    fn a_token_verifies_as_its_serial_until_revoked_or_reissued() {
+        let (_dir, tokens) = tokens();
+        let serial = Serial::new("0001").unwrap();
+        let first = tokens.issue(&serial).unwrap();
+        assert!(first.starts_with(TOKEN_PREFIX));
+        // 32 bytes in unpadded base64.
+        assert_eq!(first.len(), TOKEN_PREFIX.len() + 43);
+        assert_eq!(tokens.verify(&first).unwrap(), Some(serial.clone()));
+        assert_eq!(tokens.verify("smartos_wrong").unwrap(), None);
+
+        let second = tokens.issue(&serial).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(tokens.verify(&first).unwrap(), None, "re-issue revokes");
+        assert_eq!(tokens.verify(&second).unwrap(), Some(serial.clone()));
+
+        assert!(tokens.revoke("0001").unwrap());
+        assert!(!tokens.revoke("0001").unwrap());
+        assert_eq!(tokens.verify(&second).unwrap(), None);
+    }
+
+    #[test]
+    fn the_list_shows_serials_and_times_never_tokens_or_hashes() {
+        let (_dir, tokens) = tokens();
+        let before = now_ms();
+        let b = tokens.issue(&Serial::new("b").unwrap()).unwrap();
+        tokens.issue(&Serial::new("a").unwrap()).unwrap();
+        let list = tokens.list().unwrap();
+        assert_eq!(
+            list.iter().map(|t| t.serial.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(list.iter().all(|t| t.created_ms >= before));
+        assert!(list.iter().all(|t| t.last_used_ms.is_none()));
+        tokens.verify(&b).unwrap();
+        let list = tokens.list().unwrap();
+        assert!(list[1].last_used_ms.is_some_and(|t| t >= before));
+        assert!(list[0].last_used_ms.is_none());
+        assert!(!format!("{list:?}").contains(&b));
+    }
+}

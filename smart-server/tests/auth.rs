@@ -1,0 +1,292 @@
+//! `--auth required` on the real binary: device tokens on `/update/` (401 without or with a wrong one,
+//! the serial bound to the token), user credentials for `/client/`, `/api`, `/metrics` (not
+//! `/healthz`), rate-limited failures, provisioning from the command line, and no secret in the logs.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::ffi::OsStr;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Stdio;
+
+use base64::Engine as _;
+use common::{
+    DEVICE_WELCOME, TIMEOUT, exchange, http_get, metric_or_zero, recv_text, spawn_binary_env,
+    upgrade_raw,
+};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// `smart-server --data-dir DIR ARGS…` with `stdin`; its stdout, stderr and success.
+fn cli(dir: &Path, args: &[&str], stdin: &str) -> (String, String, bool) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+fn issue(dir: &Path, serial: &str) -> String {
+    let (out, err, ok) = cli(dir, &["token", "issue", serial], "");
+    assert!(ok, "{err}");
+    out.lines().last().unwrap().to_owned()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+async fn device_with(addr: std::net::SocketAddr, path: &str, bearer: Option<&str>) -> common::Ws {
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if let Some(token) = bearer {
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+    }
+    let (mut ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recv_text(&mut ws).await, DEVICE_WELCOME);
+    ws
+}
+
+fn updt(mid: &str, serial: &str, body: &Value) -> String {
+    common::updt(mid, serial, body)
+}
+
+#[tokio::test]
+async fn devices_need_their_token_and_people_a_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let token = issue(dir.path(), "0001");
+    let other = issue(dir.path(), "0002");
+    let (_, err, ok) = cli(
+        dir.path(),
+        &["user", "add", "ops", "--role", "viewer"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{err}");
+
+    let (mut child, addr) =
+        spawn_binary_env(dir.path(), &[("SMART_AUTH", OsStr::new("required"))], &log).await;
+
+    // Provisioning while the server holds the store: a clear refusal, not a hang or a corruption.
+    let (_, err, ok) = cli(dir.path(), &["token", "issue", "0003"], "");
+    assert!(!ok);
+    assert!(err.contains("in use by a running server"), "{err}");
+
+    // No token, a wrong token, a revoked-looking token: 401 before the upgrade, with a JSON reason.
+    let (status, _) = upgrade_raw(addr, "/update/", None, &[]).await;
+    assert_eq!(status, 401);
+    let wrong = format!("Bearer {}x", &token[..token.len() - 1]);
+    let (status, _) = upgrade_raw(addr, "/update/", None, &[("Authorization", &wrong)]).await;
+    assert_eq!(status, 401);
+    let (status, _) = upgrade_raw(addr, "/update/?token=smartos_nope", None, &[]).await;
+    assert_eq!(status, 401);
+
+    // The right token: the device writes its own serial, and only that one.
+    let mut ws = device_with(addr, "/update/", Some(&token)).await;
+    let ok = exchange(&mut ws, &updt("0001", "0001", &json!({"battery": 50}))).await;
+    assert_eq!(ok["message"], "0001:0001:OK", "{ok}");
+    let refused = exchange(&mut ws, &updt("0002", "0002", &json!({"battery": 7}))).await;
+    assert_eq!(refused["message"], "0002:0002:ERROR", "{refused}");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(reason.contains("token is for serial 0001"), "{reason}");
+    // The token in the query string, for devices that cannot set headers.
+    let path = format!("/update/?token={other}");
+    let mut ws2 = device_with(addr, &path, None).await;
+    let ok = exchange(&mut ws2, &updt("0003", "0002", &json!({"battery": 9}))).await;
+    assert_eq!(ok["message"], "0003:0002:OK", "{ok}");
+
+    // People: 401 with a Basic challenge without credentials, 200 with them; /healthz stays open.
+    let auth = basic("ops", PASSWORD);
+    for path in ["/api/devices", "/metrics", "/index.html", "/"] {
+        let res = http_get(addr, path, &[]).await;
+        assert_eq!(res.status, 401, "{path}");
+        assert!(
+            res.header("www-authenticate")
+                .is_some_and(|h| h.starts_with("Basic")),
+            "{path}: {:?}",
+            res.headers
+        );
+    }
+    assert_eq!(http_get(addr, "/healthz", &[]).await.status, 200);
+    let devices = http_get(addr, "/api/devices", &[("Authorization", &auth)]).await;
+    assert_eq!(devices.status, 200, "{}", devices.body);
+    let list = devices.json();
+    let serials: Vec<&str> = list
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|r| r["serial_number"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(serials, ["0001", "0002"], "{}", devices.body);
+    let (status, _) = upgrade_raw(addr, "/client/", None, &[]).await;
+    assert_eq!(status, 401);
+    let (status, _) = upgrade_raw(addr, "/client/", None, &[("Authorization", &auth)]).await;
+    assert_eq!(status, 101);
+
+    // Failed logins are rate-limited per user and address, even for the right password then.
+    let bad = basic("ops", "guess");
+    for _ in 0..5 {
+        let res = http_get(addr, "/api/devices", &[("Authorization", &bad)]).await;
+        assert_eq!(res.status, 401);
+    }
+    let res = http_get(addr, "/api/devices", &[("Authorization", &bad)]).await;
+    assert_eq!(res.status, 429, "{}", res.body);
+    assert_eq!(res.header("retry-after"), Some("60"));
+
+    let metrics = http_get(addr, "/metrics", &[("Authorization", &auth)])
+        .await
+        .body;
+    let failures =
+        |labels: &str| metric_or_zero(&metrics, &format!("smart_auth_failures_total{{{labels}}}"));
+    assert_eq!(failures(r#"who="device",reason="missing""#), 1, "{metrics}");
+    assert_eq!(failures(r#"who="device",reason="invalid""#), 2, "{metrics}");
+    assert!(
+        failures(r#"who="person",reason="missing""#) >= 5,
+        "{metrics}"
+    );
+    assert_eq!(failures(r#"who="person",reason="invalid""#), 5, "{metrics}");
+    assert_eq!(
+        failures(r#"who="person",reason="rate_limited""#),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_or_zero(&metrics, r#"smart_messages_rejected_total{reason="token"}"#),
+        1,
+        "{metrics}"
+    );
+
+    drop((ws, ws2));
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("refused: credentials"), "{log}");
+    for secret in [token.as_str(), &other, PASSWORD, "smartos_nope", &auth] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    // Only the query-string form of a token is in no log either.
+    assert!(!log.contains("token="), "{log}");
+}
+
+#[tokio::test]
+async fn tokens_are_listed_revoked_and_provisioned_in_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = issue(dir.path(), "0001");
+    let (list, _, ok) = cli(dir.path(), &["token", "list"], "");
+    assert!(ok);
+    assert!(list.contains("0001\t"), "{list}");
+    assert!(list.contains("never"), "{list}");
+    assert!(!list.contains(&token), "{list}");
+
+    // Used once by a running server, then listed with its last use.
+    let log = dir.path().join("server.log");
+    let (mut child, addr) =
+        spawn_binary_env(dir.path(), &[("SMART_AUTH", OsStr::new("required"))], &log).await;
+    drop(device_with(addr, "/update/", Some(&token)).await);
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let _ = tokio::time::timeout(TIMEOUT, child.wait()).await.unwrap();
+    let (list, _, _) = cli(dir.path(), &["token", "list"], "");
+    let line = list.lines().find(|l| l.starts_with("0001\t")).unwrap();
+    assert!(!line.ends_with("never"), "{list}");
+
+    // Revoked: the next start refuses the token.
+    let (_, err, ok) = cli(dir.path(), &["token", "revoke", "0001"], "");
+    assert!(ok, "{err}");
+    let (_, err, ok) = cli(dir.path(), &["token", "revoke", "0001"], "");
+    assert!(!ok && err.contains("no token"), "{err}");
+    let (mut child, addr) =
+        spawn_binary_env(dir.path(), &[("SMART_AUTH", OsStr::new("required"))], &log).await;
+    let bearer = format!("Bearer {token}");
+    let (status, _) = upgrade_raw(addr, "/update/", None, &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 401);
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+
+    // Bulk: serials on stdin, `SERIAL TOKEN` lines in a new file only the owner may read.
+    let out = dir.path().join("tokens.txt");
+    let out_arg = out.to_str().unwrap();
+    let (_, err, ok) = cli(
+        dir.path(),
+        &["token", "bulk", "--out", out_arg],
+        "a1\na2\n\na3\n",
+    );
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<(&str, &str)> = text.lines().map(|l| l.split_once(' ').unwrap()).collect();
+    assert_eq!(
+        lines.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        ["a1", "a2", "a3"]
+    );
+    assert!(lines.iter().all(|(_, t)| t.starts_with("smartos_")));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // An existing file is never overwritten; a bad serial is refused before anything is issued.
+    let (_, err, ok) = cli(dir.path(), &["token", "bulk", "--out", out_arg, "b1"], "");
+    assert!(!ok && err.contains("must not exist"), "{err}");
+    let other = dir.path().join("other.txt");
+    let (_, err, ok) = cli(
+        dir.path(),
+        &[
+            "token",
+            "bulk",
+            "--out",
+            other.to_str().unwrap(),
+            "ok",
+            "not ok",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("bad serial"), "{err}");
+}
+
+#[tokio::test]
+async fn the_default_on_loopback_is_open_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    // A token exists, but auth is off on loopback by default: devices without one still write.
+    issue(dir.path(), "0001");
+    let log = dir.path().join("server.log");
+    let (mut child, addr) = spawn_binary_env(dir.path(), &[], &log).await;
+    let mut ws = common::device(addr).await;
+    let ok = exchange(&mut ws, &updt("0001", "0009", &json!({"battery": 1}))).await;
+    assert_eq!(ok["message"], "0001:0009:OK");
+    assert_eq!(http_get(addr, "/api/devices", &[]).await.status, 200);
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+}
