@@ -1,76 +1,189 @@
-//! `smart-server token …` and `smart-server user …`: provisioning on a data directory no server is
-//! running on (sled admits one process; a running server answers with a clear error).
+//! `smart-server token …` and `smart-server user …`: provisioning. On a data directory no server runs
+//! on, the command opens the store itself; while a server holds it (sled admits one process), the
+//! command goes through that server's admin API on loopback, with the secret the server left in the
+//! data dir (`admin.json`, 0600).
 
 use std::io::{BufRead as _, Write as _};
+use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value, json};
 use smart_proto::Serial;
+use warp::http::{Method, Request, header};
 
-use crate::auth::{Tokens, Users};
+use crate::auth::{ADMIN_FILE, Tokens, Users};
 use crate::config::{Command, Config, TokenAction, UserAction};
 
 /// Run a management command against `config.data_dir`.
-pub fn run_command(config: &Config, command: &Command) -> anyhow::Result<()> {
-    let db = open_db(&config.data_dir)?;
+pub async fn run_command(config: &Config, command: &Command) -> anyhow::Result<()> {
+    let backend = Backend::open(&config.data_dir)?;
     match command {
-        Command::Token { action } => token(&db, action),
-        Command::User { action } => user(&db, action),
+        Command::Token { action } => token(&backend, action).await,
+        Command::User { action } => user(&backend, action).await,
     }
 }
 
-fn open_db(dir: &Path) -> anyhow::Result<sled::Db> {
-    let path = dir.join("sled");
-    sled::Config::new().path(&path).open().map_err(|e| {
-        let busy = matches!(&e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
-            || e.to_string().contains("lock");
-        if busy {
-            anyhow::anyhow!(
-                "{} is in use by a running server: stop it to provision (provisioning through a running server is not built yet)",
-                dir.display()
-            )
-        } else {
-            anyhow::Error::new(e).context(format!("opening the store in {}", path.display()))
-        }
-    })
+/// Where the command acts: the store itself, or the server holding it.
+enum Backend {
+    Local { tokens: Tokens, users: Users },
+    Remote { addr: SocketAddr, secret: String },
 }
 
-fn token(db: &sled::Db, action: &TokenAction) -> anyhow::Result<()> {
-    let tokens = Tokens::open(db)?;
-    let mut stdout = std::io::stdout().lock();
+#[derive(Deserialize)]
+struct AdminFile {
+    addr: Option<SocketAddr>,
+    secret: String,
+}
+
+impl Backend {
+    fn open(dir: &Path) -> anyhow::Result<Backend> {
+        let path = dir.join("sled");
+        match sled::Config::new().path(&path).open() {
+            Ok(db) => Ok(Backend::Local {
+                tokens: Tokens::open(&db)?,
+                users: Users::open(&db)?,
+            }),
+            Err(e) if e.to_string().contains("lock") => {
+                let file = dir.join(ADMIN_FILE);
+                let text = std::fs::read_to_string(&file).with_context(|| {
+                    format!(
+                        "{} is in use by a running server, and its admin file {} cannot be read",
+                        dir.display(),
+                        file.display()
+                    )
+                })?;
+                let admin: AdminFile = serde_json::from_str(&text)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let addr = admin.addr.ok_or_else(|| {
+                    anyhow!(
+                        "{} is in use by a running server that listens on no loopback address: stop it to provision, or use its /api/admin/ API with an owner's login",
+                        dir.display()
+                    )
+                })?;
+                Ok(Backend::Remote {
+                    addr,
+                    secret: admin.secret,
+                })
+            }
+            Err(e) => {
+                Err(anyhow::Error::new(e)
+                    .context(format!("opening the store in {}", path.display())))
+            }
+        }
+    }
+
+    /// A call to the running server's admin API; the JSON answer of a 2xx, else its error.
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let Backend::Remote { addr, secret } = self else {
+            bail!("not a remote backend");
+        };
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to the running server at {addr}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the running server")?;
+        tokio::spawn(conn);
+        let body = body.map_or_else(Bytes::new, |v| Bytes::from(v.to_string()));
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, addr.to_string())
+            .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .context("building the admin request")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("calling the running server's admin API")?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the admin answer")?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let why = value["error"].as_str().unwrap_or("no reason given");
+            bail!("the running server refused ({status}): {why}")
+        }
+    }
+}
+
+async fn token(backend: &Backend, action: &TokenAction) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout();
     match action {
         TokenAction::Issue { serial } => {
             let serial = Serial::new(serial).context("bad serial")?;
-            let token = tokens.issue(&serial)?;
+            let token = match backend {
+                Backend::Local { tokens, .. } => tokens.issue(&serial)?,
+                Backend::Remote { .. } => {
+                    let answer = backend
+                        .call(Method::POST, &format!("/api/admin/tokens/{serial}"), None)
+                        .await?;
+                    string(&answer["token"])?
+                }
+            };
             eprintln!("issued a new token for {serial}; any earlier one is revoked");
             writeln!(stdout, "{token}")?;
         }
         TokenAction::Revoke { serial } => {
-            if !tokens.revoke(serial)? {
-                bail!("{serial:?} has no token");
+            match backend {
+                Backend::Local { tokens, .. } => {
+                    if !tokens.revoke(serial)? {
+                        bail!("{serial:?} has no token");
+                    }
+                }
+                Backend::Remote { .. } => {
+                    backend
+                        .call(Method::DELETE, &format!("/api/admin/tokens/{serial}"), None)
+                        .await?;
+                }
             }
             eprintln!("revoked the token of {serial}");
         }
         TokenAction::List => {
+            let rows: Vec<(String, u64, Option<u64>)> = match backend {
+                Backend::Local { tokens, .. } => tokens
+                    .list()?
+                    .into_iter()
+                    .map(|t| (t.serial, t.created_ms, t.last_used_ms))
+                    .collect(),
+                Backend::Remote { .. } => {
+                    let answer = backend.call(Method::GET, "/api/admin/tokens", None).await?;
+                    answer
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|t| {
+                            (
+                                t["serial"].as_str().unwrap_or_default().to_owned(),
+                                t["created_ms"].as_u64().unwrap_or_default(),
+                                t["last_used_ms"].as_u64(),
+                            )
+                        })
+                        .collect()
+                }
+            };
             writeln!(stdout, "SERIAL\tCREATED_MS\tLAST_USED_MS")?;
-            for t in tokens.list()? {
-                let used = t
-                    .last_used_ms
-                    .map_or("never".to_owned(), |ms| ms.to_string());
-                writeln!(stdout, "{}\t{}\t{used}", t.serial, t.created_ms)?;
+            for (serial, created, used) in rows {
+                let used = used.map_or("never".to_owned(), |ms| ms.to_string());
+                writeln!(stdout, "{serial}\t{created}\t{used}")?;
             }
         }
         TokenAction::Bulk { out, serials } => {
             let serials = if serials.is_empty() {
-                let mut read = Vec::new();
-                for line in std::io::stdin().lock().lines() {
-                    let line = line.context("reading serials from stdin")?;
-                    let line = line.trim();
-                    if !line.is_empty() {
-                        read.push(line.to_owned());
-                    }
-                }
-                read
+                read_serials()?
             } else {
                 serials.clone()
             };
@@ -79,12 +192,31 @@ fn token(db: &sled::Db, action: &TokenAction) -> anyhow::Result<()> {
                 .map(|s| Serial::new(s).with_context(|| format!("bad serial {s:?}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let mut file = create_private(out)?;
+            let issued = match backend {
+                Backend::Local { tokens, .. } => tokens.issue_many(&serials)?,
+                Backend::Remote { .. } => {
+                    let names: Vec<&str> = serials.iter().map(Serial::as_str).collect();
+                    let answer = backend
+                        .call(
+                            Method::POST,
+                            "/api/admin/tokens",
+                            Some(json!({ "serials": names })),
+                        )
+                        .await?;
+                    answer
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|t| string(&t["token"]))
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                }
+            };
             let mut text = String::new();
-            for serial in &serials {
-                let token = tokens.issue(serial)?;
+            for (serial, token) in serials.iter().zip(&issued) {
                 text.push_str(serial.as_str());
                 text.push(' ');
-                text.push_str(&token);
+                text.push_str(token);
                 text.push('\n');
             }
             file.write_all(text.as_bytes())
@@ -92,7 +224,7 @@ fn token(db: &sled::Db, action: &TokenAction) -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!(
                 "issued {} tokens; `SERIAL TOKEN` lines in {}",
-                serials.len(),
+                issued.len(),
                 out.display()
             );
         }
@@ -100,9 +232,8 @@ fn token(db: &sled::Db, action: &TokenAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn user(db: &sled::Db, action: &UserAction) -> anyhow::Result<()> {
-    let users = Users::open(db)?;
-    let mut stdout = std::io::stdout().lock();
+async fn user(backend: &Backend, action: &UserAction) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout();
     match action {
         UserAction::Add {
             name,
@@ -115,29 +246,94 @@ fn user(db: &sled::Db, action: &UserAction) -> anyhow::Result<()> {
                 .read_line(&mut password)
                 .context("reading the password from stdin")?;
             let password = password.trim_end_matches(['\n', '\r']);
-            users.add(name, password, *role, scope_owner.clone())?;
+            match backend {
+                Backend::Local { users, .. } => {
+                    users.add(name, password, *role, scope_owner.clone())?;
+                }
+                Backend::Remote { .. } => {
+                    let body = json!({"password": password, "role": role.as_str(), "scope_owner": scope_owner});
+                    backend
+                        .call(Method::PUT, &format!("/api/admin/users/{name}"), Some(body))
+                        .await?;
+                }
+            }
             eprintln!("user {name} ({}) saved", role.as_str());
         }
         UserAction::Remove { name } => {
-            if !users.remove(name)? {
-                bail!("no user {name:?}");
+            match backend {
+                Backend::Local { users, .. } => {
+                    if !users.remove(name)? {
+                        bail!("no user {name:?}");
+                    }
+                }
+                Backend::Remote { .. } => {
+                    backend
+                        .call(Method::DELETE, &format!("/api/admin/users/{name}"), None)
+                        .await?;
+                }
             }
             eprintln!("user {name} removed");
         }
         UserAction::List => {
+            let rows: Vec<(String, String, Option<String>, u64)> = match backend {
+                Backend::Local { users, .. } => users
+                    .list()?
+                    .into_iter()
+                    .map(|(name, u)| {
+                        (
+                            name,
+                            u.role.as_str().to_owned(),
+                            u.scope_owner,
+                            u.created_ms,
+                        )
+                    })
+                    .collect(),
+                Backend::Remote { .. } => {
+                    let answer = backend.call(Method::GET, "/api/admin/users", None).await?;
+                    answer
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|u| {
+                            (
+                                u["name"].as_str().unwrap_or_default().to_owned(),
+                                u["role"].as_str().unwrap_or_default().to_owned(),
+                                u["scope_owner"].as_str().map(str::to_owned),
+                                u["created_ms"].as_u64().unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                }
+            };
             writeln!(stdout, "NAME\tROLE\tSCOPE_OWNER\tCREATED_MS")?;
-            for (name, user) in users.list()? {
-                let scope = user.scope_owner.as_deref().unwrap_or("-");
-                writeln!(
-                    stdout,
-                    "{name}\t{}\t{scope}\t{}",
-                    user.role.as_str(),
-                    user.created_ms
-                )?;
+            for (name, role, scope, created) in rows {
+                let scope = scope.as_deref().unwrap_or("-");
+                writeln!(stdout, "{name}\t{role}\t{scope}\t{created}")?;
             }
         }
     }
     Ok(())
+}
+
+fn string(value: &Value) -> anyhow::Result<String> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("the running server's answer has no token"))
+}
+
+/// Serials on stdin, one per line (blank lines skipped).
+fn read_serials() -> anyhow::Result<Vec<String>> {
+    let mut read = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading serials from stdin")?;
+        let line = line.trim();
+        if !line.is_empty() {
+            read.push(line.to_owned());
+        }
+    }
+    Ok(read)
 }
 
 /// A new file only its owner may read.

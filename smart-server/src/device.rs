@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use smart_proto::{DEVICE_WELCOME, Header, Kind, Rejection, Serial, ServerMessage, Timestamp};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -19,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 use tracing::{debug, info};
 
 use crate::acks::{Ack, AckQueue, AckTicket, Refusal};
+use crate::auth::Grant;
 use crate::ingest::{Job, Write};
 use crate::liveness::{Due, Liveness, is_not_reading};
 use crate::metrics::{Metrics, RejectClass};
@@ -61,12 +63,16 @@ pub(crate) async fn session<S>(
     mut ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     mut shutdown: Shutdown,
-    bound: Option<Serial>,
+    grant: Option<Grant>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let metrics = &shared.metrics;
     Metrics::inc(&metrics.device_connections);
+    let (bound, mut revoked) = match grant {
+        Some(Grant { serial, revoked }) => (Some(serial), Some(revoked)),
+        None => (None, None),
+    };
     let mut state = Session {
         shared: &shared,
         bound,
@@ -76,7 +82,7 @@ pub(crate) async fn session<S>(
     };
     let welcome = ServerMessage::Info(DEVICE_WELCOME.to_owned()).to_frame();
     let end = match ws.send(info_text(welcome)).await {
-        Ok(()) => state.serve(&mut ws, &mut shutdown).await,
+        Ok(()) => state.serve(&mut ws, &mut shutdown, &mut revoked).await,
         Err(_) => End::Broken,
     };
     finish(&mut ws, end).await;
@@ -114,6 +120,15 @@ where
     .await;
 }
 
+/// Resolves when the token behind `revoked` is revoked or replaced (never for `None`).
+async fn token_revoked(revoked: &mut Option<watch::Receiver<()>>) {
+    match revoked {
+        // Nothing is ever sent: the sender is dropped on revocation.
+        Some(rx) => while rx.changed().await.is_ok() {},
+        None => std::future::pending().await,
+    }
+}
+
 struct Session<'a> {
     shared: &'a Shared,
     /// The serial this connection's device token is for (`--auth required`); `None`: any serial.
@@ -129,7 +144,12 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// The read/ack loop.
-    async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>, shutdown: &mut Shutdown) -> End
+    async fn serve<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        shutdown: &mut Shutdown,
+        revoked: &mut Option<watch::Receiver<()>>,
+    ) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -181,6 +201,13 @@ impl Session<'_> {
                 () = shutdown.recv(), if reading => {
                     reading = false;
                     close = Some(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
+                }
+                () = token_revoked(revoked), if reading && revoked.is_some() => {
+                    // Replies to what was read still go out; nothing more is read.
+                    *revoked = None;
+                    info!("closing a device connection: its token was revoked");
+                    reading = false;
+                    close = Some(CloseFrame { code: CloseCode::Policy, reason: "device token revoked".into() });
                 }
                 () = tokio::time::sleep_until(idle_at.unwrap_or_else(tokio::time::Instant::now)), if idle_at.is_some() => {
                     match liveness.due() {

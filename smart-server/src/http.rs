@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use smart_proto::{Query, Serial};
+use smart_proto::Query;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -27,14 +27,14 @@ use warp::http::header::{self, HeaderValue};
 use warp::http::{Method, Request, StatusCode, Uri};
 use warp::reply::{Reply, Response};
 
-use crate::auth::Denied;
+use crate::auth::{Denied, Grant};
 use crate::conns::Slot;
 use crate::lenient::Lenient;
 use crate::liveness::{CONTROL_ROOM, FRAGMENT};
 use crate::metrics::{Gauges, Metrics};
 use crate::server::Shared;
 use crate::shutdown::{Shutdown, TaskToken};
-use crate::{dashboard, device};
+use crate::{admin, dashboard, device};
 
 /// Read buffer of a device socket: device frames are a few hundred bytes; larger ones (up to
 /// `--max-frame-bytes`) grow the buffer as needed.
@@ -154,6 +154,11 @@ pub(crate) async fn serve_connection<S>(
                 }
                 return Ok(res);
             }
+            if req.uri().path().starts_with("/api/admin/") || req.uri().path() == "/api/admin" {
+                let (status, body) = admin::handle(req, &ctx.shared.auth, ctx.remote).await;
+                ctx.slot.idle();
+                return Ok(json_response(status, body.to_string()));
+            }
             if req.uri().path() != "/healthz"
                 && let Err(res) = ctx.admit(&req, Peer::Dashboard).await
             {
@@ -254,7 +259,7 @@ impl Ctx {
     /// Check the request's credentials (`--auth`): a device token for a device, a user for anything
     /// else. `Ok` carries the serial a device connection may write (`None`: any); `Err` the answer
     /// (401, 429 or 503). Neither the token nor the query string is logged.
-    async fn admit(&self, req: &Request<Incoming>, peer: Peer) -> Result<Option<Serial>, Response> {
+    async fn admit(&self, req: &Request<Incoming>, peer: Peer) -> Result<Option<Grant>, Response> {
         let auth = &self.shared.auth;
         let authorization = req
             .headers()
@@ -330,7 +335,7 @@ impl Ctx {
 
     /// Answer a request for `/update/` or `/client/`: 101 and a websocket session, or why not.
     /// `grant` is the serial a device connection may write (`None`: any).
-    fn upgrade(&self, mut req: Request<Incoming>, peer: Peer, grant: Option<Serial>) -> Response {
+    fn upgrade(&self, mut req: Request<Incoming>, peer: Peer, grant: Option<Grant>) -> Response {
         let shared = &self.shared;
         let is_upgrade = req.method() == Method::GET
             && header_has_token(&req, header::CONNECTION, "upgrade")

@@ -14,6 +14,7 @@
 //! ```
 
 mod acks;
+mod admin;
 mod auth;
 mod cli;
 mod config;

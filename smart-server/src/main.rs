@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     if let Some(command) = &config.command {
-        return smart_server::run_command(&config, command);
+        return smart_server::run_command(&config, command).await;
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -110,6 +110,9 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
+        if let Err(e) = auth.write_admin_file(&config.data_dir, local_addr) {
+            warn!(%e, "cannot write the admin file: `token`/`user` commands will not reach this server");
+        }
         let (shutdown_tx, shutdown) = Shutdown::new();
         let budget = Budget::of_process(config.max_connections);
         log_budget(&budget, config.max_connections);

@@ -16,7 +16,9 @@ use common::{
     DEVICE_WELCOME, TIMEOUT, exchange, http_get, metric_or_zero, recv_text, spawn_binary_env,
     upgrade_raw,
 };
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -97,11 +99,6 @@ async fn devices_need_their_token_and_people_a_login() {
     let (mut child, addr) =
         spawn_binary_env(dir.path(), &[("SMART_AUTH", OsStr::new("required"))], &log).await;
 
-    // Provisioning while the server holds the store: a clear refusal, not a hang or a corruption.
-    let (_, err, ok) = cli(dir.path(), &["token", "issue", "0003"], "");
-    assert!(!ok);
-    assert!(err.contains("in use by a running server"), "{err}");
-
     // No token, a wrong token, a revoked-looking token: 401 before the upgrade, with a JSON reason.
     let (status, _) = upgrade_raw(addr, "/update/", None, &[]).await;
     assert_eq!(status, 401);
@@ -155,6 +152,59 @@ async fn devices_need_their_token_and_people_a_login() {
     let (status, _) = upgrade_raw(addr, "/client/", None, &[("Authorization", &auth)]).await;
     assert_eq!(status, 101);
 
+    // Provisioning while the server holds the store goes through its admin API: a new device's token
+    // works at once, and revoking a token closes that device's live connection within a second.
+    let (third, err, ok) = cli(dir.path(), &["token", "issue", "0003"], "");
+    assert!(ok, "{err}");
+    let third = third.lines().last().unwrap().to_owned();
+    let mut ws3 = device_with(addr, "/update/", Some(&third)).await;
+    let ok = exchange(&mut ws3, &updt("0004", "0003", &json!({"battery": 3}))).await;
+    assert_eq!(ok["message"], "0004:0003:OK", "{ok}");
+    let (list, _, ok) = cli(dir.path(), &["token", "list"], "");
+    assert!(ok);
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("000")).count(),
+        3,
+        "{list}"
+    );
+    let revoked_at = std::time::Instant::now();
+    let (_, err, ok) = cli(dir.path(), &["token", "revoke", "0003"], "");
+    assert!(ok, "{err}");
+    let close = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        loop {
+            match ws3.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the revoked device's connection stays open");
+    let frame = close.unwrap();
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert!(revoked_at.elapsed() < std::time::Duration::from_secs(2));
+    let bearer3 = format!("Bearer {third}");
+    let (status, _) = upgrade_raw(addr, "/update/", None, &[("Authorization", &bearer3)]).await;
+    assert_eq!(status, 401);
+
+    // Owner actions over HTTP: a viewer is forbidden, no credentials is 401, an owner may.
+    let (_, err, ok) = cli(
+        dir.path(),
+        &["user", "add", "boss", "--role", "owner"],
+        "boss pass\n",
+    );
+    assert!(ok, "{err}");
+    let res = http_get(addr, "/api/admin/tokens", &[("Authorization", &auth)]).await;
+    assert_eq!(res.status, 403, "{}", res.body);
+    assert_eq!(http_get(addr, "/api/admin/tokens", &[]).await.status, 401);
+    let owner = basic("boss", "boss pass");
+    let res = http_get(addr, "/api/admin/tokens", &[("Authorization", &owner)]).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert!(!res.body.contains("smartos_"), "{}", res.body);
+    let res = http_get(addr, "/api/admin/users", &[("Authorization", &owner)]).await;
+    assert_eq!(res.json().as_array().map(Vec::len), Some(2), "{}", res.body);
+
     // Failed logins are rate-limited per user and address, even for the right password then.
     let bad = basic("ops", "guess");
     for _ in 0..5 {
@@ -171,7 +221,7 @@ async fn devices_need_their_token_and_people_a_login() {
     let failures =
         |labels: &str| metric_or_zero(&metrics, &format!("smart_auth_failures_total{{{labels}}}"));
     assert_eq!(failures(r#"who="device",reason="missing""#), 1, "{metrics}");
-    assert_eq!(failures(r#"who="device",reason="invalid""#), 2, "{metrics}");
+    assert_eq!(failures(r#"who="device",reason="invalid""#), 3, "{metrics}");
     assert!(
         failures(r#"who="person",reason="missing""#) >= 5,
         "{metrics}"
@@ -188,12 +238,21 @@ async fn devices_need_their_token_and_people_a_login() {
         "{metrics}"
     );
 
-    drop((ws, ws2));
+    drop((ws, ws2, ws3));
     child.kill().await.unwrap();
     let _ = child.wait().await;
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("refused: credentials"), "{log}");
-    for secret in [token.as_str(), &other, PASSWORD, "smartos_nope", &auth] {
+    for secret in [
+        token.as_str(),
+        &other,
+        &third,
+        PASSWORD,
+        "boss pass",
+        "smartos_nope",
+        &auth,
+        &owner,
+    ] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
     // Only the query-string form of a token is in no log either.

@@ -14,20 +14,24 @@ mod tokens;
 mod users;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clap::ValueEnum;
 use sha2::{Digest as _, Sha256};
 use smart_proto::Serial;
+use subtle::ConstantTimeEq as _;
 use tracing::{error, info};
 
 pub(crate) use tokens::Tokens;
 pub use users::Role;
-pub(crate) use users::Users;
+pub(crate) use users::{UserError, Users};
 
 /// Whether connections must authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +85,9 @@ pub(crate) struct Principal {
     pub scope_owner: Option<String>,
 }
 
+/// The file in the data dir through which the command line finds a running server.
+pub(crate) const ADMIN_FILE: &str = "admin.json";
+
 /// How long verified credentials are remembered.
 const REMEMBER: Duration = Duration::from_mins(5);
 /// Most remembered credentials (then the memory is cleared).
@@ -100,6 +107,19 @@ pub(crate) struct Auth {
     /// SHA-256 of `name:password` → the principal and when it was verified.
     remembered: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
     failures: Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
+    /// Per serial with a live token-bound connection: dropped when the token is revoked or
+    /// replaced, which ends those connections.
+    live: Mutex<HashMap<Serial, watch::Sender<()>>>,
+    /// Lets the command line act through this server (loopback only): kept in the data dir, 0600.
+    admin_secret: String,
+}
+
+/// What a device connection may write: one serial, for as long as its token stands.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    pub serial: Serial,
+    /// Resolves (with an error) once the token is revoked or replaced.
+    pub revoked: watch::Receiver<()>,
 }
 
 impl Auth {
@@ -116,6 +136,8 @@ impl Auth {
             users,
             remembered: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            admin_secret: tokens::random_secret()?,
         })
     }
 
@@ -125,7 +147,7 @@ impl Auth {
         &self,
         authorization: Option<&[u8]>,
         query: Option<&str>,
-    ) -> Result<Option<Serial>, Denied> {
+    ) -> Result<Option<Grant>, Denied> {
         if self.mode == AuthMode::Off {
             return Ok(None);
         }
@@ -142,7 +164,25 @@ impl Auth {
             return Err(Denied::Missing);
         };
         match self.tokens.verify(&token) {
-            Ok(Some(serial)) => Ok(Some(serial)),
+            Ok(Some(serial)) => {
+                let Ok(mut live) = self.live.lock() else {
+                    return Err(Denied::Unavailable);
+                };
+                // Forget serials whose connections are all gone.
+                if live.len() > 1024 && live.len().is_power_of_two() {
+                    live.retain(|_, tx| tx.receiver_count() > 0);
+                }
+                let revoked = live
+                    .entry(serial.clone())
+                    .or_insert_with(|| watch::channel(()).0)
+                    .subscribe();
+                // A revoke between the lookup and the subscription would be missed: look again.
+                match self.tokens.verify(&token) {
+                    Ok(Some(_)) => Ok(Some(Grant { serial, revoked })),
+                    Ok(None) => Err(Denied::Invalid),
+                    Err(_) => Err(Denied::Unavailable),
+                }
+            }
             Ok(None) => Err(Denied::Invalid),
             Err(e) => {
                 error!(%e, "device token lookup failed");
@@ -151,8 +191,7 @@ impl Auth {
         }
     }
 
-    /// The person behind an `Authorization: Basic` header: `Ok(None)` when auth is off. Runs argon2id
-    /// on a blocking thread unless the credentials were verified recently.
+    /// The person behind an `Authorization: Basic` header: `Ok(None)` when auth is off.
     pub(crate) async fn person(
         self: &std::sync::Arc<Self>,
         authorization: Option<&[u8]>,
@@ -161,6 +200,16 @@ impl Auth {
         if self.mode == AuthMode::Off {
             return Ok(None);
         }
+        self.login(authorization, from).await.map(Some)
+    }
+
+    /// The user behind an `Authorization: Basic` header, whatever the mode. Runs argon2id on a
+    /// blocking thread unless the credentials were verified recently.
+    pub(crate) async fn login(
+        self: &std::sync::Arc<Self>,
+        authorization: Option<&[u8]>,
+        from: IpAddr,
+    ) -> Result<Principal, Denied> {
         let Some((name, password)) = authorization.and_then(basic_credentials) else {
             return Err(Denied::Missing);
         };
@@ -171,7 +220,7 @@ impl Auth {
             .finalize()
             .into();
         if let Some(principal) = self.remembered(&key) {
-            return Ok(Some(principal));
+            return Ok(principal);
         }
         if self.failed_too_often(&name, from) {
             return Err(Denied::RateLimited);
@@ -188,7 +237,7 @@ impl Auth {
                     scope_owner: user.scope_owner,
                 };
                 self.remember(key, &principal);
-                Ok(Some(principal))
+                Ok(principal)
             }
             Ok(Ok(None)) => {
                 self.count_failure(name, from);
@@ -202,6 +251,66 @@ impl Auth {
                 error!(%e, "password check task failed");
                 Err(Denied::Unavailable)
             }
+        }
+    }
+
+    /// Whether `authorization` is `Bearer ADMIN_SECRET` (compared in constant time).
+    pub(crate) fn is_admin_secret(&self, authorization: Option<&[u8]>) -> bool {
+        authorization
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .is_some_and(|given| bool::from(given.ct_eq(self.admin_secret.as_bytes())))
+    }
+
+    /// Write `admin.json` (`{"addr": …, "secret": …}`, permissions 0600) into `dir`, so that the
+    /// command line can provision through this server: `addr` is a loopback address that reaches
+    /// it, or `null` when it listens on no loopback address.
+    pub(crate) fn write_admin_file(&self, dir: &Path, listen: SocketAddr) -> std::io::Result<()> {
+        let addr = match listen.ip() {
+            ip if ip.is_loopback() => Some(listen),
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                Some(SocketAddr::from(([127, 0, 0, 1], listen.port())))
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => Some(SocketAddr::from((
+                std::net::Ipv6Addr::LOCALHOST,
+                listen.port(),
+            ))),
+            _ => None,
+        };
+        let json = serde_json::json!({ "addr": addr, "secret": self.admin_secret });
+        let tmp = dir.join("admin.json.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        std::io::Write::write_all(&mut file, json.to_string().as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(ADMIN_FILE))
+    }
+
+    /// The device tokens (for the admin API and the command line).
+    pub(crate) fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// The users (for the admin API).
+    pub(crate) fn users(&self) -> &Users {
+        &self.users
+    }
+
+    /// End the live connections of `serial` (its token was revoked or replaced).
+    pub(crate) fn disconnect(&self, serial: &str) {
+        if let Ok(mut live) = self.live.lock() {
+            // Dropping the sender wakes every receiver.
+            live.remove(serial);
+        }
+    }
+
+    /// Forget remembered logins (a user was changed or removed).
+    pub(crate) fn forget_logins(&self) {
+        if let Ok(mut map) = self.remembered.lock() {
+            map.clear();
         }
     }
 

@@ -58,9 +58,23 @@ impl Tokens {
 
     /// A new token for `serial`, replacing (revoking) any earlier one. Durable when this returns.
     pub(crate) fn issue(&self, serial: &Serial) -> Result<String, TokenError> {
-        let mut random = [0_u8; TOKEN_BYTES];
-        getrandom::fill(&mut random).map_err(|e| TokenError::Random(e.to_string()))?;
-        let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(random));
+        let token = self.issue_unsynced(serial)?;
+        self.flush()?;
+        Ok(token)
+    }
+
+    /// New tokens for many serials, with one sync at the end. Durable when this returns.
+    pub(crate) fn issue_many(&self, serials: &[Serial]) -> Result<Vec<String>, TokenError> {
+        let tokens = serials
+            .iter()
+            .map(|serial| self.issue_unsynced(serial))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.flush()?;
+        Ok(tokens)
+    }
+
+    fn issue_unsynced(&self, serial: &Serial) -> Result<String, TokenError> {
+        let token = format!("{TOKEN_PREFIX}{}", random_secret()?);
         let hash = hash(&token);
         let mut entry = Vec::with_capacity(ENTRY_LEN);
         entry.extend_from_slice(&hash);
@@ -72,7 +86,6 @@ impl Tokens {
             self.by_hash.remove(old_hash)?;
         }
         self.by_hash.insert(hash, serial.as_str())?;
-        self.flush()?;
         Ok(token)
     }
 
@@ -142,6 +155,13 @@ impl Tokens {
         self.by_hash.flush()?;
         Ok(())
     }
+}
+
+/// 256 random bits from the OS, as unpadded base64url (43 characters).
+pub(crate) fn random_secret() -> Result<String, TokenError> {
+    let mut random = [0_u8; TOKEN_BYTES];
+    getrandom::fill(&mut random).map_err(|e| TokenError::Random(e.to_string()))?;
+    Ok(URL_SAFE_NO_PAD.encode(random))
 }
 
 /// SHA-256 of a token's text.
