@@ -1,7 +1,7 @@
 // Test harness: the real smart-server binary, real device websockets, a real headless Chromium.
 // Every wait is bounded; every process and temp dir started here is cleaned up by the caller's `after`.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -78,19 +78,27 @@ export function tempDir(prefix) {
 
 /** A running smart-server process. `port` stays the same across `restart()`. */
 export class Server {
-  constructor(dataDir, ownsDataDir) {
+  constructor(dataDir, ownsDataDir, env = {}) {
     this.dataDir = dataDir;
     this.ownsDataDir = ownsDataDir;
+    this.env = env;
     this.port = 0;
     this.proc = null;
     this.log = [];
   }
 
-  /** Start on an ephemeral port; without `dataDir`, in a fresh temp dir that `stop()` removes. */
-  static async start(dataDir) {
-    const server = new Server(dataDir ?? tempDir('smart-os-data-'), dataDir === undefined);
+  /** Start on an ephemeral port; without `dataDir`, in a fresh temp dir that `stop()` removes. `before`
+   * runs on the data dir first (e.g. `Server.cli` to add users); `env` adds environment variables. */
+  static async start(dataDir, { env = {}, before = null } = {}) {
+    const server = new Server(dataDir ?? tempDir('smart-os-data-'), dataDir === undefined, env);
+    if (before) before(server.dataDir);
     await server.spawn(0);
     return server;
+  }
+
+  /** `smart-server --data-dir DIR ARGS…` with `input` on stdin: its stdout (throws on failure). */
+  static cli(dataDir, args, input = '') {
+    return execFileSync(serverBinary(), ['--data-dir', dataDir, ...args], { input, encoding: 'utf8' });
   }
 
   get origin() {
@@ -104,7 +112,7 @@ export class Server {
   async spawn(port) {
     const proc = spawn(serverBinary(), ['--listen', `127.0.0.1:${port}`, '--data-dir', this.dataDir], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn', ...this.env },
     });
     this.proc = proc;
     const exited = once(proc, 'exit');
@@ -193,8 +201,10 @@ export class DeviceLink {
     });
   }
 
-  static async connect(server) {
-    const ws = new WebSocket(`${server.wsOrigin}/update/`, { handshakeTimeout: 5000 });
+  /** A device connection; `token` is its device token when the server requires one. */
+  static async connect(server, { token = null } = {}) {
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const ws = new WebSocket(`${server.wsOrigin}/update/`, { handshakeTimeout: 5000, headers });
     await withTimeout(once(ws, 'open'), 5000, 'device websocket to open');
     return new DeviceLink(ws);
   }

@@ -455,6 +455,12 @@ function connect() {
 }
 
 function scheduleReconnect() {
+  if (account.required) {
+    // A refused upgrade may mean the session ended: ask before retrying.
+    whoAmI().then((me) => {
+      if (me && me.auth === 'required' && !me.user) showLogin('Your session ended: log in again.');
+    });
+  }
   const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** link.attempt);
   const delay = Math.round(base * (0.75 + Math.random() * 0.5));
   link.attempt = Math.min(link.attempt + 1, 10);
@@ -1127,4 +1133,100 @@ setInterval(() => {
 readThemeColors();
 writeForm(state.desired);
 markDirty('columns', 'grid', 'summary', 'header');
-connect();
+// ---------------------------------------------------------------------------------------------------
+// Login (when the server runs with --auth required)
+
+// The page's own requests: the server answers 401 without a Basic challenge, so no browser prompt.
+const PAGE_HEADERS = { 'X-Requested-With': 'smartos-page' };
+const account = { required: false, user: null };
+
+/** `{auth: 'off'}`, `{auth: 'required', user, role}`, `{auth: 'required'}` (not logged in) or null. */
+async function whoAmI() {
+  try {
+    const res = await fetch('/api/me', { headers: PAGE_HEADERS, credentials: 'same-origin' });
+    if (res.status === 401) return { auth: 'required' };
+    if (!res.ok) return null;
+    return await res.json();
+  } catch {
+    return null;
+  }
+}
+
+function showAccount(me) {
+  account.required = me?.auth === 'required';
+  account.user = me?.user ?? null;
+  $('account').hidden = !account.user;
+  setText($('account-name'), account.user ?? '');
+  setText($('account-role'), me?.role ?? '');
+}
+
+function showLogin(message) {
+  clearTimeout(link.retryTimer);
+  link.retryTimer = 0;
+  // Detached first, so that its close does not schedule a reconnect.
+  const ws = link.ws;
+  link.ws = null;
+  if (ws) ws.close();
+  setStatus('offline');
+  account.user = null;
+  $('account').hidden = true;
+  $('layout').hidden = true;
+  $('login').hidden = false;
+  const error = $('login-error');
+  error.hidden = !message;
+  setText(error, message ?? '');
+  $('login-user').focus();
+}
+
+$('login-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const error = $('login-error');
+  $('login-submit').disabled = true;
+  try {
+    const res = await fetch('/login', {
+      method: 'POST',
+      headers: { ...PAGE_HEADERS, 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams(new FormData(form)),
+      credentials: 'same-origin',
+    });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      error.hidden = false;
+      setText(error, body.error ?? `login failed (${res.status})`);
+      return;
+    }
+    $('login-password').value = '';
+    $('login').hidden = true;
+    $('layout').hidden = false;
+    showAccount({ auth: 'required', user: body.user, role: body.role });
+    link.attempt = 0;
+    connect();
+  } catch {
+    error.hidden = false;
+    setText(error, 'the server cannot be reached');
+  } finally {
+    $('login-submit').disabled = false;
+  }
+});
+
+$('logout').addEventListener('click', async () => {
+  try {
+    await fetch('/logout', { method: 'POST', headers: PAGE_HEADERS, credentials: 'same-origin' });
+  } finally {
+    showLogin();
+  }
+});
+
+async function start() {
+  const me = await whoAmI();
+  if (me?.auth === 'required' && !me.user) {
+    account.required = true;
+    showLogin();
+    return;
+  }
+  showAccount(me);
+  connect();
+}
+
+start();

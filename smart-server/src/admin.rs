@@ -201,7 +201,7 @@ fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answ
             };
             match auth.users().add(name, &new.password, new.role, new.scope_owner) {
                 Ok(()) => {
-                    auth.forget_logins();
+                    auth.forget_user(name);
                     (StatusCode::OK, json!({"name": name, "role": new.role.as_str()}))
                 }
                 Err(crate::auth::UserError::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
@@ -210,7 +210,7 @@ fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answ
         }
         (&Method::DELETE, ["users", name]) => match auth.users().remove(name) {
             Ok(true) => {
-                auth.forget_logins();
+                auth.forget_user(name);
                 (StatusCode::OK, json!({"name": name, "removed": true}))
             }
             Ok(false) => error(StatusCode::NOT_FOUND, format!("no user {name:?}")),

@@ -34,7 +34,7 @@ use crate::liveness::{CONTROL_ROOM, FRAGMENT};
 use crate::metrics::{Gauges, Metrics};
 use crate::server::Shared;
 use crate::shutdown::{Shutdown, TaskToken};
-use crate::{admin, dashboard, device};
+use crate::{account, admin, dashboard, device};
 
 /// Read buffer of a device socket: device frames are a few hundred bytes; larger ones (up to
 /// `--max-frame-bytes`) grow the buffer as needed.
@@ -159,7 +159,13 @@ pub(crate) async fn serve_connection<S>(
                 ctx.slot.idle();
                 return Ok(json_response(status, body.to_string()));
             }
-            if req.uri().path() != "/healthz"
+            if account::is_account_path(req.uri().path()) {
+                let mode = ctx.shared.config.auth_mode();
+                let res = account::route(req, &ctx.shared.auth, mode, ctx.remote, false).await;
+                ctx.slot.idle();
+                return Ok(res);
+            }
+            if !is_public(req.uri().path())
                 && let Err(res) = ctx.admit(&req, Peer::Dashboard).await
             {
                 ctx.slot.idle();
@@ -265,12 +271,13 @@ impl Ctx {
             .headers()
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
+        let cookie = req.headers().get(header::COOKIE).map(HeaderValue::as_bytes);
         let denied = match peer {
             Peer::Device => match auth.device(authorization, req.uri().query()) {
                 Ok(grant) => return Ok(grant),
                 Err(denied) => denied,
             },
-            Peer::Dashboard => match auth.person(authorization, self.remote).await {
+            Peer::Dashboard => match auth.person(authorization, cookie, self.remote).await {
                 Ok(None) => return Ok(None),
                 // Views limited to one owner's devices are not built yet: such a user gets nothing
                 // rather than everything.
@@ -320,7 +327,9 @@ impl Ctx {
         } else {
             "Bearer realm=\"SMART-OS\""
         };
-        if status == StatusCode::UNAUTHORIZED {
+        // The page asks with `X-Requested-With` and shows its own login form: no browser prompt.
+        let from_page = req.headers().contains_key("x-requested-with");
+        if status == StatusCode::UNAUTHORIZED && !(person && from_page) {
             res.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(challenge),
@@ -459,6 +468,16 @@ impl Ctx {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         res
     }
+}
+
+/// What anyone may fetch when auth is required: the page itself (it shows the login form) and
+/// `/healthz`.
+fn is_public(path: &str) -> bool {
+    path == "/"
+        || path == "/healthz"
+        || ASSETS
+            .iter()
+            .any(|a| path.strip_prefix('/') == Some(a.name))
 }
 
 /// A counted websocket connection; released on drop.

@@ -13,6 +13,7 @@
 //! # }
 //! ```
 
+mod account;
 mod acks;
 mod admin;
 mod auth;

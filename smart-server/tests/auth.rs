@@ -124,7 +124,7 @@ async fn devices_need_their_token_and_people_a_login() {
 
     // People: 401 with a Basic challenge without credentials, 200 with them; /healthz stays open.
     let auth = basic("ops", PASSWORD);
-    for path in ["/api/devices", "/metrics", "/index.html", "/"] {
+    for path in ["/api/devices", "/metrics", "/api/devices/0001"] {
         let res = http_get(addr, path, &[]).await;
         assert_eq!(res.status, 401, "{path}");
         assert!(
@@ -134,7 +134,17 @@ async fn devices_need_their_token_and_people_a_login() {
             res.headers
         );
     }
+    // The page itself is public (it shows the login form); its data is not.
     assert_eq!(http_get(addr, "/healthz", &[]).await.status, 200);
+    assert_eq!(http_get(addr, "/index.html", &[]).await.status, 200);
+    // The page asks with X-Requested-With: a 401 without a Basic challenge (no browser prompt).
+    let res = http_get(
+        addr,
+        "/api/devices",
+        &[("X-Requested-With", "smartos-page")],
+    )
+    .await;
+    assert_eq!((res.status, res.header("www-authenticate")), (401, None));
     let devices = http_get(addr, "/api/devices", &[("Authorization", &auth)]).await;
     assert_eq!(devices.status, 200, "{}", devices.body);
     let list = devices.json();
@@ -257,6 +267,118 @@ async fn devices_need_their_token_and_people_a_login() {
     }
     // Only the query-string form of a token is in no log either.
     assert!(!log.contains("token="), "{log}");
+}
+
+/// One request with hyper's client: status, headers, body.
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            body.to_owned(),
+        )))
+        .unwrap();
+    let res = tokio::time::timeout(TIMEOUT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = res.status().as_u16();
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn the_page_logs_in_with_a_form_and_a_session_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let (_, err, ok) = cli(
+        dir.path(),
+        &["user", "add", "ops", "--role", "viewer"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{err}");
+    let (mut child, addr) =
+        spawn_binary_env(dir.path(), &[("SMART_AUTH", OsStr::new("required"))], &log).await;
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+
+    let (status, _, body) = request(addr, "GET", "/api/me", &[], "").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, headers, body) =
+        request(addr, "POST", "/login", &form, "user=ops&password=wrong").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(headers.iter().all(|(k, _)| k != "set-cookie"));
+
+    let login = format!("user=ops&password={}", PASSWORD.replace(' ', "+"));
+    let (status, headers, body) = request(addr, "POST", "/login", &form, &login).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["role"],
+        "viewer"
+    );
+    let set_cookie = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = [("cookie", cookie.as_str())];
+    let (status, _, body) = request(addr, "GET", "/api/me", &with_cookie, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["user"], "ops");
+    assert_eq!(
+        http_get(addr, "/api/devices", &with_cookie).await.status,
+        200
+    );
+    let (status, _) = upgrade_raw(addr, "/client/", None, &with_cookie).await;
+    assert_eq!(status, 101);
+
+    let (status, headers, _) = request(addr, "POST", "/logout", &with_cookie, "").await;
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "set-cookie" && v.contains("Max-Age=0"))
+    );
+    assert_eq!(
+        http_get(addr, "/api/devices", &with_cookie).await.status,
+        401
+    );
+    let (status, _) = upgrade_raw(addr, "/client/", None, &with_cookie).await;
+    assert_eq!(status, 401);
+
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !log.contains(PASSWORD) && !log.contains(&cookie["smartos_session=".len()..]),
+        "{log}"
+    );
 }
 
 #[tokio::test]

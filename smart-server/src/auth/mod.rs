@@ -10,8 +10,11 @@
 //!
 //! Secrets never reach logs: neither tokens, passwords, nor the query strings that may carry them.
 
+mod sessions;
 mod tokens;
 mod users;
+
+pub(crate) use sessions::{COOKIE, SESSION_TTL};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -110,6 +113,8 @@ pub(crate) struct Auth {
     /// Per serial with a live token-bound connection: dropped when the token is revoked or
     /// replaced, which ends those connections.
     live: Mutex<HashMap<Serial, watch::Sender<()>>>,
+    /// Logins of the page (cookie sessions).
+    sessions: sessions::Sessions,
     /// Lets the command line act through this server (loopback only): kept in the data dir, 0600.
     admin_secret: String,
 }
@@ -137,6 +142,7 @@ impl Auth {
             remembered: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            sessions: sessions::Sessions::default(),
             admin_secret: tokens::random_secret()?,
         })
     }
@@ -192,15 +198,47 @@ impl Auth {
     }
 
     /// The person behind an `Authorization: Basic` header: `Ok(None)` when auth is off.
+    /// A session cookie is tried first, then Basic credentials.
     pub(crate) async fn person(
         self: &std::sync::Arc<Self>,
         authorization: Option<&[u8]>,
+        cookie: Option<&[u8]>,
         from: IpAddr,
     ) -> Result<Option<Principal>, Denied> {
         if self.mode == AuthMode::Off {
             return Ok(None);
         }
+        if let Some(principal) = cookie
+            .and_then(sessions::from_cookie_header)
+            .and_then(|id| self.sessions.get(id))
+        {
+            return Ok(Some(principal));
+        }
         self.login(authorization, from).await.map(Some)
+    }
+
+    /// Log in with a name and password (the page's form): a new session id for the cookie.
+    pub(crate) async fn start_session(
+        self: &std::sync::Arc<Self>,
+        name: String,
+        password: String,
+        from: IpAddr,
+    ) -> Result<(Principal, String), Denied> {
+        let principal = self.check_password(name, password, from).await?;
+        match self.sessions.start(principal.clone()) {
+            Ok(id) => Ok((principal, id)),
+            Err(e) => {
+                error!(%e, "cannot start a session");
+                Err(Denied::Unavailable)
+            }
+        }
+    }
+
+    /// End the session named in a `Cookie` header, if any.
+    pub(crate) fn end_session(&self, cookie: Option<&[u8]>) {
+        if let Some(id) = cookie.and_then(sessions::from_cookie_header) {
+            self.sessions.end(id);
+        }
     }
 
     /// The user behind an `Authorization: Basic` header, whatever the mode. Runs argon2id on a
@@ -213,6 +251,16 @@ impl Auth {
         let Some((name, password)) = authorization.and_then(basic_credentials) else {
             return Err(Denied::Missing);
         };
+        self.check_password(name, password, from).await
+    }
+
+    /// Verify `name`'s `password` (remembered, rate-limited, argon2id off the async workers).
+    async fn check_password(
+        self: &std::sync::Arc<Self>,
+        name: String,
+        password: String,
+        from: IpAddr,
+    ) -> Result<Principal, Denied> {
         let key: [u8; 32] = Sha256::new()
             .chain_update(name.as_bytes())
             .chain_update([0])
@@ -307,11 +355,12 @@ impl Auth {
         }
     }
 
-    /// Forget remembered logins (a user was changed or removed).
-    pub(crate) fn forget_logins(&self) {
+    /// Forget remembered logins and end the sessions of `name` (changed or removed).
+    pub(crate) fn forget_user(&self, name: &str) {
         if let Ok(mut map) = self.remembered.lock() {
-            map.clear();
+            map.retain(|_, (p, _)| p.name != name);
         }
+        self.sessions.end_user(name);
     }
 
     fn remembered(&self, key: &[u8; 32]) -> Option<Principal> {
@@ -408,22 +457,31 @@ mod tests {
         let here: IpAddr = [127, 0, 0, 1].into();
         let there: IpAddr = [127, 0, 0, 2].into();
         for _ in 0..MAX_FAILURES {
-            let r = auth.person(Some(basic("ops", "no").as_bytes()), here).await;
+            let r = auth
+                .person(Some(basic("ops", "no").as_bytes()), None, here)
+                .await;
             assert_eq!(r.unwrap_err(), Denied::Invalid);
         }
-        let r = auth.person(Some(basic("ops", "pw").as_bytes()), here).await;
+        let r = auth
+            .person(Some(basic("ops", "pw").as_bytes()), None, here)
+            .await;
         assert_eq!(
             r.unwrap_err(),
             Denied::RateLimited,
             "even the right password"
         );
         let ok = auth
-            .person(Some(basic("ops", "pw").as_bytes()), there)
+            .person(Some(basic("ops", "pw").as_bytes()), None, there)
             .await;
         assert_eq!(ok.unwrap().unwrap().role, Role::Viewer, "another address");
         // Remembered now: no argon2, no rate limit.
-        let again = auth.person(Some(basic("ops", "pw").as_bytes()), here).await;
+        let again = auth
+            .person(Some(basic("ops", "pw").as_bytes()), None, here)
+            .await;
         assert_eq!(again.unwrap().unwrap().name, "ops");
-        assert_eq!(auth.person(None, here).await.unwrap_err(), Denied::Missing);
+        assert_eq!(
+            auth.person(None, None, here).await.unwrap_err(),
+            Denied::Missing
+        );
     }
 }
