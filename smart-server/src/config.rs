@@ -128,6 +128,14 @@ pub struct Config {
     #[arg(long, env = "SMART_AUTH", value_enum)]
     pub auth: Option<AuthMode>,
 
+    /// PEM certificate chain: serve https and wss (with `--tls-key`) instead of http and ws.
+    #[arg(long, env = "SMART_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SMART_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Manage device tokens or users instead of serving (see `smart-server token --help`).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -225,6 +233,8 @@ impl Config {
             max_extra_bytes: 4096,
             shutdown_grace_secs: 10,
             auth: None,
+            tls_cert: None,
+            tls_key: None,
             command: None,
         }
     }

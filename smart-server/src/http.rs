@@ -16,7 +16,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use smart_proto::Query;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
@@ -81,6 +83,28 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
+/// A connection's byte stream: plain TCP, or TLS over TCP.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether the stream is encrypted (cookies get `Secure`).
+    const SECURE: bool;
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Transport for TcpStream {
+    const SECURE: bool = false;
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    const SECURE: bool = true;
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
 /// Who is connecting over a websocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Peer {
@@ -112,20 +136,22 @@ fn ws_config(shared: &Shared, peer: Peer) -> WebSocketConfig {
 
 /// Serve one TCP connection until it closes, upgrades, or the server shuts down. `slot` is its
 /// place in the descriptor budget.
-pub(crate) async fn serve_connection<S>(
-    stream: TcpStream,
+pub(crate) async fn serve_connection<T, S>(
+    stream: T,
     slot: Slot,
     shared: Arc<Shared>,
     routes: S,
     mut shutdown: Shutdown,
     token: TaskToken,
 ) where
+    T: Transport,
     S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
+    let (Ok(local), Ok(remote)) = (stream.tcp().local_addr(), stream.tcp().peer_addr()) else {
         return;
     };
+    let secure = T::SECURE;
     let slot = Arc::new(slot);
     let ctx = Ctx {
         shared,
@@ -148,7 +174,7 @@ pub(crate) async fn serve_connection<S>(
                         return Ok(res);
                     }
                 };
-                let res = ctx.upgrade(req, peer, grant);
+                let res = ctx.upgrade::<T>(req, peer, grant);
                 if res.status() != StatusCode::SWITCHING_PROTOCOLS {
                     ctx.slot.idle();
                 }
@@ -161,7 +187,7 @@ pub(crate) async fn serve_connection<S>(
             }
             if account::is_account_path(req.uri().path()) {
                 let mode = ctx.shared.config.auth_mode();
-                let res = account::route(req, &ctx.shared.auth, mode, ctx.remote, false).await;
+                let res = account::route(req, &ctx.shared.auth, mode, ctx.remote, secure).await;
                 ctx.slot.idle();
                 return Ok(res);
             }
@@ -344,7 +370,12 @@ impl Ctx {
 
     /// Answer a request for `/update/` or `/client/`: 101 and a websocket session, or why not.
     /// `grant` is the serial a device connection may write (`None`: any).
-    fn upgrade(&self, mut req: Request<Incoming>, peer: Peer, grant: Option<Grant>) -> Response {
+    fn upgrade<T: Transport>(
+        &self,
+        mut req: Request<Incoming>,
+        peer: Peer,
+        grant: Option<Grant>,
+    ) -> Response {
         let shared = &self.shared;
         let is_upgrade = req.method() == Method::GET
             && header_has_token(&req, header::CONNECTION, "upgrade")
@@ -419,10 +450,10 @@ impl Ctx {
             let _admission = admission;
             match on_upgrade.await {
                 Ok(upgraded) if peer == Peer::Dashboard => {
-                    match upgraded.downcast::<TokioIo<Lenient<TcpStream>>>() {
+                    match upgraded.downcast::<TokioIo<Lenient<T>>>() {
                         Ok(parts) => {
                             let stream = parts.io.into_inner();
-                            if let Err(e) = socket2::SockRef::from(stream.get_ref())
+                            if let Err(e) = socket2::SockRef::from(stream.get_ref().tcp())
                                 .set_send_buffer_size(DASHBOARD_SEND_BUFFER)
                             {
                                 debug!(%e, "could not bound a dashboard's send buffer");

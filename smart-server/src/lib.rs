@@ -32,6 +32,7 @@ mod metrics;
 mod server;
 mod shutdown;
 mod store;
+mod tls;
 mod wal;
 
 pub use auth::{AuthMode, Role};

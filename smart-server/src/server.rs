@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
@@ -49,6 +49,8 @@ pub struct Server {
     shutdown_tx: watch::Sender<bool>,
     shutdown: Shutdown,
     tracker: Tracker,
+    /// `--tls-cert`/`--tls-key`, loaded.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl fmt::Debug for Server {
@@ -106,6 +108,10 @@ impl Server {
         )
         .context("starting the store writer")?;
 
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -135,6 +141,7 @@ impl Server {
             shutdown_tx,
             shutdown,
             tracker: Tracker::new(),
+            tls,
         })
     }
 
@@ -156,8 +163,9 @@ impl Server {
             shutdown_tx,
             shutdown: watcher,
             mut tracker,
+            tls,
         } = self;
-        info!(%local_addr, "serving");
+        info!(%local_addr, tls = tls.is_some(), "serving");
         let routes = warp::service(http::routes(Arc::clone(&shared)));
         tokio::pin!(shutdown);
         let mut last_refusal_log: Option<Instant> = None;
@@ -176,14 +184,24 @@ impl Server {
                             refuse(stream, &shared, &mut last_refusal_log);
                             continue;
                         };
-                        tokio::spawn(http::serve_connection(
-                            stream,
-                            slot,
-                            Arc::clone(&shared),
-                            routes.clone(),
-                            watcher.clone(),
-                            token,
-                        ));
+                        let (shared, routes, watcher) = (Arc::clone(&shared), routes.clone(), watcher.clone());
+                        match tls.clone() {
+                            None => {
+                                tokio::spawn(http::serve_connection(stream, slot, shared, routes, watcher, token));
+                            }
+                            Some(acceptor) => {
+                                tokio::spawn(async move {
+                                    // The handshake runs in the connection's own task, bounded in time.
+                                    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                        Ok(Ok(stream)) => {
+                                            http::serve_connection(stream, slot, shared, routes, watcher, token).await;
+                                        }
+                                        Ok(Err(e)) => debug!(%e, "TLS handshake failed"),
+                                        Err(_) => debug!("TLS handshake timed out"),
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(e) => {
                         // Typically out of file descriptors: back off instead of spinning.
