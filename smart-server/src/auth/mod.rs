@@ -98,6 +98,11 @@ const REMEMBER_MAX: usize = 4096;
 /// Failed attempts per user and address within [`FAILURE_WINDOW`] before 429.
 const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_mins(1);
+/// Failed attempts from one address, whatever the user names, within [`FAILURE_WINDOW`] before 429.
+const MAX_FAILURES_PER_ADDRESS: u32 = 30;
+/// Password checks running at once, and how long a login waits for one before 503.
+const HASHING_AT_ONCE: usize = 4;
+const HASHING_WAIT: Duration = Duration::from_secs(5);
 /// Most (user, address) pairs tracked for failures (then the oldest window is forgotten wholesale).
 const FAILURES_MAX: usize = 65_536;
 
@@ -110,6 +115,8 @@ pub(crate) struct Auth {
     /// SHA-256 of `name:password` → the principal and when it was verified.
     remembered: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
     failures: Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
+    /// Bounds the password checks running at once (memory and CPU).
+    hashing: tokio::sync::Semaphore,
     /// Per serial with a live token-bound connection: dropped when the token is revoked or
     /// replaced, which ends those connections.
     live: Mutex<HashMap<Serial, watch::Sender<()>>>,
@@ -141,6 +148,7 @@ impl Auth {
             users,
             remembered: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
             live: Mutex::new(HashMap::new()),
             sessions: sessions::Sessions::default(),
             admin_secret: tokens::random_secret()?,
@@ -273,6 +281,11 @@ impl Auth {
         if self.failed_too_often(&name, from) {
             return Err(Denied::RateLimited);
         }
+        // argon2id takes ~19 MiB and tens of milliseconds: a few at a time, whoever asks.
+        let Ok(Ok(_permit)) = tokio::time::timeout(HASHING_WAIT, self.hashing.acquire()).await
+        else {
+            return Err(Denied::Unavailable);
+        };
         let auth = std::sync::Arc::clone(self);
         let who = name.clone();
         let verified =
@@ -378,12 +391,18 @@ impl Auth {
         }
     }
 
+    /// Too many failures for this user from this address, or for any users from this address
+    /// (an attacker trying many names).
     fn failed_too_often(&self, name: &str, from: IpAddr) -> bool {
         let Ok(map) = self.failures.lock() else {
             return true;
         };
-        map.get(&(name.to_owned(), from))
-            .is_some_and(|(n, since)| *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW)
+        let over = |key: &(String, IpAddr), max: u32| {
+            map.get(key)
+                .is_some_and(|(n, since)| *n >= max && since.elapsed() < FAILURE_WINDOW)
+        };
+        over(&(name.to_owned(), from), MAX_FAILURES)
+            || over(&(String::new(), from), MAX_FAILURES_PER_ADDRESS)
     }
 
     fn count_failure(&self, name: String, from: IpAddr) {
@@ -396,11 +415,14 @@ impl Auth {
                 map.clear();
             }
         }
-        let entry = map.entry((name, from)).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= FAILURE_WINDOW {
-            *entry = (0, Instant::now());
+        // The empty name (not a valid user name) counts every failure from the address.
+        for key in [(name, from), (String::new(), from)] {
+            let entry = map.entry(key).or_insert((0, Instant::now()));
+            if entry.1.elapsed() >= FAILURE_WINDOW {
+                *entry = (0, Instant::now());
+            }
+            entry.0 += 1;
         }
-        entry.0 += 1;
     }
 }
 
