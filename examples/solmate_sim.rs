@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::f64::consts::TAU;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
@@ -32,14 +32,12 @@ use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
-use smart_proto::{
-    DeviceMessage, Header, Kind, MessageId, Serial, ServerMessage, Timestamp, Update,
-};
+use smart_proto::{DeviceMessage, Header, Kind, MessageId, Serial, ServerMessage, Update};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Histogram, Ws};
+use common::{FirstErrors, Histogram, Ws};
 
 /// Simulate a fleet of solar battery devices against a SMART-OS server.
 #[derive(Debug, Parser)]
@@ -175,19 +173,12 @@ struct Run {
     handshakes: Semaphore,
     counters: Counters,
     latency: Mutex<Histogram>,
-    first_errors: Mutex<Vec<String>>,
+    first_errors: FirstErrors,
 }
 
 impl Run {
     fn note_error(&self, what: String) {
-        tracing::debug!("{what}");
-        let mut errors = self
-            .first_errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if errors.len() < 5 {
-            errors.push(what);
-        }
+        self.first_errors.note(what);
     }
 }
 
@@ -402,12 +393,12 @@ impl Device {
     /// Connect and read the welcome, within the handshake budget.
     async fn open(run: &Run) -> Result<Ws> {
         let _permit = run.handshakes.acquire().await?;
-        let mut ws = timeout(
+        let mut ws = common::connect(
+            &run.url,
+            common::small_frames_config(),
             Duration::from_secs(10),
-            common::connect(&run.url, common::small_frames_config()),
         )
-        .await
-        .context("connect timed out")??;
+        .await?;
         let welcome = timeout(Duration::from_secs(10), ws.next())
             .await
             .context("no welcome")?;
@@ -619,19 +610,13 @@ impl Device {
 
 /// The device's clock as the reference device writes it: `2024-03-17 14:59:13.047108`.
 fn local_time() -> String {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    let text = Timestamp::from_unix_micros(micros).to_string();
+    let text = common::now_text();
     text.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_tracing();
     if args.devices == 0 {
         bail!("--devices must be at least 1");
     }
@@ -642,15 +627,7 @@ fn main() -> Result<()> {
         bail!("--min-interval must not exceed --max-interval");
     }
     common::check_socket_budget(usize::try_from(args.devices)?)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads.max(1));
-    }
-    runtime
-        .enable_all()
-        .build()
-        .context("starting the runtime")?
-        .block_on(simulate(args))
+    common::runtime(args.threads)?.block_on(simulate(args))
 }
 
 async fn simulate(args: Args) -> Result<()> {
@@ -674,7 +651,7 @@ async fn simulate(args: Args) -> Result<()> {
         handshakes: Semaphore::new(args.connect_concurrency.max(1)),
         counters: Counters::default(),
         latency: Mutex::new(Histogram::default()),
-        first_errors: Mutex::new(Vec::new()),
+        first_errors: FirstErrors::default(),
     });
     let server_cpu = args.server_pid.map(common::CpuSample::start).transpose()?;
     let own_cpu = common::CpuSample::start(std::process::id())?;
@@ -752,7 +729,7 @@ async fn simulate(args: Args) -> Result<()> {
         "ack_p99_ms": common::round(latency.quantile_ms(0.99), 3),
         "ack_max_ms": common::round(latency.max_ms(), 3),
         "sim_cpu_percent": common::round(own_cpu.percent()?, 1),
-        "first_errors": run.first_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        "first_errors": run.first_errors.to_vec(),
     });
     if args.final_values {
         summary["final_values"] = Value::Object(final_values);

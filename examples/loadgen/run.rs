@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -17,7 +17,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::common::{self, CpuSample, Histogram, Ws};
+use crate::common::{self, CpuSample, FirstErrors, Histogram, Ws};
 use crate::{
     Args, CONNECT_CONCURRENCY, CONNECTING, DONE, Load, MEASURE, REPLY_TIMEOUT, STOP, WARMUP,
 };
@@ -31,7 +31,7 @@ struct Shared {
     ready: AtomicUsize,
     failed: AtomicUsize,
     errors: AtomicU64,
-    first_errors: Mutex<Vec<String>>,
+    first_errors: FirstErrors,
 }
 
 impl Shared {
@@ -41,14 +41,7 @@ impl Shared {
 
     fn error(&self, what: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!("{what}");
-        let mut first = self
-            .first_errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if first.len() < 5 {
-            first.push(what);
-        }
+        self.first_errors.note(what);
     }
 }
 
@@ -120,12 +113,7 @@ fn describe(reply: &str) -> String {
 
 async fn open_device(url: &str, handshakes: &Semaphore) -> Result<Ws> {
     let _permit = handshakes.acquire().await?;
-    let mut ws = timeout(
-        REPLY_TIMEOUT,
-        common::connect(url, common::small_frames_config()),
-    )
-    .await
-    .context("connect timed out")??;
+    let mut ws = common::connect(url, common::small_frames_config(), REPLY_TIMEOUT).await?;
     match timeout(REPLY_TIMEOUT, ws.next())
         .await
         .context("no welcome")?
@@ -253,12 +241,7 @@ async fn dashboard(
 ) -> DashboardResult {
     let mut result = DashboardResult::default();
     let opened = async {
-        let mut ws = timeout(
-            REPLY_TIMEOUT,
-            common::connect(&url, WebSocketConfig::default()),
-        )
-        .await
-        .context("connect timed out")??;
+        let mut ws = common::connect(&url, WebSocketConfig::default(), REPLY_TIMEOUT).await?;
         // The welcome, then the snapshot.
         for expected in ["INFO", "INIT"] {
             match timeout(REPLY_TIMEOUT, ws.next())
@@ -327,12 +310,7 @@ async fn stalled_dashboard(
 ) {
     let connected = async {
         let _permit = handshakes.acquire().await?;
-        timeout(
-            REPLY_TIMEOUT,
-            common::connect(&url, WebSocketConfig::default()),
-        )
-        .await
-        .context("connect timed out")?
+        common::connect(&url, WebSocketConfig::default(), REPLY_TIMEOUT).await
     };
     match connected.await {
         Ok(ws) => {
@@ -375,6 +353,29 @@ async fn wait_ready(shared: &Shared, expected: usize, limit: Duration) -> Result
         sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// Join the tasks of `set` that end within `limit`, handing `each` what they return; abort the others
+/// and say how many they were.
+async fn join_within<T: 'static>(
+    set: &mut JoinSet<T>,
+    limit: Duration,
+    mut each: impl FnMut(T),
+) -> usize {
+    let deadline = Instant::now() + limit;
+    while let Ok(Some(joined)) = timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        set.join_next(),
+    )
+    .await
+    {
+        if let Ok(result) = joined {
+            each(result);
+        }
+    }
+    let unfinished = set.len();
+    set.abort_all();
+    unfinished
 }
 
 /// One measured run against the server at `base`.
@@ -490,48 +491,28 @@ pub(crate) async fn measure(
 
     let mut acks = Histogram::default();
     let mut ack_count = 0;
-    let join_deadline = Instant::now() + REPLY_TIMEOUT + Duration::from_secs(5);
-    while let Ok(Some(joined)) = timeout(
-        join_deadline.saturating_duration_since(Instant::now()),
-        devices.join_next(),
-    )
-    .await
-    {
-        if let Ok(result) = joined {
+    let stuck_devices = join_within(
+        &mut devices,
+        REPLY_TIMEOUT + Duration::from_secs(5),
+        |result| {
             ack_count += result.acks;
             acks.merge(&result.latency);
-        }
-    }
-    let stuck_devices = devices.len();
-    devices.abort_all();
+        },
+    )
+    .await;
     // Let the last UPDTs reach the dashboards before they stop reading.
     sleep_until(Instant::now() + Duration::from_millis(300)).await;
     set_phase(DONE);
     let mut fanout = Histogram::default();
     let (mut updates, mut resyncs) = (0, 0);
-    let join_deadline = Instant::now() + Duration::from_secs(5);
-    while let Ok(Some(joined)) = timeout(
-        join_deadline.saturating_duration_since(Instant::now()),
-        dashboards.join_next(),
-    )
-    .await
-    {
-        if let Ok(result) = joined {
-            updates += result.updates;
-            resyncs += result.resyncs;
-            fanout.merge(&result.latency);
-        }
-    }
-    dashboards.abort_all();
+    join_within(&mut dashboards, Duration::from_secs(5), |result| {
+        updates += result.updates;
+        resyncs += result.resyncs;
+        fanout.merge(&result.latency);
+    })
+    .await;
     // The stalled dashboards were released at DONE: they close without reading.
-    let join_deadline = Instant::now() + Duration::from_secs(5);
-    while let Ok(Some(_)) = timeout(
-        join_deadline.saturating_duration_since(Instant::now()),
-        stalled.join_next(),
-    )
-    .await
-    {}
-    stalled.abort_all();
+    join_within(&mut stalled, Duration::from_secs(5), |()| {}).await;
     if stuck_devices > 0 {
         shared.error(format!("{stuck_devices} devices did not finish"));
     }
@@ -560,7 +541,7 @@ pub(crate) async fn measure(
         "fanout_p99_ms": ms(&fanout, 0.99),
         "resyncs": resyncs,
         "errors": shared.errors.load(Ordering::Relaxed),
-        "first_errors": shared.first_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        "first_errors": shared.first_errors.to_vec(),
         "loadgen_cpu_percent": common::round(own_cpu, 1),
         "load_average": load_average,
     });
@@ -630,21 +611,14 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<Value> {
     let opened = shared.ready.load(Ordering::Relaxed);
     let rss_after = args.server_pid.map(common::rss_kib).transpose()?;
     release_tx.send_replace(true);
-    let close_deadline = Instant::now() + Duration::from_secs(30);
-    while let Ok(Some(_)) = timeout(
-        close_deadline.saturating_duration_since(Instant::now()),
-        tasks.join_next(),
-    )
-    .await
-    {}
-    tasks.abort_all();
+    join_within(&mut tasks, Duration::from_secs(30), |()| {}).await;
 
     let mut report = json!({
         "target": "smart-server",
         "url": args.url,
         "idle_connections": opened,
         "errors": shared.errors.load(Ordering::Relaxed),
-        "first_errors": shared.first_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        "first_errors": shared.first_errors.to_vec(),
     });
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         report["server_rss_before_kib"] = json!(before);
