@@ -81,26 +81,30 @@ struct Args {
     /// Connection handshakes in progress at once (a 10,000-device fleet connects in a few seconds).
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
-    /// Report this process's CPU use and memory at the end (the pid of a local server).
-    #[arg(long)]
-    server_pid: Option<u32>,
     /// Seed of the random values, for repeatable runs.
     #[arg(long)]
     seed: Option<u64>,
-    /// Worker threads of the runtime (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print the summary as one line of JSON.
-    #[arg(long)]
-    json: bool,
     /// Add each device's last values to the JSON summary (`final_values`: serial → fields, typed as the
     /// server stores them), to compare with the server's records.
     #[arg(long)]
     final_values: bool,
-    /// No progress bar.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    flags: common::Flags,
 }
+
+/// The simulator's wording of the shared flags' help (without the final period, as clap shows a
+/// one-line doc comment).
+const FLAGS_HELP: [(&str, &str); 3] = [
+    (
+        "server_pid",
+        "Report this process's CPU use and memory at the end (the pid of a local server)",
+    ),
+    (
+        "threads",
+        "Worker threads of the runtime (default: one per core)",
+    ),
+    ("json", "Print the summary as one line of JSON"),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FirstMessage {
@@ -615,7 +619,7 @@ fn local_time() -> String {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let args: Args = common::parse_args(&FLAGS_HELP);
     common::init_tracing();
     if args.devices == 0 {
         bail!("--devices must be at least 1");
@@ -627,7 +631,7 @@ fn main() -> Result<()> {
         bail!("--min-interval must not exceed --max-interval");
     }
     common::check_socket_budget(usize::try_from(args.devices)?)?;
-    common::runtime(args.threads)?.block_on(simulate(args))
+    args.flags.runtime()?.block_on(simulate(args))
 }
 
 async fn simulate(args: Args) -> Result<()> {
@@ -653,7 +657,11 @@ async fn simulate(args: Args) -> Result<()> {
         latency: Mutex::new(Histogram::default()),
         first_errors: FirstErrors::default(),
     });
-    let server_cpu = args.server_pid.map(common::CpuSample::start).transpose()?;
+    let server_cpu = args
+        .flags
+        .server_pid
+        .map(common::CpuSample::start)
+        .transpose()?;
     let own_cpu = common::CpuSample::start(std::process::id())?;
     let seed = args.seed.unwrap_or_else(|| rand::rng().random::<u64>());
 
@@ -663,7 +671,7 @@ async fn simulate(args: Args) -> Result<()> {
         devices.spawn(Device::new(serial, seed.wrapping_add(i)).run(Arc::clone(&run)));
     }
 
-    let bar = common::progress_bar(duration.as_secs(), args.quiet || args.json);
+    let bar = common::progress_bar(duration.as_secs(), args.flags.no_progress());
     let counters = &run.counters;
     // Every device stops by the end of the drain window plus one ack timeout plus its last handshake
     // and close.
@@ -734,11 +742,11 @@ async fn simulate(args: Args) -> Result<()> {
     if args.final_values {
         summary["final_values"] = Value::Object(final_values);
     }
-    if let (Some(pid), Some(cpu)) = (args.server_pid, server_cpu) {
+    if let (Some(pid), Some(cpu)) = (args.flags.server_pid, server_cpu) {
         summary["server_cpu_percent"] = json!(common::round(cpu.percent()?, 1));
         summary["server_rss_kib"] = json!(common::rss_kib(pid)?);
     }
-    if args.json {
+    if args.flags.json {
         println!("{summary}");
     } else {
         print_summary(&summary);

@@ -1,4 +1,4 @@
-//! What the examples share: logging and runtime setup, endpoint
+//! What the examples share: the flags of the measuring examples, logging and runtime setup, endpoint
 //! URLs, websocket setup, a latency histogram, the first errors of a run, readings from `/proc`, progress
 //! bars and small numeric and clock helpers.
 //!
@@ -23,13 +23,51 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// this runs on, and reading `sysconf` would need a libc binding for one constant.
 pub const CLOCK_TICKS_PER_S: f64 = 100.0;
 
-/// A multi-threaded runtime with `threads` workers (default: one per core).
-pub fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = threads {
-        runtime.worker_threads(threads.max(1));
+/// The flags the measuring examples (`loadgen`, `solmate_sim`) share, flattened into their arguments
+/// with `#[command(flatten)]`. The help texts are loadgen's; [`parse_args`] gives another example its
+/// own wording.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Flags {
+    /// Pid of the (local) server, to report its CPU use and resident memory from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Worker threads of this process's runtime (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one line of JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl Flags {
+    /// Whether progress bars stay hidden: asked for, or the output is JSON.
+    pub fn no_progress(&self) -> bool {
+        self.quiet || self.json
     }
-    runtime.enable_all().build().context("starting the runtime")
+
+    /// A multi-threaded runtime with `--threads` workers (default: one per core).
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime> {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = self.threads {
+            runtime.worker_threads(threads.max(1));
+        }
+        runtime.enable_all().build().context("starting the runtime")
+    }
+}
+
+/// Parse the command line as `Parser::parse` does, with the help text of each named argument
+/// (`(id, help)`, the id being the field's name) replaced: flattened [`Flags`] in an example that
+/// words them its own way.
+pub fn parse_args<T: clap::Parser>(help: &[(&'static str, &'static str)]) -> T {
+    let mut command = T::command();
+    for &(id, text) in help {
+        command = command.mut_arg(id, |arg| arg.help(text));
+    }
+    let mut matches = command.get_matches_mut();
+    T::from_arg_matches_mut(&mut matches).unwrap_or_else(|err| err.format(&mut command).exit())
 }
 
 /// Log to stderr, filtered by `RUST_LOG` (nothing by default).

@@ -81,18 +81,8 @@ struct Args {
     /// connection (needs `--server-pid`).
     #[arg(long, value_name = "N")]
     idle: Option<usize>,
-    /// Pid of the (local) server, to report its CPU use and resident memory from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Worker threads of this process's runtime (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print one line of JSON.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    flags: common::Flags,
     /// Run the baseline server (used by `--baseline`, which starts this binary as its child).
     #[arg(long, hide = true)]
     serve_baseline: bool,
@@ -118,7 +108,7 @@ const DONE: u8 = 4;
 fn main() -> Result<()> {
     let args = Args::parse();
     common::init_tracing();
-    let runtime = common::runtime(args.threads)?;
+    let runtime = args.flags.runtime()?;
     if args.serve_baseline {
         return runtime.block_on(serve_baseline(args.listen));
     }
@@ -162,7 +152,7 @@ async fn load(args: &Args) -> Result<Value> {
         first_serial: args.first_serial,
         warmup: common::seconds(args.warmup, "--warmup")?,
         measured: common::seconds(args.seconds, "--seconds")?,
-        quiet: args.quiet || args.json,
+        quiet: args.flags.no_progress(),
     };
     check_frames(&load)?;
     let mut baseline = if args.baseline {
@@ -180,9 +170,10 @@ async fn load(args: &Args) -> Result<Value> {
         ..load.clone()
     };
     for _ in 0..args.rounds.max(1) {
-        server_runs.push(measure("smart-server", &args.url, args.server_pid, &load).await?);
+        server_runs.push(measure("smart-server", &args.url, args.flags.server_pid, &load).await?);
         if args.against_no_dashboards {
-            alone_runs.push(measure("no dashboards", &args.url, args.server_pid, &alone).await?);
+            alone_runs
+                .push(measure("no dashboards", &args.url, args.flags.server_pid, &alone).await?);
         }
         if let Some((_, url, pid)) = &baseline {
             baseline_runs.push(measure("baseline", url, Some(*pid), &load).await?);
@@ -241,7 +232,7 @@ fn median_run(mut runs: Vec<Value>) -> Value {
 }
 
 fn print_report(args: &Args, report: &Value) {
-    if args.json {
+    if args.flags.json {
         println!("{report}");
         return;
     }

@@ -565,7 +565,7 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<Value> {
     ensure!(connections > 0, "--idle must be at least 1");
     common::check_socket_budget(connections)?;
     let url: Arc<str> = common::endpoint(&args.url, "/update/")?.into();
-    let rss_before = args.server_pid.map(common::rss_kib).transpose()?;
+    let rss_before = args.flags.server_pid.map(common::rss_kib).transpose()?;
     let shared = Arc::new(Shared::default());
     let handshakes = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let (release_tx, release_rx) = watch::channel(false);
@@ -592,7 +592,7 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<Value> {
             }
         });
     }
-    let bar = common::progress_bar(connections as u64, args.quiet || args.json);
+    let bar = common::progress_bar(connections as u64, args.flags.no_progress());
     let deadline = Instant::now() + Duration::from_mins(2);
     loop {
         let (ready, failed) = (
@@ -609,7 +609,7 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<Value> {
     // Let the server finish whatever each accept started before reading its memory.
     sleep(Duration::from_secs(1)).await;
     let opened = shared.ready.load(Ordering::Relaxed);
-    let rss_after = args.server_pid.map(common::rss_kib).transpose()?;
+    let rss_after = args.flags.server_pid.map(common::rss_kib).transpose()?;
     release_tx.send_replace(true);
     join_within(&mut tasks, Duration::from_secs(30), |()| {}).await;
 
