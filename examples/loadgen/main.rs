@@ -91,20 +91,6 @@ struct Args {
     listen: SocketAddr,
 }
 
-/// How long a device waits for an ack, or a dashboard for its snapshot, before it counts as an error.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once, so a thousand devices do not overflow the server's accept backlog.
-const CONNECT_CONCURRENCY: usize = 64;
-
-// Phases of a run, in order.
-const CONNECTING: u8 = 0;
-const WARMUP: u8 = 1;
-const MEASURE: u8 = 2;
-/// Devices stop sending and wait for their last acks.
-const STOP: u8 = 3;
-/// Dashboards stop reading.
-const DONE: u8 = 4;
-
 fn main() -> Result<()> {
     let args = Args::parse();
     common::init_tracing();

@@ -18,13 +18,50 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::common::{self, CpuSample, FirstErrors, Histogram, Ws};
-use crate::{
-    Args, CONNECT_CONCURRENCY, CONNECTING, DONE, Load, MEASURE, REPLY_TIMEOUT, STOP, WARMUP,
-};
+use crate::{Args, Load};
+
+/// How long a device waits for an ack, or a dashboard for its snapshot, before it counts as an error.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once, so a thousand devices do not overflow the server's accept backlog.
+const CONNECT_CONCURRENCY: usize = 64;
+
+/// The phases of a run, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Dashboards, stalled dashboards and devices connect.
+    Connecting,
+    /// Devices send; nothing is counted yet.
+    Warmup,
+    /// Devices send; acks, dashboard messages and latencies are counted.
+    Measure,
+    /// Devices stop sending and wait for their last acks.
+    Stop,
+    /// Dashboards stop reading.
+    Done,
+}
+
+impl Phase {
+    const ALL: [Phase; 5] = [
+        Phase::Connecting,
+        Phase::Warmup,
+        Phase::Measure,
+        Phase::Stop,
+        Phase::Done,
+    ];
+
+    /// The phase stored as `phase as u8`.
+    fn from_u8(stored: u8) -> Phase {
+        Phase::ALL
+            .get(usize::from(stored))
+            .copied()
+            .unwrap_or(Phase::Done)
+    }
+}
 
 /// Counters shared by the tasks of one run.
 #[derive(Debug, Default)]
 struct Shared {
+    /// The current [`Phase`], for the tasks' hot paths (the watch channel wakes the waiting ones).
     phase: AtomicU8,
     /// Acks over the whole run, for the progress bar.
     acks_live: AtomicU64,
@@ -35,8 +72,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn phase(&self) -> u8 {
-        self.phase.load(Ordering::Relaxed)
+    fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
     }
 
     fn error(&self, what: String) {
@@ -129,7 +166,7 @@ async fn device(
     window: usize,
     shared: Arc<Shared>,
     handshakes: Arc<Semaphore>,
-    mut phase: watch::Receiver<u8>,
+    mut phase: watch::Receiver<Phase>,
 ) -> DeviceResult {
     let mut result = DeviceResult::default();
     let mut ws = match open_device(&url, &handshakes).await {
@@ -141,7 +178,7 @@ async fn device(
         }
     };
     shared.ready.fetch_add(1, Ordering::Relaxed);
-    if phase.wait_for(|p| *p >= WARMUP).await.is_err() {
+    if phase.wait_for(|p| *p >= Phase::Warmup).await.is_err() {
         return result;
     }
     // One timer for the whole run instead of one per ack: the run ends by then or this device is stuck.
@@ -150,7 +187,7 @@ async fn device(
     let mut in_flight: VecDeque<(u64, u64)> = VecDeque::with_capacity(window);
     let mut next_id = 1u64;
     loop {
-        if shared.phase() < STOP {
+        if shared.phase() < Phase::Stop {
             while in_flight.len() < window {
                 let sent_us = common::monotonic_micros();
                 let frame = device_frame(next_id, &serial, sent_us);
@@ -193,7 +230,7 @@ async fn device(
         };
         if is_ack(&reply, id, &serial) {
             shared.acks_live.fetch_add(1, Ordering::Relaxed);
-            if shared.phase() == MEASURE {
+            if shared.phase() == Phase::Measure {
                 result.acks += 1;
                 result
                     .latency
@@ -237,7 +274,7 @@ async fn dashboard(
     index: usize,
     url: Arc<str>,
     shared: Arc<Shared>,
-    mut phase: watch::Receiver<u8>,
+    mut phase: watch::Receiver<Phase>,
 ) -> DashboardResult {
     let mut result = DashboardResult::default();
     let opened = async {
@@ -263,7 +300,7 @@ async fn dashboard(
         }
     };
     shared.ready.fetch_add(1, Ordering::Relaxed);
-    let done = phase.wait_for(|p| *p >= DONE);
+    let done = phase.wait_for(|p| *p >= Phase::Done);
     tokio::pin!(done);
     loop {
         let message = tokio::select! {
@@ -278,7 +315,7 @@ async fn dashboard(
             }
             Some(Ok(_)) => continue,
         };
-        let measuring = shared.phase() == MEASURE;
+        let measuring = shared.phase() == Phase::Measure;
         match frame_kind(&text) {
             "UPDT" if measuring => {
                 result.updates += 1;
@@ -301,12 +338,12 @@ async fn dashboard(
 }
 
 /// A dashboard that connects and never reads anything (not even the welcome) until the run is
-/// DONE, then closes its socket.
+/// [`Phase::Done`], then closes its socket.
 async fn stalled_dashboard(
     url: Arc<str>,
     shared: Arc<Shared>,
     handshakes: Arc<Semaphore>,
-    mut phase: watch::Receiver<u8>,
+    mut phase: watch::Receiver<Phase>,
 ) {
     let connected = async {
         let _permit = handshakes.acquire().await?;
@@ -315,7 +352,11 @@ async fn stalled_dashboard(
     match connected.await {
         Ok(ws) => {
             shared.ready.fetch_add(1, Ordering::Relaxed);
-            let _ = timeout(Duration::from_mins(30), phase.wait_for(|p| *p >= DONE)).await;
+            let _ = timeout(
+                Duration::from_mins(30),
+                phase.wait_for(|p| *p >= Phase::Done),
+            )
+            .await;
             drop(ws);
         }
         Err(err) => {
@@ -388,9 +429,9 @@ pub(crate) async fn measure(
     let device_url: Arc<str> = common::endpoint(base, "/update/")?.into();
     let dashboard_url: Arc<str> = common::endpoint(base, "/client/")?.into();
     let shared = Arc::new(Shared::default());
-    let (phase_tx, phase_rx) = watch::channel(CONNECTING);
-    let set_phase = |phase: u8| {
-        shared.phase.store(phase, Ordering::Relaxed);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
+    let set_phase = |phase: Phase| {
+        shared.phase.store(phase as u8, Ordering::Relaxed);
         phase_tx.send_replace(phase);
     };
 
@@ -468,16 +509,16 @@ pub(crate) async fn measure(
             }
         })
     };
-    set_phase(WARMUP);
+    set_phase(Phase::Warmup);
     sleep(load.warmup).await;
 
     let server_cpu = pid.map(CpuSample::start).transpose()?;
     let own_cpu = CpuSample::start(std::process::id())?;
     let load_average = common::load_average();
     let measure_start = Instant::now();
-    set_phase(MEASURE);
+    set_phase(Phase::Measure);
     sleep(load.measured).await;
-    set_phase(STOP);
+    set_phase(Phase::Stop);
     let measured = measure_start.elapsed().as_secs_f64();
     let server_cpu = server_cpu.map(|c| c.percent()).transpose()?;
     let own_cpu = own_cpu.percent()?;
@@ -502,7 +543,7 @@ pub(crate) async fn measure(
     .await;
     // Let the last UPDTs reach the dashboards before they stop reading.
     sleep_until(Instant::now() + Duration::from_millis(300)).await;
-    set_phase(DONE);
+    set_phase(Phase::Done);
     let mut fanout = Histogram::default();
     let (mut updates, mut resyncs) = (0, 0);
     join_within(&mut dashboards, Duration::from_secs(5), |result| {
@@ -511,7 +552,7 @@ pub(crate) async fn measure(
         fanout.merge(&result.latency);
     })
     .await;
-    // The stalled dashboards were released at DONE: they close without reading.
+    // The stalled dashboards were released at `Done`: they close without reading.
     join_within(&mut stalled, Duration::from_secs(5), |()| {}).await;
     if stuck_devices > 0 {
         shared.error(format!("{stuck_devices} devices did not finish"));
