@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
 use smart_proto::ServerMessage;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -18,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::common::{self, CpuSample, FirstErrors, Histogram, Ws};
+use crate::report::{IdleReport, RunReport};
 use crate::{Args, Load};
 
 /// How long a device waits for an ack, or a dashboard for its snapshot, before it counts as an error.
@@ -425,7 +425,7 @@ pub(crate) async fn measure(
     base: &str,
     pid: Option<u32>,
     load: &Load,
-) -> Result<Value> {
+) -> Result<RunReport> {
     let device_url: Arc<str> = common::endpoint(base, "/update/")?.into();
     let dashboard_url: Arc<str> = common::endpoint(base, "/client/")?.into();
     let shared = Arc::new(Shared::default());
@@ -560,49 +560,54 @@ pub(crate) async fn measure(
 
     let per_s = |n: u64| common::round(n as f64 / measured.max(1e-3), 1);
     let ms = |h: &Histogram, q: f64| common::round(h.quantile_ms(q), 3);
-    let mut report = json!({
-        "target": target,
-        "url": base,
-        "devices": load.devices,
-        "dashboards": load.dashboards,
-        "stalled_dashboards": load.stalled_dashboards,
-        "window": load.window,
-        "connected": connected,
-        "warmup_s": load.warmup.as_secs_f64(),
-        "seconds": common::round(measured, 3),
-        "acks": ack_count,
-        "acks_per_s": per_s(ack_count),
-        "ack_p50_ms": ms(&acks, 0.50),
-        "ack_p99_ms": ms(&acks, 0.99),
-        "ack_p999_ms": ms(&acks, 0.999),
-        "ack_max_ms": common::round(acks.max_ms(), 3),
-        "dashboard_msgs": updates,
-        "dashboard_msgs_per_s": per_s(updates),
-        "fanout_p50_ms": ms(&fanout, 0.50),
-        "fanout_p99_ms": ms(&fanout, 0.99),
-        "resyncs": resyncs,
-        "errors": shared.errors.load(Ordering::Relaxed),
-        "first_errors": shared.first_errors.to_vec(),
-        "loadgen_cpu_percent": common::round(own_cpu, 1),
-        "load_average": load_average,
-    });
-    if let Some(cpu) = server_cpu {
-        report["server_cpu_percent"] = json!(common::round(cpu, 1));
-    }
-    if let Some(rss) = server_rss {
-        report["server_rss_kib"] = json!(rss);
-    }
+    let mut report = RunReport {
+        target: target.to_owned(),
+        url: base.to_owned(),
+        devices: load.devices,
+        dashboards: load.dashboards,
+        stalled_dashboards: load.stalled_dashboards,
+        window: load.window,
+        connected,
+        warmup_s: load.warmup.as_secs_f64(),
+        seconds: common::round(measured, 3),
+        acks: ack_count,
+        acks_per_s: per_s(ack_count),
+        ack_p50_ms: ms(&acks, 0.50),
+        ack_p99_ms: ms(&acks, 0.99),
+        ack_p999_ms: ms(&acks, 0.999),
+        ack_max_ms: common::round(acks.max_ms(), 3),
+        dashboard_msgs: updates,
+        dashboard_msgs_per_s: per_s(updates),
+        fanout_p50_ms: ms(&fanout, 0.50),
+        fanout_p99_ms: ms(&fanout, 0.99),
+        resyncs,
+        errors: shared.errors.load(Ordering::Relaxed),
+        first_errors: shared.first_errors.to_vec(),
+        loadgen_cpu_percent: common::round(own_cpu, 1),
+        load_average,
+        server_cpu_percent: server_cpu.map(|cpu| common::round(cpu, 1)),
+        server_rss_kib: server_rss,
+        server_rss_before_stalled_kib: None,
+        server_rss_peak_kib: None,
+        rss_per_stalled_dashboard_kib: None,
+        rounds_acks_per_s: None,
+        rounds_rss_per_stalled_dashboard_kib: None,
+        no_dashboards: None,
+        ratio_to_no_dashboards: None,
+        baseline: None,
+        fraction_of_baseline: None,
+    };
     if let (Some(before), Some(peak)) = (rss_before_stalled, server_peak) {
-        report["server_rss_before_stalled_kib"] = json!(before);
-        report["server_rss_peak_kib"] = json!(peak);
+        report.server_rss_before_stalled_kib = Some(before);
+        report.server_rss_peak_kib = Some(peak);
         let per = (peak as f64 - before as f64) / load.stalled_dashboards.max(1) as f64;
-        report["rss_per_stalled_dashboard_kib"] = json!(common::round(per, 2));
+        report.rss_per_stalled_dashboard_kib = Some(common::round(per, 2));
     }
     Ok(report)
 }
 
 /// Open idle device connections and report the server's resident memory per connection.
-pub(crate) async fn idle(args: &Args, connections: usize) -> Result<Value> {
+pub(crate) async fn idle(args: &Args, connections: usize) -> Result<IdleReport> {
     ensure!(connections > 0, "--idle must be at least 1");
     common::check_socket_budget(connections)?;
     let url: Arc<str> = common::endpoint(&args.url, "/update/")?.into();
@@ -654,18 +659,21 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<Value> {
     release_tx.send_replace(true);
     join_within(&mut tasks, Duration::from_secs(30), |()| {}).await;
 
-    let mut report = json!({
-        "target": "smart-server",
-        "url": args.url,
-        "idle_connections": opened,
-        "errors": shared.errors.load(Ordering::Relaxed),
-        "first_errors": shared.first_errors.to_vec(),
-    });
+    let mut report = IdleReport {
+        target: "smart-server",
+        url: args.url.clone(),
+        idle_connections: opened,
+        errors: shared.errors.load(Ordering::Relaxed),
+        first_errors: shared.first_errors.to_vec(),
+        server_rss_before_kib: None,
+        server_rss_after_kib: None,
+        rss_per_connection_kib: None,
+    };
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
-        report["server_rss_before_kib"] = json!(before);
-        report["server_rss_after_kib"] = json!(after);
+        report.server_rss_before_kib = Some(before);
+        report.server_rss_after_kib = Some(after);
         let per_connection = (after as f64 - before as f64) / opened.max(1) as f64;
-        report["rss_per_connection_kib"] = json!(common::round(per_connection, 2));
+        report.rss_per_connection_kib = Some(common::round(per_connection, 2));
     }
     Ok(report)
 }
