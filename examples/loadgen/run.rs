@@ -80,6 +80,22 @@ impl Shared {
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.first_errors.note(what);
     }
+
+    /// Count a connection that opened as ready, and one that did not as failed, with its error
+    /// (`who: error`).
+    fn opened(&self, who: impl std::fmt::Display, opened: Result<Ws>) -> Option<Ws> {
+        match opened {
+            Ok(ws) => {
+                self.ready.fetch_add(1, Ordering::Relaxed);
+                Some(ws)
+            }
+            Err(err) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.error(format!("{who}: {err:#}"));
+                None
+            }
+        }
+    }
 }
 
 /// What one device measured.
@@ -169,15 +185,10 @@ async fn device(
     mut phase: watch::Receiver<Phase>,
 ) -> DeviceResult {
     let mut result = DeviceResult::default();
-    let mut ws = match open_device(&url, &handshakes).await {
-        Ok(ws) => ws,
-        Err(err) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.error(format!("device {serial}: {err:#}"));
-            return result;
-        }
+    let opened = open_device(&url, &handshakes).await;
+    let Some(mut ws) = shared.opened(format_args!("device {serial}"), opened) else {
+        return result;
     };
-    shared.ready.fetch_add(1, Ordering::Relaxed);
     if phase.wait_for(|p| *p >= Phase::Warmup).await.is_err() {
         return result;
     }
@@ -291,15 +302,10 @@ async fn dashboard(
         }
         anyhow::Ok(ws)
     };
-    let mut ws = match opened.await {
-        Ok(ws) => ws,
-        Err(err) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.error(format!("dashboard {index}: {err:#}"));
-            return result;
-        }
+    let opened = opened.await;
+    let Some(mut ws) = shared.opened(format_args!("dashboard {index}"), opened) else {
+        return result;
     };
-    shared.ready.fetch_add(1, Ordering::Relaxed);
     let done = phase.wait_for(|p| *p >= Phase::Done);
     tokio::pin!(done);
     loop {
@@ -349,20 +355,14 @@ async fn stalled_dashboard(
         let _permit = handshakes.acquire().await?;
         common::connect(&url, WebSocketConfig::default(), REPLY_TIMEOUT).await
     };
-    match connected.await {
-        Ok(ws) => {
-            shared.ready.fetch_add(1, Ordering::Relaxed);
-            let _ = timeout(
-                Duration::from_mins(30),
-                phase.wait_for(|p| *p >= Phase::Done),
-            )
-            .await;
-            drop(ws);
-        }
-        Err(err) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.error(format!("stalled dashboard: {err:#}"));
-        }
+    let connected = connected.await;
+    if let Some(ws) = shared.opened("stalled dashboard", connected) {
+        let _ = timeout(
+            Duration::from_mins(30),
+            phase.wait_for(|p| *p >= Phase::Done),
+        )
+        .await;
+        drop(ws);
     }
 }
 
@@ -624,17 +624,11 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<IdleReport> 
             release_rx.clone(),
         );
         tasks.spawn(async move {
-            match open_device(&url, &handshakes).await {
-                Ok(ws) => {
-                    shared.ready.fetch_add(1, Ordering::Relaxed);
-                    // Hold the socket, unread, until released (or the run is abandoned).
-                    let _ = timeout(Duration::from_mins(10), release.wait_for(|r| *r)).await;
-                    drop(ws);
-                }
-                Err(err) => {
-                    shared.failed.fetch_add(1, Ordering::Relaxed);
-                    shared.error(format!("idle connection: {err:#}"));
-                }
+            let opened = open_device(&url, &handshakes).await;
+            if let Some(ws) = shared.opened("idle connection", opened) {
+                // Hold the socket, unread, until released (or the run is abandoned).
+                let _ = timeout(Duration::from_mins(10), release.wait_for(|r| *r)).await;
+                drop(ws);
             }
         });
     }
