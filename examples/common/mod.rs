@@ -60,7 +60,7 @@ impl Flags {
 
 /// Parse the command line as `Parser::parse` does, with the help text of each named argument
 /// (`(id, help)`, the id being the field's name) replaced: flattened [`Flags`] in an example that
-/// words them its own way.
+/// words them its own way. An id that names no argument panics at start (clap's `mut_arg`).
 pub fn parse_args<T: clap::Parser>(help: &[(&'static str, &'static str)]) -> T {
     let mut command = T::command();
     for &(id, text) in help {
