@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::f64::consts::TAU;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
@@ -32,14 +32,12 @@ use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
-use smart_proto::{
-    DeviceMessage, Header, Kind, MessageId, Serial, ServerMessage, Timestamp, Update,
-};
+use smart_proto::{DeviceMessage, Header, Kind, MessageId, Serial, ServerMessage, Update};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Histogram, Ws};
+use common::{FirstErrors, Histogram, Ws};
 
 /// Simulate a fleet of solar battery devices against a SMART-OS server.
 #[derive(Debug, Parser)]
@@ -83,26 +81,30 @@ struct Args {
     /// Connection handshakes in progress at once (a 10,000-device fleet connects in a few seconds).
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
-    /// Report this process's CPU use and memory at the end (the pid of a local server).
-    #[arg(long)]
-    server_pid: Option<u32>,
     /// Seed of the random values, for repeatable runs.
     #[arg(long)]
     seed: Option<u64>,
-    /// Worker threads of the runtime (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print the summary as one line of JSON.
-    #[arg(long)]
-    json: bool,
     /// Add each device's last values to the JSON summary (`final_values`: serial → fields, typed as the
     /// server stores them), to compare with the server's records.
     #[arg(long)]
     final_values: bool,
-    /// No progress bar.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    flags: common::Flags,
 }
+
+/// The simulator's wording of the shared flags' help (without the final period, as clap shows a
+/// one-line doc comment).
+const FLAGS_HELP: [(&str, &str); 3] = [
+    (
+        "server_pid",
+        "Report this process's CPU use and memory at the end (the pid of a local server)",
+    ),
+    (
+        "threads",
+        "Worker threads of the runtime (default: one per core)",
+    ),
+    ("json", "Print the summary as one line of JSON"),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum FirstMessage {
@@ -175,19 +177,12 @@ struct Run {
     handshakes: Semaphore,
     counters: Counters,
     latency: Mutex<Histogram>,
-    first_errors: Mutex<Vec<String>>,
+    first_errors: FirstErrors,
 }
 
 impl Run {
     fn note_error(&self, what: String) {
-        tracing::debug!("{what}");
-        let mut errors = self
-            .first_errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if errors.len() < 5 {
-            errors.push(what);
-        }
+        self.first_errors.note(what);
     }
 }
 
@@ -402,12 +397,12 @@ impl Device {
     /// Connect and read the welcome, within the handshake budget.
     async fn open(run: &Run) -> Result<Ws> {
         let _permit = run.handshakes.acquire().await?;
-        let mut ws = timeout(
+        let mut ws = common::connect(
+            &run.url,
+            common::small_frames_config(),
             Duration::from_secs(10),
-            common::connect(&run.url, common::small_frames_config()),
         )
-        .await
-        .context("connect timed out")??;
+        .await?;
         let welcome = timeout(Duration::from_secs(10), ws.next())
             .await
             .context("no welcome")?;
@@ -619,19 +614,13 @@ impl Device {
 
 /// The device's clock as the reference device writes it: `2024-03-17 14:59:13.047108`.
 fn local_time() -> String {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    let text = Timestamp::from_unix_micros(micros).to_string();
+    let text = common::now_text();
     text.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    let args: Args = common::parse_args(&FLAGS_HELP);
+    common::init_tracing();
     if args.devices == 0 {
         bail!("--devices must be at least 1");
     }
@@ -642,15 +631,7 @@ fn main() -> Result<()> {
         bail!("--min-interval must not exceed --max-interval");
     }
     common::check_socket_budget(usize::try_from(args.devices)?)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads.max(1));
-    }
-    runtime
-        .enable_all()
-        .build()
-        .context("starting the runtime")?
-        .block_on(simulate(args))
+    args.flags.runtime()?.block_on(simulate(args))
 }
 
 async fn simulate(args: Args) -> Result<()> {
@@ -674,9 +655,13 @@ async fn simulate(args: Args) -> Result<()> {
         handshakes: Semaphore::new(args.connect_concurrency.max(1)),
         counters: Counters::default(),
         latency: Mutex::new(Histogram::default()),
-        first_errors: Mutex::new(Vec::new()),
+        first_errors: FirstErrors::default(),
     });
-    let server_cpu = args.server_pid.map(common::CpuSample::start).transpose()?;
+    let server_cpu = args
+        .flags
+        .server_pid
+        .map(common::CpuSample::start)
+        .transpose()?;
     let own_cpu = common::CpuSample::start(std::process::id())?;
     let seed = args.seed.unwrap_or_else(|| rand::rng().random::<u64>());
 
@@ -686,7 +671,7 @@ async fn simulate(args: Args) -> Result<()> {
         devices.spawn(Device::new(serial, seed.wrapping_add(i)).run(Arc::clone(&run)));
     }
 
-    let bar = common::progress_bar(duration.as_secs(), args.quiet || args.json);
+    let bar = common::progress_bar(duration.as_secs(), args.flags.no_progress());
     let counters = &run.counters;
     // Every device stops by the end of the drain window plus one ack timeout plus its last handshake
     // and close.
@@ -752,16 +737,16 @@ async fn simulate(args: Args) -> Result<()> {
         "ack_p99_ms": common::round(latency.quantile_ms(0.99), 3),
         "ack_max_ms": common::round(latency.max_ms(), 3),
         "sim_cpu_percent": common::round(own_cpu.percent()?, 1),
-        "first_errors": run.first_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        "first_errors": run.first_errors.to_vec(),
     });
     if args.final_values {
         summary["final_values"] = Value::Object(final_values);
     }
-    if let (Some(pid), Some(cpu)) = (args.server_pid, server_cpu) {
+    if let (Some(pid), Some(cpu)) = (args.flags.server_pid, server_cpu) {
         summary["server_cpu_percent"] = json!(common::round(cpu.percent()?, 1));
         summary["server_rss_kib"] = json!(common::rss_kib(pid)?);
     }
-    if args.json {
+    if args.flags.json {
         println!("{summary}");
     } else {
         print_summary(&summary);

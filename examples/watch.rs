@@ -12,13 +12,13 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
-use smart_proto::{Query, Record, ServerMessage, Timestamp};
+use smart_proto::{Query, Record, ServerMessage};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -51,10 +51,7 @@ const KNOWN: [&str; 16] = Record::FIELDS;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_tracing();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -73,12 +70,7 @@ async fn watch(args: Args) -> Result<()> {
         None => None,
     };
     // Snapshots of a large fleet are big frames: keep tungstenite's default buffer here.
-    let mut ws = timeout(
-        Duration::from_secs(10),
-        common::connect(&url, WebSocketConfig::default()),
-    )
-    .await
-    .context("connect timed out")??;
+    let mut ws = common::connect(&url, WebSocketConfig::default(), Duration::from_secs(10)).await?;
 
     let mut filtered_view_pending = !args.clauses.is_empty();
     let mut snapshot_seen = false;
@@ -159,10 +151,7 @@ fn far_future() -> Instant {
 
 /// The current UTC time of day with milliseconds.
 fn clock() -> String {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    let text = Timestamp::from_unix_micros(micros).to_string();
+    let text = common::now_text();
     text.get(11..23).unwrap_or(&text).to_owned()
 }
 

@@ -1,15 +1,17 @@
-//! What the examples share: endpoint URLs, websocket setup, a latency histogram, readings from `/proc`,
-//! progress bars and small numeric helpers.
+//! What the examples share: the flags of the measuring examples, logging and runtime setup, endpoint
+//! URLs, websocket setup, a latency histogram, the first errors of a run, readings from `/proc`, progress
+//! bars and small numeric and clock helpers.
 //!
 //! Each example includes this module with `mod common;`, and none uses all of it.
 #![allow(dead_code)]
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use smart_proto::Timestamp;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -20,6 +22,61 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// `/proc/PID/stat` counts CPU time in clock ticks; Linux fixes `USER_HZ` at 100 on every platform
 /// this runs on, and reading `sysconf` would need a libc binding for one constant.
 pub const CLOCK_TICKS_PER_S: f64 = 100.0;
+
+/// The flags the measuring examples (`loadgen`, `solmate_sim`) share, flattened into their arguments
+/// with `#[command(flatten)]`. The help texts are loadgen's; [`parse_args`] gives another example its
+/// own wording.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Flags {
+    /// Pid of the (local) server, to report its CPU use and resident memory from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Worker threads of this process's runtime (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one line of JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl Flags {
+    /// Whether progress bars stay hidden: asked for, or the output is JSON.
+    pub fn no_progress(&self) -> bool {
+        self.quiet || self.json
+    }
+
+    /// A multi-threaded runtime with `--threads` workers (default: one per core).
+    pub fn runtime(&self) -> Result<tokio::runtime::Runtime> {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = self.threads {
+            runtime.worker_threads(threads.max(1));
+        }
+        runtime.enable_all().build().context("starting the runtime")
+    }
+}
+
+/// Parse the command line as `Parser::parse` does, with the help text of each named argument
+/// (`(id, help)`, the id being the field's name) replaced: flattened [`Flags`] in an example that
+/// words them its own way. An id that names no argument panics at start (clap's `mut_arg`).
+pub fn parse_args<T: clap::Parser>(help: &[(&'static str, &'static str)]) -> T {
+    let mut command = T::command();
+    for &(id, text) in help {
+        command = command.mut_arg(id, |arg| arg.help(text));
+    }
+    let mut matches = command.get_matches_mut();
+    T::from_arg_matches_mut(&mut matches).unwrap_or_else(|err| err.format(&mut command).exit())
+}
+
+/// Log to stderr, filtered by `RUST_LOG` (nothing by default).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+}
 
 /// The URL of an endpoint (`/update/` or `/client/`) on the server at `base`
 /// (`ws://127.0.0.1:8000`, with or without a trailing slash or an endpoint path already).
@@ -62,10 +119,13 @@ pub fn small_frames_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(4 * 1024)
 }
 
-/// Connect a websocket with Nagle disabled (replies are small and latency is what is measured).
-pub async fn connect(url: &str, config: WebSocketConfig) -> Result<Ws> {
-    let (ws, _response) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+/// Connect a websocket with Nagle disabled (replies are small and latency is what is measured), within
+/// `limit`.
+pub async fn connect(url: &str, config: WebSocketConfig, limit: Duration) -> Result<Ws> {
+    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let (ws, _response) = tokio::time::timeout(limit, connecting)
         .await
+        .context("connect timed out")?
         .with_context(|| format!("connecting to {url}"))?;
     Ok(ws)
 }
@@ -81,6 +141,40 @@ pub fn monotonic_micros() -> u64 {
 pub fn seconds(value: f64, what: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(value)
         .with_context(|| format!("{what} must be a number of seconds ≥ 0, not {value}"))
+}
+
+/// The current time as the protocol writes timestamps (`2024-03-17T14:59:13.047108Z`).
+pub fn now_text() -> String {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    Timestamp::from_unix_micros(micros).to_string()
+}
+
+/// The first errors of a run, for its report; the others are only logged (at debug level).
+#[derive(Debug, Default)]
+pub struct FirstErrors(Mutex<Vec<String>>);
+
+impl FirstErrors {
+    /// How many errors a report shows.
+    const KEPT: usize = 5;
+
+    /// Log an error, and keep it if it is one of the first.
+    pub fn note(&self, what: String) {
+        tracing::debug!("{what}");
+        let mut first = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if first.len() < Self::KEPT {
+            first.push(what);
+        }
+    }
+
+    /// The errors kept so far.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// A latency histogram with bounded memory and about 3 % relative error: 32 linear buckets per power

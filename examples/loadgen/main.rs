@@ -23,17 +23,17 @@
 mod baseline;
 #[path = "../common/mod.rs"]
 mod common;
+mod report;
 mod run;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use serde_json::{Value, json};
 
 use baseline::{serve_baseline, spawn_baseline};
+use report::RunReport;
 use run::{check_frames, idle, measure};
 
 /// Measure a SMART-OS server: ingest rate, ack latency, fan-out to dashboards, memory per connection.
@@ -81,18 +81,8 @@ struct Args {
     /// connection (needs `--server-pid`).
     #[arg(long, value_name = "N")]
     idle: Option<usize>,
-    /// Pid of the (local) server, to report its CPU use and resident memory from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Worker threads of this process's runtime (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print one line of JSON.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar.
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    flags: common::Flags,
     /// Run the baseline server (used by `--baseline`, which starts this binary as its child).
     #[arg(long, hide = true)]
     serve_baseline: bool,
@@ -101,34 +91,10 @@ struct Args {
     listen: SocketAddr,
 }
 
-/// How long a device waits for an ack, or a dashboard for its snapshot, before it counts as an error.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once, so a thousand devices do not overflow the server's accept backlog.
-const CONNECT_CONCURRENCY: usize = 64;
-
-// Phases of a run, in order.
-const CONNECTING: u8 = 0;
-const WARMUP: u8 = 1;
-const MEASURE: u8 = 2;
-/// Devices stop sending and wait for their last acks.
-const STOP: u8 = 3;
-/// Dashboards stop reading.
-const DONE: u8 = 4;
-
 fn main() -> Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads.max(1));
-    }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    common::init_tracing();
+    let runtime = args.flags.runtime()?;
     if args.serve_baseline {
         return runtime.block_on(serve_baseline(args.listen));
     }
@@ -139,15 +105,13 @@ fn main() -> Result<()> {
     );
     if let Some(connections) = args.idle {
         let report = runtime.block_on(idle(&args, connections))?;
-        print_report(&args, &report);
-        return Ok(());
+        return report.print_report(args.flags.json);
     }
     ensure!(args.devices > 0, "--devices must be at least 1");
     ensure!(args.window > 0, "--window must be at least 1");
     common::check_socket_budget(args.devices + args.dashboards + args.stalled_dashboards)?;
     let report = runtime.block_on(load(&args))?;
-    print_report(&args, &report);
-    Ok(())
+    report.print_report(args.flags.json)
 }
 
 /// Everything one load run needs to know.
@@ -163,7 +127,7 @@ struct Load {
     quiet: bool,
 }
 
-async fn load(args: &Args) -> Result<Value> {
+async fn load(args: &Args) -> Result<RunReport> {
     let load = Load {
         devices: args.devices,
         dashboards: args.dashboards,
@@ -172,7 +136,7 @@ async fn load(args: &Args) -> Result<Value> {
         first_serial: args.first_serial,
         warmup: common::seconds(args.warmup, "--warmup")?,
         measured: common::seconds(args.seconds, "--seconds")?,
-        quiet: args.quiet || args.json,
+        quiet: args.flags.no_progress(),
     };
     check_frames(&load)?;
     let mut baseline = if args.baseline {
@@ -189,10 +153,11 @@ async fn load(args: &Args) -> Result<Value> {
         stalled_dashboards: 0,
         ..load.clone()
     };
+    let pid = args.flags.server_pid;
     for _ in 0..args.rounds.max(1) {
-        server_runs.push(measure("smart-server", &args.url, args.server_pid, &load).await?);
+        server_runs.push(measure("smart-server", &args.url, pid, &load).await?);
         if args.against_no_dashboards {
-            alone_runs.push(measure("no dashboards", &args.url, args.server_pid, &alone).await?);
+            alone_runs.push(measure("no dashboards", &args.url, pid, &alone).await?);
         }
         if let Some((_, url, pid)) = &baseline {
             baseline_runs.push(measure("baseline", url, Some(*pid), &load).await?);
@@ -200,141 +165,18 @@ async fn load(args: &Args) -> Result<Value> {
     }
     let stalled_memory: Vec<f64> = server_runs
         .iter()
-        .filter_map(|r| r["rss_per_stalled_dashboard_kib"].as_f64())
+        .filter_map(|r| r.rss_per_stalled_dashboard_kib)
         .collect();
     if let Some((child, _, _)) = baseline.as_mut() {
         let _ = child.kill().await;
     }
-    let mut report = median_run(server_runs);
-    if !stalled_memory.is_empty() {
-        // Later rounds reuse memory the first one's dashboards left to the allocator: the largest
-        // growth is the figure.
-        report["rss_per_stalled_dashboard_kib"] =
-            json!(stalled_memory.iter().copied().fold(0.0, f64::max));
-        report["rounds_rss_per_stalled_dashboard_kib"] = json!(stalled_memory);
+    let mut report = RunReport::median(server_runs).context("no run measured")?;
+    report.set_stalled_memory(stalled_memory);
+    if let Some(alone) = RunReport::median(alone_runs) {
+        report.set_no_dashboards(alone);
     }
-    if !alone_runs.is_empty() {
-        let alone = median_run(alone_runs);
-        let reference = alone["acks_per_s"].as_f64().unwrap_or(0.0);
-        let rate = report["acks_per_s"].as_f64().unwrap_or(0.0);
-        report["ratio_to_no_dashboards"] = json!(if reference > 0.0 {
-            common::round(rate / reference, 3)
-        } else {
-            0.0
-        });
-        report["no_dashboards"] = alone;
-    }
-    if !baseline_runs.is_empty() {
-        let baseline = median_run(baseline_runs);
-        let ceiling = baseline["acks_per_s"].as_f64().unwrap_or(0.0);
-        let rate = report["acks_per_s"].as_f64().unwrap_or(0.0);
-        report["fraction_of_baseline"] = json!(if ceiling > 0.0 {
-            common::round(rate / ceiling, 3)
-        } else {
-            0.0
-        });
-        report["baseline"] = baseline;
+    if let Some(baseline) = RunReport::median(baseline_runs) {
+        report.set_baseline(baseline);
     }
     Ok(report)
-}
-
-/// The run with the median ack rate, with every run's rate alongside to show the spread.
-fn median_run(mut runs: Vec<Value>) -> Value {
-    let rate = |run: &Value| run["acks_per_s"].as_f64().unwrap_or(0.0);
-    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
-    let rates: Vec<f64> = runs.iter().map(rate).collect();
-    let mut median = runs.swap_remove(runs.len().saturating_sub(1) / 2);
-    if rates.len() > 1 {
-        median["rounds_acks_per_s"] = json!(rates);
-    }
-    median
-}
-
-fn print_report(args: &Args, report: &Value) {
-    if args.json {
-        println!("{report}");
-        return;
-    }
-    if report.get("idle_connections").is_some() {
-        println!(
-            "{} idle device connections, {} errors",
-            report["idle_connections"], report["errors"]
-        );
-        if let Some(per) = report.get("rss_per_connection_kib") {
-            println!(
-                "  server RSS {} KiB → {} KiB: {per} KiB per connection",
-                report["server_rss_before_kib"], report["server_rss_after_kib"]
-            );
-        }
-        print_errors(report);
-        return;
-    }
-    print_run(report);
-    if let Some(alone) = report.get("no_dashboards") {
-        print_run(alone);
-        println!(
-            "with / without dashboards acks/s: {}",
-            report["ratio_to_no_dashboards"]
-        );
-    }
-    if let Some(baseline) = report.get("baseline") {
-        print_run(baseline);
-        println!(
-            "smart-server / baseline acks/s: {}",
-            report["fraction_of_baseline"]
-        );
-    }
-}
-
-fn print_run(r: &Value) {
-    println!(
-        "{}: {} devices (window {}), {} dashboards, {} stalled; {} s measured after {} s warm-up",
-        r["target"].as_str().unwrap_or_default(),
-        r["devices"],
-        r["window"],
-        r["dashboards"],
-        r["stalled_dashboards"],
-        r["seconds"],
-        r["warmup_s"]
-    );
-    println!(
-        "  acks/s        {} ({} acks, {} errors)",
-        r["acks_per_s"], r["acks"], r["errors"]
-    );
-    println!(
-        "  ack latency   p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
-        r["ack_p50_ms"], r["ack_p99_ms"], r["ack_p999_ms"], r["ack_max_ms"]
-    );
-    if let Some(per) = r.get("rss_per_stalled_dashboard_kib") {
-        println!(
-            "  stalled       {} dashboards that never read: {per} KiB of server RSS each (largest growth of the rounds {})",
-            r["stalled_dashboards"], r["rounds_rss_per_stalled_dashboard_kib"]
-        );
-    }
-    if r["dashboards"].as_u64().unwrap_or(0) > 0 {
-        println!(
-            "  dashboards    {} msgs/s in all; device→dashboard p50 {} ms, p99 {} ms; {} resyncs",
-            r["dashboard_msgs_per_s"], r["fanout_p50_ms"], r["fanout_p99_ms"], r["resyncs"]
-        );
-    }
-    let mut cpu = format!("  CPU           loadgen {} %", r["loadgen_cpu_percent"]);
-    if let Some(server) = r.get("server_cpu_percent") {
-        let _ = write!(cpu, ", server {server} % (RSS {} KiB)", r["server_rss_kib"]);
-    }
-    let _ = write!(
-        cpu,
-        " of one core; machine load average {}",
-        r["load_average"]
-    );
-    println!("{cpu}");
-    if let Some(rounds) = r.get("rounds_acks_per_s") {
-        println!("  rounds        acks/s {rounds} (this is the median one)");
-    }
-    print_errors(r);
-}
-
-fn print_errors(report: &Value) {
-    for error in report["first_errors"].as_array().into_iter().flatten() {
-        println!("  error: {}", error.as_str().unwrap_or_default());
-    }
 }

@@ -3,13 +3,12 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
 use smart_proto::ServerMessage;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -17,37 +16,84 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::common::{self, CpuSample, Histogram, Ws};
-use crate::{
-    Args, CONNECT_CONCURRENCY, CONNECTING, DONE, Load, MEASURE, REPLY_TIMEOUT, STOP, WARMUP,
-};
+use crate::common::{self, CpuSample, FirstErrors, Histogram, Ws};
+use crate::report::{IdleReport, RunReport};
+use crate::{Args, Load};
+
+/// How long a device waits for an ack, or a dashboard for its snapshot, before it counts as an error.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once, so a thousand devices do not overflow the server's accept backlog.
+const CONNECT_CONCURRENCY: usize = 64;
+
+/// The phases of a run, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Dashboards, stalled dashboards and devices connect.
+    Connecting,
+    /// Devices send; nothing is counted yet.
+    Warmup,
+    /// Devices send; acks, dashboard messages and latencies are counted.
+    Measure,
+    /// Devices stop sending and wait for their last acks.
+    Stop,
+    /// Dashboards stop reading.
+    Done,
+}
+
+impl Phase {
+    const ALL: [Phase; 5] = [
+        Phase::Connecting,
+        Phase::Warmup,
+        Phase::Measure,
+        Phase::Stop,
+        Phase::Done,
+    ];
+
+    /// The phase stored as `phase as u8`.
+    fn from_u8(stored: u8) -> Phase {
+        Phase::ALL
+            .get(usize::from(stored))
+            .copied()
+            .unwrap_or(Phase::Done)
+    }
+}
 
 /// Counters shared by the tasks of one run.
 #[derive(Debug, Default)]
 struct Shared {
+    /// The current [`Phase`], for the tasks' hot paths (the watch channel wakes the waiting ones).
     phase: AtomicU8,
     /// Acks over the whole run, for the progress bar.
     acks_live: AtomicU64,
     ready: AtomicUsize,
     failed: AtomicUsize,
     errors: AtomicU64,
-    first_errors: Mutex<Vec<String>>,
+    first_errors: FirstErrors,
 }
 
 impl Shared {
-    fn phase(&self) -> u8 {
-        self.phase.load(Ordering::Relaxed)
+    fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
     }
 
     fn error(&self, what: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!("{what}");
-        let mut first = self
-            .first_errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if first.len() < 5 {
-            first.push(what);
+        self.first_errors.note(what);
+    }
+
+    /// Count a connection that opened as ready, and one that did not as failed, with its error
+    /// (`who: error`).
+    fn opened(&self, who: impl std::fmt::Display, opened: Result<Ws>) -> Option<Ws> {
+        match opened {
+            Ok(ws) => {
+                self.ready.fetch_add(1, Ordering::Relaxed);
+                Some(ws)
+            }
+            Err(err) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.error(format!("{who}: {err:#}"));
+                None
+            }
         }
     }
 }
@@ -120,12 +166,7 @@ fn describe(reply: &str) -> String {
 
 async fn open_device(url: &str, handshakes: &Semaphore) -> Result<Ws> {
     let _permit = handshakes.acquire().await?;
-    let mut ws = timeout(
-        REPLY_TIMEOUT,
-        common::connect(url, common::small_frames_config()),
-    )
-    .await
-    .context("connect timed out")??;
+    let mut ws = common::connect(url, common::small_frames_config(), REPLY_TIMEOUT).await?;
     match timeout(REPLY_TIMEOUT, ws.next())
         .await
         .context("no welcome")?
@@ -141,19 +182,14 @@ async fn device(
     window: usize,
     shared: Arc<Shared>,
     handshakes: Arc<Semaphore>,
-    mut phase: watch::Receiver<u8>,
+    mut phase: watch::Receiver<Phase>,
 ) -> DeviceResult {
     let mut result = DeviceResult::default();
-    let mut ws = match open_device(&url, &handshakes).await {
-        Ok(ws) => ws,
-        Err(err) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.error(format!("device {serial}: {err:#}"));
-            return result;
-        }
+    let opened = open_device(&url, &handshakes).await;
+    let Some(mut ws) = shared.opened(format_args!("device {serial}"), opened) else {
+        return result;
     };
-    shared.ready.fetch_add(1, Ordering::Relaxed);
-    if phase.wait_for(|p| *p >= WARMUP).await.is_err() {
+    if phase.wait_for(|p| *p >= Phase::Warmup).await.is_err() {
         return result;
     }
     // One timer for the whole run instead of one per ack: the run ends by then or this device is stuck.
@@ -162,7 +198,7 @@ async fn device(
     let mut in_flight: VecDeque<(u64, u64)> = VecDeque::with_capacity(window);
     let mut next_id = 1u64;
     loop {
-        if shared.phase() < STOP {
+        if shared.phase() < Phase::Stop {
             while in_flight.len() < window {
                 let sent_us = common::monotonic_micros();
                 let frame = device_frame(next_id, &serial, sent_us);
@@ -205,7 +241,7 @@ async fn device(
         };
         if is_ack(&reply, id, &serial) {
             shared.acks_live.fetch_add(1, Ordering::Relaxed);
-            if shared.phase() == MEASURE {
+            if shared.phase() == Phase::Measure {
                 result.acks += 1;
                 result
                     .latency
@@ -249,16 +285,11 @@ async fn dashboard(
     index: usize,
     url: Arc<str>,
     shared: Arc<Shared>,
-    mut phase: watch::Receiver<u8>,
+    mut phase: watch::Receiver<Phase>,
 ) -> DashboardResult {
     let mut result = DashboardResult::default();
     let opened = async {
-        let mut ws = timeout(
-            REPLY_TIMEOUT,
-            common::connect(&url, WebSocketConfig::default()),
-        )
-        .await
-        .context("connect timed out")??;
+        let mut ws = common::connect(&url, WebSocketConfig::default(), REPLY_TIMEOUT).await?;
         // The welcome, then the snapshot.
         for expected in ["INFO", "INIT"] {
             match timeout(REPLY_TIMEOUT, ws.next())
@@ -271,16 +302,11 @@ async fn dashboard(
         }
         anyhow::Ok(ws)
     };
-    let mut ws = match opened.await {
-        Ok(ws) => ws,
-        Err(err) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.error(format!("dashboard {index}: {err:#}"));
-            return result;
-        }
+    let opened = opened.await;
+    let Some(mut ws) = shared.opened(format_args!("dashboard {index}"), opened) else {
+        return result;
     };
-    shared.ready.fetch_add(1, Ordering::Relaxed);
-    let done = phase.wait_for(|p| *p >= DONE);
+    let done = phase.wait_for(|p| *p >= Phase::Done);
     tokio::pin!(done);
     loop {
         let message = tokio::select! {
@@ -295,7 +321,7 @@ async fn dashboard(
             }
             Some(Ok(_)) => continue,
         };
-        let measuring = shared.phase() == MEASURE;
+        let measuring = shared.phase() == Phase::Measure;
         match frame_kind(&text) {
             "UPDT" if measuring => {
                 result.updates += 1;
@@ -318,32 +344,25 @@ async fn dashboard(
 }
 
 /// A dashboard that connects and never reads anything (not even the welcome) until the run is
-/// DONE, then closes its socket.
+/// [`Phase::Done`], then closes its socket.
 async fn stalled_dashboard(
     url: Arc<str>,
     shared: Arc<Shared>,
     handshakes: Arc<Semaphore>,
-    mut phase: watch::Receiver<u8>,
+    mut phase: watch::Receiver<Phase>,
 ) {
     let connected = async {
         let _permit = handshakes.acquire().await?;
-        timeout(
-            REPLY_TIMEOUT,
-            common::connect(&url, WebSocketConfig::default()),
-        )
-        .await
-        .context("connect timed out")?
+        common::connect(&url, WebSocketConfig::default(), REPLY_TIMEOUT).await
     };
-    match connected.await {
-        Ok(ws) => {
-            shared.ready.fetch_add(1, Ordering::Relaxed);
-            let _ = timeout(Duration::from_mins(30), phase.wait_for(|p| *p >= DONE)).await;
-            drop(ws);
-        }
-        Err(err) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            shared.error(format!("stalled dashboard: {err:#}"));
-        }
+    let connected = connected.await;
+    if let Some(ws) = shared.opened("stalled dashboard", connected) {
+        let _ = timeout(
+            Duration::from_mins(30),
+            phase.wait_for(|p| *p >= Phase::Done),
+        )
+        .await;
+        drop(ws);
     }
 }
 
@@ -377,19 +396,42 @@ async fn wait_ready(shared: &Shared, expected: usize, limit: Duration) -> Result
     Ok(())
 }
 
+/// Join the tasks of `set` that end within `limit`, handing `each` what they return; abort the others
+/// and say how many they were.
+async fn join_within<T: 'static>(
+    set: &mut JoinSet<T>,
+    limit: Duration,
+    mut each: impl FnMut(T),
+) -> usize {
+    let deadline = Instant::now() + limit;
+    while let Ok(Some(joined)) = timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        set.join_next(),
+    )
+    .await
+    {
+        if let Ok(result) = joined {
+            each(result);
+        }
+    }
+    let unfinished = set.len();
+    set.abort_all();
+    unfinished
+}
+
 /// One measured run against the server at `base`.
 pub(crate) async fn measure(
     target: &str,
     base: &str,
     pid: Option<u32>,
     load: &Load,
-) -> Result<Value> {
+) -> Result<RunReport> {
     let device_url: Arc<str> = common::endpoint(base, "/update/")?.into();
     let dashboard_url: Arc<str> = common::endpoint(base, "/client/")?.into();
     let shared = Arc::new(Shared::default());
-    let (phase_tx, phase_rx) = watch::channel(CONNECTING);
-    let set_phase = |phase: u8| {
-        shared.phase.store(phase, Ordering::Relaxed);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
+    let set_phase = |phase: Phase| {
+        shared.phase.store(phase as u8, Ordering::Relaxed);
         phase_tx.send_replace(phase);
     };
 
@@ -467,16 +509,16 @@ pub(crate) async fn measure(
             }
         })
     };
-    set_phase(WARMUP);
+    set_phase(Phase::Warmup);
     sleep(load.warmup).await;
 
     let server_cpu = pid.map(CpuSample::start).transpose()?;
     let own_cpu = CpuSample::start(std::process::id())?;
     let load_average = common::load_average();
     let measure_start = Instant::now();
-    set_phase(MEASURE);
+    set_phase(Phase::Measure);
     sleep(load.measured).await;
-    set_phase(STOP);
+    set_phase(Phase::Stop);
     let measured = measure_start.elapsed().as_secs_f64();
     let server_cpu = server_cpu.map(|c| c.percent()).transpose()?;
     let own_cpu = own_cpu.percent()?;
@@ -490,101 +532,86 @@ pub(crate) async fn measure(
 
     let mut acks = Histogram::default();
     let mut ack_count = 0;
-    let join_deadline = Instant::now() + REPLY_TIMEOUT + Duration::from_secs(5);
-    while let Ok(Some(joined)) = timeout(
-        join_deadline.saturating_duration_since(Instant::now()),
-        devices.join_next(),
-    )
-    .await
-    {
-        if let Ok(result) = joined {
+    let stuck_devices = join_within(
+        &mut devices,
+        REPLY_TIMEOUT + Duration::from_secs(5),
+        |result| {
             ack_count += result.acks;
             acks.merge(&result.latency);
-        }
-    }
-    let stuck_devices = devices.len();
-    devices.abort_all();
+        },
+    )
+    .await;
     // Let the last UPDTs reach the dashboards before they stop reading.
     sleep_until(Instant::now() + Duration::from_millis(300)).await;
-    set_phase(DONE);
+    set_phase(Phase::Done);
     let mut fanout = Histogram::default();
     let (mut updates, mut resyncs) = (0, 0);
-    let join_deadline = Instant::now() + Duration::from_secs(5);
-    while let Ok(Some(joined)) = timeout(
-        join_deadline.saturating_duration_since(Instant::now()),
-        dashboards.join_next(),
-    )
-    .await
-    {
-        if let Ok(result) = joined {
-            updates += result.updates;
-            resyncs += result.resyncs;
-            fanout.merge(&result.latency);
-        }
-    }
-    dashboards.abort_all();
-    // The stalled dashboards were released at DONE: they close without reading.
-    let join_deadline = Instant::now() + Duration::from_secs(5);
-    while let Ok(Some(_)) = timeout(
-        join_deadline.saturating_duration_since(Instant::now()),
-        stalled.join_next(),
-    )
-    .await
-    {}
-    stalled.abort_all();
+    join_within(&mut dashboards, Duration::from_secs(5), |result| {
+        updates += result.updates;
+        resyncs += result.resyncs;
+        fanout.merge(&result.latency);
+    })
+    .await;
+    // The stalled dashboards were released at `Done`: they close without reading.
+    join_within(&mut stalled, Duration::from_secs(5), |()| {}).await;
     if stuck_devices > 0 {
         shared.error(format!("{stuck_devices} devices did not finish"));
     }
 
     let per_s = |n: u64| common::round(n as f64 / measured.max(1e-3), 1);
     let ms = |h: &Histogram, q: f64| common::round(h.quantile_ms(q), 3);
-    let mut report = json!({
-        "target": target,
-        "url": base,
-        "devices": load.devices,
-        "dashboards": load.dashboards,
-        "stalled_dashboards": load.stalled_dashboards,
-        "window": load.window,
-        "connected": connected,
-        "warmup_s": load.warmup.as_secs_f64(),
-        "seconds": common::round(measured, 3),
-        "acks": ack_count,
-        "acks_per_s": per_s(ack_count),
-        "ack_p50_ms": ms(&acks, 0.50),
-        "ack_p99_ms": ms(&acks, 0.99),
-        "ack_p999_ms": ms(&acks, 0.999),
-        "ack_max_ms": common::round(acks.max_ms(), 3),
-        "dashboard_msgs": updates,
-        "dashboard_msgs_per_s": per_s(updates),
-        "fanout_p50_ms": ms(&fanout, 0.50),
-        "fanout_p99_ms": ms(&fanout, 0.99),
-        "resyncs": resyncs,
-        "errors": shared.errors.load(Ordering::Relaxed),
-        "first_errors": shared.first_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
-        "loadgen_cpu_percent": common::round(own_cpu, 1),
-        "load_average": load_average,
-    });
-    if let Some(cpu) = server_cpu {
-        report["server_cpu_percent"] = json!(common::round(cpu, 1));
-    }
-    if let Some(rss) = server_rss {
-        report["server_rss_kib"] = json!(rss);
-    }
+    let mut report = RunReport {
+        target: target.to_owned(),
+        url: base.to_owned(),
+        devices: load.devices,
+        dashboards: load.dashboards,
+        stalled_dashboards: load.stalled_dashboards,
+        window: load.window,
+        connected,
+        warmup_s: load.warmup.as_secs_f64(),
+        seconds: common::round(measured, 3),
+        acks: ack_count,
+        acks_per_s: per_s(ack_count),
+        ack_p50_ms: ms(&acks, 0.50),
+        ack_p99_ms: ms(&acks, 0.99),
+        ack_p999_ms: ms(&acks, 0.999),
+        ack_max_ms: common::round(acks.max_ms(), 3),
+        dashboard_msgs: updates,
+        dashboard_msgs_per_s: per_s(updates),
+        fanout_p50_ms: ms(&fanout, 0.50),
+        fanout_p99_ms: ms(&fanout, 0.99),
+        resyncs,
+        errors: shared.errors.load(Ordering::Relaxed),
+        first_errors: shared.first_errors.to_vec(),
+        loadgen_cpu_percent: common::round(own_cpu, 1),
+        load_average,
+        server_cpu_percent: server_cpu.map(|cpu| common::round(cpu, 1)),
+        server_rss_kib: server_rss,
+        server_rss_before_stalled_kib: None,
+        server_rss_peak_kib: None,
+        rss_per_stalled_dashboard_kib: None,
+        rounds_acks_per_s: None,
+        rounds_rss_per_stalled_dashboard_kib: None,
+        no_dashboards: None,
+        ratio_to_no_dashboards: None,
+        baseline: None,
+        fraction_of_baseline: None,
+    };
     if let (Some(before), Some(peak)) = (rss_before_stalled, server_peak) {
-        report["server_rss_before_stalled_kib"] = json!(before);
-        report["server_rss_peak_kib"] = json!(peak);
+        report.server_rss_before_stalled_kib = Some(before);
+        report.server_rss_peak_kib = Some(peak);
         let per = (peak as f64 - before as f64) / load.stalled_dashboards.max(1) as f64;
-        report["rss_per_stalled_dashboard_kib"] = json!(common::round(per, 2));
+        report.rss_per_stalled_dashboard_kib = Some(common::round(per, 2));
     }
     Ok(report)
 }
 
 /// Open idle device connections and report the server's resident memory per connection.
-pub(crate) async fn idle(args: &Args, connections: usize) -> Result<Value> {
+pub(crate) async fn idle(args: &Args, connections: usize) -> Result<IdleReport> {
     ensure!(connections > 0, "--idle must be at least 1");
     common::check_socket_budget(connections)?;
     let url: Arc<str> = common::endpoint(&args.url, "/update/")?.into();
-    let rss_before = args.server_pid.map(common::rss_kib).transpose()?;
+    let rss_before = args.flags.server_pid.map(common::rss_kib).transpose()?;
     let shared = Arc::new(Shared::default());
     let handshakes = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let (release_tx, release_rx) = watch::channel(false);
@@ -597,21 +624,15 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<Value> {
             release_rx.clone(),
         );
         tasks.spawn(async move {
-            match open_device(&url, &handshakes).await {
-                Ok(ws) => {
-                    shared.ready.fetch_add(1, Ordering::Relaxed);
-                    // Hold the socket, unread, until released (or the run is abandoned).
-                    let _ = timeout(Duration::from_mins(10), release.wait_for(|r| *r)).await;
-                    drop(ws);
-                }
-                Err(err) => {
-                    shared.failed.fetch_add(1, Ordering::Relaxed);
-                    shared.error(format!("idle connection: {err:#}"));
-                }
+            let opened = open_device(&url, &handshakes).await;
+            if let Some(ws) = shared.opened("idle connection", opened) {
+                // Hold the socket, unread, until released (or the run is abandoned).
+                let _ = timeout(Duration::from_mins(10), release.wait_for(|r| *r)).await;
+                drop(ws);
             }
         });
     }
-    let bar = common::progress_bar(connections as u64, args.quiet || args.json);
+    let bar = common::progress_bar(connections as u64, args.flags.no_progress());
     let deadline = Instant::now() + Duration::from_mins(2);
     loop {
         let (ready, failed) = (
@@ -628,29 +649,25 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<Value> {
     // Let the server finish whatever each accept started before reading its memory.
     sleep(Duration::from_secs(1)).await;
     let opened = shared.ready.load(Ordering::Relaxed);
-    let rss_after = args.server_pid.map(common::rss_kib).transpose()?;
+    let rss_after = args.flags.server_pid.map(common::rss_kib).transpose()?;
     release_tx.send_replace(true);
-    let close_deadline = Instant::now() + Duration::from_secs(30);
-    while let Ok(Some(_)) = timeout(
-        close_deadline.saturating_duration_since(Instant::now()),
-        tasks.join_next(),
-    )
-    .await
-    {}
-    tasks.abort_all();
+    join_within(&mut tasks, Duration::from_secs(30), |()| {}).await;
 
-    let mut report = json!({
-        "target": "smart-server",
-        "url": args.url,
-        "idle_connections": opened,
-        "errors": shared.errors.load(Ordering::Relaxed),
-        "first_errors": shared.first_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
-    });
+    let mut report = IdleReport {
+        target: "smart-server",
+        url: args.url.clone(),
+        idle_connections: opened,
+        errors: shared.errors.load(Ordering::Relaxed),
+        first_errors: shared.first_errors.to_vec(),
+        server_rss_before_kib: None,
+        server_rss_after_kib: None,
+        rss_per_connection_kib: None,
+    };
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
-        report["server_rss_before_kib"] = json!(before);
-        report["server_rss_after_kib"] = json!(after);
+        report.server_rss_before_kib = Some(before);
+        report.server_rss_after_kib = Some(after);
         let per_connection = (after as f64 - before as f64) / opened.max(1) as f64;
-        report["rss_per_connection_kib"] = json!(common::round(per_connection, 2));
+        report.rss_per_connection_kib = Some(common::round(per_connection, 2));
     }
     Ok(report)
 }
