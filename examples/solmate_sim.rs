@@ -90,6 +90,8 @@ struct Args {
     final_values: bool,
     #[command(flatten)]
     flags: common::Flags,
+    #[command(flatten)]
+    access: common::AccessFlags,
 }
 
 /// The simulator's wording of the shared flags' help (without the final period, as clap shows a
@@ -395,10 +397,11 @@ impl Device {
     }
 
     /// Connect and read the welcome, within the handshake budget.
-    async fn open(run: &Run) -> Result<Ws> {
+    async fn open(run: &Run, serial: &Serial) -> Result<Ws> {
         let _permit = run.handshakes.acquire().await?;
-        let mut ws = common::connect(
+        let mut ws = common::connect_as(
             &run.url,
+            Some(serial.as_str()),
             common::small_frames_config(),
             Duration::from_secs(10),
         )
@@ -446,7 +449,7 @@ impl Device {
         let mut failures = 0u32;
         let mut next_change = Instant::now() + self.interval(&run);
         while Instant::now() < self.connect_until(&run, connected_before) {
-            match Device::open(&run).await {
+            match Device::open(&run, &self.serial).await {
                 Ok(ws) => {
                     if connected_before {
                         Counters::bump(&run.counters.reconnects);
@@ -621,6 +624,7 @@ fn local_time() -> String {
 fn main() -> Result<()> {
     let args: Args = common::parse_args(&FLAGS_HELP);
     common::init_tracing();
+    args.access.install()?;
     if args.devices == 0 {
         bail!("--devices must be at least 1");
     }

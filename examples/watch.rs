@@ -44,6 +44,8 @@ struct Args {
     /// At most this many rows per table.
     #[arg(long, default_value_t = 100)]
     max_rows: usize,
+    #[command(flatten)]
+    access: common::AccessFlags,
 }
 
 /// The known fields in the order of PROTOCOL.md §6; extra fields follow in key order.
@@ -52,6 +54,7 @@ const KNOWN: [&str; 16] = Record::FIELDS;
 fn main() -> Result<()> {
     let args = Args::parse();
     common::init_tracing();
+    args.access.install()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,6 +5,10 @@
 //! Each example includes this module with `mod common;`, and none uses all of it.
 #![allow(dead_code)]
 
+mod access;
+
+pub use access::{AccessFlags, connect_as};
+
 use std::net::IpAddr;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -122,12 +126,7 @@ pub fn small_frames_config() -> WebSocketConfig {
 /// Connect a websocket with Nagle disabled (replies are small and latency is what is measured), within
 /// `limit`.
 pub async fn connect(url: &str, config: WebSocketConfig, limit: Duration) -> Result<Ws> {
-    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-    let (ws, _response) = tokio::time::timeout(limit, connecting)
-        .await
-        .context("connect timed out")?
-        .with_context(|| format!("connecting to {url}"))?;
-    Ok(ws)
+    connect_as(url, None, config, limit).await
 }
 
 /// Microseconds since a process-wide monotonic origin: the load generator stamps device messages with it

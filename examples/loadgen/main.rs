@@ -83,6 +83,8 @@ struct Args {
     idle: Option<usize>,
     #[command(flatten)]
     flags: common::Flags,
+    #[command(flatten)]
+    access: common::AccessFlags,
     /// Run the baseline server (used by `--baseline`, which starts this binary as its child).
     #[arg(long, hide = true)]
     serve_baseline: bool,
@@ -95,6 +97,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     common::init_tracing();
     let runtime = args.flags.runtime()?;
+    args.access.install()?;
     if args.serve_baseline {
         return runtime.block_on(serve_baseline(args.listen));
     }

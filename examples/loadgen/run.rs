@@ -164,9 +164,15 @@ fn describe(reply: &str) -> String {
     }
 }
 
-async fn open_device(url: &str, handshakes: &Semaphore) -> Result<Ws> {
+async fn open_device(url: &str, serial: &str, handshakes: &Semaphore) -> Result<Ws> {
     let _permit = handshakes.acquire().await?;
-    let mut ws = common::connect(url, common::small_frames_config(), REPLY_TIMEOUT).await?;
+    let mut ws = common::connect_as(
+        url,
+        Some(serial),
+        common::small_frames_config(),
+        REPLY_TIMEOUT,
+    )
+    .await?;
     match timeout(REPLY_TIMEOUT, ws.next())
         .await
         .context("no welcome")?
@@ -185,7 +191,7 @@ async fn device(
     mut phase: watch::Receiver<Phase>,
 ) -> DeviceResult {
     let mut result = DeviceResult::default();
-    let opened = open_device(&url, &handshakes).await;
+    let opened = open_device(&url, &serial, &handshakes).await;
     let Some(mut ws) = shared.opened(format_args!("device {serial}"), opened) else {
         return result;
     };
@@ -616,7 +622,9 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<IdleReport> 
     let handshakes = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let (release_tx, release_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    for _ in 0..connections {
+    for i in 0..connections {
+        // With `--token-file`, idle connections present the tokens of serials 0001, 0002, …
+        let serial = format!("{:04}", i + 1);
         let (url, shared, handshakes, mut release) = (
             Arc::clone(&url),
             Arc::clone(&shared),
@@ -624,7 +632,7 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<IdleReport> 
             release_rx.clone(),
         );
         tasks.spawn(async move {
-            let opened = open_device(&url, &handshakes).await;
+            let opened = open_device(&url, &serial, &handshakes).await;
             if let Some(ws) = shared.opened("idle connection", opened) {
                 // Hold the socket, unread, until released (or the run is abandoned).
                 let _ = timeout(Duration::from_mins(10), release.wait_for(|r| *r)).await;
