@@ -7,6 +7,7 @@
 
 mod access;
 
+#[allow(unused_imports, reason = "tests/examples_smoke.rs includes this module and uses part of it")]
 pub use access::{AccessFlags, connect_as};
 
 use std::net::IpAddr;
