@@ -928,7 +928,12 @@ fn endpoints_and_loopback_checks() {
         common::endpoint("ws://localhost:1/client/", "/update/").unwrap(),
         "ws://localhost:1/update/"
     );
+    assert_eq!(
+        common::endpoint("wss://localhost:8443", "/client/").unwrap(),
+        "wss://localhost:8443/client/"
+    );
     assert!(common::endpoint("http://127.0.0.1:8000", "/update/").is_err());
+    assert!(common::is_loopback("wss://localhost:8443"));
     assert!(common::is_loopback("ws://127.0.0.1:8000"));
     assert!(common::is_loopback("ws://localhost:8000/update/"));
     assert!(common::is_loopback("ws://[::1]:8000"));

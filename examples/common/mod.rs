@@ -7,7 +7,10 @@
 
 mod access;
 
-#[allow(unused_imports, reason = "tests/examples_smoke.rs includes this module and uses part of it")]
+#[allow(
+    unused_imports,
+    reason = "tests/examples_smoke.rs includes this module and uses part of it"
+)]
 pub use access::{AccessFlags, connect_as};
 
 use std::net::IpAddr;
@@ -84,23 +87,27 @@ pub fn init_tracing() {
 }
 
 /// The URL of an endpoint (`/update/` or `/client/`) on the server at `base`
-/// (`ws://127.0.0.1:8000`, with or without a trailing slash or an endpoint path already).
+/// (`ws://127.0.0.1:8000` or `wss://…`, with or without a trailing slash or an endpoint path already).
 pub fn endpoint(base: &str, path: &str) -> Result<String> {
-    let Some(rest) = base.strip_prefix("ws://") else {
-        bail!("server URL {base:?} must start with ws:// (TLS is not supported by these examples)");
-    };
+    let (scheme, rest) = split_scheme(base)?;
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
         bail!("server URL {base:?} has no host");
     }
-    Ok(format!("ws://{authority}{path}"))
+    Ok(format!("{scheme}{authority}{path}"))
 }
 
-/// The `host:port` part of a `ws://` URL.
+/// `ws://` or `wss://`, and the rest of the URL.
+fn split_scheme(base: &str) -> Result<(&'static str, &str)> {
+    ["wss://", "ws://"]
+        .into_iter()
+        .find_map(|scheme| base.strip_prefix(scheme).map(|rest| (scheme, rest)))
+        .with_context(|| format!("server URL {base:?} must start with ws:// or wss://"))
+}
+
+/// The `host:port` part of a `ws://` or `wss://` URL.
 pub fn authority(base: &str) -> Result<&str> {
-    let rest = base
-        .strip_prefix("ws://")
-        .with_context(|| format!("server URL {base:?} must start with ws://"))?;
+    let (_, rest) = split_scheme(base)?;
     Ok(rest.split('/').next().unwrap_or_default())
 }
 
