@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|dashboards|all]`.
+# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|dashboards|auth|all]`.
 #
 # Each measurement starts a fresh release smart-server on 127.0.0.1 (port 0, temporary data dir), runs one
 # example against it with --server-pid so the server's CPU and memory are read from /proc, stops it with
@@ -78,21 +78,94 @@ dashboards() {
         --stalled-dashboards 1000 --against-no-dashboards --warmup 5 --seconds $measured --rounds $rounds --json"
 }
 
+# start_server DIR ARGS...: a release server on a data dir kept across starts; sets $addr and $server_pid.
+start_server() {
+    local dir=$1
+    shift
+    : >"$dir/stdout"
+    "$server_bin" --listen 127.0.0.1:0 --data-dir "$dir/data" "$@" >"$dir/stdout" 2>>"$dir/stderr" &
+    server_pid=$!
+    for _ in $(seq 100); do
+        [[ -s $dir/stdout ]] && break
+        sleep 0.1
+    done
+    addr=$(head -n 1 "$dir/stdout")
+    addr=${addr#listening on }
+}
+
+stop_server() {
+    kill -TERM "$server_pid"
+    wait "$server_pid" || true
+}
+
+# auth: durable acks at 100 devices (window 1) with auth off, with --auth required (device tokens), and with
+# --auth required over TLS, alternating in each round; then 10,000 devices connecting with tokens at once
+# (time to the last welcome, server CPU) and the server memory per idle connection, plain and TLS.
+# Needs `openssl` (a self-signed certificate for localhost).
+auth() {
+    local dir
+    dir=$(mktemp -d)
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
+        -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+    seq -f %04g 1 10000 | "$server_bin" --data-dir "$dir/data" token bulk --out "$dir/tokens.txt" 2>/dev/null
+    local tls=(--auth required --tls-cert "$dir/cert.pem" --tls-key "$dir/key.pem")
+    local load=(--devices 100 --warmup "$warmup" --seconds "$measured" --rounds 1 --json)
+    for round in $(seq "$rounds"); do
+        echo "auth: round $round of $rounds (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+        start_server "$dir"
+        "$examples/loadgen" --url "ws://$addr" --server-pid "$server_pid" "${load[@]}" | sed 's/^/off /' >>"$dir/runs"
+        stop_server
+        start_server "$dir" --auth required
+        "$examples/loadgen" --url "ws://$addr" --server-pid "$server_pid" --token-file "$dir/tokens.txt" "${load[@]}" \
+            | sed 's/^/required /' >>"$dir/runs"
+        stop_server
+        start_server "$dir" "${tls[@]}"
+        "$examples/loadgen" --url "wss://localhost:${addr##*:}" --server-pid "$server_pid" --ca-cert "$dir/cert.pem" \
+            --token-file "$dir/tokens.txt" "${load[@]}" | sed 's/^/tls /' >>"$dir/runs"
+        stop_server
+    done
+    python3 - "$dir/runs" <<'PY'
+import json, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    label, _, text = line.partition(" ")
+    runs.setdefault(label, []).append(json.loads(text))
+median = {k: statistics.median(r["acks_per_s"] for r in v) for k, v in runs.items()}
+cpu = {k: statistics.median(r.get("server_cpu_percent") or 0 for r in v) for k, v in runs.items()}
+print(json.dumps({"acks_per_s": median, "server_cpu_percent": cpu,
+                  "required_vs_off": round(median["required"] / median["off"], 3),
+                  "tls_vs_off": round(median["tls"] / median["off"], 3),
+                  "rounds": {k: [r["acks_per_s"] for r in v] for k, v in runs.items()}}))
+PY
+    echo "auth: 10000 devices connecting with tokens at once, then idle (plain, then TLS)" >&2
+    start_server "$dir" --auth required
+    "$examples/loadgen" --url "ws://$addr" --server-pid "$server_pid" --token-file "$dir/tokens.txt" --idle 10000 --json
+    stop_server
+    start_server "$dir" "${tls[@]}"
+    "$examples/loadgen" --url "wss://localhost:${addr##*:}" --server-pid "$server_pid" --ca-cert "$dir/cert.pem" \
+        --token-file "$dir/tokens.txt" --idle 10000 --json
+    stop_server
+    rm -rf "$dir"
+}
+
 case $what in
     ingest) ingest ;;
     window) window ;;
     idle) idle ;;
     fleet) fleet ;;
     dashboards) dashboards ;;
+    auth) auth ;;
     all)
         ingest
         window
         idle
         fleet
         dashboards
+        auth
         ;;
     *)
-        echo "usage: $0 [ingest|window|idle|fleet|dashboards|all]" >&2
+        echo "usage: $0 [ingest|window|idle|fleet|dashboards|auth|all]" >&2
         exit 2
         ;;
 esac

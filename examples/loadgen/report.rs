@@ -225,6 +225,8 @@ fn fraction(rate: f64, reference: f64) -> f64 {
 /// The server's memory per idle device connection (`--idle`).
 #[derive(Debug, Serialize)]
 pub(crate) struct IdleReport {
+    /// Seconds from the first connect to the last welcome (or failure).
+    pub(crate) connect_seconds: f64,
     pub(crate) errors: u64,
     pub(crate) first_errors: Vec<String>,
     /// Connections that opened.
@@ -235,6 +237,9 @@ pub(crate) struct IdleReport {
     pub(crate) server_rss_after_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_rss_before_kib: Option<u64>,
+    /// Server CPU (user + system) spent while the connections opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_connect_cpu_seconds: Option<f64>,
     pub(crate) target: &'static str,
     pub(crate) url: String,
 }
@@ -246,9 +251,12 @@ impl IdleReport {
             return print_json(self);
         }
         println!(
-            "{} idle device connections, {} errors",
-            self.idle_connections, self.errors
+            "{} idle device connections, {} errors, all open after {:.3} s",
+            self.idle_connections, self.errors, self.connect_seconds
         );
+        if let Some(cpu) = self.server_connect_cpu_seconds {
+            println!("  server CPU while connecting {cpu} s");
+        }
         if let Some(per) = self.rss_per_connection_kib {
             println!(
                 "  server RSS {} KiB → {} KiB: {} KiB per connection",

@@ -618,6 +618,8 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<IdleReport> 
     common::check_socket_budget(connections)?;
     let url: Arc<str> = common::endpoint(&args.url, "/update/")?.into();
     let rss_before = args.flags.server_pid.map(common::rss_kib).transpose()?;
+    let cpu_before = args.flags.server_pid.map(common::cpu_ticks).transpose()?;
+    let started = Instant::now();
     let shared = Arc::new(Shared::default());
     let handshakes = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let (release_tx, release_rx) = watch::channel(false);
@@ -651,8 +653,11 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<IdleReport> 
         if ready + failed >= connections || Instant::now() >= deadline {
             break;
         }
-        sleep(Duration::from_millis(100)).await;
+        sleep(Duration::from_millis(10)).await;
     }
+    // Every connection has its welcome (or failed): the time and server CPU it took to get there.
+    let connect_seconds = started.elapsed().as_secs_f64();
+    let cpu_after = args.flags.server_pid.map(common::cpu_ticks).transpose()?;
     bar.finish_and_clear();
     // Let the server finish whatever each accept started before reading its memory.
     sleep(Duration::from_secs(1)).await;
@@ -670,6 +675,10 @@ pub(crate) async fn idle(args: &Args, connections: usize) -> Result<IdleReport> 
         server_rss_before_kib: None,
         server_rss_after_kib: None,
         rss_per_connection_kib: None,
+        connect_seconds: common::round(connect_seconds, 3),
+        server_connect_cpu_seconds: cpu_before
+            .zip(cpu_after)
+            .map(|(b, a)| common::round(a.saturating_sub(b) as f64 / common::CLOCK_TICKS_PER_S, 2)),
     };
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         report.server_rss_before_kib = Some(before);
