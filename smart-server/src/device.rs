@@ -13,8 +13,6 @@ use futures_util::{SinkExt, StreamExt};
 use smart_proto::{DEVICE_WELCOME, Header, Kind, Rejection, Serial, ServerMessage, Timestamp};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
@@ -22,14 +20,9 @@ use crate::acks::{Ack, AckQueue, AckTicket, Refusal};
 use crate::ingest::{Job, Write};
 use crate::liveness::{Due, Liveness, is_not_reading};
 use crate::metrics::{Metrics, RejectClass};
-use crate::server::Shared;
 use crate::shutdown::Shutdown;
-
-/// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// A device that accepts nothing for this long has stopped reading its acks: it is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::state::Shared;
+use crate::ws::{self, End, Frame, WRITE_TIMEOUT, finish};
 
 /// A reply owed to the device, in arrival order.
 enum Reply {
@@ -80,36 +73,6 @@ pub(crate) async fn session<S>(
     finish(&mut ws, end).await;
     state.detach_all();
     Metrics::dec(&metrics.device_connections);
-}
-
-/// How a session ended.
-pub(crate) enum End {
-    /// The peer sent a close frame (or the stream ended).
-    PeerClosed,
-    /// The server closes with this frame.
-    Close(CloseFrame),
-    /// The socket failed; nothing more can be sent.
-    Broken,
-}
-
-/// Complete the closing handshake for `end`, within [`CLOSE_GRACE`].
-pub(crate) async fn finish<S>(ws: &mut WebSocketStream<S>, end: End)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        let closing = match end {
-            End::Broken => return,
-            End::PeerClosed => true,
-            End::Close(frame) => ws.close(Some(frame)).await.is_ok(),
-        };
-        if closing {
-            // Reading on lets tungstenite send its close reply and see the peer's; the stream then
-            // ends.
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await;
 }
 
 struct Session<'a> {
@@ -176,7 +139,7 @@ impl Session<'_> {
                 }
                 () = shutdown.recv(), if reading => {
                     reading = false;
-                    close = Some(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
+                    close = Some(ws::shutting_down());
                 }
                 () = tokio::time::sleep_until(idle_at.unwrap_or_else(tokio::time::Instant::now)), if idle_at.is_some() => {
                     match liveness.due() {
@@ -192,16 +155,16 @@ impl Session<'_> {
                             Metrics::inc(&self.shared.metrics.shed_idle);
                             info!(timeout = ?liveness.timeout(), "closing a silent device connection");
                             reading = false;
-                            close = Some(CloseFrame { code: CloseCode::Away, reason: "idle timeout".into() });
+                            close = Some(ws::idle_timeout());
                         }
                     }
                 }
-                frame = ws.next(), if reading && replies.len() < max_in_flight => match frame {
-                    Some(Ok(Message::Text(text))) => {
+                frame = ws.next(), if reading && replies.len() < max_in_flight => match Frame::of(frame) {
+                    Frame::Text(text) => {
                         liveness.heard();
                         replies.push_back(self.handle(&text));
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Frame::Binary => {
                         liveness.heard();
                         self.shared.metrics.reject(RejectClass::Binary);
                         info!("device message rejected: binary frame");
@@ -211,12 +174,12 @@ impl Session<'_> {
                         };
                         replies.push_back(Reply::Ready(reply.to_frame().into()));
                     }
-                    Some(Ok(Message::Close(_))) | None => {
+                    Frame::Closed => {
                         // The peer is leaving: writes already queued still complete, but there
                         // is nobody left to ack.
                         return End::PeerClosed;
                     }
-                    Some(Ok(Message::Ping(_))) => {
+                    Frame::Ping => {
                         // Answered by tungstenite; a peer that pings but never reads the pongs
                         // is dropped before they pile up.
                         liveness.heard();
@@ -229,18 +192,19 @@ impl Session<'_> {
                             }
                         }
                     }
-                    Some(Ok(_)) => liveness.heard(), // pong
-                    Some(Err(WsError::Capacity(e))) => {
+                    Frame::Pong => liveness.heard(),
+                    Frame::TooLarge(e) => {
                         self.shared.metrics.reject(RejectClass::Oversize);
                         debug!(%e, "device frame too large");
                         reading = false;
-                        close = Some(CloseFrame { code: CloseCode::Size, reason: "frame too large".into() });
+                        close = Some(ws::too_large());
                     }
-                    Some(Err(WsError::Utf8(_))) => {
+                    Frame::NotUtf8 => {
+                        info!("closing a device connection: text frame is not UTF-8");
                         reading = false;
-                        close = Some(CloseFrame { code: CloseCode::Invalid, reason: "text frame is not UTF-8".into() });
+                        close = Some(ws::not_utf8());
                     }
-                    Some(Err(e)) => {
+                    Frame::Failed(e) => {
                         debug!(%e, "device socket read failed");
                         return End::Broken;
                     }

@@ -27,8 +27,10 @@ mod liveness;
 mod metrics;
 mod server;
 mod shutdown;
+mod state;
 mod store;
 mod wal;
+mod ws;
 
 pub use config::{Config, Registration};
 pub use server::Server;

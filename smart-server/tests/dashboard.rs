@@ -630,3 +630,26 @@ async fn shutdown_closes_dashboards_with_1001() {
         .unwrap()
         .unwrap();
 }
+
+/// A text frame that is not UTF-8, on the real binary: that dashboard is closed with 1007 (as a
+/// device would be); other dashboards and devices go on.
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_that_dashboard_with_1007() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, addr) = spawn_binary(dir.path()).await;
+    let mut dev = device(addr).await;
+    let (mut other, _) = dashboard(addr).await;
+
+    let got = not_utf8_closes_with_1007(addr, "/client/", &[]).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], DASHBOARD_WELCOME);
+    assert_eq!(
+        serde_json::from_str::<Value>(&got[1]).unwrap()["type"],
+        "INIT"
+    );
+
+    send_ok(&mut dev, "0003", "0001", &json!({"battery": 9})).await;
+    let (mid, body) = next_updt_for(&mut other, "0001").await;
+    assert_eq!(mid, "0003");
+    assert_eq!(body["battery"], 9);
+}

@@ -452,8 +452,14 @@ pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Opti
 
 /// The opcodes of the (unmasked) server frames in `bytes`, in order; a truncated last frame is
 /// ignored.
-pub fn server_opcodes(mut bytes: &[u8]) -> Vec<u8> {
-    let mut opcodes = Vec::new();
+pub fn server_opcodes(bytes: &[u8]) -> Vec<u8> {
+    server_frames(bytes).into_iter().map(|(op, _)| op).collect()
+}
+
+/// The (unmasked) server frames in `bytes`, in order, as opcode and payload; a truncated last frame
+/// is ignored.
+pub fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
     while bytes.len() >= 2 {
         let opcode = bytes[0] & 0x0f;
         let (len, head) = match bytes[1] & 0x7f {
@@ -468,10 +474,55 @@ pub fn server_opcodes(mut bytes: &[u8]) -> Vec<u8> {
         if bytes.len() < head + len {
             break;
         }
-        opcodes.push(opcode);
+        frames.push((opcode, bytes[head..head + len].to_vec()));
         bytes = &bytes[head + len..];
     }
-    opcodes
+    frames
+}
+
+/// A text frame that is not UTF-8 closes that connection only, with 1007 after what it was owed
+/// (PROTOCOL.md, "Frames"), on the real binary for `path` (`/update/` or `/client/`); the frames
+/// the server sent before the close are returned as text, for the caller to check.
+pub async fn not_utf8_closes_with_1007(
+    addr: SocketAddr,
+    path: &str,
+    before: &[&str],
+) -> Vec<String> {
+    let (status, mut raw) = upgrade_raw(addr, path, None, &[]).await;
+    assert_eq!(status, 101);
+    let mut frames = Vec::new();
+    for text in before {
+        frames.extend(client_frame(0x1, text.as_bytes()));
+    }
+    frames.extend(client_frame(0x1, b"{\"type\":\"\xff\xfe\"}"));
+    tokio::time::timeout(TIMEOUT, raw.write_all(&frames))
+        .await
+        .unwrap()
+        .unwrap();
+    let bytes = read_until_closed(&mut raw, TIMEOUT)
+        .await
+        .unwrap_or_else(|| panic!("{path}: still open after a text frame that is not UTF-8"));
+    let mut got = server_frames(&bytes);
+    let (opcode, payload) = got
+        .pop()
+        .unwrap_or_else(|| panic!("{path}: no frame at all"));
+    assert_eq!(opcode, 0x8, "{path}: the last frame is not a close frame");
+    assert_eq!(
+        u16::from_be_bytes([payload[0], payload[1]]),
+        1007,
+        "{path}: close code"
+    );
+    assert_eq!(
+        &payload[2..],
+        b"text frame is not UTF-8",
+        "{path}: close reason"
+    );
+    got.into_iter()
+        .map(|(opcode, payload)| {
+            assert_eq!(opcode, 0x1, "{path}: a non-text frame before the close");
+            String::from_utf8(payload).unwrap()
+        })
+        .collect()
 }
 
 /// A counter or gauge from the `/metrics` text (0 when absent).
