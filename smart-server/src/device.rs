@@ -1,23 +1,25 @@
-//! The `/update/` session: frame → smart-proto → fleet → store → ack, replies in arrival order.
+//! The `/update/` session: the socket and the reply order. Each text frame goes to the connection's
+//! [`Intake`] (parse, admission, queue for the writer: [`crate::ingest`]); its reply, an ERROR now
+//! or an OK/ERROR once the writer answered, leaves in arrival order.
 //!
 //! A connection may have several messages waiting for their group commit at once (up to
 //! `--max-in-flight`); their replies, OK or ERROR, leave in the order the frames arrived. An ERROR for
 //! a bad frame therefore waits behind the OKs of earlier good frames, and nothing of the bad frame is
 //! applied.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use smart_proto::{DEVICE_WELCOME, Header, Kind, Rejection, Serial, ServerMessage, Timestamp};
+use smart_proto::{DEVICE_WELCOME, Header, Kind, ServerMessage};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::acks::{Ack, AckQueue, AckTicket, Refusal};
-use crate::ingest::{Job, Write};
+use crate::acks::{Ack, AckQueue, Refusal};
+use crate::ingest::{Intake, Queued};
 use crate::liveness::{Due, Liveness, is_not_reading};
 use crate::metrics::{Metrics, RejectClass};
 use crate::shutdown::Shutdown;
@@ -37,14 +39,6 @@ enum Reply {
     },
 }
 
-/// The current time as a record timestamp.
-pub(crate) fn now() -> Timestamp {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    Timestamp::from_unix_micros(i64::try_from(micros).unwrap_or(i64::MAX))
-}
-
 fn info_text(text: String) -> Message {
     Message::Text(Utf8Bytes::from(text))
 }
@@ -61,9 +55,7 @@ pub(crate) async fn session<S>(
     Metrics::inc(&metrics.device_connections);
     let mut state = Session {
         shared: &shared,
-        attached: HashSet::new(),
-        acks: Arc::new(AckQueue::default()),
-        submitted: 0,
+        intake: shared.ingest.intake(),
     };
     let welcome = ServerMessage::Info(DEVICE_WELCOME.to_owned()).to_frame();
     let end = match ws.send(info_text(welcome)).await {
@@ -71,19 +63,14 @@ pub(crate) async fn session<S>(
         Err(_) => End::Broken,
     };
     finish(&mut ws, end).await;
-    state.detach_all();
+    state.intake.detach_all();
     Metrics::dec(&metrics.device_connections);
 }
 
 struct Session<'a> {
     shared: &'a Shared,
-    /// Serials this connection has sent a valid message for (it keeps them online); at most
-    /// `--max-serials-per-connection`.
-    attached: HashSet<Serial>,
-    /// Where the writer answers this connection's writes.
-    acks: Arc<AckQueue>,
-    /// Writes submitted so far (the ordinal of the latest).
-    submitted: u64,
+    /// This connection's side of the ingest path (its serials, its writes and their answers).
+    intake: Intake<'a>,
 }
 
 impl Session<'_> {
@@ -101,7 +88,7 @@ impl Session<'_> {
             // Most turns of this loop (a frame just arrived) have nothing to send: skip the timer.
             let sendable = match replies.front() {
                 Some(Reply::Ready(_)) => true,
-                Some(Reply::Waiting { ordinal, .. }) => *ordinal <= self.acks.answered(),
+                Some(Reply::Waiting { ordinal, .. }) => *ordinal <= self.acks().answered(),
                 None => false,
             };
             let sent = if sendable {
@@ -134,7 +121,7 @@ impl Session<'_> {
                 .filter(|_| reading && replies.is_empty());
             tokio::select! {
                 biased;
-                _ = std::future::poll_fn(|cx| self.acks.poll_answered(waiting.unwrap_or(u64::MAX), cx)), if waiting.is_some() => {
+                _ = std::future::poll_fn(|cx| self.acks().poll_answered(waiting.unwrap_or(u64::MAX), cx)), if waiting.is_some() => {
                     // `send_ready` at the top of the loop takes every answered reply.
                 }
                 () = shutdown.recv(), if reading => {
@@ -230,18 +217,18 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut sent = false;
-        let mut answered = self.acks.answered();
+        let mut answered = self.acks().answered();
         loop {
             // Acks that completed meanwhile are taken without another trip through the loop.
             if let Some(Reply::Waiting { ordinal, .. }) = replies.front() {
                 let ordinal = *ordinal;
                 if ordinal > answered {
-                    answered = self.acks.answered();
+                    answered = self.acks().answered();
                     if ordinal > answered {
                         break;
                     }
                 }
-                let ack = self.acks.result(ordinal);
+                let ack = self.acks().result(ordinal);
                 self.resolve_front(replies, ack);
             }
             match replies.front() {
@@ -294,91 +281,24 @@ impl Session<'_> {
         replies.push_front(Reply::Ready(frame.into()));
     }
 
-    /// Parse one text frame and queue it for the writer; the reply it is owed.
+    /// The answers to this connection's writes.
+    fn acks(&self) -> &AckQueue {
+        self.intake.acks()
+    }
+
+    /// Hand one text frame to the ingest path; the reply it is owed.
     fn handle(&mut self, text: &str) -> Reply {
-        let message = match smart_proto::parse_device_message(text) {
-            Ok(message) => message,
-            Err(rejection) => return self.reject(&rejection),
-        };
-        let shared = self.shared;
-        let serial = &message.header.serial;
-        let attach = !self.attached.contains(serial);
-        let max_serials = shared.config.max_serials_per_connection;
-        if attach && self.attached.len() >= max_serials {
-            shared.metrics.reject(RejectClass::Serials);
-            info!(header = %message.header, max_serials, "device message rejected: too many serials on one connection");
-            let reply = ServerMessage::Error {
-                header: Some(message.header),
-                reason: format!(
-                    "this connection already carries {max_serials} serials (--max-serials-per-connection): send for more serials over another connection"
-                ),
-            };
-            return Reply::Ready(reply.to_frame().into());
-        }
-        let limits = smart_proto::Limits {
-            max_extras: shared.config.max_extras,
-            max_extra_bytes: shared.config.max_extra_bytes,
-        };
-        if let Err(e) = limits.check(&message.update) {
-            let rejection = Rejection {
-                header: Some(message.header),
-                error: e,
-            };
-            return self.reject(&rejection);
-        }
-        if let Err(e) = shared.fleet.admit(serial) {
-            shared.metrics.reject(RejectClass::Unregistered);
-            info!(header = %message.header, reason = %e, "device message rejected");
-            let reply = ServerMessage::Error {
-                header: Some(message.header),
-                reason: e.to_string(),
-            };
-            return Reply::Ready(reply.to_frame().into());
-        }
-        let ordinal = self.submitted + 1;
-        let job = Job::Write(Box::new(Write {
-            header: message.header.clone(),
-            update: message.update,
-            now: now(),
-            ack: AckTicket::new(Arc::clone(&self.acks), ordinal),
-        }));
-        if attach {
-            // The first message of this connection for the serial: counted under the same lock
-            // that queues the device's "offline", so the two can never be queued swapped.
-            shared.fleet.attach(serial, || shared.ingest.submit(job));
-            self.attached.insert(serial.clone());
-        } else {
-            shared.ingest.submit(job);
-        }
-        self.submitted = ordinal;
-        Reply::Waiting {
-            header: message.header,
-            kind: message.kind,
-            ordinal,
-        }
-    }
-
-    fn reject(&self, rejection: &Rejection) -> Reply {
-        let class = RejectClass::of(&rejection.error);
-        self.shared.metrics.reject(class);
-        if let Some(header) = &rejection.header {
-            info!(%header, reason = %rejection.error, "device message rejected");
-        } else {
-            info!(reason = %rejection.error, "device message rejected");
-        }
-        Reply::Ready(rejection.reply().into())
-    }
-
-    /// The connection is over: it no longer keeps its devices online.
-    fn detach_all(&mut self) {
-        let shared = self.shared;
-        for serial in self.attached.drain() {
-            shared.fleet.detach(&serial, |last| {
-                if last {
-                    // Through the writer, so it is applied after this device's pending writes.
-                    shared.ingest.submit(Job::Offline(serial.clone()));
-                }
-            });
+        match self.intake.submit(text) {
+            Ok(Queued {
+                header,
+                kind,
+                ordinal,
+            }) => Reply::Waiting {
+                header,
+                kind,
+                ordinal,
+            },
+            Err(frame) => Reply::Ready(frame.into()),
         }
     }
 }

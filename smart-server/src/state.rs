@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::conns::{Budget, Conns};
 use crate::fleet::Fleet;
 use crate::hub::{Hub, Limits};
-use crate::ingest::{Ingest, RecordLimits};
+use crate::ingest::{self, Ingest};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Store;
 
@@ -61,14 +61,17 @@ impl Shared {
             config.registration,
             records,
         ));
+        // The writer hands every committed batch to the hub: the one place the two are wired.
         let ingest = Ingest::start(
             Arc::clone(&store),
             Arc::clone(&fleet),
             Arc::clone(&hub),
             &metrics,
-            RecordLimits {
-                max_bytes: config.max_record_bytes,
-                max_extras: config.max_extras,
+            ingest::Limits {
+                record_bytes: config.max_record_bytes,
+                extras: config.max_extras,
+                extra_bytes: config.max_extra_bytes,
+                serials_per_connection: config.max_serials_per_connection,
             },
         )
         .context("starting the store writer")?;
