@@ -17,6 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+mod http;
+pub use http::*;
+
 /// Every single wait in the tests is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -198,92 +201,6 @@ pub async fn next_updt_for(ws: &mut Ws, serial: &str) -> (String, Value) {
     panic!("no UPDT for {serial}");
 }
 
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON {:?}: {e}", self.body))
-    }
-}
-
-/// A minimal HTTP/1.1 GET (Connection: close), enough for the API under test.
-pub async fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    extra_headers: &[(&str, &str)],
-) -> HttpResponse {
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in extra_headers {
-        let _ = write!(request, "{k}: {v}\r\n");
-    }
-    request.push_str("\r\n");
-    let raw = tokio::time::timeout(TIMEOUT, async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        raw
-    })
-    .await
-    .unwrap();
-    parse_http(&raw)
-}
-
-pub fn parse_http(raw: &[u8]) -> HttpResponse {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-    out
-}
-
 /// A device record from the HTTP API.
 pub async fn record(server: &TestServer, serial: &str) -> Value {
     let res = server.get(&format!("/api/devices/{serial}")).await;
@@ -408,7 +325,7 @@ pub async fn upgrade_raw(
             }
             head.push(byte[0]);
         }
-        let status = parse_http(&head).status;
+        let status = status_of(&String::from_utf8_lossy(&head));
         if status != 101 {
             // Not upgraded: read the rest of the response so that the socket is done.
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
