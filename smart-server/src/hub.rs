@@ -1,7 +1,8 @@
 //! Fan-out of device changes to dashboards.
 //!
-//! The store's writer thread publishes each committed batch once, whatever the number of dashboards,
-//! through the [`Sink`] the hub implements: [`Hub::publish`] appends the batch's changes (already serialized, shared by every dashboard) to one
+//! The ingest writer thread publishes each committed batch once, whatever the number of dashboards,
+//! through the [`Sink`] the hub implements: [`Hub::publish`] appends the batch's changes (already
+//! serialized, shared by every dashboard) to one
 //! sequence-numbered ring of recent changes, notes per device the sequence number of its latest
 //! change, and bumps the head sequence number in a [`watch`] channel, which wakes only the dashboards
 //! that are waiting for it. A dashboard stuck writing to its socket is not touched at all.
@@ -169,7 +170,7 @@ impl Hub {
         self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether any dashboard is connected: when none is, device sessions skip building changes.
+    /// Whether any dashboard is connected: when none is, the writer builds no changes.
     pub(crate) fn has_listeners(&self) -> bool {
         self.listeners.load(Ordering::Relaxed) > 0
     }
