@@ -55,7 +55,7 @@ pub(crate) async fn session<S>(
     Metrics::inc(&metrics.device_connections);
     let mut state = Session {
         shared: &shared,
-        intake: shared.ingest.intake(),
+        intake: shared.intake(),
     };
     let welcome = ServerMessage::Info(DEVICE_WELCOME.to_owned()).to_frame();
     let end = match ws.send(info_text(welcome)).await {

@@ -504,7 +504,7 @@ fn one_device(serial: &str, shared: &Shared) -> Response {
 }
 
 fn healthz(shared: &Shared) -> Response {
-    let healthy = shared.store.is_healthy();
+    let healthy = shared.store_healthy();
     let body = json!({
         "status": if healthy { "ok" } else { "store not writable" },
         "devices": shared.fleet.len(),

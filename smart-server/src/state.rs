@@ -1,7 +1,8 @@
 //! The state every connection shares, behind one handle ([`Shared`]): what mini-redis's `Db` is to
-//! its handlers. Sessions and routes get an `Arc<Shared>` and reach the fleet, the hub, the ingest
-//! queue, the store's health, the metrics and the connection caps through it; this module imports
-//! none of them back (no session, route or listener code lives here).
+//! its handlers. Sessions and routes get an `Arc<Shared>` and reach the config, the fleet (reads),
+//! the hub (subscriptions), the metrics and the connection caps through it; the ingest path only as
+//! a connection's [`Intake`], and the store only as its health. This module imports no session,
+//! route or listener code, so none of those import each other through it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,7 @@ use crate::config::Config;
 use crate::conns::{Budget, Conns};
 use crate::fleet::Fleet;
 use crate::hub::{Hub, Limits};
-use crate::ingest::{self, Ingest};
+use crate::ingest::{self, Ingest, Intake};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Store;
 
@@ -23,8 +24,10 @@ pub(crate) struct Shared {
     pub config: Config,
     pub fleet: Arc<Fleet>,
     pub hub: Arc<Hub>,
-    pub ingest: Ingest,
-    pub store: Arc<Store>,
+    /// Reached through [`Shared::intake`] and [`Shared::close`] only.
+    ingest: Ingest,
+    /// Reached through [`Shared::store_healthy`], the gauges and [`Shared::close`] only.
+    store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     /// Open websocket connections (for `--max-connections`), see [`SocketSlot`].
     sockets: AtomicUsize,
@@ -86,6 +89,16 @@ impl Shared {
             sockets: AtomicUsize::new(0),
             conns,
         })
+    }
+
+    /// A device connection's side of the ingest path.
+    pub(crate) fn intake(&self) -> Intake<'_> {
+        self.ingest.intake()
+    }
+
+    /// Whether the store accepts durable writes (`/healthz`).
+    pub(crate) fn store_healthy(&self) -> bool {
+        self.store.is_healthy()
     }
 
     /// The gauges of `/metrics`, read now.
