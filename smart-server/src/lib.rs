@@ -1,6 +1,6 @@
 //! SMART-OS server: devices stream their state over websockets (`/update/`), every accepted update is
-//! made durable in sled before it is acked, and dashboards (`/client/`, the embedded page at `/`)
-//! watch the fleet live. See `docs/server.md` for the architecture and PROTOCOL.md for the wire
+//! made durable (a write-ahead log group commit, checkpointed into sled) before it is acked, and
+//! dashboards (`/client/`, the embedded page at `/`) watch the fleet live. See `docs/server.md` for the architecture and PROTOCOL.md for the wire
 //! format.
 //!
 //! ```no_run
@@ -27,8 +27,10 @@ mod liveness;
 mod metrics;
 mod server;
 mod shutdown;
+mod state;
 mod store;
 mod wal;
+mod ws;
 
 pub use config::{Config, Registration};
 pub use server::Server;
