@@ -14,8 +14,10 @@
 //! # Ok::<(), smart_proto::Error>(())
 //! ```
 
-use std::fmt::Write as _;
+use std::io::{self, Write as _};
 
+use serde::{Serialize, Serializer as _};
+use serde_json::ser::Formatter;
 use serde_json::{Map, Value};
 
 use crate::envelope::Payload;
@@ -254,9 +256,7 @@ impl DeviceMessage {
     /// # Ok::<(), smart_proto::Error>(())
     /// ```
     pub fn to_frame(&self) -> String {
-        let mut out = String::with_capacity(64);
-        write_header_frame(&mut out, self.kind, &self.header, self.update.iter());
-        out
+        header_frame(self.kind, &self.header, self.update.iter())
     }
 }
 
@@ -348,47 +348,29 @@ impl ServerMessage {
     /// # Ok::<(), smart_proto::Error>(())
     /// ```
     pub fn to_frame(&self) -> String {
-        let mut out = String::with_capacity(64);
+        let frame = |message: &str, reason: Option<&str>| {
+            Frame {
+                kind: "INFO",
+                message,
+                reason,
+            }
+            .to_json()
+        };
         match self {
-            ServerMessage::Info(text) => {
-                out.push_str(r#"{"type":"INFO","message":"#);
-                write_json_str(&mut out, text);
-                out.push('}');
-            }
-            ServerMessage::Ok(header) => {
-                let _ = write!(out, r#"{{"type":"INFO","message":"{header}:OK"}}"#);
-            }
-            ServerMessage::Error { header, reason } => {
-                match header {
-                    Some(h) => {
-                        let _ = write!(out, r#"{{"type":"INFO","message":"{h}:ERROR","reason":"#);
-                    }
-                    None => out.push_str(r#"{"type":"INFO","message":"ERROR","reason":"#),
-                }
-                write_json_str(&mut out, reason);
-                out.push('}');
-            }
-            ServerMessage::Init(records) => return write_init(records),
-            ServerMessage::Updt { header, body } => {
-                write_header_frame(&mut out, Kind::Updt, header, map_entries(body));
-            }
+            ServerMessage::Info(text) => frame(text, None),
+            ServerMessage::Ok(header) => frame(&format!("{header}:OK"), None),
+            ServerMessage::Error {
+                header: Some(header),
+                reason,
+            } => frame(&format!("{header}:ERROR"), Some(reason)),
+            ServerMessage::Error {
+                header: None,
+                reason,
+            } => frame("ERROR", Some(reason)),
+            ServerMessage::Init(records) => write_init(records),
+            ServerMessage::Updt { header, body } => header_frame(Kind::Updt, header, body),
         }
-        out
     }
-}
-
-/// `{"type":KIND,"message":"MID:SERIAL:{body}"}`. Header texts are `[A-Za-z0-9_-]`, so need no escaping.
-fn write_header_frame<'a>(
-    out: &mut String,
-    kind: Kind,
-    header: &Header,
-    body: impl IntoIterator<Item = (&'a str, &'a Value)>,
-) {
-    let _ = write!(out, r#"{{"type":"{kind}","message":"{header}:"#);
-    let mut inner = String::with_capacity(32);
-    write_json_object(&mut inner, body);
-    write_json_chars(out, &inner);
-    out.push_str("\"}");
 }
 
 /// Parse a frame sent by the server (for clients: watchers, tests, load generators).
@@ -468,416 +450,74 @@ pub fn parse_server_message(frame: &str) -> Result<ServerMessage> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// A small JSON writer into `String`: infallible (no `io::Result` to unwrap) and with Python's separators.
-
-/// A JSON string literal, quotes included.
-fn write_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    write_json_chars(out, s);
-    out.push('"');
+/// The envelope of every frame the server sends, written compact and in this key order.
+#[derive(Serialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
-/// The inside of a JSON string literal.
-fn write_json_chars(out: &mut String, s: &str) {
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let esc = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if esc.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(esc);
-        }
-        start = i + 1;
+impl Frame<'_> {
+    fn to_json(&self) -> String {
+        // Infallible: every field is a string.
+        serde_json::to_string(self).unwrap_or_default()
     }
-    out.push_str(&s[start..]);
 }
 
-fn map_entries(map: &Map<String, Value>) -> impl Iterator<Item = (&str, &Value)> {
-    map.iter().map(|(k, v)| (k.as_str(), v))
-}
+/// `serde_json`'s compact output with the separators of Python's `json.dumps`: `{"a": 1, "b": [1, 2]}`.
+struct PythonSeparators;
 
-/// `{"a": 1, "b": [1, 2]}`, as Python's `json.dumps` separates items.
-fn write_json_object<'a>(
-    out: &mut String,
-    entries: impl IntoIterator<Item = (&'a str, &'a Value)>,
-) {
-    out.push('{');
-    for (i, (k, v)) in entries.into_iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        write_json_str(out, k);
-        out.push_str(": ");
-        write_json_value(out, v);
+impl Formatter for PythonSeparators {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
     }
-    out.push('}');
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
 }
 
-fn write_json_value(out: &mut String, v: &Value) {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::String(s) => write_json_str(out, s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_json_value(out, item);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => write_json_object(out, map_entries(map)),
+/// `MID:SERIAL:{body}`, the body written as Python's `json.dumps` writes it.
+fn header_message<K: Serialize, V: Serialize>(
+    header: &Header,
+    body: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    let mut out = Vec::with_capacity(64);
+    // Infallible: a `Vec` takes every write, and every key is a string.
+    let _ = write!(out, "{header}:");
+    let _ = serde_json::Serializer::with_formatter(&mut out, PythonSeparators).collect_map(body);
+    // `serde_json` writes UTF-8 only, so this borrows.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `{"type":KIND,"message":"MID:SERIAL:{body}"}`.
+fn header_frame<K: Serialize, V: Serialize>(
+    kind: Kind,
+    header: &Header,
+    body: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    Frame {
+        kind: kind.as_str(),
+        message: &header_message(header, body),
+        reason: None,
     }
+    .to_json()
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
-
-    use serde_json::json;
-
-    use super::*;
-    use crate::normalize::normalize;
-
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
-    }
-
-    #[test]
-    fn json_writer_escapes_and_matches_serde_json() {
-        let v = json!({"a\"b": "line\nbreak\t\u{1}\u{7f}é😀\\", "n": [1, -2, 2.5, 1e300, null, true, false], "o": {}, "l": []});
-        let mut out = String::new();
-        write_json_value(&mut out, &v);
-        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), v);
-        assert!(out.contains("\\u0001"));
-        assert!(out.starts_with(r#"{"a\"b": "line\nbreak\t\u0001"#));
-    }
-
-    #[test]
-    fn ok_and_error_replies_are_exact() {
-        let h = Header::new("0116", "0001").unwrap();
-        assert_eq!(
-            ServerMessage::Ok(h.clone()).to_frame(),
-            r#"{"type":"INFO","message":"0116:0001:OK"}"#
-        );
-        assert_eq!(
-            ServerMessage::Error {
-                header: Some(h),
-                reason: "bad \"x\"".into()
-            }
-            .to_frame(),
-            r#"{"type":"INFO","message":"0116:0001:ERROR","reason":"bad \"x\""}"#
-        );
-        assert_eq!(
-            ServerMessage::Error {
-                header: None,
-                reason: "r".into()
-            }
-            .to_frame(),
-            r#"{"type":"INFO","message":"ERROR","reason":"r"}"#
-        );
-    }
-
-    #[test]
-    fn updt_frame_nests_a_json_string() {
-        let h = Header::new("0008", "0001").unwrap();
-        let frame = ServerMessage::Updt {
-            header: h.clone(),
-            body: obj(json!({"local_time": "2024-03-17 14:59:13.047108"})),
-        }
-        .to_frame();
-        assert_eq!(
-            frame,
-            r#"{"type":"UPDT","message":"0008:0001:{\"local_time\": \"2024-03-17 14:59:13.047108\"}"}"#
-        );
-        let outer: Value = serde_json::from_str(&frame).unwrap();
-        assert_eq!(
-            outer["message"],
-            "0008:0001:{\"local_time\": \"2024-03-17 14:59:13.047108\"}"
-        );
-    }
-
-    #[test]
-    fn server_info_texts_parse_back() {
-        for (frame, want) in [
-            (
-                r#"{"type":"INFO","message":"hello"}"#,
-                ServerMessage::Info("hello".into()),
-            ),
-            (
-                r#"{"type":"INFO","message":"0116:0001:OK"}"#,
-                ServerMessage::Ok(Header::new("0116", "0001").unwrap()),
-            ),
-            (
-                r#"{"type":"INFO","message":"0116:0001:ERROR","reason":"x"}"#,
-                ServerMessage::Error {
-                    header: Some(Header::new("0116", "0001").unwrap()),
-                    reason: "x".into(),
-                },
-            ),
-            (
-                r#"{"type":"INFO","message":"ERROR"}"#,
-                ServerMessage::Error {
-                    header: None,
-                    reason: String::new(),
-                },
-            ),
-            (
-                r#"{"type":"INFO","message":"0116:0001:MAYBE"}"#,
-                ServerMessage::Info("0116:0001:MAYBE".into()),
-            ),
-        ] {
-            assert_eq!(parse_server_message(frame).unwrap(), want, "{frame}");
-        }
-    }
-
-    #[test]
-    fn server_message_payload_errors() {
-        assert_eq!(
-            parse_server_message(r#"{"type":"FILT","message":[]}"#).unwrap_err(),
-            Error::UnexpectedKind {
-                kind: "FILT",
-                expected: "INFO, INIT or UPDT"
-            }
-        );
-        assert_eq!(
-            parse_server_message(r#"{"type":"INIT","message":"x"}"#).unwrap_err(),
-            Error::PayloadType {
-                kind: "INIT",
-                expected: "a list of records"
-            }
-        );
-        assert_eq!(
-            parse_server_message(r#"{"type":"UPDT","message":[]}"#).unwrap_err(),
-            Error::PayloadType {
-                kind: "UPDT",
-                expected: "a string"
-            }
-        );
-        assert!(matches!(
-            parse_server_message(r#"{"type":"INIT","message":[1]}"#).unwrap_err(),
-            Error::Record(_)
-        ));
-        assert_eq!(
-            parse_server_message(r#"{"type":"INIT","message":[]}"#).unwrap(),
-            ServerMessage::Init(vec![])
-        );
-    }
-
-    #[test]
-    fn device_message_errors_before_the_header_have_no_header() {
-        for (frame, error) in [
-            (
-                r#"{"type":"INFO","message":"x"}"#,
-                Error::UnexpectedKind {
-                    kind: "INFO",
-                    expected: "INIT or UPDT",
-                },
-            ),
-            (
-                r#"{"type":"UPDT","message":["x"]}"#,
-                Error::PayloadType {
-                    kind: "UPDT",
-                    expected: "a string \"MID:SERIAL:BODY\"",
-                },
-            ),
-            (
-                r#"{"type":"INIT","message":5}"#,
-                Error::PayloadType {
-                    kind: "INIT",
-                    expected: "a string \"MID:SERIAL:BODY\"",
-                },
-            ),
-            (
-                r#"{"type":"UPDT","message":"0116:0001"}"#,
-                Error::Header("missing ':' after serial".into()),
-            ),
-            (r#"{"message":"0116:0001"}"#, Error::MissingType),
-        ] {
-            assert_eq!(
-                parse_device_message(frame).unwrap_err(),
-                Rejection {
-                    header: None,
-                    error
-                },
-                "{frame}"
-            );
-        }
-    }
-
-    #[test]
-    fn envelope_errors_keep_a_readable_header() {
-        let h = Some(Header::new("0116", "0001").unwrap());
-        for (frame, error) in [
-            (r#"{"message":"0116:0001:{}"}"#, Error::MissingType),
-            (
-                r#"{"type":"FOO","message":"0116:0001:{}"}"#,
-                Error::UnknownKind("FOO".into()),
-            ),
-            (
-                "{'type': 'ping', 'message': '0116:0001:x'}",
-                Error::UnknownKind("ping".into()),
-            ),
-            (
-                r#"{"type":"INFO","message":"0116:0001:OK"}"#,
-                Error::UnexpectedKind {
-                    kind: "INFO",
-                    expected: "INIT or UPDT",
-                },
-            ),
-        ] {
-            assert_eq!(
-                parse_device_message(frame).unwrap_err(),
-                Rejection {
-                    header: h.clone(),
-                    error
-                },
-                "{frame}"
-            );
-        }
-    }
-
-    #[test]
-    fn device_message_errors_after_the_header_keep_it() {
-        let h = Some(Header::new("0116", "0001").unwrap());
-        let r =
-            parse_device_message(r#"{"type":"UPDT","message":"0116:0001:{'a': }"}"#).unwrap_err();
-        assert_eq!(r.header, h);
-        assert_eq!(
-            r.error,
-            Error::BodySyntax {
-                offset: 6,
-                reason: "expected a value".into()
-            }
-        );
-        let r = parse_device_message(
-            r#"{"type":"UPDT","message":"0116:0001:{\"serial_number\": \"0002\"}"}"#,
-        )
-        .unwrap_err();
-        assert_eq!(
-            r,
-            Rejection {
-                header: h,
-                error: Error::SerialMismatch {
-                    header: "0001".into(),
-                    body: "0002".into()
-                }
-            }
-        );
-        assert_eq!(
-            r.reply(),
-            r#"{"type":"INFO","message":"0116:0001:ERROR","reason":"serial_number \"0002\" in the body does not match the header serial \"0001\""}"#
-        );
-    }
-
-    #[test]
-    fn dashboard_errors() {
-        assert_eq!(
-            parse_dashboard_message(r#"{"type":"UPDT","message":"x"}"#).unwrap_err(),
-            Error::UnexpectedKind {
-                kind: "UPDT",
-                expected: "FILT"
-            }
-        );
-        assert_eq!(
-            parse_dashboard_message(r#"{"type":"FILT","message":["a", 1]}"#).unwrap_err(),
-            Error::PayloadType {
-                kind: "FILT",
-                expected: "a list of strings"
-            }
-        );
-        assert_eq!(
-            parse_dashboard_message("{'type': 'FILT', 'message': 7}").unwrap_err(),
-            Error::PayloadType {
-                kind: "FILT",
-                expected: "a list of strings"
-            }
-        );
-        assert_eq!(
-            parse_dashboard_message("").unwrap_err(),
-            Error::Envelope {
-                offset: 0,
-                reason: "expected a value, found the end of the input".into()
-            }
-        );
-    }
-
-    /// The device path types the normalized entries without building the normalized map first.
-    fn both_ways(body: &Value, serial: &str) -> (Result<Update>, Result<Update>) {
-        let Value::Object(map) = body.clone() else {
-            panic!("not an object")
-        };
-        let serial = Serial::new(serial).unwrap();
-        let direct = normalized_update(map.clone(), &serial);
-        let via_map = normalize(map, &serial).and_then(Update::from_normalized);
-        (direct, via_map)
-    }
-
-    #[test]
-    fn typing_without_the_map_agrees() {
-        for body in [
-            json!({"_power_income": "x", "battery": "y"}),
-            json!({"_power_income": "x", "zz": 1, "_battery": 2}),
-            json!({"_z": 1, "a": 2, "_a": 3, "__b": 4, "tasks": 5, "serial_number": "0001"}),
-            json!({"serial_number": 2, "_battery": 1}),
-            json!({"_postcode": 8020, "_pv_connectors": 2.0, "owner": "x", "_online": true}),
-            json!({"battery": 1}),
-            json!({}),
-        ] {
-            let (direct, via_map) = both_ways(&body, "0001");
-            assert_eq!(direct, via_map, "{body}");
-        }
-        let (direct, _) = both_ways(&json!({"_power_income": "x", "battery": "y"}), "1");
-        assert!(
-            direct
-                .unwrap_err()
-                .to_string()
-                .starts_with("field \"battery\"")
-        );
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn typing_without_the_map_agrees_on_any_body(
-            entries in proptest::collection::vec(
-                (
-                    "_{0,2}(battery|power_income|country|postcode|pv_connectors|tasks|online|serial_number|[a-z]{1,3})",
-                    proptest::prop_oneof![
-                        proptest::strategy::Just(json!(1)),
-                        proptest::strategy::Just(json!(2.5)),
-                        proptest::strategy::Just(json!("7")),
-                        proptest::strategy::Just(json!("x")),
-                        proptest::strategy::Just(json!(null)),
-                        proptest::strategy::Just(json!([1])),
-                    ],
-                ),
-                0..8,
-            ),
-        ) {
-            let body = Value::Object(entries.into_iter().collect());
-            let (direct, via_map) = both_ways(&body, "7");
-            proptest::prop_assert_eq!(direct, via_map, "{}", body);
-        }
-    }
-}
+mod tests;
