@@ -393,7 +393,7 @@ fn name(i: &str) -> PResult<'_, Value> {
         "False" | "false" => Value::Bool(false),
         "None" | "null" => Value::Null,
         _ => {
-            let word = crate::error::shorten(word, 32);
+            let word = crate::error::shorten(word, crate::error::WORD_QUOTE);
             return fail_owned(
                 i,
                 format!("unknown name {word:?}: expected a quoted string, True, False or None"),

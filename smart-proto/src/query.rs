@@ -23,7 +23,7 @@ use std::fmt::{self, Write as _};
 
 use memchr::memmem::Finder;
 
-use crate::error::shorten;
+use crate::error::{VALUE_QUOTE, shorten};
 use crate::record::{FieldValue, parse_number};
 use crate::{Error, Record, Result};
 
@@ -45,9 +45,6 @@ pub const MAX_CLAUSES: usize = 64;
 /// assert!(err.to_string().ends_with("value is 257 bytes long, more than 256"), "{err}");
 /// ```
 pub const MAX_VALUE_BYTES: usize = 256;
-
-/// Clauses and their parts are cut to about this many bytes in error messages.
-const QUOTE_BYTES: usize = 80;
 
 /// Filter operators.
 ///
@@ -289,7 +286,7 @@ impl Clause {
     /// ```
     pub fn parse(clause: &str) -> Result<Clause> {
         parse_clause(clause).map_err(|reason| Error::Query {
-            clause: shorten(clause, QUOTE_BYTES),
+            clause: shorten(clause, VALUE_QUOTE),
             reason,
         })
     }
@@ -297,7 +294,7 @@ impl Clause {
 
 fn parse_clause(clause: &str) -> Result<Clause, String> {
     const SHAPE: &str = "expected filter:FIELD:OP:VALUE or sort:FIELD:DIR:KIND";
-    let quote = |s: &str| shorten(s, QUOTE_BYTES);
+    let quote = |s: &str| shorten(s, VALUE_QUOTE);
     let (command, rest) = clause.split_once(':').ok_or(SHAPE)?;
     let is_filter = command.eq_ignore_ascii_case("filter");
     if !is_filter && !command.eq_ignore_ascii_case("sort") {
