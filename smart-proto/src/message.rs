@@ -144,6 +144,7 @@ impl From<Error> for Rejection {
 /// # Ok::<(), smart_proto::Error>(())
 /// ```
 pub fn parse_device_message(frame: &str) -> Result<DeviceMessage, Rejection> {
+    // The usual frame is read by the fast path; whatever it leaves (`None`) is read below, step by step.
     let mut fields = FastFields::default();
     if let Some(DeviceFrame { init, message }) = fast::device_frame(frame, &mut fields) {
         let kind = if init { Kind::Init } else { Kind::Updt };

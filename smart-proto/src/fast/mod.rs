@@ -5,12 +5,15 @@
 //! `{'type': 'UPDT', 'message': '0116:0001:{"power_consumption": 357}'}`. [`device_frame`] reads such
 //! a frame in one pass: the envelope is scanned ([`envelope`]), the message read where it stands, still
 //! escaped, its header measured ([`header::part_lens`](crate::header::part_lens)) and its body's fields
-//! put straight into the typed fields of the update ([`flat`], [`Fields`]). It returns `None` whenever the general
-//! path must decide, which then gives the same result or reports the error: every answer of this module
-//! is checked against the general parsers (the differential tests below and in each submodule).
+//! put straight into the typed fields of the update ([`flat`], [`Fields`]). It returns `None` whenever
+//! the general path must decide, which then gives the same result or reports the error: every answer of
+//! this module is checked against the general parsers (the differential tests below and in each
+//! submodule).
 //!
 //! The general parsers use the same scans as their own first try: [`scan_json_envelope`] for
 //! [`parse_envelope`](crate::parse_envelope), [`flat_object`] for [`parse_body`](crate::parse_body).
+//! This module depends on no parser (only on [`bounds`](crate::bounds) and the header's byte rules), so
+//! that every parser can use it.
 
 mod envelope;
 mod flat;
