@@ -17,8 +17,6 @@ use std::time::Duration;
 use serde_json::Value;
 use smart_server::{Config, Server};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -26,6 +24,8 @@ use tokio::task::JoinHandle;
 mod common;
 #[path = "../smart-server/tests/common/faultfs.rs"]
 mod faultfs;
+#[path = "../smart-server/tests/common/http.rs"]
+mod http;
 
 /// A server running in this process until dropped or stopped.
 struct TestServer {
@@ -94,28 +94,11 @@ impl Drop for TestServer {
     }
 }
 
-/// `GET path` over a plain HTTP/1.1 connection; the body parsed as JSON.
+/// `GET path` (the tests' one HTTP helper, on hyper's client); the body parsed as JSON.
 async fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let response = String::from_utf8(response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    let res = http::http_get(addr, path, &[]).await;
+    assert_eq!(res.status, 200, "GET {path}: {}", res.body);
+    serde_json::from_str(&res.body).unwrap_or_else(|e| panic!("GET {path}: {e}: {}", res.body))
 }
 
 async fn serials(addr: SocketAddr) -> BTreeSet<String> {
@@ -126,19 +109,6 @@ async fn serials(addr: SocketAddr) -> BTreeSet<String> {
         .iter()
         .map(|d| d["serial_number"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").unwrap();
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
 }
 
 /// `cargo build --quiet ARGS` into the profile and target directory this test was built in (whichever

@@ -25,6 +25,7 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 use serde_json::{Number, Value};
 
 use crate::body::{self, PyError};
+use crate::fast::{FastEnvelope, JsonStr};
 use crate::{Error, Result};
 
 /// The four message types.
@@ -78,21 +79,11 @@ impl Kind {
             "FILT" => Ok(Kind::Filt),
             "INIT" => Ok(Kind::Init),
             "UPDT" => Ok(Kind::Updt),
-            other => Err(Error::UnknownKind(crate::error::shorten(other, 32))),
+            other => Err(Error::UnknownKind(crate::error::shorten(
+                other,
+                crate::error::WORD_QUOTE,
+            ))),
         }
-    }
-}
-
-impl Kind {
-    /// [`Kind::parse`] on bytes, without the error.
-    pub(crate) fn from_bytes(b: &[u8]) -> Option<Kind> {
-        Some(match b {
-            b"INFO" => Kind::Info,
-            b"FILT" => Kind::Filt,
-            b"INIT" => Kind::Init,
-            b"UPDT" => Kind::Updt,
-            _ => return None,
-        })
     }
 }
 
@@ -163,7 +154,7 @@ pub fn parse_envelope(frame: &str) -> Result<Envelope<'_>> {
 /// The envelope's fields as the frame holds them, before `type` and `message` are checked: errors are
 /// syntax errors only ([`Error::Envelope`]).
 pub(crate) fn envelope_parts(frame: &str) -> Result<RawEnvelope<'_>> {
-    if let Some(raw) = scan_json_envelope(frame).and_then(FastEnvelope::into_raw) {
+    if let Some(raw) = crate::fast::scan_json_envelope(frame).and_then(RawEnvelope::from_scan) {
         return Ok(raw);
     }
     if looks_like_json(frame) {
@@ -175,6 +166,25 @@ pub(crate) fn envelope_parts(frame: &str) -> Result<RawEnvelope<'_>> {
 }
 
 impl<'a> RawEnvelope<'a> {
+    /// The fields the envelope scan found, unescaped; `None` if an escape is invalid: the full path
+    /// then reports it.
+    pub(crate) fn from_scan(scan: FastEnvelope<'a>) -> Option<RawEnvelope<'a>> {
+        let unescape = |s: Option<JsonStr>| match s {
+            Some(s) => s.to_cow(scan.frame).map(Some),
+            None => Some(None),
+        };
+        let (kind, message, reason) = (
+            unescape(scan.kind)?,
+            unescape(scan.message)?,
+            unescape(scan.reason)?,
+        );
+        Some(RawEnvelope {
+            kind,
+            message: message.map(Payload::Text),
+            reason,
+        })
+    }
+
     /// The envelope, once `type` names a kind and `message` is present.
     pub(crate) fn finish(self) -> Result<Envelope<'a>> {
         let kind = Kind::parse(&self.kind.ok_or(Error::MissingType)?)?;
@@ -184,247 +194,6 @@ impl<'a> RawEnvelope<'a> {
             message,
             reason: self.reason,
         })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Fast path. Nearly every frame is an object whose values are all strings, like
-// `{"type": "UPDT", "message": "0116:0001:{\"power_consumption\": 357}"}` or its Python form
-// `{'type': 'UPDT', 'message': '0116:0001:{"power_consumption": 357}'}`. A byte scan finds the strings
-// without building anything; whatever it does not recognise goes to serde_json and the Python parser,
-// which also produce the error messages.
-
-/// The envelope's string values as they sit in the frame (still escaped).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FastEnvelope<'a> {
-    pub(crate) frame: &'a str,
-    pub(crate) kind: Option<JsonStr>,
-    pub(crate) message: Option<JsonStr>,
-    pub(crate) reason: Option<JsonStr>,
-}
-
-impl<'a> FastEnvelope<'a> {
-    /// `None` if an escape is invalid: the full path then reports it.
-    fn into_raw(self) -> Option<RawEnvelope<'a>> {
-        let unescape = |s: Option<JsonStr>| match s {
-            Some(s) => s.to_cow(self.frame).map(Some),
-            None => Some(None),
-        };
-        let (kind, message, reason) = (
-            unescape(self.kind)?,
-            unescape(self.message)?,
-            unescape(self.reason)?,
-        );
-        Some(RawEnvelope {
-            kind,
-            message: message.map(Payload::Text),
-            reason,
-        })
-    }
-}
-
-/// An object whose keys and values are all strings, or `None`: strict JSON, or a Python dict literal of
-/// single-quoted strings without escapes (`str(dict)` from a Python device), or a mix of both.
-///
-/// Where the two languages disagree, JSON's reading applies only to JSON text and Python's only to the
-/// rest (PROTOCOL.md §3): so once a single-quoted string is seen, an escaped string anywhere leaves the
-/// frame to the general path.
-pub(crate) fn scan_json_envelope(frame: &str) -> Option<FastEnvelope<'_>> {
-    scan_envelope(frame, |_, _| None)
-}
-
-/// [`scan_json_envelope`], offering each `message` value to `in_place` first: given the frame and the
-/// index of the value's opening quote, it returns the index after the closing quote if it read the
-/// value itself, or `None` to leave it to the scan.
-///
-/// Inlined into both callers: the envelope's fields then stay in registers instead of being copied
-/// through a returned struct, which measurably costs the device fast path.
-#[allow(clippy::inline_always, reason = "hot path, measured")]
-#[inline(always)]
-pub(crate) fn scan_envelope<'a>(
-    frame: &'a str,
-    mut in_place: impl FnMut(&'a str, usize) -> Option<usize>,
-) -> Option<FastEnvelope<'a>> {
-    /// Where a value goes.
-    enum Slot {
-        Kind,
-        Message,
-        Reason,
-        Other,
-    }
-    let b = frame.as_bytes();
-    let mut i = body::json_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = body::json_ws(b, i + 1);
-    let mut env = FastEnvelope {
-        frame,
-        kind: None,
-        message: None,
-        reason: None,
-    };
-    let (mut python, mut escaped) = (false, false);
-    if b.get(i) == Some(&b'}') {
-        i += 1;
-    } else {
-        loop {
-            // `"type"` and `"message"` as they are nearly always written: one comparison each instead
-            // of a scan (the same result: plain quoted text).
-            let (slot, next) = if let Some(next) = quoted_word(b, i, b"type", &mut python) {
-                (Slot::Kind, next)
-            } else if let Some(next) = quoted_word(b, i, b"message", &mut python) {
-                (Slot::Message, next)
-            } else {
-                let (key, next) = envelope_str(frame, i, &mut python)?;
-                // An escaped key could still spell one of ours; leave that rare case to serde.
-                if key.escaped {
-                    return None;
-                }
-                let slot = match key.bytes(frame) {
-                    b"type" => Slot::Kind,
-                    b"message" => Slot::Message,
-                    b"reason" => Slot::Reason,
-                    _ => Slot::Other,
-                };
-                (slot, next)
-            };
-            i = body::json_ws(b, next);
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            i = body::json_ws(b, i + 1);
-            let read = match slot {
-                Slot::Message => in_place(frame, i),
-                _ => None,
-            };
-            let (value, next) = match read {
-                Some(next) => {
-                    let quote = *b.get(i)?;
-                    python |= quote == b'\'';
-                    let value = JsonStr {
-                        start: i + 1,
-                        end: next.saturating_sub(1),
-                        // Conservative: the text may hold escaped quotes.
-                        escaped: quote == b'"',
-                    };
-                    (value, next)
-                }
-                None => envelope_str(frame, i, &mut python)?,
-            };
-            escaped |= value.escaped;
-            // Our own values are unescaped later; any other value must still be valid JSON, or the frame
-            // is not an object at all (the general path reports where).
-            if matches!(slot, Slot::Other) && value.escaped && value.to_cow(frame).is_none() {
-                return None;
-            }
-            match slot {
-                Slot::Kind => env.kind = Some(value),
-                Slot::Message => env.message = Some(value),
-                Slot::Reason => env.reason = Some(value),
-                Slot::Other => {}
-            }
-            i = body::json_ws(b, next);
-            match b.get(i)? {
-                b',' => i = body::json_ws(b, i + 1),
-                b'}' => {
-                    i += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
-    }
-    (body::json_ws(b, i) == b.len() && !(python && escaped)).then_some(env)
-}
-
-/// If `word` stands at `i` between two equal quotes (`"` or `'`, which sets `python`), the index after
-/// the closing one. `word` must be plain text (no quote, backslash or control byte): then this reads
-/// what [`envelope_str`] would, with one comparison instead of a scan.
-#[allow(clippy::inline_always, reason = "hot path, measured")]
-#[inline(always)]
-fn quoted_word(b: &[u8], i: usize, word: &[u8], python: &mut bool) -> Option<usize> {
-    let quote = *b.get(i)?;
-    let end = i + 1 + word.len();
-    let found = (quote == b'"' || quote == b'\'')
-        && b.get(i + 1..end) == Some(word)
-        && b.get(end) == Some(&quote);
-    if !found {
-        return None;
-    }
-    *python |= quote == b'\'';
-    Some(end + 1)
-}
-
-/// The string whose opening quote is at `i`, and the index after its closing quote: a JSON string, or
-/// a single-quoted Python string without escapes (which sets `python`; its inside is its value). `None`
-/// for anything else, including raw control bytes (the general path reads those).
-#[allow(clippy::inline_always, reason = "hot path, measured")]
-#[inline(always)]
-fn envelope_str(frame: &str, i: usize, python: &mut bool) -> Option<(JsonStr, usize)> {
-    let b = frame.as_bytes();
-    let quote = *b.get(i)?;
-    if quote != b'"' && quote != b'\'' {
-        return None;
-    }
-    *python |= quote == b'\'';
-    let start = i + 1;
-    let mut j = start;
-    let mut escaped = false;
-    loop {
-        j += body::find_special(b.get(j..)?, quote)?;
-        match *b.get(j)? {
-            c if c == quote => break,
-            // Skip the escaped byte; a multi-byte char there holds no quote or backslash byte.
-            b'\\' if quote == b'"' => {
-                escaped = true;
-                j += 2;
-            }
-            _ => return None,
-        }
-    }
-    Some((
-        JsonStr {
-            start,
-            end: j,
-            escaped,
-        },
-        j + 1,
-    ))
-}
-
-/// A string's inside as it sits in the frame (still escaped), `start..end`; `escaped` if it holds a
-/// backslash. Kept as a range: the hot path compares bytes and never needs the `str` slice.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct JsonStr {
-    pub(crate) start: usize,
-    pub(crate) end: usize,
-    pub(crate) escaped: bool,
-}
-
-impl JsonStr {
-    /// The inside's bytes, still escaped.
-    pub(crate) fn bytes(self, frame: &str) -> &[u8] {
-        frame
-            .as_bytes()
-            .get(self.start..self.end)
-            .unwrap_or_default()
-    }
-
-    /// The inside, still escaped. Both ends sit next to ASCII quotes, so this is `None` only for a
-    /// range the scan could not have produced.
-    pub(crate) fn raw(self, frame: &str) -> Option<&str> {
-        frame.get(self.start..self.end)
-    }
-
-    /// The text, borrowed unless escaped; `None` if an escape is invalid.
-    pub(crate) fn to_cow(self, frame: &str) -> Option<Cow<'_, str>> {
-        let raw = self.raw(frame)?;
-        if !self.escaped {
-            return Some(Cow::Borrowed(raw));
-        }
-        let mut out = String::with_capacity(raw.len());
-        body::unescape_json(raw, &mut out).then_some(Cow::Owned(out))
     }
 }
 
@@ -600,7 +369,7 @@ impl<'de, T, F: FnOnce(Scalar<'de>) -> T> Visitor<'de> for AnyVisitor<F> {
 
 /// The Python-literal envelope. Its errors are the ones reported when JSON failed too, since the
 /// Python parser accepts everything JSON does and stops at the first byte neither accepts.
-fn python_envelope(frame: &str) -> Result<RawEnvelope<'_>> {
+pub(crate) fn python_envelope(frame: &str) -> Result<RawEnvelope<'_>> {
     let err = |e: PyError<'_>| Error::Envelope {
         offset: frame.len() - e.at.len(),
         reason: e.reason.into_owned(),
@@ -683,8 +452,9 @@ fn python_entries(i: &str) -> body::PResult<'_, RawEnvelope<'_>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
     use serde_json::json;
 
     use super::*;
@@ -748,59 +518,6 @@ mod tests {
         assert_eq!(
             text(&parse_envelope("{\"type\": \"UPDT\", \"message\": \"a\tb\"}").unwrap()),
             "a\tb"
-        );
-    }
-
-    #[test]
-    fn fast_path_agrees_with_serde() {
-        for frame in [
-            r#"{"type": "UPDT", "message": "0116:0001:{\"power_consumption\": 357}"}"#,
-            r#" { "message" : "m" , "type" : "INFO" , "reason" : "r\n" } "#,
-            r#"{"type": "INIT", "message": "", "x": "y"}"#,
-            "{}",
-        ] {
-            let fast = scan_json_envelope(frame)
-                .and_then(FastEnvelope::into_raw)
-                .unwrap()
-                .finish();
-            let raw: RawEnvelope<'_> = serde_json::from_str(frame).unwrap();
-            assert_eq!(fast, raw.finish(), "{frame}");
-        }
-        // Python dict literals of plain single-quoted strings (and mixes) take the fast path too.
-        for frame in [
-            "{'type': 'UPDT', 'message': '0116:0001:{\"power_consumption\": 357}'}",
-            r#"{"type": 'INFO', 'message': "m", 'reason': 'r'}"#,
-            "{'type': 'UPDT'}",
-        ] {
-            let fast = scan_json_envelope(frame)
-                .and_then(FastEnvelope::into_raw)
-                .unwrap()
-                .finish();
-            let raw = python_envelope(frame).unwrap();
-            assert_eq!(fast, raw.finish(), "{frame}");
-        }
-        for not_fast in [
-            r#"{"type": "UPDT", "message": []}"#,
-            r#"{"type": "UPDT", "message": "x"} x"#,
-            "[]",
-            r#"{"a\u0062": "x"}"#,
-            // Python forms the scan leaves to the Python parser: escapes, prefixes, trailing commas,
-            // raw control bytes, and a JSON escape in a frame that is not JSON (Python reads `\/` as is).
-            r"{'type': 'UP\'DT'}",
-            "{u'type': 'UPDT'}",
-            "{'type': 'UPDT',}",
-            "{'type': 'UP\tDT'}",
-            r#"{'type': 'UPDT', "message": "a\/b"}"#,
-        ] {
-            assert!(scan_json_envelope(not_fast).is_none(), "{not_fast}");
-        }
-        assert_eq!(
-            text(&parse_envelope(r#"{'type': 'UPDT', "message": "a\/b"}"#).unwrap()),
-            r"a\/b"
-        );
-        assert_eq!(
-            text(&parse_envelope(r#"{"type": "UPDT", "message": "a\/b"}"#).unwrap()),
-            "a/b"
         );
     }
 

@@ -157,6 +157,13 @@ pub enum Error {
 /// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How much of a key, name or other word from the input an error message quotes, in bytes ([`shorten`]).
+pub(crate) const WORD_QUOTE: usize = 32;
+
+/// How much of a value from the input (a header part, a serial, a FILT clause) an error message quotes,
+/// in bytes ([`shorten`]).
+pub(crate) const VALUE_QUOTE: usize = 64;
+
 /// Cut user-supplied text for an error message at a char boundary near `max` bytes, marking the cut.
 pub(crate) fn shorten(s: &str, max: usize) -> String {
     if s.len() <= max {

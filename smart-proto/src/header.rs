@@ -44,9 +44,6 @@ pub const MAX_ID_LEN: usize = 9;
 /// ```
 pub const MAX_SERIAL_LEN: usize = 32;
 
-/// How much of an offending value an error message quotes.
-const QUOTE_LEN: usize = 40;
-
 /// A message id: 1 to 9 ASCII digits, kept verbatim (`0116`, `10000`).
 ///
 /// ```
@@ -116,7 +113,7 @@ fn inline_bytes<const N: usize>(s: &[u8]) -> [u8; N] {
 
 /// Quote a possibly long, user-supplied value for an error message.
 fn quote(s: &str) -> String {
-    crate::error::shorten(s, QUOTE_LEN)
+    crate::error::shorten(s, crate::error::VALUE_QUOTE)
 }
 
 impl MessageId {
@@ -429,8 +426,9 @@ impl fmt::Display for Header {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
     use super::*;
 
     #[test]
@@ -521,7 +519,8 @@ mod tests {
         let Error::Header(reason) = MessageId::new(&long).unwrap_err() else {
             panic!()
         };
-        assert!(reason.len() < 100, "{reason}");
+        let quoted = format!("\"{}…\"", "x".repeat(crate::error::VALUE_QUOTE));
+        assert!(reason.ends_with(&quoted), "{reason}");
     }
 
     #[test]

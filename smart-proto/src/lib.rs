@@ -155,8 +155,10 @@
 #![warn(missing_docs)]
 
 pub mod body;
+mod bounds;
 pub mod envelope;
 pub mod error;
+mod fast;
 pub mod header;
 pub mod init;
 pub mod limits;

@@ -29,7 +29,7 @@ use crate::{Error, Record, Result, Update};
 /// ```
 /// assert_eq!(smart_proto::limits::MAX_SAFE_INTEGER, (1 << 53) - 1);
 /// ```
-pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+pub const MAX_SAFE_INTEGER: u64 = crate::bounds::MAX_SAFE_INTEGER;
 
 /// Integral floats from 2^64 on can only come from an integer too long for `u64` (or a float spelled
 /// with an exponent or fraction): those are told apart by the text.

@@ -779,7 +779,7 @@ impl FastFields {
     }
 }
 
-impl crate::body::FlatSink for FastFields {
+impl crate::fast::FlatSink for FastFields {
     fn put(&mut self, key: &str, mut value: Value) -> bool {
         let (name, kind) = match FieldKind::named(key) {
             Some((_, FieldKind::Reserved)) => return false,

@@ -10,26 +10,21 @@ use smart_proto::{DASHBOARD_WELCOME, Header, Query, Record, Serial, ServerMessag
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::device::{End, finish};
 use crate::fleet::Records;
 use crate::hub::{Budget, Change, Latest, Owed, Subscription};
 use crate::liveness::{Due, Liveness, feed_text, is_not_reading};
 use crate::metrics::Metrics;
-use crate::server::Shared;
 use crate::shutdown::Shutdown;
+use crate::state::Shared;
+use crate::ws::{self, End, Frame, WRITE_TIMEOUT, finish};
 
 /// At most one membership INIT per this interval (PROTOCOL.md §7).
 pub(crate) const INIT_INTERVAL: Duration = Duration::from_millis(250);
-
-/// A dashboard that accepts nothing for this long is dropped: its socket buffers are full and it
-/// has stopped reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the dashboard is looking at.
 struct View {
@@ -126,10 +121,10 @@ where
         tokio::select! {
             biased;
             () = shutdown.recv() => {
-                return End::Close(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
+                return End::Close(ws::shutting_down());
             }
-            frame = ws.next() => match frame {
-                Some(Ok(Message::Text(text))) => {
+            frame = ws.next() => match Frame::of(frame) {
+                Frame::Text(text) => {
                     liveness.heard();
                     match smart_proto::parse_dashboard_message(&text) {
                         Ok(query) => {
@@ -147,7 +142,7 @@ where
                         }
                     }
                 }
-                Some(Ok(Message::Binary(_))) => {
+                Frame::Binary => {
                     liveness.heard();
                     Metrics::inc(&shared.metrics.queries_rejected);
                     info!("dashboard query rejected: binary frame");
@@ -157,8 +152,8 @@ where
                     };
                     out.push(Message::Text(reply.to_frame().into()));
                 }
-                Some(Ok(Message::Close(_))) | None => return End::PeerClosed,
-                Some(Ok(Message::Ping(_))) => {
+                Frame::Closed => return End::PeerClosed,
+                Frame::Ping => {
                     liveness.heard();
                     match liveness.peer_pinged(ws) {
                         Ok(true) => {}
@@ -169,11 +164,15 @@ where
                         }
                     }
                 }
-                Some(Ok(_)) => liveness.heard(),
-                Some(Err(WsError::Capacity(_))) => {
-                    return End::Close(CloseFrame { code: CloseCode::Size, reason: "frame too large".into() });
+                Frame::Pong => liveness.heard(),
+                Frame::TooLarge(_) => return End::Close(ws::too_large()),
+                Frame::NotUtf8 => {
+                    // As for a device (`ws`): 1007 for this connection only; nothing is owed (`out`
+                    // was sent at the top of the loop).
+                    info!("closing a dashboard connection: text frame is not UTF-8");
+                    return End::Close(ws::not_utf8());
                 }
-                Some(Err(e)) => {
+                Frame::Failed(e) => {
                     debug!(%e, "dashboard socket read failed");
                     return End::Broken;
                 }
@@ -184,7 +183,7 @@ where
                     Due::Idle => {
                         Metrics::inc(&shared.metrics.shed_idle);
                         info!(timeout = ?liveness.timeout(), "closing a silent dashboard connection");
-                        return End::Close(CloseFrame { code: CloseCode::Away, reason: "idle timeout".into() });
+                        return End::Close(ws::idle_timeout());
                     }
                 }
             }
@@ -252,7 +251,7 @@ fn push_fragmented(frame: String, out: &mut Vec<Message>) {
             OpData::Continue
         };
         let last = end == bytes.len();
-        out.push(Message::Frame(Frame::message(
+        out.push(Message::Frame(WsFrame::message(
             bytes.slice(start..end),
             OpCode::Data(opcode),
             last,

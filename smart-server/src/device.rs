@@ -1,37 +1,32 @@
-//! The `/update/` session: frame → smart-proto → fleet → store → ack, replies in arrival order.
+//! The `/update/` session: the socket and the reply order. Each text frame goes to the connection's
+//! [`Intake`] (parse, admission, queue for the writer: [`crate::ingest`]); its reply, an ERROR now
+//! or an OK/ERROR once the writer answered, leaves in arrival order.
 //!
 //! A connection may have several messages waiting for their group commit at once (up to
 //! `--max-in-flight`); their replies, OK or ERROR, leave in the order the frames arrived. An ERROR for
 //! a bad frame therefore waits behind the OKs of earlier good frames, and nothing of the bad frame is
 //! applied.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use smart_proto::{DEVICE_WELCOME, Header, Kind, Rejection, Serial, ServerMessage, Timestamp};
+use smart_proto::{DEVICE_WELCOME, Header, Kind, ServerMessage};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::acks::{Ack, AckQueue, AckTicket, Refusal};
+use crate::acks::{Ack, AckQueue, Refusal};
 use crate::auth::Grant;
-use crate::ingest::{Job, Write};
+use crate::ingest::{Intake, Queued};
 use crate::liveness::{Due, Liveness, is_not_reading};
 use crate::metrics::{Metrics, RejectClass};
-use crate::server::Shared;
 use crate::shutdown::Shutdown;
-
-/// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// A device that accepts nothing for this long has stopped reading its acks: it is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::state::Shared;
+use crate::ws::{self, End, Frame, WRITE_TIMEOUT, finish};
 
 /// A reply owed to the device, in arrival order.
 enum Reply {
@@ -44,14 +39,6 @@ enum Reply {
         kind: Kind,
         ordinal: u64,
     },
-}
-
-/// The current time as a record timestamp.
-pub(crate) fn now() -> Timestamp {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    Timestamp::from_unix_micros(i64::try_from(micros).unwrap_or(i64::MAX))
 }
 
 fn info_text(text: String) -> Message {
@@ -69,16 +56,19 @@ pub(crate) async fn session<S>(
 {
     let metrics = &shared.metrics;
     Metrics::inc(&metrics.device_connections);
-    let (bound, mut revoked) = match grant {
-        Some(Grant { serial, revoked }) => (Some(serial), Some(revoked)),
-        None => (None, None),
-    };
+    let mut intake = shared.intake();
+    let mut revoked = None;
+    if let Some(Grant {
+        serial,
+        revoked: watch,
+    }) = grant
+    {
+        intake.bind(serial);
+        revoked = Some(watch);
+    }
     let mut state = Session {
         shared: &shared,
-        bound,
-        attached: HashSet::new(),
-        acks: Arc::new(AckQueue::default()),
-        submitted: 0,
+        intake,
     };
     let welcome = ServerMessage::Info(DEVICE_WELCOME.to_owned()).to_frame();
     let end = match ws.send(info_text(welcome)).await {
@@ -86,38 +76,8 @@ pub(crate) async fn session<S>(
         Err(_) => End::Broken,
     };
     finish(&mut ws, end).await;
-    state.detach_all();
+    state.intake.detach_all();
     Metrics::dec(&metrics.device_connections);
-}
-
-/// How a session ended.
-pub(crate) enum End {
-    /// The peer sent a close frame (or the stream ended).
-    PeerClosed,
-    /// The server closes with this frame.
-    Close(CloseFrame),
-    /// The socket failed; nothing more can be sent.
-    Broken,
-}
-
-/// Complete the closing handshake for `end`, within [`CLOSE_GRACE`].
-pub(crate) async fn finish<S>(ws: &mut WebSocketStream<S>, end: End)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        let closing = match end {
-            End::Broken => return,
-            End::PeerClosed => true,
-            End::Close(frame) => ws.close(Some(frame)).await.is_ok(),
-        };
-        if closing {
-            // Reading on lets tungstenite send its close reply and see the peer's; the stream then
-            // ends.
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await;
 }
 
 /// Resolves when the token behind `revoked` is revoked or replaced (never for `None`).
@@ -131,15 +91,8 @@ async fn token_revoked(revoked: &mut Option<watch::Receiver<()>>) {
 
 struct Session<'a> {
     shared: &'a Shared,
-    /// The serial this connection's device token is for (`--auth required`); `None`: any serial.
-    bound: Option<Serial>,
-    /// Serials this connection has sent a valid message for (it keeps them online); at most
-    /// `--max-serials-per-connection`.
-    attached: HashSet<Serial>,
-    /// Where the writer answers this connection's writes.
-    acks: Arc<AckQueue>,
-    /// Writes submitted so far (the ordinal of the latest).
-    submitted: u64,
+    /// This connection's side of the ingest path (its serials, its writes and their answers).
+    intake: Intake<'a>,
 }
 
 impl Session<'_> {
@@ -162,7 +115,7 @@ impl Session<'_> {
             // Most turns of this loop (a frame just arrived) have nothing to send: skip the timer.
             let sendable = match replies.front() {
                 Some(Reply::Ready(_)) => true,
-                Some(Reply::Waiting { ordinal, .. }) => *ordinal <= self.acks.answered(),
+                Some(Reply::Waiting { ordinal, .. }) => *ordinal <= self.acks().answered(),
                 None => false,
             };
             let sent = if sendable {
@@ -195,19 +148,19 @@ impl Session<'_> {
                 .filter(|_| reading && replies.is_empty());
             tokio::select! {
                 biased;
-                _ = std::future::poll_fn(|cx| self.acks.poll_answered(waiting.unwrap_or(u64::MAX), cx)), if waiting.is_some() => {
+                _ = std::future::poll_fn(|cx| self.acks().poll_answered(waiting.unwrap_or(u64::MAX), cx)), if waiting.is_some() => {
                     // `send_ready` at the top of the loop takes every answered reply.
                 }
                 () = shutdown.recv(), if reading => {
                     reading = false;
-                    close = Some(CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() });
+                    close = Some(ws::shutting_down());
                 }
                 () = token_revoked(revoked), if reading && revoked.is_some() => {
                     // Replies to what was read still go out; nothing more is read.
                     *revoked = None;
                     info!("closing a device connection: its token was revoked");
                     reading = false;
-                    close = Some(CloseFrame { code: CloseCode::Policy, reason: "device token revoked".into() });
+                    close = Some(ws::token_revoked());
                 }
                 () = tokio::time::sleep_until(idle_at.unwrap_or_else(tokio::time::Instant::now)), if idle_at.is_some() => {
                     match liveness.due() {
@@ -223,16 +176,16 @@ impl Session<'_> {
                             Metrics::inc(&self.shared.metrics.shed_idle);
                             info!(timeout = ?liveness.timeout(), "closing a silent device connection");
                             reading = false;
-                            close = Some(CloseFrame { code: CloseCode::Away, reason: "idle timeout".into() });
+                            close = Some(ws::idle_timeout());
                         }
                     }
                 }
-                frame = ws.next(), if reading && replies.len() < max_in_flight => match frame {
-                    Some(Ok(Message::Text(text))) => {
+                frame = ws.next(), if reading && replies.len() < max_in_flight => match Frame::of(frame) {
+                    Frame::Text(text) => {
                         liveness.heard();
                         replies.push_back(self.handle(&text));
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Frame::Binary => {
                         liveness.heard();
                         self.shared.metrics.reject(RejectClass::Binary);
                         info!("device message rejected: binary frame");
@@ -242,12 +195,12 @@ impl Session<'_> {
                         };
                         replies.push_back(Reply::Ready(reply.to_frame().into()));
                     }
-                    Some(Ok(Message::Close(_))) | None => {
+                    Frame::Closed => {
                         // The peer is leaving: writes already queued still complete, but there
                         // is nobody left to ack.
                         return End::PeerClosed;
                     }
-                    Some(Ok(Message::Ping(_))) => {
+                    Frame::Ping => {
                         // Answered by tungstenite; a peer that pings but never reads the pongs
                         // is dropped before they pile up.
                         liveness.heard();
@@ -260,18 +213,19 @@ impl Session<'_> {
                             }
                         }
                     }
-                    Some(Ok(_)) => liveness.heard(), // pong
-                    Some(Err(WsError::Capacity(e))) => {
+                    Frame::Pong => liveness.heard(),
+                    Frame::TooLarge(e) => {
                         self.shared.metrics.reject(RejectClass::Oversize);
                         debug!(%e, "device frame too large");
                         reading = false;
-                        close = Some(CloseFrame { code: CloseCode::Size, reason: "frame too large".into() });
+                        close = Some(ws::too_large());
                     }
-                    Some(Err(WsError::Utf8(_))) => {
+                    Frame::NotUtf8 => {
+                        info!("closing a device connection: text frame is not UTF-8");
                         reading = false;
-                        close = Some(CloseFrame { code: CloseCode::Invalid, reason: "text frame is not UTF-8".into() });
+                        close = Some(ws::not_utf8());
                     }
-                    Some(Err(e)) => {
+                    Frame::Failed(e) => {
                         debug!(%e, "device socket read failed");
                         return End::Broken;
                     }
@@ -297,18 +251,18 @@ impl Session<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut sent = false;
-        let mut answered = self.acks.answered();
+        let mut answered = self.acks().answered();
         loop {
             // Acks that completed meanwhile are taken without another trip through the loop.
             if let Some(Reply::Waiting { ordinal, .. }) = replies.front() {
                 let ordinal = *ordinal;
                 if ordinal > answered {
-                    answered = self.acks.answered();
+                    answered = self.acks().answered();
                     if ordinal > answered {
                         break;
                     }
                 }
-                let ack = self.acks.result(ordinal);
+                let ack = self.acks().result(ordinal);
                 self.resolve_front(replies, ack);
             }
             match replies.front() {
@@ -361,102 +315,24 @@ impl Session<'_> {
         replies.push_front(Reply::Ready(frame.into()));
     }
 
-    /// Parse one text frame and queue it for the writer; the reply it is owed.
+    /// The answers to this connection's writes.
+    fn acks(&self) -> &AckQueue {
+        self.intake.acks()
+    }
+
+    /// Hand one text frame to the ingest path; the reply it is owed.
     fn handle(&mut self, text: &str) -> Reply {
-        let message = match smart_proto::parse_device_message(text) {
-            Ok(message) => message,
-            Err(rejection) => return self.reject(&rejection),
-        };
-        let shared = self.shared;
-        let serial = &message.header.serial;
-        if let Some(bound) = self.bound.as_ref().filter(|bound| *bound != serial) {
-            shared.metrics.reject(RejectClass::Token);
-            info!(header = %message.header, %bound, "device message rejected: serial not covered by the connection's token");
-            let reply = ServerMessage::Error {
-                header: Some(message.header.clone()),
-                reason: format!(
-                    "this connection's device token is for serial {bound}: it may not write {serial}"
-                ),
-            };
-            return Reply::Ready(reply.to_frame().into());
-        }
-        let attach = !self.attached.contains(serial);
-        let max_serials = shared.config.max_serials_per_connection;
-        if attach && self.attached.len() >= max_serials {
-            shared.metrics.reject(RejectClass::Serials);
-            info!(header = %message.header, max_serials, "device message rejected: too many serials on one connection");
-            let reply = ServerMessage::Error {
-                header: Some(message.header),
-                reason: format!(
-                    "this connection already carries {max_serials} serials (--max-serials-per-connection): send for more serials over another connection"
-                ),
-            };
-            return Reply::Ready(reply.to_frame().into());
-        }
-        let limits = smart_proto::Limits {
-            max_extras: shared.config.max_extras,
-            max_extra_bytes: shared.config.max_extra_bytes,
-        };
-        if let Err(e) = limits.check(&message.update) {
-            let rejection = Rejection {
-                header: Some(message.header),
-                error: e,
-            };
-            return self.reject(&rejection);
-        }
-        if let Err(e) = shared.fleet.admit(serial) {
-            shared.metrics.reject(RejectClass::Unregistered);
-            info!(header = %message.header, reason = %e, "device message rejected");
-            let reply = ServerMessage::Error {
-                header: Some(message.header),
-                reason: e.to_string(),
-            };
-            return Reply::Ready(reply.to_frame().into());
-        }
-        let ordinal = self.submitted + 1;
-        let job = Job::Write(Box::new(Write {
-            header: message.header.clone(),
-            update: message.update,
-            now: now(),
-            ack: AckTicket::new(Arc::clone(&self.acks), ordinal),
-        }));
-        if attach {
-            // The first message of this connection for the serial: counted under the same lock
-            // that queues the device's "offline", so the two can never be queued swapped.
-            shared.fleet.attach(serial, || shared.ingest.submit(job));
-            self.attached.insert(serial.clone());
-        } else {
-            shared.ingest.submit(job);
-        }
-        self.submitted = ordinal;
-        Reply::Waiting {
-            header: message.header,
-            kind: message.kind,
-            ordinal,
-        }
-    }
-
-    fn reject(&self, rejection: &Rejection) -> Reply {
-        let class = RejectClass::of(&rejection.error);
-        self.shared.metrics.reject(class);
-        if let Some(header) = &rejection.header {
-            info!(%header, reason = %rejection.error, "device message rejected");
-        } else {
-            info!(reason = %rejection.error, "device message rejected");
-        }
-        Reply::Ready(rejection.reply().into())
-    }
-
-    /// The connection is over: it no longer keeps its devices online.
-    fn detach_all(&mut self) {
-        let shared = self.shared;
-        for serial in self.attached.drain() {
-            shared.fleet.detach(&serial, |last| {
-                if last {
-                    // Through the writer, so it is applied after this device's pending writes.
-                    shared.ingest.submit(Job::Offline(serial.clone()));
-                }
-            });
+        match self.intake.submit(text) {
+            Ok(Queued {
+                header,
+                kind,
+                ordinal,
+            }) => Reply::Waiting {
+                header,
+                kind,
+                ordinal,
+            },
+            Err(frame) => Reply::Ready(frame.into()),
         }
     }
 }

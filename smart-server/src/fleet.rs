@@ -7,9 +7,9 @@
 //! a concatenation, not ten thousand serializations. Queries take a snapshot of the `Arc`s under the
 //! read lock and evaluate it outside, so a costly query never holds up the writer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use smart_proto::{Query, Record, Serial};
 use thiserror::Error;
@@ -43,8 +43,6 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Fleet {
     devices: RwLock<BTreeMap<Serial, Entry>>,
-    /// Open connections that have sent a valid message, per serial (they keep the device online).
-    connections: Mutex<HashMap<Serial, u32>>,
     online: AtomicUsize,
     owner: String,
     registration: Registration,
@@ -62,7 +60,6 @@ impl Fleet {
             .collect();
         Fleet {
             devices: RwLock::new(map),
-            connections: Mutex::new(HashMap::new()),
             online: AtomicUsize::new(0),
             owner,
             registration,
@@ -86,39 +83,6 @@ impl Fleet {
         } else {
             Err(Unregistered(serial.as_str().to_owned()))
         }
-    }
-
-    /// A connection sends its first valid message for `serial`: count it, and run `then` (which
-    /// queues that message) under the same lock as [`Fleet::detach`], so that a device's
-    /// "offline" can never be queued after a newer connection's write.
-    pub(crate) fn attach<T>(&self, serial: &Serial, then: impl FnOnce() -> T) -> T {
-        let mut connections = self
-            .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *connections.entry(serial.clone()).or_insert(0) += 1;
-        then()
-    }
-
-    /// A connection that had sent for `serial` closed. `then` runs under the lock with whether that
-    /// was the device's last connection (it goes offline).
-    pub(crate) fn detach<T>(&self, serial: &Serial, then: impl FnOnce(bool) -> T) -> T {
-        let mut connections = self
-            .connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let last = match connections.get_mut(serial) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                connections.remove(serial);
-                true
-            }
-            None => false,
-        };
-        then(last)
     }
 
     /// Make committed states visible (the writer thread, after the commit that stored them). The
@@ -328,17 +292,6 @@ mod tests {
         let json = fleet.device_json("0001").unwrap();
         assert!(!Record::from_json(&json).unwrap().online);
         assert_eq!(fleet.len(), 3);
-    }
-
-    #[test]
-    fn the_last_connection_of_a_serial_detaches_it() {
-        let fleet = fleet();
-        let serial = Serial::new("0001").unwrap();
-        fleet.attach(&serial, || ());
-        fleet.attach(&serial, || ());
-        assert!(!fleet.detach(&serial, |last| last));
-        assert!(fleet.detach(&serial, |last| last));
-        assert!(!fleet.detach(&serial, |last| last), "already detached");
     }
 
     #[test]

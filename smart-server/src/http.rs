@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -33,9 +32,9 @@ use crate::auth::{Denied, Grant};
 use crate::conns::Slot;
 use crate::lenient::Lenient;
 use crate::liveness::{CONTROL_ROOM, FRAGMENT};
-use crate::metrics::{Gauges, Metrics};
-use crate::server::Shared;
+use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, TaskToken};
+use crate::state::{Shared, SocketSlot};
 use crate::{account, admin, dashboard, device};
 
 /// Read buffer of a device socket: device frames are a few hundred bytes; larger ones (up to
@@ -511,32 +510,6 @@ fn is_public(path: &str) -> bool {
             .any(|a| path.strip_prefix('/') == Some(a.name))
 }
 
-/// A counted websocket connection; released on drop.
-struct SocketSlot {
-    shared: Arc<Shared>,
-}
-
-impl SocketSlot {
-    fn take(shared: &Arc<Shared>) -> Option<SocketSlot> {
-        let max = shared.conns.budget().websockets;
-        shared
-            .sockets
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| SocketSlot {
-                shared: Arc::clone(shared),
-            })
-    }
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        self.shared.sockets.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Devices send no `Origin`; browsers always do. A browser may open `/update/` only from a listed
 /// origin (so no web page can forge device data), and `/client/` from a listed origin or the
 /// server's own: the address the connection reached (`local`), or a loopback name with its port
@@ -681,7 +654,7 @@ fn one_device(serial: &str, shared: &Shared) -> Response {
 }
 
 fn healthz(shared: &Shared) -> Response {
-    let healthy = shared.store.is_healthy();
+    let healthy = shared.store_healthy();
     let body = json!({
         "status": if healthy { "ok" } else { "store not writable" },
         "devices": shared.fleet.len(),
@@ -696,19 +669,7 @@ fn healthz(shared: &Shared) -> Response {
 }
 
 fn metrics(shared: &Shared) -> Response {
-    let (lag_max, lag_total) = shared.hub.lag();
-    let gauges = Gauges {
-        devices: shared.fleet.len(),
-        devices_online: shared.fleet.online(),
-        dashboard_pending_max: lag_max,
-        dashboard_pending_total: lag_total,
-        store_healthy: shared.store.is_healthy(),
-        store_quarantined: shared.store.quarantined(),
-        sockets_open: shared.conns.open(),
-        sockets_limit: shared.conns.budget().sockets,
-        websockets_limit: shared.conns.budget().websockets,
-    };
-    let mut res = Response::new(shared.metrics.render(gauges).into());
+    let mut res = Response::new(shared.metrics.render(shared.gauges()).into());
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -1,7 +1,8 @@
 //! Fan-out of device changes to dashboards.
 //!
-//! The store's writer thread publishes each committed batch once, whatever the number of dashboards:
-//! [`Hub::publish`] appends the batch's changes (already serialized, shared by every dashboard) to one
+//! The ingest writer thread publishes each committed batch once, whatever the number of dashboards,
+//! through the [`Sink`] the hub implements: [`Hub::publish`] appends the batch's changes (already
+//! serialized, shared by every dashboard) to one
 //! sequence-numbered ring of recent changes, notes per device the sequence number of its latest
 //! change, and bumps the head sequence number in a [`watch`] channel, which wakes only the dashboards
 //! that are waiting for it. A dashboard stuck writing to its socket is not touched at all.
@@ -26,6 +27,7 @@ use smart_proto::{Header, MessageId, Serial, ServerMessage};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::ingest::{Committed, Sink};
 use crate::metrics::Metrics;
 
 /// One device change as dashboards see it: an UPDT serialized once and shared by every dashboard.
@@ -168,7 +170,7 @@ impl Hub {
         self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether any dashboard is connected: when none is, device sessions skip building changes.
+    /// Whether any dashboard is connected: when none is, the writer builds no changes.
     pub(crate) fn has_listeners(&self) -> bool {
         self.listeners.load(Ordering::Relaxed) > 0
     }
@@ -238,6 +240,30 @@ impl Hub {
             .values()
             .map(|c| head.saturating_sub(c.load(Ordering::Relaxed)) as usize)
             .fold((0, 0), |(max, total), n| (max.max(n), total + n))
+    }
+}
+
+/// The hub is where the writer hands each committed batch (wired in at start-up, see
+/// [`crate::state`]): each change is framed once here, then [`Hub::publish`]ed.
+impl Sink for Hub {
+    fn listening(&self) -> bool {
+        self.has_listeners()
+    }
+
+    fn publish_committed(&self, changes: &mut Vec<Committed>) {
+        if changes.is_empty() {
+            return;
+        }
+        let changes: Vec<Arc<Change>> = changes
+            .drain(..)
+            .map(|committed| {
+                Arc::new(match committed {
+                    Committed::Updt { header, body } => Change::new(header, body),
+                    Committed::Online { serial, online } => Change::online(serial, online),
+                })
+            })
+            .collect();
+        self.publish(&changes);
     }
 }
 

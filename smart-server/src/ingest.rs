@@ -1,62 +1,103 @@
-//! The ingest rule, in one place: device updates are applied, made durable and made visible by one
-//! writer thread, in the order they were queued.
+//! The ingest rule, in one place: how a device message becomes a durable, visible update.
 //!
-//! Device sessions parse a frame and queue a [`Job::Write`] (the parsed update, not a new record).
-//! The writer takes everything waiting and, for the whole batch:
+//! **Front** (in the device session's task, outside any lock): an [`Intake`] per connection parses a
+//! frame, checks the connection's and the server's admission rules (serials per connection, extras,
+//! closed registration) and queues a [`Job::Write`] (the parsed update, not a new record) with the
+//! session's [`AckTicket`]. The first write of a connection for a serial counts the connection for
+//! that serial and is queued under the same lock as the serial's "offline" ([`Ingest::detach`]), so
+//! the two can never be queued swapped. The session keeps only the socket and the reply order.
+//!
+//! **Writer** (one thread): it takes everything waiting and, for the whole batch:
 //! 1. applies each update to a copy of the device's committed record (or of the record an earlier
 //!    job of the same batch produced), refusing any whose result breaks the record limits;
 //! 2. appends the final record of every device it changed to the log and syncs once ([`Log::commit`]);
-//! 3. only if that succeeded, makes the new records visible in the [`Fleet`], then answers the acks,
-//!    then hands the changes to the dashboards ([`Hub::publish`]).
+//! 3. only if that succeeded, makes the new records visible in the [`Fleet`], then hands the changes
+//!    to the [`Sink`] wired in at start-up (the dashboards' hub; nothing here knows dashboards), then
+//!    answers the acks.
 //!
 //! If the commit fails, every write of the batch is answered with ERROR and nothing of it is visible
 //! anywhere: not in the fleet, the HTTP API, dashboards, nor in a later write of the same device
 //! (which starts again from the committed record). PROTOCOL.md §5: an ERROR stores nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
-use smart_proto::{Header, Record, Serial, Timestamp, Update};
+use smart_proto::{Header, Kind, Record, Rejection, Serial, ServerMessage, Timestamp, Update};
 use tokio::sync::mpsc;
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
-use crate::acks::{Ack, AckTicket, Refusal};
+use crate::acks::{Ack, AckQueue, AckTicket, Refusal};
 use crate::fleet::{Entry, Fleet};
-use crate::hub::{Change, Hub};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RejectClass};
 use crate::store::{Log, Store, StoreError};
 
 /// Largest number of jobs one group commit takes: bounds the latency a huge backlog adds to the
 /// first job of the next batch.
 const MAX_BATCH: usize = 4096;
 
-/// Bounds on what one device's record may grow to (`--max-record-bytes`, `--max-extras`).
+/// What a device message and the record it builds may hold (from the config).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RecordLimits {
-    /// Largest record JSON stored.
-    pub max_bytes: usize,
-    /// Most extra fields in one record.
-    pub max_extras: usize,
+pub(crate) struct Limits {
+    /// Largest record JSON stored (`--max-record-bytes`).
+    pub record_bytes: usize,
+    /// Most extra fields in one record (`--max-extras`).
+    pub extras: usize,
+    /// Largest extra value in one message (`--max-extra-bytes`).
+    pub extra_bytes: usize,
+    /// Most serials one connection may send for (`--max-serials-per-connection`).
+    pub serials_per_connection: usize,
+}
+
+/// Where the writer hands the changes of each committed batch: wired in at start-up (the hub), so
+/// that ingest and storage do not know who listens.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// Whether anybody listens: when nobody does, the writer builds no changes.
+    fn listening(&self) -> bool;
+
+    /// Take the batch's changes, in order (emptying `changes`). Must not wait.
+    fn publish_committed(&self, changes: &mut Vec<Committed>);
+}
+
+/// One committed change, as the writer hands it to the [`Sink`].
+#[derive(Debug)]
+pub(crate) enum Committed {
+    /// A device message's effect: the changed fields plus `last_status_update`, or the full record
+    /// for a device nobody has seen yet.
+    Updt {
+        header: Header,
+        body: Map<String, Value>,
+    },
+    /// The device came online (its first connection sent) or went offline (its last one closed).
+    Online { serial: Serial, online: bool },
+}
+
+/// The current time as a record timestamp.
+pub(crate) fn now() -> Timestamp {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    Timestamp::from_unix_micros(i64::try_from(micros).unwrap_or(i64::MAX))
 }
 
 /// One device message to apply and store.
 #[derive(Debug)]
-pub(crate) struct Write {
+struct Write {
     /// The message's `MID:SERIAL:`.
-    pub header: Header,
+    header: Header,
     /// Its normalized, typed fields.
-    pub update: Update,
+    update: Update,
     /// When it arrived (`last_status_update`, and `manufacturing_date` of a new device).
-    pub now: Timestamp,
+    now: Timestamp,
     /// Answered once the write is durable and visible, or refused; a dropped ticket answers ERROR.
-    pub ack: AckTicket,
+    ack: AckTicket,
 }
 
 /// What the writer thread does, in channel order.
 #[derive(Debug)]
-pub(crate) enum Job {
+enum Job {
     /// Apply and store one device message.
     Write(Box<Write>),
     /// The device's last connection closed: it goes offline (shown, not stored: every device is
@@ -66,31 +107,38 @@ pub(crate) enum Job {
     Stop,
 }
 
-/// Handle to the writer thread.
+/// Handle to the writer thread, and the count of connections keeping each device online.
 #[derive(Debug)]
 pub(crate) struct Ingest {
     tx: mpsc::UnboundedSender<Job>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// Open connections that have sent a valid message, per serial (they keep the device online).
+    connections: Mutex<HashMap<Serial, u32>>,
+    fleet: Arc<Fleet>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
 }
 
 impl Ingest {
-    /// Start the writer thread (and, through [`Log::start`], the checkpoint thread).
-    pub(crate) fn start(
+    /// Start the writer thread (and, through [`Log::start`], the checkpoint thread); `sink` gets
+    /// every committed batch's changes.
+    pub(crate) fn start<S: Sink>(
         store: Arc<Store>,
         fleet: Arc<Fleet>,
-        hub: Arc<Hub>,
+        sink: Arc<S>,
         metrics: &Arc<Metrics>,
-        limits: RecordLimits,
+        limits: Limits,
     ) -> Result<Ingest, StoreError> {
         let log = Log::start(store, Arc::clone(metrics))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
-            fleet,
-            hub,
+            fleet: Arc::clone(&fleet),
+            sink,
             log,
             limits,
             staged: HashMap::new(),
             verdicts: Vec::new(),
+            committed: Vec::new(),
             scratch: Vec::new(),
         };
         let thread = thread::Builder::new()
@@ -99,16 +147,68 @@ impl Ingest {
         Ok(Ingest {
             tx,
             thread: Mutex::new(Some(thread)),
+            connections: Mutex::new(HashMap::new()),
+            fleet,
+            metrics: Arc::clone(metrics),
+            limits,
         })
+    }
+
+    /// The front of the ingest path for one device connection.
+    pub(crate) fn intake(&self) -> Intake<'_> {
+        Intake {
+            ingest: self,
+            bound: None,
+            attached: HashSet::new(),
+            acks: Arc::new(AckQueue::default()),
+            submitted: 0,
+        }
     }
 
     /// Queue a job. Never blocks (the bound is upstream: each connection may only have
     /// `--max-in-flight` messages waiting). Jobs sent after the writer stopped are dropped, which
     /// their tickets report as ERROR to the waiting session.
-    pub(crate) fn submit(&self, job: Job) {
+    fn submit(&self, job: Job) {
         if self.tx.send(job).is_err() {
             debug!("store writer gone; job dropped");
         }
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<Serial, u32>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection sends its first valid message for `serial`: count it and queue that message
+    /// under the same lock as [`Ingest::detach`], so that a device's "offline" can never be queued
+    /// after a newer connection's write.
+    fn attach(&self, serial: &Serial, job: Job) {
+        let mut connections = self.lock_connections();
+        *connections.entry(serial.clone()).or_insert(0) += 1;
+        self.submit(job);
+    }
+
+    /// A connection that had sent for `serial` closed. If it was the device's last, its "offline"
+    /// is queued (under the lock, through the writer: after this device's pending writes). Returns
+    /// whether it was the last.
+    fn detach(&self, serial: &Serial) -> bool {
+        let mut connections = self.lock_connections();
+        let last = match connections.get_mut(serial) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                connections.remove(serial);
+                true
+            }
+            None => false,
+        };
+        if last {
+            self.submit(Job::Offline(serial.clone()));
+        }
+        last
     }
 
     /// Finish every queued job, checkpoint and wait for the writer thread to exit.
@@ -125,6 +225,135 @@ impl Ingest {
                 Ok(Err(_)) => error!("store writer panicked"),
                 Err(e) => error!(%e, "joining the store writer failed"),
             }
+        }
+    }
+}
+
+/// A device message queued for the writer: what the session needs to reply in order.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub header: Header,
+    pub kind: Kind,
+    /// The connection's write number (see [`AckQueue`]).
+    pub ordinal: u64,
+}
+
+/// One device connection's side of the ingest path.
+#[derive(Debug)]
+pub(crate) struct Intake<'a> {
+    ingest: &'a Ingest,
+    /// The serial this connection's device token is for (`--auth required`); `None`: any serial.
+    bound: Option<Serial>,
+    /// Serials this connection has sent a valid message for (it keeps them online); at most
+    /// `--max-serials-per-connection`.
+    attached: HashSet<Serial>,
+    /// Where the writer answers this connection's writes.
+    acks: Arc<AckQueue>,
+    /// Writes submitted so far (the ordinal of the latest).
+    submitted: u64,
+}
+
+impl Intake<'_> {
+    /// Accept messages for `serial` only (the serial of the connection's device token).
+    pub(crate) fn bind(&mut self, serial: Serial) {
+        self.bound = Some(serial);
+    }
+
+    /// Where this connection's writes are answered.
+    pub(crate) fn acks(&self) -> &AckQueue {
+        &self.acks
+    }
+
+    /// Parse one text frame, check it and queue it for the writer: the queued write, or the ERROR
+    /// frame owed for it (nothing of it applied).
+    pub(crate) fn submit(&mut self, text: &str) -> Result<Queued, String> {
+        let message = match smart_proto::parse_device_message(text) {
+            Ok(message) => message,
+            Err(rejection) => return Err(self.reject(&rejection)),
+        };
+        let ingest = self.ingest;
+        let serial = &message.header.serial;
+        if let Some(bound) = self.bound.as_ref().filter(|bound| *bound != serial) {
+            ingest.metrics.reject(RejectClass::Token);
+            info!(header = %message.header, %bound, "device message rejected: serial not covered by the connection's token");
+            let reply = ServerMessage::Error {
+                header: Some(message.header.clone()),
+                reason: format!(
+                    "this connection's device token is for serial {bound}: it may not write {serial}"
+                ),
+            };
+            return Err(reply.to_frame());
+        }
+        let attach = !self.attached.contains(serial);
+        let max_serials = ingest.limits.serials_per_connection;
+        if attach && self.attached.len() >= max_serials {
+            ingest.metrics.reject(RejectClass::Serials);
+            info!(header = %message.header, max_serials, "device message rejected: too many serials on one connection");
+            let reply = ServerMessage::Error {
+                header: Some(message.header),
+                reason: format!(
+                    "this connection already carries {max_serials} serials (--max-serials-per-connection): send for more serials over another connection"
+                ),
+            };
+            return Err(reply.to_frame());
+        }
+        let limits = smart_proto::Limits {
+            max_extras: ingest.limits.extras,
+            max_extra_bytes: ingest.limits.extra_bytes,
+        };
+        if let Err(e) = limits.check(&message.update) {
+            let rejection = Rejection {
+                header: Some(message.header),
+                error: e,
+            };
+            return Err(self.reject(&rejection));
+        }
+        if let Err(e) = ingest.fleet.admit(serial) {
+            ingest.metrics.reject(RejectClass::Unregistered);
+            info!(header = %message.header, reason = %e, "device message rejected");
+            let reply = ServerMessage::Error {
+                header: Some(message.header),
+                reason: e.to_string(),
+            };
+            return Err(reply.to_frame());
+        }
+        let ordinal = self.submitted + 1;
+        let job = Job::Write(Box::new(Write {
+            header: message.header.clone(),
+            update: message.update,
+            now: now(),
+            ack: AckTicket::new(Arc::clone(&self.acks), ordinal),
+        }));
+        if attach {
+            // The first message of this connection for the serial.
+            ingest.attach(serial, job);
+            self.attached.insert(serial.clone());
+        } else {
+            ingest.submit(job);
+        }
+        self.submitted = ordinal;
+        Ok(Queued {
+            header: message.header,
+            kind: message.kind,
+            ordinal,
+        })
+    }
+
+    fn reject(&self, rejection: &Rejection) -> String {
+        let class = RejectClass::of(&rejection.error);
+        self.ingest.metrics.reject(class);
+        if let Some(header) = &rejection.header {
+            info!(%header, reason = %rejection.error, "device message rejected");
+        } else {
+            info!(reason = %rejection.error, "device message rejected");
+        }
+        rejection.reply()
+    }
+
+    /// The connection is over: it no longer keeps its devices online.
+    pub(crate) fn detach_all(&mut self) {
+        for serial in self.attached.drain() {
+            self.ingest.detach(&serial);
         }
     }
 }
@@ -157,19 +386,21 @@ enum Verdict {
 }
 
 /// The writer thread's state.
-struct Writer {
+struct Writer<S> {
     fleet: Arc<Fleet>,
-    hub: Arc<Hub>,
+    /// Where committed changes go (the hub).
+    sink: Arc<S>,
     log: Log,
-    limits: RecordLimits,
-    /// Per batch, reused: the devices it touched, and what became of each job.
+    limits: Limits,
+    /// Per batch, reused: the devices it touched, what became of each job, the changes for the sink.
     staged: HashMap<Serial, Staged>,
     verdicts: Vec<Verdict>,
+    committed: Vec<Committed>,
     /// Serialization buffer.
     scratch: Vec<u8>,
 }
 
-impl Writer {
+impl<S: Sink> Writer<S> {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         let mut batch: Vec<Job> = Vec::with_capacity(256);
         let mut stopping = false;
@@ -239,8 +470,8 @@ impl Writer {
         }
         // Dashboards get the batch before its acks leave, so a dashboard that connects after an OK
         // never gets a change older than its snapshot. (Without dashboards this costs nothing.)
-        let listening = self.hub.has_listeners();
-        let mut changes = Vec::new();
+        let listening = self.sink.listening();
+        let changes = &mut self.committed;
         for verdict in &mut self.verdicts {
             match verdict {
                 Verdict::Write {
@@ -253,22 +484,35 @@ impl Writer {
                 } if committed && listening => {
                     let changed = std::mem::take(changed);
                     if *created {
-                        changes.push(Arc::new(Change::new(header.clone(), record.to_map())));
+                        changes.push(Committed::Updt {
+                            header: header.clone(),
+                            body: record.to_map(),
+                        });
                     } else {
                         if *came_online {
                             let serial = header.serial.clone();
-                            changes.push(Arc::new(Change::online(serial, true)));
+                            changes.push(Committed::Online {
+                                serial,
+                                online: true,
+                            });
                         }
-                        changes.push(Arc::new(Change::new(header.clone(), changed)));
+                        changes.push(Committed::Updt {
+                            header: header.clone(),
+                            body: changed,
+                        });
                     }
                 }
                 Verdict::Offline(serial) if listening => {
-                    changes.push(Arc::new(Change::online(serial.clone(), false)));
+                    changes.push(Committed::Online {
+                        serial: serial.clone(),
+                        online: false,
+                    });
                 }
                 _ => {}
             }
         }
-        self.hub.publish(&changes);
+        self.sink.publish_committed(changes);
+        changes.clear();
         for verdict in &mut self.verdicts {
             let (ack, result): (_, Ack) = match verdict {
                 Verdict::Write { ack, .. } if committed => (ack, Ok(())),
@@ -321,19 +565,19 @@ impl Writer {
                         let changed = record.apply(&update, now);
                         // A device that sends is online: its connection is attached.
                         record.online = true;
-                        if record.extra.len() > limits.max_extras {
+                        if record.extra.len() > limits.extras {
                             let refusal = Refusal::TooManyExtras {
                                 count: record.extra.len(),
-                                max: limits.max_extras,
+                                max: limits.extras,
                             };
                             verdicts.push(Verdict::Refused(Some(ack), refusal));
                             continue;
                         }
                         let json = serialize(&record, scratch);
-                        if json.len() > limits.max_bytes {
+                        if json.len() > limits.record_bytes {
                             let refusal = Refusal::RecordTooLarge {
                                 bytes: json.len(),
-                                max: limits.max_bytes,
+                                max: limits.record_bytes,
                             };
                             verdicts.push(Verdict::Refused(Some(ack), refusal));
                             continue;
@@ -414,5 +658,109 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Job>, batch: &mut Vec<Job>) {
             Ok(job) => batch.push(job),
             Err(_) => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::config::Registration;
+
+    /// Records what the writer hands it.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    impl Sink for Recording {
+        fn listening(&self) -> bool {
+            true
+        }
+
+        fn publish_committed(&self, changes: &mut Vec<Committed>) {
+            let mut seen = self.0.lock().unwrap();
+            for change in changes.drain(..) {
+                seen.push(match change {
+                    Committed::Updt { header, body } => {
+                        format!("{header}:{}", body.get("battery").unwrap_or(&Value::Null))
+                    }
+                    Committed::Online { serial, online } => format!("{serial} online={online}"),
+                });
+            }
+        }
+    }
+
+    fn start(dir: &std::path::Path, sink: Arc<Recording>) -> Ingest {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let fleet = Arc::new(Fleet::new("EET".to_owned(), Registration::Open, Vec::new()));
+        let limits = Limits {
+            record_bytes: 1 << 20,
+            extras: 16,
+            extra_bytes: 1024,
+            serials_per_connection: 2,
+        };
+        Ingest::start(store, fleet, sink, &Arc::new(Metrics::default()), limits).unwrap()
+    }
+
+    fn wait_answered(acks: &AckQueue, ordinal: u64) {
+        for _ in 0..1000 {
+            if acks.answered() >= ordinal {
+                return;
+            }
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("write {ordinal} not answered");
+    }
+
+    #[test]
+    fn the_last_connection_of_a_serial_detaches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = start(dir.path(), Arc::default());
+        let serial = Serial::new("0001").unwrap();
+        ingest.attach(&serial, Job::Offline(serial.clone()));
+        ingest.attach(&serial, Job::Offline(serial.clone()));
+        assert!(!ingest.detach(&serial));
+        assert!(ingest.detach(&serial));
+        assert!(!ingest.detach(&serial), "already detached");
+    }
+
+    /// Committed changes reach the sink wired in at start, in order: a new device's full record, a
+    /// change, and "offline" once its connection is gone; a refused message reaches nothing.
+    #[test]
+    fn committed_batches_go_to_the_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Recording::default());
+        let ingest = start(dir.path(), Arc::clone(&sink));
+        let mut intake = ingest.intake();
+        let updt = |mid: &str, serial: &str, body: &str| {
+            serde_json::json!({"type": "UPDT", "message": format!("{mid}:{serial}:{body}")})
+                .to_string()
+        };
+        let first = intake
+            .submit(&updt("0001", "0001", r#"{"battery": 10}"#))
+            .unwrap();
+        wait_answered(intake.acks(), first.ordinal);
+        let second = intake
+            .submit(&updt("0002", "0001", r#"{"battery": 20}"#))
+            .unwrap();
+        assert_eq!(second.ordinal, 2);
+        let refused = intake.submit(&updt("0003", "0001", r#"{"battery": "full"}"#));
+        assert!(refused.unwrap_err().contains("0003:0001:ERROR"));
+        intake.submit(&updt("0004", "0002", "{}")).unwrap();
+        let over = intake.submit(&updt("0005", "0003", "{}"));
+        assert!(over.unwrap_err().contains("--max-serials-per-connection"));
+        wait_answered(intake.acks(), 3);
+        intake.detach_all();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(ingest.stop());
+        let mut seen = sink.0.lock().unwrap().clone();
+        // The two serials go offline in the order their detach was queued.
+        let offline = seen.split_off(3);
+        assert_eq!(seen, ["0001:0001:10", "0002:0001:20", "0004:0002:null"]);
+        let mut offline = offline;
+        offline.sort();
+        assert_eq!(offline, ["0001 online=false", "0002 online=false"]);
     }
 }

@@ -1,6 +1,6 @@
 //! SMART-OS server: devices stream their state over websockets (`/update/`), every accepted update is
-//! made durable in sled before it is acked, and dashboards (`/client/`, the embedded page at `/`)
-//! watch the fleet live. See `docs/server.md` for the architecture and PROTOCOL.md for the wire
+//! made durable (a write-ahead log group commit, checkpointed into sled) before it is acked, and
+//! dashboards (`/client/`, the embedded page at `/`) watch the fleet live. See `docs/server.md` for the architecture and PROTOCOL.md for the wire
 //! format.
 //!
 //! ```no_run
@@ -31,9 +31,11 @@ mod liveness;
 mod metrics;
 mod server;
 mod shutdown;
+mod state;
 mod store;
 mod tls;
 mod wal;
+mod ws;
 
 pub use auth::{AuthMode, Role};
 pub use cli::run_command;

@@ -107,9 +107,13 @@ pub(crate) struct Metrics {
     pub accepted_updt: AtomicU64,
     rejected: [AtomicU64; RejectClass::ALL.len()],
     pub acks: AtomicU64,
-    pub flushes: AtomicU64,
-    pub flushed_writes: AtomicU64,
-    pub flush_micros: AtomicU64,
+    /// Group commits (one log append + `fdatasync` each). The metric names keep the word "flush"
+    /// of the first version, which flushed sled per commit, so that scrapes and dashboards go on.
+    pub commits: AtomicU64,
+    /// Records the group commits made durable.
+    pub committed_writes: AtomicU64,
+    /// Time spent in group commits.
+    pub commit_micros: AtomicU64,
     pub dashboard_frames: AtomicU64,
     pub dashboard_conflated: AtomicU64,
     pub dashboard_resyncs: AtomicU64,
@@ -186,7 +190,7 @@ impl Metrics {
         metric(
             "smart_connections_refused_total",
             "counter",
-            "Websocket upgrades refused.",
+            "Connections refused: websocket upgrades (limit, origin, dashboards) and sockets beyond the descriptor budget (fd_limit).",
             &[
                 ("{reason=\"limit\"}", get(&self.connections_refused_limit)),
                 ("{reason=\"origin\"}", get(&self.connections_refused_origin)),
@@ -273,25 +277,25 @@ impl Metrics {
         metric(
             "smart_store_flushes_total",
             "counter",
-            "Group commits (one sled flush each).",
-            &[("", get(&self.flushes))],
+            "Group commits (one write-ahead log append + fdatasync each).",
+            &[("", get(&self.commits))],
         );
         metric(
             "smart_store_writes_total",
             "counter",
             "Record writes made durable by group commits.",
-            &[("", get(&self.flushed_writes))],
+            &[("", get(&self.committed_writes))],
         );
         metric(
             "smart_store_flush_seconds_total",
             "counter",
-            "Time spent in sled flushes.",
+            "Time spent in group commits (encoding the batch, log append, fdatasync).",
             &[],
         );
         let _ = writeln!(
             out,
             "smart_store_flush_seconds_total {:.6}",
-            get(&self.flush_micros) as f64 / 1e6
+            get(&self.commit_micros) as f64 / 1e6
         );
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP {name} {help}");

@@ -1,11 +1,10 @@
-//! The server: storage, fleet, hub and listener wired together, and its lifecycle (bind, serve,
-//! graceful shutdown).
+//! The server's lifecycle: open the shared state ([`crate::state`]), bind, accept connections and
+//! hand each to [`crate::http`], then shut down gracefully.
 
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -13,33 +12,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
-use crate::conns::{Budget, Conns};
-use crate::fleet::Fleet;
+use crate::conns::Budget;
 use crate::http;
-use crate::hub::{Hub, Limits};
-use crate::ingest::{Ingest, RecordLimits};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Tracker};
-use crate::store::Store;
-
-/// State every connection shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub config: Config,
-    /// Device tokens and user logins (`--auth`).
-    pub auth: Arc<Auth>,
-    pub fleet: Arc<Fleet>,
-    pub hub: Arc<Hub>,
-    pub ingest: Ingest,
-    pub store: Arc<Store>,
-    pub metrics: Arc<Metrics>,
-    /// Open websocket connections (for `--max-connections`).
-    pub sockets: AtomicUsize,
-    /// Every accepted socket, against the descriptor budget.
-    pub conns: Arc<Conns>,
-}
+use crate::state::Shared;
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -64,76 +42,26 @@ impl fmt::Debug for Server {
 impl Server {
     /// Open the store, load the fleet from it (every device offline) and bind the listener.
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        let dir = config.data_dir.clone();
-        let (store, records) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let store = Store::open(&dir)
-                .with_context(|| format!("opening the store in {}", dir.display()))?;
-            let records = store
-                .load()
-                .with_context(|| format!("loading devices from {}", dir.display()))?;
-            Ok((store, records))
-        })
-        .await
-        .context("store open task failed")??;
-        info!(devices = records.len(), dir = %config.data_dir.display(), "store opened");
-
-        let auth_mode = config.auth_mode();
-        let auth =
-            Arc::new(Auth::new(auth_mode, store.db()).context("opening the credential store")?);
-        if auth_mode == AuthMode::Off && !config.listen.ip().is_loopback() {
-            warn!(listen = %config.listen, "auth is off on a non-loopback address: anyone who reaches it can write any device and read the fleet");
-        }
-        info!(auth = ?auth_mode, "credentials");
-        let store = Arc::new(store);
-        let metrics = Arc::new(Metrics::default());
-        let limits = Limits {
-            queue: config.dashboard_queue.max(1),
-            conflate: config.dashboard_conflate.max(1),
-        };
-        let hub = Arc::new(Hub::new(limits, Arc::clone(&metrics)));
-        let fleet = Arc::new(Fleet::new(
-            config.owner.clone(),
-            config.registration,
-            records,
-        ));
-        let ingest = Ingest::start(
-            Arc::clone(&store),
-            Arc::clone(&fleet),
-            Arc::clone(&hub),
-            &metrics,
-            RecordLimits {
-                max_bytes: config.max_record_bytes,
-                max_extras: config.max_extras,
-            },
-        )
-        .context("starting the store writer")?;
-
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
             _ => None,
         };
-        let listener = TcpListener::bind(config.listen)
+        let budget = Budget::of_process(config.max_connections);
+        let max_connections = config.max_connections;
+        let shared = Arc::new(Shared::open(config, budget).await?);
+        let listen = shared.config.listen;
+        let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {}", config.listen))?;
+            .with_context(|| format!("binding {listen}"))?;
         let local_addr = listener.local_addr().context("reading the bound address")?;
-        if let Err(e) = auth.write_admin_file(&config.data_dir, local_addr) {
+        if let Err(e) = shared
+            .auth
+            .write_admin_file(&shared.config.data_dir, local_addr)
+        {
             warn!(%e, "cannot write the admin file: `token`/`user` commands will not reach this server");
         }
         let (shutdown_tx, shutdown) = Shutdown::new();
-        let budget = Budget::of_process(config.max_connections);
-        log_budget(&budget, config.max_connections);
-        let conns = Arc::new(Conns::new(budget, Arc::clone(&metrics)));
-        let shared = Arc::new(Shared {
-            config,
-            auth,
-            fleet,
-            hub,
-            ingest,
-            store,
-            metrics,
-            sockets: AtomicUsize::new(0),
-            conns,
-        });
+        log_budget(&budget, max_connections);
         Ok(Server {
             listener,
             local_addr,
@@ -221,12 +149,7 @@ impl Server {
                 "connections still open after the grace period; closing anyway"
             );
         }
-        shared.ingest.stop().await;
-        let store = Arc::clone(&shared.store);
-        tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .context("final flush task failed")?
-            .context("final flush")?;
+        shared.close().await?;
         info!("shut down cleanly");
         Ok(())
     }

@@ -375,10 +375,12 @@ impl Log {
             self.dirty.insert(serial.clone(), Arc::clone(json));
         }
         let metrics = &self.metrics;
-        Metrics::inc(&metrics.flushes);
-        metrics.flushed_writes.fetch_add(writes, Ordering::Relaxed);
+        Metrics::inc(&metrics.commits);
         metrics
-            .flush_micros
+            .committed_writes
+            .fetch_add(writes, Ordering::Relaxed);
+        metrics
+            .commit_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         if !self.store.healthy.swap(true, Ordering::Relaxed) {
             info!("store writable again");

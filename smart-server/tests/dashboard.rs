@@ -376,6 +376,38 @@ async fn membership_inits_are_rate_limited() {
     send(&mut dash, &filt(&["filter:battery:>:50"])).await;
     assert!(next_init(&mut dash).await.is_empty());
 
+    // The dashboard's frames are timed as they arrive, by a task of their own: read only after the
+    // sending, INITs sent 250 ms apart while it lasted (a loaded machine) would arrive together.
+    let (sent, mut sending_done) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let mut inits = Vec::new();
+        let mut sending = true;
+        loop {
+            let frame = if sending {
+                tokio::select! {
+                    _ = &mut sending_done => {
+                        sending = false;
+                        continue;
+                    }
+                    frame = dash.next() => frame,
+                }
+            } else {
+                match tokio::time::timeout(Duration::from_millis(600), dash.next()).await {
+                    Ok(frame) => frame,
+                    Err(_) => break,
+                }
+            };
+            let Some(Ok(Message::Text(text))) = frame else {
+                break;
+            };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == "INIT" {
+                inits.push((Instant::now(), frame["message"].as_array().unwrap().len()));
+            }
+        }
+        (inits, dash)
+    });
+
     // The device flips in and out of the view 40 times in quick succession.
     let started = Instant::now();
     for i in 0..40 {
@@ -389,15 +421,11 @@ async fn membership_inits_are_rate_limited() {
         .await;
     }
     let sending = started.elapsed();
-    let mut inits = Vec::new();
-    while let Ok(Some(Ok(Message::Text(text)))) =
-        tokio::time::timeout(Duration::from_millis(600), dash.next()).await
-    {
-        let frame: Value = serde_json::from_str(&text).unwrap();
-        if frame["type"] == "INIT" {
-            inits.push((Instant::now(), frame["message"].as_array().unwrap().len()));
-        }
-    }
+    sent.send(()).unwrap();
+    let (inits, _dash) = tokio::time::timeout(TIMEOUT, reader)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!inits.is_empty());
     for pair in inits.windows(2) {
         let gap = pair[1].0 - pair[0].0;
@@ -629,4 +657,27 @@ async fn shutdown_closes_dashboards_with_1001() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A text frame that is not UTF-8, on the real binary: that dashboard is closed with 1007 (as a
+/// device would be); other dashboards and devices go on.
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_that_dashboard_with_1007() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, addr) = spawn_binary(dir.path()).await;
+    let mut dev = device(addr).await;
+    let (mut other, _) = dashboard(addr).await;
+
+    let got = not_utf8_closes_with_1007(addr, "/client/", &[]).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], DASHBOARD_WELCOME);
+    assert_eq!(
+        serde_json::from_str::<Value>(&got[1]).unwrap()["type"],
+        "INIT"
+    );
+
+    send_ok(&mut dev, "0003", "0001", &json!({"battery": 9})).await;
+    let (mid, body) = next_updt_for(&mut other, "0001").await;
+    assert_eq!(mid, "0003");
+    assert_eq!(body["battery"], 9);
 }

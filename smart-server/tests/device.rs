@@ -522,3 +522,29 @@ async fn serials_per_connection_are_capped() {
     );
     server.stop().await;
 }
+
+/// A text frame that is not UTF-8, on the real binary: that device connection gets the replies it
+/// is owed, then a close with 1007; the frame stores nothing and other connections go on.
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_that_device_with_1007() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, addr) = spawn_binary(dir.path()).await;
+    let mut other = device(addr).await;
+    let (mut dash, _) = dashboard(addr).await;
+
+    let good = updt("0001", "0001", &json!({"battery": 42}));
+    let got = not_utf8_closes_with_1007(addr, "/update/", &[&good]).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], DEVICE_WELCOME);
+    assert_eq!(
+        serde_json::from_str::<Value>(&got[1]).unwrap(),
+        ok("0001", "0001")
+    );
+
+    send_ok(&mut other, "0002", "0002", &json!({"battery": 7})).await;
+    let (mid, body) = next_updt_for(&mut dash, "0002").await;
+    assert_eq!(mid, "0002");
+    assert_eq!(body["battery"], 7);
+    let res = http_get(addr, "/api/devices/0001", &[]).await;
+    assert_eq!(res.json()["battery"], 42);
+}

@@ -403,9 +403,12 @@ async fn every_api_error_is_json_even_for_unencoded_targets() {
     )
     .await;
     // The README's example exactly as curl sends it: `<` unencoded.
-    let res = server
-        .get("/api/devices?q=filter:country:=:AT&q=sort:postcode:<:abc")
-        .await;
+    // Sent raw: hyper's client would refuse these targets, which is the point.
+    let res = raw_get(
+        server.addr,
+        "/api/devices?q=filter:country:=:AT&q=sort:postcode:<:abc",
+    )
+    .await;
     assert_eq!(res.status, 200, "{}", res.body);
     let got: Vec<_> = res
         .json()
@@ -416,9 +419,7 @@ async fn every_api_error_is_json_even_for_unencoded_targets() {
         .collect();
     assert_eq!(got, [json!("0002"), json!("0001")]);
     // Raw non-ASCII and control bytes reach the query too (which matches nothing here).
-    let res = server
-        .get("/api/devices?q=filter:country:=:\u{e9}\u{1}")
-        .await;
+    let res = raw_get(server.addr, "/api/devices?q=filter:country:=:\u{e9}\u{1}").await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(res.json(), json!([]));
 
@@ -429,7 +430,7 @@ async fn every_api_error_is_json_even_for_unencoded_targets() {
         "/api/devices?q=%zz",
         "/api/devices?q={x}|^`\\",
     ] {
-        let res = server.get(bad).await;
+        let res = raw_get(server.addr, bad).await;
         assert_eq!(res.status, 400, "{bad}: {}", res.body);
         assert!(
             res.header("content-type")
@@ -443,7 +444,7 @@ async fn every_api_error_is_json_even_for_unencoded_targets() {
         );
     }
     for missing in ["/nothing-here.html", "/api/nothing", "/a b"] {
-        let res = server.get(missing).await;
+        let res = raw_get(server.addr, missing).await;
         assert_eq!(res.status, 404, "{missing}");
         assert!(res.json()["error"].is_string(), "{missing}: {}", res.body);
     }

@@ -17,6 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+mod http;
+pub use http::*;
+
 /// Every single wait in the tests is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -198,92 +201,6 @@ pub async fn next_updt_for(ws: &mut Ws, serial: &str) -> (String, Value) {
     panic!("no UPDT for {serial}");
 }
 
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl HttpResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON {:?}: {e}", self.body))
-    }
-}
-
-/// A minimal HTTP/1.1 GET (Connection: close), enough for the API under test.
-pub async fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    extra_headers: &[(&str, &str)],
-) -> HttpResponse {
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in extra_headers {
-        let _ = write!(request, "{k}: {v}\r\n");
-    }
-    request.push_str("\r\n");
-    let raw = tokio::time::timeout(TIMEOUT, async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        raw
-    })
-    .await
-    .unwrap();
-    parse_http(&raw)
-}
-
-pub fn parse_http(raw: &[u8]) -> HttpResponse {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers.iter().any(|(k, v)| {
-        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-    out
-}
-
 /// A device record from the HTTP API.
 pub async fn record(server: &TestServer, serial: &str) -> Value {
     let res = server.get(&format!("/api/devices/{serial}")).await;
@@ -408,7 +325,7 @@ pub async fn upgrade_raw(
             }
             head.push(byte[0]);
         }
-        let status = parse_http(&head).status;
+        let status = status_of(&String::from_utf8_lossy(&head));
         if status != 101 {
             // Not upgraded: read the rest of the response so that the socket is done.
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -452,8 +369,14 @@ pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Opti
 
 /// The opcodes of the (unmasked) server frames in `bytes`, in order; a truncated last frame is
 /// ignored.
-pub fn server_opcodes(mut bytes: &[u8]) -> Vec<u8> {
-    let mut opcodes = Vec::new();
+pub fn server_opcodes(bytes: &[u8]) -> Vec<u8> {
+    server_frames(bytes).into_iter().map(|(op, _)| op).collect()
+}
+
+/// The (unmasked) server frames in `bytes`, in order, as opcode and payload; a truncated last frame
+/// is ignored.
+pub fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
     while bytes.len() >= 2 {
         let opcode = bytes[0] & 0x0f;
         let (len, head) = match bytes[1] & 0x7f {
@@ -468,10 +391,55 @@ pub fn server_opcodes(mut bytes: &[u8]) -> Vec<u8> {
         if bytes.len() < head + len {
             break;
         }
-        opcodes.push(opcode);
+        frames.push((opcode, bytes[head..head + len].to_vec()));
         bytes = &bytes[head + len..];
     }
-    opcodes
+    frames
+}
+
+/// A text frame that is not UTF-8 closes that connection only, with 1007 after what it was owed
+/// (PROTOCOL.md, "Frames"), on the real binary for `path` (`/update/` or `/client/`); the frames
+/// the server sent before the close are returned as text, for the caller to check.
+pub async fn not_utf8_closes_with_1007(
+    addr: SocketAddr,
+    path: &str,
+    before: &[&str],
+) -> Vec<String> {
+    let (status, mut raw) = upgrade_raw(addr, path, None, &[]).await;
+    assert_eq!(status, 101);
+    let mut frames = Vec::new();
+    for text in before {
+        frames.extend(client_frame(0x1, text.as_bytes()));
+    }
+    frames.extend(client_frame(0x1, b"{\"type\":\"\xff\xfe\"}"));
+    tokio::time::timeout(TIMEOUT, raw.write_all(&frames))
+        .await
+        .unwrap()
+        .unwrap();
+    let bytes = read_until_closed(&mut raw, TIMEOUT)
+        .await
+        .unwrap_or_else(|| panic!("{path}: still open after a text frame that is not UTF-8"));
+    let mut got = server_frames(&bytes);
+    let (opcode, payload) = got
+        .pop()
+        .unwrap_or_else(|| panic!("{path}: no frame at all"));
+    assert_eq!(opcode, 0x8, "{path}: the last frame is not a close frame");
+    assert_eq!(
+        u16::from_be_bytes([payload[0], payload[1]]),
+        1007,
+        "{path}: close code"
+    );
+    assert_eq!(
+        &payload[2..],
+        b"text frame is not UTF-8",
+        "{path}: close reason"
+    );
+    got.into_iter()
+        .map(|(opcode, payload)| {
+            assert_eq!(opcode, 0x1, "{path}: a non-text frame before the close");
+            String::from_utf8(payload).unwrap()
+        })
+        .collect()
 }
 
 /// A counter or gauge from the `/metrics` text (0 when absent).
