@@ -327,6 +327,47 @@ async fn simulator_devices_all_appear_in_the_api() {
     server.stop().await;
 }
 
+/// Against `--auth required` over TLS: with `--ca-cert` and `--token-file` every device connects and is
+/// acked; without its token the server refuses it (401).
+#[tokio::test(flavor = "multi_thread")]
+async fn simulator_presents_device_tokens_over_wss() {
+    let dir = TempDir::new().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let (data, tokens) = (dir.path().join("data"), dir.path().join("tokens.txt"));
+    let provisioned = std::process::Command::new(server_binary())
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["token", "bulk", "--out"])
+        .arg(&tokens)
+        .args(["0001", "0002", "0003"])
+        .output()
+        .unwrap();
+    assert!(provisioned.status.success(), "{provisioned:?}");
+    let env = [
+        ("SMART_AUTH", OsString::from("required")),
+        ("SMART_TLS_CERT", cert.clone().into_os_string()),
+        ("SMART_TLS_KEY", key.into_os_string()),
+    ];
+    let server = ServerProcess::spawn(&data, SocketAddr::from(([127, 0, 0, 1], 0)), &env)
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{}", server.addr.port());
+    let (cert, tokens) = (cert.to_str().unwrap(), tokens.to_str().unwrap());
+    let common = ["--url", &url, "--ca-cert", cert, "--seconds", "1", "--json"];
+    let with = [&common[..], &["--token-file", tokens, "--devices", "3"]].concat();
+    let summary = json_summary("solmate_sim", &run("solmate_sim", &with).await);
+    assert_eq!(summary["connected"], 3, "{summary}");
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert!(summary["acked"].as_u64().unwrap() >= 3, "{summary}");
+    let without = run("solmate_sim", &[&common[..], &["--devices", "1"]].concat()).await;
+    assert!(!without.status.success());
+    let stdout = String::from_utf8_lossy(&without.stdout);
+    assert!(stdout.contains("401"), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn simulator_starts_with_updt_and_widens_serials_past_9999() {
     let dir = TempDir::new().unwrap();
