@@ -159,6 +159,7 @@ pub mod envelope;
 pub mod error;
 pub mod header;
 pub mod init;
+mod json;
 pub mod limits;
 pub mod message;
 pub mod normalize;

@@ -29,7 +29,7 @@ use crate::{Error, Record, Result, Update};
 /// ```
 /// assert_eq!(smart_proto::limits::MAX_SAFE_INTEGER, (1 << 53) - 1);
 /// ```
-pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+pub const MAX_SAFE_INTEGER: u64 = crate::record::MAX_SAFE_INTEGER;
 
 /// Integral floats from 2^64 on can only come from an integer too long for `u64` (or a float spelled
 /// with an exponent or fraction): those are told apart by the text.
@@ -140,13 +140,6 @@ fn unsafe_integer_token(text: &str) -> Option<&str> {
         }
     }
     None
-}
-
-/// `pv_connectors` from a device: a count, so from 0 to 2^53−1 (PROTOCOL.md §6).
-pub(crate) fn is_connector_count(value: &Value) -> bool {
-    value
-        .as_i64()
-        .is_some_and(|n| (0..=MAX_SAFE_INTEGER as i64).contains(&n))
 }
 
 /// Caps on the extra fields of a record, set by the server (PROTOCOL.md §6): how many a record may hold,
@@ -352,13 +345,5 @@ mod tests {
         ] {
             assert_eq!(json_len(&v), v.to_string().len(), "{v}");
         }
-    }
-
-    #[test]
-    fn connector_counts() {
-        assert!(is_connector_count(&json!(0)));
-        assert!(is_connector_count(&json!(MAX_SAFE_INTEGER)));
-        assert!(!is_connector_count(&json!(-1)));
-        assert!(!is_connector_count(&json!(MAX_SAFE_INTEGER + 1)));
     }
 }
