@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::{Map, Value};
-use smart_proto::{Header, MessageId, Serial, ServerMessage};
+use smart_proto::{Header, MessageId, Serial};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -41,11 +41,13 @@ pub(crate) struct Change {
 
 impl Change {
     /// An UPDT with `body` for the device of `header`.
-    pub(crate) fn new(header: Header, body: Map<String, Value>) -> Change {
-        let serial = header.serial.clone();
-        let id = header.id.clone();
-        let frame = Utf8Bytes::from(ServerMessage::Updt { header, body }.to_frame());
-        Change { serial, id, frame }
+    pub(crate) fn new(header: Header, body: &Map<String, Value>) -> Change {
+        let frame = Utf8Bytes::from(smart_proto::frame::updt(&header, body));
+        Change {
+            serial: header.serial,
+            id: header.id,
+            frame,
+        }
     }
 
     /// `0000:SERIAL:{"online": …}`.
@@ -57,7 +59,7 @@ impl Change {
                 id: MessageId::zero(),
                 serial,
             },
-            body,
+            &body,
         )
     }
 }
@@ -410,7 +412,7 @@ mod tests {
             id: MessageId::new(id).unwrap(),
             serial: Serial::new(serial).unwrap(),
         };
-        Arc::new(Change::new(header, body))
+        Arc::new(Change::new(header, &body))
     }
 
     const BUDGET: Budget = Budget {

@@ -253,13 +253,13 @@ impl Writer {
                 } if committed && listening => {
                     let changed = std::mem::take(changed);
                     if *created {
-                        changes.push(Arc::new(Change::new(header.clone(), record.to_map())));
+                        changes.push(Arc::new(Change::new(header.clone(), &record.to_map())));
                     } else {
                         if *came_online {
                             let serial = header.serial.clone();
                             changes.push(Arc::new(Change::online(serial, true)));
                         }
-                        changes.push(Arc::new(Change::new(header.clone(), changed)));
+                        changes.push(Arc::new(Change::new(header.clone(), &changed)));
                     }
                 }
                 Verdict::Offline(serial) if listening => {
