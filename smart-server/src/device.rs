@@ -7,7 +7,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use smart_proto::{DEVICE_WELCOME, Header, Kind, Rejection, Serial, ServerMessage, Timestamp};
@@ -46,10 +46,7 @@ enum Reply {
 
 /// The current time as a record timestamp.
 pub(crate) fn now() -> Timestamp {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    Timestamp::from_unix_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+    Timestamp::from(SystemTime::now())
 }
 
 fn info_text(text: String) -> Message {
