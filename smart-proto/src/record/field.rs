@@ -81,7 +81,7 @@ impl FieldKind {
     }
 }
 
-/// A borrowed view of one field's value, for queries ([`Record::get`]).
+/// A borrowed view of one field's value, for queries ([`Record::get`](super::Record::get)).
 ///
 /// ```
 /// use smart_proto::{FieldValue, Record, Serial, Timestamp};
