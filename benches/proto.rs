@@ -470,6 +470,14 @@ fn bench_server_texts(c: &mut Criterion) {
             std::str::from_utf8(&scratch).map(|text| std::sync::Arc::<str>::from(text).len())
         });
     });
+    let mut text = String::new();
+    group.bench_function("record/write_json_reused", |b| {
+        b.iter(|| {
+            text.clear();
+            black_box(&record).write_json(&mut text);
+            std::sync::Arc::<str>::from(text.as_str()).len()
+        });
+    });
     group.bench_function("record/to_json", |b| {
         b.iter(|| std::sync::Arc::<str>::from(black_box(&record).to_json()).len());
     });

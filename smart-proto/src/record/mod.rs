@@ -393,6 +393,14 @@ impl Record {
     /// assert_eq!(out, serde_json::to_string(&record).unwrap());
     /// ```
     pub fn write_json(&self, out: &mut String) {
+        // `serde_json` writes bytes fastest; the text is checked as UTF-8 once, whole (it always is).
+        let mut bytes = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut bytes, self).is_ok()
+            && let Ok(text) = std::str::from_utf8(&bytes)
+        {
+            out.push_str(text);
+            return;
+        }
         out.push('{');
         let mut first = true;
         let _ = self.try_for_each_field(|key, value| {

@@ -349,3 +349,29 @@ fn from_map_errors() {
     );
     assert!(serde_json::from_str::<Record>("{}").is_err());
 }
+
+#[test]
+fn direct_writer_matches_serde() {
+    // `write_json` goes through `serde_json`; `write_json_padded` writes each field itself.
+    let mut r = Record::new(
+        serial(),
+        "E\"E\\T\u{1}",
+        Timestamp::from_unix_micros(1_710_117_813_256_667),
+    );
+    r.battery = Some(92.5);
+    r.capacity = Some(5_184_000.0);
+    r.power_income = Some(1e300);
+    r.power_inject = Some(f64::NAN);
+    r.pv_connectors = -3;
+    r.local_time = Some("14:59\n".into());
+    r.extra.insert(
+        "zeta".into(),
+        json!({"k": "\u{1}é😀", "l": [1, 2.5, null, true]}),
+    );
+    r.extra.insert("alpha".into(), json!(1.0));
+    r.extra.insert("battery".into(), json!("shadow"));
+    let mut padded = String::new();
+    r.write_json_padded(std::iter::empty::<&str>(), &mut padded);
+    assert_eq!(padded, r.to_json());
+    assert_eq!(padded, serde_json::to_string(&r).unwrap());
+}
