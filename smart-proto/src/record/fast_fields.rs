@@ -19,10 +19,12 @@ use super::update::{Field, Update};
 pub(crate) struct FastFields(Vec<Field>);
 
 impl FastFields {
+    #[inline]
     pub(crate) fn clear(&mut self) {
         self.0.clear();
     }
 
+    #[inline]
     pub(crate) fn into_update(self) -> Update {
         Update::from_sorted(self.0)
     }

@@ -25,6 +25,7 @@ pub(crate) enum FieldKind {
 
 impl FieldKind {
     /// The kind of any key: [`FieldKind::Extra`] for keys that are not known fields.
+    #[inline]
     pub(super) fn of(key: &str) -> FieldKind {
         FieldKind::named(key).map_or(FieldKind::Extra, |(_, kind)| kind)
     }

@@ -71,6 +71,7 @@ pub(super) fn postcode_text(n: &Number) -> Option<String> {
 }
 
 /// `pv_connectors` from a device: a count, so from 0 to 2^53−1 (PROTOCOL.md §6).
+#[inline]
 pub(super) fn is_connector_count(value: &Value) -> bool {
     value
         .as_i64()

@@ -77,6 +77,7 @@ impl Update {
     }
 
     /// Coerced fields, already in key order with unique names.
+    #[inline]
     pub(super) fn from_sorted(fields: Vec<Field>) -> Update {
         Update {
             fields,
