@@ -1,8 +1,8 @@
 //! HTTP: one hyper connection per socket. Websocket upgrades of `/update/` and `/client/` are
 //! accepted here, at the hyper layer, so that every socket gets our small [`WebSocketConfig`]
 //! (warp's `ws()` gives each one a 128 KiB read buffer and offers no setting). Every other request
-//! goes to the warp routes: `/`, the embedded dashboard assets, `/api/devices`, `/healthz`,
-//! `/metrics`.
+//! goes to the warp routes: `/`, the embedded dashboard assets, `/api/devices`, `/api/fields`,
+//! `/healthz`, `/metrics`.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -452,6 +452,9 @@ pub(crate) fn routes(
     let one = warp::path!("api" / "devices" / String)
         .and(with_shared.clone())
         .map(|serial: String, shared: Arc<Shared>| one_device(&serial, &shared));
+    // The known fields of PROTOCOL.md §6 (smart-proto's table): the dashboard's known columns.
+    let fields = warp::path!("api" / "fields")
+        .map(|| json_response(StatusCode::OK, smart_proto::Record::fields_json()));
     let healthz = warp::path!("healthz")
         .and(with_shared.clone())
         .map(|shared: Arc<Shared>| healthz(&shared));
@@ -465,6 +468,8 @@ pub(crate) fn routes(
         root.or(list)
             .unify()
             .or(one)
+            .unify()
+            .or(fields)
             .unify()
             .or(healthz)
             .unify()
