@@ -12,8 +12,8 @@ use std::hint::black_box;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
 use smart_proto::{
-    Header, Payload, Query, Record, Serial, Timestamp, Update, normalize, parse_body,
-    parse_dashboard_message, parse_device_message, parse_envelope, write_init,
+    Header, Payload, Query, Record, Serial, ServerMessage, Timestamp, Update, frame, normalize,
+    parse_body, parse_dashboard_message, parse_device_message, parse_envelope, write_init,
 };
 
 /// The seed's INIT: underscored keys, runtime keys, extras.
@@ -436,6 +436,54 @@ fn bench_init_write(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the server writes per change and per stored record: an UPDT frame (smart-proto's frame writer
+/// from borrowed parts, against `ServerMessage::to_frame` of the same message) and a record's JSON text
+/// as a shared `Arc<str>` (`Record::to_json`, against `serde_json::to_writer` into reused bytes and one UTF-8
+/// check of the result, the server's way so far).
+fn bench_server_texts(c: &mut Criterion) {
+    let header = Header::new("0117", "0001").unwrap_or_else(|e| panic!("{e}"));
+    let mut body = Map::new();
+    body.insert("battery".to_owned(), json!(92.5));
+    body.insert("power_inject".to_owned(), json!(357));
+    body.insert(
+        "last_status_update".to_owned(),
+        json!("2024-03-11T00:43:33.256667Z"),
+    );
+    let message = ServerMessage::Updt {
+        header: header.clone(),
+        body: body.clone(),
+    };
+    assert_eq!(frame::updt(&header, &body), message.to_frame());
+    let mut group = c.benchmark_group("server_texts");
+    group.bench_function("updt/server_message_to_frame", |b| {
+        b.iter(|| black_box(&message).to_frame().len());
+    });
+    group.bench_function("updt/frame_updt", |b| {
+        b.iter(|| frame::updt(black_box(&header), black_box(&body)).len());
+    });
+    let record = fleet(1).pop().unwrap_or_else(|| panic!("a record"));
+    let mut scratch = Vec::new();
+    group.bench_function("record/serde_to_vec_then_validate", |b| {
+        b.iter(|| {
+            scratch.clear();
+            let _ = serde_json::to_writer(&mut scratch, black_box(&record));
+            std::str::from_utf8(&scratch).map(|text| std::sync::Arc::<str>::from(text).len())
+        });
+    });
+    let mut text = String::new();
+    group.bench_function("record/write_json_reused", |b| {
+        b.iter(|| {
+            text.clear();
+            black_box(&record).write_json(&mut text);
+            std::sync::Arc::<str>::from(text.as_str()).len()
+        });
+    });
+    group.bench_function("record/to_json", |b| {
+        b.iter(|| std::sync::Arc::<str>::from(black_box(&record).to_json()).len());
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_device_frames,
@@ -445,6 +493,7 @@ criterion_group!(
     bench_filt_parse,
     bench_filt_eval,
     bench_filt_long_text,
-    bench_init_write
+    bench_init_write,
+    bench_server_texts
 );
 criterion_main!(benches);

@@ -138,6 +138,9 @@
 //! has none; [`extra_keys`], [`Record::write_json_padded`]). To test many records against one query, build
 //! its [`Matcher`] once ([`Query::matcher`]).
 //!
+//! A server that builds frames from its own parts (cached record texts, a change set shared by every
+//! dashboard) writes them with the [`frame`] writers, byte for byte what [`ServerMessage::to_frame`] writes.
+//!
 //! Clients (watchers, tests, load generators) read what the server sends with [`parse_server_message`].
 //!
 //! # Limits
@@ -159,8 +162,10 @@ mod bounds;
 pub mod envelope;
 pub mod error;
 mod fast;
+pub mod frame;
 pub mod header;
 pub mod init;
+mod json;
 pub mod limits;
 pub mod message;
 pub mod normalize;

@@ -142,13 +142,6 @@ fn unsafe_integer_token(text: &str) -> Option<&str> {
     None
 }
 
-/// `pv_connectors` from a device: a count, so from 0 to 2^53−1 (PROTOCOL.md §6).
-pub(crate) fn is_connector_count(value: &Value) -> bool {
-    value
-        .as_i64()
-        .is_some_and(|n| (0..=MAX_SAFE_INTEGER as i64).contains(&n))
-}
-
 /// Caps on the extra fields of a record, set by the server (PROTOCOL.md §6): how many a record may hold,
 /// and how large one value may be, written as compact JSON. [`Limits::default`] is 64 extras of at most
 /// 4 KiB each.
@@ -352,13 +345,5 @@ mod tests {
         ] {
             assert_eq!(json_len(&v), v.to_string().len(), "{v}");
         }
-    }
-
-    #[test]
-    fn connector_counts() {
-        assert!(is_connector_count(&json!(0)));
-        assert!(is_connector_count(&json!(MAX_SAFE_INTEGER)));
-        assert!(!is_connector_count(&json!(-1)));
-        assert!(!is_connector_count(&json!(MAX_SAFE_INTEGER + 1)));
     }
 }

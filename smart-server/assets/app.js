@@ -14,8 +14,12 @@ const MAX_FILTERS = 32;
 const MAX_SORTS = 8;
 const MAX_PENDING_FLASH = 5000;
 
-// Known fields of PROTOCOL.md §6, in display order. Units in headers, not in cells, so cells stay numbers.
-const KNOWN_COLUMNS = [
+// Which fields are known, and their types, comes from the server: GET /api/fields, generated from
+// smart-proto's one table of PROTOCOL.md §6 (`record_fields!`). This page only says how to show them:
+// labels, units, widths and display order. Units in headers, not in cells, so cells stay numbers. A field
+// the server lists that has no entry here is shown after these, labelled from its name and typed from
+// the list; an entry for a field the server does not list is dropped.
+const COLUMN_LOOKS = [
   { key: 'serial_number', label: 'Serial', kind: 'text', width: 104 },
   { key: 'online', label: 'Status', kind: 'status', width: 100 },
   { key: 'last_status_update', label: 'Last update', kind: 'ago', width: 120 },
@@ -33,8 +37,38 @@ const KNOWN_COLUMNS = [
   { key: 'local_time', label: 'Device time', kind: 'devtime', width: 164 },
   { key: 'manufacturing_date', label: 'First seen', kind: 'time', width: 164 },
 ];
-const KNOWN_KEYS = new Set(KNOWN_COLUMNS.map((c) => c.key));
-const NUMERIC_FIELDS = new Set(['battery', 'power_income', 'power_inject', 'power_consumption', 'capacity', 'pv_connectors']);
+const FIELD_LIST_RETRY_MS = 1000;
+
+// [{name, type, null, device}], in the order of §6. The page cannot show a record without it, so it
+// waits for it (the server that served this page serves it too; a failed fetch is retried).
+async function loadFields() {
+  for (;;) {
+    try {
+      const res = await fetch('/api/fields', { cache: 'no-store' });
+      if (res.ok) {
+        const fields = await res.json();
+        if (Array.isArray(fields) && fields.every((f) => f && typeof f.name === 'string')) return fields;
+      }
+    } catch {
+      // Not reachable yet: retried below.
+    }
+    await new Promise((resolve) => setTimeout(resolve, FIELD_LIST_RETRY_MS));
+  }
+}
+
+const FIELDS = await loadFields();
+const isNumericType = (type) => type === 'number' || type === 'integer';
+const KNOWN_KEYS = new Set(FIELDS.map((f) => f.name));
+const KNOWN_COLUMNS = [
+  ...COLUMN_LOOKS.filter((c) => KNOWN_KEYS.has(c.key)),
+  ...FIELDS.filter((f) => !COLUMN_LOOKS.some((c) => c.key === f.name)).map((f) => ({
+    key: f.name,
+    label: humanize(f.name),
+    kind: isNumericType(f.type) ? 'num' : f.type === 'timestamp' ? 'time' : 'text',
+    width: Math.max(96, Math.min(220, humanize(f.name).length * 8 + 44)),
+  })),
+];
+const NUMERIC_FIELDS = new Set(FIELDS.filter((f) => isNumericType(f.type)).map((f) => f.name));
 
 // Operator labels of PROTOCOL.md §8: the wire symbol first, then what it means.
 const OPERATORS = [

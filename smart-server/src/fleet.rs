@@ -149,10 +149,11 @@ impl Fleet {
     /// The INIT frame for `query`, and the serials it holds when the query filters (the dashboard's
     /// view membership). Evaluated outside the lock.
     pub(crate) fn init_frame(&self, query: &Query) -> (String, Option<HashSet<Serial>>) {
-        let mut out = String::from(r#"{"type":"INIT","message":"#);
+        let mut out = String::new();
         let mut members = (!query.filters.is_empty()).then(HashSet::new);
-        write_array(&self.snapshot(), query, &mut out, members.as_mut());
-        out.push('}');
+        smart_proto::frame::write_envelope(&mut out, smart_proto::Kind::Init, |out| {
+            write_array(&self.snapshot(), query, out, members.as_mut());
+        });
         (out, members)
     }
 }

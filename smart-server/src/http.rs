@@ -1,8 +1,8 @@
 //! HTTP: one hyper connection per socket. Websocket upgrades of `/update/` and `/client/` are
 //! accepted here, at the hyper layer, so that every socket gets our small [`WebSocketConfig`]
 //! (warp's `ws()` gives each one a 128 KiB read buffer and offers no setting). Every other request
-//! goes to the warp routes: `/`, the embedded dashboard assets, `/api/devices`, `/healthz`,
-//! `/metrics`.
+//! goes to the warp routes: `/`, the embedded dashboard assets, `/api/devices`, `/api/fields`,
+//! `/healthz`, `/metrics`.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -500,11 +500,13 @@ impl Ctx {
     }
 }
 
-/// What anyone may fetch when auth is required: the page itself (it shows the login form) and
-/// `/healthz`.
+/// What anyone may fetch when auth is required: the page itself (it shows the login form), the
+/// field table it is built from, and `/healthz`.
 fn is_public(path: &str) -> bool {
     path == "/"
         || path == "/healthz"
+        // The page's known columns (no device data): it loads them before anyone logs in.
+        || path == "/api/fields"
         || ASSETS
             .iter()
             .any(|a| path.strip_prefix('/') == Some(a.name))
@@ -602,6 +604,9 @@ pub(crate) fn routes(
     let one = warp::path!("api" / "devices" / String)
         .and(with_shared.clone())
         .map(|serial: String, shared: Arc<Shared>| one_device(&serial, &shared));
+    // The known fields of PROTOCOL.md §6 (smart-proto's table): the dashboard's known columns.
+    let fields = warp::path!("api" / "fields")
+        .map(|| json_response(StatusCode::OK, smart_proto::Record::fields_json()));
     let healthz = warp::path!("healthz")
         .and(with_shared.clone())
         .map(|shared: Arc<Shared>| healthz(&shared));
@@ -615,6 +620,8 @@ pub(crate) fn routes(
         root.or(list)
             .unify()
             .or(one)
+            .unify()
+            .or(fields)
             .unify()
             .or(healthz)
             .unify()

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::{Map, Value};
-use smart_proto::{Header, MessageId, Serial, ServerMessage};
+use smart_proto::{Header, MessageId, Serial};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -43,11 +43,13 @@ pub(crate) struct Change {
 
 impl Change {
     /// An UPDT with `body` for the device of `header`.
-    pub(crate) fn new(header: Header, body: Map<String, Value>) -> Change {
-        let serial = header.serial.clone();
-        let id = header.id.clone();
-        let frame = Utf8Bytes::from(ServerMessage::Updt { header, body }.to_frame());
-        Change { serial, id, frame }
+    pub(crate) fn new(header: Header, body: &Map<String, Value>) -> Change {
+        let frame = Utf8Bytes::from(smart_proto::frame::updt(&header, body));
+        Change {
+            serial: header.serial,
+            id: header.id,
+            frame,
+        }
     }
 
     /// `0000:SERIAL:{"online": …}`.
@@ -59,7 +61,7 @@ impl Change {
                 id: MessageId::zero(),
                 serial,
             },
-            body,
+            &body,
         )
     }
 }
@@ -258,7 +260,7 @@ impl Sink for Hub {
             .drain(..)
             .map(|committed| {
                 Arc::new(match committed {
-                    Committed::Updt { header, body } => Change::new(header, body),
+                    Committed::Updt { header, body } => Change::new(header, &body),
                     Committed::Online { serial, online } => Change::online(serial, online),
                 })
             })
@@ -436,7 +438,7 @@ mod tests {
             id: MessageId::new(id).unwrap(),
             serial: Serial::new(serial).unwrap(),
         };
-        Arc::new(Change::new(header, body))
+        Arc::new(Change::new(header, &body))
     }
 
     const BUDGET: Budget = Budget {

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 use smart_proto::{Header, Kind, Record, Rejection, Serial, ServerMessage, Timestamp, Update};
@@ -76,10 +76,7 @@ pub(crate) enum Committed {
 
 /// The current time as a record timestamp.
 pub(crate) fn now() -> Timestamp {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros());
-    Timestamp::from_unix_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+    Timestamp::from(SystemTime::now())
 }
 
 /// One device message to apply and store.

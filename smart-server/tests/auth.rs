@@ -137,6 +137,7 @@ async fn devices_need_their_token_and_people_a_login() {
     // The page itself is public (it shows the login form); its data is not.
     assert_eq!(http_get(addr, "/healthz", &[]).await.status, 200);
     assert_eq!(http_get(addr, "/index.html", &[]).await.status, 200);
+    assert_eq!(http_get(addr, "/api/fields", &[]).await.status, 200);
     // The page asks with X-Requested-With: a 401 without a Basic challenge (no browser prompt).
     let res = http_get(
         addr,

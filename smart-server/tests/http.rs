@@ -50,6 +50,55 @@ async fn root_redirects_and_assets_are_served() {
     server.stop().await;
 }
 
+/// `/api/fields`: the known fields of PROTOCOL.md §6 from smart-proto's table, which the dashboard
+/// takes its known columns from; they are the leading keys of every record the API serves.
+#[tokio::test]
+async fn field_list_is_the_record_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let res = server.get("/api/fields").await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    assert_eq!(res.body, smart_proto::Record::fields_json());
+    let fields = res.json();
+    let names: Vec<&str> = fields
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, smart_proto::Record::FIELDS);
+    assert_eq!(
+        fields[8],
+        json!({"name": "battery", "type": "number", "null": true, "device": true})
+    );
+    assert_eq!(
+        fields[15],
+        json!({"name": "online", "type": "boolean", "null": false, "device": false})
+    );
+
+    let mut dev = server.device().await;
+    send_ok(
+        &mut dev,
+        "0001",
+        "0042",
+        &json!({"battery": 50, "mode": "eco"}),
+    )
+    .await;
+    let record = server.get("/api/devices/0042").await.json();
+    let keys: Vec<&str> = record
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut known = keys.clone();
+    known.retain(|k| names.contains(k));
+    assert_eq!(known.len(), names.len(), "{keys:?}");
+    assert!(keys.contains(&"mode"));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn device_api_with_queries() {
     let dir = tempfile::tempdir().unwrap();
