@@ -7,13 +7,11 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::io::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 
 use base64::Engine as _;
 use common::{
-    DEVICE_WELCOME, TIMEOUT, exchange, http_get, metric_or_zero, recv_text, spawn_binary_env,
+    DEVICE_WELCOME, TIMEOUT, cli, exchange, http_get, metric_or_zero, recv_text, spawn_binary_env,
     upgrade_raw,
 };
 use futures_util::StreamExt as _;
@@ -23,31 +21,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const PASSWORD: &str = "correct horse battery staple";
-
-/// `smart-server --data-dir DIR ARGS…` with `stdin`; its stdout, stderr and success.
-fn cli(dir: &Path, args: &[&str], stdin: &str) -> (String, String, bool) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.success(),
-    )
-}
 
 fn issue(dir: &Path, serial: &str) -> String {
     let (out, err, ok) = cli(dir, &["token", "issue", serial], "");
@@ -270,7 +243,7 @@ async fn devices_need_their_token_and_people_a_login() {
     assert!(!log.contains("token="), "{log}");
 }
 
-/// One request with hyper's client: status, headers, body.
+/// One request (the tests' HTTP helper): status, headers, body.
 async fn request(
     addr: std::net::SocketAddr,
     method: &str,
@@ -278,37 +251,8 @@ async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    use http_body_util::BodyExt as _;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(http_body_util::Full::new(hyper::body::Bytes::from(
-            body.to_owned(),
-        )))
-        .unwrap();
-    let res = tokio::time::timeout(TIMEOUT, sender.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = res.status().as_u16();
-    let headers = res
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-        .collect();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+    let res = common::http_request(addr, method, path, headers, body).await;
+    (res.status, res.headers, res.body)
 }
 
 #[tokio::test]

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use common::{DEVICE_WELCOME, TIMEOUT, spawn_binary_env};
 use futures_util::{SinkExt as _, StreamExt as _};
-use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -58,7 +57,7 @@ async fn tls(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsStream<TcpStrea
     .unwrap()
 }
 
-/// One HTTPS request: status, headers, body.
+/// One HTTPS request (the tests' HTTP helper over TLS): status, headers, body.
 async fn https(
     addr: SocketAddr,
     config: &Arc<ClientConfig>,
@@ -68,61 +67,16 @@ async fn https(
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
     let stream = tls(addr, config).await;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", format!("localhost:{}", addr.port()));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(http_body_util::Full::new(hyper::body::Bytes::from(
-            body.to_owned(),
-        )))
-        .unwrap();
-    let res = tokio::time::timeout(TIMEOUT, sender.send_request(req))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = res.status().as_u16();
-    let headers = res
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-        .collect();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
+    let host = format!("localhost:{}", addr.port());
+    let res = common::http_exchange(stream, &host, method, path, headers, body).await;
+    (res.status, res.headers, res.body)
 }
 
+/// `smart-server --data-dir DIR ARGS…`, which must succeed: its stdout.
 fn cli(dir: &std::path::Path, args: &[&str], stdin: &str) -> String {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (out, err, ok) = common::cli(dir, args, stdin);
+    assert!(ok, "{err}");
+    out
 }
 
 #[tokio::test]

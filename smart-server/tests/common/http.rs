@@ -1,4 +1,4 @@
-//! The tests' one HTTP client: a GET through hyper's client connection (HTTP/1.1, `Connection:
+//! The tests' one HTTP client: a request through hyper's client connection (HTTP/1.1, `Connection:
 //! close`), every wait bounded. Shared by `smart-server/tests/common` and the workspace's
 //! `tests/examples_smoke.rs` (through `#[path]`).
 //!
@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper::header::{CONNECTION, HOST};
@@ -48,21 +48,55 @@ pub async fn http_get(
     path: &str,
     extra_headers: &[(&str, &str)],
 ) -> HttpResponse {
+    http_request(addr, "GET", path, extra_headers, "").await
+}
+
+/// `METHOD path` with `extra_headers` and `body`, over a new connection.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    let stream = tokio::time::timeout(HTTP_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no connection within {HTTP_TIMEOUT:?}"))
+        .unwrap();
+    http_exchange(stream, &addr.to_string(), method, path, extra_headers, body).await
+}
+
+/// One request over `stream` (plain TCP, or TLS set up by the caller), `host` as its Host header,
+/// with `Connection: close`.
+pub async fn http_exchange<S>(
+    stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let exchange = async {
-        let stream = TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
         let conn = tokio::spawn(conn);
-        let mut request = Request::get(path)
-            .header(HOST, addr.to_string())
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, host)
             .header(CONNECTION, "close");
         for (k, v) in extra_headers {
             request = request.header(*k, *v);
         }
         let request = request
-            .body(Empty::<Bytes>::new())
-            .unwrap_or_else(|e| panic!("GET {path}: hyper refuses the request ({e}); raw_get?"));
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap_or_else(|e| {
+                panic!("{method} {path}: hyper refuses the request ({e}); raw_get?")
+            });
         let response = sender.send_request(request).await.unwrap();
         let status = response.status().as_u16();
         let headers = response
@@ -83,7 +117,7 @@ pub async fn http_get(
     };
     tokio::time::timeout(HTTP_TIMEOUT, exchange)
         .await
-        .unwrap_or_else(|_| panic!("GET {path}: no answer within {HTTP_TIMEOUT:?}"))
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer within {HTTP_TIMEOUT:?}"))
 }
 
 /// `GET target` written byte for byte as given (hyper's client would refuse it), with

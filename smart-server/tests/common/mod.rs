@@ -448,3 +448,29 @@ pub fn metric_or_zero(text: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .map_or(0, |v| v.parse().unwrap())
 }
+
+/// `smart-server --data-dir DIR ARGS…` with `stdin`; its stdout, stderr and success.
+pub fn cli(dir: &std::path::Path, args: &[&str], stdin: &str) -> (String, String, bool) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smart-server"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
