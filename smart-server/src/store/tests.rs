@@ -28,6 +28,22 @@ fn plant_segment(dir: &Path, seq: u64, bytes: &[u8]) {
     std::fs::write(wal_dir.join(format!("{seq:020}.log")), bytes).unwrap();
 }
 
+/// Open the store at `dir`. sled lets go of its lock file only once its background I/O threads
+/// have finished with the previous handle, a moment after the last drop: a test that reopens in
+/// the same process waits for that (bounded), as a restarted server never has to.
+fn open(dir: &Path) -> Store {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(dir) {
+            Ok(store) => return store,
+            Err(e) if e.to_string().contains("acquire lock") && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("open the store: {e}"),
+        }
+    }
+}
+
 fn batteries(store: &Store) -> Vec<(String, Option<f64>)> {
     store
         .load()
@@ -51,7 +67,7 @@ fn open_replays_the_log() {
     torn.truncate(torn.len() - 5); // 0003 was never acked
     plant_segment(dir.path(), 4, &torn);
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(
         batteries(&store),
         [
@@ -64,7 +80,7 @@ fn open_replays_the_log() {
     drop(store);
 
     // It is in sled now: a second open finds the same without any log.
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(batteries(&store).len(), 2);
     assert_eq!(store.first_segment, 5);
 }
@@ -74,7 +90,7 @@ fn open_replays_the_log() {
 #[test]
 fn checkpointed_segments_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     let mut records = Records::new();
     records.insert(
         Serial::new("0001").unwrap(),
@@ -86,7 +102,7 @@ fn checkpointed_segments_are_not_replayed() {
     plant_segment(dir.path(), 2, &frames(2, &[record_json("0001", 10)])); // older than sled
     plant_segment(dir.path(), 3, &frames(3, &[record_json("0002", 20)]));
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(
         batteries(&store),
         [
@@ -118,7 +134,7 @@ fn replay_stops_an_abandoned_segment_at_its_cut() {
     next.extend(frames(6, &[record_json("0003", 30)]));
     plant_segment(dir.path(), 6, &next);
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(
         batteries(&store),
         [
@@ -154,7 +170,7 @@ fn cut_payload(cut: wal::Cut) -> Vec<u8> {
 #[test]
 fn commit_refuses_a_record_over_the_frame_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let store = Arc::new(open(dir.path()));
     let mut log = Log::start(Arc::clone(&store), Arc::new(Metrics::default())).unwrap();
     let a = Serial::new("0001").unwrap();
     let b = Serial::new("0002").unwrap();
@@ -173,7 +189,7 @@ fn commit_refuses_a_record_over_the_frame_limit() {
     log.commit([(&b, &later)]).unwrap();
     drop(log); // a crash: no final checkpoint
     release(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(
         batteries(&store),
         [
@@ -187,7 +203,7 @@ fn commit_refuses_a_record_over_the_frame_limit() {
 #[test]
 fn finish_checkpoints_and_retires_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let store = Arc::new(open(dir.path()));
     let mut log = Log::start(Arc::clone(&store), Arc::new(Metrics::default())).unwrap();
     let a = Serial::new("0001").unwrap();
     let json: Arc<str> = Arc::from(record_json("0001", 7));
@@ -195,7 +211,7 @@ fn finish_checkpoints_and_retires_the_log() {
     log.finish();
     assert!(wal::segments(&dir.path().join("wal")).unwrap().is_empty());
     release(store);
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(batteries(&store), [("0001".to_owned(), Some(7.0))]);
 }
 
@@ -205,7 +221,7 @@ fn finish_checkpoints_and_retires_the_log() {
 #[test]
 fn unreadable_records_are_quarantined() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     let deep = format!(
         "{{\"serial_number\":\"0003\",\"x\":{}{}}}",
         "[".repeat(200),
@@ -232,7 +248,7 @@ fn unreadable_records_are_quarantined() {
         &frames(0, &["not json".to_owned(), record_json("0006", 6)]),
     );
 
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(
         batteries(&store),
         [
@@ -260,7 +276,7 @@ fn unreadable_records_are_quarantined() {
     );
     drop(store);
     // Still there, counted once, after another start.
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(batteries(&store).len(), 2);
     assert_eq!(store.quarantined(), 4);
 }
