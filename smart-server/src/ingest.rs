@@ -88,6 +88,8 @@ struct Write {
     update: Update,
     /// When it arrived (`last_status_update`, and `manufacturing_date` of a new device).
     now: Timestamp,
+    /// The owner the connection's device token assigns (`token issue --owner`): the record takes it.
+    owner: Option<Arc<str>>,
     /// Answered once the write is durable and visible, or refused; a dropped ticket answers ERROR.
     ack: AckTicket,
 }
@@ -156,6 +158,7 @@ impl Ingest {
         Intake {
             ingest: self,
             bound: None,
+            owner: None,
             attached: HashSet::new(),
             acks: Arc::new(AckQueue::default()),
             submitted: 0,
@@ -241,6 +244,8 @@ pub(crate) struct Intake<'a> {
     ingest: &'a Ingest,
     /// The serial this connection's device token is for (`--auth required`); `None`: any serial.
     bound: Option<Serial>,
+    /// The owner that token assigns to its device, if any.
+    owner: Option<Arc<str>>,
     /// Serials this connection has sent a valid message for (it keeps them online); at most
     /// `--max-serials-per-connection`.
     attached: HashSet<Serial>,
@@ -251,9 +256,11 @@ pub(crate) struct Intake<'a> {
 }
 
 impl Intake<'_> {
-    /// Accept messages for `serial` only (the serial of the connection's device token).
-    pub(crate) fn bind(&mut self, serial: Serial) {
+    /// Accept messages for `serial` only (the serial of the connection's device token), whose
+    /// record gets `owner` (the token's), if given.
+    pub(crate) fn bind(&mut self, serial: Serial, owner: Option<Arc<str>>) {
         self.bound = Some(serial);
+        self.owner = owner;
     }
 
     /// Where this connection's writes are answered.
@@ -319,6 +326,7 @@ impl Intake<'_> {
             header: message.header.clone(),
             update: message.update,
             now: now(),
+            owner: self.owner.clone(),
             ack: AckTicket::new(Arc::clone(&self.acks), ordinal),
         }));
         if attach {
@@ -548,18 +556,27 @@ impl<S: Sink> Writer<S> {
                             header,
                             update,
                             now,
+                            owner,
                             ack,
                         } = *write;
                         let base = match staged.get(&header.serial) {
                             Some(s) => Some(&s.entry),
                             None => records.entry(&header.serial),
                         };
-                        let (mut record, created) = match base {
-                            Some(entry) => ((*entry.record).clone(), false),
-                            None => (Record::new(header.serial.clone(), fleet.owner(), now), true),
+                        let owner = owner.as_deref();
+                        let (mut record, created) = if let Some(entry) = base {
+                            ((*entry.record).clone(), false)
+                        } else {
+                            let owner = owner.unwrap_or(fleet.owner());
+                            (Record::new(header.serial.clone(), owner, now), true)
                         };
                         let was_online = record.online && !created;
-                        let changed = record.apply(&update, now);
+                        let mut changed = record.apply(&update, now);
+                        // The token's owner wins over the one the record was registered with.
+                        if let Some(owner) = owner.filter(|o| *o != record.owner) {
+                            owner.clone_into(&mut record.owner);
+                            changed.insert("owner".to_owned(), Value::String(record.owner.clone()));
+                        }
                         // A device that sends is online: its connection is attached.
                         record.online = true;
                         if record.extra.len() > limits.extras {
