@@ -23,6 +23,7 @@ mod conns;
 mod dashboard;
 mod device;
 mod fleet;
+mod history;
 mod http;
 mod hub;
 mod ingest;

@@ -1,0 +1,374 @@
+//! The raw tier: every numeric change of every device, in sled tree `history_raw`.
+//!
+//! Key: hour (u32, big endian, hours since the Unix epoch) · serial length (1 byte) · serial · part
+//! (u16, big endian). Value: the log segment last absorbed into it (u64, big endian) · a
+//! [`Chunk`](super::codec::Chunk) of at most [`MAX_ROWS`] rows of that device in that hour.
+//!
+//! Time comes first so that retention is a delete of the range of keys before a cut; one device's hour
+//! is a short range scan. A device's newest part is rewritten as its rows arrive (at most
+//! [`MAX_ROWS`] rows, a few KiB), then a new part starts: a device that sends often costs many parts,
+//! never a large rewrite. The segment number makes absorbing idempotent: the writer absorbs each
+//! segment's changes once per checkpoint, and after a crash the replay of the log absorbs the
+//! segments the last checkpoint did not cover; a part already holding a segment skips it.
+
+use std::collections::BTreeMap;
+
+use smart_proto::Serial;
+
+use super::codec::{Chunk, CodecError, Row};
+use super::samples::Change;
+
+/// Most rows in one part.
+pub(crate) const MAX_ROWS: usize = 256;
+const HOUR_MS: i64 = 3_600_000;
+
+/// A failure of the history's storage.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HistoryError {
+    #[error("history store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("history part {key}: {error}")]
+    Damaged { key: String, error: CodecError },
+}
+
+/// The raw tier's tree.
+#[derive(Debug, Clone)]
+pub(crate) struct Raw {
+    tree: sled::Tree,
+}
+
+/// The hour of `ts_ms` (hours since the epoch; times before it count as hour 0).
+fn hour_of(ts_ms: i64) -> u32 {
+    u32::try_from(ts_ms.div_euclid(HOUR_MS)).unwrap_or(if ts_ms < 0 { 0 } else { u32::MAX })
+}
+
+fn prefix(hour: u32, serial: &Serial) -> Vec<u8> {
+    let serial = serial.as_str().as_bytes();
+    let mut key = Vec::with_capacity(4 + 1 + serial.len() + 2);
+    key.extend_from_slice(&hour.to_be_bytes());
+    // Serials are at most 32 bytes.
+    key.push(serial.len() as u8);
+    key.extend_from_slice(serial);
+    key
+}
+
+fn part_key(hour: u32, serial: &Serial, part: u16) -> Vec<u8> {
+    let mut key = prefix(hour, serial);
+    key.extend_from_slice(&part.to_be_bytes());
+    key
+}
+
+fn describe(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+/// A stored part: its key's part number, the last segment in it, its rows.
+struct Part {
+    number: u16,
+    seq: u64,
+    chunk: Chunk,
+}
+
+fn decode_part(key: &[u8], value: &[u8]) -> Result<Part, HistoryError> {
+    let damaged = |error| HistoryError::Damaged {
+        key: describe(key),
+        error,
+    };
+    let number = key
+        .len()
+        .checked_sub(2)
+        .and_then(|at| key.get(at..))
+        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+        .map(u16::from_be_bytes)
+        .ok_or_else(|| damaged(CodecError::Truncated))?;
+    let seq = value
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| damaged(CodecError::Truncated))?;
+    let chunk = Chunk::decode(value.get(8..).unwrap_or_default()).map_err(damaged)?;
+    Ok(Part { number, seq, chunk })
+}
+
+fn encode_part(seq: u64, chunk: &Chunk) -> Vec<u8> {
+    let mut value = seq.to_be_bytes().to_vec();
+    value.extend_from_slice(&chunk.encode());
+    value
+}
+
+/// One sample as read back: time and value.
+pub(crate) type Point = (i64, f64);
+
+impl Raw {
+    /// The tier in `db`.
+    pub(crate) fn open(db: &sled::Db) -> Result<Raw, HistoryError> {
+        Ok(Raw {
+            tree: db.open_tree("history_raw")?,
+        })
+    }
+
+    /// Add the changes log segment `seq` made (in the order they were acked). Segments must come in
+    /// ascending order per device; a device whose newest part already holds `seq` or a later segment
+    /// is skipped (absorbed before a crash). Not flushed: the checkpoint flushes.
+    pub(crate) fn absorb(&self, seq: u64, changes: &[Change]) -> Result<(), HistoryError> {
+        // Per device and hour, in order.
+        let mut groups: BTreeMap<(u32, &Serial), Vec<&Change>> = BTreeMap::new();
+        for change in changes.iter().filter(|c| !c.values.is_empty()) {
+            groups
+                .entry((hour_of(change.ts_ms), &change.serial))
+                .or_default()
+                .push(change);
+        }
+        for ((hour, serial), changes) in groups {
+            self.absorb_device(seq, hour, serial, &changes)?;
+        }
+        Ok(())
+    }
+
+    fn absorb_device(
+        &self,
+        seq: u64,
+        hour: u32,
+        serial: &Serial,
+        changes: &[&Change],
+    ) -> Result<(), HistoryError> {
+        let start = prefix(hour, serial);
+        let mut part = match self.tree.scan_prefix(&start).next_back() {
+            Some(entry) => {
+                let (key, value) = entry?;
+                decode_part(&key, &value)?
+            }
+            None => Part {
+                number: 0,
+                seq,
+                chunk: Chunk::default(),
+            },
+        };
+        if part.seq >= seq && !part.chunk.rows.is_empty() {
+            return Ok(());
+        }
+        // One atomic batch: a crash keeps all of this segment's rows of the device or none.
+        let mut batch = sled::Batch::default();
+        for change in changes {
+            if part.chunk.rows.len() >= MAX_ROWS {
+                batch.insert(
+                    part_key(hour, serial, part.number),
+                    encode_part(seq, &part.chunk),
+                );
+                part = Part {
+                    number: part.number.saturating_add(1),
+                    seq,
+                    chunk: Chunk::default(),
+                };
+            }
+            let mut values: Vec<(u8, f64)> = change
+                .values
+                .iter()
+                // A device with more than 64 numeric fields in one part: the rest is not kept.
+                .filter_map(|(name, v)| Some((part.chunk.field(name)?, *v)))
+                .collect();
+            values.sort_by_key(|(field, _)| *field);
+            values.dedup_by_key(|(field, _)| *field);
+            part.chunk.rows.push(Row {
+                ts_ms: change.ts_ms,
+                values,
+            });
+        }
+        batch.insert(
+            part_key(hour, serial, part.number),
+            encode_part(seq, &part.chunk),
+        );
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The samples of `fields` of `serial` from `from_ms` (inclusive) to `to_ms` (exclusive), per
+    /// field in time order.
+    pub(crate) fn read(
+        &self,
+        serial: &Serial,
+        fields: &[&str],
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<Vec<Point>>, HistoryError> {
+        let mut out = vec![Vec::new(); fields.len()];
+        // Only the hours the tree holds (a wide range must not walk empty hours).
+        let stored_hour = |entry: Option<(sled::IVec, sled::IVec)>| {
+            entry.and_then(|(k, _)| {
+                <[u8; 4]>::try_from(k.get(..4)?)
+                    .ok()
+                    .map(u32::from_be_bytes)
+            })
+        };
+        let (Some(first), Some(last)) = (
+            stored_hour(self.tree.first()?),
+            stored_hour(self.tree.last()?),
+        ) else {
+            return Ok(out);
+        };
+        if from_ms >= to_ms {
+            return Ok(out);
+        }
+        for hour in hour_of(from_ms).max(first)..=hour_of(to_ms - 1).min(last) {
+            for entry in self.tree.scan_prefix(prefix(hour, serial)) {
+                let (key, value) = entry?;
+                let part = decode_part(&key, &value)?;
+                let index: Vec<Option<usize>> = part
+                    .chunk
+                    .fields
+                    .iter()
+                    .map(|f| fields.iter().position(|w| w == f))
+                    .collect();
+                for row in &part.chunk.rows {
+                    if row.ts_ms < from_ms || row.ts_ms >= to_ms {
+                        continue;
+                    }
+                    for &(field, value) in &row.values {
+                        if let Some(&Some(i)) = index.get(usize::from(field)) {
+                            out[i].push((row.ts_ms, value));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delete every part of the hours that end at or before `before_ms`. Returns how many.
+    pub(crate) fn retain(&self, before_ms: i64) -> Result<usize, HistoryError> {
+        let cut = hour_of(before_ms).to_be_bytes();
+        let mut removed = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for key in self.tree.range(..cut.as_slice()).keys().take(4096) {
+                batch.remove(key?);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(removed);
+            }
+            self.tree.apply_batch(batch)?;
+            removed += n;
+        }
+    }
+
+    /// Bytes and parts stored.
+    pub(crate) fn size(&self) -> (u64, u64) {
+        self.tree
+            .iter()
+            .fold((0, 0), |(bytes, parts), entry| match entry {
+                Ok((k, v)) => (bytes + (k.len() + v.len()) as u64, parts + 1),
+                Err(_) => (bytes, parts),
+            })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    fn raw() -> (tempfile::TempDir, Raw) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        (dir, Raw::open(&db).unwrap())
+    }
+
+    fn change(serial: &str, ts_ms: i64, battery: f64) -> Change {
+        Change {
+            serial: Serial::new(serial).unwrap(),
+            ts_ms,
+            values: vec![(Cow::Borrowed("battery"), battery)],
+        }
+    }
+
+    #[test]
+    fn samples_read_back_per_device_and_range_across_hours_and_parts() {
+        let (_dir, raw) = raw();
+        let base = 1_764_460_800_000; // an hour boundary
+        // 0001: one sample a second for 2 h (parts fill up), ten seconds per log segment; 0002 in between.
+        for seq in 0..720_i64 {
+            let mut changes = Vec::new();
+            for second in seq * 10..seq * 10 + 10 {
+                changes.push(change("0001", base + second * 1000, second as f64));
+                if second % 100 == 0 {
+                    changes.push(change("0002", base + second * 1000, -1.0));
+                }
+            }
+            raw.absorb(seq as u64, &changes).unwrap();
+        }
+        let serial = Serial::new("0001").unwrap();
+        let all = raw
+            .read(&serial, &["battery"], base, base + 7_200_000)
+            .unwrap();
+        assert_eq!(all[0].len(), 7200);
+        assert!(
+            all[0]
+                .iter()
+                .enumerate()
+                .all(|(i, &(ts, v))| ts == base + i as i64 * 1000 && v == i as f64)
+        );
+        let some = raw
+            .read(
+                &serial,
+                &["battery", "nothing"],
+                base + 3_599_500,
+                base + 3_602_000,
+            )
+            .unwrap();
+        assert_eq!(
+            some[0],
+            [(base + 3_600_000, 3600.0), (base + 3_601_000, 3601.0)]
+        );
+        assert!(some[1].is_empty());
+        let other = raw
+            .read(&Serial::new("0002").unwrap(), &["battery"], 0, i64::MAX)
+            .unwrap();
+        assert_eq!(other[0].len(), 72);
+        // A serial that is a prefix of another is not mixed up with it.
+        assert!(
+            raw.read(&Serial::new("000").unwrap(), &["battery"], 0, i64::MAX)
+                .unwrap()[0]
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn absorbing_a_segment_again_changes_nothing() {
+        let (_dir, raw) = raw();
+        let serial = Serial::new("0001").unwrap();
+        raw.absorb(1, &[change("0001", 1000, 1.0)]).unwrap();
+        raw.absorb(2, &[change("0001", 2000, 2.0), change("0001", 3000, 3.0)])
+            .unwrap();
+        // A crash before the checkpoint's mark: the replay absorbs segments 1 and 2 again.
+        raw.absorb(1, &[change("0001", 1000, 1.0)]).unwrap();
+        raw.absorb(2, &[change("0001", 2000, 2.0), change("0001", 3000, 3.0)])
+            .unwrap();
+        raw.absorb(3, &[change("0001", 4000, 4.0)]).unwrap();
+        let read = raw.read(&serial, &["battery"], 0, 10_000).unwrap();
+        assert_eq!(
+            read[0],
+            [(1000, 1.0), (2000, 2.0), (3000, 3.0), (4000, 4.0)]
+        );
+    }
+
+    #[test]
+    fn retention_deletes_whole_hours_before_the_cut() {
+        let (_dir, raw) = raw();
+        let serial = Serial::new("0001").unwrap();
+        for h in 0..5_i64 {
+            raw.absorb(h as u64, &[change("0001", h * HOUR_MS + 5, h as f64)])
+                .unwrap();
+        }
+        assert_eq!(raw.retain(2 * HOUR_MS + 10).unwrap(), 2);
+        let left = raw.read(&serial, &["battery"], 0, 5 * HOUR_MS).unwrap();
+        assert_eq!(
+            left[0].iter().map(|p| p.1).collect::<Vec<_>>(),
+            [2.0, 3.0, 4.0]
+        );
+        assert_eq!(raw.retain(2 * HOUR_MS).unwrap(), 0);
+    }
+}
