@@ -114,6 +114,19 @@ pub struct Config {
     )]
     pub max_record_bytes: usize,
 
+    /// Keep the history of every numeric field (`on`, the default) or only the latest records (`off`).
+    #[arg(long, env = "SMART_HISTORY", value_enum, default_value_t = Switch::On)]
+    pub history: Switch,
+
+    /// Hours raw history samples are kept (then deleted, a whole hour at a time).
+    #[arg(
+        long,
+        env = "SMART_HISTORY_RAW_HOURS",
+        default_value_t = 48,
+        value_parser = clap::value_parser!(u32).range(1..=87_600)
+    )]
+    pub history_raw_hours: u32,
+
     /// Seconds graceful shutdown waits for connections to finish before giving up on them.
     #[arg(
         long = "shutdown-grace",
@@ -219,6 +232,13 @@ fn parse_record_cap(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A feature turned on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 impl Config {
     /// The defaults, listening on `127.0.0.1:0` and storing in `data_dir`: what integration tests use.
     /// Environment variables are ignored so that tests do not depend on the caller's shell.
@@ -241,10 +261,20 @@ impl Config {
             max_extras: 256,
             max_extra_bytes: 4096,
             shutdown_grace_secs: 10,
+            history: Switch::On,
+            history_raw_hours: 48,
             auth: None,
             tls_cert: None,
             tls_key: None,
             command: None,
+        }
+    }
+
+    /// What the store keeps of the past (`--history`, `--history-raw-hours`).
+    pub(crate) fn history(&self) -> crate::store::HistoryOptions {
+        crate::store::HistoryOptions {
+            enabled: self.history == Switch::On,
+            raw_retention_ms: i64::from(self.history_raw_hours) * 3_600_000,
         }
     }
 

@@ -14,7 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use smart_proto::Query;
+use smart_proto::{Query, Serial};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -36,7 +36,7 @@ use crate::liveness::{CONTROL_ROOM, FRAGMENT};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, TaskToken};
 use crate::state::{Shared, SocketSlot};
-use crate::{account, admin, dashboard, device};
+use crate::{account, admin, dashboard, device, history};
 
 /// Read buffer of a device socket: device frames are a few hundred bytes; larger ones (up to
 /// `--max-frame-bytes`) grow the buffer as needed.
@@ -639,6 +639,21 @@ pub(crate) fn routes(
                     })
             },
         );
+    let history = warp::path!("api" / "devices" / String / "history")
+        .and(raw_query)
+        .and(scope)
+        .and(with_shared.clone())
+        .then(
+            |serial: String, raw: String, scope: Scope, shared: Arc<Shared>| async move {
+                // Reading and bucketing a range is CPU and disk work: on a blocking thread.
+                tokio::task::spawn_blocking(move || device_history(&serial, &raw, &scope, &shared))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(%e, "history query task failed");
+                        error_json(StatusCode::INTERNAL_SERVER_ERROR, "query failed")
+                    })
+            },
+        );
     let one = warp::path!("api" / "devices" / String)
         .and(scope)
         .and(with_shared.clone())
@@ -659,6 +674,8 @@ pub(crate) fn routes(
         .and_then(asset);
     warp::get().and(
         root.or(list)
+            .unify()
+            .or(history)
             .unify()
             .or(one)
             .unify()
@@ -701,6 +718,33 @@ fn one_device(serial: &str, scope: &Scope, shared: &Shared) -> Response {
         Some(json) => json_response(StatusCode::OK, json.to_string()),
         None => error_json(StatusCode::NOT_FOUND, &format!("unknown device {serial:?}")),
     }
+}
+
+/// `/api/devices/{serial}/history`: see [`crate::history::api`].
+fn device_history(serial: &str, raw_query: &str, scope: &Scope, shared: &Shared) -> Response {
+    let Some(raw) = shared.history() else {
+        return error_json(
+            StatusCode::NOT_FOUND,
+            "this server keeps no history (--history off)",
+        );
+    };
+    // Unknown, or another owner's: the same 404.
+    let serial = match Serial::new(serial) {
+        Ok(serial) if shared.fleet.device_json(serial.as_str(), scope).is_some() => serial,
+        _ => return error_json(StatusCode::NOT_FOUND, &format!("unknown device {serial:?}")),
+    };
+    let pairs: Vec<(String, String)> = match serde_urlencoded::from_str(raw_query) {
+        Ok(pairs) => pairs,
+        Err(e) => return error_json(StatusCode::BAD_REQUEST, &format!("bad query string: {e}")),
+    };
+    let now_ms =
+        history::samples::millis(smart_proto::Timestamp::from(std::time::SystemTime::now()));
+    let (status, content_type, body) = history::api::answer(raw, &serial, &pairs, now_ms);
+    let mut res = Response::new(body.into());
+    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
 }
 
 fn healthz(shared: &Shared) -> Response {

@@ -31,6 +31,7 @@ use tracing::{debug, error, info};
 
 use crate::acks::{Ack, AckQueue, AckTicket, Refusal};
 use crate::fleet::{Entry, Fleet};
+use crate::history::samples as history;
 use crate::metrics::{Metrics, RejectClass};
 use crate::store::{Log, Store, StoreError};
 
@@ -104,7 +105,13 @@ enum Job {
     Offline(Serial),
     /// Finish what is queued, checkpoint and exit.
     Stop,
+    /// Nothing to write: a second went by (checkpoints, and so the history, also happen when
+    /// devices fall silent).
+    Tick,
 }
+
+/// How often the writer is woken up without work.
+const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Handle to the writer thread, and the count of connections keeping each device online.
 #[derive(Debug)]
@@ -140,9 +147,18 @@ impl Ingest {
             committed: Vec::new(),
             scratch: Vec::new(),
         };
+        let ticks = tx.clone();
         let thread = thread::Builder::new()
             .name("smart-store-writer".to_owned())
             .spawn(move || writer.run(rx))?;
+        // Ends when the writer is gone (its channel closed).
+        thread::Builder::new()
+            .name("smart-store-tick".to_owned())
+            .spawn(move || {
+                while ticks.send(Job::Tick).is_ok() {
+                    thread::sleep(TICK);
+                }
+            })?;
         Ok(Ingest {
             tx,
             thread: Mutex::new(Some(thread)),
@@ -447,6 +463,9 @@ impl<S: Sink> Writer<S> {
             )
             .is_ok();
         let mut retired = Vec::new();
+        if committed && self.log.keeps_history() {
+            self.note_history();
+        }
         if committed {
             self.fleet.publish(
                 self.staged
@@ -534,6 +553,33 @@ impl<S: Sink> Writer<S> {
         self.verdicts.clear();
         drop(retired);
         stopping
+    }
+
+    /// Note each committed write's numeric changes for the history (before `changed` goes to the
+    /// sink): a new device's every numeric field, else what the update changed.
+    fn note_history(&mut self) {
+        for verdict in &self.verdicts {
+            if let Verdict::Write {
+                record,
+                changed,
+                created,
+                ..
+            } = verdict
+            {
+                let values = if *created {
+                    history::between(None, record)
+                } else {
+                    history::from_changed(changed)
+                };
+                if !values.is_empty() {
+                    self.log.note(history::Change {
+                        serial: record.serial_number.clone(),
+                        ts_ms: history::millis(record.last_status_update),
+                        values,
+                    });
+                }
+            }
+        }
     }
 
     /// Apply every job of `batch` to staged copies, recording a verdict per job. Returns whether a
@@ -630,6 +676,7 @@ impl<S: Sink> Writer<S> {
                         verdicts.push(Verdict::Offline(serial));
                     }
                     Job::Stop => stopping = true,
+                    Job::Tick => {}
                 }
             }
         });
@@ -681,6 +728,7 @@ mod tests {
 
     use super::*;
     use crate::config::Registration;
+    use crate::store::HistoryOptions;
 
     /// Records what the writer hands it.
     #[derive(Default)]
@@ -705,7 +753,7 @@ mod tests {
     }
 
     fn start(dir: &std::path::Path, sink: Arc<Recording>) -> Ingest {
-        let store = Arc::new(Store::open(dir).unwrap());
+        let store = Arc::new(Store::open(dir, HistoryOptions::OFF).unwrap());
         let fleet = Arc::new(Fleet::new("EET".to_owned(), Registration::Open, Vec::new()));
         let limits = Limits {
             record_bytes: 1 << 20,

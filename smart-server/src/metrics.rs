@@ -114,6 +114,15 @@ pub(crate) struct Metrics {
     pub committed_writes: AtomicU64,
     /// Time spent in group commits.
     pub commit_micros: AtomicU64,
+    /// Numeric changes noted for the history (durable in the log; in the history's trees from the
+    /// next checkpoint).
+    pub history_samples: AtomicU64,
+    /// Runs of the history's retention, and the parts they deleted.
+    pub history_retention_runs: AtomicU64,
+    pub history_parts_removed: AtomicU64,
+    /// Size of the raw history (keys and values) and its parts, as of the last retention run.
+    pub history_raw_bytes: AtomicU64,
+    pub history_raw_parts: AtomicU64,
     pub dashboard_frames: AtomicU64,
     pub dashboard_conflated: AtomicU64,
     pub dashboard_resyncs: AtomicU64,
@@ -285,6 +294,36 @@ impl Metrics {
             "counter",
             "Record writes made durable by group commits.",
             &[("", get(&self.committed_writes))],
+        );
+        metric(
+            "smart_history_samples_total",
+            "counter",
+            "Numeric changes recorded in the history (raw samples).",
+            &[("", get(&self.history_samples))],
+        );
+        metric(
+            "smart_history_retention_runs_total",
+            "counter",
+            "Runs of the history's retention (deleting raw samples older than --history-raw-hours).",
+            &[("", get(&self.history_retention_runs))],
+        );
+        metric(
+            "smart_history_parts_removed_total",
+            "counter",
+            "Stored history parts (one device, one hour, up to 256 changes) deleted by retention.",
+            &[("", get(&self.history_parts_removed))],
+        );
+        metric(
+            "smart_history_raw_bytes",
+            "gauge",
+            "Bytes of the raw history's keys and values (sled's own overhead not included), as of the last retention run.",
+            &[("", get(&self.history_raw_bytes))],
+        );
+        metric(
+            "smart_history_raw_parts",
+            "gauge",
+            "Parts in the raw history, as of the last retention run.",
+            &[("", get(&self.history_raw_parts))],
         );
         metric(
             "smart_store_flush_seconds_total",

@@ -14,6 +14,7 @@ use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
 use crate::conns::{Budget, Conns};
 use crate::fleet::Fleet;
+use crate::history::raw::Raw;
 use crate::hub::{Hub, Limits};
 use crate::ingest::{self, Ingest, Intake};
 use crate::metrics::{Gauges, Metrics};
@@ -29,7 +30,8 @@ pub(crate) struct Shared {
     pub hub: Arc<Hub>,
     /// Reached through [`Shared::intake`] and [`Shared::close`] only.
     ingest: Ingest,
-    /// Reached through [`Shared::store_healthy`], the gauges and [`Shared::close`] only.
+    /// Reached through [`Shared::store_healthy`], the gauges, [`Shared::history`] and
+    /// [`Shared::close`] only.
     store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     /// Open websocket connections (for `--max-connections`), see [`SocketSlot`].
@@ -43,8 +45,9 @@ impl Shared {
     /// size the connection budget.
     pub(crate) async fn open(config: Config, budget: Budget) -> anyhow::Result<Shared> {
         let dir = config.data_dir.clone();
+        let history = config.history();
         let (store, records) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let store = Store::open(&dir)
+            let store = Store::open(&dir, history)
                 .with_context(|| format!("opening the store in {}", dir.display()))?;
             let records = store
                 .load()
@@ -105,6 +108,11 @@ impl Shared {
     /// A device connection's side of the ingest path.
     pub(crate) fn intake(&self) -> Intake<'_> {
         self.ingest.intake()
+    }
+
+    /// The raw history (reads only), unless `--history off`.
+    pub(crate) fn history(&self) -> Option<&Raw> {
+        self.store.history()
     }
 
     /// Whether the store accepts durable writes (`/healthz`).

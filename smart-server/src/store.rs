@@ -30,6 +30,8 @@ use smart_proto::{Record, Serial};
 use thiserror::Error;
 use tracing::{debug, error, info};
 
+use crate::history::raw::{HistoryError, Raw};
+use crate::history::samples::{self, Change};
 use crate::metrics::Metrics;
 use crate::wal::{self, Wal, WalDir};
 
@@ -52,6 +54,27 @@ pub enum StoreError {
     /// The writer thread is gone (it failed or the server is shutting down).
     #[error("store writer is not running")]
     WriterGone,
+    /// The history's trees could not be read or written.
+    #[error("{0}")]
+    History(#[from] HistoryError),
+}
+
+/// What the store keeps of the past (`--history`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HistoryOptions {
+    /// Keep it at all.
+    pub enabled: bool,
+    /// How long raw samples are kept, in ms.
+    pub raw_retention_ms: i64,
+}
+
+impl HistoryOptions {
+    /// No history.
+    #[cfg(test)]
+    pub(crate) const OFF: HistoryOptions = HistoryOptions {
+        enabled: false,
+        raw_retention_ms: 0,
+    };
 }
 
 /// The sled database, its trees, and the log directory.
@@ -69,11 +92,14 @@ pub(crate) struct Store {
     /// Where the log continues after [`Store::open`].
     first_segment: u64,
     healthy: AtomicBool,
+    /// The raw history, unless `--history off`, and how long it keeps samples (ms).
+    history: Option<(Raw, i64)>,
 }
 
 impl Store {
-    /// Open (or create) the store in `dir`, replaying whatever the log holds beyond sled.
-    pub(crate) fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Open (or create) the store in `dir`, replaying whatever the log holds beyond sled (into the
+    /// latest records and, if kept, the history).
+    pub(crate) fn open(dir: &Path, history: HistoryOptions) -> Result<Store, StoreError> {
         // Created here, with their parents synced, not by sled or `create_dir_all`.
         wal::create_dir_durable(&dir.join("sled"))?;
         let db = sled::Config::new()
@@ -86,6 +112,11 @@ impl Store {
         let meta = db.open_tree("meta")?;
         let quarantine = db.open_tree("quarantine")?;
         let quarantined = AtomicU64::new(quarantine.len() as u64);
+        let history = if history.enabled {
+            Some((Raw::open(&db)?, history.raw_retention_ms))
+        } else {
+            None
+        };
         let mut store = Store {
             db,
             devices,
@@ -95,6 +126,7 @@ impl Store {
             wal_dir: Arc::new(WalDir::open(&dir.join("wal"))?),
             first_segment: 0,
             healthy: AtomicBool::new(true),
+            history,
         };
         store.first_segment = store.replay()?;
         let quarantined = store.quarantined();
@@ -110,6 +142,11 @@ impl Store {
     /// The sled database (other modules keep their own trees in it).
     pub(crate) fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// The raw history, unless `--history off`.
+    pub(crate) fn history(&self) -> Option<&Raw> {
+        self.history.as_ref().map(|(raw, _)| raw)
     }
 
     /// Apply the log segments written since the last checkpoint (a crash left them behind), record
@@ -139,7 +176,10 @@ impl Store {
             });
         }
         let mut records = 0;
+        // The latest version of each device seen so far, for the history's changes.
+        let mut latest: HashMap<String, Record> = HashMap::new();
         for (seq, path) in &segments {
+            let mut changes = Vec::new();
             let bytes = std::fs::read(path)?;
             let end = cuts
                 .get(seq)
@@ -152,7 +192,12 @@ impl Store {
                     return;
                 }
                 let result = match record_key(payload) {
-                    Some(key) => self.devices.insert(key, payload).map(|_| records += 1),
+                    Some(key) => {
+                        if self.history.is_some() {
+                            self.replayed_change(&key, payload, &mut latest, &mut changes);
+                        }
+                        self.devices.insert(key, payload).map(|_| records += 1)
+                    }
                     None => self.quarantine_record(
                         &format!("wal:{seq}:{frame}"),
                         payload,
@@ -165,6 +210,9 @@ impl Store {
             });
             if let Some(e) = failed {
                 return Err(e.into());
+            }
+            if let Some((raw, _)) = &self.history {
+                raw.absorb(*seq, &changes)?;
             }
             debug!(
                 seq,
@@ -182,6 +230,41 @@ impl Store {
             records, "replayed the write-ahead log"
         );
         Ok(last + 1)
+    }
+
+    /// The history's change for a logged record: what it changed from the device's previous version
+    /// (the one seen earlier in the replay, or sled's). Records that do not read are left to
+    /// `load`'s quarantine.
+    fn replayed_change(
+        &self,
+        key: &str,
+        payload: &[u8],
+        latest: &mut HashMap<String, Record>,
+        changes: &mut Vec<Change>,
+    ) {
+        let read = |bytes: &[u8]| {
+            std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|text| Record::from_json(text).ok())
+        };
+        let Some(next) = read(payload) else {
+            return;
+        };
+        if !latest.contains_key(key)
+            && let Ok(Some(stored)) = self.devices.get(key)
+            && let Some(prev) = read(&stored)
+        {
+            latest.insert(key.to_owned(), prev);
+        }
+        let values = samples::between(latest.get(key), &next);
+        if !values.is_empty() {
+            changes.push(Change {
+                serial: next.serial_number.clone(),
+                ts_ms: samples::millis(next.last_status_update),
+                values,
+            });
+        }
+        latest.insert(key.to_owned(), next);
     }
 
     /// Keep an unreadable record in the quarantine tree (under `key`, or `key#2`, … if another
@@ -220,10 +303,16 @@ impl Store {
             .map(u64::from_be_bytes))
     }
 
-    /// Put the latest `records` of segments up to `seq` into sled, note the checkpoint and flush.
-    /// Those segments may be retired once this returns `Ok`.
-    fn checkpoint(&self, seq: u64, records: &HashMap<Serial, Arc<str>>) -> Result<(), StoreError> {
-        for (serial, json) in records {
+    /// Put the latest records and the history's changes of segments up to `seq` into sled, note the
+    /// checkpoint and flush. Those segments may be retired once this returns `Ok`.
+    fn checkpoint(&self, seq: u64, pending: &Pending) -> Result<(), StoreError> {
+        if let Some((raw, _)) = &self.history {
+            for segment in pending.changes.chunk_by(|a, b| a.0 == b.0) {
+                let changes: Vec<Change> = segment.iter().map(|(_, c)| c.clone()).collect();
+                raw.absorb(segment[0].0, &changes)?;
+            }
+        }
+        for (serial, json) in &pending.records {
             self.devices.insert(serial.as_str(), json.as_bytes())?;
         }
         // Written after the records: sled recovers a prefix of its log, so if this survives a
@@ -231,6 +320,31 @@ impl Store {
         self.meta.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Delete raw history older than its retention (counted in `metrics`; a failure is logged and
+    /// tried again at the next run).
+    fn retain_history(&self, metrics: &Metrics) {
+        let Some((raw, keep_ms)) = &self.history else {
+            return;
+        };
+        let now_ms = samples::millis(smart_proto::Timestamp::from(std::time::SystemTime::now()));
+        let started = Instant::now();
+        match raw.retain(now_ms.saturating_sub(*keep_ms)) {
+            Ok(removed) => {
+                Metrics::inc(&metrics.history_retention_runs);
+                metrics
+                    .history_parts_removed
+                    .fetch_add(removed as u64, Ordering::Relaxed);
+                let (bytes, parts) = raw.size();
+                metrics.history_raw_bytes.store(bytes, Ordering::Relaxed);
+                metrics.history_raw_parts.store(parts, Ordering::Relaxed);
+                if removed > 0 {
+                    info!(parts = removed, elapsed = ?started.elapsed(), "history retention");
+                }
+            }
+            Err(e) => error!(%e, "history retention failed; tried again in a minute"),
+        }
     }
 
     /// Every stored record. A record that no longer reads is moved to quarantine (logged at ERROR,
@@ -308,8 +422,8 @@ pub(crate) struct Log {
     wal: Wal,
     /// The frames of the batch being committed (reused).
     frames: Vec<u8>,
-    /// Latest record of every device written since the last checkpoint.
-    dirty: Records,
+    /// What was written since the last checkpoint.
+    pending: Pending,
     last_checkpoint: Instant,
     checkpoints: Checkpoints,
 }
@@ -318,7 +432,7 @@ impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Log")
             .field("wal", &self.wal)
-            .field("dirty", &self.dirty.len())
+            .field("dirty", &self.pending.records.len())
             .finish_non_exhaustive()
     }
 }
@@ -327,13 +441,13 @@ impl Log {
     /// Start the log where [`Store::open`] left it, and the checkpoint thread.
     pub(crate) fn start(store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Log, StoreError> {
         let wal = Wal::start(Arc::clone(&store.wal_dir), store.first_segment)?;
-        let checkpoints = Checkpoints::start(Arc::clone(&store));
+        let checkpoints = Checkpoints::start(Arc::clone(&store), Arc::clone(&metrics));
         Ok(Log {
             store,
             metrics,
             wal,
             frames: Vec::with_capacity(64 * 1024),
-            dirty: Records::new(),
+            pending: Pending::default(),
             last_checkpoint: Instant::now(),
             checkpoints,
         })
@@ -372,7 +486,9 @@ impl Log {
             return Err(self.failed(&e));
         }
         for (serial, json) in records {
-            self.dirty.insert(serial.clone(), Arc::clone(json));
+            self.pending
+                .records
+                .insert(serial.clone(), Arc::clone(json));
         }
         let metrics = &self.metrics;
         Metrics::inc(&metrics.commits);
@@ -386,6 +502,20 @@ impl Log {
             info!("store writable again");
         }
         Ok(())
+    }
+
+    /// Whether the history is kept (`--history`): the writer then notes each write's changes.
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.store.history.is_some()
+    }
+
+    /// The history's change of a write the last [`Log::commit`] made durable: it goes into the
+    /// history with the checkpoint of the segment that holds the write.
+    pub(crate) fn note(&mut self, change: Change) {
+        self.metrics
+            .history_samples
+            .fetch_add(change.values.len() as u64, Ordering::Relaxed);
+        self.pending.changes.push((self.wal.seq(), change));
     }
 
     fn failed(&self, e: &io::Error) -> StoreFailed {
@@ -412,14 +542,12 @@ impl Log {
         match self.wal.rotate() {
             Ok(finished) => {
                 self.last_checkpoint = Instant::now();
-                if let Err(records) = self
+                if let Err(older) = self
                     .checkpoints
-                    .request(finished, std::mem::take(&mut self.dirty))
+                    .request(finished, std::mem::take(&mut self.pending))
                 {
-                    // Keep them for the next checkpoint; what was written since is newer.
-                    for (serial, json) in records {
-                        self.dirty.entry(serial).or_insert(json);
-                    }
+                    // Keep it for the next checkpoint; what was written since is newer.
+                    self.pending.merge_older(older);
                 }
             }
             Err(e) => {
@@ -435,14 +563,12 @@ impl Log {
         let Log {
             store,
             wal,
-            mut dirty,
+            mut pending,
             checkpoints,
             ..
         } = self;
-        for (serial, json) in checkpoints.finish() {
-            dirty.entry(serial).or_insert(json);
-        }
-        match store.checkpoint(wal.seq(), &dirty) {
+        pending.merge_older(checkpoints.finish());
+        match store.checkpoint(wal.seq(), &pending) {
             Ok(()) => wal.retire_all(),
             Err(e) => error!(%e, "final checkpoint failed; the log is kept for replay"),
         }
@@ -451,19 +577,42 @@ impl Log {
 
 type Records = HashMap<Serial, Arc<str>>;
 
+/// What a checkpoint puts into sled: the latest record of every device written since the last one,
+/// and the history's changes of those writes (tagged with their log segment, in log order).
+#[derive(Debug, Default)]
+struct Pending {
+    records: Records,
+    changes: Vec<(u64, Change)>,
+}
+
+impl Pending {
+    /// Add what an earlier, failed checkpoint could not store: its records unless newer ones are
+    /// here, its changes before these.
+    fn merge_older(&mut self, older: Pending) {
+        for (serial, json) in older.records {
+            self.records.entry(serial).or_insert(json);
+        }
+        let newer = std::mem::replace(&mut self.changes, older.changes);
+        self.changes.extend(newer);
+    }
+}
+
+/// Delete history older than its retention at most this often.
+const RETENTION_INTERVAL: Duration = Duration::from_mins(1);
+
 /// The checkpoint thread.
 struct Checkpoints {
-    tx: Option<std_mpsc::SyncSender<(u64, Records)>>,
+    tx: Option<std_mpsc::SyncSender<(u64, Pending)>>,
     busy: Arc<AtomicBool>,
     /// One more than the last segment a checkpoint covered (0: none yet), for retiring.
     done: Arc<AtomicU64>,
     retired: u64,
-    thread: Option<thread::JoinHandle<Records>>,
+    thread: Option<thread::JoinHandle<Pending>>,
 }
 
 impl Checkpoints {
-    fn start(store: Arc<Store>) -> Checkpoints {
-        let (tx, rx) = std_mpsc::sync_channel::<(u64, Records)>(1);
+    fn start(store: Arc<Store>, metrics: Arc<Metrics>) -> Checkpoints {
+        let (tx, rx) = std_mpsc::sync_channel::<(u64, Pending)>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&busy);
         let done = Arc::new(AtomicU64::new(0));
@@ -471,23 +620,26 @@ impl Checkpoints {
         let thread = thread::Builder::new()
             .name("smart-store-checkpoint".to_owned())
             .spawn(move || {
-                // Records of a failed checkpoint: their segments stay until a later checkpoint
-                // succeeds, and that one must carry them into sled.
-                let mut carried = Records::new();
-                for (seq, mut records) in rx {
-                    for (serial, json) in carried.drain() {
-                        records.entry(serial).or_insert(json);
-                    }
+                // What a failed checkpoint held: its segments stay until a later checkpoint
+                // succeeds, and that one must carry it into sled.
+                let mut carried = Pending::default();
+                let mut last_retention: Option<Instant> = None;
+                for (seq, mut pending) in rx {
+                    pending.merge_older(std::mem::take(&mut carried));
                     let started = Instant::now();
-                    match store.checkpoint(seq, &records) {
+                    match store.checkpoint(seq, &pending) {
                         Ok(()) => {
                             covered.fetch_max(seq + 1, Ordering::AcqRel);
-                            debug!(seq, devices = records.len(), elapsed = ?started.elapsed(), "checkpoint");
+                            debug!(seq, devices = pending.records.len(), changes = pending.changes.len(), elapsed = ?started.elapsed(), "checkpoint");
                         }
                         Err(e) => {
                             error!(%e, seq, "checkpoint failed; the log is kept");
-                            carried = records;
+                            carried = pending;
                         }
+                    }
+                    if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL) {
+                        last_retention = Some(Instant::now());
+                        store.retain_history(&metrics);
                     }
                     flag.store(false, Ordering::Release);
                 }
@@ -529,13 +681,13 @@ impl Checkpoints {
         self.tx.is_none() || self.busy.load(Ordering::Acquire)
     }
 
-    /// Hand `records` (everything of the segments up to `seq`) over, or get them back.
-    fn request(&self, seq: u64, records: Records) -> Result<(), Records> {
+    /// Hand `pending` (everything of the segments up to `seq`) over, or get it back.
+    fn request(&self, seq: u64, pending: Pending) -> Result<(), Pending> {
         let Some(tx) = &self.tx else {
-            return Err(records);
+            return Err(pending);
         };
         self.busy.store(true, Ordering::Release);
-        tx.try_send((seq, records)).map_err(|e| {
+        tx.try_send((seq, pending)).map_err(|e| {
             self.busy.store(false, Ordering::Release);
             match e {
                 std_mpsc::TrySendError::Full((_, r))
@@ -544,16 +696,16 @@ impl Checkpoints {
         })
     }
 
-    /// Wait for a running checkpoint and stop the thread; returns records it could not store.
-    fn finish(mut self) -> Records {
+    /// Wait for a running checkpoint and stop the thread; returns what it could not store.
+    fn finish(mut self) -> Pending {
         drop(self.tx.take());
         match self.thread.take().map(thread::JoinHandle::join) {
             Some(Ok(carried)) => carried,
             Some(Err(_)) => {
                 error!("checkpoint thread panicked");
-                Records::new()
+                Pending::default()
             }
-            None => Records::new(),
+            None => Pending::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Owner-scoped users on the real binary (`--auth required`): a user added with `--scope-owner X`
-//! sees only the devices whose `owner` is X — in INIT, UPDT, FILT results and the HTTP API — and
-//! nothing fleet-wide (`/metrics`, owner actions). A device's owner comes from its token
+//! sees only the devices whose `owner` is X — in INIT, UPDT, FILT results, the HTTP API and the
+//! history — and nothing fleet-wide (`/metrics`, owner actions). A device's owner comes from its token
 //! (`token issue SERIAL --owner X`); re-issuing the token with another owner moves the device.
 
 #![allow(clippy::unwrap_used)]
@@ -178,6 +178,11 @@ async fn a_scoped_user_sees_only_its_owners_devices_in_every_channel() {
     let other = api(addr, "/api/devices/0002", "alice").await;
     assert_eq!(other.status, 404, "{}", other.body);
     assert_eq!(api(addr, "/api/devices/0002", "ops").await.status, 200);
+    // The history too.
+    let history = |serial: &str| format!("/api/devices/{serial}/history?fields=battery");
+    assert_eq!(api(addr, &history("0001"), "alice").await.status, 200);
+    assert_eq!(api(addr, &history("0002"), "alice").await.status, 404);
+    assert_eq!(api(addr, &history("0002"), "ops").await.status, 200);
     // Nothing fleet-wide: metrics and owner actions are refused, even to a scoped owner.
     assert_eq!(api(addr, "/metrics", "alice").await.status, 403);
     assert_eq!(api(addr, "/metrics", "ops").await.status, 200);

@@ -54,7 +54,7 @@ pub(crate) struct Chunk {
 
 /// Bytes that are not a chunk this code wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub(crate) enum CodecError {
+pub enum CodecError {
     #[error("history chunk: unknown version {0}")]
     Version(u8),
     #[error("history chunk: truncated")]
@@ -87,7 +87,7 @@ impl Chunk {
         }));
         let known = |field: u8| usize::from(field) < self.fields.len();
         let scales: Vec<u8> = (0..self.fields.len())
-            .map(|i| scale_of(self.rows.iter().flat_map(|r| value_of(r, i))))
+            .map(|i| scale_of(&self.rows.iter().filter_map(|r| value_of(r, i))))
             .collect();
         let mut out = Vec::with_capacity(16 + self.rows.len() * 6);
         out.push(VERSION);
@@ -208,7 +208,7 @@ fn value_of(row: &Row, field: usize) -> Option<f64> {
 }
 
 /// The smallest scale at which every value converts to an integer and back exactly, or [`RAW`].
-fn scale_of(values: impl Iterator<Item = f64> + Clone) -> u8 {
+fn scale_of(values: &(impl Iterator<Item = f64> + Clone)) -> u8 {
     (0..=MAX_SCALE)
         .find(|&scale| values.clone().all(|v| scaled(v, scale).is_some()))
         .unwrap_or(RAW)
@@ -217,7 +217,8 @@ fn scale_of(values: impl Iterator<Item = f64> + Clone) -> u8 {
 /// `value × 10^scale` as an integer, if decoding it gives back `value` bit for bit.
 fn scaled(value: f64, scale: u8) -> Option<i64> {
     let int = (value * 10_f64.powi(i32::from(scale))).round();
-    if !(int.abs() < EXACT) {
+    // NaN fails too.
+    if int.is_nan() || int.abs() >= EXACT {
         return None;
     }
     // |int| < 2^53: exact as an i64.

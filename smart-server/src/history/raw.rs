@@ -24,7 +24,7 @@ const HOUR_MS: i64 = 3_600_000;
 
 /// A failure of the history's storage.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HistoryError {
+pub enum HistoryError {
     #[error("history store: {0}")]
     Sled(#[from] sled::Error),
     #[error("history part {key}: {error}")]
@@ -96,8 +96,17 @@ fn encode_part(seq: u64, chunk: &Chunk) -> Vec<u8> {
     value
 }
 
-/// One sample as read back: time and value.
-pub(crate) type Point = (i64, f64);
+/// One message as read back: its time and the requested fields it changed.
+pub(crate) type Rowed = (i64, Vec<Option<f64>>);
+
+/// Why a read gave no rows.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error(transparent)]
+    Store(#[from] HistoryError),
+    #[error("more than {0} samples")]
+    TooMany(usize),
+}
 
 impl Raw {
     /// The tier in `db`.
@@ -182,16 +191,17 @@ impl Raw {
         Ok(())
     }
 
-    /// The samples of `fields` of `serial` from `from_ms` (inclusive) to `to_ms` (exclusive), per
-    /// field in time order.
+    /// The messages of `serial` from `from_ms` (inclusive) to `to_ms` (exclusive) that changed any
+    /// of `fields`, in time order: each one's time and the new value of each field (`None`: not
+    /// changed by it). Reads at most `limit` rows (then `Err(TooMany)`).
     pub(crate) fn read(
         &self,
         serial: &Serial,
         fields: &[&str],
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<Vec<Point>>, HistoryError> {
-        let mut out = vec![Vec::new(); fields.len()];
+        (from_ms, to_ms): (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<Rowed>, ReadError> {
+        let mut out = Vec::new();
         // Only the hours the tree holds (a wide range must not walk empty hours).
         let stored_hour = |entry: Option<(sled::IVec, sled::IVec)>| {
             entry.and_then(|(k, _)| {
@@ -201,8 +211,8 @@ impl Raw {
             })
         };
         let (Some(first), Some(last)) = (
-            stored_hour(self.tree.first()?),
-            stored_hour(self.tree.last()?),
+            stored_hour(self.tree.first().map_err(HistoryError::from)?),
+            stored_hour(self.tree.last().map_err(HistoryError::from)?),
         ) else {
             return Ok(out);
         };
@@ -211,7 +221,7 @@ impl Raw {
         }
         for hour in hour_of(from_ms).max(first)..=hour_of(to_ms - 1).min(last) {
             for entry in self.tree.scan_prefix(prefix(hour, serial)) {
-                let (key, value) = entry?;
+                let (key, value) = entry.map_err(HistoryError::from)?;
                 let part = decode_part(&key, &value)?;
                 let index: Vec<Option<usize>> = part
                     .chunk
@@ -223,10 +233,17 @@ impl Raw {
                     if row.ts_ms < from_ms || row.ts_ms >= to_ms {
                         continue;
                     }
+                    let mut values = vec![None; fields.len()];
                     for &(field, value) in &row.values {
                         if let Some(&Some(i)) = index.get(usize::from(field)) {
-                            out[i].push((row.ts_ms, value));
+                            values[i] = Some(value);
                         }
+                    }
+                    if values.iter().any(Option::is_some) {
+                        if out.len() == limit {
+                            return Err(ReadError::TooMany(limit));
+                        }
+                        out.push((row.ts_ms, values));
                     }
                 }
             }
@@ -253,7 +270,7 @@ impl Raw {
         }
     }
 
-    /// Bytes and parts stored.
+    /// Bytes (keys and values) and parts stored: a scan of the whole tier.
     pub(crate) fn size(&self) -> (u64, u64) {
         self.tree
             .iter()
@@ -302,36 +319,38 @@ mod tests {
         }
         let serial = Serial::new("0001").unwrap();
         let all = raw
-            .read(&serial, &["battery"], base, base + 7_200_000)
+            .read(&serial, &["battery"], (base, base + 7_200_000), usize::MAX)
             .unwrap();
-        assert_eq!(all[0].len(), 7200);
+        assert_eq!(all.len(), 7200);
         assert!(
-            all[0]
-                .iter()
+            all.iter()
                 .enumerate()
-                .all(|(i, &(ts, v))| ts == base + i as i64 * 1000 && v == i as f64)
+                .all(|(i, (ts, v))| *ts == base + i as i64 * 1000 && v[0] == Some(i as f64))
         );
+        let window = (base + 3_599_500, base + 3_602_000);
         let some = raw
-            .read(
-                &serial,
-                &["battery", "nothing"],
-                base + 3_599_500,
-                base + 3_602_000,
-            )
+            .read(&serial, &["nothing", "battery"], window, 10)
             .unwrap();
         assert_eq!(
-            some[0],
-            [(base + 3_600_000, 3600.0), (base + 3_601_000, 3601.0)]
+            some,
+            [
+                (base + 3_600_000, vec![None, Some(3600.0)]),
+                (base + 3_601_000, vec![None, Some(3601.0)])
+            ]
         );
-        assert!(some[1].is_empty());
+        let capped = raw.read(&serial, &["battery"], (base, base + 7_200_000), 7199);
+        assert!(matches!(capped, Err(ReadError::TooMany(7199))));
+        let everything = (0, i64::MAX);
+        let other = Serial::new("0002").unwrap();
         let other = raw
-            .read(&Serial::new("0002").unwrap(), &["battery"], 0, i64::MAX)
+            .read(&other, &["battery"], everything, usize::MAX)
             .unwrap();
-        assert_eq!(other[0].len(), 72);
+        assert_eq!(other.len(), 72);
         // A serial that is a prefix of another is not mixed up with it.
+        let prefix = Serial::new("000").unwrap();
         assert!(
-            raw.read(&Serial::new("000").unwrap(), &["battery"], 0, i64::MAX)
-                .unwrap()[0]
+            raw.read(&prefix, &["battery"], everything, usize::MAX)
+                .unwrap()
                 .is_empty()
         );
     }
@@ -348,11 +367,9 @@ mod tests {
         raw.absorb(2, &[change("0001", 2000, 2.0), change("0001", 3000, 3.0)])
             .unwrap();
         raw.absorb(3, &[change("0001", 4000, 4.0)]).unwrap();
-        let read = raw.read(&serial, &["battery"], 0, 10_000).unwrap();
-        assert_eq!(
-            read[0],
-            [(1000, 1.0), (2000, 2.0), (3000, 3.0), (4000, 4.0)]
-        );
+        let read = raw.read(&serial, &["battery"], (0, 10_000), 10).unwrap();
+        let values: Vec<(i64, f64)> = read.iter().map(|(t, v)| (*t, v[0].unwrap())).collect();
+        assert_eq!(values, [(1000, 1.0), (2000, 2.0), (3000, 3.0), (4000, 4.0)]);
     }
 
     #[test]
@@ -364,9 +381,11 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(raw.retain(2 * HOUR_MS + 10).unwrap(), 2);
-        let left = raw.read(&serial, &["battery"], 0, 5 * HOUR_MS).unwrap();
+        let left = raw
+            .read(&serial, &["battery"], (0, 5 * HOUR_MS), 10)
+            .unwrap();
         assert_eq!(
-            left[0].iter().map(|p| p.1).collect::<Vec<_>>(),
+            left.iter().map(|p| p.1[0].unwrap()).collect::<Vec<_>>(),
             [2.0, 3.0, 4.0]
         );
         assert_eq!(raw.retain(2 * HOUR_MS).unwrap(), 0);

@@ -28,13 +28,19 @@ fn plant_segment(dir: &Path, seq: u64, bytes: &[u8]) {
     std::fs::write(wal_dir.join(format!("{seq:020}.log")), bytes).unwrap();
 }
 
+/// The history as a server keeps it by default.
+const HISTORY: HistoryOptions = HistoryOptions {
+    enabled: true,
+    raw_retention_ms: 48 * 3_600_000,
+};
+
 /// Open the store at `dir`. sled lets go of its lock file only once its background I/O threads
 /// have finished with the previous handle, a moment after the last drop: a test that reopens in
 /// the same process waits for that (bounded), as a restarted server never has to.
 fn open(dir: &Path) -> Store {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match Store::open(dir) {
+        match Store::open(dir, HISTORY) {
             Ok(store) => return store,
             Err(e) if e.to_string().contains("acquire lock") && Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(10));
@@ -91,12 +97,12 @@ fn open_replays_the_log() {
 fn checkpointed_segments_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let mut records = Records::new();
-    records.insert(
+    let mut pending = Pending::default();
+    pending.records.insert(
         Serial::new("0001").unwrap(),
         Arc::from(record_json("0001", 50)),
     );
-    store.checkpoint(2, &records).unwrap();
+    store.checkpoint(2, &pending).unwrap();
     drop(store);
 
     plant_segment(dir.path(), 2, &frames(2, &[record_json("0001", 10)])); // older than sled
@@ -290,4 +296,42 @@ fn record_key_reads_the_serial() {
     assert_eq!(record_key(b"{\"battery\": 1}"), None);
     assert_eq!(record_key(b"not json"), None);
     assert_eq!(record_key(b"[\"X-1\"]"), None, "not an object");
+}
+
+/// After a crash, the replay puts what the logged records changed into the history (each record
+/// against the device's previous version, sled's or an earlier frame's).
+#[test]
+fn the_replay_fills_the_history_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut pending = Pending::default();
+    pending.records.insert(
+        Serial::new("0001").unwrap(),
+        Arc::from(record_json("0001", 5)),
+    );
+    store.checkpoint(1, &pending).unwrap();
+    drop(store);
+    plant_segment(
+        dir.path(),
+        2,
+        &frames(2, &[record_json("0001", 10), record_json("0002", 20)]),
+    );
+    // 0001 again, unchanged, then changed: one sample, not two.
+    plant_segment(
+        dir.path(),
+        3,
+        &frames(3, &[record_json("0001", 10), record_json("0001", 11)]),
+    );
+    let batteries_in_history = |store: &Store, serial: &str| -> Vec<f64> {
+        let raw = store.history().unwrap();
+        let serial = Serial::new(serial).unwrap();
+        raw.read(&serial, &["battery"], (i64::MIN, i64::MAX), 100)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, v)| v[0])
+            .collect()
+    };
+    let store = open(dir.path());
+    assert_eq!(batteries_in_history(&store, "0001"), [10.0, 11.0]);
+    assert_eq!(batteries_in_history(&store, "0002"), [20.0]);
 }

@@ -1,0 +1,161 @@
+//! The history on the real binary (issue 12): every acked numeric change is in the raw history, also
+//! after SIGKILL (from the write-ahead log when no checkpoint had absorbed it yet), and
+//! `/api/devices/{serial}/history` answers raw and bucketed series, JSON and CSV, and clear errors.
+
+#![allow(clippy::unwrap_used, clippy::float_cmp)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{device, http_get, send_ok, spawn_binary, spawn_binary_with};
+use serde_json::{Value, json};
+
+async fn history(addr: std::net::SocketAddr, query: &str) -> (u16, Value) {
+    let res = http_get(addr, &format!("/api/devices/0001/history?{query}"), &[]).await;
+    let body = serde_json::from_str(&res.body).unwrap_or(Value::Null);
+    (res.status, body)
+}
+
+fn numbers(v: &Value) -> Vec<Option<f64>> {
+    v.as_array().unwrap().iter().map(Value::as_f64).collect()
+}
+
+#[tokio::test]
+async fn every_acked_change_survives_sigkill_in_the_raw_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_binary(dir.path()).await;
+    let mut ws = device(addr).await;
+    // Phase 1: absorbed by a checkpoint (one a second) before the kill.
+    for i in 0..20 {
+        let body = json!({"battery": i, "power_income": 100 + i, "country": "AT"});
+        send_ok(&mut ws, &format!("{i:04}"), "0001", &body).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Phase 2: acked, then killed before any checkpoint: only the log has them.
+    for i in 20..60 {
+        let body = if i % 2 == 0 {
+            json!({"battery": i})
+        } else {
+            json!({"battery": i, "power_income": 100 + i})
+        };
+        send_ok(&mut ws, &format!("{i:04}"), "0001", &body).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (_child, addr) = spawn_binary(dir.path()).await;
+    let (status, raw) = history(addr, "fields=battery,power_income&agg=raw&from=0").await;
+    assert_eq!(status, 200, "{raw}");
+    let battery = numbers(&raw["battery"]);
+    let income = numbers(&raw["power_income"]);
+    assert_eq!(battery.len(), 60, "one row per acked message: {raw}");
+    for i in 0..60 {
+        assert_eq!(battery[i], Some(i as f64), "row {i}");
+        let expected = (i < 20 || i % 2 == 1).then_some(100.0 + i as f64);
+        assert_eq!(income[i], expected, "row {i}");
+    }
+    let ts: Vec<i64> = raw["ts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap())
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "in time order");
+    // The device record's last update is the last sample's time.
+    let record = http_get(addr, "/api/devices/0001", &[]).await.json();
+    let last = record["last_status_update"].as_str().unwrap();
+    let last_ms = smart_proto::Timestamp::parse(last)
+        .unwrap()
+        .as_unix_micros()
+        / 1000;
+    assert_eq!(*ts.last().unwrap(), last_ms);
+
+    // Buckets: one bucket over the whole range counts every sample.
+    let query = format!(
+        "fields=battery,power_income&agg=count&step=1d&from={}",
+        ts[0]
+    );
+    let (status, counted) = history(addr, &query).await;
+    assert_eq!(status, 200, "{counted}");
+    let total = |column: &Value| numbers(column).iter().flatten().sum::<f64>();
+    assert_eq!(total(&counted["battery"]), 60.0);
+    assert_eq!(total(&counted["power_income"]), 40.0);
+    assert_eq!(counted["step_ms"], 86_400_000);
+    let query = format!("fields=battery&agg=max&step=1d&from={}", ts[0]);
+    let (_, max) = history(addr, &query).await;
+    assert_eq!(
+        numbers(&max["battery"])
+            .iter()
+            .flatten()
+            .copied()
+            .reduce(f64::max),
+        Some(59.0)
+    );
+
+    // CSV: a header and one line per sample.
+    let res = http_get(
+        addr,
+        "/api/devices/0001/history?fields=battery&agg=raw&from=0&format=csv",
+        &[],
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert!(res.header("content-type").unwrap().starts_with("text/csv"));
+    let lines: Vec<&str> = res.body.lines().collect();
+    assert_eq!(lines[0], "ts_ms,time,\"battery\"");
+    assert_eq!(lines.len(), 61);
+    assert!(lines[60].ends_with(",59"), "{}", lines[60]);
+}
+
+#[tokio::test]
+async fn history_requests_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, addr) = spawn_binary(dir.path()).await;
+    let mut ws = device(addr).await;
+    send_ok(&mut ws, "0001", "0001", &json!({"battery": 1})).await;
+    for (query, status, reason) in [
+        ("", 400, "fields"),
+        ("fields=country", 400, "not a numeric field"),
+        ("fields=battery&from=soon", 400, "from: expected"),
+        ("fields=battery&agg=median", 400, "agg: expected"),
+        ("fields=battery&step=1s&from=0", 400, "at most 10000"),
+        ("fields=battery&format=xml", 400, "format"),
+    ] {
+        let (got, body) = history(addr, query).await;
+        assert_eq!(got, status, "{query}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{query}: {body}");
+    }
+    let res = http_get(addr, "/api/devices/0404/history?fields=battery", &[]).await;
+    assert_eq!(res.status, 404, "{}", res.body);
+    // The default: the last 24 h at a 5-minute step, ending with the current bucket, which holds the
+    // change from the next checkpoint on (about a second).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, body) = history(addr, "fields=battery").await;
+        assert_eq!(status, 200, "{body}");
+        if numbers(&body["battery"]).last() == Some(&Some(1.0)) {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not in the history: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["step_ms"], 300_000);
+    let (_, body) = history(addr, "fields=battery&agg=last&step=1h").await;
+    assert_eq!(body["battery"].as_array().unwrap().len(), 25);
+}
+
+#[tokio::test]
+async fn history_off_keeps_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, addr) = spawn_binary_with(dir.path(), &[], &["--history", "off"]).await;
+    let mut ws = device(addr).await;
+    send_ok(&mut ws, "0001", "0001", &json!({"battery": 1})).await;
+    let (status, body) = history(addr, "fields=battery").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--history off"));
+}
