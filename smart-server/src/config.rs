@@ -127,6 +127,24 @@ pub struct Config {
     )]
     pub history_raw_hours: u32,
 
+    /// Days the 5-minute rollups of the history (min, max, average, last, count) are kept.
+    #[arg(
+        long = "history-5m-days",
+        env = "SMART_HISTORY_5M_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=36_500)
+    )]
+    pub history_5m_days: u32,
+
+    /// Days the hourly rollups of the history are kept.
+    #[arg(
+        long = "history-1h-days",
+        env = "SMART_HISTORY_1H_DAYS",
+        default_value_t = 365,
+        value_parser = clap::value_parser!(u32).range(1..=36_500)
+    )]
+    pub history_1h_days: u32,
+
     /// Seconds graceful shutdown waits for connections to finish before giving up on them.
     #[arg(
         long = "shutdown-grace",
@@ -263,6 +281,8 @@ impl Config {
             shutdown_grace_secs: 10,
             history: Switch::On,
             history_raw_hours: 48,
+            history_5m_days: 30,
+            history_1h_days: 365,
             auth: None,
             tls_cert: None,
             tls_key: None,
@@ -271,10 +291,13 @@ impl Config {
     }
 
     /// What the store keeps of the past (`--history`, `--history-raw-hours`).
-    pub(crate) fn history(&self) -> crate::store::HistoryOptions {
-        crate::store::HistoryOptions {
+    pub(crate) fn history(&self) -> crate::history::HistoryOptions {
+        const HOUR_MS: i64 = 3_600_000;
+        crate::history::HistoryOptions {
             enabled: self.history == Switch::On,
-            raw_retention_ms: i64::from(self.history_raw_hours) * 3_600_000,
+            raw_ms: i64::from(self.history_raw_hours) * HOUR_MS,
+            five_minutes_ms: i64::from(self.history_5m_days) * 24 * HOUR_MS,
+            hour_ms: i64::from(self.history_1h_days) * 24 * HOUR_MS,
         }
     }
 

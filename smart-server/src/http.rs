@@ -722,7 +722,7 @@ fn one_device(serial: &str, scope: &Scope, shared: &Shared) -> Response {
 
 /// `/api/devices/{serial}/history`: see [`crate::history::api`].
 fn device_history(serial: &str, raw_query: &str, scope: &Scope, shared: &Shared) -> Response {
-    let Some(raw) = shared.history() else {
+    let Some(history) = shared.history() else {
         return error_json(
             StatusCode::NOT_FOUND,
             "this server keeps no history (--history off)",
@@ -739,7 +739,7 @@ fn device_history(serial: &str, raw_query: &str, scope: &Scope, shared: &Shared)
     };
     let now_ms =
         history::samples::millis(smart_proto::Timestamp::from(std::time::SystemTime::now()));
-    let (status, content_type, body) = history::api::answer(raw, &serial, &pairs, now_ms);
+    let (status, content_type, body) = history::api::answer(history, &serial, &pairs, now_ms);
     let mut res = Response::new(body.into());
     *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     res.headers_mut()

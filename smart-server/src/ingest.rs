@@ -728,7 +728,7 @@ mod tests {
 
     use super::*;
     use crate::config::Registration;
-    use crate::store::HistoryOptions;
+    use crate::history::HistoryOptions;
 
     /// Records what the writer hands it.
     #[derive(Default)]

@@ -14,7 +14,7 @@ use crate::auth::{Auth, AuthMode};
 use crate::config::Config;
 use crate::conns::{Budget, Conns};
 use crate::fleet::Fleet;
-use crate::history::raw::Raw;
+use crate::history::History;
 use crate::hub::{Hub, Limits};
 use crate::ingest::{self, Ingest, Intake};
 use crate::metrics::{Gauges, Metrics};
@@ -110,8 +110,8 @@ impl Shared {
         self.ingest.intake()
     }
 
-    /// The raw history (reads only), unless `--history off`.
-    pub(crate) fn history(&self) -> Option<&Raw> {
+    /// The history (reads only), unless `--history off`.
+    pub(crate) fn history(&self) -> Option<&History> {
         self.store.history()
     }
 

@@ -30,8 +30,9 @@ use smart_proto::{Record, Serial};
 use thiserror::Error;
 use tracing::{debug, error, info};
 
-use crate::history::raw::{HistoryError, Raw};
+use crate::history::raw::HistoryError;
 use crate::history::samples::{self, Change};
+pub(crate) use crate::history::{History, HistoryOptions};
 use crate::metrics::Metrics;
 use crate::wal::{self, Wal, WalDir};
 
@@ -59,24 +60,6 @@ pub enum StoreError {
     History(#[from] HistoryError),
 }
 
-/// What the store keeps of the past (`--history`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HistoryOptions {
-    /// Keep it at all.
-    pub enabled: bool,
-    /// How long raw samples are kept, in ms.
-    pub raw_retention_ms: i64,
-}
-
-impl HistoryOptions {
-    /// No history.
-    #[cfg(test)]
-    pub(crate) const OFF: HistoryOptions = HistoryOptions {
-        enabled: false,
-        raw_retention_ms: 0,
-    };
-}
-
 /// The sled database, its trees, and the log directory.
 #[derive(Debug)]
 pub(crate) struct Store {
@@ -92,8 +75,8 @@ pub(crate) struct Store {
     /// Where the log continues after [`Store::open`].
     first_segment: u64,
     healthy: AtomicBool,
-    /// The raw history, unless `--history off`, and how long it keeps samples (ms).
-    history: Option<(Raw, i64)>,
+    /// The history, unless `--history off`.
+    history: Option<History>,
 }
 
 impl Store {
@@ -112,11 +95,7 @@ impl Store {
         let meta = db.open_tree("meta")?;
         let quarantine = db.open_tree("quarantine")?;
         let quarantined = AtomicU64::new(quarantine.len() as u64);
-        let history = if history.enabled {
-            Some((Raw::open(&db)?, history.raw_retention_ms))
-        } else {
-            None
-        };
+        let history = History::open(&db, history)?;
         let mut store = Store {
             db,
             devices,
@@ -144,9 +123,9 @@ impl Store {
         &self.db
     }
 
-    /// The raw history, unless `--history off`.
-    pub(crate) fn history(&self) -> Option<&Raw> {
-        self.history.as_ref().map(|(raw, _)| raw)
+    /// The history, unless `--history off`.
+    pub(crate) fn history(&self) -> Option<&History> {
+        self.history.as_ref()
     }
 
     /// Apply the log segments written since the last checkpoint (a crash left them behind), record
@@ -211,8 +190,8 @@ impl Store {
             if let Some(e) = failed {
                 return Err(e.into());
             }
-            if let Some((raw, _)) = &self.history {
-                raw.absorb(*seq, &changes)?;
+            if let Some(history) = &self.history {
+                history.raw.absorb(*seq, &changes)?;
             }
             debug!(
                 seq,
@@ -306,10 +285,10 @@ impl Store {
     /// Put the latest records and the history's changes of segments up to `seq` into sled, note the
     /// checkpoint and flush. Those segments may be retired once this returns `Ok`.
     fn checkpoint(&self, seq: u64, pending: &Pending) -> Result<(), StoreError> {
-        if let Some((raw, _)) = &self.history {
+        if let Some(history) = &self.history {
             for segment in pending.changes.chunk_by(|a, b| a.0 == b.0) {
                 let changes: Vec<Change> = segment.iter().map(|(_, c)| c.clone()).collect();
-                raw.absorb(segment[0].0, &changes)?;
+                history.raw.absorb(segment[0].0, &changes)?;
             }
         }
         for (serial, json) in &pending.records {
@@ -320,31 +299,6 @@ impl Store {
         self.meta.insert(CHECKPOINT_KEY, &seq.to_be_bytes())?;
         self.db.flush()?;
         Ok(())
-    }
-
-    /// Delete raw history older than its retention (counted in `metrics`; a failure is logged and
-    /// tried again at the next run).
-    fn retain_history(&self, metrics: &Metrics) {
-        let Some((raw, keep_ms)) = &self.history else {
-            return;
-        };
-        let now_ms = samples::millis(smart_proto::Timestamp::from(std::time::SystemTime::now()));
-        let started = Instant::now();
-        match raw.retain(now_ms.saturating_sub(*keep_ms)) {
-            Ok(removed) => {
-                Metrics::inc(&metrics.history_retention_runs);
-                metrics
-                    .history_parts_removed
-                    .fetch_add(removed as u64, Ordering::Relaxed);
-                let (bytes, parts) = raw.size();
-                metrics.history_raw_bytes.store(bytes, Ordering::Relaxed);
-                metrics.history_raw_parts.store(parts, Ordering::Relaxed);
-                if removed > 0 {
-                    info!(parts = removed, elapsed = ?started.elapsed(), "history retention");
-                }
-            }
-            Err(e) => error!(%e, "history retention failed; tried again in a minute"),
-        }
     }
 
     /// Every stored record. A record that no longer reads is moved to quarantine (logged at ERROR,
@@ -597,7 +551,7 @@ impl Pending {
     }
 }
 
-/// Delete history older than its retention at most this often.
+/// Roll up and delete old history at most this often.
 const RETENTION_INTERVAL: Duration = Duration::from_mins(1);
 
 /// The checkpoint thread.
@@ -637,9 +591,15 @@ impl Checkpoints {
                             carried = pending;
                         }
                     }
-                    if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL) {
+                    // Not while a failed checkpoint's changes wait: they may belong to an hour
+                    // that would be rolled up without them.
+                    if let Some(history) = &store.history
+                        && carried.changes.is_empty()
+                        && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL)
+                    {
                         last_retention = Some(Instant::now());
-                        store.retain_history(&metrics);
+                        let now = smart_proto::Timestamp::from(std::time::SystemTime::now());
+                        history.maintain(samples::millis(now), &metrics);
                     }
                     flag.store(false, Ordering::Release);
                 }

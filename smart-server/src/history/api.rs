@@ -6,6 +6,10 @@
 //! `step` (`30s`, `5m`, `1h`, `1d` or ms; default: the smallest of 1m, 5m, 15m, 1h, 6h, 1d giving at most
 //! 1,000 buckets), `format` (`json` or `csv`). Buckets start at multiples of the step since the epoch; the
 //! first is the one holding `from`, the last the one holding `to` (the current one, unfinished, included).
+//!
+//! Tiers: a step that is a whole number of hours reads the hourly rollups, else one that is a whole
+//! number of 5 minutes the 5-minute rollups, for the hours already rolled up; the rest of the range (the
+//! last hour or so, and any step finer than 5 minutes) comes from the raw samples.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -13,7 +17,9 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value, json};
 use smart_proto::{Record, Serial, Timestamp};
 
-use super::raw::{Raw, ReadError, Rowed};
+use super::History;
+use super::raw::{ReadError, Rowed};
+use super::rollup::{Bucket, HOUR_MS, Stats, Tier};
 
 /// Most buckets in one answer.
 pub(crate) const MAX_POINTS: i64 = 10_000;
@@ -216,7 +222,7 @@ fn numeric(field: &str) -> bool {
 
 /// Answer a history request for `serial` (known to exist and be visible to the asker).
 pub(crate) fn answer(
-    raw: &Raw,
+    history: &History,
     serial: &Serial,
     query: &[(String, String)],
     now_ms: i64,
@@ -234,18 +240,36 @@ pub(crate) fn answer(
         let last = request.to_ms.saturating_sub(1).div_euclid(request.step_ms) * request.step_ms;
         (first, last.saturating_add(request.step_ms))
     };
-    let rows = match raw.read(serial, &names, (from, to), MAX_RAW) {
+    let failed = |e: &dyn std::fmt::Display| {
+        tracing::error!(%e, %serial, "history read failed");
+        let body = json!({ "error": "the history could not be read" }).to_string();
+        (500, "application/json", body)
+    };
+    // The rolled-up part of the range, from the coarsest tier the step is a multiple of.
+    let tier = [Tier::Hour, Tier::FiveMinutes]
+        .into_iter()
+        .find(|t| request.agg != Agg::Raw && request.step_ms % t.step_ms() == 0);
+    let mut rolled: Vec<Bucket> = Vec::new();
+    let mut split = from;
+    if let Some(tier) = tier {
+        let end = match history.rollups.rolled() {
+            Ok(rolled) => rolled.map_or(i64::MIN, |h| (i64::from(h) + 1) * HOUR_MS),
+            Err(e) => return failed(&e),
+        };
+        split = end.clamp(from, to);
+        rolled = match history.rollups.read(tier, serial, (from, split)) {
+            Ok(buckets) => buckets,
+            Err(e) => return failed(&e),
+        };
+    }
+    let rows = match history.raw.read(serial, &names, (split, to), MAX_RAW) {
         Ok(rows) => rows,
         Err(ReadError::TooMany(n)) => {
             return bad(format!(
                 "more than {n} raw samples in this range: ask for a shorter range or an aggregate (agg=avg&step=…)"
             ));
         }
-        Err(ReadError::Store(e)) => {
-            tracing::error!(%e, %serial, "history read failed");
-            let body = json!({ "error": "the history could not be read" }).to_string();
-            return (500, "application/json", body);
-        }
+        Err(ReadError::Store(e)) => return failed(&e),
     };
     let (ts, columns) = if request.agg == Agg::Raw {
         let ts = rows.iter().map(|(t, _)| *t).collect();
@@ -254,7 +278,12 @@ pub(crate) fn answer(
             .collect();
         (ts, columns)
     } else {
-        buckets(&rows, names.len(), from, to, request.step_ms, request.agg)
+        let window = Window {
+            from,
+            to,
+            step: request.step_ms,
+        };
+        buckets(&rolled, &rows, &names, window, request.agg)
     };
     if request.csv {
         (200, "text/csv; charset=utf-8", csv(&names, &ts, &columns))
@@ -274,67 +303,68 @@ pub(crate) fn answer(
     }
 }
 
-/// Per field, what one bucket saw.
-#[derive(Debug, Clone, Copy, Default)]
-struct Acc {
-    count: u64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    last: f64,
-}
-
-impl Acc {
-    fn add(&mut self, v: f64) {
-        if self.count == 0 {
-            (self.min, self.max) = (v, v);
-        }
-        self.count += 1;
-        self.sum += v;
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
-        self.last = v;
-    }
-
-    fn value(&self, agg: Agg) -> Option<f64> {
-        if agg == Agg::Count {
-            // u64 → f64: counts stay far below 2^53.
-            #[allow(clippy::cast_precision_loss)]
-            return Some(self.count as f64);
-        }
-        if self.count == 0 {
-            return None;
-        }
-        #[allow(clippy::cast_precision_loss)]
-        let avg = self.sum / self.count as f64;
-        Some(match agg {
-            Agg::Avg => avg,
-            Agg::Min => self.min,
-            Agg::Max => self.max,
-            Agg::Last | Agg::Raw | Agg::Count => self.last,
-        })
-    }
+fn value(stats: Option<&Stats>, agg: Agg) -> Option<f64> {
+    let Some(stats) = stats else {
+        return (agg == Agg::Count).then_some(0.0);
+    };
+    // u64 → f64: counts stay far below 2^53.
+    #[allow(clippy::cast_precision_loss)]
+    let count = stats.count as f64;
+    Some(match agg {
+        Agg::Count => count,
+        Agg::Avg => stats.sum / count,
+        Agg::Min => stats.min,
+        Agg::Max => stats.max,
+        Agg::Last | Agg::Raw => stats.last,
+    })
 }
 
 type Columns = (Vec<i64>, Vec<Vec<Option<f64>>>);
 
-/// The rows in buckets of `step` from `from` (a multiple of it) to `to`.
-fn buckets(rows: &[Rowed], fields: usize, from: i64, to: i64, step: i64, agg: Agg) -> Columns {
-    let n = usize::try_from((to - from) / step).unwrap_or(0);
-    let mut acc = vec![vec![Acc::default(); fields]; n];
-    for (t, values) in rows {
-        let Some(bucket) = usize::try_from((t - from) / step).ok().filter(|b| *b < n) else {
-            continue;
-        };
-        for (i, v) in values.iter().enumerate() {
-            if let Some(v) = v {
-                acc[bucket][i].add(*v);
+/// Buckets of `step` from `from` (a multiple of it) to `to`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    from: i64,
+    to: i64,
+    step: i64,
+}
+
+/// The stats of rolled-up buckets (earlier) and raw rows (later) in the window's buckets.
+fn buckets(rolled: &[Bucket], rows: &[Rowed], names: &[&str], w: Window, agg: Agg) -> Columns {
+    let n = usize::try_from((w.to - w.from) / w.step).unwrap_or(0);
+    let mut acc: Vec<Vec<Option<Stats>>> = vec![vec![None; names.len()]; n];
+    let mut add = |t: i64, i: usize, stats: &Stats| {
+        if let Some(bucket) = usize::try_from((t - w.from) / w.step)
+            .ok()
+            .filter(|b| *b < n)
+        {
+            match &mut acc[bucket][i] {
+                Some(seen) => seen.merge(stats),
+                slot @ None => *slot = Some(*stats),
+            }
+        }
+    };
+    for (start, fields) in rolled {
+        for (i, name) in names.iter().enumerate() {
+            if let Some(stats) = fields.get(*name) {
+                add(*start, i, stats);
             }
         }
     }
-    let ts = (0..n).map(|b| from + b as i64 * step).collect();
-    let columns = (0..fields)
-        .map(|i| acc.iter().map(|bucket| bucket[i].value(agg)).collect())
+    for (t, values) in rows {
+        for (i, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                add(*t, i, &Stats::of(*v));
+            }
+        }
+    }
+    let ts = (0..n).map(|b| w.from + b as i64 * w.step).collect();
+    let columns = (0..names.len())
+        .map(|i| {
+            acc.iter()
+                .map(|bucket| value(bucket[i].as_ref(), agg))
+                .collect()
+        })
         .collect();
     (ts, columns)
 }
@@ -434,6 +464,102 @@ mod tests {
         assert_eq!((rfc.from_ms, rfc.step_ms), (1_764_460_800_000, 3_600_000));
     }
 
+    /// Three simulated days of a sample a minute, then the hourly maintenance (rollups, retention of
+    /// raw samples after 48 h): every tier answers with what a naive computation over the samples
+    /// gives, also where the raw samples are gone.
+    #[test]
+    fn three_days_answer_from_every_tier() {
+        use super::super::samples::Change;
+        use std::borrow::Cow;
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let options = super::super::HistoryOptions {
+            enabled: true,
+            raw_ms: 48 * HOUR_MS,
+            five_minutes_ms: 30 * DAY_MS,
+            hour_ms: 365 * DAY_MS,
+        };
+        let history = History::open(&db, options).unwrap().unwrap();
+        let day0 = 1_764_460_800_000_i64;
+        let minutes = 3 * 24 * 60;
+        let value = |minute: i64| ((minute * 37) % 101) as f64 / 2.0;
+        let serial = Serial::new("0001").unwrap();
+        for minute in 0..minutes {
+            let change = Change {
+                serial: serial.clone(),
+                ts_ms: day0 + minute * 60_000 + 7_000,
+                values: vec![(Cow::Borrowed("battery"), value(minute))],
+            };
+            history.raw.absorb(minute as u64, &[change]).unwrap();
+        }
+        let end = day0 + minutes * 60_000;
+        let now = end + super::super::rollup::GRACE_MS;
+        history.maintain(now, &crate::metrics::Metrics::default());
+        let ask = |pairs: &[(&str, &str)]| -> Value {
+            let (status, _, body) = answer(&history, &serial, &q(pairs), now);
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str(&body).unwrap()
+        };
+        let naive_avg = |first: i64, n: i64| (first..first + n).map(value).sum::<f64>() / n as f64;
+        let (from, to) = (day0.to_string(), end.to_string());
+        for (step, per) in [("1h", 60), ("5m", 5), ("1d", 1440)] {
+            let body = ask(&[
+                ("fields", "battery"),
+                ("from", &from),
+                ("to", &to),
+                ("step", step),
+            ]);
+            let values = body["battery"].as_array().unwrap();
+            assert_eq!(values.len() as i64, minutes / per, "{step}");
+            for (b, v) in values.iter().enumerate() {
+                let expected = naive_avg(b as i64 * per, per);
+                assert!(
+                    (v.as_f64().unwrap() - expected).abs() < 1e-9,
+                    "{step} bucket {b}"
+                );
+            }
+        }
+        // Day 0's raw samples are gone (48 h): a step finer than 5 minutes finds nothing there…
+        let day0_end = (day0 + DAY_MS).to_string();
+        let body = ask(&[
+            ("fields", "battery"),
+            ("from", &from),
+            ("to", &day0_end),
+            ("step", "1m"),
+        ]);
+        assert!(
+            body["battery"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(Value::is_null)
+        );
+        let body = ask(&[
+            ("fields", "battery"),
+            ("from", &from),
+            ("to", &day0_end),
+            ("agg", "raw"),
+        ]);
+        assert!(body["ts"].as_array().unwrap().is_empty());
+        // …while the last day's are all there.
+        let last_day = (end - DAY_MS).to_string();
+        let body = ask(&[
+            ("fields", "battery"),
+            ("from", &last_day),
+            ("to", &to),
+            ("agg", "raw"),
+        ]);
+        assert_eq!(body["ts"].as_array().unwrap().len(), 1440);
+        let body = ask(&[
+            ("fields", "battery"),
+            ("from", &last_day),
+            ("to", &to),
+            ("agg", "max"),
+            ("step", "1m"),
+        ]);
+        assert_eq!(body["battery"][0].as_f64(), Some(value(minutes - 1440)));
+    }
+
     proptest! {
         /// Every aggregate equals the naive computation over the samples of its bucket.
         #[test]
@@ -445,7 +571,8 @@ mod tests {
             rows.sort_by_key(|(t, _)| *t);
             let to = (10_000 / step + 1) * step;
             for agg in [Agg::Avg, Agg::Min, Agg::Max, Agg::Last, Agg::Count] {
-                let (ts, columns) = buckets(&rows, 1, 0, to, step, agg);
+                let window = Window { from: 0, to, step };
+                let (ts, columns) = buckets(&[], &rows, &["x"], window, agg);
                 prop_assert_eq!(ts.len() as i64, to / step);
                 for (b, start) in ts.iter().enumerate() {
                     let inside: Vec<f64> = rows

@@ -96,6 +96,9 @@ fn encode_part(seq: u64, chunk: &Chunk) -> Vec<u8> {
     value
 }
 
+/// One message with the names of the fields it changed.
+pub(crate) type NamedRow = (i64, Vec<(String, f64)>);
+
 /// One message as read back: its time and the requested fields it changed.
 pub(crate) type Rowed = (i64, Vec<Option<f64>>);
 
@@ -246,6 +249,47 @@ impl Raw {
                         out.push((row.ts_ms, values));
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first hour the tier holds.
+    pub(crate) fn first_hour(&self) -> Result<Option<u32>, HistoryError> {
+        Ok(self
+            .tree
+            .first()?
+            .and_then(|(k, _)| <[u8; 4]>::try_from(k.get(..4)?).ok())
+            .map(u32::from_be_bytes))
+    }
+
+    /// Every device's rows in `hour` (hours since the epoch), in time order, with field names.
+    pub(crate) fn hour(&self, hour: u32) -> Result<Vec<(Serial, Vec<NamedRow>)>, HistoryError> {
+        let mut out: Vec<(Serial, Vec<NamedRow>)> = Vec::new();
+        for entry in self.tree.scan_prefix(hour.to_be_bytes()) {
+            let (key, value) = entry?;
+            let serial = key
+                .get(4)
+                .and_then(|&len| key.get(5..5 + usize::from(len)))
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| Serial::new(s).ok())
+                .ok_or_else(|| HistoryError::Damaged {
+                    key: describe(&key),
+                    error: CodecError::Invalid("no serial in the key"),
+                })?;
+            let part = decode_part(&key, &value)?;
+            let rows = part.chunk.rows.iter().map(|row| {
+                let values = row
+                    .values
+                    .iter()
+                    .filter_map(|&(i, v)| Some((part.chunk.fields.get(usize::from(i))?.clone(), v)))
+                    .collect();
+                (row.ts_ms, values)
+            });
+            match out.last_mut() {
+                // Parts of one device are adjacent, in order.
+                Some((last, device)) if *last == serial => device.extend(rows),
+                _ => out.push((serial, rows.collect())),
             }
         }
         Ok(out)

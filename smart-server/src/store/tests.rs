@@ -31,7 +31,9 @@ fn plant_segment(dir: &Path, seq: u64, bytes: &[u8]) {
 /// The history as a server keeps it by default.
 const HISTORY: HistoryOptions = HistoryOptions {
     enabled: true,
-    raw_retention_ms: 48 * 3_600_000,
+    raw_ms: 48 * 3_600_000,
+    five_minutes_ms: 30 * 86_400_000,
+    hour_ms: 365 * 86_400_000,
 };
 
 /// Open the store at `dir`. sled lets go of its lock file only once its background I/O threads
@@ -323,7 +325,7 @@ fn the_replay_fills_the_history_from_the_log() {
         &frames(3, &[record_json("0001", 10), record_json("0001", 11)]),
     );
     let batteries_in_history = |store: &Store, serial: &str| -> Vec<f64> {
-        let raw = store.history().unwrap();
+        let raw = &store.history().unwrap().raw;
         let serial = Serial::new(serial).unwrap();
         raw.read(&serial, &["battery"], (i64::MIN, i64::MAX), 100)
             .unwrap()
