@@ -145,6 +145,16 @@ pub struct Config {
     )]
     pub history_1h_days: u32,
 
+    /// Power samples further apart than this many minutes are not bridged when the history integrates
+    /// energy (`/api/devices/{serial}/energy`); such time counts as not covered.
+    #[arg(
+        long = "history-energy-gap-minutes",
+        env = "SMART_HISTORY_ENERGY_GAP_MINUTES",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..=60)
+    )]
+    pub history_energy_gap_minutes: u32,
+
     /// Seconds graceful shutdown waits for connections to finish before giving up on them.
     #[arg(
         long = "shutdown-grace",
@@ -283,6 +293,7 @@ impl Config {
             history_raw_hours: 48,
             history_5m_days: 30,
             history_1h_days: 365,
+            history_energy_gap_minutes: 10,
             auth: None,
             tls_cert: None,
             tls_key: None,
@@ -298,6 +309,7 @@ impl Config {
             raw_ms: i64::from(self.history_raw_hours) * HOUR_MS,
             five_minutes_ms: i64::from(self.history_5m_days) * 24 * HOUR_MS,
             hour_ms: i64::from(self.history_1h_days) * 24 * HOUR_MS,
+            energy_gap_ms: i64::from(self.history_energy_gap_minutes) * 60_000,
         }
     }
 

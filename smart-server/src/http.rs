@@ -31,6 +31,7 @@ use warp::reply::{Reply, Response};
 use crate::auth::{Denied, Grant};
 use crate::conns::Slot;
 use crate::fleet::Scope;
+use crate::history::History;
 use crate::lenient::Lenient;
 use crate::liveness::{CONTROL_ROOM, FRAGMENT};
 use crate::metrics::Metrics;
@@ -654,6 +655,20 @@ pub(crate) fn routes(
                     })
             },
         );
+    let energy = warp::path!("api" / "devices" / String / "energy")
+        .and(raw_query)
+        .and(scope)
+        .and(with_shared.clone())
+        .then(
+            |serial: String, raw: String, scope: Scope, shared: Arc<Shared>| async move {
+                tokio::task::spawn_blocking(move || device_energy(&serial, &raw, &scope, &shared))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(%e, "energy query task failed");
+                        error_json(StatusCode::INTERNAL_SERVER_ERROR, "query failed")
+                    })
+            },
+        );
     let one = warp::path!("api" / "devices" / String)
         .and(scope)
         .and(with_shared.clone())
@@ -676,6 +691,8 @@ pub(crate) fn routes(
         root.or(list)
             .unify()
             .or(history)
+            .unify()
+            .or(energy)
             .unify()
             .or(one)
             .unify()
@@ -722,6 +739,32 @@ fn one_device(serial: &str, scope: &Scope, shared: &Shared) -> Response {
 
 /// `/api/devices/{serial}/history`: see [`crate::history::api`].
 fn device_history(serial: &str, raw_query: &str, scope: &Scope, shared: &Shared) -> Response {
+    history_route(serial, raw_query, scope, shared, history::api::answer)
+}
+
+/// `/api/devices/{serial}/energy`: see [`crate::history::energy`].
+fn device_energy(serial: &str, raw_query: &str, scope: &Scope, shared: &Shared) -> Response {
+    history_route(
+        serial,
+        raw_query,
+        scope,
+        shared,
+        |history, serial, pairs, now_ms| {
+            let (status, body) = history::energy::answer(history, serial, pairs, now_ms);
+            (status, "application/json", body)
+        },
+    )
+}
+
+/// A history route for one visible device: `answer` gets the history, the serial, the query's pairs
+/// and the time now (ms).
+fn history_route(
+    serial: &str,
+    raw_query: &str,
+    scope: &Scope,
+    shared: &Shared,
+    answer: impl FnOnce(&History, &Serial, &[(String, String)], i64) -> history::api::Answer,
+) -> Response {
     let Some(history) = shared.history() else {
         return error_json(
             StatusCode::NOT_FOUND,
@@ -737,9 +780,9 @@ fn device_history(serial: &str, raw_query: &str, scope: &Scope, shared: &Shared)
         Ok(pairs) => pairs,
         Err(e) => return error_json(StatusCode::BAD_REQUEST, &format!("bad query string: {e}")),
     };
-    let now_ms =
-        history::samples::millis(smart_proto::Timestamp::from(std::time::SystemTime::now()));
-    let (status, content_type, body) = history::api::answer(history, &serial, &pairs, now_ms);
+    let now = smart_proto::Timestamp::from(std::time::SystemTime::now());
+    let (status, content_type, body) =
+        answer(history, &serial, &pairs, history::samples::millis(now));
     let mut res = Response::new(body.into());
     *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     res.headers_mut()

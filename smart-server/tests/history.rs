@@ -147,6 +147,19 @@ async fn history_requests_get_clear_errors() {
     assert_eq!(body["step_ms"], 300_000);
     let (_, body) = history(addr, "fields=battery&agg=last&step=1h").await;
     assert_eq!(body["battery"].as_array().unwrap().len(), 25);
+
+    // Energy: the last 7 days by default, each power field in kWh, and clear errors.
+    let res = http_get(addr, "/api/devices/0001/energy", &[]).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let energy = res.json();
+    assert_eq!(energy["days"].as_array().unwrap().len(), 7);
+    assert_eq!(energy["power_income_kwh"].as_array().unwrap().len(), 7);
+    assert_eq!(energy["gap_limit_s"], 600);
+    let res = http_get(addr, "/api/devices/0001/energy?from=monday", &[]).await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    assert!(res.json()["error"].as_str().unwrap().contains("YYYY-MM-DD"));
+    let res = http_get(addr, "/api/devices/0404/energy", &[]).await;
+    assert_eq!(res.status, 404);
 }
 
 #[tokio::test]

@@ -478,6 +478,7 @@ mod tests {
             raw_ms: 48 * HOUR_MS,
             five_minutes_ms: 30 * DAY_MS,
             hour_ms: 365 * DAY_MS,
+            energy_gap_ms: 600_000,
         };
         let history = History::open(&db, options).unwrap().unwrap();
         let day0 = 1_764_460_800_000_i64;

@@ -3,6 +3,7 @@
 
 pub(crate) mod api;
 pub(crate) mod codec;
+pub(crate) mod energy;
 pub(crate) mod raw;
 pub(crate) mod rollup;
 pub(crate) mod samples;
@@ -24,6 +25,8 @@ pub(crate) struct HistoryOptions {
     pub raw_ms: i64,
     pub five_minutes_ms: i64,
     pub hour_ms: i64,
+    /// Power samples further apart than this are not bridged when integrating energy.
+    pub energy_gap_ms: i64,
 }
 
 impl HistoryOptions {
@@ -34,6 +37,7 @@ impl HistoryOptions {
         raw_ms: 0,
         five_minutes_ms: 0,
         hour_ms: 0,
+        energy_gap_ms: 0,
     };
 }
 
@@ -65,7 +69,10 @@ impl History {
     /// thread, once a minute; failures are logged, counted and tried again at the next run).
     pub(crate) fn maintain(&self, now_ms: i64, metrics: &Metrics) {
         let started = Instant::now();
-        match self.rollups.catch_up(&self.raw, now_ms) {
+        match self
+            .rollups
+            .catch_up(&self.raw, now_ms, self.options.energy_gap_ms)
+        {
             Ok(0) => {}
             Ok(hours) => info!(hours, elapsed = ?started.elapsed(), "history rolled up"),
             Err(e) => error!(%e, "history rollup failed; tried again in a minute"),

@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use smart_proto::Serial;
 
 use super::codec::{Chunk, Row};
-use super::raw::{HistoryError, Raw};
+use super::energy::{POWER, energy_field, integrate};
+use super::raw::{HistoryError, Raw, ReadError};
 
 const MINUTE_MS: i64 = 60_000;
 pub(crate) const HOUR_MS: i64 = 3_600_000;
@@ -89,6 +90,33 @@ impl Stats {
         self.count += later.count;
         self.last = later.last;
     }
+}
+
+/// Put the energy of each power field in `[start, end)` into an hourly bucket's `fields` (as
+/// `FIELD@wh`: sum = Wh, count = ms covered), from the samples around it.
+fn add_energy(
+    raw: &Raw,
+    serial: &Serial,
+    (start, end): (i64, i64),
+    gap_ms: i64,
+    fields: &mut BTreeMap<String, Stats>,
+) -> Result<(), HistoryError> {
+    let around = (start.saturating_sub(gap_ms), end.saturating_add(gap_ms));
+    let rows = match raw.read(serial, &POWER, around, usize::MAX) {
+        Ok(rows) => rows,
+        Err(ReadError::Store(e)) => return Err(e),
+        Err(ReadError::TooMany(_)) => return Ok(()),
+    };
+    for (i, power) in POWER.iter().enumerate() {
+        let samples: Vec<(i64, f64)> = rows.iter().filter_map(|(t, v)| Some((*t, v[i]?))).collect();
+        let (wh, covered) = integrate(&samples, (start, end), gap_ms);
+        if covered > 0 {
+            let mut stats = Stats::of(wh);
+            stats.count = u64::try_from(covered).unwrap_or_default();
+            fields.insert(energy_field(power), stats);
+        }
+    }
+    Ok(())
 }
 
 /// One bucket of a device: its start and the stats of each field it saw.
@@ -219,10 +247,17 @@ impl Rollups {
             .map(u32::from_be_bytes))
     }
 
-    /// Roll up every hour of `raw` that ended at least [`GRACE_MS`] before `now_ms` and was not rolled
-    /// up yet. Returns how many hours. Not flushed: the checkpoint flushes.
-    pub(crate) fn catch_up(&self, raw: &Raw, now_ms: i64) -> Result<u32, HistoryError> {
-        let Some(last_due) = u32::try_from((now_ms - GRACE_MS).div_euclid(HOUR_MS) - 1).ok() else {
+    /// Roll up every hour of `raw` that ended at least [`GRACE_MS`] and the energy gap limit
+    /// (`gap_ms`: the samples that close its last segments) before `now_ms` and was not rolled up yet.
+    /// Returns how many hours. Not flushed: the checkpoint flushes.
+    pub(crate) fn catch_up(
+        &self,
+        raw: &Raw,
+        now_ms: i64,
+        gap_ms: i64,
+    ) -> Result<u32, HistoryError> {
+        let wait = GRACE_MS + gap_ms;
+        let Some(last_due) = u32::try_from((now_ms - wait).div_euclid(HOUR_MS) - 1).ok() else {
             return Ok(0);
         };
         let first = match self.rolled()? {
@@ -234,10 +269,18 @@ impl Rollups {
         };
         let mut hours = 0;
         for hour in first..=last_due {
+            let start = i64::from(hour) * HOUR_MS;
             for (serial, rows) in raw.hour(hour)? {
-                for tier in [Tier::FiveMinutes, Tier::Hour] {
-                    self.add(tier, &serial, buckets_of(tier, &rows))?;
+                self.add(
+                    Tier::FiveMinutes,
+                    &serial,
+                    buckets_of(Tier::FiveMinutes, &rows),
+                )?;
+                let mut buckets = buckets_of(Tier::Hour, &rows);
+                if let Some((_, fields)) = buckets.first_mut() {
+                    add_energy(raw, &serial, (start, start + HOUR_MS), gap_ms, fields)?;
                 }
+                self.add(Tier::Hour, &serial, buckets)?;
             }
             self.meta.insert(ROLLED_KEY, &hour.to_be_bytes())?;
             hours += 1;
@@ -371,16 +414,16 @@ mod tests {
             .unwrap();
             // Roll up as the checkpoint thread would, every 10 simulated minutes.
             if minute % 10 == 0 {
-                rollups.catch_up(&raw, ts).unwrap();
+                rollups.catch_up(&raw, ts, 0).unwrap();
             }
         }
         let end = day0 + minutes * MINUTE_MS;
         assert_eq!(
-            rollups.catch_up(&raw, end + GRACE_MS).unwrap(),
+            rollups.catch_up(&raw, end + GRACE_MS, 0).unwrap(),
             1,
             "the last hour"
         );
-        assert_eq!(rollups.catch_up(&raw, end + GRACE_MS).unwrap(), 0);
+        assert_eq!(rollups.catch_up(&raw, end + GRACE_MS, 0).unwrap(), 0);
         let serial = Serial::new("0001").unwrap();
         for tier in [Tier::FiveMinutes, Tier::Hour] {
             let buckets = rollups.read(tier, &serial, (day0, end)).unwrap();

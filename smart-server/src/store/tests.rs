@@ -34,6 +34,7 @@ const HISTORY: HistoryOptions = HistoryOptions {
     raw_ms: 48 * 3_600_000,
     five_minutes_ms: 30 * 86_400_000,
     hour_ms: 365 * 86_400_000,
+    energy_gap_ms: 600_000,
 };
 
 /// Open the store at `dir`. sled lets go of its lock file only once its background I/O threads
