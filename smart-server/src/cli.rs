@@ -1,4 +1,5 @@
-//! `smart-server token …` and `smart-server user …`: provisioning. On a data directory no server runs
+//! `smart-server token …` and `smart-server user …`: provisioning (and `history-fill`, the history's
+//! benchmark, in `history::fill`). On a data directory no server runs
 //! on, the command opens the store itself; while a server holds it (sled admits one process), the
 //! command goes through that server's admin API on loopback, with the secret the server left in the
 //! data dir (`admin.json`, 0600).
@@ -21,10 +22,24 @@ use crate::config::{Command, Config, TokenAction, UserAction};
 
 /// Run a management command against `config.data_dir`.
 pub async fn run_command(config: &Config, command: &Command) -> anyhow::Result<()> {
+    if let Command::HistoryFill {
+        devices,
+        hours,
+        interval_secs,
+    } = *command
+    {
+        let dir = config.data_dir.clone();
+        return tokio::task::spawn_blocking(move || {
+            crate::history::fill::run(&dir, devices, hours, interval_secs)
+        })
+        .await
+        .context("history fill task")?;
+    }
     let backend = Backend::open(&config.data_dir)?;
     match command {
         Command::Token { action } => token(&backend, action).await,
         Command::User { action } => user(&backend, action).await,
+        Command::HistoryFill { .. } => Ok(()),
     }
 }
 

@@ -195,6 +195,19 @@ pub enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
+    /// Benchmark the history: fill an empty data dir with simulated hours of a fleet (ending now) and
+    /// print bytes per sample, fill, rollup, query and retention times as one JSON line.
+    HistoryFill {
+        /// Simulated devices.
+        #[arg(long, default_value_t = 10_000)]
+        devices: u32,
+        /// Simulated hours, ending now.
+        #[arg(long, default_value_t = 48)]
+        hours: u32,
+        /// Seconds between a device's messages.
+        #[arg(long, default_value_t = 5)]
+        interval_secs: u32,
+    },
 }
 
 /// `smart-server token …`

@@ -172,3 +172,25 @@ async fn history_off_keeps_none() {
     assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("--history off"));
 }
+
+/// The history's benchmark tool runs (small here; BENCHMARKS.md has the 48 h × 10,000-device figures)
+/// and refuses a data dir that holds a store.
+#[test]
+fn history_fill_reports_its_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["history-fill", "--devices", "20", "--hours", "2"];
+    let (out, err, ok) = common::cli(&data, &args, "");
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    // 20 devices × 2 h × one message per 5 s × 1 to 3 fields.
+    let samples = report["raw_samples"].as_u64().unwrap();
+    assert!((20 * 2 * 720..=20 * 2 * 720 * 3).contains(&samples), "{report}");
+    assert_eq!(report["hours_rolled_up"], 2);
+    let per_sample = report["raw_bytes_per_sample"].as_f64().unwrap();
+    assert!(per_sample > 1.0 && per_sample < 6.0, "{report}");
+    assert!(report["query_day_5m_p99_ms"].as_f64().is_some());
+    let (_, err, ok) = common::cli(&data, &args, "");
+    assert!(!ok);
+    assert!(err.contains("already holds a store"), "{err}");
+}

@@ -4,6 +4,7 @@
 pub(crate) mod api;
 pub(crate) mod codec;
 pub(crate) mod energy;
+pub(crate) mod fill;
 pub(crate) mod raw;
 pub(crate) mod rollup;
 pub(crate) mod samples;
