@@ -628,31 +628,19 @@ pub(crate) fn routes(
         .and(raw_query)
         .and(scope)
         .and(with_shared.clone())
-        .then(
-            |raw: String, scope: Scope, shared: Arc<Shared>| async move {
-                // Filtering and sorting the whole fleet is CPU work: on a blocking thread, so that
-                // neither the runtime's workers (device sessions) nor the fleet (the writer) wait for it.
-                tokio::task::spawn_blocking(move || list_devices(&raw, &scope, &shared))
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::error!(%e, "device query task failed");
-                        error_json(StatusCode::INTERNAL_SERVER_ERROR, "query failed")
-                    })
-            },
-        );
+        // Filtering and sorting the whole fleet is CPU work: on a blocking thread, so that neither
+        // the runtime's workers (device sessions) nor the fleet (the writer) wait for it.
+        .then(|raw: String, scope: Scope, shared: Arc<Shared>| {
+            blocking(move || list_devices(&raw, &scope, &shared))
+        });
     let history = warp::path!("api" / "devices" / String / "history")
         .and(raw_query)
         .and(scope)
         .and(with_shared.clone())
+        // Reading and bucketing a range is CPU and disk work: on a blocking thread.
         .then(
-            |serial: String, raw: String, scope: Scope, shared: Arc<Shared>| async move {
-                // Reading and bucketing a range is CPU and disk work: on a blocking thread.
-                tokio::task::spawn_blocking(move || device_history(&serial, &raw, &scope, &shared))
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::error!(%e, "history query task failed");
-                        error_json(StatusCode::INTERNAL_SERVER_ERROR, "query failed")
-                    })
+            |serial: String, raw: String, scope: Scope, shared: Arc<Shared>| {
+                blocking(move || device_history(&serial, &raw, &scope, &shared))
             },
         );
     let energy = warp::path!("api" / "devices" / String / "energy")
@@ -660,13 +648,8 @@ pub(crate) fn routes(
         .and(scope)
         .and(with_shared.clone())
         .then(
-            |serial: String, raw: String, scope: Scope, shared: Arc<Shared>| async move {
-                tokio::task::spawn_blocking(move || device_energy(&serial, &raw, &scope, &shared))
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::error!(%e, "energy query task failed");
-                        error_json(StatusCode::INTERNAL_SERVER_ERROR, "query failed")
-                    })
+            |serial: String, raw: String, scope: Scope, shared: Arc<Shared>| {
+                blocking(move || device_energy(&serial, &raw, &scope, &shared))
             },
         );
     let one = warp::path!("api" / "devices" / String)
@@ -705,6 +688,14 @@ pub(crate) fn routes(
             .or(asset)
             .unify(),
     )
+}
+
+/// Answer with `f` run on a blocking thread (CPU or disk work the runtime's workers must not wait for).
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        tracing::error!(%e, "query task failed");
+        error_json(StatusCode::INTERNAL_SERVER_ERROR, "query failed")
+    })
 }
 
 fn error_json(status: StatusCode, message: &str) -> Response {

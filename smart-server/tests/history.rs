@@ -185,7 +185,10 @@ fn history_fill_reports_its_figures() {
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     // 20 devices × 2 h × one message per 5 s × 1 to 3 fields.
     let samples = report["raw_samples"].as_u64().unwrap();
-    assert!((20 * 2 * 720..=20 * 2 * 720 * 3).contains(&samples), "{report}");
+    assert!(
+        (20 * 2 * 720..=20 * 2 * 720 * 3).contains(&samples),
+        "{report}"
+    );
     assert_eq!(report["hours_rolled_up"], 2);
     let per_sample = report["raw_bytes_per_sample"].as_f64().unwrap();
     assert!(per_sample > 1.0 && per_sample < 6.0, "{report}");

@@ -471,16 +471,7 @@ mod tests {
     fn three_days_answer_from_every_tier() {
         use super::super::samples::Change;
         use std::borrow::Cow;
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let options = super::super::HistoryOptions {
-            enabled: true,
-            raw_ms: 48 * HOUR_MS,
-            five_minutes_ms: 30 * DAY_MS,
-            hour_ms: 365 * DAY_MS,
-            energy_gap_ms: 600_000,
-        };
-        let history = History::open(&db, options).unwrap().unwrap();
+        let (_dir, history) = super::super::scratch();
         let day0 = 1_764_460_800_000_i64;
         let minutes = 3 * 24 * 60;
         let value = |minute: i64| ((minute * 37) % 101) as f64 / 2.0;

@@ -208,19 +208,10 @@ mod tests {
     /// samples of day 0 deleted): every day's energy, from stored hourly energy or raw samples.
     #[test]
     fn daily_energy_from_rollups_and_raw_samples() {
+        use super::super::rollup::GRACE_MS;
         use super::super::samples::Change;
-        use super::super::{HistoryOptions, rollup::GRACE_MS};
         use std::borrow::Cow;
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let options = HistoryOptions {
-            enabled: true,
-            raw_ms: 48 * HOUR_MS,
-            five_minutes_ms: 30 * DAY_MS,
-            hour_ms: 365 * DAY_MS,
-            energy_gap_ms: 600_000,
-        };
-        let history = History::open(&db, options).unwrap().unwrap();
+        let (_dir, history) = super::super::scratch();
         let day0 = 1_764_460_800_000_i64;
         let serial = Serial::new("0001").unwrap();
         let minutes = 3 * 24 * 60;

@@ -104,3 +104,26 @@ impl History {
         }
     }
 }
+
+/// A history in a temporary directory with the default retentions (48 h, 30 days, a year, gaps of
+/// 10 minutes), for tests.
+#[cfg(test)]
+pub(crate) fn scratch() -> (tempfile::TempDir, History) {
+    const DAY_MS: i64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db = sled::Config::new()
+        .path(dir.path())
+        .open()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let options = HistoryOptions {
+        enabled: true,
+        raw_ms: 2 * DAY_MS,
+        five_minutes_ms: 30 * DAY_MS,
+        hour_ms: 365 * DAY_MS,
+        energy_gap_ms: 600_000,
+    };
+    let history = History::open(&db, options)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("enabled"));
+    (dir, history)
+}
