@@ -9,7 +9,9 @@
 //!
 //! **Writer** (one thread): it takes everything waiting and, for the whole batch:
 //! 1. applies each update to a copy of the device's committed record (or of the record an earlier
-//!    job of the same batch produced), refusing any whose result breaks the record limits;
+//!    job of the same batch produced), refusing any whose result breaks the record limits. The copy
+//!    is made into a record the previous batches retired, reusing its allocations, and the changed
+//!    fields dashboards need are only collected while a dashboard listens;
 //! 2. appends the final record of every device it changed to the log and syncs once ([`Log::commit`]);
 //! 3. only if that succeeded, makes the new records visible in the [`Fleet`], then hands the changes
 //!    to the [`Sink`] wired in at start-up (the dashboards' hub; nothing here knows dashboards), then
@@ -19,7 +21,7 @@
 //! anywhere: not in the fleet, the HTTP API, dashboards, nor in a later write of the same device
 //! (which starts again from the committed record). PROTOCOL.md §5: an ERROR stores nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, hash_map};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::SystemTime;
@@ -37,6 +39,12 @@ use crate::store::{Log, Store, StoreError};
 /// Largest number of jobs one group commit takes: bounds the latency a huge backlog adds to the
 /// first job of the next batch.
 const MAX_BATCH: usize = 4096;
+
+/// Most retired records the writer keeps to copy later records into (see [`recycled`]).
+const POOL: usize = 512;
+
+/// Records whose text is larger than this are not kept for reuse (their allocations would be).
+const POOL_RECORD_BYTES: usize = 4096;
 
 /// What a device message and the record it builds may hold (from the config).
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +145,8 @@ impl Ingest {
             verdicts: Vec::new(),
             committed: Vec::new(),
             scratch: Vec::new(),
+            listened: false,
+            pool: Vec::new(),
         };
         let thread = thread::Builder::new()
             .name("smart-store-writer".to_owned())
@@ -395,6 +405,10 @@ struct Writer<S> {
     committed: Vec<Committed>,
     /// Serialization buffer.
     scratch: Vec<u8>,
+    /// Whether the sink listened when the batch was staged (the staged writes carry their changes).
+    listened: bool,
+    /// Retired records nothing else holds any more, to stage later writes in (see [`recycled`]).
+    pool: Vec<Arc<Record>>,
 }
 
 impl<S: Sink> Writer<S> {
@@ -480,7 +494,9 @@ impl<S: Sink> Writer<S> {
                     ..
                 } if committed && listening => {
                     let changed = std::mem::take(changed);
-                    if *created {
+                    if *created || !self.listened {
+                        // A new device, or a dashboard came after the batch was staged without
+                        // its changes: the whole record is the change.
                         changes.push(Committed::Updt {
                             header: header.clone(),
                             body: record.to_map(),
@@ -522,23 +538,33 @@ impl<S: Sink> Writer<S> {
                 ack.answer(result);
             }
         }
-        // Freeing the batch's parsed updates and replaced records waits until the acks are out.
+        // Freeing the batch's parsed updates and keeping the replaced records for later writes
+        // waits until the acks are out.
         self.verdicts.clear();
-        drop(retired);
+        for entry in retired {
+            if entry.json.len() <= POOL_RECORD_BYTES {
+                recycle(&mut self.pool, entry.record);
+            }
+        }
         stopping
     }
 
     /// Apply every job of `batch` to staged copies, recording a verdict per job. Returns whether a
     /// [`Job::Stop`] was in it.
     fn stage(&mut self, batch: &mut Vec<Job>) -> bool {
+        // Checked again when the batch is handed over (see `process`).
+        self.listened = self.sink.listening();
         let Writer {
             fleet,
+            listened,
             limits,
             staged,
             verdicts,
             scratch,
+            pool,
             ..
         } = self;
+        let listening = *listened;
         let mut stopping = false;
         fleet.with_records(|records| {
             for job in batch.drain(..) {
@@ -550,16 +576,27 @@ impl<S: Sink> Writer<S> {
                             now,
                             ack,
                         } = *write;
-                        let base = match staged.get(&header.serial) {
-                            Some(s) => Some(&s.entry),
-                            None => records.entry(&header.serial),
+                        let slot = staged.entry(header.serial.clone());
+                        let base = match &slot {
+                            hash_map::Entry::Occupied(s) => Some(&s.get().entry),
+                            hash_map::Entry::Vacant(_) => records.entry(&header.serial),
                         };
-                        let (mut record, created) = match base {
-                            Some(entry) => ((*entry.record).clone(), false),
-                            None => (Record::new(header.serial.clone(), fleet.owner(), now), true),
+                        let (mut shared, created) = match base {
+                            Some(entry) => (recycled(pool, &entry.record), false),
+                            None => (
+                                Arc::new(Record::new(header.serial.clone(), fleet.owner(), now)),
+                                true,
+                            ),
                         };
+                        // Unique (fresh or recycled): this never copies.
+                        let record = Arc::make_mut(&mut shared);
                         let was_online = record.online && !created;
-                        let changed = record.apply(&update, now);
+                        let changed = if listening {
+                            record.apply(&update, now)
+                        } else {
+                            record.apply_unrecorded(&update, now);
+                            Map::new()
+                        };
                         // A device that sends is online: its connection is attached.
                         record.online = true;
                         if record.extra.len() > limits.extras {
@@ -570,7 +607,7 @@ impl<S: Sink> Writer<S> {
                             verdicts.push(Verdict::Refused(Some(ack), refusal));
                             continue;
                         }
-                        let json = serialize(&record, scratch);
+                        let json = serialize(record, scratch);
                         if json.len() > limits.record_bytes {
                             let refusal = Refusal::RecordTooLarge {
                                 bytes: json.len(),
@@ -579,18 +616,23 @@ impl<S: Sink> Writer<S> {
                             verdicts.push(Verdict::Refused(Some(ack), refusal));
                             continue;
                         }
-                        let record = Arc::new(record);
                         let entry = Entry {
-                            record: Arc::clone(&record),
+                            record: Arc::clone(&shared),
                             json,
                         };
-                        staged.insert(
-                            header.serial.clone(),
-                            Staged {
-                                entry,
-                                written: true,
-                            },
-                        );
+                        let staged = Staged {
+                            entry,
+                            written: true,
+                        };
+                        match slot {
+                            hash_map::Entry::Occupied(mut s) => {
+                                s.insert(staged);
+                            }
+                            hash_map::Entry::Vacant(s) => {
+                                s.insert(staged);
+                            }
+                        }
+                        let record = shared;
                         verdicts.push(Verdict::Write {
                             ack: Some(ack),
                             header,
@@ -617,6 +659,25 @@ impl<S: Sink> Writer<S> {
             }
         });
         stopping
+    }
+}
+
+/// A copy of `source` in a record of the pool that nothing else holds any more (no allocation: its
+/// strings and extras are overwritten in place), or a fresh one. The result is not shared.
+fn recycled(pool: &mut Vec<Arc<Record>>, source: &Record) -> Arc<Record> {
+    while let Some(mut shared) = pool.pop() {
+        if let Some(record) = Arc::get_mut(&mut shared) {
+            record.clone_from(source);
+            return shared;
+        }
+    }
+    Arc::new(source.clone())
+}
+
+/// Keep `record` for [`recycled`] if the pool has room.
+fn recycle(pool: &mut Vec<Arc<Record>>, record: Arc<Record>) {
+    if pool.len() < POOL {
+        pool.push(record);
     }
 }
 
@@ -687,7 +748,30 @@ mod tests {
         }
     }
 
-    fn start(dir: &std::path::Path, sink: Arc<Recording>) -> Ingest {
+    /// Stops listening for exactly one call: the third (the staging of the second batch).
+    #[derive(Default)]
+    struct LateListener {
+        calls: std::sync::atomic::AtomicUsize,
+        bodies: Mutex<Vec<Map<String, Value>>>,
+    }
+
+    impl Sink for LateListener {
+        fn listening(&self) -> bool {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                != 2
+        }
+
+        fn publish_committed(&self, changes: &mut Vec<Committed>) {
+            for change in changes.drain(..) {
+                if let Committed::Updt { body, .. } = change {
+                    self.bodies.lock().unwrap().push(body);
+                }
+            }
+        }
+    }
+
+    fn start<S: Sink>(dir: &std::path::Path, sink: Arc<S>) -> Ingest {
         let store = Arc::new(Store::open(dir).unwrap());
         let fleet = Arc::new(Fleet::new("EET".to_owned(), Registration::Open, Vec::new()));
         let limits = Limits {
@@ -709,10 +793,37 @@ mod tests {
         panic!("write {ordinal} not answered");
     }
 
+    /// A dashboard that starts listening after a batch was staged without its changes still gets
+    /// them: the whole record stands for the change.
+    #[test]
+    fn a_sink_listening_after_staging_gets_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(LateListener::default());
+        let ingest = start(dir.path(), Arc::clone(&sink));
+        let mut intake = ingest.intake();
+        let updt = |mid: &str, body: &str| {
+            serde_json::json!({"type": "UPDT", "message": format!("{mid}:0001:{body}")}).to_string()
+        };
+        let first = intake
+            .submit(&updt("0001", r#"{"battery": 10, "country": "AT"}"#))
+            .unwrap();
+        wait_answered(intake.acks(), first.ordinal);
+        let second = intake.submit(&updt("0002", r#"{"battery": 20}"#)).unwrap();
+        wait_answered(intake.acks(), second.ordinal);
+        let third = intake.submit(&updt("0003", r#"{"battery": 30}"#)).unwrap();
+        wait_answered(intake.acks(), third.ordinal);
+        let bodies = sink.bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 3);
+        assert_eq!(bodies[1]["battery"], 20);
+        assert_eq!(bodies[1]["country"], "AT", "the whole record");
+        assert_eq!(bodies[2]["battery"], 30);
+        assert!(!bodies[2].contains_key("country"), "only what changed");
+    }
+
     #[test]
     fn the_last_connection_of_a_serial_detaches_it() {
         let dir = tempfile::tempdir().unwrap();
-        let ingest = start(dir.path(), Arc::default());
+        let ingest = start(dir.path(), Arc::<Recording>::default());
         let serial = Serial::new("0001").unwrap();
         ingest.attach(&serial, Job::Offline(serial.clone()));
         ingest.attach(&serial, Job::Offline(serial.clone()));
