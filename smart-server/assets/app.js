@@ -1174,7 +1174,7 @@ markDirty('columns', 'grid', 'summary', 'header');
 const PAGE_HEADERS = { 'X-Requested-With': 'smartos-page' };
 const account = { required: false, user: null };
 
-/** `{auth: 'off'}`, `{auth: 'required', user, role}`, `{auth: 'required'}` (not logged in) or null. */
+/** `{auth: 'off'}`, `{auth: 'required', user, role, scope_owner}`, `{auth: 'required'}` (not logged in) or null. */
 async function whoAmI() {
   try {
     const res = await fetch('/api/me', { headers: PAGE_HEADERS, credentials: 'same-origin' });
@@ -1191,7 +1191,9 @@ function showAccount(me) {
   account.user = me?.user ?? null;
   $('account').hidden = !account.user;
   setText($('account-name'), account.user ?? '');
-  setText($('account-role'), me?.role ?? '');
+  // A user limited to one owner's devices sees which (the server shows it nothing else).
+  const scope = me?.scope_owner ? ` · ${me.scope_owner} only` : '';
+  setText($('account-role'), me?.role ? `${me.role}${scope}` : '');
 }
 
 function showLogin(message) {
@@ -1233,7 +1235,7 @@ $('login-form').addEventListener('submit', async (event) => {
     $('login-password').value = '';
     $('login').hidden = true;
     $('layout').hidden = false;
-    showAccount({ auth: 'required', user: body.user, role: body.role });
+    showAccount({ auth: 'required', user: body.user, role: body.role, scope_owner: body.scope_owner });
     link.attempt = 0;
     connect();
   } catch {

@@ -4,9 +4,9 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `GET /api/admin/tokens` | `[{"serial", "created_ms", "last_used_ms"}]` (never a token) |
-//! | `POST /api/admin/tokens/{serial}` | `{"serial", "token"}`: a new token; the old one stops working and its connections close |
-//! | `POST /api/admin/tokens` with `{"serials": […]}` | `[{"serial", "token"}]` |
+//! | `GET /api/admin/tokens` | `[{"serial", "created_ms", "last_used_ms", "owner"}]` (never a token) |
+//! | `POST /api/admin/tokens/{serial}`, optional body `{"owner"}` | `{"serial", "token"}`: a new token; the old one stops working and its connections close |
+//! | `POST /api/admin/tokens` with `{"serials": […], "owner"?}` | `[{"serial", "token"}]` |
 //! | `DELETE /api/admin/tokens/{serial}` | `{"serial", "revoked": true}`; the device's connections close |
 //! | `GET /api/admin/users` | `[{"name", "role", "scope_owner", "created_ms"}]` |
 //! | `PUT /api/admin/users/{name}` with `{"password", "role", "scope_owner"}` | `{"name", "role"}` |
@@ -23,7 +23,7 @@ use smart_proto::Serial;
 use tracing::info;
 use warp::http::{Method, Request, StatusCode, header};
 
-use crate::auth::{Auth, Denied, Role};
+use crate::auth::{Auth, Denied, Role, TokenError};
 
 /// A status and its JSON body.
 pub(crate) type Answer = (StatusCode, Value);
@@ -45,6 +45,14 @@ pub(crate) async fn handle(req: Request<Incoming>, auth: &Arc<Auth>, remote: IpA
         "command line".to_owned()
     } else {
         match auth.login(authorization.as_deref(), remote).await {
+            // Tokens and users are fleet-wide: not for a user limited to one owner's devices.
+            Ok(user) if user.scope_owner.is_some() => {
+                info!(user = %user.name, "admin request refused: user limited to one owner's devices");
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "owner actions are fleet-wide: a user limited to one owner's devices may not perform them",
+                );
+            }
             Ok(user) if user.role == Role::Owner => user.name,
             Ok(user) => {
                 info!(user = %user.name, "admin request refused: not an owner");
@@ -104,6 +112,15 @@ pub(crate) async fn handle(req: Request<Incoming>, auth: &Arc<Auth>, remote: IpA
 #[derive(Deserialize)]
 struct Bulk {
     serials: Vec<String>,
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+/// The optional body of `POST /api/admin/tokens/{serial}`.
+#[derive(Deserialize, Default)]
+struct Issue {
+    #[serde(default)]
+    owner: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -125,7 +142,7 @@ fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answ
             Ok(list) => (
                 StatusCode::OK,
                 list.into_iter()
-                    .map(|t| json!({"serial": t.serial, "created_ms": t.created_ms, "last_used_ms": t.last_used_ms}))
+                    .map(|t| json!({"serial": t.serial, "created_ms": t.created_ms, "last_used_ms": t.last_used_ms, "owner": t.owner}))
                     .collect(),
             ),
             Err(e) => store_failed(&e),
@@ -142,7 +159,7 @@ fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answ
                     Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad serial: {e}")),
                 }
             }
-            match auth.tokens().issue_many(&serials) {
+            match auth.tokens().issue_many(&serials, bulk.owner.as_deref()) {
                 Ok(tokens) => {
                     for serial in &serials {
                         auth.disconnect(serial.as_str());
@@ -156,6 +173,7 @@ fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answ
                             .collect(),
                     )
                 }
+                Err(e @ TokenError::BadOwner(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
                 Err(e) => store_failed(&e),
             }
         }
@@ -164,11 +182,20 @@ fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answ
                 Ok(serial) => serial,
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad serial: {e}")),
             };
-            match auth.tokens().issue(&serial) {
+            let issue: Issue = if body.is_empty() {
+                Issue::default()
+            } else {
+                match serde_json::from_slice(body) {
+                    Ok(issue) => issue,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"owner\": …}} or no body: {e}")),
+                }
+            };
+            match auth.tokens().issue(&serial, issue.owner.as_deref()) {
                 Ok(token) => {
                     auth.disconnect(serial.as_str());
                     (StatusCode::OK, json!({"serial": serial.as_str(), "token": token}))
                 }
+                Err(e @ TokenError::BadOwner(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
                 Err(e) => store_failed(&e),
             }
         }

@@ -122,13 +122,14 @@ impl Backend {
 async fn token(backend: &Backend, action: &TokenAction) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     match action {
-        TokenAction::Issue { serial } => {
+        TokenAction::Issue { serial, owner } => {
             let serial = Serial::new(serial).context("bad serial")?;
             let token = match backend {
-                Backend::Local { tokens, .. } => tokens.issue(&serial)?,
+                Backend::Local { tokens, .. } => tokens.issue(&serial, owner.as_deref())?,
                 Backend::Remote { .. } => {
+                    let body = owner.as_ref().map(|owner| json!({ "owner": owner }));
                     let answer = backend
-                        .call(Method::POST, &format!("/api/admin/tokens/{serial}"), None)
+                        .call(Method::POST, &format!("/api/admin/tokens/{serial}"), body)
                         .await?;
                     string(&answer["token"])?
                 }
@@ -152,11 +153,11 @@ async fn token(backend: &Backend, action: &TokenAction) -> anyhow::Result<()> {
             eprintln!("revoked the token of {serial}");
         }
         TokenAction::List => {
-            let rows: Vec<(String, u64, Option<u64>)> = match backend {
+            let rows: Vec<(String, u64, Option<u64>, Option<String>)> = match backend {
                 Backend::Local { tokens, .. } => tokens
                     .list()?
                     .into_iter()
-                    .map(|t| (t.serial, t.created_ms, t.last_used_ms))
+                    .map(|t| (t.serial, t.created_ms, t.last_used_ms, t.owner))
                     .collect(),
                 Backend::Remote { .. } => {
                     let answer = backend.call(Method::GET, "/api/admin/tokens", None).await?;
@@ -170,18 +171,24 @@ async fn token(backend: &Backend, action: &TokenAction) -> anyhow::Result<()> {
                                 t["serial"].as_str().unwrap_or_default().to_owned(),
                                 t["created_ms"].as_u64().unwrap_or_default(),
                                 t["last_used_ms"].as_u64(),
+                                t["owner"].as_str().map(str::to_owned),
                             )
                         })
                         .collect()
                 }
             };
-            writeln!(stdout, "SERIAL\tCREATED_MS\tLAST_USED_MS")?;
-            for (serial, created, used) in rows {
+            writeln!(stdout, "SERIAL\tCREATED_MS\tLAST_USED_MS\tOWNER")?;
+            for (serial, created, used, owner) in rows {
                 let used = used.map_or("never".to_owned(), |ms| ms.to_string());
-                writeln!(stdout, "{serial}\t{created}\t{used}")?;
+                let owner = owner.as_deref().unwrap_or("-");
+                writeln!(stdout, "{serial}\t{created}\t{used}\t{owner}")?;
             }
         }
-        TokenAction::Bulk { out, serials } => {
+        TokenAction::Bulk {
+            out,
+            serials,
+            owner,
+        } => {
             let serials = if serials.is_empty() {
                 read_serials()?
             } else {
@@ -193,14 +200,14 @@ async fn token(backend: &Backend, action: &TokenAction) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let mut file = create_private(out)?;
             let issued = match backend {
-                Backend::Local { tokens, .. } => tokens.issue_many(&serials)?,
+                Backend::Local { tokens, .. } => tokens.issue_many(&serials, owner.as_deref())?,
                 Backend::Remote { .. } => {
                     let names: Vec<&str> = serials.iter().map(Serial::as_str).collect();
                     let answer = backend
                         .call(
                             Method::POST,
                             "/api/admin/tokens",
-                            Some(json!({ "serials": names })),
+                            Some(json!({ "serials": names, "owner": owner })),
                         )
                         .await?;
                     answer

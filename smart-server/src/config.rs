@@ -160,7 +160,13 @@ pub enum Command {
 #[derive(Debug, Clone, Subcommand)]
 pub enum TokenAction {
     /// Issue a new token for SERIAL (replacing any earlier one) and print it as the last line.
-    Issue { serial: String },
+    Issue {
+        serial: String,
+        /// The owner the device gets (its record's `owner`, what users with `--scope-owner` see
+        /// by), from its next accepted message; without it, new devices get `--owner`.
+        #[arg(long)]
+        owner: Option<String>,
+    },
     /// Revoke SERIAL's token.
     Revoke { serial: String },
     /// List the serials that have a token, when each was created and last used (never the tokens).
@@ -173,6 +179,9 @@ pub enum TokenAction {
         out: PathBuf,
         /// Serials; read from stdin, one per line, when none are given.
         serials: Vec<String>,
+        /// The owner these devices get (see `token issue --owner`).
+        #[arg(long)]
+        owner: Option<String>,
     },
 }
 
@@ -307,7 +316,7 @@ mod tests {
                 .unwrap();
         assert!(matches!(
             cmd.command,
-            Some(Command::Token { action: TokenAction::Issue { ref serial } }) if serial == "0001"
+            Some(Command::Token { action: TokenAction::Issue { ref serial, .. } }) if serial == "0001"
         ));
     }
 

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, Op
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use crate::fleet::Records;
+use crate::fleet::{Records, Scope};
 use crate::hub::{Budget, Change, Latest, Owed, Subscription};
 use crate::liveness::{Due, Liveness, feed_text, is_not_reading};
 use crate::metrics::Metrics;
@@ -29,8 +29,10 @@ pub(crate) const INIT_INTERVAL: Duration = Duration::from_millis(250);
 /// What the dashboard is looking at.
 struct View {
     query: Query,
-    /// The serials in the view, tracked only when the query filters (otherwise every device is in
-    /// view).
+    /// The devices this dashboard's user may see at all (whatever its query).
+    scope: Scope,
+    /// The serials in the view, tracked only when the query or the scope leaves devices out
+    /// (otherwise every device is in view).
     members: Option<HashSet<Serial>>,
 }
 
@@ -49,16 +51,17 @@ const COALESCE: Duration = Duration::from_millis(2);
 /// write buffer never has to hold a whole INIT of a large fleet.
 const INIT_FRAGMENT: usize = 4 * 1024;
 
-/// Serve one dashboard until it closes or the server shuts down.
+/// Serve one dashboard, which sees the devices of `scope`, until it closes or the server shuts down.
 pub(crate) async fn session<S>(
     mut ws: WebSocketStream<S>,
     shared: Arc<Shared>,
+    scope: Scope,
     mut shutdown: Shutdown,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     Metrics::inc(&shared.metrics.dashboard_connections);
-    let end = serve(&mut ws, &shared, &mut shutdown).await;
+    let end = serve(&mut ws, &shared, scope, &mut shutdown).await;
     finish(&mut ws, end).await;
     Metrics::dec(&shared.metrics.dashboard_connections);
 }
@@ -70,7 +73,12 @@ struct Taken {
     conflated: Vec<Latest>,
 }
 
-async fn serve<S>(ws: &mut WebSocketStream<S>, shared: &Shared, shutdown: &mut Shutdown) -> End
+async fn serve<S>(
+    ws: &mut WebSocketStream<S>,
+    shared: &Shared,
+    scope: Scope,
+    shutdown: &mut Shutdown,
+) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -79,6 +87,7 @@ where
     let mut subscription = shared.hub.subscribe();
     let mut view = View {
         query: Query::default(),
+        scope,
         members: None,
     };
     let mut out: Vec<Message> = vec![Message::Text(welcome.into())];
@@ -129,7 +138,7 @@ where
                     match smart_proto::parse_dashboard_message(&text) {
                         Ok(query) => {
                             Metrics::inc(&shared.metrics.queries);
-                            view = View { query, members: None };
+                            view.query = query;
                             init(shared, &mut subscription, &mut view, &mut out);
                             last_init = Instant::now();
                             init_due = None;
@@ -225,7 +234,7 @@ fn not_reading(shared: &Shared) -> End {
 /// subscription to the head (the INIT covers everything published so far).
 fn init(shared: &Shared, subscription: &mut Subscription, view: &mut View, out: &mut Vec<Message>) {
     subscription.resync();
-    let (frame, members) = shared.fleet.init_frame(&view.query);
+    let (frame, members) = shared.fleet.init_frame(&view.query, &view.scope);
     view.members = members;
     push_fragmented(frame, out);
 }
@@ -288,7 +297,7 @@ fn forward(shared: &Shared, view: &mut View, taken: &mut Taken, out: &mut Vec<Me
             for change in &taken.changes {
                 let shared_frame = || Message::Text(change.frame.clone());
                 membership_changed |= follow(
-                    &view.query,
+                    (&view.query, &view.scope),
                     members,
                     records,
                     &change.serial,
@@ -310,7 +319,7 @@ fn forward(shared: &Shared, view: &mut View, taken: &mut Taken, out: &mut Vec<Me
                     updt(header, body)
                 };
                 membership_changed |= follow(
-                    &view.query,
+                    (&view.query, &view.scope),
                     members,
                     records,
                     &latest.serial,
@@ -330,7 +339,7 @@ fn forward(shared: &Shared, view: &mut View, taken: &mut Taken, out: &mut Vec<Me
 /// its full record if it enters, drop it from the members if it leaves. Returns whether membership
 /// changed.
 fn follow(
-    query: &Query,
+    (query, scope): (&Query, &Scope),
     members: &mut HashSet<Serial>,
     records: &Records<'_>,
     serial: &Serial,
@@ -341,7 +350,7 @@ fn follow(
     // The current record decides: it already holds this change and maybe later ones.
     let matches = records
         .get(serial)
-        .is_some_and(|record| query.matches(record));
+        .is_some_and(|record| scope.allows(record) && query.matches(record));
     let member = members.contains(serial);
     match (matches, member) {
         (true, true) => {

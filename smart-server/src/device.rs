@@ -60,10 +60,11 @@ pub(crate) async fn session<S>(
     let mut revoked = None;
     if let Some(Grant {
         serial,
+        owner,
         revoked: watch,
     }) = grant
     {
-        intake.bind(serial);
+        intake.bind(serial, owner);
         revoked = Some(watch);
     }
     let mut state = Session {

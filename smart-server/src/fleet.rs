@@ -21,6 +21,31 @@ use crate::config::Registration;
 #[error("unknown device {0} and registration is closed")]
 pub(crate) struct Unregistered(pub String);
 
+/// Which devices a reader may see: every one, or only one owner's (a user with `--scope-owner`).
+/// Every way of reading the fleet takes one: INIT, UPDT, FILT results, `/api/devices`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Scope(Option<Arc<str>>);
+
+impl Scope {
+    /// Every device.
+    pub(crate) const ALL: Scope = Scope(None);
+
+    /// Only the devices whose `owner` is `owner`.
+    pub(crate) fn owner(owner: &str) -> Scope {
+        Scope(Some(Arc::from(owner)))
+    }
+
+    /// Whether `record` is in this scope.
+    pub(crate) fn allows(&self, record: &Record) -> bool {
+        self.0.as_deref().is_none_or(|owner| record.owner == owner)
+    }
+
+    /// Whether this scope leaves devices out.
+    pub(crate) fn is_limited(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// One device as committed: its record and the record's JSON text (as stored).
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
@@ -121,10 +146,13 @@ impl Fleet {
         self.online.load(Ordering::Relaxed)
     }
 
-    /// One device's record as JSON.
-    pub(crate) fn device_json(&self, serial: &str) -> Option<Arc<str>> {
+    /// One device's record as JSON, if it is in `scope`.
+    pub(crate) fn device_json(&self, serial: &str, scope: &Scope) -> Option<Arc<str>> {
         let serial = Serial::new(serial).ok()?;
-        self.read().get(&serial).map(|d| Arc::clone(&d.json))
+        self.read()
+            .get(&serial)
+            .filter(|d| scope.allows(&d.record))
+            .map(|d| Arc::clone(&d.json))
     }
 
     /// Run `f` over the records under one read lock (no awaiting inside; keep it short: the writer
@@ -139,20 +167,25 @@ impl Fleet {
         self.read().values().cloned().collect()
     }
 
-    /// The JSON array of the records `query` selects, in its order (evaluated outside the lock).
-    pub(crate) fn query_json(&self, query: &Query) -> String {
+    /// The JSON array of the records of `scope` that `query` selects, in its order (evaluated
+    /// outside the lock).
+    pub(crate) fn query_json(&self, query: &Query, scope: &Scope) -> String {
         let mut out = String::new();
-        write_array(&self.snapshot(), query, &mut out, None);
+        write_array(&self.snapshot(), query, scope, &mut out, None);
         out
     }
 
-    /// The INIT frame for `query`, and the serials it holds when the query filters (the dashboard's
-    /// view membership). Evaluated outside the lock.
-    pub(crate) fn init_frame(&self, query: &Query) -> (String, Option<HashSet<Serial>>) {
+    /// The INIT frame for `query` within `scope`, and the serials it holds when it leaves devices
+    /// out (the dashboard's view membership). Evaluated outside the lock.
+    pub(crate) fn init_frame(
+        &self,
+        query: &Query,
+        scope: &Scope,
+    ) -> (String, Option<HashSet<Serial>>) {
         let mut out = String::new();
-        let mut members = (!query.filters.is_empty()).then(HashSet::new);
+        let mut members = (!query.filters.is_empty() || scope.is_limited()).then(HashSet::new);
         smart_proto::frame::write_envelope(&mut out, smart_proto::Kind::Init, |out| {
-            write_array(&self.snapshot(), query, out, members.as_mut());
+            write_array(&self.snapshot(), query, scope, out, members.as_mut());
         });
         (out, members)
     }
@@ -179,17 +212,16 @@ impl Records<'_> {
 fn write_array(
     entries: &[Entry],
     query: &Query,
+    scope: &Scope,
     out: &mut String,
     mut members: Option<&mut HashSet<Serial>>,
 ) {
+    let in_scope = entries.iter().filter(|d| scope.allows(&d.record));
     let mut selected: Vec<&Entry> = if query.filters.is_empty() {
-        entries.iter().collect()
+        in_scope.collect()
     } else {
         let matcher = query.matcher();
-        entries
-            .iter()
-            .filter(|d| matcher.matches(&d.record))
-            .collect()
+        in_scope.filter(|d| matcher.matches(&d.record)).collect()
     };
     if !query.sorts.is_empty() {
         // Stable over serial-ascending input, and `compare` ends ties on the serial anyway.
@@ -256,13 +288,13 @@ mod tests {
     #[test]
     fn init_frame_matches_write_init() {
         let fleet = fleet();
-        let (frame, members) = fleet.init_frame(&Query::default());
+        let (frame, members) = fleet.init_frame(&Query::default(), &Scope::ALL);
         assert!(members.is_none());
         let expected = fleet.with_records(|r| write_init(r.devices.values().map(|d| &*d.record)));
         assert_eq!(frame, expected);
 
         let query = Query::parse(&["filter:battery:>:50", "sort:battery:>:123"]).unwrap();
-        let (frame, members) = fleet.init_frame(&query);
+        let (frame, members) = fleet.init_frame(&query, &Scope::ALL);
         let expected =
             fleet.with_records(|r| write_init(query.apply(r.devices.values().map(|d| &*d.record))));
         assert_eq!(frame, expected);
@@ -273,9 +305,47 @@ mod tests {
             .collect();
         members.sort();
         assert_eq!(members, ["0002", "0003"]);
-        let listed: serde_json::Value = serde_json::from_str(&fleet.query_json(&query)).unwrap();
+        let listed: serde_json::Value =
+            serde_json::from_str(&fleet.query_json(&query, &Scope::ALL)).unwrap();
         let framed: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(listed, framed["message"]);
+    }
+
+    /// A scoped reader gets only its owner's devices, in every way of reading, and its INIT tracks
+    /// membership even without a filter (so that other owners' changes are not forwarded).
+    #[test]
+    fn a_scope_leaves_other_owners_devices_out() {
+        let now = Timestamp::from_unix_micros(1);
+        let records = ["A", "B", "A"].iter().enumerate().map(|(i, owner)| {
+            let mut record = Record::new(Serial::new(&format!("000{i}")).unwrap(), *owner, now);
+            record.battery = Some(i as f64);
+            record
+        });
+        let fleet = Fleet::new("EET".to_owned(), Registration::Open, records.collect());
+        let a = Scope::owner("A");
+        let serials = |json: &str| -> Vec<String> {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap();
+            let list = v.get("message").unwrap_or(&v).as_array().unwrap().clone();
+            list.iter()
+                .map(|r| r["serial_number"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            serials(&fleet.query_json(&Query::default(), &a)),
+            ["0000", "0002"]
+        );
+        let sorted = Query::parse(&["sort:battery:>:123"]).unwrap();
+        assert_eq!(serials(&fleet.query_json(&sorted, &a)), ["0002", "0000"]);
+        let (frame, members) = fleet.init_frame(&Query::default(), &a);
+        assert_eq!(serials(&frame), ["0000", "0002"]);
+        assert_eq!(members.map(|m| m.len()), Some(2));
+        assert!(fleet.device_json("0001", &a).is_none());
+        assert!(fleet.device_json("0001", &Scope::owner("B")).is_some());
+        assert_eq!(
+            serials(&fleet.query_json(&Query::default(), &Scope::ALL)).len(),
+            3
+        );
+        assert!(serials(&fleet.query_json(&Query::default(), &Scope::owner("C"))).is_empty());
     }
 
     #[test]
@@ -290,7 +360,7 @@ mod tests {
         record.online = false;
         fleet.publish([(serial.clone(), Entry::new(record))], &mut Vec::new());
         assert_eq!(fleet.online(), 2);
-        let json = fleet.device_json("0001").unwrap();
+        let json = fleet.device_json("0001", &Scope::ALL).unwrap();
         assert!(!Record::from_json(&json).unwrap().online);
         assert_eq!(fleet.len(), 3);
     }

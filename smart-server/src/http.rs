@@ -30,6 +30,7 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::{Denied, Grant};
 use crate::conns::Slot;
+use crate::fleet::Scope;
 use crate::lenient::Lenient;
 use crate::liveness::{CONTROL_ROOM, FRAGMENT};
 use crate::metrics::Metrics;
@@ -166,14 +167,14 @@ pub(crate) async fn serve_connection<T, S>(
         async move {
             ctx.slot.busy();
             if let Some(peer) = websocket_peer(&req) {
-                let grant = match ctx.admit(&req, peer).await {
-                    Ok(grant) => grant,
+                let admitted = match ctx.admit(&req, peer).await {
+                    Ok(admitted) => admitted,
                     Err(res) => {
                         ctx.slot.idle();
                         return Ok(res);
                     }
                 };
-                let res = ctx.upgrade::<T>(req, peer, grant);
+                let res = ctx.upgrade::<T>(req, peer, admitted);
                 if res.status() != StatusCode::SWITCHING_PROTOCOLS {
                     ctx.slot.idle();
                 }
@@ -190,11 +191,26 @@ pub(crate) async fn serve_connection<T, S>(
                 ctx.slot.idle();
                 return Ok(res);
             }
-            if !is_public(req.uri().path())
-                && let Err(res) = ctx.admit(&req, Peer::Dashboard).await
-            {
-                ctx.slot.idle();
-                return Ok(res);
+            let mut req = req;
+            if !is_public(req.uri().path()) {
+                match ctx.admit(&req, Peer::Dashboard).await {
+                    Ok(admitted)
+                        if admitted.scope.is_limited() && !scope_serves(req.uri().path()) =>
+                    {
+                        ctx.slot.idle();
+                        return Ok(error_json(
+                            StatusCode::FORBIDDEN,
+                            "this user sees one owner's devices only: fleet-wide figures are not for it",
+                        ));
+                    }
+                    Ok(admitted) => {
+                        req.extensions_mut().insert(admitted.scope);
+                    }
+                    Err(res) => {
+                        ctx.slot.idle();
+                        return Ok(res);
+                    }
+                }
             }
             let res = routes.call(req).await;
             ctx.slot.idle();
@@ -244,6 +260,14 @@ fn websocket_peer(req: &Request<Incoming>) -> Option<Peer> {
     }
 }
 
+/// What an admitted request may do.
+struct Admitted {
+    /// The serial a device connection may write (`None`: any).
+    grant: Option<Grant>,
+    /// The devices a person may see.
+    scope: Scope,
+}
+
 /// What a request handler needs.
 #[derive(Clone)]
 struct Ctx {
@@ -288,9 +312,9 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
 
 impl Ctx {
     /// Check the request's credentials (`--auth`): a device token for a device, a user for anything
-    /// else. `Ok` carries the serial a device connection may write (`None`: any); `Err` the answer
-    /// (401, 429 or 503). Neither the token nor the query string is logged.
-    async fn admit(&self, req: &Request<Incoming>, peer: Peer) -> Result<Option<Grant>, Response> {
+    /// else. `Ok` carries what the request may do; `Err` the answer (401, 429 or 503). Neither the
+    /// token nor the query string is logged.
+    async fn admit(&self, req: &Request<Incoming>, peer: Peer) -> Result<Admitted, Response> {
         let auth = &self.shared.auth;
         let authorization = req
             .headers()
@@ -299,23 +323,25 @@ impl Ctx {
         let cookie = req.headers().get(header::COOKIE).map(HeaderValue::as_bytes);
         let denied = match peer {
             Peer::Device => match auth.device(authorization, req.uri().query()) {
-                Ok(grant) => return Ok(grant),
+                Ok(grant) => {
+                    return Ok(Admitted {
+                        grant,
+                        scope: Scope::ALL,
+                    });
+                }
                 Err(denied) => denied,
             },
             Peer::Dashboard => match auth.person(authorization, cookie, self.remote).await {
-                Ok(None) => return Ok(None),
-                // Views limited to one owner's devices are not built yet: such a user gets nothing
-                // rather than everything.
-                Ok(Some(user)) if user.scope_owner.is_some() => {
-                    info!(user = %user.name, "refused: owner-scoped views are not available yet");
-                    return Err(error_json(
-                        StatusCode::FORBIDDEN,
-                        "this user is limited to one owner's devices, and scoped views are not available in this version",
-                    ));
+                Ok(None) => {
+                    return Ok(Admitted {
+                        grant: None,
+                        scope: Scope::ALL,
+                    });
                 }
                 Ok(Some(user)) => {
                     debug!(user = %user.name, role = user.role.as_str(), "authenticated");
-                    return Ok(None);
+                    let scope = user.scope_owner.as_deref().map_or(Scope::ALL, Scope::owner);
+                    return Ok(Admitted { grant: None, scope });
                 }
                 Err(denied) => denied,
             },
@@ -373,8 +399,9 @@ impl Ctx {
         &self,
         mut req: Request<Incoming>,
         peer: Peer,
-        grant: Option<Grant>,
+        admitted: Admitted,
     ) -> Response {
+        let Admitted { grant, scope } = admitted;
         let shared = &self.shared;
         let is_upgrade = req.method() == Method::GET
             && header_has_token(&req, header::CONNECTION, "upgrade")
@@ -464,7 +491,7 @@ impl Ctx {
                                 Some(config),
                             )
                             .await;
-                            dashboard::session(ws, shared, shutdown).await;
+                            dashboard::session(ws, shared, scope, shutdown).await;
                         }
                         Err(upgraded) => {
                             let ws = WebSocketStream::from_raw_socket(
@@ -473,7 +500,7 @@ impl Ctx {
                                 Some(config),
                             )
                             .await;
-                            dashboard::session(ws, shared, shutdown).await;
+                            dashboard::session(ws, shared, scope, shutdown).await;
                         }
                     }
                 }
@@ -510,6 +537,12 @@ fn is_public(path: &str) -> bool {
         || ASSETS
             .iter()
             .any(|a| path.strip_prefix('/') == Some(a.name))
+}
+
+/// Whether a user limited to one owner's devices (`--scope-owner`) may ask for `path`: the device
+/// API, which answers within the scope. Anything fleet-wide (`/metrics`) is refused (403).
+fn scope_serves(path: &str) -> bool {
+    path == "/api/devices" || path.starts_with("/api/devices/")
 }
 
 /// Devices send no `Origin`; browsers always do. A browser may open `/update/` only from a listed
@@ -588,22 +621,30 @@ pub(crate) fn routes(
     let root = warp::path::end()
         .map(|| warp::redirect::found(Uri::from_static("/index.html")).into_response());
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    // The devices the user may see (set by the credentials check; every device when auth is off).
+    let scope = warp::ext::optional::<Scope>().map(Option::unwrap_or_default);
     let list = warp::path!("api" / "devices")
         .and(raw_query)
+        .and(scope)
         .and(with_shared.clone())
-        .then(|raw: String, shared: Arc<Shared>| async move {
-            // Filtering and sorting the whole fleet is CPU work: on a blocking thread, so that
-            // neither the runtime's workers (device sessions) nor the fleet (the writer) wait for it.
-            tokio::task::spawn_blocking(move || list_devices(&raw, &shared))
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::error!(%e, "device query task failed");
-                    error_json(StatusCode::INTERNAL_SERVER_ERROR, "query failed")
-                })
-        });
+        .then(
+            |raw: String, scope: Scope, shared: Arc<Shared>| async move {
+                // Filtering and sorting the whole fleet is CPU work: on a blocking thread, so that
+                // neither the runtime's workers (device sessions) nor the fleet (the writer) wait for it.
+                tokio::task::spawn_blocking(move || list_devices(&raw, &scope, &shared))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(%e, "device query task failed");
+                        error_json(StatusCode::INTERNAL_SERVER_ERROR, "query failed")
+                    })
+            },
+        );
     let one = warp::path!("api" / "devices" / String)
+        .and(scope)
         .and(with_shared.clone())
-        .map(|serial: String, shared: Arc<Shared>| one_device(&serial, &shared));
+        .map(|serial: String, scope: Scope, shared: Arc<Shared>| {
+            one_device(&serial, &scope, &shared)
+        });
     // The known fields of PROTOCOL.md §6 (smart-proto's table): the dashboard's known columns.
     let fields = warp::path!("api" / "fields")
         .map(|| json_response(StatusCode::OK, smart_proto::Record::fields_json()));
@@ -637,7 +678,7 @@ fn error_json(status: StatusCode, message: &str) -> Response {
 }
 
 /// `/api/devices?q=CLAUSE&q=CLAUSE…`: the FILT of PROTOCOL.md §8 over HTTP.
-fn list_devices(raw_query: &str, shared: &Shared) -> Response {
+fn list_devices(raw_query: &str, scope: &Scope, shared: &Shared) -> Response {
     let pairs: Vec<(String, String)> = match serde_urlencoded::from_str(raw_query) {
         Ok(pairs) => pairs,
         Err(e) => return error_json(StatusCode::BAD_REQUEST, &format!("bad query string: {e}")),
@@ -648,13 +689,15 @@ fn list_devices(raw_query: &str, shared: &Shared) -> Response {
         .map(|(_, v)| v.as_str())
         .collect();
     match Query::parse(&clauses) {
-        Ok(query) => json_response(StatusCode::OK, shared.fleet.query_json(&query)),
+        Ok(query) => json_response(StatusCode::OK, shared.fleet.query_json(&query, scope)),
         Err(e) => error_json(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
 
-fn one_device(serial: &str, shared: &Shared) -> Response {
-    match shared.fleet.device_json(serial) {
+/// One device's record; a device outside the user's scope is unknown to it (404, not 403: a scoped
+/// user learns nothing about other owners' serials).
+fn one_device(serial: &str, scope: &Scope, shared: &Shared) -> Response {
+    match shared.fleet.device_json(serial, scope) {
         Some(json) => json_response(StatusCode::OK, json.to_string()),
         None => error_json(StatusCode::NOT_FOUND, &format!("unknown device {serial:?}")),
     }

@@ -96,6 +96,8 @@ struct Write {
     update: Update,
     /// When it arrived (`last_status_update`, and `manufacturing_date` of a new device).
     now: Timestamp,
+    /// The owner the connection's device token assigns (`token issue --owner`): the record takes it.
+    owner: Option<Arc<str>>,
     /// Answered once the write is durable and visible, or refused; a dropped ticket answers ERROR.
     ack: AckTicket,
 }
@@ -166,6 +168,7 @@ impl Ingest {
         Intake {
             ingest: self,
             bound: None,
+            owner: None,
             attached: HashSet::new(),
             acks: Arc::new(AckQueue::default()),
             submitted: 0,
@@ -251,6 +254,8 @@ pub(crate) struct Intake<'a> {
     ingest: &'a Ingest,
     /// The serial this connection's device token is for (`--auth required`); `None`: any serial.
     bound: Option<Serial>,
+    /// The owner that token assigns to its device, if any.
+    owner: Option<Arc<str>>,
     /// Serials this connection has sent a valid message for (it keeps them online); at most
     /// `--max-serials-per-connection`.
     attached: HashSet<Serial>,
@@ -261,9 +266,11 @@ pub(crate) struct Intake<'a> {
 }
 
 impl Intake<'_> {
-    /// Accept messages for `serial` only (the serial of the connection's device token).
-    pub(crate) fn bind(&mut self, serial: Serial) {
+    /// Accept messages for `serial` only (the serial of the connection's device token), whose
+    /// record gets `owner` (the token's), if given.
+    pub(crate) fn bind(&mut self, serial: Serial, owner: Option<Arc<str>>) {
         self.bound = Some(serial);
+        self.owner = owner;
     }
 
     /// Where this connection's writes are answered.
@@ -329,6 +336,7 @@ impl Intake<'_> {
             header: message.header.clone(),
             update: message.update,
             now: now(),
+            owner: self.owner.clone(),
             ack: AckTicket::new(Arc::clone(&self.acks), ordinal),
         }));
         if attach {
@@ -574,6 +582,7 @@ impl<S: Sink> Writer<S> {
                             header,
                             update,
                             now,
+                            owner,
                             ack,
                         } = *write;
                         let slot = staged.entry(header.serial.clone());
@@ -581,22 +590,30 @@ impl<S: Sink> Writer<S> {
                             hash_map::Entry::Occupied(s) => Some(&s.get().entry),
                             hash_map::Entry::Vacant(_) => records.entry(&header.serial),
                         };
-                        let (mut shared, created) = match base {
-                            Some(entry) => (recycled(pool, &entry.record), false),
-                            None => (
-                                Arc::new(Record::new(header.serial.clone(), fleet.owner(), now)),
-                                true,
-                            ),
+                        let owner = owner.as_deref();
+                        let (mut shared, created) = if let Some(entry) = base {
+                            (recycled(pool, &entry.record), false)
+                        } else {
+                            let owner = owner.unwrap_or(fleet.owner());
+                            let record = Record::new(header.serial.clone(), owner, now);
+                            (Arc::new(record), true)
                         };
                         // Unique (fresh or recycled): this never copies.
                         let record = Arc::make_mut(&mut shared);
                         let was_online = record.online && !created;
-                        let changed = if listening {
+                        let mut changed = if listening {
                             record.apply(&update, now)
                         } else {
                             record.apply_unrecorded(&update, now);
                             Map::new()
                         };
+                        // The token's owner wins over the one the record was registered with.
+                        if let Some(owner) = owner.filter(|o| *o != record.owner) {
+                            owner.clone_into(&mut record.owner);
+                            if listening {
+                                changed.insert("owner".to_owned(), Value::String(owner.to_owned()));
+                            }
+                        }
                         // A device that sends is online: its connection is attached.
                         record.online = true;
                         if record.extra.len() > limits.extras {

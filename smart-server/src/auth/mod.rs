@@ -19,7 +19,7 @@ pub(crate) use sessions::{COOKIE, SESSION_TTL};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -32,7 +32,7 @@ use smart_proto::Serial;
 use subtle::ConstantTimeEq as _;
 use tracing::{error, info};
 
-pub(crate) use tokens::Tokens;
+pub(crate) use tokens::{TokenError, Tokens};
 pub use users::Role;
 pub(crate) use users::{UserError, Users};
 
@@ -130,6 +130,8 @@ pub(crate) struct Auth {
 #[derive(Debug)]
 pub(crate) struct Grant {
     pub serial: Serial,
+    /// The owner the token assigns to its device (`token issue --owner`), if any.
+    pub owner: Option<Arc<str>>,
     /// Resolves (with an error) once the token is revoked or replaced.
     pub revoked: watch::Receiver<()>,
 }
@@ -178,7 +180,7 @@ impl Auth {
             return Err(Denied::Missing);
         };
         match self.tokens.verify(&token) {
-            Ok(Some(serial)) => {
+            Ok(Some(tokens::Verified { serial, owner })) => {
                 let Ok(mut live) = self.live.lock() else {
                     return Err(Denied::Unavailable);
                 };
@@ -192,7 +194,11 @@ impl Auth {
                     .subscribe();
                 // A revoke between the lookup and the subscription would be missed: look again.
                 match self.tokens.verify(&token) {
-                    Ok(Some(_)) => Ok(Some(Grant { serial, revoked })),
+                    Ok(Some(_)) => Ok(Some(Grant {
+                        serial,
+                        owner: owner.map(Arc::from),
+                        revoked,
+                    })),
                     Ok(None) => Err(Denied::Invalid),
                     Err(_) => Err(Denied::Unavailable),
                 }
@@ -208,7 +214,7 @@ impl Auth {
     /// The person behind an `Authorization: Basic` header: `Ok(None)` when auth is off.
     /// A session cookie is tried first, then Basic credentials.
     pub(crate) async fn person(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         authorization: Option<&[u8]>,
         cookie: Option<&[u8]>,
         from: IpAddr,
@@ -227,7 +233,7 @@ impl Auth {
 
     /// Log in with a name and password (the page's form): a new session id for the cookie.
     pub(crate) async fn start_session(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         name: String,
         password: String,
         from: IpAddr,
@@ -252,7 +258,7 @@ impl Auth {
     /// The user behind an `Authorization: Basic` header, whatever the mode. Runs argon2id on a
     /// blocking thread unless the credentials were verified recently.
     pub(crate) async fn login(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         authorization: Option<&[u8]>,
         from: IpAddr,
     ) -> Result<Principal, Denied> {
@@ -264,7 +270,7 @@ impl Auth {
 
     /// Verify `name`'s `password` (remembered, rate-limited, argon2id off the async workers).
     async fn check_password(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         name: String,
         password: String,
         from: IpAddr,

@@ -2,7 +2,9 @@
 //!
 //! Two sled trees: `device_tokens` maps a serial to its token's hash, creation and last use;
 //! `device_token_hashes` maps a hash back to its serial, so a device that presents only its token is
-//! found with one lookup. The hash found is compared again in constant time (`subtle`).
+//! found with one lookup. The hash found is compared again in constant time (`subtle`). A token
+//! issued with an owner carries it: the device's record takes that owner (the multi-tenant `owner`
+//! field that users with `--scope-owner` see by).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,8 +18,11 @@ use subtle::ConstantTimeEq as _;
 pub(crate) const TOKEN_PREFIX: &str = "smartos_";
 /// Random bytes in a token.
 const TOKEN_BYTES: usize = 32;
-/// A stored entry: hash, created (ms since the epoch), last used (ms, 0 = never).
+/// A stored entry: hash, created (ms since the epoch), last used (ms, 0 = never), then the owner's
+/// UTF-8 text if the token was issued with one.
 const ENTRY_LEN: usize = 32 + 8 + 8;
+/// Longest owner name, in bytes.
+pub(crate) const MAX_OWNER_BYTES: usize = 128;
 
 /// A token store failure.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,29 @@ pub(crate) enum TokenError {
     Random(String),
     #[error("a stored token entry for {0:?} is damaged")]
     Damaged(String),
+    #[error("bad owner: {0}")]
+    BadOwner(&'static str),
+}
+
+/// Check an owner name given to [`Tokens::issue`]: 1 to [`MAX_OWNER_BYTES`] bytes, no control
+/// characters.
+pub(crate) fn check_owner(owner: &str) -> Result<(), TokenError> {
+    if owner.is_empty() {
+        Err(TokenError::BadOwner("empty"))
+    } else if owner.len() > MAX_OWNER_BYTES {
+        Err(TokenError::BadOwner("longer than 128 bytes"))
+    } else if owner.chars().any(char::is_control) {
+        Err(TokenError::BadOwner("control characters"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A token that verified: the serial it may write, and the owner its device gets, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Verified {
+    pub serial: Serial,
+    pub owner: Option<String>,
 }
 
 /// One serial's token, as listed (never the token itself).
@@ -38,6 +66,8 @@ pub(crate) struct TokenInfo {
     pub created_ms: u64,
     /// Milliseconds since the Unix epoch of the last accepted connection; `None` if never used.
     pub last_used_ms: Option<u64>,
+    /// The owner the device gets, if the token was issued with one.
+    pub owner: Option<String>,
 }
 
 /// The device tokens of one data directory.
@@ -56,30 +86,39 @@ impl Tokens {
         })
     }
 
-    /// A new token for `serial`, replacing (revoking) any earlier one. Durable when this returns.
-    pub(crate) fn issue(&self, serial: &Serial) -> Result<String, TokenError> {
-        let token = self.issue_unsynced(serial)?;
+    /// A new token for `serial` (whose device gets `owner`, if given), replacing (revoking) any
+    /// earlier one. Durable when this returns.
+    pub(crate) fn issue(&self, serial: &Serial, owner: Option<&str>) -> Result<String, TokenError> {
+        let token = self.issue_unsynced(serial, owner)?;
         self.flush()?;
         Ok(token)
     }
 
     /// New tokens for many serials, with one sync at the end. Durable when this returns.
-    pub(crate) fn issue_many(&self, serials: &[Serial]) -> Result<Vec<String>, TokenError> {
+    pub(crate) fn issue_many(
+        &self,
+        serials: &[Serial],
+        owner: Option<&str>,
+    ) -> Result<Vec<String>, TokenError> {
         let tokens = serials
             .iter()
-            .map(|serial| self.issue_unsynced(serial))
+            .map(|serial| self.issue_unsynced(serial, owner))
             .collect::<Result<Vec<_>, _>>()?;
         self.flush()?;
         Ok(tokens)
     }
 
-    fn issue_unsynced(&self, serial: &Serial) -> Result<String, TokenError> {
+    fn issue_unsynced(&self, serial: &Serial, owner: Option<&str>) -> Result<String, TokenError> {
+        if let Some(owner) = owner {
+            check_owner(owner)?;
+        }
         let token = format!("{TOKEN_PREFIX}{}", random_secret()?);
         let hash = hash(&token);
-        let mut entry = Vec::with_capacity(ENTRY_LEN);
+        let mut entry = Vec::with_capacity(ENTRY_LEN + owner.map_or(0, str::len));
         entry.extend_from_slice(&hash);
         entry.extend_from_slice(&now_ms().to_be_bytes());
         entry.extend_from_slice(&0_u64.to_be_bytes());
+        entry.extend_from_slice(owner.unwrap_or_default().as_bytes());
         if let Some(old) = self.by_serial.insert(serial.as_str(), entry)?
             && let Some(old_hash) = old.get(..32)
         {
@@ -110,10 +149,14 @@ impl Tokens {
             let (Some(created), Some(used)) = (be_u64(&value, 32), be_u64(&value, 40)) else {
                 return Err(TokenError::Damaged(serial));
             };
+            let Ok(owner) = stored_owner(&value) else {
+                return Err(TokenError::Damaged(serial));
+            };
             out.push(TokenInfo {
                 serial,
                 created_ms: created,
                 last_used_ms: (used != 0).then_some(used),
+                owner,
             });
         }
         Ok(out)
@@ -121,7 +164,7 @@ impl Tokens {
 
     /// The serial `token` belongs to, or `None` for a token that is unknown or revoked. Records the
     /// use (made durable with the next checkpoint, not here: a connection costs no sync).
-    pub(crate) fn verify(&self, token: &str) -> Result<Option<Serial>, TokenError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Option<Verified>, TokenError> {
         let hash = hash(token);
         let Some(serial) = self.by_hash.get(hash)? else {
             return Ok(None);
@@ -139,6 +182,9 @@ impl Tokens {
         let (true, Some(serial)) = (matches, serial) else {
             return Ok(None);
         };
+        let Ok(owner) = stored_owner(&old) else {
+            return Err(TokenError::Damaged(serial.as_str().to_owned()));
+        };
         let mut entry = old.to_vec();
         if let Some(used) = entry.get_mut(40..48) {
             used.copy_from_slice(&now_ms().to_be_bytes());
@@ -147,13 +193,21 @@ impl Tokens {
                 .by_serial
                 .compare_and_swap(serial.as_str(), Some(old), Some(entry))?;
         }
-        Ok(Some(serial))
+        Ok(Some(Verified { serial, owner }))
     }
 
     fn flush(&self) -> Result<(), TokenError> {
         self.by_serial.flush()?;
         self.by_hash.flush()?;
         Ok(())
+    }
+}
+
+/// The owner stored after an entry's fixed part (`Err` if it is not UTF-8).
+fn stored_owner(entry: &[u8]) -> Result<Option<String>, std::str::Utf8Error> {
+    match entry.get(ENTRY_LEN..) {
+        Some(bytes) if !bytes.is_empty() => Ok(Some(std::str::from_utf8(bytes)?.to_owned())),
+        _ => Ok(None),
     }
 }
 
@@ -196,17 +250,29 @@ mod tests {
     fn a_token_verifies_as_its_serial_until_revoked_or_reissued() {
         let (_dir, tokens) = tokens();
         let serial = Serial::new("0001").unwrap();
-        let first = tokens.issue(&serial).unwrap();
+        let first = tokens.issue(&serial, None).unwrap();
         assert!(first.starts_with(TOKEN_PREFIX));
         // 32 bytes in unpadded base64.
         assert_eq!(first.len(), TOKEN_PREFIX.len() + 43);
-        assert_eq!(tokens.verify(&first).unwrap(), Some(serial.clone()));
+        assert_eq!(
+            tokens.verify(&first).unwrap(),
+            Some(Verified {
+                serial: serial.clone(),
+                owner: None
+            })
+        );
         assert_eq!(tokens.verify("smartos_wrong").unwrap(), None);
 
-        let second = tokens.issue(&serial).unwrap();
+        let second = tokens.issue(&serial, None).unwrap();
         assert_ne!(first, second);
         assert_eq!(tokens.verify(&first).unwrap(), None, "re-issue revokes");
-        assert_eq!(tokens.verify(&second).unwrap(), Some(serial.clone()));
+        assert_eq!(
+            tokens.verify(&second).unwrap(),
+            Some(Verified {
+                serial: serial.clone(),
+                owner: None
+            })
+        );
 
         assert!(tokens.revoke("0001").unwrap());
         assert!(!tokens.revoke("0001").unwrap());
@@ -214,11 +280,31 @@ mod tests {
     }
 
     #[test]
+    fn a_token_issued_with_an_owner_verifies_with_it() {
+        let (_dir, tokens) = tokens();
+        let serial = Serial::new("0001").unwrap();
+        let token = tokens.issue(&serial, Some("Tenant A")).unwrap();
+        let verified = tokens.verify(&token).unwrap().unwrap();
+        assert_eq!(verified.owner.as_deref(), Some("Tenant A"));
+        // Verifying rewrites "last used": the owner stays.
+        assert_eq!(tokens.verify(&token).unwrap(), Some(verified));
+        for bad in ["", "a\nb", &"x".repeat(MAX_OWNER_BYTES + 1)] {
+            assert!(tokens.issue(&serial, Some(bad)).is_err(), "{bad:?}");
+        }
+        assert!(
+            tokens.verify(&token).unwrap().is_some(),
+            "a refused issue revokes nothing"
+        );
+    }
+
+    #[test]
     fn the_list_shows_serials_and_times_never_tokens_or_hashes() {
         let (_dir, tokens) = tokens();
         let before = now_ms();
-        let b = tokens.issue(&Serial::new("b").unwrap()).unwrap();
-        tokens.issue(&Serial::new("a").unwrap()).unwrap();
+        let b = tokens.issue(&Serial::new("b").unwrap(), None).unwrap();
+        tokens
+            .issue(&Serial::new("a").unwrap(), Some("Tenant A"))
+            .unwrap();
         let list = tokens.list().unwrap();
         assert_eq!(
             list.iter().map(|t| t.serial.as_str()).collect::<Vec<_>>(),
@@ -230,6 +316,12 @@ mod tests {
         let list = tokens.list().unwrap();
         assert!(list[1].last_used_ms.is_some_and(|t| t >= before));
         assert!(list[0].last_used_ms.is_none());
+        assert_eq!(
+            list[0].owner.as_deref(),
+            Some("Tenant A"),
+            "the owner survives a use"
+        );
+        assert_eq!(list[1].owner, None);
         assert!(!format!("{list:?}").contains(&b));
     }
 }
