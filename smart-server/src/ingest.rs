@@ -9,7 +9,9 @@
 //!
 //! **Writer** (one thread): it takes everything waiting and, for the whole batch:
 //! 1. applies each update to a copy of the device's committed record (or of the record an earlier
-//!    job of the same batch produced), refusing any whose result breaks the record limits;
+//!    job of the same batch produced), refusing any whose result breaks the record limits. The copy
+//!    is made into a record the previous batches retired, reusing its allocations, and the changed
+//!    fields dashboards need are only collected while a dashboard listens;
 //! 2. appends the final record of every device it changed to the log and syncs once ([`Log::commit`]);
 //! 3. only if that succeeded, makes the new records visible in the [`Fleet`], then hands the changes
 //!    to the [`Sink`] wired in at start-up (the dashboards' hub; nothing here knows dashboards), then
@@ -19,7 +21,7 @@
 //! anywhere: not in the fleet, the HTTP API, dashboards, nor in a later write of the same device
 //! (which starts again from the committed record). PROTOCOL.md §5: an ERROR stores nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, hash_map};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::SystemTime;
@@ -38,6 +40,12 @@ use crate::store::{Log, Store, StoreError};
 /// Largest number of jobs one group commit takes: bounds the latency a huge backlog adds to the
 /// first job of the next batch.
 const MAX_BATCH: usize = 4096;
+
+/// Most retired records the writer keeps to copy later records into (see [`recycled`]).
+const POOL: usize = 512;
+
+/// Records whose text is larger than this are not kept for reuse (their allocations would be).
+const POOL_RECORD_BYTES: usize = 4096;
 
 /// What a device message and the record it builds may hold (from the config).
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +154,8 @@ impl Ingest {
             verdicts: Vec::new(),
             committed: Vec::new(),
             scratch: Vec::new(),
+            listened: false,
+            pool: Vec::new(),
         };
         let ticks = tx.clone();
         let thread = thread::Builder::new()
@@ -397,6 +407,9 @@ enum Verdict {
         record: Arc<Record>,
         /// Changed fields plus `last_status_update`.
         changed: Map<String, Value>,
+        /// Numeric changes for the history (`--history`; empty for a new device, which records
+        /// every numeric field).
+        numbers: Vec<(history::FieldName, f64)>,
         created: bool,
         came_online: bool,
     },
@@ -419,6 +432,10 @@ struct Writer<S> {
     committed: Vec<Committed>,
     /// Serialization buffer.
     scratch: Vec<u8>,
+    /// Whether the sink listened when the batch was staged (the staged writes carry their changes).
+    listened: bool,
+    /// Retired records nothing else holds any more, to stage later writes in (see [`recycled`]).
+    pool: Vec<Arc<Record>>,
 }
 
 impl<S: Sink> Writer<S> {
@@ -442,8 +459,12 @@ impl<S: Sink> Writer<S> {
                 thread::yield_now();
                 drain(&mut rx, &mut batch);
             }
+            // A tick only wakes the writer up for the checkpoint below.
+            batch.retain(|job| !matches!(job, Job::Tick));
             last_batch = batch.len();
-            stopping = self.process(&mut batch);
+            if !batch.is_empty() {
+                stopping = self.process(&mut batch);
+            }
             self.log.maybe_checkpoint();
         }
         self.log.finish();
@@ -507,7 +528,9 @@ impl<S: Sink> Writer<S> {
                     ..
                 } if committed && listening => {
                     let changed = std::mem::take(changed);
-                    if *created {
+                    if *created || !self.listened {
+                        // A new device, or a dashboard came after the batch was staged without
+                        // its changes: the whole record is the change.
                         changes.push(Committed::Updt {
                             header: header.clone(),
                             body: record.to_map(),
@@ -549,19 +572,24 @@ impl<S: Sink> Writer<S> {
                 ack.answer(result);
             }
         }
-        // Freeing the batch's parsed updates and replaced records waits until the acks are out.
+        // Freeing the batch's parsed updates and keeping the replaced records for later writes
+        // waits until the acks are out.
         self.verdicts.clear();
-        drop(retired);
+        for entry in retired {
+            if entry.json.len() <= POOL_RECORD_BYTES {
+                recycle(&mut self.pool, entry.record);
+            }
+        }
         stopping
     }
 
-    /// Note each committed write's numeric changes for the history (before `changed` goes to the
-    /// sink): a new device's every numeric field, else what the update changed.
+    /// Note each committed write's numeric changes for the history: a new device's every numeric
+    /// field, else what the update changed.
     fn note_history(&mut self) {
-        for verdict in &self.verdicts {
+        for verdict in &mut self.verdicts {
             if let Verdict::Write {
                 record,
-                changed,
+                numbers,
                 created,
                 ..
             } = verdict
@@ -569,7 +597,7 @@ impl<S: Sink> Writer<S> {
                 let values = if *created {
                     history::between(None, record)
                 } else {
-                    history::from_changed(changed)
+                    std::mem::take(numbers)
                 };
                 if !values.is_empty() {
                     self.log.note(history::Change {
@@ -585,14 +613,21 @@ impl<S: Sink> Writer<S> {
     /// Apply every job of `batch` to staged copies, recording a verdict per job. Returns whether a
     /// [`Job::Stop`] was in it.
     fn stage(&mut self, batch: &mut Vec<Job>) -> bool {
+        // Checked again when the batch is handed over (see `process`).
+        self.listened = self.sink.listening();
         let Writer {
             fleet,
+            listened,
             limits,
             staged,
             verdicts,
             scratch,
+            pool,
+            log,
             ..
         } = self;
+        let listening = *listened;
+        let history = log.keeps_history();
         let mut stopping = false;
         fleet.with_records(|records| {
             for job in batch.drain(..) {
@@ -605,23 +640,47 @@ impl<S: Sink> Writer<S> {
                             owner,
                             ack,
                         } = *write;
-                        let base = match staged.get(&header.serial) {
-                            Some(s) => Some(&s.entry),
-                            None => records.entry(&header.serial),
+                        let slot = staged.entry(header.serial.clone());
+                        let base = match &slot {
+                            hash_map::Entry::Occupied(s) => Some(&s.get().entry),
+                            hash_map::Entry::Vacant(_) => records.entry(&header.serial),
                         };
                         let owner = owner.as_deref();
-                        let (mut record, created) = if let Some(entry) = base {
-                            ((*entry.record).clone(), false)
+                        let (mut shared, created) = if let Some(entry) = base {
+                            (recycled(pool, &entry.record), false)
                         } else {
                             let owner = owner.unwrap_or(fleet.owner());
-                            (Record::new(header.serial.clone(), owner, now), true)
+                            let record = Record::new(header.serial.clone(), owner, now);
+                            (Arc::new(record), true)
                         };
+                        // Unique (fresh or recycled): this never copies.
+                        let record = Arc::make_mut(&mut shared);
                         let was_online = record.online && !created;
-                        let mut changed = record.apply(&update, now);
+                        // What changed: all of it for dashboards, the numbers for the history.
+                        let mut numbers = Vec::new();
+                        let mut changed = if listening {
+                            let changed = record.apply(&update, now);
+                            if history && !created {
+                                numbers = history::from_changed(&changed);
+                            }
+                            changed
+                        } else if history && !created {
+                            record.apply_each(&update, now, |key, value| {
+                                if let Some(n) = value.as_f64() {
+                                    numbers.push((history::name(key), n));
+                                }
+                            });
+                            Map::new()
+                        } else {
+                            record.apply_unrecorded(&update, now);
+                            Map::new()
+                        };
                         // The token's owner wins over the one the record was registered with.
                         if let Some(owner) = owner.filter(|o| *o != record.owner) {
                             owner.clone_into(&mut record.owner);
-                            changed.insert("owner".to_owned(), Value::String(record.owner.clone()));
+                            if listening {
+                                changed.insert("owner".to_owned(), Value::String(owner.to_owned()));
+                            }
                         }
                         // A device that sends is online: its connection is attached.
                         record.online = true;
@@ -633,7 +692,7 @@ impl<S: Sink> Writer<S> {
                             verdicts.push(Verdict::Refused(Some(ack), refusal));
                             continue;
                         }
-                        let json = serialize(&record, scratch);
+                        let json = serialize(record, scratch);
                         if json.len() > limits.record_bytes {
                             let refusal = Refusal::RecordTooLarge {
                                 bytes: json.len(),
@@ -642,23 +701,29 @@ impl<S: Sink> Writer<S> {
                             verdicts.push(Verdict::Refused(Some(ack), refusal));
                             continue;
                         }
-                        let record = Arc::new(record);
                         let entry = Entry {
-                            record: Arc::clone(&record),
+                            record: Arc::clone(&shared),
                             json,
                         };
-                        staged.insert(
-                            header.serial.clone(),
-                            Staged {
-                                entry,
-                                written: true,
-                            },
-                        );
+                        let staged = Staged {
+                            entry,
+                            written: true,
+                        };
+                        match slot {
+                            hash_map::Entry::Occupied(mut s) => {
+                                s.insert(staged);
+                            }
+                            hash_map::Entry::Vacant(s) => {
+                                s.insert(staged);
+                            }
+                        }
+                        let record = shared;
                         verdicts.push(Verdict::Write {
                             ack: Some(ack),
                             header,
                             record,
                             changed,
+                            numbers,
                             created,
                             came_online: !was_online,
                         });
@@ -676,11 +741,31 @@ impl<S: Sink> Writer<S> {
                         verdicts.push(Verdict::Offline(serial));
                     }
                     Job::Stop => stopping = true,
+                    // Taken out of the batch before it is staged.
                     Job::Tick => {}
                 }
             }
         });
         stopping
+    }
+}
+
+/// A copy of `source` in a record of the pool that nothing else holds any more (no allocation: its
+/// strings and extras are overwritten in place), or a fresh one. The result is not shared.
+fn recycled(pool: &mut Vec<Arc<Record>>, source: &Record) -> Arc<Record> {
+    while let Some(mut shared) = pool.pop() {
+        if let Some(record) = Arc::get_mut(&mut shared) {
+            record.clone_from(source);
+            return shared;
+        }
+    }
+    Arc::new(source.clone())
+}
+
+/// Keep `record` for [`recycled`] if the pool has room.
+fn recycle(pool: &mut Vec<Arc<Record>>, record: Arc<Record>) {
+    if pool.len() < POOL {
+        pool.push(record);
     }
 }
 
@@ -752,7 +837,30 @@ mod tests {
         }
     }
 
-    fn start(dir: &std::path::Path, sink: Arc<Recording>) -> Ingest {
+    /// Stops listening for exactly one call: the third (the staging of the second batch).
+    #[derive(Default)]
+    struct LateListener {
+        calls: std::sync::atomic::AtomicUsize,
+        bodies: Mutex<Vec<Map<String, Value>>>,
+    }
+
+    impl Sink for LateListener {
+        fn listening(&self) -> bool {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                != 2
+        }
+
+        fn publish_committed(&self, changes: &mut Vec<Committed>) {
+            for change in changes.drain(..) {
+                if let Committed::Updt { body, .. } = change {
+                    self.bodies.lock().unwrap().push(body);
+                }
+            }
+        }
+    }
+
+    fn start<S: Sink>(dir: &std::path::Path, sink: Arc<S>) -> Ingest {
         let store = Arc::new(Store::open(dir, HistoryOptions::OFF).unwrap());
         let fleet = Arc::new(Fleet::new("EET".to_owned(), Registration::Open, Vec::new()));
         let limits = Limits {
@@ -774,10 +882,37 @@ mod tests {
         panic!("write {ordinal} not answered");
     }
 
+    /// A dashboard that starts listening after a batch was staged without its changes still gets
+    /// them: the whole record stands for the change.
+    #[test]
+    fn a_sink_listening_after_staging_gets_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(LateListener::default());
+        let ingest = start(dir.path(), Arc::clone(&sink));
+        let mut intake = ingest.intake();
+        let updt = |mid: &str, body: &str| {
+            serde_json::json!({"type": "UPDT", "message": format!("{mid}:0001:{body}")}).to_string()
+        };
+        let first = intake
+            .submit(&updt("0001", r#"{"battery": 10, "country": "AT"}"#))
+            .unwrap();
+        wait_answered(intake.acks(), first.ordinal);
+        let second = intake.submit(&updt("0002", r#"{"battery": 20}"#)).unwrap();
+        wait_answered(intake.acks(), second.ordinal);
+        let third = intake.submit(&updt("0003", r#"{"battery": 30}"#)).unwrap();
+        wait_answered(intake.acks(), third.ordinal);
+        let bodies = sink.bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 3);
+        assert_eq!(bodies[1]["battery"], 20);
+        assert_eq!(bodies[1]["country"], "AT", "the whole record");
+        assert_eq!(bodies[2]["battery"], 30);
+        assert!(!bodies[2].contains_key("country"), "only what changed");
+    }
+
     #[test]
     fn the_last_connection_of_a_serial_detaches_it() {
         let dir = tempfile::tempdir().unwrap();
-        let ingest = start(dir.path(), Arc::default());
+        let ingest = start(dir.path(), Arc::<Recording>::default());
         let serial = Serial::new("0001").unwrap();
         ingest.attach(&serial, Job::Offline(serial.clone()));
         ingest.attach(&serial, Job::Offline(serial.clone()));

@@ -59,6 +59,18 @@ pub use update::Update;
 /// Values quoted in error messages are cut to about this many bytes.
 const QUOTE_BYTES: usize = 64;
 
+/// Make `target` a copy of `source`, reusing `target`'s keys and values where the keys are the same
+/// (a device usually sends the same extra fields every time).
+fn clone_extras_from(target: &mut BTreeMap<String, Value>, source: &BTreeMap<String, Value>) {
+    if target.len() == source.len() && target.keys().eq(source.keys()) {
+        for (to, from) in target.values_mut().zip(source.values()) {
+            to.clone_from(from);
+        }
+    } else {
+        *target = source.clone();
+    }
+}
+
 /// `s` cut to a length fit for an error message.
 fn quote(s: &str) -> String {
     crate::error::shorten(s, QUOTE_BYTES)
@@ -88,7 +100,7 @@ macro_rules! record_fields {
         /// assert_eq!(record.pv_connectors, 1);
         /// assert_eq!(Record::from_json(&record.to_json()).unwrap(), record);
         /// ```
-        #[derive(Debug, Clone, PartialEq)]
+        #[derive(Debug, PartialEq)]
         pub struct Record {
             $(
                 $(#[$doc])*
@@ -97,6 +109,23 @@ macro_rules! record_fields {
             /// Any other field a device sent, as sent. Keys that name a known field are ignored when the
             /// record is written.
             pub extra: BTreeMap<String, Value>,
+        }
+
+        /// `clone_from` copies field by field into the allocations the target already has (its
+        /// strings, its extras' keys), so a server recycling retired records copies without
+        /// allocating.
+        impl Clone for Record {
+            fn clone(&self) -> Record {
+                Record {
+                    $($name: self.$name.clone(),)*
+                    extra: self.extra.clone(),
+                }
+            }
+
+            fn clone_from(&mut self, source: &Record) {
+                $(self.$name.clone_from(&source.$name);)*
+                clone_extras_from(&mut self.extra, &source.extra);
+            }
         }
 
         impl Record {
@@ -297,17 +326,78 @@ impl Record {
         );
         changed
     }
+
+    /// [`Record::apply`] without building the map of what changed (for when nobody needs it): the
+    /// record ends up the same.
+    ///
+    /// ```
+    /// use smart_proto::{Record, Serial, Timestamp, Update, normalize, parse_body};
+    ///
+    /// let serial = Serial::new("0001").unwrap();
+    /// let mut a = Record::new(serial.clone(), "EET", Timestamp::UNIX_EPOCH);
+    /// let mut b = a.clone();
+    /// let body = parse_body(r#"{"battery": 35, "charging": true}"#).unwrap();
+    /// let update = Update::from_normalized(normalize(body, &serial).unwrap()).unwrap();
+    /// let later = Timestamp::from_unix_micros(1_000_000);
+    /// a.apply(&update, later);
+    /// b.apply_unrecorded(&update, later);
+    /// assert_eq!(a, b);
+    /// ```
+    pub fn apply_unrecorded(&mut self, update: &Update, now: Timestamp) {
+        self.apply_each(update, now, |_, _| {});
+    }
+
+    /// [`Record::apply`], calling `changed` with each field the update changes (its key and new
+    /// value) instead of building a map: for a caller that keeps only some of them.
+    ///
+    /// ```
+    /// use smart_proto::{Record, Serial, Timestamp, Update, normalize, parse_body};
+    ///
+    /// let serial = Serial::new("0001").unwrap();
+    /// let mut record = Record::new(serial.clone(), "EET", Timestamp::UNIX_EPOCH);
+    /// record.battery = Some(35.0);
+    /// let body = parse_body(r#"{"battery": 35, "power_income": 120, "country": "AT"}"#).unwrap();
+    /// let update = Update::from_normalized(normalize(body, &serial).unwrap()).unwrap();
+    /// let mut numbers = Vec::new();
+    /// record.apply_each(&update, Timestamp::UNIX_EPOCH, |key, value| {
+    ///     if let Some(n) = value.as_f64() {
+    ///         numbers.push((key.to_owned(), n));
+    ///     }
+    /// });
+    /// // The battery did not change.
+    /// assert_eq!(numbers, [("power_income".to_owned(), 120.0)]);
+    /// assert_eq!(record.country, "AT");
+    /// ```
+    pub fn apply_each(
+        &mut self,
+        update: &Update,
+        now: Timestamp,
+        mut changed: impl FnMut(&str, &Value),
+    ) {
+        for (key, value) in update.iter() {
+            if self.set(key, value) {
+                changed(key, value);
+            }
+        }
+        self.last_status_update = now;
+    }
+
     /// Sets one field from its canonical value; whether it changed. Values of the wrong type (which
     /// [`Update`] never holds) and reserved keys are ignored.
     fn set(&mut self, key: &str, value: &Value) -> bool {
         if let Some(changed) = self.set_known(key, value) {
             return changed;
         }
-        if self.extra.get(key) == Some(value) {
-            false
-        } else {
-            self.extra.insert(key.to_owned(), value.clone());
-            true
+        match self.extra.get_mut(key) {
+            Some(old) if old == value => false,
+            Some(old) => {
+                old.clone_from(value);
+                true
+            }
+            None => {
+                self.extra.insert(key.to_owned(), value.clone());
+                true
+            }
         }
     }
 

@@ -207,6 +207,49 @@ fn apply_reports_changes_only() {
     );
 }
 
+/// `clone_from` gives the same record as `clone`, whatever the target held: other extras, the
+/// same ones with other values, none.
+#[test]
+fn clone_from_copies_every_field() {
+    let t0 = Timestamp::from_unix_micros(0);
+    let t1 = Timestamp::from_unix_micros(1);
+    let mut source = Record::new(serial(), "EET", t0);
+    source.apply(
+        &update(json!({"battery": 35, "country": "AT", "local_time": "x", "a": 1, "b": [2]}))
+            .unwrap(),
+        t1,
+    );
+    source.online = true;
+    let other = Serial::new("0002").unwrap();
+    let targets = [
+        Record::new(other.clone(), "someone else", t1),
+        {
+            let mut r = source.clone();
+            r.extra.insert("a".into(), json!("one"));
+            r.extra.insert("b".into(), json!(null));
+            r.local_time = None;
+            r
+        },
+        {
+            let mut r = Record::new(other, "", t0);
+            r.extra.insert("c".into(), json!(3));
+            r.extra.insert("a".into(), json!(1));
+            r
+        },
+    ];
+    for mut target in targets {
+        target.clone_from(&source);
+        assert_eq!(target, source);
+    }
+    let mut r = source.clone();
+    r.apply_unrecorded(&update(json!({"a": 2, "c": true})).unwrap(), t0);
+    assert_eq!(
+        (r.extra["a"].clone(), r.extra["c"].clone()),
+        (json!(2), json!(true))
+    );
+    assert_eq!(r.last_status_update, t0);
+}
+
 #[test]
 fn set_ignores_wrong_types_and_reserved_keys() {
     let mut r = Record::new(serial(), "EET", Timestamp::UNIX_EPOCH);

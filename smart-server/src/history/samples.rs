@@ -27,7 +27,8 @@ pub(crate) fn millis(ts: Timestamp) -> i64 {
     ts.as_unix_micros().div_euclid(1000)
 }
 
-fn name(key: &str) -> FieldName {
+/// The history's name of a field: the known ones borrowed from the field table.
+pub(crate) fn name(key: &str) -> FieldName {
     match Record::FIELDS.iter().find(|f| **f == key) {
         Some(known) => Cow::Borrowed(known),
         None => Cow::Owned(key.to_owned()),
@@ -137,8 +138,17 @@ mod tests {
                 let Ok(normalized) = normalize(parsed, &serial) else { continue };
                 let Ok(update) = Update::from_normalized(normalized) else { continue };
                 let mut next = prev.clone().unwrap_or_else(|| Record::new(serial.clone(), "EET", Timestamp::UNIX_EPOCH));
+                let mut other = next.clone();
                 let changed = next.apply(&update, Timestamp::UNIX_EPOCH);
                 let live = sorted(from_changed(&changed));
+                // The writer's other way, without dashboards: one by one.
+                let mut each = Vec::new();
+                other.apply_each(&update, Timestamp::UNIX_EPOCH, |key, value| {
+                    if let Some(n) = value.as_f64() {
+                        each.push((name(key), n));
+                    }
+                });
+                prop_assert_eq!(&sorted(each), &live);
                 let replayed = between(prev.as_ref(), &next);
                 if prev.is_some() {
                     prop_assert_eq!(&live, &replayed, "{}", body);
