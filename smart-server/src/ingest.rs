@@ -403,8 +403,10 @@ enum Verdict {
         /// `None` once answered.
         ack: Option<AckTicket>,
         header: Header,
-        /// The record after this write (the full body for a device dashboards have not seen).
+        /// The record after this write (the full body for a device dashboards have not seen), and
+        /// its text (what the log stores).
         record: Arc<Record>,
+        json: Arc<str>,
         /// Changed fields plus `last_status_update`.
         changed: Map<String, Value>,
         /// Numeric changes for the history (`--history`; empty for a new device, which records
@@ -474,14 +476,14 @@ impl<S: Sink> Writer<S> {
     /// Apply, commit, publish and answer one batch. Returns whether a [`Job::Stop`] was in it.
     fn process(&mut self, batch: &mut Vec<Job>) -> bool {
         let stopping = self.stage(batch);
+        // Every write's record, in order (a device written twice in the batch has both versions in
+        // the log: the replay after a crash gives the history each acked change).
         let committed = self
             .log
-            .commit(
-                self.staged
-                    .iter()
-                    .filter(|(_, s)| s.written)
-                    .map(|(serial, s)| (serial, &s.entry.json)),
-            )
+            .commit(self.verdicts.iter().filter_map(|v| match v {
+                Verdict::Write { header, json, .. } => Some((&header.serial, json)),
+                _ => None,
+            }))
             .is_ok();
         let mut retired = Vec::new();
         if committed && self.log.keeps_history() {
@@ -703,7 +705,7 @@ impl<S: Sink> Writer<S> {
                         }
                         let entry = Entry {
                             record: Arc::clone(&shared),
-                            json,
+                            json: Arc::clone(&json),
                         };
                         let staged = Staged {
                             entry,
@@ -722,6 +724,7 @@ impl<S: Sink> Writer<S> {
                             ack: Some(ack),
                             header,
                             record,
+                            json,
                             changed,
                             numbers,
                             created,
