@@ -17,7 +17,6 @@ use serde_json::json;
 use smart_proto::Query;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
@@ -97,10 +96,10 @@ impl Transport for TcpStream {
     }
 }
 
-impl Transport for TlsStream<TcpStream> {
+impl Transport for crate::tls::TlsSocket {
     const SECURE: bool = true;
     fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
+        crate::tls::TlsSocket::tcp(self)
     }
 }
 
