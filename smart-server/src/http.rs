@@ -17,7 +17,6 @@ use serde_json::json;
 use smart_proto::{Query, Serial};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
@@ -99,10 +98,10 @@ impl Transport for TcpStream {
     }
 }
 
-impl Transport for TlsStream<TcpStream> {
+impl Transport for crate::tls::TlsSocket {
     const SECURE: bool = true;
     fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
+        crate::tls::TlsSocket::tcp(self)
     }
 }
 
@@ -470,53 +469,41 @@ impl Ctx {
         let token = self.token.clone();
         // The socket lives on in the websocket session.
         let conn_slot = Arc::clone(&self.slot);
-        tokio::spawn(async move {
-            let _token = token;
-            let _slot = slot;
-            let _conn_slot = conn_slot;
-            let _admission = admission;
-            match on_upgrade.await {
-                Ok(upgraded) if peer == Peer::Dashboard => {
-                    match upgraded.downcast::<TokioIo<Lenient<T>>>() {
-                        Ok(parts) => {
-                            let stream = parts.io.into_inner();
-                            if let Err(e) = socket2::SockRef::from(stream.get_ref().tcp())
-                                .set_send_buffer_size(DASHBOARD_SEND_BUFFER)
-                            {
-                                debug!(%e, "could not bound a dashboard's send buffer");
-                            }
-                            let ws = WebSocketStream::from_partially_read(
-                                stream,
-                                parts.read_buf.to_vec(),
-                                WsRole::Server,
-                                Some(config),
-                            )
-                            .await;
-                            dashboard::session(ws, shared, scope, shutdown).await;
-                        }
-                        Err(upgraded) => {
+        // What the session holds until it ends: its places in the budgets, the shutdown tracker.
+        let held = (token, slot, conn_slot, admission);
+        // One task per kind of session, each only as large as its own state: a device task does
+        // not carry room for a dashboard session over the concrete stream type (with TLS that
+        // room was 8.5 KiB per idle device).
+        match peer {
+            Peer::Device => {
+                tokio::spawn(async move {
+                    let _held = held;
+                    match on_upgrade.await {
+                        Ok(upgraded) => {
                             let ws = WebSocketStream::from_raw_socket(
                                 TokioIo::new(upgraded),
                                 WsRole::Server,
                                 Some(config),
                             )
                             .await;
-                            dashboard::session(ws, shared, scope, shutdown).await;
+                            device::session(ws, shared, shutdown, grant).await;
                         }
+                        Err(e) => debug!(%e, "websocket upgrade failed"),
                     }
-                }
-                Ok(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        WsRole::Server,
-                        Some(config),
-                    )
-                    .await;
-                    device::session(ws, shared, shutdown, grant).await;
-                }
-                Err(e) => debug!(%e, "websocket upgrade failed"),
+                });
             }
-        });
+            Peer::Dashboard => {
+                tokio::spawn(async move {
+                    let _held = held;
+                    match on_upgrade.await {
+                        Ok(upgraded) => {
+                            dashboard_session::<T>(upgraded, config, shared, scope, shutdown).await;
+                        }
+                        Err(e) => debug!(%e, "websocket upgrade failed"),
+                    }
+                });
+            }
+        }
 
         let mut res = Response::new("".into());
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -525,6 +512,44 @@ impl Ctx {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         res
+    }
+}
+
+/// A dashboard's websocket session on its upgraded connection: its socket's send buffer is bounded
+/// first (see [`DASHBOARD_SEND_BUFFER`]).
+async fn dashboard_session<T: Transport>(
+    upgraded: hyper::upgrade::Upgraded,
+    config: WebSocketConfig,
+    shared: Arc<Shared>,
+    scope: Scope,
+    shutdown: Shutdown,
+) {
+    match upgraded.downcast::<TokioIo<Lenient<T>>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            if let Err(e) = socket2::SockRef::from(stream.get_ref().tcp())
+                .set_send_buffer_size(DASHBOARD_SEND_BUFFER)
+            {
+                debug!(%e, "could not bound a dashboard's send buffer");
+            }
+            let ws = WebSocketStream::from_partially_read(
+                stream,
+                parts.read_buf.to_vec(),
+                WsRole::Server,
+                Some(config),
+            )
+            .await;
+            dashboard::session(ws, shared, scope, shutdown).await;
+        }
+        Err(upgraded) => {
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                WsRole::Server,
+                Some(config),
+            )
+            .await;
+            dashboard::session(ws, shared, scope, shutdown).await;
+        }
     }
 }
 

@@ -28,7 +28,7 @@ pub struct Server {
     shutdown: Shutdown,
     tracker: Tracker,
     /// `--tls-cert`/`--tls-key`, loaded.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::Acceptor>,
 }
 
 impl fmt::Debug for Server {

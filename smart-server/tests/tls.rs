@@ -1,6 +1,6 @@
 //! `--tls-cert`/`--tls-key` on the real binary: wss and https on the listener with a certificate
 //! generated here (rcgen), device tokens and the login cookie (`Secure`) over it; plain connections and
-//! failed handshakes disturb nobody.
+//! failed handshakes disturb nobody; an idle device connection over TLS stays within 16 KiB of server memory.
 
 #![allow(clippy::unwrap_used)]
 
@@ -185,4 +185,74 @@ async fn a_bad_certificate_stops_the_server_at_start_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cert.pem"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}
+
+/// Resident set of a process, in bytes.
+fn rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+/// Issue 11's budget for an idle device connection over TLS (≤ 16 KiB; 9.75 KiB measured in a release
+/// build): the server keeps no TLS buffer for an idle connection, and a device's task does not carry
+/// room for a dashboard session over the TLS stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tls_device_connections_stay_small() {
+    const CONNECTIONS: usize = 1000;
+    if !std::path::Path::new("/proc/self/status").exists() {
+        eprintln!("no /proc: skipping the memory measurement");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, client) = certificate(dir.path());
+    let log = dir.path().join("server.log");
+    let envs = [
+        ("SMART_TLS_CERT", cert.as_os_str()),
+        ("SMART_TLS_KEY", key.as_os_str()),
+    ];
+    let (mut child, addr) = spawn_binary_env(dir.path(), &envs, &log).await;
+    let pid = child.id().unwrap();
+    let open = || async {
+        let stream = tls(addr, &client).await;
+        let request = format!("wss://localhost:{}/update/", addr.port())
+            .into_client_request()
+            .unwrap();
+        let (mut ws, _) =
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(request, stream))
+                .await
+                .unwrap()
+                .unwrap();
+        let welcome = ws.next().await.unwrap().unwrap();
+        assert_eq!(welcome.into_text().unwrap().as_str(), DEVICE_WELCOME);
+        ws
+    };
+    // Warm up: the first connections allocate runtime structures once.
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        warm.push(open().await);
+    }
+    let before = rss(pid);
+    let mut sockets = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        sockets.push(open().await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let per_connection = rss(pid).saturating_sub(before) / CONNECTIONS;
+    eprintln!("{per_connection} bytes per idle TLS device connection");
+    assert!(
+        per_connection <= 16 * 1024,
+        "{per_connection} bytes per idle TLS device connection (budget 16 KiB)"
+    );
+    drop(sockets);
+    drop(warm);
+    child.kill().await.unwrap();
 }
