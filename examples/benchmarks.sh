@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|dashboards|auth|all]`.
+# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|dashboards|auth|history|all]`.
 #
 # Each measurement starts a fresh release smart-server on 127.0.0.1 (port 0, temporary data dir), runs one
 # example against it with --server-pid so the server's CPU and memory are read from /proc, stops it with
@@ -149,6 +149,43 @@ PY
     rm -rf "$dir"
 }
 
+# history: what keeping the history costs, against --history off in alternate rounds (one data dir per
+# setting): server CPU of 10,000 devices changing once every 5 s (solmate_sim, 20 s), and durable acks at
+# 100 devices (window 1); then `smart-server history-fill` (48 simulated hours of 10,000 devices): bytes
+# per raw sample, rollup, query and retention times.
+history() {
+    local dir
+    dir=$(mktemp -d)
+    for round in $(seq "$rounds"); do
+        for setting in on off; do
+            echo "history: round $round of $rounds, --history $setting (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+            mkdir -p "$dir/$setting"
+            start_server "$dir/$setting" --history "$setting"
+            "$examples/solmate_sim" --url "ws://$addr" --server-pid "$server_pid" --devices 10000 \
+                --min-interval 5 --max-interval 5 --seconds 20 --json 2>/dev/null | tail -n 1 | sed "s/^/fleet-$setting /" >>"$dir/runs"
+            "$examples/loadgen" --url "ws://$addr" --server-pid "$server_pid" --devices 100 --warmup "$warmup" \
+                --seconds "$measured" --rounds 1 --json | sed "s/^/ingest-$setting /" >>"$dir/runs"
+            stop_server
+        done
+    done
+    python3 - "$dir/runs" <<'PY'
+import json, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    label, _, text = line.partition(" ")
+    runs.setdefault(label, []).append(json.loads(text))
+cpu = {k: statistics.median(r.get("server_cpu_percent") or 0 for r in v) for k, v in runs.items() if k.startswith("fleet")}
+acks = {k: statistics.median(r["acks_per_s"] for r in v) for k, v in runs.items() if k.startswith("ingest")}
+print(json.dumps({"fleet_server_cpu_percent": cpu, "fleet_cpu_on_vs_off": round(cpu["fleet-on"] / max(cpu["fleet-off"], 1e-9), 3),
+                  "fleet_acked": {k: [r.get("acked") for r in v] for k, v in runs.items() if k.startswith("fleet")},
+                  "ingest_acks_per_s": acks, "ingest_on_vs_off": round(acks["ingest-on"] / acks["ingest-off"], 3),
+                  "ingest_rounds": {k: [r["acks_per_s"] for r in v] for k, v in runs.items() if k.startswith("ingest")}}))
+PY
+    echo "history: history-fill, 48 simulated hours of 10,000 devices" >&2
+    "$server_bin" --data-dir "$dir/fill" history-fill --devices 10000 --hours 48
+    rm -rf "$dir"
+}
+
 case $what in
     ingest) ingest ;;
     window) window ;;
@@ -156,6 +193,7 @@ case $what in
     fleet) fleet ;;
     dashboards) dashboards ;;
     auth) auth ;;
+    history) history ;;
     all)
         ingest
         window
@@ -163,9 +201,10 @@ case $what in
         fleet
         dashboards
         auth
+        history
         ;;
     *)
-        echo "usage: $0 [ingest|window|idle|fleet|dashboards|auth|all]" >&2
+        echo "usage: $0 [ingest|window|idle|fleet|dashboards|auth|history|all]" >&2
         exit 2
         ;;
 esac
