@@ -181,8 +181,10 @@ print(json.dumps({"fleet_server_cpu_percent": cpu, "fleet_cpu_on_vs_off": round(
                   "ingest_acks_per_s": acks, "ingest_on_vs_off": round(acks["ingest-on"] / acks["ingest-off"], 3),
                   "ingest_rounds": {k: [r["acks_per_s"] for r in v] for k, v in runs.items() if k.startswith("ingest")}}))
 PY
-    echo "history: history-fill, 48 simulated hours of 10,000 devices" >&2
-    "$server_bin" --data-dir "$dir/fill" history-fill --devices 10000 --hours 48
+    if [[ ${HISTORY_FILL:-1} != 0 ]]; then
+        echo "history: history-fill, 48 simulated hours of 10,000 devices (HISTORY_FILL=0 skips it)" >&2
+        "$server_bin" --data-dir "$dir/fill" history-fill --devices 10000 --hours 48
+    fi
     rm -rf "$dir"
 }
 

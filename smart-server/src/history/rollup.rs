@@ -270,6 +270,7 @@ impl Rollups {
         let mut hours = 0;
         for hour in first..=last_due {
             let start = i64::from(hour) * HOUR_MS;
+            raw.compact_hour(hour)?;
             for (serial, rows) in raw.hour(hour)? {
                 self.add(
                     Tier::FiveMinutes,
