@@ -14,21 +14,6 @@ const CONNECTIONS: usize = 2000;
 /// Target from the issue.
 const BUDGET: usize = 16 * 1024;
 
-/// Resident set of a process, in bytes.
-fn rss(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_device_connections_stay_small() {
     if !Path::new("/proc/self/status").exists() {

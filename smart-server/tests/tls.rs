@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::{DEVICE_WELCOME, TIMEOUT, spawn_binary_env};
+use common::{DEVICE_WELCOME, TIMEOUT, rss, spawn_binary_env};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
@@ -185,21 +185,6 @@ async fn a_bad_certificate_stops_the_server_at_start_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cert.pem"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
-}
-
-/// Resident set of a process, in bytes.
-fn rss(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kib * 1024
 }
 
 /// Issue 11's budget for an idle device connection over TLS (≤ 16 KiB; 9.75 KiB measured in a release

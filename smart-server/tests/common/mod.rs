@@ -474,3 +474,18 @@ pub fn cli(dir: &std::path::Path, args: &[&str], stdin: &str) -> (String, String
         out.status.success(),
     )
 }
+
+/// Resident set of a process, in bytes.
+pub fn rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
