@@ -120,9 +120,10 @@ pub(crate) struct Metrics {
     /// Runs of the history's retention, and the parts they deleted.
     pub history_retention_runs: AtomicU64,
     pub history_parts_removed: AtomicU64,
-    /// Size of the raw history (keys and values) and its parts, as of the last retention run.
-    pub history_raw_bytes: AtomicU64,
-    pub history_raw_parts: AtomicU64,
+    /// Size of each history tier (raw, 5-minute, hourly): bytes of keys and values, and keys, as of
+    /// the last checkpoint.
+    pub history_bytes: [AtomicU64; 3],
+    pub history_keys: [AtomicU64; 3],
     pub dashboard_frames: AtomicU64,
     pub dashboard_conflated: AtomicU64,
     pub dashboard_resyncs: AtomicU64,
@@ -313,17 +314,25 @@ impl Metrics {
             "Stored history parts (one device, one hour, up to 256 changes) deleted by retention.",
             &[("", get(&self.history_parts_removed))],
         );
+        let tiers = |values: &[AtomicU64; 3]| {
+            let [raw, five, hour] = values.each_ref().map(get);
+            [
+                ("{tier=\"raw\"}", raw),
+                ("{tier=\"5m\"}", five),
+                ("{tier=\"1h\"}", hour),
+            ]
+        };
         metric(
-            "smart_history_raw_bytes",
+            "smart_history_bytes",
             "gauge",
-            "Bytes of the raw history's keys and values (sled's own overhead not included), as of the last retention run.",
-            &[("", get(&self.history_raw_bytes))],
+            "Bytes of each history tier's keys and values (sled's own overhead not included), as of the last checkpoint.",
+            &tiers(&self.history_bytes),
         );
         metric(
-            "smart_history_raw_parts",
+            "smart_history_keys",
             "gauge",
-            "Parts in the raw history, as of the last retention run.",
-            &[("", get(&self.history_raw_parts))],
+            "Keys of each history tier (raw: parts of up to 256 changes of one device's hour; 5m: one device's hour; 1h: one device's day), as of the last checkpoint.",
+            &tiers(&self.history_keys),
         );
         metric(
             "smart_store_flush_seconds_total",

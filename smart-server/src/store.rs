@@ -30,6 +30,7 @@ use smart_proto::{Record, Serial};
 use thiserror::Error;
 use tracing::{debug, error, info};
 
+use crate::history::maintenance::Maintenance;
 use crate::history::raw::HistoryError;
 use crate::history::samples::{self, Change};
 pub(crate) use crate::history::{History, HistoryOptions};
@@ -290,6 +291,7 @@ impl Store {
                 let changes: Vec<Change> = segment.iter().map(|(_, c)| c.clone()).collect();
                 history.raw.absorb(segment[0].0, &changes)?;
             }
+            history.save_sizes()?;
         }
         for (serial, json) in &pending.records {
             self.devices.insert(serial.as_str(), json.as_bytes())?;
@@ -551,9 +553,6 @@ impl Pending {
     }
 }
 
-/// Roll up and delete old history at most this often.
-const RETENTION_INTERVAL: Duration = Duration::from_mins(1);
-
 /// The checkpoint thread.
 struct Checkpoints {
     tx: Option<std_mpsc::SyncSender<(u64, Pending)>>,
@@ -577,7 +576,10 @@ impl Checkpoints {
                 // What a failed checkpoint held: its segments stay until a later checkpoint
                 // succeeds, and that one must carry it into sled.
                 let mut carried = Pending::default();
-                let mut last_retention: Option<Instant> = None;
+                let held = Arc::new(AtomicBool::new(false));
+                let maintenance = store.history.as_ref().map(|history| {
+                    Maintenance::start(history.clone(), Arc::clone(&metrics), Arc::clone(&held))
+                });
                 for (seq, mut pending) in rx {
                     pending.merge_older(std::mem::take(&mut carried));
                     let started = Instant::now();
@@ -591,17 +593,16 @@ impl Checkpoints {
                             carried = pending;
                         }
                     }
-                    // Not while a failed checkpoint's changes wait: they may belong to an hour
-                    // that would be rolled up without them.
-                    if let Some(history) = &store.history
-                        && carried.changes.is_empty()
-                        && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL)
-                    {
-                        last_retention = Some(Instant::now());
-                        let now = smart_proto::Timestamp::from(std::time::SystemTime::now());
-                        history.maintain(samples::millis(now), &metrics);
+                    // No rollup while a failed checkpoint's changes wait: they may belong to an
+                    // hour that would be rolled up without them.
+                    held.store(!carried.changes.is_empty(), Ordering::Release);
+                    if let Some(history) = &store.history {
+                        history.report(&metrics);
                     }
                     flag.store(false, Ordering::Release);
+                }
+                if let Some(maintenance) = maintenance {
+                    maintenance.finish();
                 }
                 carried
             });

@@ -197,3 +197,109 @@ fn history_fill_reports_its_figures() {
     assert!(!ok);
     assert!(err.contains("already holds a store"), "{err}");
 }
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.unwrap().as_millis() as i64
+}
+
+/// The value of the metric line starting with `name` (labels included) in `/metrics`.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let text = http_get(addr, "/metrics", &[]).await.body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// On a store filled by `history-fill` (4 h of 20 devices), the server's history thread deletes the
+/// raw hours beyond `--history-raw-hours` at start while the rollups keep answering for them;
+/// `/metrics` shows each tier's counted size, and a restart loads the same counts.
+#[tokio::test]
+async fn the_history_thread_keeps_retention_and_counts_each_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    // The fill ends at the start of the current hour and the server cuts relative to its clock:
+    // not across an hour's end.
+    let hour_ms = 3_600_000;
+    let into_hour = now_ms() % hour_ms;
+    if into_hour > hour_ms - 30_000 {
+        tokio::time::sleep(Duration::from_millis((hour_ms - into_hour) as u64 + 100)).await;
+    }
+    let args = ["history-fill", "--devices", "20", "--hours", "4"];
+    let (out, err, ok) = common::cli(dir.path(), &args, "");
+    assert!(ok, "{err}");
+    let fill: Value = serde_json::from_str(out.trim()).unwrap();
+    let keep = ["--history-raw-hours", "1"];
+    let (child, addr) = spawn_binary_with(dir.path(), &[], &keep).await;
+    let raw_keys = r#"smart_history_keys{tier="raw"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(addr, "smart_history_retention_runs_total").await < Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "no retention run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The fill kept 2 of its 4 raw hours; one (the last) is left. 20 devices × 720 messages an hour
+    // make 3 parts each.
+    assert_eq!(metric(addr, raw_keys).await, Some(20.0 * 3.0));
+    assert!(metric(addr, "smart_history_parts_removed_total").await >= Some(60.0));
+    let five = metric(addr, r#"smart_history_keys{tier="5m"}"#).await;
+    assert_eq!(five, fill["rollup_5m_keys"].as_f64(), "an hour per device");
+    assert_eq!(five, Some(20.0 * 4.0));
+    let hour = metric(addr, r#"smart_history_keys{tier="1h"}"#).await;
+    assert_eq!(hour, fill["rollup_1h_keys"].as_f64());
+    let bytes = r#"smart_history_bytes{tier="5m"}"#;
+    assert_eq!(metric(addr, bytes).await, fill["rollup_5m_bytes"].as_f64());
+
+    // The device must be known to be asked about.
+    let mut ws = device(addr).await;
+    send_ok(&mut ws, "0001", "fill000000", &json!({"country": "AT"})).await;
+    let start = (now_ms() / hour_ms - 4) * hour_ms;
+    let ask = |query: String| async move {
+        let path = format!("/api/devices/fill000000/history?{query}");
+        http_get(addr, &path, &[]).await.json()
+    };
+    let raw = ask(format!("fields=battery&agg=raw&from={start}")).await;
+    let ts = raw["ts"].as_array().unwrap();
+    assert!(!ts.is_empty(), "{raw}");
+    assert!(
+        ts.iter()
+            .all(|t| t.as_i64().unwrap() >= start + 3 * hour_ms),
+        "only the last filled hour is raw"
+    );
+    let hourly = ask(format!(
+        "fields=battery,power_income&agg=count&step=1h&from={start}&to={}",
+        start + 4 * hour_ms
+    ))
+    .await;
+    let counts = numbers(&hourly["battery"]);
+    assert_eq!(counts.len(), 4);
+    assert!(
+        counts.iter().all(|c| c.unwrap() > 0.0),
+        "every hour from the rollups: {hourly}"
+    );
+
+    // Stopped and started again: the counts are loaded, not lost. (The new device's first message
+    // added a part: wait until a checkpoint has absorbed it.)
+    while metric(addr, raw_keys).await < Some(61.0) {
+        assert!(std::time::Instant::now() < deadline, "not absorbed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = [
+        metric(addr, raw_keys).await,
+        metric(addr, bytes).await,
+        metric(addr, r#"smart_history_bytes{tier="raw"}"#).await,
+    ];
+    drop(ws);
+    let pid = child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = child;
+    assert!(child.wait().await.unwrap().success());
+    let (_child, addr) = spawn_binary_with(dir.path(), &[], &keep).await;
+    let after = [
+        metric(addr, raw_keys).await,
+        metric(addr, bytes).await,
+        metric(addr, r#"smart_history_bytes{tier="raw"}"#).await,
+    ];
+    assert_eq!(before, after);
+}

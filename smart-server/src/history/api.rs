@@ -486,7 +486,11 @@ mod tests {
         }
         let end = day0 + minutes * 60_000;
         let now = end + super::super::rollup::GRACE_MS;
-        history.maintain(now, &crate::metrics::Metrics::default());
+        history.maintain(
+            now,
+            &crate::metrics::Metrics::default(),
+            &std::sync::atomic::AtomicBool::new(false),
+        );
         let ask = |pairs: &[(&str, &str)]| -> Value {
             let (status, _, body) = answer(&history, &serial, &q(pairs), now);
             assert_eq!(status, 200, "{body}");

@@ -224,7 +224,11 @@ mod tests {
             history.raw.absorb(minute as u64, &[change]).unwrap();
         }
         let now = day0 + minutes * 60_000 + GRACE_MS + 600_000;
-        history.maintain(now, &crate::metrics::Metrics::default());
+        history.maintain(
+            now,
+            &crate::metrics::Metrics::default(),
+            &std::sync::atomic::AtomicBool::new(false),
+        );
         let query = [
             ("from".to_owned(), "2025-11-30".to_owned()),
             ("to".to_owned(), "2025-12-02".to_owned()),

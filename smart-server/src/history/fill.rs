@@ -112,10 +112,15 @@ pub(crate) fn run(dir: &Path, devices: u32, hours: u32, interval_secs: u32) -> a
         &history.raw,
         end + super::rollup::GRACE_MS + options.energy_gap_ms,
         options.energy_gap_ms,
+        &std::sync::atomic::AtomicBool::new(false),
     )?;
     db.flush()?;
     let rollup_s = rolled.elapsed().as_secs_f64();
-    let (raw_bytes, raw_parts) = history.raw.size();
+    let [
+        (raw_bytes, raw_parts),
+        (five_bytes, five_keys),
+        (hour_bytes, hour_keys),
+    ] = history.sizes();
     let disk_bytes = dir_size(&dir.join("sled"))?;
 
     // Queries on random devices: the day at 5 minutes, the month at an hour, the last hour raw.
@@ -174,6 +179,10 @@ pub(crate) fn run(dir: &Path, devices: u32, hours: u32, interval_secs: u32) -> a
         "rollup_seconds": (rollup_s * 10.0).round() / 10.0,
         "hours_rolled_up": hours_rolled,
         "raw_bytes_per_sample": per_sample(raw_bytes),
+        "rollup_5m_bytes": five_bytes,
+        "rollup_5m_keys": five_keys,
+        "rollup_1h_bytes": hour_bytes,
+        "rollup_1h_keys": hour_keys,
         "disk_bytes": disk_bytes,
         "disk_bytes_per_sample": per_sample(disk_bytes),
         "retention_parts_removed": removed,

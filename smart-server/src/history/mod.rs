@@ -5,10 +5,13 @@ pub(crate) mod api;
 pub(crate) mod codec;
 pub(crate) mod energy;
 pub(crate) mod fill;
+pub(crate) mod maintenance;
 pub(crate) mod raw;
 pub(crate) mod rollup;
 pub(crate) mod samples;
+pub(crate) mod size;
 
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use tracing::{error, info};
@@ -48,7 +51,11 @@ pub(crate) struct History {
     pub raw: Raw,
     pub rollups: Rollups,
     pub options: HistoryOptions,
+    meta: sled::Tree,
 }
+
+/// Where the tiers' sizes are saved (see [`size`]).
+const SIZES_KEY: &str = "history_sizes";
 
 impl History {
     /// The trees in `db`, unless the history is off.
@@ -59,24 +66,75 @@ impl History {
         if !options.enabled {
             return Ok(None);
         }
-        Ok(Some(History {
+        let history = History {
             raw: Raw::open(db)?,
             rollups: Rollups::open(db)?,
             options,
-        }))
+            meta: db.open_tree("meta")?,
+        };
+        let saved = history
+            .meta
+            .get(SIZES_KEY)?
+            .and_then(|v| size::decode(&v, 3));
+        if saved.is_none() {
+            info!("history: counting the tiers' sizes (once: later starts load the counts)");
+        }
+        let [raw, five, hour] = match saved.as_deref() {
+            Some(&[raw, five, hour]) => [Some(raw), Some(five), Some(hour)],
+            _ => [None; 3],
+        };
+        history.raw.count_from(raw)?;
+        history
+            .rollups
+            .count_from(five.zip(hour).map(|(five, hour)| [five, hour]))?;
+        Ok(Some(history))
     }
 
-    /// Roll up the hours that are over, then delete what each tier keeps no longer (the checkpoint
-    /// thread, once a minute; failures are logged, counted and tried again at the next run).
-    pub(crate) fn maintain(&self, now_ms: i64, metrics: &Metrics) {
+    /// Each tier's size: raw, 5-minute, hourly.
+    pub(crate) fn sizes(&self) -> [(u64, u64); 3] {
+        [
+            self.raw.size(),
+            self.rollups.tier_size(Tier::FiveMinutes),
+            self.rollups.tier_size(Tier::Hour),
+        ]
+    }
+
+    /// Note the tiers' sizes in the store (before the checkpoint's flush, which makes them durable
+    /// with the writes they count).
+    pub(crate) fn save_sizes(&self) -> Result<(), HistoryError> {
+        self.meta.insert(SIZES_KEY, size::encode(&self.sizes()))?;
+        Ok(())
+    }
+
+    /// Show the tiers' sizes in /metrics.
+    pub(crate) fn report(&self, metrics: &Metrics) {
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        for (i, (bytes, keys)) in self.sizes().into_iter().enumerate() {
+            metrics.history_bytes[i].store(bytes, relaxed);
+            metrics.history_keys[i].store(keys, relaxed);
+        }
+    }
+
+    /// Roll up the hours that are over, then delete what each tier keeps no longer, and flush (the
+    /// history's thread, once a minute; failures are logged, counted and tried again at the next
+    /// run).
+    /// Stops early once `stop` is set.
+    pub(crate) fn maintain(&self, now_ms: i64, metrics: &Metrics, stop: &AtomicBool) {
         let started = Instant::now();
+        let mut wrote = false;
         match self
             .rollups
-            .catch_up(&self.raw, now_ms, self.options.energy_gap_ms)
+            .catch_up(&self.raw, now_ms, self.options.energy_gap_ms, stop)
         {
             Ok(0) => {}
-            Ok(hours) => info!(hours, elapsed = ?started.elapsed(), "history rolled up"),
+            Ok(hours) => {
+                wrote = true;
+                info!(hours, elapsed = ?started.elapsed(), "history rolled up");
+            }
             Err(e) => error!(%e, "history rollup failed; tried again in a minute"),
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
         }
         let cut = |keep: i64| now_ms.saturating_sub(keep);
         let removed = self.raw.retain(cut(self.options.raw_ms)).and_then(|raw| {
@@ -92,15 +150,17 @@ impl History {
                 metrics
                     .history_parts_removed
                     .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
-                let (bytes, parts) = self.raw.size();
-                let relaxed = std::sync::atomic::Ordering::Relaxed;
-                metrics.history_raw_bytes.store(bytes, relaxed);
-                metrics.history_raw_parts.store(parts, relaxed);
                 if removed > 0 {
+                    wrote = true;
                     info!(removed, elapsed = ?started.elapsed(), "history retention");
                 }
             }
             Err(e) => error!(%e, "history retention failed; tried again in a minute"),
+        }
+        // Durable now rather than with the next checkpoint (there may be none for a while); the
+        // counts with what they count.
+        if wrote && let Err(e) = self.save_sizes().and_then(|()| Ok(self.meta.flush()?)) {
+            error!(%e, "history flush failed; the next checkpoint flushes");
         }
     }
 }
@@ -126,4 +186,93 @@ pub(crate) fn scratch() -> (tempfile::TempDir, History) {
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("enabled"));
     (dir, history)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::borrow::Cow;
+
+    use smart_proto::Serial;
+
+    use super::samples::Change;
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> (sled::Db, History) {
+        let db = sled::Config::new().path(dir).open().unwrap();
+        let options = HistoryOptions {
+            enabled: true,
+            raw_ms: i64::MAX / 4,
+            five_minutes_ms: i64::MAX / 4,
+            hour_ms: i64::MAX / 4,
+            energy_gap_ms: 600_000,
+        };
+        let history = History::open(&db, options).unwrap().unwrap();
+        (db, history)
+    }
+
+    /// The tiers' sizes are counted as they change, saved with a checkpoint and loaded at the next
+    /// start; a store without saved counts is scanned; /metrics shows them.
+    #[test]
+    fn sizes_are_counted_saved_and_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = 3_600_000;
+        {
+            let (db, history) = open(dir.path());
+            assert_eq!(history.sizes(), [(0, 0); 3]);
+            for h in 0..3 {
+                let change = Change {
+                    serial: Serial::new("0001").unwrap(),
+                    ts_ms: h * hour + 5,
+                    values: vec![(Cow::Borrowed("battery"), 50.0)],
+                };
+                history.raw.absorb(h as u64, &[change]).unwrap();
+            }
+            history.maintain(4 * hour, &Metrics::default(), &AtomicBool::new(false));
+            let sizes = history.sizes();
+            assert_eq!(sizes.map(|(_, keys)| keys), [3, 3, 1], "{sizes:?}");
+            let metrics = Metrics::default();
+            history.report(&metrics);
+            let text = metrics.render(crate::metrics::Gauges::default());
+            assert!(text.contains(&format!(
+                "smart_history_bytes{{tier=\"raw\"}} {}",
+                sizes[0].0
+            )));
+            assert!(text.contains("smart_history_keys{tier=\"1h\"} 1"), "{text}");
+            history.save_sizes().unwrap();
+            db.flush().unwrap();
+        }
+        let scanned = {
+            let (_db, history) = open(dir.path());
+            let loaded = history.sizes();
+            history.meta.remove(SIZES_KEY).unwrap();
+            loaded
+        };
+        let (_db, history) = open(dir.path());
+        assert_eq!(history.sizes(), scanned, "a scan finds what was loaded");
+        assert_eq!(scanned.map(|(_, keys)| keys), [3, 3, 1]);
+    }
+
+    /// Rollups of the earlier layout (a chunk per day and per 30 days) are dropped at open and
+    /// rolled up again from the raw samples.
+    #[test]
+    fn rollups_of_an_earlier_layout_are_rolled_up_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let old = db.open_tree("history_rollup").unwrap();
+            old.insert(
+                [1, 0, 0, 0x4f, 0x9b, 4, b'0', b'0', b'0', b'1'],
+                &b"junk"[..],
+            )
+            .unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert("history_rolled", &490_000_u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let (_db, history) = open(dir.path());
+        assert_eq!(history.rollups.rolled().unwrap(), None);
+        assert_eq!(history.sizes()[1], (0, 0));
+    }
 }

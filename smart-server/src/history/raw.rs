@@ -14,11 +14,13 @@
 //! later one skips it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use smart_proto::Serial;
 
 use super::codec::{Chunk, CodecError, Row};
 use super::samples::Change;
+use super::size::{self, Size};
 
 /// Most rows in one part.
 pub(crate) const MAX_ROWS: usize = 256;
@@ -33,12 +35,16 @@ pub enum HistoryError {
     Sled(#[from] sled::Error),
     #[error("history part {key}: {error}")]
     Damaged { key: String, error: CodecError },
+    /// The server is stopping: the work is left for the next start.
+    #[error("history: stopped")]
+    Stopped,
 }
 
 /// The raw tier's tree.
 #[derive(Debug, Clone)]
 pub(crate) struct Raw {
     tree: sled::Tree,
+    size: Arc<Size>,
 }
 
 /// The hour of `ts_ms` (hours since the epoch; times before it count as hour 0).
@@ -122,11 +128,72 @@ fn encode_part(seq: u64, chunk: &Chunk) -> Vec<u8> {
     value
 }
 
-/// One message with the names of the fields it changed.
-pub(crate) type NamedRow = (i64, Vec<(String, f64)>);
+/// Rows (each a time and named values) as one chunk; a row's repeated names keep the first value,
+/// names beyond the chunk's 64 fields are not kept.
+fn chunk_of<'a, V>(rows: impl IntoIterator<Item = (i64, V)>) -> Chunk
+where
+    V: IntoIterator<Item = (&'a str, f64)>,
+{
+    let mut chunk = Chunk::default();
+    for (ts_ms, values) in rows {
+        let mut values: Vec<(u8, f64)> = values
+            .into_iter()
+            .filter_map(|(name, v)| Some((chunk.field(name)?, v)))
+            .collect();
+        values.sort_by_key(|(field, _)| *field);
+        values.dedup_by_key(|(field, _)| *field);
+        chunk.rows.push(Row { ts_ms, values });
+    }
+    chunk
+}
+
+/// A part as read from the tree.
+struct Stored {
+    key: sled::IVec,
+    len: usize,
+    part: Part,
+}
+
+impl Stored {
+    fn read(key: sled::IVec, value: &[u8]) -> Result<Stored, HistoryError> {
+        let part = decode_part(&key, value)?;
+        Ok(Stored {
+            key,
+            len: value.len(),
+            part,
+        })
+    }
+}
 
 /// One message as read back: its time and the requested fields it changed.
 pub(crate) type Rowed = (i64, Vec<Option<f64>>);
+
+/// Per field, a sample next to a range on each side (see [`Raw::edges`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Edges<const N: usize> {
+    pub before: [Option<(i64, f64)>; N],
+    pub after: [Option<(i64, f64)>; N],
+}
+
+/// Keep `row`'s value of each of `fields` in `found` unless one was found already (rows come
+/// in the order of preference).
+fn note<const N: usize>(
+    chunk: &Chunk,
+    row: &Row,
+    fields: [&str; N],
+    found: &mut [Option<(i64, f64)>; N],
+) {
+    for &(field, v) in &row.values {
+        let Some(name) = chunk.fields.get(usize::from(field)) else {
+            continue;
+        };
+        if let Some(i) = fields.iter().position(|f| f == name)
+            && found[i].is_none()
+        {
+            found[i] = Some((row.ts_ms, v));
+        }
+    }
+}
 
 /// Why a read gave no rows.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +209,7 @@ impl Raw {
     pub(crate) fn open(db: &sled::Db) -> Result<Raw, HistoryError> {
         Ok(Raw {
             tree: db.open_tree("history_raw")?,
+            size: Arc::default(),
         })
     }
 
@@ -183,7 +251,8 @@ impl Raw {
         }
         let mut next = last.map_or(0, |(number, _)| number.saturating_add(1));
         if usize::from(next) >= COMPACT_AT {
-            next = self.compact_device(hour, serial)?;
+            let parts = self.parts(hour, serial)?;
+            next = self.compact(hour, serial, &parts)?;
         }
         // New parts only (nothing stored is rewritten). More than one part (more than MAX_ROWS rows of
         // one device in a segment) goes in one atomic batch, so that a crash keeps all of the
@@ -191,31 +260,23 @@ impl Raw {
         // batches cost far more (measured: 2,000 a second more than doubled the server's CPU).
         let mut parts = Vec::new();
         for rows in changes.chunks(MAX_ROWS) {
-            let mut chunk = Chunk::default();
-            for change in rows {
-                let mut values: Vec<(u8, f64)> = change
-                    .values
-                    .iter()
-                    // More than 64 numeric fields in one part: the rest is not kept.
-                    .filter_map(|(name, v)| Some((chunk.field(name)?, *v)))
-                    .collect();
-                values.sort_by_key(|(field, _)| *field);
-                values.dedup_by_key(|(field, _)| *field);
-                chunk.rows.push(Row {
-                    ts_ms: change.ts_ms,
-                    values,
-                });
-            }
+            let chunk = chunk_of(rows.iter().map(|change| {
+                let values = change.values.iter().map(|(name, v)| (name.as_ref(), *v));
+                (change.ts_ms, values)
+            }));
             parts.push((part_key(hour, serial, next), encode_part(seq, &chunk)));
             next = next.saturating_add(1);
         }
         if parts.len() == 1 {
             for (key, value) in parts {
-                self.tree.insert(key, value)?;
+                let (k, v) = (key.len(), value.len());
+                let old = self.tree.insert(key, value)?;
+                self.size.put(k, v, old.map(|old| old.len()));
             }
         } else {
             let mut batch = sled::Batch::default();
             for (key, value) in parts {
+                self.size.add(key.len(), value.len());
                 batch.insert(key, value);
             }
             self.tree.apply_batch(batch)?;
@@ -223,70 +284,92 @@ impl Raw {
         Ok(())
     }
 
-    /// Merge the parts of one device's hour into as few full parts as its rows need (numbered from
-    /// 0, holding the newest segment); returns the next free part number. Atomic.
-    fn compact_device(&self, hour: u32, serial: &Serial) -> Result<u16, HistoryError> {
-        let mut keys = Vec::new();
-        let mut rows: Vec<(i64, Vec<(String, f64)>)> = Vec::new();
-        let mut seq = 0;
-        for entry in self.tree.scan_prefix(prefix(hour, serial)) {
-            let (key, value) = entry?;
-            let part = decode_part(&key, &value)?;
-            seq = seq.max(part.seq);
-            rows.extend(part.chunk.rows.iter().map(|row| {
-                let values = row
-                    .values
-                    .iter()
-                    .filter_map(|&(i, v)| Some((part.chunk.fields.get(usize::from(i))?.clone(), v)))
-                    .collect();
-                (row.ts_ms, values)
-            }));
-            keys.push(key);
-        }
-        if keys.len() <= rows.len().div_ceil(MAX_ROWS) {
+    /// The parts of one device's hour, in order.
+    fn parts(&self, hour: u32, serial: &Serial) -> Result<Vec<Stored>, HistoryError> {
+        self.tree
+            .scan_prefix(prefix(hour, serial))
+            .map(|entry| {
+                let (key, value) = entry?;
+                Stored::read(key, &value)
+            })
+            .collect()
+    }
+
+    /// Merge `parts` (all of one device's hour) into as few full parts as its rows need (numbered
+    /// from 0, holding the newest segment); returns the next free part number. Atomic.
+    fn compact(&self, hour: u32, serial: &Serial, parts: &[Stored]) -> Result<u16, HistoryError> {
+        let count: usize = parts.iter().map(|s| s.part.chunk.rows.len()).sum();
+        if parts.len() <= count.div_ceil(MAX_ROWS) {
             // Already compact.
-            return Ok(u16::try_from(keys.len()).unwrap_or(u16::MAX));
+            return Ok(u16::try_from(parts.len()).unwrap_or(u16::MAX));
         }
+        let rows: Vec<(i64, Vec<(&str, f64)>)> = parts
+            .iter()
+            .flat_map(|stored| {
+                let fields = &stored.part.chunk.fields;
+                stored.part.chunk.rows.iter().map(move |row| {
+                    let values = row
+                        .values
+                        .iter()
+                        .filter_map(|&(i, v)| Some((fields.get(usize::from(i))?.as_str(), v)))
+                        .collect();
+                    (row.ts_ms, values)
+                })
+            })
+            .collect();
+        let seq = parts.iter().map(|s| s.part.seq).max().unwrap_or(0);
         let mut batch = sled::Batch::default();
-        for key in keys {
-            batch.remove(key);
+        for stored in parts {
+            self.size.remove(stored.key.len(), stored.len);
+            batch.remove(stored.key.clone());
         }
         let mut number = 0_u16;
-        for part in rows.chunks(MAX_ROWS) {
-            let mut chunk = Chunk::default();
-            for (ts_ms, values) in part {
-                let mut values: Vec<(u8, f64)> = values
-                    .iter()
-                    .filter_map(|(name, v)| Some((chunk.field(name)?, *v)))
-                    .collect();
-                values.sort_by_key(|(field, _)| *field);
-                chunk.rows.push(Row {
-                    ts_ms: *ts_ms,
-                    values,
-                });
-            }
-            batch.insert(part_key(hour, serial, number), encode_part(seq, &chunk));
+        for rows in rows.chunks(MAX_ROWS) {
+            let chunk = chunk_of(
+                rows.iter()
+                    .map(|(ts, values)| (*ts, values.iter().copied())),
+            );
+            let (key, value) = (part_key(hour, serial, number), encode_part(seq, &chunk));
+            self.size.add(key.len(), value.len());
+            batch.insert(key, value);
             number = number.saturating_add(1);
         }
         self.tree.apply_batch(batch)?;
         Ok(number)
     }
 
-    /// Compact every device's parts of `hour` (see [`Raw::compact_device`]): once an hour is over,
-    /// before it is rolled up.
-    pub(crate) fn compact_hour(&self, hour: u32) -> Result<(), HistoryError> {
-        let mut serials: Vec<Serial> = Vec::new();
-        for key in self.tree.scan_prefix(hour.to_be_bytes()).keys() {
-            let key = key?;
+    /// Visit every device's rows of `hour` (hours since the epoch), one device at a time, as the
+    /// chunks of its parts in order; each device's parts are compacted first (see [`Raw::compact`]):
+    /// once an hour is over, it is rolled up this way.
+    pub(crate) fn each_device(
+        &self,
+        hour: u32,
+        mut visit: impl FnMut(&Serial, &[Chunk]) -> Result<(), HistoryError>,
+    ) -> Result<(), HistoryError> {
+        let mut device: Option<(Serial, Vec<Stored>)> = None;
+        let mut done = |(serial, parts): (Serial, Vec<Stored>)| -> Result<(), HistoryError> {
+            self.compact(hour, &serial, &parts)?;
+            let chunks: Vec<Chunk> = parts.into_iter().map(|s| s.part.chunk).collect();
+            visit(&serial, &chunks)
+        };
+        for entry in self.tree.scan_prefix(hour.to_be_bytes()) {
+            let (key, value) = entry?;
             let serial = serial_of(&key)?;
-            if serials.last() != Some(&serial) {
-                serials.push(serial);
+            let stored = Stored::read(key, &value)?;
+            match &mut device {
+                // Parts of one device are adjacent, in order.
+                Some((current, parts)) if *current == serial => parts.push(stored),
+                _ => {
+                    if let Some(finished) = device.replace((serial, vec![stored])) {
+                        done(finished)?;
+                    }
+                }
             }
         }
-        for serial in serials {
-            self.compact_device(hour, &serial)?;
+        match device {
+            Some(last) => done(last),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The messages of `serial` from `from_ms` (inclusive) to `to_ms` (exclusive) that changed any
@@ -349,6 +432,52 @@ impl Raw {
         Ok(out)
     }
 
+    /// The samples of `fields` next to `[start, end)` that a trapezoid across its edges needs: per
+    /// field, the last one of `serial` at most `gap_ms` before `start`, and the first one at most
+    /// `gap_ms` from `end` on (decoding only the parts that hold them, newest first before the
+    /// range and oldest first after it).
+    pub(crate) fn edges<const N: usize>(
+        &self,
+        serial: &Serial,
+        fields: [&str; N],
+        (start, end): (i64, i64),
+        gap_ms: i64,
+    ) -> Result<Edges<N>, HistoryError> {
+        let mut before = [None; N];
+        let mut after = [None; N];
+        let lo = start.saturating_sub(gap_ms);
+        'before: for hour in (hour_of(lo)..=hour_of(start.saturating_sub(1))).rev() {
+            for entry in self.tree.scan_prefix(prefix(hour, serial)).rev() {
+                let (key, value) = entry?;
+                let part = decode_part(&key, &value)?;
+                for row in part.chunk.rows.iter().rev() {
+                    if row.ts_ms < start && row.ts_ms >= lo {
+                        note(&part.chunk, row, fields, &mut before);
+                    }
+                }
+                if before.iter().all(Option::is_some) {
+                    break 'before;
+                }
+            }
+        }
+        let hi = end.saturating_add(gap_ms);
+        'after: for hour in hour_of(end)..=hour_of(hi) {
+            for entry in self.tree.scan_prefix(prefix(hour, serial)) {
+                let (key, value) = entry?;
+                let part = decode_part(&key, &value)?;
+                for row in &part.chunk.rows {
+                    if row.ts_ms >= end && row.ts_ms <= hi {
+                        note(&part.chunk, row, fields, &mut after);
+                    }
+                }
+                if after.iter().all(Option::is_some) {
+                    break 'after;
+                }
+            }
+        }
+        Ok(Edges { before, after })
+    }
+
     /// The first hour the tier holds.
     pub(crate) fn first_hour(&self) -> Result<Option<u32>, HistoryError> {
         Ok(self
@@ -358,30 +487,6 @@ impl Raw {
             .map(u32::from_be_bytes))
     }
 
-    /// Every device's rows in `hour` (hours since the epoch), in time order, with field names.
-    pub(crate) fn hour(&self, hour: u32) -> Result<Vec<(Serial, Vec<NamedRow>)>, HistoryError> {
-        let mut out: Vec<(Serial, Vec<NamedRow>)> = Vec::new();
-        for entry in self.tree.scan_prefix(hour.to_be_bytes()) {
-            let (key, value) = entry?;
-            let serial = serial_of(&key)?;
-            let part = decode_part(&key, &value)?;
-            let rows = part.chunk.rows.iter().map(|row| {
-                let values = row
-                    .values
-                    .iter()
-                    .filter_map(|&(i, v)| Some((part.chunk.fields.get(usize::from(i))?.clone(), v)))
-                    .collect();
-                (row.ts_ms, values)
-            });
-            match out.last_mut() {
-                // Parts of one device are adjacent, in order.
-                Some((last, device)) if *last == serial => device.extend(rows),
-                _ => out.push((serial, rows.collect())),
-            }
-        }
-        Ok(out)
-    }
-
     /// Delete every part of the hours that end at or before `before_ms`. Returns how many.
     pub(crate) fn retain(&self, before_ms: i64) -> Result<usize, HistoryError> {
         let cut = hour_of(before_ms).to_be_bytes();
@@ -389,8 +494,10 @@ impl Raw {
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            for key in self.tree.range(..cut.as_slice()).keys().take(4096) {
-                batch.remove(key?);
+            for entry in self.tree.range(..cut.as_slice()).take(4096) {
+                let (key, value) = entry?;
+                self.size.remove(key.len(), value.len());
+                batch.remove(key);
                 n += 1;
             }
             if n == 0 {
@@ -401,14 +508,19 @@ impl Raw {
         }
     }
 
-    /// Bytes (keys and values) and parts stored: a scan of the whole tier.
+    /// Bytes (keys and values) and parts stored, as counted.
     pub(crate) fn size(&self) -> (u64, u64) {
-        self.tree
-            .iter()
-            .fold((0, 0), |(bytes, parts), entry| match entry {
-                Ok((k, v)) => (bytes + (k.len() + v.len()) as u64, parts + 1),
-                Err(_) => (bytes, parts),
-            })
+        self.size.get()
+    }
+
+    /// Start the counts from saved ones, or from a scan of the tier if there are none.
+    pub(crate) fn count_from(&self, saved: Option<(u64, u64)>) -> Result<(), HistoryError> {
+        let counts = match saved {
+            Some(counts) => counts,
+            None => size::scan(self.tree.iter())?,
+        };
+        self.size.set(counts);
+        Ok(())
     }
 }
 
@@ -499,8 +611,18 @@ mod tests {
         }
         // Compacted when the 65th part would have been added: 64 rows in one part, then 36 more.
         assert_eq!(parts(&raw), 37);
-        raw.compact_hour(0).unwrap();
+        let mut seen = Vec::new();
+        raw.each_device(0, |serial, chunks| {
+            seen.push((
+                serial.clone(),
+                chunks.iter().map(|c| c.rows.len()).sum::<usize>(),
+            ));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [(serial.clone(), 100)]);
         assert_eq!(parts(&raw), 1);
+        assert_eq!(raw.size(), size::scan(raw.tree.iter()).unwrap());
         let read = raw
             .read(&serial, &["battery"], (0, HOUR_MS), usize::MAX)
             .unwrap();
@@ -514,6 +636,54 @@ mod tests {
                 .unwrap()
                 .len(),
             101
+        );
+    }
+
+    /// The nearest samples on each side of a range, per field, within the gap, across hours and
+    /// parts.
+    #[test]
+    fn edges_are_the_nearest_samples_within_the_gap() {
+        let (_dir, raw) = raw();
+        let serial = Serial::new("0001").unwrap();
+        let sample = |seq: u64, ts_ms: i64, values: Vec<(&'static str, f64)>| {
+            let values = values
+                .into_iter()
+                .map(|(n, v)| (Cow::Borrowed(n), v))
+                .collect();
+            raw.absorb(
+                seq,
+                &[Change {
+                    serial: serial.clone(),
+                    ts_ms,
+                    values,
+                }],
+            )
+            .unwrap();
+        };
+        let start = 10 * HOUR_MS;
+        let end = start + HOUR_MS;
+        sample(1, start - 700_000, vec![("a", 1.0), ("b", 1.0)]); // beyond a 10-minute gap
+        sample(2, start - 500_000, vec![("a", 2.0)]);
+        sample(3, start - 400_000, vec![("b", 3.0)]);
+        sample(4, start - 1, vec![("c", 4.0)]);
+        sample(5, start, vec![("a", 5.0)]); // inside
+        sample(6, end - 1, vec![("b", 6.0)]); // inside
+        sample(7, end, vec![("b", 7.0)]);
+        sample(8, end + 100_000, vec![("a", 8.0), ("b", 8.5)]);
+        sample(9, end + 600_001, vec![("c", 9.0)]); // beyond
+        let edges = raw
+            .edges(&serial, ["a", "b", "c"], (start, end), 600_000)
+            .unwrap();
+        assert_eq!(
+            edges,
+            Edges {
+                before: [
+                    Some((start - 500_000, 2.0)),
+                    Some((start - 400_000, 3.0)),
+                    Some((start - 1, 4.0))
+                ],
+                after: [Some((end + 100_000, 8.0)), Some((end, 7.0)), None],
+            }
         );
     }
 
@@ -551,5 +721,7 @@ mod tests {
             [2.0, 3.0, 4.0]
         );
         assert_eq!(raw.retain(2 * HOUR_MS).unwrap(), 0);
+        assert_eq!(raw.size(), size::scan(raw.tree.iter()).unwrap());
+        assert_eq!(raw.size().1, 3);
     }
 }
