@@ -125,12 +125,10 @@ auth() {
             --token-file "$dir/tokens.txt" "${load[@]}" | sed 's/^/tls /' >>"$dir/runs"
         stop_server
     done
-    python3 - "$dir/runs" <<'PY'
+    PYTHONPATH=examples python3 - "$dir/runs" <<'PY'
 import json, statistics, sys
-runs = {}
-for line in open(sys.argv[1]):
-    label, _, text = line.partition(" ")
-    runs.setdefault(label, []).append(json.loads(text))
+from labelled import load
+runs = load(sys.argv[1])
 median = {k: statistics.median(r["acks_per_s"] for r in v) for k, v in runs.items()}
 cpu = {k: statistics.median(r.get("server_cpu_percent") or 0 for r in v) for k, v in runs.items()}
 print(json.dumps({"acks_per_s": median, "server_cpu_percent": cpu,
@@ -151,11 +149,14 @@ PY
 
 # history: what keeping the history costs, against --history off in alternate rounds (one data dir per
 # setting): server CPU of 10,000 devices changing once every 5 s (solmate_sim, 20 s), and durable acks at
-# 100 devices (window 1); then `smart-server history-fill` (48 simulated hours of 10,000 devices): bytes
-# per raw sample, rollup, query and retention times.
+# 100 devices (window 1); then `smart-server history-fill` (48 simulated hours of 10,000 devices,
+# HISTORY_FILL_DEVICES): bytes per raw sample, rollup, query and retention times; then acks (p50/p99) at 100
+# devices while a server on that store deletes 12 h of raw samples, against a run right after it.
+# HISTORY_COMPARE=0 skips the comparison with --history off.
 history() {
     local dir
     dir=$(mktemp -d)
+    if [[ ${HISTORY_COMPARE:-1} != 0 ]]; then
     for round in $(seq "$rounds"); do
         for setting in on off; do
             echo "history: round $round of $rounds, --history $setting (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
@@ -168,12 +169,10 @@ history() {
             stop_server
         done
     done
-    python3 - "$dir/runs" <<'PY'
+    PYTHONPATH=examples python3 - "$dir/runs" <<'PY'
 import json, statistics, sys
-runs = {}
-for line in open(sys.argv[1]):
-    label, _, text = line.partition(" ")
-    runs.setdefault(label, []).append(json.loads(text))
+from labelled import load
+runs = load(sys.argv[1])
 cpu = {k: statistics.median(r.get("server_cpu_percent") or 0 for r in v) for k, v in runs.items() if k.startswith("fleet")}
 acks = {k: statistics.median(r["acks_per_s"] for r in v) for k, v in runs.items() if k.startswith("ingest")}
 print(json.dumps({"fleet_server_cpu_percent": cpu, "fleet_cpu_on_vs_off": round(cpu["fleet-on"] / max(cpu["fleet-off"], 1e-9), 3),
@@ -181,9 +180,41 @@ print(json.dumps({"fleet_server_cpu_percent": cpu, "fleet_cpu_on_vs_off": round(
                   "ingest_acks_per_s": acks, "ingest_on_vs_off": round(acks["ingest-on"] / acks["ingest-off"], 3),
                   "ingest_rounds": {k: [r["acks_per_s"] for r in v] for k, v in runs.items() if k.startswith("ingest")}}))
 PY
+    fi
     if [[ ${HISTORY_FILL:-1} != 0 ]]; then
-        echo "history: history-fill, 48 simulated hours of 10,000 devices (HISTORY_FILL=0 skips it)" >&2
-        "$server_bin" --data-dir "$dir/fill" history-fill --devices 10000 --hours 48
+        local devices=${HISTORY_FILL_DEVICES:-10000}
+        echo "history: history-fill, 48 simulated hours of $devices devices (HISTORY_FILL=0 skips it)" >&2
+        mkdir -p "$dir/fill"
+        "$server_bin" --data-dir "$dir/fill/data" history-fill --devices "$devices" --hours 48
+        # The fill keeps its last 24 raw hours. A server keeping 12 deletes half of them as it starts (the
+        # history's thread), while 100 devices send; a second run on the same server afterwards is the
+        # baseline of the same run.
+        echo "history: acks while the history thread deletes 12 h of raw samples, then after it" >&2
+        # First the 100 devices, so that both measured runs update known records.
+        start_server "$dir/fill"
+        "$examples/loadgen" --url "ws://$addr" --devices 100 --warmup 0 --seconds 1 --rounds 1 --json >/dev/null
+        stop_server
+        start_server "$dir/fill" --history-raw-hours 12
+        local run=("$examples/loadgen" --url "ws://$addr" --server-pid "$server_pid" --devices 100 --warmup 0
+            --seconds 5 --rounds 1 --json)
+        "${run[@]}" | sed "s/^/during /" >"$dir/retention"
+        for _ in $(seq 600); do
+            grep -q "history retention" "$dir/fill/stderr" && break
+            sleep 0.2
+        done
+        "${run[@]}" | sed "s/^/after /" >>"$dir/retention"
+        stop_server
+        PYTHONPATH=examples python3 - "$dir/retention" "$dir/fill/stderr" <<'PY'
+import json, re, sys
+from labelled import load
+keys = ("acks_per_s", "ack_p50_ms", "ack_p99_ms", "ack_p999_ms")
+runs = {label: {k: r[-1][k] for k in keys} for label, r in load(sys.argv[1]).items()}
+log = [l for l in open(sys.argv[2]) if "history retention" in l]
+found = re.search(r"removed=(\d+).*elapsed=(\S+)", log[-1]) if log else None
+print(json.dumps({"retention_parts_removed": found and int(found.group(1)), "retention_elapsed": found and found.group(2),
+                  "acks_during_retention": runs.get("during"), "acks_after": runs.get("after"),
+                  "p99_during_vs_after": round(runs["during"]["ack_p99_ms"] / runs["after"]["ack_p99_ms"], 2)}))
+PY
     fi
     rm -rf "$dir"
 }
