@@ -164,6 +164,8 @@ pub(crate) fn run(dir: &Path, devices: u32, hours: u32, interval_secs: u32) -> a
     };
     let retention = Instant::now();
     let removed = history.raw.retain(end - i64::from(hours / 2) * HOUR_MS)?;
+    // A server started on this store loads the counts instead of scanning the tiers.
+    history.save_sizes()?;
     db.flush()?;
     let retention_s = retention.elapsed().as_secs_f64();
 

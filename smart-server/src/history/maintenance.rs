@@ -16,6 +16,9 @@ use crate::metrics::Metrics;
 
 /// How often the history is maintained.
 const INTERVAL: Duration = Duration::from_mins(1);
+/// The thread's nice value (Linux schedules threads by their own: the rest of the server keeps 0).
+#[cfg(unix)]
+const NICE: i32 = 10;
 
 /// The running thread; [`Maintenance::finish`] stops it.
 #[derive(Debug)]
@@ -35,6 +38,12 @@ impl Maintenance {
         let thread = thread::Builder::new()
             .name("smart-history".to_owned())
             .spawn(move || {
+                // Behind the sessions, the writer and the checkpoints when the cores are busy: a
+                // retention run or a big rollup takes longer rather than slowing acks.
+                #[cfg(unix)]
+                if let Err(e) = rustix::process::nice(NICE) {
+                    tracing::debug!(%e, "cannot lower the history thread's priority");
+                }
                 loop {
                     if !held.load(Ordering::Acquire) {
                         let now = smart_proto::Timestamp::from(std::time::SystemTime::now());

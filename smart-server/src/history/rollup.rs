@@ -18,7 +18,7 @@ use smart_proto::Serial;
 
 use super::codec::{Chunk, Row};
 use super::energy::{POWER, energy_field, integrate};
-use super::raw::{Edges, HistoryError, Raw};
+use super::raw::{Edges, HistoryError, Raw, delete_range};
 use super::size::{self, Size};
 
 const MINUTE_MS: i64 = 60_000;
@@ -483,22 +483,7 @@ impl Rollups {
         let start = [tier.byte()];
         let mut end = vec![tier.byte()];
         end.extend_from_slice(&tier.period_of(before_ms).to_be_bytes());
-        let mut removed = 0;
-        loop {
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            for entry in self.tree.range(start.as_slice()..end.as_slice()).take(4096) {
-                let (k, v) = entry?;
-                self.size(tier).remove(k.len(), v.len());
-                batch.remove(k);
-                n += 1;
-            }
-            if n == 0 {
-                return Ok(removed);
-            }
-            self.tree.apply_batch(batch)?;
-            removed += n;
-        }
+        delete_range(&self.tree, &start[..]..&end[..], self.size(tier))
     }
 
     /// Bytes (keys and values) and chunks of `tier`, as counted.
