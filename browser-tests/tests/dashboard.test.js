@@ -294,35 +294,54 @@ test('clicking a column header sorts the rows; the sort builder takes several ke
   assertNoPageErrors(problems);
 });
 
-test('a bad filter shows the server error next to the form and keeps the view', async (t) => {
+test('filters are typed and checked before sending; a refused clause is explained next to it', async (t) => {
   const { server, page, problems } = await setup(t, 8);
-  await addFilter(page, 'battery', '>', 'abc');
+  const frames = [];
+  page.on('websocket', (ws) => ws.on('framesent', (f) => frames.push(String(f.payload))));
+  await page.click('#add-filter');
+  const row = page.locator('#filter-rows .filter-row').last();
+  await row.locator('select.field').selectOption('battery');
+  await row.locator('select.op').selectOption('>');
+  // A comparison takes a number input: text cannot even be typed into it.
+  assert.equal(await row.locator('input.value').getAttribute('type'), 'number');
+  await assert.rejects(row.locator('input.value').fill('abc'), /Cannot type text into input\[type=number\]/);
+  // Checked before sending: an empty value is explained next to its clause and nothing is sent.
   await page.click('#apply');
-  const error = await page.waitForSelector('#query-error:not([hidden])', { timeout: 3000 });
-  const text = await error.textContent();
-  assert.match(text, /Query rejected: \S/, `error text: ${text}`);
-  // Next to the form: inside it, beside the Apply button.
-  assert.equal(await page.$eval('#query-error', (el) => el.closest('form')?.id), 'query');
-  const formBox = await page.locator('#query').boundingBox();
-  const errBox = await error.boundingBox();
-  assert.ok(errBox.y >= formBox.y && errBox.y + errBox.height <= formBox.y + formBox.height, 'error inside the form box');
-  // The previous view stays.
+  await row.locator('.clause-error').waitFor();
+  assert.equal(await row.locator('.clause-error').textContent(), 'Enter a value.');
+  assert.equal(await row.locator('input.value').getAttribute('aria-invalid'), 'true');
+  await sleep(300);
+  assert.deepEqual(frames.filter((f) => f.includes('FILT')), [], 'no FILT sent');
   assert.equal(await resultCount(page), 8);
+
+  // Contains / starts with take text, and the listed fields offer the fleet's values.
+  await row.locator('select.field').selectOption('country');
+  await row.locator('select.op').selectOption('=');
+  assert.equal(await row.locator('input.value').getAttribute('type'), 'text');
+  assert.equal(await row.locator('.clause-error').isHidden(), true, 'changing the clause clears its message');
+  const listed = await page.$eval(`#${await row.locator('input.value').getAttribute('list')}`, (l) => [...l.options].map((o) => o.value));
+  assert.deepEqual(listed, [...new Set(range(8).map((i) => deviceInit(i)._country))].sort());
+
+  // A refused clause (here from the URL, which skips the form's checks): the server's reason in plain
+  // words next to the clause, a note above, and the page falls back to all devices.
+  await page.goto('about:blank');
+  await page.goto(`${server.origin}/index.html#q=${encodeURIComponent('filter:battery:>=:lots')}`);
+  const clauseError = page.locator('#filter-rows .filter-row .clause-error');
+  await clauseError.waitFor({ timeout: 3000 });
+  assert.equal(await clauseError.textContent(), '“lots” is not a number, and “>=” compares numbers.');
+  assert.equal(await page.textContent('#query-error'), 'Query rejected: see the filter marked below.');
+  assert.equal(await page.$eval('#query-error', (el) => el.closest('form')?.id), 'query');
+  await waitLive(page);
+  await waitForCount(page, 8);
   assert.equal(await page.isVisible('#filtered-badge'), false);
 
-  // Fixing the value clears the error.
+  // Fixing the value clears the errors.
   await page.locator('#filter-rows .filter-row input.value').fill('1000');
   await page.click('#apply');
   await page.waitForSelector('#query-error', { state: 'hidden', timeout: 3000 });
+  assert.equal(await clauseError.isHidden(), true);
   await waitForCount(page, 0);
   assert.equal(await page.textContent('#empty-title'), 'No device matches this filter');
-
-  // A bad query arriving in the URL is reported too, and the page falls back to all devices.
-  await page.goto('about:blank');
-  await page.goto(`${server.origin}/index.html#q=${encodeURIComponent('filter:battery:>=:lots')}`);
-  await page.waitForSelector('#query-error:not([hidden])', { timeout: 3000 });
-  await waitLive(page);
-  await waitForCount(page, 8);
   assertNoPageErrors(problems);
 });
 

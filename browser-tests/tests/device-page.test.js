@@ -180,6 +180,9 @@ test('the device page with 30 days hourly and 48 h raw history renders within 30
   console.log(line);
   t.diagnostic(line);
   for (const [range, f] of Object.entries(figures)) assert.ok(f.median_ms <= 300, `${range}: ${f.median_ms} ms > 300 ms`);
+  await showRange(page, '7d');
   await sleep(100);
+  fs.mkdirSync(TARGET_DIR, { recursive: true });
+  await page.screenshot({ path: path.join(TARGET_DIR, 'device-page-history.png'), fullPage: true });
   assertNoPageErrors(problems);
 });

@@ -9,7 +9,7 @@ import { KNOWN_COLUMNS, KNOWN_KEYS, humanize } from './fields.js';
 import { csvCell, formatCell, numberFormat, pad2 } from './format.js';
 import { isEmptyQuery, matches, queryFromHash, queryToHash, sameQuery, toClauses } from './query.js';
 import { state, setActiveQuery } from './state.js';
-import { onApply, onHeaderClick, readForm, refreshFieldSelects, setApplying, showError, writeForm } from './filters.js';
+import { onApply, onHeaderClick, readForm, refreshFieldSelects, setApplying, showClauseError, showError, writeForm } from './filters.js';
 import { isShown, renderPicker } from './columns.js';
 import { closeDevice, openDevice } from './device.js';
 
@@ -276,7 +276,9 @@ function onMessage(env) {
 function onQueryError(reason) {
   state.pending.shift();
   setApplying(state.pending.length > 0);
-  showError(`Query rejected: ${reason || 'the server gave no reason'}`);
+  // In plain words next to the clause it is about when that clause is in the form, else above it.
+  if (showClauseError(reason)) showError('Query rejected: see the filter marked below.');
+  else showError(`Query rejected: ${reason || 'the server gave no reason'}`);
   // The server keeps the previous view; so do we, and that is what a reconnect will ask for again.
   state.desired = state.accepted;
   markDirty('header');

@@ -1,11 +1,14 @@
 // The query form: filter and sort rows, reading and writing them, header clicks.
 
 import { humanize } from './fields.js';
-import { DIRECTIONS, NUMERIC_OPS, OPERATORS, emptyQuery } from './query.js';
+import { DIRECTIONS, NUMBER_TEXT, NUMERIC_OPS, OPERATORS, emptyQuery, toClauses } from './query.js';
 import { state } from './state.js';
 
 const MAX_FILTERS = 32;
 const MAX_SORTS = 8;
+// Fields whose value input offers the fleet's values (a datalist, refreshed when the form is opened).
+const LISTED_FIELDS = ['country', 'software_version', 'solmate_version', 'owner'];
+const MAX_LISTED = 200;
 const $ = (id) => document.getElementById(id);
 let applyQuery = () => {};
 
@@ -64,22 +67,42 @@ function addFilterRow(f = { field: 'serial_number', op: '=', value: '' }) {
   op.value = f.op;
   const value = document.createElement('input');
   value.className = 'value';
-  value.type = 'text';
   value.placeholder = 'value';
   value.setAttribute('aria-label', 'Value');
-  value.value = f.value;
+  const error = document.createElement('p');
+  error.className = 'clause-error';
+  error.setAttribute('role', 'alert');
+  error.hidden = true;
+  // Typed by operator: the comparisons take numbers (a number input); contains and starts-with take
+  // text, with the fleet's values offered for the listed fields. A value that does not fit the
+  // number input (from the URL) keeps a text input, so the user sees what was refused.
   const syncMode = () => {
+    const numeric = NUMERIC_OPS.has(op.value) && (value.value === '' || NUMBER_TEXT.test(value.value.trim()));
+    const type = numeric ? 'number' : 'text';
+    if (value.type !== type) {
+      const text = value.value;
+      value.type = type;
+      value.value = text;
+    }
+    value.step = 'any';
     value.inputMode = NUMERIC_OPS.has(op.value) ? 'decimal' : 'text';
+    if (!numeric && LISTED_FIELDS.includes(field.value)) value.setAttribute('list', listFor(field.value));
+    else value.removeAttribute('list');
+    setClauseError(row, '');
   };
+  value.type = NUMERIC_OPS.has(f.op) && NUMBER_TEXT.test(f.value.trim()) ? 'number' : 'text';
+  value.value = f.value;
   op.addEventListener('change', syncMode);
-  syncMode();
+  field.addEventListener('change', syncMode);
+  value.addEventListener('input', () => setClauseError(row, ''));
   const remove = removeButton('Remove filter');
   remove.addEventListener('click', () => {
     row.remove();
     syncEmptyHints();
   });
-  row.append(field, op, value, remove);
+  row.append(field, op, value, remove, error);
   filterRows.append(row);
+  syncMode();
   syncEmptyHints();
   return row;
 }
@@ -110,6 +133,78 @@ function addSortRow(s) {
   sortRows.append(row);
   syncEmptyHints();
   return row;
+}
+
+// A datalist of the fleet's values of `key` (the records this dashboard holds), made once per field.
+function listFor(key) {
+  const id = `values-${key}`;
+  let list = document.getElementById(id);
+  if (!list) {
+    list = document.createElement('datalist');
+    list.id = id;
+    document.body.append(list);
+  }
+  const values = new Set();
+  for (const rec of state.records.values()) {
+    const v = rec[key];
+    if (typeof v === 'string' && v !== '') values.add(v);
+    if (values.size >= MAX_LISTED) break;
+  }
+  list.replaceChildren(...[...values].sort().map((v) => option(v, v)));
+  return id;
+}
+
+function setClauseError(row, text) {
+  const el = row.querySelector('.clause-error');
+  el.textContent = text;
+  el.hidden = !text;
+  row.querySelector('.value').setAttribute('aria-invalid', String(Boolean(text)));
+}
+
+/** Check the form's filters before sending: a message next to each bad clause; whether all are fine. */
+function checkForm() {
+  let ok = true;
+  for (const row of filterRows.children) {
+    const op = row.querySelector('.op').value;
+    const input = row.querySelector('.value');
+    const value = input.value.trim();
+    let problem = '';
+    if (input.validity.badInput) problem = 'This is not a number.';
+    else if (value === '') problem = 'Enter a value.';
+    else if (NUMERIC_OPS.has(op) && !NUMBER_TEXT.test(value)) problem = `“${op}” compares numbers: enter a number.`;
+    setClauseError(row, problem);
+    if (problem && ok) input.focus();
+    ok &&= !problem;
+  }
+  return ok;
+}
+
+// The server's reason for refusing a clause, in plain words, next to that clause when it is in the
+// form; false when no row matches (the caller shows it above the form).
+const PLAIN = [
+  [/operator "(.*)" compares numbers, but "(.*)" is not a number/, (m) => `“${m[2]}” is not a number, and “${m[1]}” compares numbers.`],
+  [/value is (\d+) bytes long, more than (\d+)/, (m) => `This value is too long: at most ${m[2]} bytes.`],
+  [/field name "(.*)" may only contain/, () => 'A field name may only hold letters, digits and _.'],
+  [/unknown operator "(.*)"/, (m) => `“${m[1]}” is not an operator.`],
+];
+
+export function showClauseError(reason) {
+  const m = /^bad query clause "((?:[^"\\]|\\.)*)": (.*)$/.exec(reason ?? '');
+  if (!m) return false;
+  let clause;
+  try {
+    clause = JSON.parse(`"${m[1]}"`);
+  } catch {
+    return false; // Rust's escapes beyond JSON's (a control character in the clause): not matched.
+  }
+  const text = PLAIN.map(([re, say]) => [re.exec(m[2]), say]).find(([hit]) => hit);
+  const words = text ? text[1](text[0]) : `${m[2][0].toUpperCase()}${m[2].slice(1)}.`;
+  const rows = [...filterRows.children];
+  const clauses = toClauses(readForm());
+  const at = clauses.indexOf(clause);
+  if (at < 0 || at >= rows.length) return false;
+  setClauseError(rows[at], words);
+  return true;
 }
 
 function syncEmptyHints() {
@@ -169,6 +264,7 @@ export function setApplying(on) {
 form.addEventListener('submit', (ev) => {
   ev.preventDefault();
   showError('');
+  if (!checkForm()) return;
   applyQuery(readForm());
 });
 $('add-filter').addEventListener('click', () => addFilterRow()?.querySelector('.value').focus());
