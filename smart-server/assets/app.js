@@ -854,7 +854,6 @@ onApply(applyQuery);
 readThemeColors();
 writeForm(state.desired);
 markDirty('columns', 'grid', 'summary', 'header');
-if (deviceSerial() !== null) route();
 // ---------------------------------------------------------------------------------------------------
 // Login (when the server runs with --auth required)
 
@@ -892,6 +891,9 @@ function showLogin(message) {
   link.ws = null;
   if (ws) ws.close();
   setStatus('offline');
+  // A device page open underneath closes too (its address stays, and opens again after the login).
+  closeDevice();
+  document.body.classList.remove('on-device');
   account.user = null;
   $('account').hidden = true;
   $('layout').hidden = true;
@@ -923,6 +925,7 @@ $('login-form').addEventListener('submit', async (event) => {
     $('login-password').value = '';
     $('login').hidden = true;
     $('layout').hidden = false;
+    if (deviceSerial() !== null) route();
     showAccount({ auth: 'required', user: body.user, role: body.role, scope_owner: body.scope_owner });
     link.attempt = 0;
     connect();
@@ -950,6 +953,8 @@ async function start() {
     return;
   }
   showAccount(me);
+  // Opened at a device's address: its page (once it is known that no login is needed first).
+  if (deviceSerial() !== null) route();
   connect();
 }
 
