@@ -41,6 +41,8 @@ test('a row opens its device page: fields with units, live charts, energy bars, 
   const b = await openBrowser();
   t.after(() => b.close());
   const { page, problems } = b;
+  const sockets = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
   const query = `#q=${encodeURIComponent('filter:power_income:>:100')}`;
   await page.goto(`${server.origin}/${query}`);
   await waitLive(page);
@@ -86,6 +88,14 @@ test('a row opens its device page: fields with units, live charts, energy bars, 
   await page.waitForFunction(() => document.querySelector('#device-fields .field[data-field="battery"] dd').textContent === '77 %');
   assert.equal(await fieldText(page, 'power_consumption'), '2.5 kW');
 
+  // Live values come over the table's websocket while the device is in its view; when a change takes
+  // it out (the table's filter is power_income > 100), the page follows it over a view of its own.
+  assert.equal(sockets.length, 1, 'only the table\'s websocket so far');
+  await link.update('0042', { power_income: 50 });
+  await page.waitForFunction(() => document.querySelector('#device-charts .chart[data-field="power_income"]').dataset.last === '50', null, { timeout: 3000 });
+  assert.equal(await fieldText(page, 'power_income'), '50 W');
+  assert.equal(sockets.length, 2, 'a view of its own');
+
   // The other ranges load, and keep appending too.
   await showRange(page, '24h');
   assert.ok((await chartInfo(page, 'battery')).points >= 1);
@@ -115,6 +125,9 @@ test('a row opens its device page: fields with units, live charts, energy bars, 
 
   fs.mkdirSync(TARGET_DIR, { recursive: true });
   await page.screenshot({ path: path.join(TARGET_DIR, 'device-page.png'), fullPage: true });
+  // Back into the table's view (for the return below).
+  await link.update('0042', { power_income: 1540 });
+  await page.waitForFunction(() => document.querySelector('#device-fields .field[data-field="power_income"] dd').textContent === '1.54 kW');
 
   // Back: the same query and the same scroll position, and the table is live again.
   await page.click('#device-back');

@@ -11,7 +11,7 @@ import { isEmptyQuery, matches, queryFromHash, queryToHash, sameQuery, toClauses
 import { state, setActiveQuery } from './state.js';
 import { onApply, onHeaderClick, readForm, refreshFieldSelects, setApplying, showClauseError, showError, writeForm } from './filters.js';
 import { isShown, renderPicker } from './columns.js';
-import { closeDevice, openDevice } from './device.js';
+import { closeDevice, deviceLeftView, deviceUpdate, openDevice } from './device.js';
 
 const FLASH_MS = 900;
 const OVERSCAN = 10;
@@ -98,7 +98,8 @@ function handleInit(list, answered) {
   state.newRows.clear();
   state.resortPending = false;
   state.hadInit = true;
-  if (changedView) scroller.scrollTop = 0;
+  if (openSerial !== null && !records.has(openSerial)) deviceLeftView(openSerial);
+  if (changedView && openSerial === null) scroller.scrollTop = 0;
   markDirty('grid', 'summary', 'header');
 }
 
@@ -239,6 +240,8 @@ function onFrame(data) {
     return;
   }
   if (!env || typeof env !== 'object') return;
+  // The open device page takes its device's changes from here (paused or not).
+  if (openSerial !== null && env.type === 'UPDT' && link.gotInit) feedDevice(env.message);
   // Paused: the table stays as it is; changes and view INITs wait, unless one answers a query.
   if (state.paused && (env.type === 'UPDT' || (env.type === 'INIT' && !link.skipInit && state.pending.length === 0))) {
     if (state.held.length < MAX_HELD_FRAMES) state.held.push(env);
@@ -247,6 +250,19 @@ function onFrame(data) {
     return;
   }
   onMessage(env);
+}
+
+function feedDevice(message) {
+  if (typeof message !== 'string') return;
+  const c1 = message.indexOf(':');
+  const c2 = c1 < 0 ? -1 : message.indexOf(':', c1 + 1);
+  if (c2 < 0 || message.slice(c1 + 1, c2) !== openSerial) return;
+  try {
+    const body = JSON.parse(message.slice(c2 + 1));
+    if (body && typeof body === 'object' && !Array.isArray(body)) deviceUpdate(openSerial, body);
+  } catch {
+    // Not JSON: nothing to show.
+  }
 }
 
 function onMessage(env) {
@@ -772,6 +788,7 @@ pauseToggle.addEventListener('change', () => setPaused(pauseToggle.checked));
 // Navigation: `#/device/SERIAL` is a device's page; any other hash is the table's query.
 
 const tableView = { scrollTop: 0, fromTable: false };
+let openSerial = null; // the device whose page is open
 
 function deviceSerial() {
   const m = /^#\/device\/(.+)$/.exec(location.hash);
@@ -788,10 +805,12 @@ function route() {
   if (serial !== null) {
     $('layout').hidden = true;
     document.body.classList.add('on-device');
-    openDevice(serial, { onBack: leaveDevice });
+    openSerial = serial;
+    openDevice(serial, { onBack: leaveDevice, inView: link.gotInit && state.records.has(serial) });
     return;
   }
   if (document.body.classList.contains('on-device')) {
+    openSerial = null;
     closeDevice();
     document.body.classList.remove('on-device');
     $('layout').hidden = false;
@@ -892,6 +911,7 @@ function showLogin(message) {
   if (ws) ws.close();
   setStatus('offline');
   // A device page open underneath closes too (its address stays, and opens again after the login).
+  openSerial = null;
   closeDevice();
   document.body.classList.remove('on-device');
   account.user = null;

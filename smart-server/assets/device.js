@@ -1,7 +1,11 @@
 // The device page (`#/device/SERIAL`): every field with its unit, status and last seen; a chart per
-// numeric field over 1 h / 24 h / 7 d / 30 d from the history API, appended live from a websocket of
-// its own (a `/client/` view of this one serial); daily kWh bars from the energy API; the CSV of the
-// range shown. Charts are uPlot (vendored, loaded as the global `uPlot` by index.html).
+// numeric field over 1 h / 24 h / 7 d / 30 d from the history API, appended live; daily kWh bars from
+// the energy API; the CSV of the range shown. Charts are uPlot (vendored, loaded as the global `uPlot`
+// by index.html).
+//
+// Live values come from the table's own websocket while the device is in the table's view (app.js
+// passes them on: `deviceUpdate`); when it is not, or leaves it, the page opens a `/client/` view of
+// its own for this serial (`deviceLeftView`), which costs the server a greeting INIT of the fleet.
 
 import { KNOWN_COLUMNS, NUMERIC_FIELDS, humanize } from './fields.js';
 import { formatAgo, formatLocal, formatPower, formatValue, implausible, numberFormat, parseTimestamp } from './format.js';
@@ -46,8 +50,9 @@ const page = {
   onBack: () => {},
 };
 
-/** Show the page of `serial` (a no-op if it is already shown). */
-export function openDevice(serial, { onBack }) {
+/** Show the page of `serial` (a no-op if it is already shown); `inView` says whether the table's
+ * websocket carries its updates. */
+export function openDevice(serial, { onBack, inView }) {
   page.onBack = onBack;
   if (page.serial === serial) return;
   closeDevice();
@@ -62,7 +67,7 @@ export function openDevice(serial, { onBack }) {
   showError('');
   document.title = `${serial} · SMART-OS`;
   window.scrollTo(0, 0);
-  connectLive();
+  if (!inView) connectLive();
   page.ageTimer = setInterval(renderHead, 1000);
   start(serial);
 }
@@ -73,6 +78,7 @@ export function closeDevice() {
   page.serial = null;
   page.gen += 1;
   clearTimeout(page.retryTimer);
+  page.retryTimer = 0;
   clearInterval(page.ageTimer);
   const ws = page.ws;
   page.ws = null;
@@ -113,7 +119,18 @@ async function reason(res) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Live: a /client/ view of this serial (FILT `serial_number ^ SERIAL`, then exact match here).
+// Live: from the table's websocket, or a /client/ view of this serial (FILT `serial_number ^ SERIAL`,
+// then exact match here).
+
+/** A change of `serial` that the table's websocket received. */
+export function deviceUpdate(serial, body) {
+  if (page.serial === serial && page.ws === null) onUpdate(body);
+}
+
+/** The table's view no longer holds `serial`: follow it over a websocket of the page's own. */
+export function deviceLeftView(serial) {
+  if (page.serial === serial && page.ws === null && !page.retryTimer) connectLive();
+}
 
 function connectLive() {
   const serial = page.serial;
@@ -137,11 +154,17 @@ function connectLive() {
       }
       const rec = Array.isArray(env.message) ? env.message.find((r) => r?.serial_number === serial) : null;
       if (rec) {
-        const first = page.record === null;
+        const old = page.record;
         page.record = rec;
         renderHead();
         renderFields();
-        if (first) load();
+        if (old === null) load();
+        else {
+          // What changed since the last value seen (e.g. the change that took it out of the table's view).
+          const changed = {};
+          for (const [key, v] of Object.entries(rec)) if (typeof v === 'number' && v !== old[key]) changed[key] = v;
+          if (Object.keys(changed).length > 0) onUpdate(changed);
+        }
       }
     } else if (env?.type === 'UPDT' && typeof env.message === 'string') {
       const c1 = env.message.indexOf(':');
@@ -160,6 +183,7 @@ function connectLive() {
     if (page.ws !== ws) return;
     page.ws = null;
     page.retryTimer = setTimeout(() => {
+      page.retryTimer = 0;
       if (page.serial === serial) connectLive();
     }, RETRY_MS);
   };
