@@ -140,6 +140,15 @@ test('a row opens its device page: fields with units, live charts, energy bars, 
   await link.update('0043', { battery: 99 });
   await page.waitForFunction(() => document.querySelector('#body tr[data-serial="0043"] td[data-field="battery"]')?.textContent === '99', null, { timeout: 2000 });
 
+  // From the keyboard: the serial is a link (Tab, Enter); the browser's Back works like the page's.
+  await page.focus(`${rowSelector('0043')} a.row-link`);
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#device-page[data-state="ready"]', { timeout: 10000 });
+  assert.equal(await page.textContent('#device-serial'), '0043');
+  await page.goBack();
+  await page.waitForSelector('#layout:not([hidden])');
+  assert.equal(await page.evaluate(() => location.hash), query);
+  assert.equal(await page.$eval('#scroller', (el) => el.scrollTop), scrollTop, 'same scroll position');
   assertNoPageErrors(problems);
 
   // A device page opened by its address; an unknown serial says so in words (Chromium itself logs the

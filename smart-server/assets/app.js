@@ -468,6 +468,12 @@ function makeRow() {
     td.dataset.field = c.key;
     // The label of the phone's cards (style.css shows it before the value there).
     td.dataset.label = c.unit ? `${c.label} (${c.unit})` : c.label;
+    if (c.key === 'serial_number') {
+      // A link to the device's page: reachable with Tab and Enter, and openable in a new tab.
+      td.link = document.createElement('a');
+      td.link.className = 'row-link';
+      td.append(td.link);
+    }
     tr.append(td);
   }
   tr.rec = null;
@@ -530,7 +536,10 @@ function renderGrid(now) {
       const [text, cellCls = '', title = '', bar = -1] = formatCell(columns[j], rec[columns[j].key], now);
       const td = cells[j];
       if (td.t !== text) {
-        td.textContent = text;
+        if (td.link) {
+          td.link.textContent = text;
+          td.link.href = `#/device/${encodeURIComponent(rec.serial_number)}`;
+        } else td.textContent = text;
         td.t = text;
       }
       if (td.c !== cellCls) {
@@ -839,6 +848,9 @@ function leaveDevice() {
 tbody.addEventListener('click', (ev) => {
   const tr = ev.target.closest('tr[data-serial]');
   if (!tr || ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+  // Selecting text in a row is not a click on it.
+  if (String(getSelection()) !== '' && !ev.target.closest('a')) return;
+  ev.preventDefault();
   tableView.scrollTop = scroller.scrollTop;
   tableView.fromTable = true;
   location.hash = `#/device/${encodeURIComponent(tr.dataset.serial)}`;
