@@ -340,32 +340,38 @@ async function load() {
   link.href = `${base}/history?${csv}`;
   link.download = `${serial}-${page.range}.csv`;
   const energyFrom = utcDay(to - (range.energyDays - 1) * DAY);
-  $('device-page').dataset.state = 'loading';
+  const el = $('device-page');
+  el.dataset.state = 'loading';
+  // The charts do not wait for the energy bars (nor the bars for the charts).
+  const energy = fetchJson(`${base}/energy?${new URLSearchParams({ from: energyFrom, to: utcDay(to) })}`).then(
+    (answer) => {
+      if (gen === page.gen) renderEnergy(answer);
+      return '';
+    },
+    (err) => `Could not load the energy per day: ${err.message}`,
+  );
   let history;
-  let energy;
+  let problem = '';
   try {
-    [history, energy] = await Promise.all([
-      fetchJson(`${base}/history?${params}`),
-      fetchJson(`${base}/energy?${new URLSearchParams({ from: energyFrom, to: utcDay(to) })}`),
-    ]);
+    history = await fetchJson(`${base}/history?${params}`);
   } catch (err) {
-    if (gen === page.gen) {
-      showError(`Could not load the history: ${err.message}`);
-      $('device-page').dataset.state = 'error';
-    }
-    return;
+    problem = `Could not load the history: ${err.message}`;
   }
   if (gen !== page.gen) return;
-  showError('');
-  buildCharts(fields, history, range);
-  renderEnergy(energy);
-  // Drawn: uPlot draws synchronously; the next frame is when the user sees it.
-  requestAnimationFrame(() => {
+  if (history) {
+    const fetched = performance.now();
+    buildCharts(fields, history, range);
+    // Drawn: uPlot draws synchronously; the next frame is when the user sees it.
+    await new Promise((resolve) => requestAnimationFrame(resolve));
     if (gen !== page.gen) return;
-    const ms = performance.now() - started;
-    $('device-page').dataset.renderMs = String(Math.round(ms));
-    $('device-page').dataset.state = 'ready';
-  });
+    el.dataset.renderMs = String(Math.round(performance.now() - started));
+    el.dataset.fetchMs = String(Math.round(fetched - started)); // of which the history request
+  }
+  problem ||= await energy;
+  if (gen !== page.gen) return;
+  showError(problem);
+  el.dataset.completeMs = String(Math.round(performance.now() - started)); // energy bars included
+  el.dataset.state = problem ? 'error' : 'ready';
 }
 
 function destroyCharts() {
