@@ -12,6 +12,7 @@ import { state, setActiveQuery } from './state.js';
 import { onApply, onHeaderClick, readForm, refreshFieldSelects, setApplying, showClauseError, showError, writeForm } from './filters.js';
 import { isShown, renderPicker } from './columns.js';
 import { closeDevice, deviceLeftView, deviceUpdate, openDevice } from './device.js';
+import { account, onLogin, showAccount, showLoginForm, whoAmI } from './auth.js';
 
 const FLASH_MS = 900;
 const OVERSCAN = 10;
@@ -886,33 +887,7 @@ readThemeColors();
 writeForm(state.desired);
 markDirty('columns', 'grid', 'summary', 'header');
 // ---------------------------------------------------------------------------------------------------
-// Login (when the server runs with --auth required)
-
-// The page's own requests: the server answers 401 without a Basic challenge, so no browser prompt.
-const PAGE_HEADERS = { 'X-Requested-With': 'smartos-page' };
-const account = { required: false, user: null };
-
-/** `{auth: 'off'}`, `{auth: 'required', user, role, scope_owner}`, `{auth: 'required'}` (not logged in) or null. */
-async function whoAmI() {
-  try {
-    const res = await fetch('/api/me', { headers: PAGE_HEADERS, credentials: 'same-origin' });
-    if (res.status === 401) return { auth: 'required' };
-    if (!res.ok) return null;
-    return await res.json();
-  } catch {
-    return null;
-  }
-}
-
-function showAccount(me) {
-  account.required = me?.auth === 'required';
-  account.user = me?.user ?? null;
-  $('account').hidden = !account.user;
-  setText($('account-name'), account.user ?? '');
-  // A user limited to one owner's devices sees which (the server shows it nothing else).
-  const scope = me?.scope_owner ? ` · ${me.scope_owner} only` : '';
-  setText($('account-role'), me?.role ? `${me.role}${scope}` : '');
-}
+// Login (when the server runs with --auth required): the form and the account are in auth.js.
 
 function showLogin(message) {
   clearTimeout(link.retryTimer);
@@ -926,56 +901,16 @@ function showLogin(message) {
   openSerial = null;
   closeDevice();
   document.body.classList.remove('on-device');
-  account.user = null;
-  $('account').hidden = true;
   $('layout').hidden = true;
-  $('login').hidden = false;
-  const error = $('login-error');
-  error.hidden = !message;
-  setText(error, message ?? '');
-  $('login-user').focus();
+  showLoginForm(message);
 }
 
-$('login-form').addEventListener('submit', async (event) => {
-  event.preventDefault();
-  const form = event.currentTarget;
-  const error = $('login-error');
-  $('login-submit').disabled = true;
-  try {
-    const res = await fetch('/login', {
-      method: 'POST',
-      headers: { ...PAGE_HEADERS, 'Content-Type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams(new FormData(form)),
-      credentials: 'same-origin',
-    });
-    const body = await res.json().catch(() => ({}));
-    if (!res.ok) {
-      error.hidden = false;
-      setText(error, body.error ?? `login failed (${res.status})`);
-      return;
-    }
-    $('login-password').value = '';
-    $('login').hidden = true;
-    $('layout').hidden = false;
-    if (deviceSerial() !== null) route();
-    showAccount({ auth: 'required', user: body.user, role: body.role, scope_owner: body.scope_owner });
-    link.attempt = 0;
-    connect();
-  } catch {
-    error.hidden = false;
-    setText(error, 'the server cannot be reached');
-  } finally {
-    $('login-submit').disabled = false;
-  }
-});
-
-$('logout').addEventListener('click', async () => {
-  try {
-    await fetch('/logout', { method: 'POST', headers: PAGE_HEADERS, credentials: 'same-origin' });
-  } finally {
-    showLogin();
-  }
-});
+onLogin(() => {
+  $('layout').hidden = false;
+  if (deviceSerial() !== null) route();
+  link.attempt = 0;
+  connect();
+}, showLogin);
 
 async function start() {
   const me = await whoAmI();

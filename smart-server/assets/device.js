@@ -8,6 +8,7 @@
 // its own for this serial (`deviceLeftView`), which costs the server a greeting INIT of the fleet.
 
 import { KNOWN_COLUMNS, NUMERIC_FIELDS, humanize } from './fields.js';
+import { PAGE_HEADERS } from './auth.js';
 import { formatAgo, formatLocal, formatPower, formatValue, implausible, numberFormat, parseTimestamp } from './format.js';
 
 const HOUR = 3600000;
@@ -26,7 +27,6 @@ const NOT_CHARTED = new Set(['postcode']);
 const MAX_CHARTS = 16; // the history API's limit of fields per request
 const MAX_LIVE = 20000;
 const RETRY_MS = 2000;
-const PAGE_HEADERS = { 'X-Requested-With': 'smartos-page' };
 const WS_PER_KWH = 3600000;
 const COLORS = ['#2563eb', '#16a34a', '#ea580c', '#9333ea', '#0891b2', '#ca8a04', '#db2777', '#4b5563'];
 const FIXED_COLORS = { battery: '#16a34a', power_income: '#f59e0b', power_inject: '#2563eb', power_consumption: '#dc2626' };
@@ -395,7 +395,7 @@ function buildCharts(fields, history, range) {
   const width = chartWidth();
   const css = getComputedStyle(document.documentElement);
   const axisColor = css.getPropertyValue('--muted').trim() || '#6b7280';
-  const gridColor = css.getPropertyValue('--line').trim() || 'rgba(128,128,128,0.2)';
+  const gridColor = css.getPropertyValue('--border').trim() || 'rgba(128,128,128,0.2)';
   const ts = Array.isArray(history.ts) ? history.ts : [];
   fields.forEach((key, i) => {
     const values = Array.isArray(history[key]) ? history[key] : [];

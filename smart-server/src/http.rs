@@ -116,6 +116,11 @@ const ASSETS: &[Asset] = &[
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../assets/columns.js"),
     },
+    Asset {
+        name: "auth.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/auth.js"),
+    },
     // uPlot 1.6.32 (MIT), unmodified from its npm package: assets/vendor/uplot/ (LICENSE, VERSION).
     Asset {
         name: "uPlot.iife.min.js",

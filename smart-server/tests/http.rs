@@ -38,6 +38,7 @@ async fn root_redirects_and_assets_are_served() {
         ("state.js", "state.js", "javascript"),
         ("filters.js", "filters.js", "javascript"),
         ("columns.js", "columns.js", "javascript"),
+        ("auth.js", "auth.js", "javascript"),
         ("device.js", "device.js", "javascript"),
         (
             "uPlot.iife.min.js",
