@@ -687,7 +687,7 @@ function flush() {
     renderHeader();
   }
   // The table is not drawn while the device page covers it (it stays marked dirty until it returns).
-  if (d.grid && !deviceSerial()) {
+  if (d.grid && openSerial === null) {
     d.grid = false;
     runFlashes(renderGrid(now));
   }
