@@ -97,8 +97,10 @@ async function start(serial) {
       return;
     }
     if (!res.ok) throw new Error(await reason(res));
-    // The live socket may have been quicker; its record is as new or newer.
-    page.record ??= await res.json();
+    const rec = await res.json();
+    // The page's own live view may have been quicker: its record is as new or newer, and it loaded.
+    if (page.serial !== serial || page.record !== null) return;
+    page.record = rec;
     renderHead();
     renderFields();
     load();
@@ -191,7 +193,8 @@ function connectLive() {
 
 function onUpdate(body) {
   const now = Date.now();
-  page.record = Object.assign(page.record ?? { serial_number: page.serial }, body);
+  // Before the record is loaded, changes only go to the charts (through `page.live`).
+  if (page.record !== null) Object.assign(page.record, body);
   for (const key of Object.keys(body)) {
     const v = body[key];
     if (typeof v !== 'number') continue;
