@@ -9,7 +9,7 @@ import { KNOWN_COLUMNS, KNOWN_KEYS, humanize } from './fields.js';
 import { csvCell, formatCell, numberFormat, pad2 } from './format.js';
 import { isEmptyQuery, matches, queryFromHash, queryToHash, sameQuery, toClauses } from './query.js';
 import { state, setActiveQuery } from './state.js';
-import { onApply, onHeaderClick, readForm, refreshFieldSelects, setApplying, showClauseError, showError, writeForm } from './filters.js';
+import { onApply, onHeaderClick, refreshFieldSelects, setApplying, showClauseError, showError, writeForm } from './filters.js';
 import { isShown, renderPicker } from './columns.js';
 import { closeDevice, deviceLeftView, deviceUpdate, openDevice } from './device.js';
 import { account, onLogin, showAccount, showLoginForm, whoAmI } from './auth.js';

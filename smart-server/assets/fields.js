@@ -6,7 +6,7 @@
 // format.js), other units are in the header. A field
 // the server lists that has no entry here is shown after these, labelled from its name and typed from
 // the list; an entry for a field the server does not list is dropped.
-export const COLUMN_LOOKS = [
+const COLUMN_LOOKS = [
   { key: 'serial_number', label: 'Serial', kind: 'text', width: 104 },
   { key: 'online', label: 'Status', kind: 'status', width: 100 },
   { key: 'last_status_update', label: 'Last update', kind: 'ago', width: 120 },
@@ -24,11 +24,11 @@ export const COLUMN_LOOKS = [
   { key: 'local_time', label: 'Device time', kind: 'devtime', width: 164 },
   { key: 'manufacturing_date', label: 'First seen', kind: 'time', width: 164 },
 ];
-export const FIELD_LIST_RETRY_MS = 1000;
+const FIELD_LIST_RETRY_MS = 1000;
 
 // [{name, type, null, device}], in the order of §6. The page cannot show a record without it, so it
 // waits for it (the server that served this page serves it too; a failed fetch is retried).
-export async function loadFields() {
+async function loadFields() {
   for (;;) {
     try {
       const res = await fetch('/api/fields', { cache: 'no-store' });
@@ -44,7 +44,7 @@ export async function loadFields() {
 }
 
 export const FIELDS = await loadFields();
-export const isNumericType = (type) => type === 'number' || type === 'integer';
+const isNumericType = (type) => type === 'number' || type === 'integer';
 export const KNOWN_KEYS = new Set(FIELDS.map((f) => f.name));
 export const KNOWN_COLUMNS = [
   ...COLUMN_LOOKS.filter((c) => KNOWN_KEYS.has(c.key)),

@@ -31,7 +31,7 @@ export function toClauses(q) {
   ];
 }
 
-export function fromClauses(clauses) {
+function fromClauses(clauses) {
   const q = emptyQuery();
   for (const clause of clauses) {
     const parts = clause.split(':');
@@ -50,13 +50,13 @@ export const isEmptyQuery = (q) => q.filters.length === 0 && q.sorts.length === 
 
 export const NUMBER_TEXT = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
 
-export function textForm(v) {
+function textForm(v) {
   if (typeof v === 'string') return v;
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
   return JSON.stringify(v);
 }
 
-export function numericValue(v) {
+function numericValue(v) {
   if (typeof v === 'number') return v;
   if (typeof v === 'string' && NUMBER_TEXT.test(v.trim())) return Number(v);
   return null;
@@ -86,9 +86,9 @@ export function matches(q, rec) {
   return true;
 }
 
-export const typeRank = (v) => (typeof v === 'number' ? 0 : typeof v === 'string' ? 1 : typeof v === 'boolean' ? 2 : 3);
+const typeRank = (v) => (typeof v === 'number' ? 0 : typeof v === 'string' ? 1 : typeof v === 'boolean' ? 2 : 3);
 
-export function compareValues(a, b) {
+function compareValues(a, b) {
   const ra = typeRank(a);
   const rb = typeRank(b);
   if (ra !== rb) return ra - rb;
