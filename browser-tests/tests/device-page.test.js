@@ -70,6 +70,7 @@ test('a row opens its device page: fields with units, live charts, energy bars, 
   assert.equal(await fieldText(page, 'capacity'), '1.44 kWh');
   assert.equal(await fieldText(page, 'battery'), '54 %');
   assert.equal(await fieldText(page, 'country'), deviceInit(42)._country);
+  assert.equal(await fieldText(page, 'local_time'), deviceInit(42)._local_time.replace(/\.\d+$/, ''), 'device time as in the table');
   assert.equal(await fieldText(page, 'charging'), String(deviceInit(42).charging), 'extra fields are listed too');
 
   // The last hour: every change, one chart per numeric field (postcode is an identifier: no chart).

@@ -9,7 +9,7 @@
 
 import { KNOWN_COLUMNS, NUMERIC_FIELDS, humanize } from './fields.js';
 import { PAGE_HEADERS } from './auth.js';
-import { formatAgo, formatLocal, formatPower, formatValue, implausible, numberFormat, parseTimestamp } from './format.js';
+import { formatAgo, formatCell, formatLocal, formatPower, formatValue, implausible, numberFormat, parseTimestamp } from './format.js';
 
 const HOUR = 3600000;
 const DAY = 24 * HOUR;
@@ -255,11 +255,13 @@ function renderFields() {
   for (const key of [...known, ...extras]) {
     const v = rec[key];
     let text;
+    const kind = LABELS.get(key)?.kind;
     if (key === 'online') text = v === true ? 'Online' : v === false ? 'Offline' : '—';
-    else if (key === 'last_status_update' || key === 'manufacturing_date') {
+    else if (kind === 'ago' || kind === 'time') {
       const ms = parseTimestamp(v);
       text = Number.isNaN(ms) ? formatValue(key, v) : formatLocal(ms);
-    } else text = formatValue(key, v);
+    } else if (kind === 'devtime') [text] = formatCell(LABELS.get(key), v, 0);
+    else text = formatValue(key, v);
     const bad = implausible(key, v);
     rows.push([key, labelOf(key), text, bad, typeof v === 'number' && key === 'battery' ? Math.max(0, Math.min(100, v)) : -1]);
   }
