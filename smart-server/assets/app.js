@@ -663,12 +663,14 @@ function flush() {
   // Rows do not move under a mouse pointer resting on them: the re-sort waits until it leaves.
   if (state.resortPending && !state.pointerOnRows) {
     if (now - state.lastSort >= RESORT_INTERVAL_MS) {
-      const before = state.rows.slice();
+      // The rows drawn now (the visible window and its overscan): the cue shows when they moved.
+      const drawn = pool.map((tr) => tr.rec);
+      const at = pool.length > 0 ? pool[0].idx : 0;
       state.rows.sort(state.compare);
       state.resortPending = false;
       state.lastSort = now;
       state.dirty.grid = true;
-      if (state.rows.some((r, i) => r !== before[i])) showResortCue();
+      if (drawn.some((rec, k) => state.rows[at + k] !== rec)) showResortCue();
     } else if (!resortTimer) {
       resortTimer = setTimeout(() => {
         resortTimer = 0;
