@@ -35,6 +35,6 @@ test('values outside a plausible range are marked with the range, never hidden',
   const [text, cls, title, bar] = formatCell({ key: 'battery', kind: 'battery' }, 140, Date.now());
   assert.deepEqual([text, cls, title, bar], ['140', 'num bat implausible', 'outside the plausible range 0 % – 100 %', 100]);
   assert.deepEqual(formatCell({ key: 'battery', kind: 'battery' }, 37, Date.now()), ['37', 'num bat', '', 37]);
-  assert.deepEqual(formatCell({ key: 'power_consumption', kind: 'power' }, 1234, Date.now()), ['1.23 kW', 'num', '1234']);
+  assert.deepEqual(formatCell({ key: 'power_consumption', kind: 'power' }, 1234, Date.now()), ['1.23 kW', 'num', '']);
   assert.deepEqual(formatCell({ key: 'power_consumption', kind: 'power' }, null, Date.now()), ['—', 'num', '']);
 });

@@ -101,7 +101,7 @@ export function formatCell(col, v, now) {
     case 'power':
     case 'energy': {
       const bad = implausible(col.key, v);
-      return [formatValue(col.key, v), bad ? 'num implausible' : 'num', bad || (typeof v === 'number' ? String(v) : '')];
+      return [formatValue(col.key, v), bad ? 'num implausible' : 'num', bad];
     }
     case 'num': {
       const bad = implausible(col.key, v);
