@@ -11,7 +11,8 @@ import { DeviceLink, Server, deviceInit, openBrowser, serialOf, sleep, waitLive 
 const DEVICES = Number(process.env.PERF_DEVICES || 10000);
 const RATE = Number(process.env.PERF_RATE || 1000);
 const SECONDS = Number(process.env.PERF_SECONDS || 6);
-const LINKS = 4;
+// The server lets one device connection speak for at most 1,000 serials (--max-serials-per-connection).
+const LINKS = Math.max(4, Math.ceil(DEVICES / 1000));
 
 test(`${DEVICES} devices, ${RATE} updates/s: frames keep coming and updates keep landing`, { timeout: 240000 }, async (t) => {
   const server = await Server.start();
@@ -75,7 +76,7 @@ test(`${DEVICES} devices, ${RATE} updates/s: frames keep coming and updates keep
     const due = Math.min(total, Math.floor(((Date.now() - started) / 1000) * RATE));
     for (; sent < due; sent += 1) {
       const i = 1 + ((sent * 7919) % DEVICES);
-      inflight.push(links[sent % LINKS].update(serialOf(i), { power_consumption: (sent * 13) % 5000, battery: sent % 101 }));
+      inflight.push(links[i % LINKS].update(serialOf(i), { power_consumption: (sent * 13) % 5000, battery: sent % 101 }));
     }
     await sleep(10);
   }

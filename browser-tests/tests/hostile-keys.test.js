@@ -38,6 +38,15 @@ test('device keys __proto__, constructor and hasOwnProperty are plain extra colu
   await waitForCount(page, 3);
   await page.waitForSelector(rowSelector('0003'));
 
+  // Extra fields start hidden; "Show all" in the column picker shows them (the choice is stored per
+  // field name, `__proto__` included, and survives a reload).
+  assert.equal(await page.$('th[data-field="colour"]'), null);
+  await page.click('#columns-button');
+  await page.click('#columns-all');
+  await page.reload();
+  await waitLive(page);
+  await page.waitForSelector(rowSelector('0003'));
+
   // Normal extra columns, one per key, with the key as their field.
   for (const key of ['__proto__', 'constructor', 'hasOwnProperty', 'colour']) {
     assert.ok(await page.$(`th[data-field="${key}"]`), `a column for ${key}`);

@@ -48,6 +48,28 @@ test('the page logs in with its form, shows the user, streams the fleet, and log
   await link.update(serialOf(1), { battery: 0.42 });
   await page.waitForFunction(() => document.querySelector('#body tr[data-serial="0001"] td[data-field="battery"]')?.textContent.includes('42'));
 
+  // The device page works over the same session (the history API and its own live socket); the
+  // account stays shown there.
+  await page.click(`${rowSelector('0001')} td[data-field="serial_number"]`);
+  await page.waitForSelector('#device-page[data-state="ready"]', { timeout: 10000 });
+  assert.equal(await page.isVisible('#account'), true);
+  await link.update(serialOf(1), { battery: 0.5 });
+  await page.waitForFunction(() => document.querySelector('#device-fields .field[data-field="battery"] dd')?.textContent.includes('0.5'));
+  assert.deepEqual(b.problems.filter((p) => !/status of 401/.test(p)), [], 'no console errors but the 401s of the login itself');
+
+  // Logging out from the device page shows the login form only.
+  await page.click('#logout');
+  await page.waitForSelector('#login:not([hidden])');
+  assert.equal(await page.isHidden('#device-page'), true, 'the device page closes with the session');
+  // Logging in again at the device's address opens its page again.
+  await page.fill('#login-user', 'ops');
+  await page.fill('#login-password', 'pass word');
+  await page.click('#login-submit');
+  await page.waitForSelector('#device-page[data-state="ready"]', { timeout: 10000 });
+  await page.click('#device-back');
+  await page.waitForSelector('#layout:not([hidden])');
+  await page.waitForSelector(rowSelector('0001'));
+
   await page.click('#logout');
   await page.waitForSelector('#login:not([hidden])');
   assert.equal(await page.isHidden('#account'), true);

@@ -1,8 +1,18 @@
-// SMART-OS dashboard: one self-contained ES module, no dependencies, no build step.
+// SMART-OS dashboard: ES modules, no dependencies but the vendored uPlot (device page), no build step.
+// This module wires the fleet table: the websocket, the windowed grid, the summary, the boot.
 //
 // Data flow: websocket frames only mutate records and mark what is dirty; all DOM writes happen
 // in one requestAnimationFrame flush, and only for the rows in the visible window. That keeps the page
 // smooth with 10,000 devices and 1,000 updates/s, where touching the DOM per message would not be.
+
+import { KNOWN_COLUMNS, KNOWN_KEYS, humanize } from './fields.js';
+import { csvCell, formatCell, numberFormat, pad2 } from './format.js';
+import { isEmptyQuery, matches, queryFromHash, queryToHash, sameQuery, toClauses } from './query.js';
+import { state, setActiveQuery } from './state.js';
+import { onApply, onHeaderClick, refreshFieldSelects, setApplying, showClauseError, showError, writeForm } from './filters.js';
+import { isShown, renderPicker } from './columns.js';
+import { closeDevice, deviceLeftView, deviceUpdate, openDevice } from './device.js';
+import { account, onLogin, showAccount, showLoginForm, whoAmI } from './auth.js';
 
 const FLASH_MS = 900;
 const OVERSCAN = 10;
@@ -10,297 +20,13 @@ const RESORT_INTERVAL_MS = 500;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 8000;
 const CONNECT_TIMEOUT_MS = 10000;
-const MAX_FILTERS = 32;
-const MAX_SORTS = 8;
 const MAX_PENDING_FLASH = 5000;
-
-// Which fields are known, and their types, comes from the server: GET /api/fields, generated from
-// smart-proto's one table of PROTOCOL.md §6 (`record_fields!`). This page only says how to show them:
-// labels, units, widths and display order. Units in headers, not in cells, so cells stay numbers. A field
-// the server lists that has no entry here is shown after these, labelled from its name and typed from
-// the list; an entry for a field the server does not list is dropped.
-const COLUMN_LOOKS = [
-  { key: 'serial_number', label: 'Serial', kind: 'text', width: 104 },
-  { key: 'online', label: 'Status', kind: 'status', width: 100 },
-  { key: 'last_status_update', label: 'Last update', kind: 'ago', width: 120 },
-  { key: 'battery', label: 'Battery', unit: '%', kind: 'num', width: 104 },
-  { key: 'power_income', label: 'Income', unit: 'W', kind: 'num', width: 108 },
-  { key: 'power_inject', label: 'Inject', unit: 'W', kind: 'num', width: 104 },
-  { key: 'power_consumption', label: 'Consumption', unit: 'W', kind: 'num', width: 150 },
-  { key: 'capacity', label: 'Capacity', kind: 'num', width: 116 },
-  { key: 'pv_connectors', label: 'PV conn.', kind: 'num', width: 96 },
-  { key: 'software_version', label: 'Software', kind: 'text', width: 100 },
-  { key: 'solmate_version', label: 'SolMate', kind: 'text', width: 88 },
-  { key: 'country', label: 'Country', kind: 'text', width: 84 },
-  { key: 'postcode', label: 'Postcode', kind: 'text', width: 96 },
-  { key: 'owner', label: 'Owner', kind: 'text', width: 84 },
-  { key: 'local_time', label: 'Device time', kind: 'devtime', width: 164 },
-  { key: 'manufacturing_date', label: 'First seen', kind: 'time', width: 164 },
-];
-const FIELD_LIST_RETRY_MS = 1000;
-
-// [{name, type, null, device}], in the order of §6. The page cannot show a record without it, so it
-// waits for it (the server that served this page serves it too; a failed fetch is retried).
-async function loadFields() {
-  for (;;) {
-    try {
-      const res = await fetch('/api/fields', { cache: 'no-store' });
-      if (res.ok) {
-        const fields = await res.json();
-        if (Array.isArray(fields) && fields.every((f) => f && typeof f.name === 'string')) return fields;
-      }
-    } catch {
-      // Not reachable yet: retried below.
-    }
-    await new Promise((resolve) => setTimeout(resolve, FIELD_LIST_RETRY_MS));
-  }
-}
-
-const FIELDS = await loadFields();
-const isNumericType = (type) => type === 'number' || type === 'integer';
-const KNOWN_KEYS = new Set(FIELDS.map((f) => f.name));
-const KNOWN_COLUMNS = [
-  ...COLUMN_LOOKS.filter((c) => KNOWN_KEYS.has(c.key)),
-  ...FIELDS.filter((f) => !COLUMN_LOOKS.some((c) => c.key === f.name)).map((f) => ({
-    key: f.name,
-    label: humanize(f.name),
-    kind: isNumericType(f.type) ? 'num' : f.type === 'timestamp' ? 'time' : 'text',
-    width: Math.max(96, Math.min(220, humanize(f.name).length * 8 + 44)),
-  })),
-];
-const NUMERIC_FIELDS = new Set(FIELDS.filter((f) => isNumericType(f.type)).map((f) => f.name));
-
-// Operator labels of PROTOCOL.md §8: the wire symbol first, then what it means.
-const OPERATORS = [
-  { op: '=', label: '= contains' },
-  { op: '==', label: '== equals' },
-  { op: '<', label: '< less than' },
-  { op: '>', label: '> greater than' },
-  { op: '<=', label: '<= at most' },
-  { op: '>=', label: '>= at least' },
-  { op: '^', label: '^ starts with' },
-];
-const NUMERIC_OPS = new Set(['==', '<', '>', '<=', '>=']);
-const DIRECTIONS = [
-  { dir: '<', label: 'Ascending' },
-  { dir: '>', label: 'Descending' },
-];
+// While paused, frames wait (in order) up to this many; beyond it they are dropped and the view is
+// asked for again on resume (a fresh INIT).
+const MAX_HELD_FRAMES = 20000;
+const RESORT_CUE_MS = 1200;
 
 const $ = (id) => document.getElementById(id);
-
-// ---------------------------------------------------------------------------------------------------
-// Formatting
-
-const numberFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
-const pad2 = (n) => (n < 10 ? '0' : '') + n;
-
-function parseTimestamp(text) {
-  return typeof text === 'string' ? Date.parse(text) : Number.NaN;
-}
-
-// Local time as YYYY-MM-DD HH:MM:SS: unambiguous in every locale and sorts as text.
-function formatLocal(ms) {
-  const d = new Date(ms);
-  return `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${pad2(d.getHours())}:${pad2(d.getMinutes())}:${pad2(d.getSeconds())}`;
-}
-
-function formatAgo(ms, now) {
-  const s = Math.max(0, Math.floor((now - ms) / 1000));
-  if (s < 60) return `${s} s ago`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-  return `${Math.floor(s / 86400)} d ago`;
-}
-
-function formatPlain(v) {
-  if (v === null || v === undefined || v === '') return '—';
-  if (typeof v === 'number') return numberFormat.format(v);
-  if (typeof v === 'boolean') return v ? 'true' : 'false';
-  if (typeof v === 'object') return JSON.stringify(v);
-  return String(v);
-}
-
-// Returns [text, className, title] for one cell; className and title may be undefined.
-function formatCell(col, v, now) {
-  switch (col.kind) {
-    case 'status':
-      if (v === true) return ['Online', 'st on'];
-      if (v === false) return ['Offline', 'st off'];
-      return ['—', 'st'];
-    case 'ago': {
-      const ms = parseTimestamp(v);
-      if (Number.isNaN(ms)) return [formatPlain(v), 'ago'];
-      const age = now - ms;
-      return [formatAgo(ms, now), age > 300000 ? 'ago stale' : 'ago', formatLocal(ms)];
-    }
-    case 'time': {
-      const ms = parseTimestamp(v);
-      return Number.isNaN(ms) ? [formatPlain(v), 'time'] : [formatLocal(ms), 'time', String(v)];
-    }
-    case 'devtime':
-      // Kept as the device sent it (no zone); the fraction of a second is noise on screen.
-      return typeof v === 'string' ? [v.replace(/\.\d+$/, '').replace('T', ' '), 'time', v] : [formatPlain(v), 'time'];
-    case 'num':
-      return [formatPlain(v), 'num'];
-    default:
-      return [formatPlain(v), col.numeric ? 'num' : undefined];
-  }
-}
-
-function humanize(key) {
-  const words = key.replace(/^_+/, '').split('_').filter(Boolean).join(' ');
-  return words ? words[0].toUpperCase() + words.slice(1) : key;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Queries (PROTOCOL.md §8): {filters: [{field, op, value}], sorts: [{field, dir}]}
-
-const emptyQuery = () => ({ filters: [], sorts: [] });
-
-function toClauses(q) {
-  return [
-    ...q.filters.map((f) => `filter:${f.field}:${f.op}:${f.value}`),
-    ...q.sorts.map((s) => `sort:${s.field}:${s.dir}:${NUMERIC_FIELDS.has(s.field) ? '123' : 'abc'}`),
-  ];
-}
-
-function fromClauses(clauses) {
-  const q = emptyQuery();
-  for (const clause of clauses) {
-    const parts = clause.split(':');
-    const command = parts[0].toLowerCase();
-    if (command === 'filter' && parts.length >= 4) {
-      q.filters.push({ field: parts[1], op: parts[2], value: parts.slice(3).join(':') });
-    } else if (command === 'sort' && parts.length >= 3 && (parts[2] === '<' || parts[2] === '>')) {
-      q.sorts.push({ field: parts[1], dir: parts[2] });
-    }
-  }
-  return q;
-}
-
-const sameQuery = (a, b) => JSON.stringify(toClauses(a)) === JSON.stringify(toClauses(b));
-const isEmptyQuery = (q) => q.filters.length === 0 && q.sorts.length === 0;
-
-const NUMBER_TEXT = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
-
-function textForm(v) {
-  if (typeof v === 'string') return v;
-  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
-  return JSON.stringify(v);
-}
-
-function numericValue(v) {
-  if (typeof v === 'number') return v;
-  if (typeof v === 'string' && NUMBER_TEXT.test(v.trim())) return Number(v);
-  return null;
-}
-
-// The server is the authority on the view; this local check only hides a row at once when an update
-// takes it out of the view, instead of waiting for the server's fresh INIT.
-function matches(q, rec) {
-  for (const f of q.filters) {
-    const v = rec[f.field];
-    if (v === null || v === undefined) return false;
-    if (f.op === '=') {
-      if (!textForm(v).toLowerCase().includes(f.value.toLowerCase())) return false;
-    } else if (f.op === '^') {
-      if (!textForm(v).startsWith(f.value)) return false;
-    } else {
-      const a = numericValue(v);
-      const b = numericValue(f.value);
-      if (a === null || b === null) return false;
-      if (f.op === '==' && !(a === b)) return false;
-      if (f.op === '<' && !(a < b)) return false;
-      if (f.op === '>' && !(a > b)) return false;
-      if (f.op === '<=' && !(a <= b)) return false;
-      if (f.op === '>=' && !(a >= b)) return false;
-    }
-  }
-  return true;
-}
-
-const typeRank = (v) => (typeof v === 'number' ? 0 : typeof v === 'string' ? 1 : typeof v === 'boolean' ? 2 : 3);
-
-function compareValues(a, b) {
-  const ra = typeRank(a);
-  const rb = typeRank(b);
-  if (ra !== rb) return ra - rb;
-  if (ra === 0) return a - b;
-  if (ra === 1 || ra === 2) return a < b ? -1 : a > b ? 1 : 0;
-  const ja = JSON.stringify(a);
-  const jb = JSON.stringify(b);
-  return ja < jb ? -1 : ja > jb ? 1 : 0;
-}
-
-// Same order as the server: keys in turn, missing/null last in both directions, ties by serial.
-function comparator(sorts) {
-  return (x, y) => {
-    for (const s of sorts) {
-      const a = x[s.field];
-      const b = y[s.field];
-      const na = a === null || a === undefined;
-      const nb = b === null || b === undefined;
-      if (na || nb) {
-        if (na && nb) continue;
-        return na ? 1 : -1;
-      }
-      const c = compareValues(a, b);
-      if (c !== 0) return s.dir === '>' ? -c : c;
-    }
-    const sa = x.serial_number;
-    const sb = y.serial_number;
-    return sa < sb ? -1 : sa > sb ? 1 : 0;
-  };
-}
-
-function queryToHash(q) {
-  const params = new URLSearchParams();
-  for (const c of toClauses(q)) params.append('q', c);
-  const text = params.toString();
-  return text ? `#${text}` : '';
-}
-
-function queryFromHash() {
-  try {
-    return fromClauses(new URLSearchParams(location.hash.slice(1)).getAll('q'));
-  } catch {
-    return emptyQuery();
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------
-// State
-
-const state = {
-  records: new Map(), // serial -> record, everything the server says is in this dashboard's view
-  rows: [], // records shown, in view order
-  shown: new Set(), // records present in rows
-  columns: KNOWN_COLUMNS.map((c) => ({ ...c })),
-  columnIndex: new Map(),
-  extraKeys: new Set(),
-  accepted: emptyQuery(), // last query the server answered with INIT
-  desired: queryFromHash(), // what the user asked for; sent on every (re)connect
-  pending: [], // {query, keepError} sent and not yet answered, oldest first
-  compare: comparator([]),
-  sortFields: new Set(),
-  filterFields: new Set(),
-  flash: true,
-  flashQueue: new Map(), // record -> Set(field)
-  newRows: new Set(),
-  resortPending: false,
-  lastSort: 0,
-  hadInit: false,
-  dirty: { grid: true, columns: true, summary: true, header: true },
-  updatesThisSecond: 0,
-};
-state.columns.forEach((c, i) => state.columnIndex.set(c.key, i));
-
-function setActiveQuery(q) {
-  state.accepted = q;
-  state.compare = comparator(q.sorts);
-  state.sortFields = new Set(q.sorts.map((s) => s.field));
-  state.filterFields = new Set(q.filters.map((f) => f.field));
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Applying protocol messages
@@ -325,7 +51,7 @@ function noteExtraKeys(rec) {
 function addExtraColumn(key, sample) {
   state.extraKeys.add(key);
   const label = humanize(key);
-  const col = { key, label, kind: 'auto', numeric: typeof sample === 'number', width: Math.max(96, Math.min(220, label.length * 8 + 44)) };
+  const col = { key, label, kind: 'auto', extra: true, numeric: typeof sample === 'number', width: Math.max(96, Math.min(220, label.length * 8 + 44)) };
   // Extra fields follow the known ones, in key order, as the server serializes them.
   let at = state.columns.length;
   while (at > KNOWN_COLUMNS.length && state.columns[at - 1].key > key) at -= 1;
@@ -373,7 +99,8 @@ function handleInit(list, answered) {
   state.newRows.clear();
   state.resortPending = false;
   state.hadInit = true;
-  if (changedView) scroller.scrollTop = 0;
+  if (openSerial !== null && !records.has(openSerial)) deviceLeftView(openSerial);
+  if (changedView && openSerial === null) scroller.scrollTop = 0;
   markDirty('grid', 'summary', 'header');
 }
 
@@ -469,6 +196,9 @@ function connect() {
   }
   link.ws = ws;
   link.gotInit = false;
+  // A new connection starts with a fresh INIT: frames held from the old one are moot.
+  state.held = [];
+  state.heldOverflow = false;
   link.connectTimer = setTimeout(() => ws.close(), CONNECT_TIMEOUT_MS);
   ws.onopen = () => {
     clearTimeout(link.connectTimer);
@@ -511,6 +241,32 @@ function onFrame(data) {
     return;
   }
   if (!env || typeof env !== 'object') return;
+  // The open device page takes its device's changes from here (paused or not).
+  if (openSerial !== null && env.type === 'UPDT' && link.gotInit) feedDevice(env.message);
+  // Paused: the table stays as it is; changes and view INITs wait, unless one answers a query.
+  if (state.paused && (env.type === 'UPDT' || (env.type === 'INIT' && !link.skipInit && state.pending.length === 0))) {
+    if (state.held.length < MAX_HELD_FRAMES) state.held.push(env);
+    else state.heldOverflow = true;
+    noteHeld();
+    return;
+  }
+  onMessage(env);
+}
+
+function feedDevice(message) {
+  if (typeof message !== 'string') return;
+  const c1 = message.indexOf(':');
+  const c2 = c1 < 0 ? -1 : message.indexOf(':', c1 + 1);
+  if (c2 < 0 || message.slice(c1 + 1, c2) !== openSerial) return;
+  try {
+    const body = JSON.parse(message.slice(c2 + 1));
+    if (body && typeof body === 'object' && !Array.isArray(body)) deviceUpdate(openSerial, body);
+  } catch {
+    // Not JSON: nothing to show.
+  }
+}
+
+function onMessage(env) {
   if (env.type === 'UPDT') {
     if (link.gotInit) handleUpdate(env.message);
   } else if (env.type === 'INIT') {
@@ -537,7 +293,9 @@ function onFrame(data) {
 function onQueryError(reason) {
   state.pending.shift();
   setApplying(state.pending.length > 0);
-  showError(`Query rejected: ${reason || 'the server gave no reason'}`);
+  // In plain words next to the clause it is about when that clause is in the form, else above it.
+  if (showClauseError(reason)) showError('Query rejected: see the filter marked below.');
+  else showError(`Query rejected: ${reason || 'the server gave no reason'}`);
   // The server keeps the previous view; so do we, and that is what a reconnect will ask for again.
   state.desired = state.accepted;
   markDirty('header');
@@ -557,6 +315,7 @@ function sendQuery(query, { keepError = false } = {}) {
 }
 
 function applyQuery(q) {
+  setPaused(false);
   state.desired = q;
   markDirty('header');
   if (!sendQuery(q)) {
@@ -566,6 +325,8 @@ function applyQuery(q) {
 }
 
 function writeHash(q) {
+  // The device page owns the hash while it is open; the table's query is written back on return.
+  if (deviceSerial()) return;
   const hash = queryToHash(q);
   if (hash !== location.hash) {
     history.replaceState(null, '', `${location.pathname}${location.search}${hash}`);
@@ -610,190 +371,6 @@ function renderStatusText() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Query form
-
-const form = $('query');
-const filterRows = $('filter-rows');
-const sortRows = $('sort-rows');
-const errorEl = $('query-error');
-const applyBtn = $('apply');
-
-function option(value, label) {
-  const o = document.createElement('option');
-  o.value = value;
-  o.textContent = label;
-  return o;
-}
-
-function fieldLabel(col) {
-  return col.unit ? `${col.label} (${col.unit})` : col.label;
-}
-
-function fillFieldSelect(select, value) {
-  select.replaceChildren(...state.columns.map((c) => option(c.key, fieldLabel(c))));
-  if (value && !state.columnIndex.has(value)) select.append(option(value, humanize(value)));
-  if (value) select.value = value;
-}
-
-function removeButton(label) {
-  const b = document.createElement('button');
-  b.type = 'button';
-  b.className = 'icon-btn remove';
-  b.title = label;
-  b.setAttribute('aria-label', label);
-  b.textContent = '×';
-  return b;
-}
-
-function addFilterRow(f = { field: 'serial_number', op: '=', value: '' }) {
-  if (filterRows.children.length >= MAX_FILTERS) return null;
-  const row = document.createElement('div');
-  row.className = 'qrow filter-row';
-  const field = document.createElement('select');
-  field.className = 'field';
-  field.setAttribute('aria-label', 'Filter field');
-  fillFieldSelect(field, f.field);
-  const op = document.createElement('select');
-  op.className = 'op';
-  op.setAttribute('aria-label', 'Operator');
-  op.append(...OPERATORS.map((o) => option(o.op, o.label)));
-  if (!OPERATORS.some((o) => o.op === f.op)) op.append(option(f.op, f.op));
-  op.value = f.op;
-  const value = document.createElement('input');
-  value.className = 'value';
-  value.type = 'text';
-  value.placeholder = 'value';
-  value.setAttribute('aria-label', 'Value');
-  value.value = f.value;
-  const syncMode = () => {
-    value.inputMode = NUMERIC_OPS.has(op.value) ? 'decimal' : 'text';
-  };
-  op.addEventListener('change', syncMode);
-  syncMode();
-  const remove = removeButton('Remove filter');
-  remove.addEventListener('click', () => {
-    row.remove();
-    syncEmptyHints();
-  });
-  row.append(field, op, value, remove);
-  filterRows.append(row);
-  syncEmptyHints();
-  return row;
-}
-
-function addSortRow(s) {
-  if (sortRows.children.length >= MAX_SORTS) return null;
-  const used = new Set([...sortRows.querySelectorAll('select.field')].map((el) => el.value));
-  const sort = s ?? { field: (state.columns.find((c) => !used.has(c.key)) ?? state.columns[0]).key, dir: '<' };
-  const row = document.createElement('div');
-  row.className = 'qrow sort-row';
-  const rank = document.createElement('span');
-  rank.className = 'rank';
-  const field = document.createElement('select');
-  field.className = 'field';
-  field.setAttribute('aria-label', 'Sort field');
-  fillFieldSelect(field, sort.field);
-  const dir = document.createElement('select');
-  dir.className = 'dir';
-  dir.setAttribute('aria-label', 'Direction');
-  dir.append(...DIRECTIONS.map((d) => option(d.dir, d.label)));
-  dir.value = sort.dir;
-  const remove = removeButton('Remove sort key');
-  remove.addEventListener('click', () => {
-    row.remove();
-    syncEmptyHints();
-  });
-  row.append(rank, field, dir, remove);
-  sortRows.append(row);
-  syncEmptyHints();
-  return row;
-}
-
-function syncEmptyHints() {
-  $('filter-empty').hidden = filterRows.children.length > 0;
-  $('sort-empty').hidden = sortRows.children.length > 0;
-  [...sortRows.children].forEach((row, i) => {
-    row.querySelector('.rank').textContent = `${i + 1}.`;
-  });
-  $('add-filter').disabled = filterRows.children.length >= MAX_FILTERS;
-  $('add-sort').disabled = sortRows.children.length >= MAX_SORTS;
-}
-
-function readForm() {
-  const q = emptyQuery();
-  for (const row of filterRows.children) {
-    q.filters.push({
-      field: row.querySelector('.field').value,
-      op: row.querySelector('.op').value,
-      value: row.querySelector('.value').value.trim(),
-    });
-  }
-  for (const row of sortRows.children) {
-    q.sorts.push({ field: row.querySelector('.field').value, dir: row.querySelector('.dir').value });
-  }
-  return q;
-}
-
-function writeForm(q) {
-  filterRows.replaceChildren();
-  sortRows.replaceChildren();
-  q.filters.forEach((f) => addFilterRow(f));
-  q.sorts.forEach((s) => addSortRow(s));
-  syncEmptyHints();
-}
-
-function writeSorts(sorts) {
-  sortRows.replaceChildren();
-  sorts.forEach((s) => addSortRow(s));
-  syncEmptyHints();
-}
-
-function refreshFieldSelects() {
-  for (const select of form.querySelectorAll('select.field')) fillFieldSelect(select, select.value);
-}
-
-function showError(text, kind = 'error') {
-  errorEl.textContent = text;
-  errorEl.hidden = !text;
-  errorEl.dataset.kind = kind;
-}
-
-function setApplying(on) {
-  applyBtn.classList.toggle('busy', on);
-  document.body.classList.toggle('applying', on);
-}
-
-form.addEventListener('submit', (ev) => {
-  ev.preventDefault();
-  showError('');
-  applyQuery(readForm());
-});
-$('add-filter').addEventListener('click', () => addFilterRow()?.querySelector('.value').focus());
-$('add-sort').addEventListener('click', () => addSortRow()?.querySelector('.field').focus());
-$('reset').addEventListener('click', () => {
-  writeForm(emptyQuery());
-  showError('');
-  applyQuery(emptyQuery());
-});
-
-// Clicking a header sorts by it (again: reverses); shift-click adds or flips a secondary key.
-function onHeaderClick(field, additive) {
-  let sorts = readForm().sorts;
-  const at = sorts.findIndex((s) => s.field === field);
-  if (additive) {
-    if (at >= 0) sorts[at].dir = sorts[at].dir === '<' ? '>' : '<';
-    else sorts.push({ field, dir: '<' });
-  } else if (sorts.length === 1 && at === 0) {
-    sorts[0].dir = sorts[0].dir === '<' ? '>' : '<';
-  } else {
-    sorts = [{ field, dir: '<' }];
-  }
-  writeSorts(sorts);
-  showError('');
-  applyQuery(readForm());
-}
-
-// ---------------------------------------------------------------------------------------------------
 // Grid: a real <table> whose body holds only the visible window of rows between two spacer rows.
 
 const scroller = $('scroller');
@@ -816,20 +393,24 @@ function readThemeColors() {
 }
 
 function buildColumns() {
+  // Shown columns: the picker's choice (columns.js); the filter and sort lists keep every column.
+  state.visible = state.columns.filter(isShown);
+  state.visibleIndex = new Map(state.visible.map((c, i) => [c.key, i]));
+  renderPicker(state.columns, () => markDirty('columns'));
   colsEl.replaceChildren(
-    ...state.columns.map((c) => {
+    ...state.visible.map((c) => {
       const col = document.createElement('col');
       col.style.width = `${c.width}px`;
       return col;
     }),
   );
   headRow.replaceChildren(
-    ...state.columns.map((c) => {
+    ...state.visible.map((c) => {
       const th = document.createElement('th');
       th.scope = 'col';
       th.dataset.field = c.key;
       th.title = c.key;
-      if (c.kind === 'num' || c.numeric) th.classList.add('num');
+      if (c.numeric || ['num', 'battery', 'power', 'energy'].includes(c.kind)) th.classList.add('num');
       const btn = document.createElement('button');
       btn.type = 'button';
       btn.className = 'th-btn';
@@ -852,9 +433,9 @@ function buildColumns() {
       return th;
     }),
   );
-  grid.style.width = `${state.columns.reduce((sum, c) => sum + c.width, 0)}px`;
-  spacerTop.firstElementChild.colSpan = state.columns.length;
-  spacerBottom.firstElementChild.colSpan = state.columns.length;
+  grid.style.width = `${state.visible.reduce((sum, c) => sum + c.width, 0)}px`;
+  spacerTop.firstElementChild.colSpan = state.visible.length;
+  spacerBottom.firstElementChild.colSpan = state.visible.length;
   for (const tr of pool) tr.remove();
   pool.length = 0;
   refreshFieldSelects();
@@ -862,6 +443,7 @@ function buildColumns() {
 }
 
 function renderHeader() {
+  renderFilterCount();
   const sorts = state.desired.sorts;
   for (const th of headRow.children) {
     const i = sorts.findIndex((s) => s.field === th.dataset.field);
@@ -882,9 +464,17 @@ function renderHeader() {
 
 function makeRow() {
   const tr = document.createElement('tr');
-  for (const c of state.columns) {
+  for (const c of state.visible) {
     const td = document.createElement('td');
     td.dataset.field = c.key;
+    // The label of the phone's cards (style.css shows it before the value there).
+    td.dataset.label = c.unit ? `${c.label} (${c.unit})` : c.label;
+    if (c.key === 'serial_number') {
+      // A link to the device's page: reachable with Tab and Enter, and openable in a new tab.
+      td.link = document.createElement('a');
+      td.link.className = 'row-link';
+      td.append(td.link);
+    }
     tr.append(td);
   }
   tr.rec = null;
@@ -923,7 +513,7 @@ function renderGrid(now) {
   grid.setAttribute('aria-rowcount', String(total + 1));
 
   const visible = new Map();
-  const columns = state.columns;
+  const columns = state.visible;
   for (let i = 0; i < count; i += 1) {
     const index = first + i;
     const rec = rows[index];
@@ -944,10 +534,13 @@ function renderGrid(now) {
     }
     const cells = tr.cells;
     for (let j = 0; j < columns.length; j += 1) {
-      const [text, cellCls = '', title = ''] = formatCell(columns[j], rec[columns[j].key], now);
+      const [text, cellCls = '', title = '', bar = -1] = formatCell(columns[j], rec[columns[j].key], now);
       const td = cells[j];
       if (td.t !== text) {
-        td.textContent = text;
+        if (td.link) {
+          td.link.textContent = text;
+          td.link.href = `#/device/${encodeURIComponent(rec.serial_number)}`;
+        } else td.textContent = text;
         td.t = text;
       }
       if (td.c !== cellCls) {
@@ -957,6 +550,12 @@ function renderGrid(now) {
       if (td.ti !== title) {
         td.title = title;
         td.ti = title;
+      }
+      // The battery bar: a background sized by a custom property, no extra element.
+      if (td.b !== bar) {
+        if (bar < 0) td.style.removeProperty('--bar');
+        else td.style.setProperty('--bar', `${bar}%`);
+        td.b = bar;
       }
     }
   }
@@ -988,7 +587,7 @@ function runFlashes(visible) {
     const tr = visible.get(rec);
     if (!tr) continue;
     for (const key of fields) {
-      const j = state.columnIndex.get(key);
+      const j = state.visibleIndex.get(key);
       if (j !== undefined) tr.cells[j].animate([{ backgroundColor: flashColor }, { backgroundColor: 'transparent' }], { duration: FLASH_MS, easing: 'ease-out' });
     }
   }
@@ -1061,12 +660,17 @@ function flush() {
   const now = Date.now();
   // Re-sorting 10,000 rows on every frame would eat the frame budget; values that move a row
   // re-sort at most twice a second, new rows are inserted in place at once.
-  if (state.resortPending) {
+  // Rows do not move under a mouse pointer resting on them: the re-sort waits until it leaves.
+  if (state.resortPending && !state.pointerOnRows) {
     if (now - state.lastSort >= RESORT_INTERVAL_MS) {
+      // The rows drawn now (the visible window and its overscan): the cue shows when they moved.
+      const drawn = pool.map((tr) => tr.rec);
+      const at = pool.length > 0 ? pool[0].idx : 0;
       state.rows.sort(state.compare);
       state.resortPending = false;
       state.lastSort = now;
       state.dirty.grid = true;
+      if (drawn.some((rec, k) => state.rows[at + k] !== rec)) showResortCue();
     } else if (!resortTimer) {
       resortTimer = setTimeout(() => {
         resortTimer = 0;
@@ -1084,7 +688,8 @@ function flush() {
     d.header = false;
     renderHeader();
   }
-  if (d.grid) {
+  // The table is not drawn while the device page covers it (it stays marked dirty until it returns).
+  if (d.grid && openSerial === null) {
     d.grid = false;
     runFlashes(renderGrid(now));
   }
@@ -1096,14 +701,6 @@ function flush() {
 
 // ---------------------------------------------------------------------------------------------------
 // CSV export of the current view (all rows, not only the visible window), raw values, UTC timestamps.
-
-function csvCell(v) {
-  if (v === null || v === undefined) return '';
-  let s = typeof v === 'object' ? JSON.stringify(v) : String(v);
-  // Spreadsheets execute cells starting with these characters as formulas.
-  if (typeof v === 'string' && /^[=+\-@\t\r]/.test(s)) s = `'${s}`;
-  return /[",\r\n]/.test(s) || s !== s.trim() ? `"${s.replaceAll('"', '""')}"` : s;
-}
 
 function exportCsv() {
   const cols = state.columns;
@@ -1148,13 +745,136 @@ window.addEventListener('online', () => {
     connect();
   }
 });
-window.addEventListener('hashchange', () => {
+window.addEventListener('hashchange', route);
+
+// A short cue that rows changed places (the "re-sorted" pill).
+let cueTimer = 0;
+function showResortCue() {
+  const cue = $('resort-cue');
+  cue.hidden = false;
+  clearTimeout(cueTimer);
+  cueTimer = setTimeout(() => {
+    cue.hidden = true;
+  }, RESORT_CUE_MS);
+}
+
+tbody.addEventListener('pointerenter', (ev) => {
+  if (ev.pointerType === 'mouse') state.pointerOnRows = true;
+});
+tbody.addEventListener('pointerleave', () => {
+  state.pointerOnRows = false;
+  if (state.resortPending) markDirty('grid');
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Pause live: the table freezes; what arrives waits in order and is applied on resume.
+
+const pauseToggle = $('pause-toggle');
+
+function setPaused(on) {
+  if (state.paused === on) return;
+  state.paused = on;
+  pauseToggle.checked = on;
+  document.body.classList.toggle('paused', on);
+  if (!on) {
+    const held = state.held;
+    const overflow = state.heldOverflow;
+    state.held = [];
+    state.heldOverflow = false;
+    for (const env of held) onMessage(env);
+    // Too much arrived to keep: ask for the view again (the answer is a fresh INIT).
+    if (overflow && state.pending.length === 0) sendQuery(state.desired);
+  }
+  noteHeld();
+}
+
+function noteHeld() {
+  const n = state.held.length;
+  setText($('paused-badge'), state.heldOverflow ? 'paused · many changes waiting' : `paused · ${numberFormat.format(n)} waiting`);
+  $('paused-badge').hidden = !state.paused;
+}
+
+pauseToggle.addEventListener('change', () => setPaused(pauseToggle.checked));
+
+// ---------------------------------------------------------------------------------------------------
+// Navigation: `#/device/SERIAL` is a device's page; any other hash is the table's query.
+
+const tableView = { scrollTop: 0, fromTable: false };
+let openSerial = null; // the device whose page is open
+
+function deviceSerial() {
+  const m = /^#\/device\/(.+)$/.exec(location.hash);
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return null;
+  }
+}
+
+function route() {
+  const serial = deviceSerial();
+  if (serial !== null) {
+    $('layout').hidden = true;
+    document.body.classList.add('on-device');
+    openSerial = serial;
+    openDevice(serial, { onBack: leaveDevice, inView: link.gotInit && state.records.has(serial) });
+    return;
+  }
+  if (document.body.classList.contains('on-device')) {
+    openSerial = null;
+    closeDevice();
+    document.body.classList.remove('on-device');
+    $('layout').hidden = false;
+    // Where the user was: the same query (the hash) and the same scroll position.
+    scroller.scrollTop = tableView.scrollTop;
+    markDirty('grid', 'summary');
+  }
   const q = queryFromHash();
   if (!sameQuery(q, state.desired)) {
     writeForm(q);
     applyQuery(q);
+  } else {
+    writeHash(state.desired);
   }
+}
+
+function leaveDevice() {
+  if (tableView.fromTable) {
+    tableView.fromTable = false;
+    history.back();
+  } else {
+    location.hash = queryToHash(state.desired) || '#';
+  }
+}
+
+tbody.addEventListener('click', (ev) => {
+  const tr = ev.target.closest('tr[data-serial]');
+  if (!tr || ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+  // Selecting text in a row is not a click on it.
+  if (String(getSelection()) !== '' && !ev.target.closest('a')) return;
+  ev.preventDefault();
+  tableView.scrollTop = scroller.scrollTop;
+  tableView.fromTable = true;
+  location.hash = `#/device/${encodeURIComponent(tr.dataset.serial)}`;
 });
+
+// ---------------------------------------------------------------------------------------------------
+// Phone: the query form sits behind a "Filters (n)" button.
+
+$('filters-toggle').addEventListener('click', () => {
+  const open = document.body.classList.toggle('filters-open');
+  $('filters-toggle').setAttribute('aria-expanded', String(open));
+});
+matchMedia('(max-width: 720px)').addEventListener('change', () => {
+  rowHeight = 0;
+  markDirty('grid');
+});
+
+function renderFilterCount() {
+  const n = state.desired.filters.length;
+  setText($('filters-count'), String(n));
+}
 
 setInterval(() => {
   setText(rateEl, `${numberFormat.format(state.updatesThisSecond)} upd/s`);
@@ -1164,37 +884,12 @@ setInterval(() => {
   markDirty('grid');
 }, 1000);
 
+onApply(applyQuery);
 readThemeColors();
 writeForm(state.desired);
 markDirty('columns', 'grid', 'summary', 'header');
 // ---------------------------------------------------------------------------------------------------
-// Login (when the server runs with --auth required)
-
-// The page's own requests: the server answers 401 without a Basic challenge, so no browser prompt.
-const PAGE_HEADERS = { 'X-Requested-With': 'smartos-page' };
-const account = { required: false, user: null };
-
-/** `{auth: 'off'}`, `{auth: 'required', user, role, scope_owner}`, `{auth: 'required'}` (not logged in) or null. */
-async function whoAmI() {
-  try {
-    const res = await fetch('/api/me', { headers: PAGE_HEADERS, credentials: 'same-origin' });
-    if (res.status === 401) return { auth: 'required' };
-    if (!res.ok) return null;
-    return await res.json();
-  } catch {
-    return null;
-  }
-}
-
-function showAccount(me) {
-  account.required = me?.auth === 'required';
-  account.user = me?.user ?? null;
-  $('account').hidden = !account.user;
-  setText($('account-name'), account.user ?? '');
-  // A user limited to one owner's devices sees which (the server shows it nothing else).
-  const scope = me?.scope_owner ? ` · ${me.scope_owner} only` : '';
-  setText($('account-role'), me?.role ? `${me.role}${scope}` : '');
-}
+// Login (when the server runs with --auth required): the form and the account are in auth.js.
 
 function showLogin(message) {
   clearTimeout(link.retryTimer);
@@ -1204,55 +899,20 @@ function showLogin(message) {
   link.ws = null;
   if (ws) ws.close();
   setStatus('offline');
-  account.user = null;
-  $('account').hidden = true;
+  // A device page open underneath closes too (its address stays, and opens again after the login).
+  openSerial = null;
+  closeDevice();
+  document.body.classList.remove('on-device');
   $('layout').hidden = true;
-  $('login').hidden = false;
-  const error = $('login-error');
-  error.hidden = !message;
-  setText(error, message ?? '');
-  $('login-user').focus();
+  showLoginForm(message);
 }
 
-$('login-form').addEventListener('submit', async (event) => {
-  event.preventDefault();
-  const form = event.currentTarget;
-  const error = $('login-error');
-  $('login-submit').disabled = true;
-  try {
-    const res = await fetch('/login', {
-      method: 'POST',
-      headers: { ...PAGE_HEADERS, 'Content-Type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams(new FormData(form)),
-      credentials: 'same-origin',
-    });
-    const body = await res.json().catch(() => ({}));
-    if (!res.ok) {
-      error.hidden = false;
-      setText(error, body.error ?? `login failed (${res.status})`);
-      return;
-    }
-    $('login-password').value = '';
-    $('login').hidden = true;
-    $('layout').hidden = false;
-    showAccount({ auth: 'required', user: body.user, role: body.role, scope_owner: body.scope_owner });
-    link.attempt = 0;
-    connect();
-  } catch {
-    error.hidden = false;
-    setText(error, 'the server cannot be reached');
-  } finally {
-    $('login-submit').disabled = false;
-  }
-});
-
-$('logout').addEventListener('click', async () => {
-  try {
-    await fetch('/logout', { method: 'POST', headers: PAGE_HEADERS, credentials: 'same-origin' });
-  } finally {
-    showLogin();
-  }
-});
+onLogin(() => {
+  $('layout').hidden = false;
+  if (deviceSerial() !== null) route();
+  link.attempt = 0;
+  connect();
+}, showLogin);
 
 async function start() {
   const me = await whoAmI();
@@ -1262,6 +922,8 @@ async function start() {
     return;
   }
   showAccount(me);
+  // Opened at a device's address: its page (once it is known that no login is needed first).
+  if (deviceSerial() !== null) route();
   connect();
 }
 

@@ -81,6 +81,57 @@ const ASSETS: &[Asset] = &[
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../assets/style.css"),
     },
+    Asset {
+        name: "fields.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/fields.js"),
+    },
+    Asset {
+        name: "format.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/format.js"),
+    },
+    Asset {
+        name: "query.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/query.js"),
+    },
+    Asset {
+        name: "state.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/state.js"),
+    },
+    Asset {
+        name: "filters.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/filters.js"),
+    },
+    Asset {
+        name: "device.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/device.js"),
+    },
+    Asset {
+        name: "columns.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/columns.js"),
+    },
+    Asset {
+        name: "auth.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/auth.js"),
+    },
+    // uPlot 1.6.32 (MIT), unmodified from its npm package: assets/vendor/uplot/ (LICENSE, VERSION).
+    Asset {
+        name: "uPlot.iife.min.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/vendor/uplot/uPlot.iife.min.js"),
+    },
+    Asset {
+        name: "uPlot.min.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../assets/vendor/uplot/uPlot.min.css"),
+    },
 ];
 
 /// A connection's byte stream: plain TCP, or TLS over TCP.

@@ -27,10 +27,25 @@ async fn root_redirects_and_assets_are_served() {
     );
     assert_eq!(root.header("location"), Some("/index.html"));
 
-    for (name, kind) in [
-        ("index.html", "text/html"),
-        ("app.js", "javascript"),
-        ("style.css", "text/css"),
+    // Served at `/NAME`, from `assets/FILE` (the vendored uPlot lives in its own directory).
+    for (name, file, kind) in [
+        ("index.html", "index.html", "text/html"),
+        ("app.js", "app.js", "javascript"),
+        ("style.css", "style.css", "text/css"),
+        ("fields.js", "fields.js", "javascript"),
+        ("format.js", "format.js", "javascript"),
+        ("query.js", "query.js", "javascript"),
+        ("state.js", "state.js", "javascript"),
+        ("filters.js", "filters.js", "javascript"),
+        ("columns.js", "columns.js", "javascript"),
+        ("auth.js", "auth.js", "javascript"),
+        ("device.js", "device.js", "javascript"),
+        (
+            "uPlot.iife.min.js",
+            "vendor/uplot/uPlot.iife.min.js",
+            "javascript",
+        ),
+        ("uPlot.min.css", "vendor/uplot/uPlot.min.css", "text/css"),
     ] {
         let res = server.get(&format!("/{name}")).await;
         assert_eq!(res.status, 200, "{name}");
@@ -39,7 +54,8 @@ async fn root_redirects_and_assets_are_served() {
             "{name}: {:?}",
             res.header("content-type")
         );
-        assert_eq!(res.body, asset(name), "{name} is served as embedded");
+        assert_eq!(res.header("cache-control"), Some("no-cache"), "{name}");
+        assert_eq!(res.body, asset(file), "{name} is served as embedded");
     }
     assert_eq!(server.get("/nothing-here.html").await.status, 404);
     assert_eq!(server.get("/api/nothing").await.status, 404);

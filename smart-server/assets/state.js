@@ -1,0 +1,42 @@
+// The dashboard's state, shared by its modules.
+
+import { KNOWN_COLUMNS } from './fields.js';
+import { comparator, emptyQuery, queryFromHash } from './query.js';
+
+
+export const state = {
+  records: new Map(), // serial -> record, everything the server says is in this dashboard's view
+  rows: [], // records shown, in view order
+  shown: new Set(), // records present in rows
+  columns: KNOWN_COLUMNS.map((c) => ({ ...c })),
+  columnIndex: new Map(),
+  extraKeys: new Set(),
+  accepted: emptyQuery(), // last query the server answered with INIT
+  desired: queryFromHash(), // what the user asked for; sent on every (re)connect
+  pending: [], // {query, keepError} sent and not yet answered, oldest first
+  compare: comparator([]),
+  sortFields: new Set(),
+  filterFields: new Set(),
+  flash: true,
+  flashQueue: new Map(), // record -> Set(field)
+  newRows: new Set(),
+  resortPending: false,
+  lastSort: 0,
+  hadInit: false,
+  dirty: { grid: true, columns: true, summary: true, header: true },
+  updatesThisSecond: 0,
+  visible: [], // the columns shown (columns.js), in order
+  visibleIndex: new Map(),
+  paused: false,
+  held: [], // frames that arrived while paused, in order
+  heldOverflow: false,
+  pointerOnRows: false,
+};
+state.columns.forEach((c, i) => state.columnIndex.set(c.key, i));
+
+export function setActiveQuery(q) {
+  state.accepted = q;
+  state.compare = comparator(q.sorts);
+  state.sortFields = new Set(q.sorts.map((s) => s.field));
+  state.filterFields = new Set(q.filters.map((f) => f.field));
+}
