@@ -24,7 +24,7 @@ const FIELDS: [(&str, f64); 4] = [
     ("power_income", 800.0),
     ("power_inject", 600.0),
     ("power_consumption", 900.0),
-    ("battery", 1000.0),
+    ("battery", 100.0),
 ];
 
 /// A small deterministic generator (splitmix64): the fill is the same every run.
