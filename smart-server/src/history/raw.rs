@@ -13,8 +13,8 @@
 //! the segments the last checkpoint did not cover; a device whose newest part holds that segment or a
 //! later one skips it.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use smart_proto::Serial;
 
@@ -45,6 +45,19 @@ pub enum HistoryError {
 pub(crate) struct Raw {
     tree: sled::Tree,
     size: Arc<Size>,
+    /// Per device, where absorbing its changes goes on: the hour of its newest part, that part's
+    /// number and the last segment in it. Spares a reverse scan of the tree per device and
+    /// checkpoint (2,000 a second at 10,000 devices); a device not in it (or in another hour) is
+    /// looked up in the tree.
+    newest: Arc<Mutex<HashMap<Serial, Newest>>>,
+}
+
+/// A device's newest part: its hour, number, and the last segment in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Newest {
+    hour: u32,
+    number: u16,
+    seq: u64,
 }
 
 /// The hour of `ts_ms` (hours since the epoch; times before it count as hour 0).
@@ -242,6 +255,7 @@ impl Raw {
         Ok(Raw {
             tree: db.open_tree("history_raw")?,
             size: Arc::default(),
+            newest: Arc::default(),
         })
     }
 
@@ -271,12 +285,16 @@ impl Raw {
         changes: &[&Change],
     ) -> Result<(), HistoryError> {
         // The newest part's number and segment (its rows are not needed).
-        let last = match self.tree.scan_prefix(prefix(hour, serial)).next_back() {
-            Some(entry) => {
-                let (key, value) = entry?;
-                Some(part_header(&key, &value)?)
-            }
-            None => None,
+        let known = self.newest().get(serial).copied();
+        let last = match known.filter(|n| n.hour == hour) {
+            Some(newest) => Some((newest.number, newest.seq)),
+            None => match self.tree.scan_prefix(prefix(hour, serial)).next_back() {
+                Some(entry) => {
+                    let (key, value) = entry?;
+                    Some(part_header(&key, &value)?)
+                }
+                None => None,
+            },
         };
         if last.is_some_and(|(_, last_seq)| last_seq >= seq) {
             return Ok(());
@@ -306,14 +324,30 @@ impl Raw {
                 self.size.put(k, v, old.map(|old| old.len()));
             }
         } else {
+            let mut lens = Vec::new();
             let mut batch = sled::Batch::default();
             for (key, value) in parts {
-                self.size.add(key.len(), value.len());
+                lens.push((key.len(), value.len()));
                 batch.insert(key, value);
             }
             self.tree.apply_batch(batch)?;
+            for (key, value) in lens {
+                self.size.add(key, value);
+            }
         }
+        let newest = Newest {
+            hour,
+            number: next.saturating_sub(1),
+            seq,
+        };
+        self.newest().insert(serial.clone(), newest);
         Ok(())
+    }
+
+    fn newest(&self) -> std::sync::MutexGuard<'_, HashMap<Serial, Newest>> {
+        self.newest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The parts of one device's hour, in order.
@@ -352,9 +386,9 @@ impl Raw {
         let seq = parts.iter().map(|s| s.part.seq).max().unwrap_or(0);
         let mut batch = sled::Batch::default();
         for stored in parts {
-            self.size.remove(stored.key.len(), stored.len);
             batch.remove(stored.key.clone());
         }
+        let mut added = Vec::new();
         let mut number = 0_u16;
         for rows in rows.chunks(MAX_ROWS) {
             let chunk = chunk_of(
@@ -362,11 +396,22 @@ impl Raw {
                     .map(|(ts, values)| (*ts, values.iter().copied())),
             );
             let (key, value) = (part_key(hour, serial, number), encode_part(seq, &chunk));
-            self.size.add(key.len(), value.len());
+            added.push((key.len(), value.len()));
             batch.insert(key, value);
             number = number.saturating_add(1);
         }
         self.tree.apply_batch(batch)?;
+        for stored in parts {
+            self.size.remove(stored.key.len(), stored.len);
+        }
+        for (key, value) in added {
+            self.size.add(key, value);
+        }
+        if let Some(newest) = self.newest().get_mut(serial)
+            && newest.hour == hour
+        {
+            newest.number = number.saturating_sub(1);
+        }
         Ok(number)
     }
 
@@ -702,6 +747,37 @@ mod tests {
                 after: [Some((end + 100_000, 8.0)), Some((end, 7.0)), None],
             }
         );
+    }
+
+    /// Where absorbing goes on is remembered per device; a restarted server (nothing remembered)
+    /// finds the same place in the tree.
+    #[test]
+    fn absorbing_after_a_restart_goes_on_where_the_tree_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let serial = Serial::new("0001").unwrap();
+        let first = Raw::open(&db).unwrap();
+        for seq in 0..70_u64 {
+            first
+                .absorb(seq, &[change("0001", seq as i64 * 1000, seq as f64)])
+                .unwrap();
+        }
+        let remembered = first.newest().get(&serial).copied().unwrap();
+        let second = Raw::open(&db).unwrap();
+        // Segments already in the tree are skipped, whichever way the place is found.
+        second.absorb(69, &[change("0001", 69_000, 69.0)]).unwrap();
+        assert_eq!(second.newest().get(&serial), None);
+        second.absorb(70, &[change("0001", 70_000, 70.0)]).unwrap();
+        let found = second.newest().get(&serial).copied().unwrap();
+        assert_eq!(
+            (found.hour, found.number),
+            (remembered.hour, remembered.number + 1)
+        );
+        let read = second
+            .read(&serial, &["battery"], (0, HOUR_MS), usize::MAX)
+            .unwrap();
+        let values: Vec<f64> = read.iter().map(|(_, v)| v[0].unwrap()).collect();
+        assert_eq!(values, (0..=70).map(f64::from).collect::<Vec<_>>());
     }
 
     #[test]
