@@ -8,6 +8,7 @@
 import { KNOWN_COLUMNS, KNOWN_KEYS, humanize } from './fields.js';
 import { csvCell, formatCell, numberFormat, pad2 } from './format.js';
 import { isEmptyQuery, matches, queryFromHash, queryToHash, sameQuery, toClauses } from './query.js';
+import { resorted } from './order.js';
 import { state, setActiveQuery } from './state.js';
 import { onApply, onHeaderClick, refreshFieldSelects, setApplying, showClauseError, showError, writeForm } from './filters.js';
 import { isShown, renderPicker } from './columns.js';
@@ -71,6 +72,8 @@ function insertRow(rec) {
   }
   rows.splice(lo, 0, rec);
   state.shown.add(rec);
+  // Placed among rows that may be out of order until the pending re-sort: it takes part in it.
+  if (state.resortPending) state.moved.add(rec);
 }
 
 function removeRow(rec) {
@@ -98,6 +101,7 @@ function handleInit(list, answered) {
   state.flashQueue.clear();
   state.newRows.clear();
   state.resortPending = false;
+  state.moved.clear();
   state.hadInit = true;
   if (openSerial !== null && !records.has(openSerial)) deviceLeftView(openSerial);
   if (changedView && openSerial === null) scroller.scrollTop = 0;
@@ -157,8 +161,10 @@ function handleUpdate(message) {
     if (want && !has) insertRow(rec);
     else if (!want && has) removeRow(rec);
     markDirty('summary');
-  } else if (sortTouched && state.shown.has(rec)) {
+  }
+  if (sortTouched && state.shown.has(rec)) {
     state.resortPending = true;
+    state.moved.add(rec);
   }
   if (Object.hasOwn(body, 'online')) markDirty('summary');
   markDirty('grid');
@@ -666,7 +672,8 @@ function flush() {
       // The rows drawn now (the visible window and its overscan): the cue shows when they moved.
       const drawn = pool.map((tr) => tr.rec);
       const at = pool.length > 0 ? pool[0].idx : 0;
-      state.rows.sort(state.compare);
+      state.rows = resorted(state.rows, state.moved, state.compare);
+      state.moved.clear();
       state.resortPending = false;
       state.lastSort = now;
       state.dirty.grid = true;

@@ -21,6 +21,7 @@ export const state = {
   flashQueue: new Map(), // record -> Set(field)
   newRows: new Set(),
   resortPending: false,
+  moved: new Set(), // rows whose sort keys changed since the last re-sort (order.js)
   lastSort: 0,
   hadInit: false,
   dirty: { grid: true, columns: true, summary: true, header: true },

@@ -97,6 +97,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../assets/query.js"),
     },
     Asset {
+        name: "order.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/order.js"),
+    },
+    Asset {
         name: "state.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../assets/state.js"),

@@ -35,6 +35,7 @@ async fn root_redirects_and_assets_are_served() {
         ("fields.js", "fields.js", "javascript"),
         ("format.js", "format.js", "javascript"),
         ("query.js", "query.js", "javascript"),
+        ("order.js", "order.js", "javascript"),
         ("state.js", "state.js", "javascript"),
         ("filters.js", "filters.js", "javascript"),
         ("columns.js", "columns.js", "javascript"),
