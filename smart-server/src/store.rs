@@ -288,8 +288,9 @@ impl Store {
     fn checkpoint(&self, seq: u64, pending: &Pending) -> Result<(), StoreError> {
         if let Some(history) = &self.history {
             for segment in pending.changes.chunk_by(|a, b| a.0 == b.0) {
-                let changes: Vec<Change> = segment.iter().map(|(_, c)| c.clone()).collect();
-                history.raw.absorb(segment[0].0, &changes)?;
+                history
+                    .raw
+                    .absorb(segment[0].0, segment.iter().map(|(_, c)| c))?;
             }
             history.save_sizes()?;
         }

@@ -262,10 +262,14 @@ impl Raw {
     /// Add the changes log segment `seq` made (in the order they were acked). Segments must come in
     /// ascending order per device; a device whose newest part already holds `seq` or a later segment
     /// is skipped (absorbed before a crash). Not flushed: the checkpoint flushes.
-    pub(crate) fn absorb(&self, seq: u64, changes: &[Change]) -> Result<(), HistoryError> {
+    pub(crate) fn absorb<'a>(
+        &self,
+        seq: u64,
+        changes: impl IntoIterator<Item = &'a Change>,
+    ) -> Result<(), HistoryError> {
         // Per device and hour, in order.
         let mut groups: BTreeMap<(u32, &Serial), Vec<&Change>> = BTreeMap::new();
-        for change in changes.iter().filter(|c| !c.values.is_empty()) {
+        for change in changes.into_iter().filter(|c| !c.values.is_empty()) {
             groups
                 .entry((hour_of(change.ts_ms), &change.serial))
                 .or_default()
