@@ -51,17 +51,20 @@ function removeButton(label) {
   return b;
 }
 
+function labelledSelect(className, label) {
+  const el = document.createElement('select');
+  el.className = className;
+  el.setAttribute('aria-label', label);
+  return el;
+}
+
 function addFilterRow(f = { field: 'serial_number', op: '=', value: '' }) {
   if (filterRows.children.length >= MAX_FILTERS) return null;
   const row = document.createElement('div');
   row.className = 'qrow filter-row';
-  const field = document.createElement('select');
-  field.className = 'field';
-  field.setAttribute('aria-label', 'Filter field');
+  const field = labelledSelect('field', 'Filter field');
   fillFieldSelect(field, f.field);
-  const op = document.createElement('select');
-  op.className = 'op';
-  op.setAttribute('aria-label', 'Operator');
+  const op = labelledSelect('op', 'Operator');
   op.append(...OPERATORS.map((o) => option(o.op, o.label)));
   if (!OPERATORS.some((o) => o.op === f.op)) op.append(option(f.op, f.op));
   op.value = f.op;
@@ -115,13 +118,9 @@ function addSortRow(s) {
   row.className = 'qrow sort-row';
   const rank = document.createElement('span');
   rank.className = 'rank';
-  const field = document.createElement('select');
-  field.className = 'field';
-  field.setAttribute('aria-label', 'Sort field');
+  const field = labelledSelect('field', 'Sort field');
   fillFieldSelect(field, sort.field);
-  const dir = document.createElement('select');
-  dir.className = 'dir';
-  dir.setAttribute('aria-label', 'Direction');
+  const dir = labelledSelect('dir', 'Direction');
   dir.append(...DIRECTIONS.map((d) => option(d.dir, d.label)));
   dir.value = sort.dir;
   const remove = removeButton('Remove sort key');
