@@ -9,6 +9,7 @@ import { KNOWN_COLUMNS, KNOWN_KEYS, humanize } from './fields.js';
 import { csvCell, formatCell, numberFormat, pad2 } from './format.js';
 import { isEmptyQuery, matches, queryFromHash, queryToHash, sameQuery, toClauses } from './query.js';
 import { resorted } from './order.js';
+import { clientUrl, readUpdt } from './wire.js';
 import { state, setActiveQuery } from './state.js';
 import { onApply, onHeaderClick, refreshFieldSelects, setApplying, showClauseError, showError, writeForm } from './filters.js';
 import { isShown, renderPicker } from './columns.js';
@@ -109,18 +110,9 @@ function handleInit(list, answered) {
 }
 
 function handleUpdate(message) {
-  if (typeof message !== 'string') return;
-  const c1 = message.indexOf(':');
-  const c2 = c1 < 0 ? -1 : message.indexOf(':', c1 + 1);
-  if (c2 < 0) return;
-  const serial = message.slice(c1 + 1, c2);
-  let body;
-  try {
-    body = JSON.parse(message.slice(c2 + 1));
-  } catch {
-    return;
-  }
-  if (!body || typeof body !== 'object' || Array.isArray(body)) return;
+  const updt = readUpdt(message);
+  if (updt === null) return;
+  const { serial, body } = updt;
   state.updatesThisSecond += 1;
 
   let rec = state.records.get(serial);
@@ -184,10 +176,6 @@ const link = {
   status: 'connecting',
 };
 
-function wsUrl() {
-  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/client/`;
-}
-
 function connect() {
   clearTimeout(link.retryTimer);
   link.retryTimer = 0;
@@ -195,7 +183,7 @@ function connect() {
   setStatus('connecting');
   let ws;
   try {
-    ws = new WebSocket(wsUrl());
+    ws = new WebSocket(clientUrl());
   } catch {
     scheduleReconnect();
     return;
@@ -260,16 +248,8 @@ function onFrame(data) {
 }
 
 function feedDevice(message) {
-  if (typeof message !== 'string') return;
-  const c1 = message.indexOf(':');
-  const c2 = c1 < 0 ? -1 : message.indexOf(':', c1 + 1);
-  if (c2 < 0 || message.slice(c1 + 1, c2) !== openSerial) return;
-  try {
-    const body = JSON.parse(message.slice(c2 + 1));
-    if (body && typeof body === 'object' && !Array.isArray(body)) deviceUpdate(openSerial, body);
-  } catch {
-    // Not JSON: nothing to show.
-  }
+  const updt = readUpdt(message, openSerial);
+  if (updt !== null) deviceUpdate(openSerial, updt.body);
 }
 
 function onMessage(env) {

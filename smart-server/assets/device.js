@@ -10,6 +10,7 @@
 import { KNOWN_COLUMNS, NUMERIC_FIELDS, humanize } from './fields.js';
 import { PAGE_HEADERS } from './auth.js';
 import { formatAgo, formatCell, formatLocal, formatPower, formatValue, implausible, numberFormat, parseTimestamp } from './format.js';
+import { clientUrl, readUpdt } from './wire.js';
 
 const HOUR = 3600000;
 const DAY = 24 * HOUR;
@@ -136,7 +137,7 @@ export function deviceLeftView(serial) {
 
 function connectLive() {
   const serial = page.serial;
-  const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/client/`);
+  const ws = new WebSocket(clientUrl());
   page.ws = ws;
   let greeted = false;
   ws.onopen = () => ws.send(JSON.stringify({ type: 'FILT', message: [`filter:serial_number:^:${serial}`] }));
@@ -168,17 +169,9 @@ function connectLive() {
           if (Object.keys(changed).length > 0) onUpdate(changed);
         }
       }
-    } else if (env?.type === 'UPDT' && typeof env.message === 'string') {
-      const c1 = env.message.indexOf(':');
-      const c2 = env.message.indexOf(':', c1 + 1);
-      if (c1 < 0 || c2 < 0 || env.message.slice(c1 + 1, c2) !== serial) return;
-      let body;
-      try {
-        body = JSON.parse(env.message.slice(c2 + 1));
-      } catch {
-        return;
-      }
-      if (body && typeof body === 'object' && !Array.isArray(body)) onUpdate(body);
+    } else if (env?.type === 'UPDT') {
+      const updt = readUpdt(env.message, serial);
+      if (updt !== null) onUpdate(updt.body);
     }
   };
   ws.onclose = () => {

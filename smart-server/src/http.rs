@@ -102,6 +102,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../assets/order.js"),
     },
     Asset {
+        name: "wire.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/wire.js"),
+    },
+    Asset {
         name: "state.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../assets/state.js"),
