@@ -75,18 +75,14 @@ impl History {
         let saved = history
             .meta
             .get(SIZES_KEY)?
-            .and_then(|v| size::decode(&v, 3));
+            .and_then(|v| size::decode::<3>(&v));
         if saved.is_none() {
             info!("history: counting the tiers' sizes (once: later starts load the counts)");
         }
-        let [raw, five, hour] = match saved.as_deref() {
-            Some(&[raw, five, hour]) => [Some(raw), Some(five), Some(hour)],
-            _ => [None; 3],
-        };
-        history.raw.count_from(raw)?;
+        history.raw.count_from(saved.map(|[raw, _, _]| raw))?;
         history
             .rollups
-            .count_from(five.zip(hour).map(|(five, hour)| [five, hour]))?;
+            .count_from(saved.map(|[_, five, hour]| [five, hour]))?;
         Ok(Some(history))
     }
 

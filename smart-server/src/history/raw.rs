@@ -481,36 +481,57 @@ impl Raw {
         if from_ms >= to_ms {
             return Ok(out);
         }
-        for hour in hour_of(from_ms).max(first)..=hour_of(to_ms - 1).min(last) {
-            for entry in self.tree.scan_prefix(prefix(hour, serial)) {
-                let (key, value) = entry.map_err(HistoryError::from)?;
-                let part = decode_part(&key, &value)?;
-                let index: Vec<Option<usize>> = part
-                    .chunk
-                    .fields
-                    .iter()
-                    .map(|f| fields.iter().position(|w| w == f))
-                    .collect();
-                for row in &part.chunk.rows {
-                    if row.ts_ms < from_ms || row.ts_ms >= to_ms {
-                        continue;
+        let hours = hour_of(from_ms).max(first)..=hour_of(to_ms - 1).min(last);
+        for part in self.parts_over(serial, hours, false) {
+            let part = part?;
+            let index: Vec<Option<usize>> = part
+                .chunk
+                .fields
+                .iter()
+                .map(|f| fields.iter().position(|w| w == f))
+                .collect();
+            for row in &part.chunk.rows {
+                if row.ts_ms < from_ms || row.ts_ms >= to_ms {
+                    continue;
+                }
+                let mut values = vec![None; fields.len()];
+                for &(field, value) in &row.values {
+                    if let Some(&Some(i)) = index.get(usize::from(field)) {
+                        values[i] = Some(value);
                     }
-                    let mut values = vec![None; fields.len()];
-                    for &(field, value) in &row.values {
-                        if let Some(&Some(i)) = index.get(usize::from(field)) {
-                            values[i] = Some(value);
-                        }
+                }
+                if values.iter().any(Option::is_some) {
+                    if out.len() == limit {
+                        return Err(ReadError::TooMany(limit));
                     }
-                    if values.iter().any(Option::is_some) {
-                        if out.len() == limit {
-                            return Err(ReadError::TooMany(limit));
-                        }
-                        out.push((row.ts_ms, values));
-                    }
+                    out.push((row.ts_ms, values));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// One device's parts in `hours` (taken in the order given), decoded one at a time; within an
+    /// hour oldest first, or newest first with `newest_first`.
+    fn parts_over<'a>(
+        &'a self,
+        serial: &'a Serial,
+        hours: impl Iterator<Item = u32> + 'a,
+        newest_first: bool,
+    ) -> impl Iterator<Item = Result<Part, HistoryError>> + 'a {
+        hours.flat_map(move |hour| {
+            let scan = self.tree.scan_prefix(prefix(hour, serial));
+            let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+                if newest_first {
+                    Box::new(scan.rev())
+                } else {
+                    Box::new(scan)
+                };
+            entries.map(|entry| {
+                let (key, value) = entry?;
+                decode_part(&key, &value)
+            })
+        })
     }
 
     /// The samples of `fields` next to `[start, end)` that a trapezoid across its edges needs: per
@@ -527,33 +548,28 @@ impl Raw {
         let mut before = [None; N];
         let mut after = [None; N];
         let lo = start.saturating_sub(gap_ms);
-        'before: for hour in (hour_of(lo)..=hour_of(start.saturating_sub(1))).rev() {
-            for entry in self.tree.scan_prefix(prefix(hour, serial)).rev() {
-                let (key, value) = entry?;
-                let part = decode_part(&key, &value)?;
-                for row in part.chunk.rows.iter().rev() {
-                    if row.ts_ms < start && row.ts_ms >= lo {
-                        note(&part.chunk, row, fields, &mut before);
-                    }
+        let hours = (hour_of(lo)..=hour_of(start.saturating_sub(1))).rev();
+        for part in self.parts_over(serial, hours, true) {
+            let part = part?;
+            for row in part.chunk.rows.iter().rev() {
+                if row.ts_ms < start && row.ts_ms >= lo {
+                    note(&part.chunk, row, fields, &mut before);
                 }
-                if before.iter().all(Option::is_some) {
-                    break 'before;
-                }
+            }
+            if before.iter().all(Option::is_some) {
+                break;
             }
         }
         let hi = end.saturating_add(gap_ms);
-        'after: for hour in hour_of(end)..=hour_of(hi) {
-            for entry in self.tree.scan_prefix(prefix(hour, serial)) {
-                let (key, value) = entry?;
-                let part = decode_part(&key, &value)?;
-                for row in &part.chunk.rows {
-                    if row.ts_ms >= end && row.ts_ms <= hi {
-                        note(&part.chunk, row, fields, &mut after);
-                    }
+        for part in self.parts_over(serial, hour_of(end)..=hour_of(hi), false) {
+            let part = part?;
+            for row in &part.chunk.rows {
+                if row.ts_ms >= end && row.ts_ms <= hi {
+                    note(&part.chunk, row, fields, &mut after);
                 }
-                if after.iter().all(Option::is_some) {
-                    break 'after;
-                }
+            }
+            if after.iter().all(Option::is_some) {
+                break;
             }
         }
         Ok(Edges { before, after })

@@ -338,7 +338,7 @@ impl Rollups {
 
     /// Roll up every hour of `raw` that ended at least [`GRACE_MS`] and the energy gap limit
     /// (`gap_ms`: the samples that close its last segments) before `now_ms` and was not rolled up yet.
-    /// Returns how many hours. Not flushed: the checkpoint flushes.
+    /// Returns how many hours. Not flushed: the caller flushes (`History::maintain`).
     /// Stops between two devices once `stop` is set: the hour then is rolled up again (whole) later.
     pub(crate) fn catch_up(
         &self,

@@ -82,9 +82,9 @@ pub(crate) fn encode(sizes: &[(u64, u64)]) -> Vec<u8> {
         .collect()
 }
 
-/// Read back [`encode`] of `n` tiers; `None` if the bytes are not that.
-pub(crate) fn decode(bytes: &[u8], n: usize) -> Option<Vec<(u64, u64)>> {
-    if bytes.len() != n * 16 {
+/// Read back [`encode`] of `N` tiers; `None` if the bytes are not that.
+pub(crate) fn decode<const N: usize>(bytes: &[u8]) -> Option<[(u64, u64); N]> {
+    if bytes.len() != N * 16 {
         return None;
     }
     let word = |at: usize| {
@@ -93,9 +93,11 @@ pub(crate) fn decode(bytes: &[u8], n: usize) -> Option<Vec<(u64, u64)>> {
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_be_bytes)
     };
-    (0..n)
-        .map(|i| Some((word(i * 16)?, word(i * 16 + 8)?)))
-        .collect()
+    let mut out = [(0, 0); N];
+    for (i, tier) in out.iter_mut().enumerate() {
+        *tier = (word(i * 16)?, word(i * 16 + 8)?);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -113,8 +115,8 @@ mod tests {
         size.remove(10, 100);
         assert_eq!(size.get(), (10 + 70 + 12 + 8, 2));
         let saved = encode(&[size.get(), (1, 2)]);
-        assert_eq!(decode(&saved, 2), Some(vec![(100, 2), (1, 2)]));
-        assert_eq!(decode(&saved, 3), None);
+        assert_eq!(decode::<2>(&saved), Some([(100, 2), (1, 2)]));
+        assert_eq!(decode::<3>(&saved), None);
         // Never reported below zero, whatever a crash left.
         size.remove(1000, 0);
         size.remove(1, 0);
