@@ -147,23 +147,48 @@ PY
     rm -rf "$dir"
 }
 
-# history: what keeping the history costs, against --history off in alternate rounds (one data dir per
-# setting): server CPU of 10,000 devices changing once every 5 s (solmate_sim, 20 s), and durable acks at
-# 100 devices (window 1); then `smart-server history-fill` (48 simulated hours of 10,000 devices,
-# HISTORY_FILL_DEVICES): bytes per raw sample, rollup, query and retention times; then acks (p50/p99) at 100
-# devices while a server on that store deletes 12 h of raw samples, against a run right after it.
-# HISTORY_COMPARE=0 skips the comparison with --history off.
+# history: what keeping the history costs, against --history off in alternate rounds, each from a copy of
+# one store that `history-fill` gave 3 simulated hours of 10,000 devices (so the current hour holds data, as it
+# does in steady operation; HISTORY_SEED=0 starts empty): server CPU of 10,000 devices changing once every 5 s
+# (solmate_sim, HISTORY_FLEET_SECONDS, default 60), over the whole run and in steady state (from /proc between
+# 20 s and 5 s before the end, after the devices have connected), and durable acks at 100 devices (window 1);
+# then `smart-server history-fill` (48 simulated hours of 10,000 devices, HISTORY_FILL_DEVICES): bytes per raw
+# sample, rollup, query and retention times; then acks (p50/p99) at 100 devices while a server on that store
+# deletes 12 h of raw samples, against a run right after it. HISTORY_COMPARE=0 skips the comparison with
+# --history off.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 history() {
     local dir
     dir=$(mktemp -d)
     if [[ ${HISTORY_COMPARE:-1} != 0 ]]; then
+    local fleet_seconds=${HISTORY_FLEET_SECONDS:-60}
+    mkdir -p "$dir/seed/data"
+    if [[ ${HISTORY_SEED:-1} != 0 ]]; then
+        echo "history: seeding a store with 3 simulated hours of 10,000 devices (HISTORY_SEED=0 skips it)" >&2
+        rm -rf "$dir/seed/data"
+        "$server_bin" --data-dir "$dir/seed/data" history-fill --devices 10000 --hours 3 >/dev/null
+    fi
+    local hz
+    hz=$(getconf CLK_TCK)
     for round in $(seq "$rounds"); do
         for setting in on off; do
             echo "history: round $round of $rounds, --history $setting (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+            rm -rf "${dir:?}/$setting"
             mkdir -p "$dir/$setting"
+            cp -a "$dir/seed/data" "$dir/$setting/data"
             start_server "$dir/$setting" --history "$setting"
             "$examples/solmate_sim" --url "ws://$addr" --server-pid "$server_pid" --devices 10000 \
-                --min-interval 5 --max-interval 5 --seconds 20 --json 2>/dev/null | tail -n 1 | sed "s/^/fleet-$setting /" >>"$dir/runs"
+                --min-interval 5 --max-interval 5 --seconds "$fleet_seconds" --json 2>/dev/null | tail -n 1 | sed "s/^/fleet-$setting /" >>"$dir/runs" &
+            local sim=$!
+            sleep 20
+            local t0 c0 t1 c1
+            t0=$(date +%s.%N) c0=$(cpu_ticks "$server_pid")
+            sleep $((fleet_seconds - 25))
+            t1=$(date +%s.%N) c1=$(cpu_ticks "$server_pid")
+            wait "$sim"
+            awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$hz" -v s="$setting" \
+                'BEGIN { printf "steady-%s {\"cpu_percent\": %.3f}\n", s, 100 * (c1 - c0) / hz / (t1 - t0) }' >>"$dir/runs"
             "$examples/loadgen" --url "ws://$addr" --server-pid "$server_pid" --devices 100 --warmup "$warmup" \
                 --seconds "$measured" --rounds 1 --json | sed "s/^/ingest-$setting /" >>"$dir/runs"
             stop_server
@@ -174,8 +199,12 @@ import json, statistics, sys
 from labelled import load
 runs = load(sys.argv[1])
 cpu = {k: statistics.median(r.get("server_cpu_percent") or 0 for r in v) for k, v in runs.items() if k.startswith("fleet")}
+steady = {k: statistics.median(r["cpu_percent"] for r in v) for k, v in runs.items() if k.startswith("steady")}
 acks = {k: statistics.median(r["acks_per_s"] for r in v) for k, v in runs.items() if k.startswith("ingest")}
 print(json.dumps({"fleet_server_cpu_percent": cpu, "fleet_cpu_on_vs_off": round(cpu["fleet-on"] / max(cpu["fleet-off"], 1e-9), 3),
+                  "steady_server_cpu_percent": {k: round(v, 2) for k, v in steady.items()},
+                  "steady_cpu_on_vs_off": round(steady["steady-on"] / max(steady["steady-off"], 1e-9), 3),
+                  "steady_rounds": {k: [round(r["cpu_percent"], 2) for r in v] for k, v in runs.items() if k.startswith("steady")},
                   "fleet_acked": {k: [r.get("acked") for r in v] for k, v in runs.items() if k.startswith("fleet")},
                   "ingest_acks_per_s": acks, "ingest_on_vs_off": round(acks["ingest-on"] / acks["ingest-off"], 3),
                   "ingest_rounds": {k: [r["acks_per_s"] for r in v] for k, v in runs.items() if k.startswith("ingest")}}))

@@ -114,6 +114,18 @@ pub struct Config {
     )]
     pub max_record_bytes: usize,
 
+    /// Seconds between checkpoints: the latest records and the history's new samples are written to
+    /// sled and the write-ahead log behind them retired (sooner when 64 MiB of log are waiting). Acks
+    /// do not wait for checkpoints; longer means fewer, larger sled writes (a device changing every
+    /// few seconds gets one history part per checkpoint), a longer log to replay after a crash.
+    #[arg(
+        long = "checkpoint-seconds",
+        env = "SMART_CHECKPOINT_SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(1..=60)
+    )]
+    pub checkpoint_seconds: u32,
+
     /// Keep the history of every numeric field (`on`, the default) or only the latest records (`off`).
     #[arg(long, env = "SMART_HISTORY", value_enum, default_value_t = Switch::On)]
     pub history: Switch,
@@ -302,6 +314,7 @@ impl Config {
             max_extras: 256,
             max_extra_bytes: 4096,
             shutdown_grace_secs: 10,
+            checkpoint_seconds: 30,
             history: Switch::On,
             history_raw_hours: 48,
             history_5m_days: 30,

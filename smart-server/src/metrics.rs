@@ -124,6 +124,8 @@ pub(crate) struct Metrics {
     /// the last checkpoint.
     pub history_bytes: [AtomicU64; 3],
     pub history_keys: [AtomicU64; 3],
+    /// History changes handed over and waiting for the next checkpoint.
+    pub history_held: AtomicU64,
     pub dashboard_frames: AtomicU64,
     pub dashboard_conflated: AtomicU64,
     pub dashboard_resyncs: AtomicU64,
@@ -333,6 +335,12 @@ impl Metrics {
             "gauge",
             "Keys of each history tier (raw: parts of up to 256 changes of one device's hour; 5m: one device's hour; 1h: one device's day), as of the last checkpoint.",
             &tiers(&self.history_keys),
+        );
+        metric(
+            "smart_history_held_changes",
+            "gauge",
+            "History changes handed over by the writer and answered by the history API, waiting for the next checkpoint to write them to sled (--checkpoint-seconds).",
+            &[("", get(&self.history_held))],
         );
         metric(
             "smart_store_flush_seconds_total",

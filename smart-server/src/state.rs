@@ -46,9 +46,11 @@ impl Shared {
     pub(crate) async fn open(config: Config, budget: Budget) -> anyhow::Result<Shared> {
         let dir = config.data_dir.clone();
         let history = config.history();
+        let every = std::time::Duration::from_secs(config.checkpoint_seconds.into());
         let (store, records) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let store = Store::open(&dir, history)
-                .with_context(|| format!("opening the store in {}", dir.display()))?;
+                .with_context(|| format!("opening the store in {}", dir.display()))?
+                .checkpoint_every(every);
             let records = store
                 .load()
                 .with_context(|| format!("loading devices from {}", dir.display()))?;

@@ -37,10 +37,16 @@ pub(crate) use crate::history::{History, HistoryOptions};
 use crate::metrics::Metrics;
 use crate::wal::{self, Wal, WalDir};
 
-/// How often sled is flushed and the log truncated.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often sled is flushed and the log truncated, unless `--checkpoint-seconds` says otherwise.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the writer hands what it wrote over to the checkpoint thread (where the history's
+/// reads find the changes at once).
+const HAND_OVER_INTERVAL: Duration = Duration::from_secs(1);
 /// A log segment this large is checkpointed without waiting for the interval.
 const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// This many history changes since the last checkpoint start the next one without waiting for the
+/// interval (they are held in memory until then: about 100 bytes each).
+const CHECKPOINT_CHANGES: usize = 200_000;
 /// Key in the `meta` tree: the last log segment whose records are in sled.
 const CHECKPOINT_KEY: &str = "checkpoint";
 
@@ -78,6 +84,8 @@ pub(crate) struct Store {
     healthy: AtomicBool,
     /// The history, unless `--history off`.
     history: Option<History>,
+    /// `--checkpoint-seconds`.
+    checkpoint_every: Duration,
 }
 
 impl Store {
@@ -107,6 +115,7 @@ impl Store {
             first_segment: 0,
             healthy: AtomicBool::new(true),
             history,
+            checkpoint_every: CHECKPOINT_INTERVAL,
         };
         store.first_segment = store.replay()?;
         let quarantined = store.quarantined();
@@ -117,6 +126,12 @@ impl Store {
             );
         }
         Ok(store)
+    }
+
+    /// Checkpoint every `every` (`--checkpoint-seconds`) instead of every 30 s.
+    pub(crate) fn checkpoint_every(mut self, every: Duration) -> Store {
+        self.checkpoint_every = every;
+        self
     }
 
     /// The sled database (other modules keep their own trees in it).
@@ -283,18 +298,22 @@ impl Store {
             .map(u64::from_be_bytes))
     }
 
-    /// Put the latest records and the history's changes of segments up to `seq` into sled, note the
-    /// checkpoint and flush. Those segments may be retired once this returns `Ok`.
-    fn checkpoint(&self, seq: u64, pending: &Pending) -> Result<(), StoreError> {
+    /// Hand the history's changes (each with its log segment) to the next checkpoint; the
+    /// history's reads see them from now on.
+    fn hold(&self, changes: Vec<(u64, Change)>) {
         if let Some(history) = &self.history {
-            for segment in pending.changes.chunk_by(|a, b| a.0 == b.0) {
-                history
-                    .raw
-                    .absorb(segment[0].0, segment.iter().map(|(_, c)| c))?;
-            }
+            history.raw.held().hold(changes);
+        }
+    }
+
+    /// Put the latest `records` and every held history change (all of segments up to `seq`) into
+    /// sled, note the checkpoint and flush. Those segments may be retired once this returns `Ok`.
+    fn checkpoint(&self, seq: u64, records: &Records) -> Result<(), StoreError> {
+        if let Some(history) = &self.history {
+            history.raw.absorb_held()?;
             history.save_sizes()?;
         }
-        for (serial, json) in &pending.records {
+        for (serial, json) in records {
             self.devices.insert(serial.as_str(), json.as_bytes())?;
         }
         // Written after the records: sled recovers a prefix of its log, so if this survives a
@@ -379,9 +398,12 @@ pub(crate) struct Log {
     wal: Wal,
     /// The frames of the batch being committed (reused).
     frames: Vec<u8>,
-    /// What was written since the last checkpoint.
+    /// What was written since the last hand-over.
     pending: Pending,
     last_checkpoint: Instant,
+    last_hand_over: Instant,
+    /// History changes noted since the last checkpoint.
+    unchecked: usize,
     checkpoints: Checkpoints,
 }
 
@@ -406,6 +428,8 @@ impl Log {
             frames: Vec::with_capacity(64 * 1024),
             pending: Pending::default(),
             last_checkpoint: Instant::now(),
+            last_hand_over: Instant::now(),
+            unchecked: 0,
             checkpoints,
         })
     }
@@ -466,12 +490,14 @@ impl Log {
         self.store.history.is_some()
     }
 
-    /// The history's change of a write the last [`Log::commit`] made durable: it goes into the
-    /// history with the checkpoint of the segment that holds the write.
+    /// The history's change of a write the last [`Log::commit`] made durable: the history's reads
+    /// find it from the next hand-over, sled has it from the checkpoint of the segment that holds
+    /// the write.
     pub(crate) fn note(&mut self, change: Change) {
         self.metrics
             .history_samples
             .fetch_add(change.values.len() as u64, Ordering::Relaxed);
+        self.unchecked += 1;
         self.pending.changes.push((self.wal.seq(), change));
     }
 
@@ -484,34 +510,44 @@ impl Log {
         StoreFailed
     }
 
-    /// Call after each batch: retire the segments the last checkpoint covered; every second (or
-    /// 64 MiB of log) start a new segment and hand what the finished ones hold to the checkpoint
-    /// thread, unless it is still busy with the previous one.
+    /// Call after each batch: retire the segments the last checkpoint covered; every second hand
+    /// what was written over to the checkpoint thread, and every `--checkpoint-seconds` (sooner
+    /// after 64 MiB of log or [`CHECKPOINT_CHANGES`] history changes) start a new segment and have
+    /// the finished ones checkpointed with it — unless the thread is still busy with the last one.
     pub(crate) fn maybe_checkpoint(&mut self) {
         if let Some(done) = self.checkpoints.take_done() {
             self.wal.retire_through(done);
         }
-        let due = self.wal.len() >= CHECKPOINT_BYTES
-            || (self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL);
-        if !due || self.checkpoints.busy() {
+        if self.checkpoints.busy() {
             return;
         }
-        match self.wal.rotate() {
-            Ok(finished) => {
-                self.last_checkpoint = Instant::now();
-                if let Err(older) = self
-                    .checkpoints
-                    .request(finished, std::mem::take(&mut self.pending))
-                {
-                    // Keep it for the next checkpoint; what was written since is newer.
-                    self.pending.merge_older(older);
+        let due = self.wal.len() >= CHECKPOINT_BYTES
+            || self.unchecked >= CHECKPOINT_CHANGES
+            || (self.wal.len() > 0
+                && self.last_checkpoint.elapsed() >= self.store.checkpoint_every);
+        let hand_over =
+            self.pending.is_some() && self.last_hand_over.elapsed() >= HAND_OVER_INTERVAL;
+        if !due && !hand_over {
+            return;
+        }
+        let mut through = None;
+        if due {
+            // Tried again at most once an interval if the rotation fails.
+            self.last_checkpoint = Instant::now();
+            self.unchecked = 0;
+            match self.wal.rotate() {
+                Ok(finished) => through = Some(finished),
+                Err(e) => {
+                    error!(%e, "cannot rotate the write-ahead log; the segment keeps growing");
                 }
             }
-            Err(e) => {
-                // Try again after the next batch, at most once an interval.
-                self.last_checkpoint = Instant::now();
-                error!(%e, "cannot rotate the write-ahead log; the segment keeps growing");
-            }
+        }
+        self.last_hand_over = Instant::now();
+        let pending = std::mem::take(&mut self.pending);
+        if let Err(older) = self.checkpoints.request(pending, through) {
+            // Kept for the next hand-over; what was written since is newer. The finished segments
+            // stay until a later checkpoint covers them.
+            self.pending.merge_older(older);
         }
     }
 
@@ -524,8 +560,11 @@ impl Log {
             checkpoints,
             ..
         } = self;
-        pending.merge_older(checkpoints.finish());
-        match store.checkpoint(wal.seq(), &pending) {
+        for (serial, json) in checkpoints.finish() {
+            pending.records.entry(serial).or_insert(json);
+        }
+        store.hold(std::mem::take(&mut pending.changes));
+        match store.checkpoint(wal.seq(), &pending.records) {
             Ok(()) => wal.retire_all(),
             Err(e) => error!(%e, "final checkpoint failed; the log is kept for replay"),
         }
@@ -534,8 +573,9 @@ impl Log {
 
 type Records = HashMap<Serial, Arc<str>>;
 
-/// What a checkpoint puts into sled: the latest record of every device written since the last one,
-/// and the history's changes of those writes (tagged with their log segment, in log order).
+/// What the writer hands over to the checkpoint thread: the latest record of every device written
+/// since the last hand-over, and the history's changes of those writes (tagged with their log
+/// segment, in log order).
 #[derive(Debug, Default)]
 struct Pending {
     records: Records,
@@ -543,6 +583,10 @@ struct Pending {
 }
 
 impl Pending {
+    fn is_some(&self) -> bool {
+        !self.records.is_empty() || !self.changes.is_empty()
+    }
+
     /// Add what an earlier, failed checkpoint could not store: its records unless newer ones are
     /// here, its changes before these.
     fn merge_older(&mut self, older: Pending) {
@@ -554,19 +598,23 @@ impl Pending {
     }
 }
 
+/// A hand-over: what was written since the last one, and the last finished segment if a
+/// checkpoint is due (through it).
+type HandOver = (Pending, Option<u64>);
+
 /// The checkpoint thread.
 struct Checkpoints {
-    tx: Option<std_mpsc::SyncSender<(u64, Pending)>>,
+    tx: Option<std_mpsc::SyncSender<HandOver>>,
     busy: Arc<AtomicBool>,
     /// One more than the last segment a checkpoint covered (0: none yet), for retiring.
     done: Arc<AtomicU64>,
     retired: u64,
-    thread: Option<thread::JoinHandle<Pending>>,
+    thread: Option<thread::JoinHandle<Records>>,
 }
 
 impl Checkpoints {
     fn start(store: Arc<Store>, metrics: Arc<Metrics>) -> Checkpoints {
-        let (tx, rx) = std_mpsc::sync_channel::<(u64, Pending)>(1);
+        let (tx, rx) = std_mpsc::sync_channel::<HandOver>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&busy);
         let done = Arc::new(AtomicU64::new(0));
@@ -574,29 +622,28 @@ impl Checkpoints {
         let thread = thread::Builder::new()
             .name("smart-store-checkpoint".to_owned())
             .spawn(move || {
-                // What a failed checkpoint held: its segments stay until a later checkpoint
-                // succeeds, and that one must carry it into sled.
-                let mut carried = Pending::default();
-                let held = Arc::new(AtomicBool::new(false));
-                let maintenance = store.history.as_ref().map(|history| {
-                    Maintenance::start(history.clone(), Arc::clone(&metrics), Arc::clone(&held))
-                });
-                for (seq, mut pending) in rx {
-                    pending.merge_older(std::mem::take(&mut carried));
-                    let started = Instant::now();
-                    match store.checkpoint(seq, &pending) {
-                        Ok(()) => {
-                            covered.fetch_max(seq + 1, Ordering::AcqRel);
-                            debug!(seq, devices = pending.records.len(), changes = pending.changes.len(), elapsed = ?started.elapsed(), "checkpoint");
-                        }
-                        Err(e) => {
-                            error!(%e, seq, "checkpoint failed; the log is kept");
-                            carried = pending;
+                // The records handed over since the last checkpoint (or held by a failed one: its
+                // segments stay until a later checkpoint succeeds, and that one must store them).
+                let mut waiting = Records::new();
+                let maintenance = store
+                    .history
+                    .as_ref()
+                    .map(|history| Maintenance::start(history.clone(), Arc::clone(&metrics)));
+                for (pending, through) in rx {
+                    store.hold(pending.changes);
+                    // Newer than what waits.
+                    waiting.extend(pending.records);
+                    if let Some(seq) = through {
+                        let started = Instant::now();
+                        match store.checkpoint(seq, &waiting) {
+                            Ok(()) => {
+                                covered.fetch_max(seq + 1, Ordering::AcqRel);
+                                debug!(seq, devices = waiting.len(), elapsed = ?started.elapsed(), "checkpoint");
+                                waiting.clear();
+                            }
+                            Err(e) => error!(%e, seq, "checkpoint failed; the log is kept"),
                         }
                     }
-                    // No rollup while a failed checkpoint's changes wait: they may belong to an
-                    // hour that would be rolled up without them.
-                    held.store(!carried.changes.is_empty(), Ordering::Release);
                     if let Some(history) = &store.history {
                         history.report(&metrics);
                     }
@@ -605,7 +652,7 @@ impl Checkpoints {
                 if let Some(maintenance) = maintenance {
                     maintenance.finish();
                 }
-                carried
+                waiting
             });
         match thread {
             Ok(thread) => Checkpoints {
@@ -643,31 +690,32 @@ impl Checkpoints {
         self.tx.is_none() || self.busy.load(Ordering::Acquire)
     }
 
-    /// Hand `pending` (everything of the segments up to `seq`) over, or get it back.
-    fn request(&self, seq: u64, pending: Pending) -> Result<(), Pending> {
+    /// Hand `pending` over (and have the segments through `through` checkpointed), or get it back.
+    fn request(&self, pending: Pending, through: Option<u64>) -> Result<(), Pending> {
         let Some(tx) = &self.tx else {
             return Err(pending);
         };
         self.busy.store(true, Ordering::Release);
-        tx.try_send((seq, pending)).map_err(|e| {
+        tx.try_send((pending, through)).map_err(|e| {
             self.busy.store(false, Ordering::Release);
             match e {
-                std_mpsc::TrySendError::Full((_, r))
-                | std_mpsc::TrySendError::Disconnected((_, r)) => r,
+                std_mpsc::TrySendError::Full((r, _))
+                | std_mpsc::TrySendError::Disconnected((r, _)) => r,
             }
         })
     }
 
-    /// Wait for a running checkpoint and stop the thread; returns what it could not store.
-    fn finish(mut self) -> Pending {
+    /// Wait for a running checkpoint and stop the thread; returns the records it has not stored
+    /// (the history's changes stay held).
+    fn finish(mut self) -> Records {
         drop(self.tx.take());
         match self.thread.take().map(thread::JoinHandle::join) {
-            Some(Ok(carried)) => carried,
+            Some(Ok(waiting)) => waiting,
             Some(Err(_)) => {
                 error!("checkpoint thread panicked");
-                Pending::default()
+                Records::new()
             }
-            None => Pending::default(),
+            None => Records::new(),
         }
     }
 }

@@ -34,7 +34,9 @@ async fn start(data: &Path, faults: Option<&Faults>) -> Binary {
         Some(parent) if parent.is_dir() => data.with_extension("log"),
         _ => std::env::temp_dir().join(format!("smart-faults-{}.log", std::process::id())),
     };
-    let env: Vec<(&str, OsString)> = faults.map(Faults::env).unwrap_or_default();
+    let mut env: Vec<(&str, OsString)> = faults.map(Faults::env).unwrap_or_default();
+    // A checkpoint (and rotation, and retirement) every second, as the faults below expect.
+    env.push(("SMART_CHECKPOINT_SECONDS", OsString::from("1")));
     let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
     let (child, addr) = spawn_binary_env(data, &env, &log).await;
     Binary { child, addr, log }

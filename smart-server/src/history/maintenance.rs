@@ -29,9 +29,10 @@ pub(crate) struct Maintenance {
 }
 
 impl Maintenance {
-    /// Maintain `history` now and then every minute, except while `held` (a failed checkpoint still
-    /// holds changes the raw tier lacks: an hour rolled up without them would miss them for good).
-    pub(crate) fn start(history: History, metrics: Arc<Metrics>, held: Arc<AtomicBool>) -> Self {
+    /// Maintain `history` now and then every minute. Hours are rolled up only once no change of
+    /// theirs waits for a checkpoint (see [`super::held::Held`]): an hour rolled up without them
+    /// would miss them for good.
+    pub(crate) fn start(history: History, metrics: Arc<Metrics>) -> Self {
         let (stop, stopped) = mpsc::channel::<()>();
         let stopping = Arc::new(AtomicBool::new(false));
         let halt = Arc::clone(&stopping);
@@ -45,11 +46,11 @@ impl Maintenance {
                     tracing::debug!(%e, "cannot lower the history thread's priority");
                 }
                 loop {
-                    if !held.load(Ordering::Acquire) {
-                        let now = smart_proto::Timestamp::from(std::time::SystemTime::now());
-                        history.maintain(millis(now), &metrics, &halt);
-                        history.report(&metrics);
-                    }
+                    let now = millis(smart_proto::Timestamp::from(std::time::SystemTime::now()));
+                    // As if it were the time of the oldest change still waiting.
+                    let oldest = history.raw.held().oldest().map(|(_, ts_ms)| ts_ms);
+                    history.maintain(oldest.map_or(now, |ts| ts.min(now)), &metrics, &halt);
+                    history.report(&metrics);
                     match stopped.recv_timeout(INTERVAL) {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,

@@ -5,6 +5,7 @@ pub(crate) mod api;
 pub(crate) mod codec;
 pub(crate) mod energy;
 pub(crate) mod fill;
+pub(crate) mod held;
 pub(crate) mod maintenance;
 pub(crate) mod raw;
 pub(crate) mod rollup;
@@ -109,6 +110,9 @@ impl History {
             metrics.history_bytes[i].store(bytes, relaxed);
             metrics.history_keys[i].store(keys, relaxed);
         }
+        metrics
+            .history_held
+            .store(self.raw.held().len() as u64, relaxed);
     }
 
     /// Roll up the hours that are over, then delete what each tier keeps no longer, and flush (the

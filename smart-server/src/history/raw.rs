@@ -8,10 +8,11 @@
 //! is a short range scan. Absorbing only adds parts (a checkpoint writes each device's new rows as a
 //! new part: nothing stored is rewritten, so sled writes what is new and little more); a device's
 //! hour is compacted into full parts of [`MAX_ROWS`] rows once it has [`COMPACT_AT`] parts, and when
-//! the hour is over (before its rollup). The segment number makes absorbing idempotent: the writer
-//! absorbs each segment's changes once per checkpoint, and after a crash the replay of the log absorbs
-//! the segments the last checkpoint did not cover; a device whose newest part holds that segment or a
-//! later one skips it.
+//! the hour is over (before its rollup). The segment number makes absorbing idempotent: a checkpoint
+//! absorbs the changes [`Held`] since the last one (a part per device and hour, tagged with the newest
+//! segment in it), and after a crash the replay of the log absorbs the segments the last checkpoint
+//! did not cover; a device's changes of segments its hour's newest part already holds are skipped.
+//! Reads see the held changes too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use smart_proto::Serial;
 
 use super::codec::{Chunk, CodecError, Row};
+use super::held::{Held, Tagged};
 use super::samples::Change;
 use super::size::{self, Size};
 
@@ -50,6 +52,8 @@ pub(crate) struct Raw {
     /// checkpoint (2,000 a second at 10,000 devices); a device not in it (or in another hour) is
     /// looked up in the tree.
     newest: Arc<Mutex<HashMap<Serial, Newest>>>,
+    /// Changes handed over but not yet absorbed.
+    held: Arc<Held>,
 }
 
 /// A device's newest part: its hour, number, and the last segment in it.
@@ -256,37 +260,67 @@ impl Raw {
             tree: db.open_tree("history_raw")?,
             size: Arc::default(),
             newest: Arc::default(),
+            held: Arc::default(),
         })
     }
 
+    /// The changes handed over to the next checkpoint (readable at once).
+    pub(crate) fn held(&self) -> &Held {
+        &self.held
+    }
+
+    /// Absorb every held change (see [`Held`]): kept held if that fails.
+    pub(crate) fn absorb_held(&self) -> Result<(), HistoryError> {
+        let Some(batch) = self.held.start() else {
+            return Ok(());
+        };
+        let tagged = batch
+            .values()
+            .flat_map(|changes| changes.iter().map(|(seq, change)| (*seq, change)));
+        let result = self.absorb_tagged(tagged);
+        match &result {
+            Ok(()) => self.held.done(),
+            Err(_) => self.held.failed(),
+        }
+        result
+    }
+
     /// Add the changes log segment `seq` made (in the order they were acked). Segments must come in
-    /// ascending order per device; a device whose newest part already holds `seq` or a later segment
-    /// is skipped (absorbed before a crash). Not flushed: the checkpoint flushes.
+    /// ascending order per device; a device's changes of a segment its hour's newest part already
+    /// holds are skipped (absorbed before a crash). Not flushed: the checkpoint flushes.
     pub(crate) fn absorb<'a>(
         &self,
         seq: u64,
         changes: impl IntoIterator<Item = &'a Change>,
     ) -> Result<(), HistoryError> {
+        self.absorb_tagged(changes.into_iter().map(|change| (seq, change)))
+    }
+
+    /// [`Raw::absorb`] for changes each with its own segment (ascending per device): one new part
+    /// per device and hour, tagged with the newest segment in it.
+    fn absorb_tagged<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (u64, &'a Change)>,
+    ) -> Result<(), HistoryError> {
         // Per device and hour, in order.
-        let mut groups: BTreeMap<(u32, &Serial), Vec<&Change>> = BTreeMap::new();
-        for change in changes.into_iter().filter(|c| !c.values.is_empty()) {
+        let mut groups: BTreeMap<(u32, &Serial), Vec<(u64, &Change)>> = BTreeMap::new();
+        for (seq, change) in changes.into_iter().filter(|(_, c)| !c.values.is_empty()) {
             groups
                 .entry((hour_of(change.ts_ms), &change.serial))
                 .or_default()
-                .push(change);
+                .push((seq, change));
         }
         for ((hour, serial), changes) in groups {
-            self.absorb_device(seq, hour, serial, &changes)?;
+            self.absorb_device(hour, serial, &changes)?;
         }
         Ok(())
     }
 
     fn absorb_device(
         &self,
-        seq: u64,
         hour: u32,
         serial: &Serial,
-        changes: &[&Change],
+        changes: &[(u64, &Change)],
     ) -> Result<(), HistoryError> {
         // The newest part's number and segment (its rows are not needed).
         let known = self.newest().get(serial).copied();
@@ -300,21 +334,27 @@ impl Raw {
                 None => None,
             },
         };
-        if last.is_some_and(|(_, last_seq)| last_seq >= seq) {
+        let kept: Vec<(u64, &Change)> = changes
+            .iter()
+            .copied()
+            .filter(|(seq, _)| last.is_none_or(|(_, written)| *seq > written))
+            .collect();
+        // The newest segment in the new part (segments ascend).
+        let Some(&(seq, _)) = kept.last() else {
             return Ok(());
-        }
+        };
         let mut next = last.map_or(0, |(number, _)| number.saturating_add(1));
         if usize::from(next) >= COMPACT_AT {
             let parts = self.parts(hour, serial)?;
             next = self.compact(hour, serial, &parts)?;
         }
         // New parts only (nothing stored is rewritten). More than one part (more than MAX_ROWS rows of
-        // one device in a segment) goes in one atomic batch, so that a crash keeps all of the
-        // segment's rows of the device or none; one part is a plain insert (atomic too): sled's
+        // one device in a checkpoint) goes in one atomic batch, so that a crash keeps all of the
+        // checkpoint's rows of the device or none; one part is a plain insert (atomic too): sled's
         // batches cost far more (measured: 2,000 a second more than doubled the server's CPU).
         let mut parts = Vec::new();
-        for rows in changes.chunks(MAX_ROWS) {
-            let chunk = chunk_of(rows.iter().map(|change| {
+        for rows in kept.chunks(MAX_ROWS) {
+            let chunk = chunk_of(rows.iter().map(|(_, change)| {
                 let values = change.values.iter().map(|(name, v)| (name.as_ref(), *v));
                 (change.ts_ms, values)
             }));
@@ -464,7 +504,12 @@ impl Raw {
         limit: usize,
     ) -> Result<Vec<Rowed>, ReadError> {
         let mut out = Vec::new();
-        // Only the hours the tree holds (a wide range must not walk empty hours).
+        if from_ms >= to_ms {
+            return Ok(out);
+        }
+        // Taken before the tree is read (see `Held`).
+        let held = self.held.of(serial);
+        // Only the hours the tree or the held changes hold (a wide range must not walk empty hours).
         let stored_hour = |entry: Option<(sled::IVec, sled::IVec)>| {
             entry.and_then(|(k, _)| {
                 <[u8; 4]>::try_from(k.get(..4)?)
@@ -472,17 +517,20 @@ impl Raw {
                     .map(u32::from_be_bytes)
             })
         };
-        let (Some(first), Some(last)) = (
+        let bounds = [
             stored_hour(self.tree.first().map_err(HistoryError::from)?),
             stored_hour(self.tree.last().map_err(HistoryError::from)?),
-        ) else {
+        ]
+        .into_iter()
+        .flatten()
+        .chain(held.iter().map(|(_, change)| hour_of(change.ts_ms)));
+        let Some((first, last)) = bounds.fold(None, |range: Option<(u32, u32)>, hour| {
+            Some(range.map_or((hour, hour), |(lo, hi)| (lo.min(hour), hi.max(hour))))
+        }) else {
             return Ok(out);
         };
-        if from_ms >= to_ms {
-            return Ok(out);
-        }
         let hours = hour_of(from_ms).max(first)..=hour_of(to_ms - 1).min(last);
-        for part in self.parts_over(serial, hours, false) {
+        for part in self.parts_over(serial, &held, hours, false) {
             let part = part?;
             let index: Vec<Option<usize>> = part
                 .chunk
@@ -511,26 +559,47 @@ impl Raw {
         Ok(out)
     }
 
-    /// One device's parts in `hours` (taken in the order given), decoded one at a time; within an
+    /// One device's parts in `hours` (taken in the order given), each hour's decoded when it is
+    /// reached, its `held` changes (those no part of it holds yet) last as one more part; within an
     /// hour oldest first, or newest first with `newest_first`.
     fn parts_over<'a>(
         &'a self,
         serial: &'a Serial,
+        held: &'a [Tagged],
         hours: impl Iterator<Item = u32> + 'a,
         newest_first: bool,
     ) -> impl Iterator<Item = Result<Part, HistoryError>> + 'a {
         hours.flat_map(move |hour| {
-            let scan = self.tree.scan_prefix(prefix(hour, serial));
-            let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-                if newest_first {
-                    Box::new(scan.rev())
-                } else {
-                    Box::new(scan)
-                };
-            entries.map(|entry| {
-                let (key, value) = entry?;
-                decode_part(&key, &value)
-            })
+            let stored: Result<Vec<Part>, HistoryError> = self
+                .tree
+                .scan_prefix(prefix(hour, serial))
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    decode_part(&key, &value)
+                })
+                .collect();
+            let mut parts = match stored {
+                Ok(parts) => parts,
+                Err(e) => return vec![Err(e)],
+            };
+            let written = parts.iter().map(|part| part.seq).max();
+            let rows: Vec<&Tagged> = held
+                .iter()
+                .filter(|(seq, change)| {
+                    hour_of(change.ts_ms) == hour && written.is_none_or(|w| *seq > w)
+                })
+                .collect();
+            if let Some(&&(seq, _)) = rows.last() {
+                let chunk = chunk_of(rows.iter().map(|(_, change)| {
+                    let values = change.values.iter().map(|(name, v)| (name.as_ref(), *v));
+                    (change.ts_ms, values)
+                }));
+                parts.push(Part { seq, chunk });
+            }
+            if newest_first {
+                parts.reverse();
+            }
+            parts.into_iter().map(Ok).collect()
         })
     }
 
@@ -547,9 +616,10 @@ impl Raw {
     ) -> Result<Edges<N>, HistoryError> {
         let mut before = [None; N];
         let mut after = [None; N];
+        let held = self.held.of(serial);
         let lo = start.saturating_sub(gap_ms);
         let hours = (hour_of(lo)..=hour_of(start.saturating_sub(1))).rev();
-        for part in self.parts_over(serial, hours, true) {
+        for part in self.parts_over(serial, &held, hours, true) {
             let part = part?;
             for row in part.chunk.rows.iter().rev() {
                 if row.ts_ms < start && row.ts_ms >= lo {
@@ -561,7 +631,7 @@ impl Raw {
             }
         }
         let hi = end.saturating_add(gap_ms);
-        for part in self.parts_over(serial, hour_of(end)..=hour_of(hi), false) {
+        for part in self.parts_over(serial, &held, hour_of(end)..=hour_of(hi), false) {
             let part = part?;
             for row in &part.chunk.rows {
                 if row.ts_ms >= end && row.ts_ms <= hi {
@@ -678,6 +748,73 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// Held changes are read from the moment they are handed over, exactly once while their write
+    /// runs (before and after the tree has them), after a failed write and once written; the write
+    /// makes one part per device and hour of all its segments, and edges see held changes too.
+    #[test]
+    fn held_changes_read_exactly_once_before_during_and_after_their_write() {
+        let (_dir, raw) = raw();
+        let base = 1_764_460_800_000; // an hour boundary
+        let serial = Serial::new("0001").unwrap();
+        let everything = (0, i64::MAX);
+        let read = |raw: &Raw| -> Vec<i64> {
+            raw.read(&serial, &["battery"], everything, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(ts, _)| ts)
+                .collect()
+        };
+        raw.absorb(1, &[change("0001", base - 1000, 0.0)]).unwrap();
+        // Segments 2–4: the end of one hour and the start of the next.
+        raw.held()
+            .hold((2..=4).map(|seq| (seq, change("0001", base + seq as i64 * 1000 - 3000, 1.0))));
+        raw.held().hold([(4, change("0002", base, 2.0))]);
+        let want = vec![base - 1000, base - 1000, base, base + 1000];
+        assert_eq!(read(&raw), want, "held changes are read at once");
+        let edges = raw
+            .edges(&serial, ["battery"], (base - 500, base), 60_000)
+            .unwrap();
+        assert_eq!(edges.before, [Some((base - 1000, 1.0))], "the newest, held");
+        assert_eq!(
+            edges.after,
+            [Some((base, 1.0))],
+            "an edge from a held change"
+        );
+
+        // A write in progress: before and after the tree has the batch, each change once.
+        let batch = raw.held().start().unwrap();
+        raw.held().hold([(5, change("0001", base + 2000, 3.0))]);
+        let mut want = want;
+        want.push(base + 2000);
+        assert_eq!(read(&raw), want);
+        let tagged = batch
+            .values()
+            .flat_map(|changes| changes.iter().map(|(seq, c)| (*seq, c)));
+        raw.absorb_tagged(tagged).unwrap();
+        assert_eq!(read(&raw), want, "written and still held: read once");
+        raw.held().failed();
+        assert_eq!(
+            read(&raw),
+            want,
+            "a failed write (the tree has it): read once"
+        );
+        raw.absorb_held().unwrap();
+        assert_eq!(raw.held().len(), 0);
+        assert_eq!(read(&raw), want, "written: read once");
+        // One part per device and hour and write, tagged with the newest segment in it: 0001's
+        // earlier hour (segment 1, then 2), its new hour (segments 3–4, then the rewrite after the
+        // failure adds only segment 5), and 0002's.
+        let parts: Vec<(u16, u64)> = raw
+            .tree
+            .iter()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                part_header(&k, &v).unwrap()
+            })
+            .collect();
+        assert_eq!(parts, [(0, 1), (1, 2), (0, 4), (1, 5), (0, 4)]);
     }
 
     /// One row per segment makes one small part each; a device's hour is compacted at 64 parts and

@@ -100,12 +100,12 @@ fn open_replays_the_log() {
 fn checkpointed_segments_are_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let mut pending = Pending::default();
-    pending.records.insert(
+    let mut records = Records::new();
+    records.insert(
         Serial::new("0001").unwrap(),
         Arc::from(record_json("0001", 50)),
     );
-    store.checkpoint(2, &pending).unwrap();
+    store.checkpoint(2, &records).unwrap();
     drop(store);
 
     plant_segment(dir.path(), 2, &frames(2, &[record_json("0001", 10)])); // older than sled
@@ -307,12 +307,12 @@ fn record_key_reads_the_serial() {
 fn the_replay_fills_the_history_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let mut pending = Pending::default();
-    pending.records.insert(
+    let mut records = Records::new();
+    records.insert(
         Serial::new("0001").unwrap(),
         Arc::from(record_json("0001", 5)),
     );
-    store.checkpoint(1, &pending).unwrap();
+    store.checkpoint(1, &records).unwrap();
     drop(store);
     plant_segment(
         dir.path(),
