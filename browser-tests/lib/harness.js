@@ -78,7 +78,8 @@ export function tempDir(prefix) {
 
 /** A running smart-server process. `port` stays the same across `restart()`. */
 export class Server {
-  constructor(dataDir, ownsDataDir, env = {}) {
+  constructor(dataDir, ownsDataDir, env = {}, bin = null) {
+    this.bin = bin;
     this.dataDir = dataDir;
     this.ownsDataDir = ownsDataDir;
     this.env = env;
@@ -88,9 +89,10 @@ export class Server {
   }
 
   /** Start on an ephemeral port; without `dataDir`, in a fresh temp dir that `stop()` removes. `before`
-   * runs on the data dir first (e.g. `Server.cli` to add users); `env` adds environment variables. */
-  static async start(dataDir, { env = {}, before = null } = {}) {
-    const server = new Server(dataDir ?? tempDir('smart-os-data-'), dataDir === undefined, env);
+   * runs on the data dir first (e.g. `Server.cli` to add users); `env` adds environment variables; `bin`
+   * runs that binary instead of `serverBinary()` (the perf script's A/B runs). */
+  static async start(dataDir, { env = {}, before = null, bin = null } = {}) {
+    const server = new Server(dataDir ?? tempDir('smart-os-data-'), dataDir === undefined, env, bin);
     if (before) before(server.dataDir);
     await server.spawn(0);
     return server;
@@ -110,7 +112,7 @@ export class Server {
   }
 
   async spawn(port) {
-    const proc = spawn(serverBinary(), ['--listen', `127.0.0.1:${port}`, '--data-dir', this.dataDir], {
+    const proc = spawn(this.bin ?? serverBinary(), ['--listen', `127.0.0.1:${port}`, '--data-dir', this.dataDir], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn', ...this.env },
     });
@@ -321,6 +323,8 @@ export async function openBrowser({ viewport = { width: 1440, height: 900 }, col
     context,
     page,
     problems,
+    // The profile directory of the running Chromium (perf/cpu.js finds its processes by it).
+    profile: profiles[profiles.length - 1],
     async close() {
       await context.close().catch(() => {});
       for (const profile of profiles) fs.rmSync(profile, { recursive: true, force: true });

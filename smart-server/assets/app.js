@@ -11,13 +11,11 @@ import { isEmptyQuery, matches, queryFromHash, queryToHash, sameQuery, toClauses
 import { resorted } from './order.js';
 import { clientUrl, readUpdt } from './wire.js';
 import { state, setActiveQuery } from './state.js';
-import { onApply, onHeaderClick, refreshFieldSelects, setApplying, showClauseError, showError, writeForm } from './filters.js';
-import { isShown, renderPicker } from './columns.js';
+import { onApply, setApplying, showClauseError, showError, writeForm } from './filters.js';
+import { buildColumns, drawnWindow, readThemeColors, remeasure, renderGrid, runFlashes } from './grid.js';
 import { closeDevice, deviceLeftView, deviceUpdate, openDevice } from './device.js';
 import { account, onLogin, showAccount, showLoginForm, whoAmI } from './auth.js';
 
-const FLASH_MS = 900;
-const OVERSCAN = 10;
 const RESORT_INTERVAL_MS = 500;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 8000;
@@ -137,6 +135,7 @@ function handleUpdate(message) {
     const old = rec[key];
     if (old === value) continue;
     rec[key] = value;
+    touched.add(rec);
     if (!KNOWN_KEYS.has(key) && !state.extraKeys.has(key)) addExtraColumn(key, value);
     if (state.sortFields.has(key)) sortTouched = true;
     if (state.filterFields.has(key)) filterTouched = true;
@@ -357,76 +356,13 @@ function renderStatusText() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Grid: a real <table> whose body holds only the visible window of rows between two spacer rows.
+// Grid: drawn by grid.js (only the rows in and near the viewport); the header's sort marks here.
 
 const scroller = $('scroller');
-const grid = $('grid');
-const colsEl = $('cols');
 const headRow = $('head-row');
 const tbody = $('body');
-const spacerTop = $('spacer-top');
-const spacerBottom = $('spacer-bottom');
-const pool = []; // <tr> elements reused for whatever rows are visible
-let rowHeight = 0;
-let headHeight = 0;
-let flashColor = '';
-let newRowColor = '';
-
-function readThemeColors() {
-  const css = getComputedStyle(document.documentElement);
-  flashColor = css.getPropertyValue('--flash').trim() || 'rgba(250, 204, 21, 0.45)';
-  newRowColor = css.getPropertyValue('--new-row').trim() || 'rgba(34, 197, 94, 0.25)';
-}
-
-function buildColumns() {
-  // Shown columns: the picker's choice (columns.js); the filter and sort lists keep every column.
-  state.visible = state.columns.filter(isShown);
-  state.visibleIndex = new Map(state.visible.map((c, i) => [c.key, i]));
-  renderPicker(state.columns, () => markDirty('columns'));
-  colsEl.replaceChildren(
-    ...state.visible.map((c) => {
-      const col = document.createElement('col');
-      col.style.width = `${c.width}px`;
-      return col;
-    }),
-  );
-  headRow.replaceChildren(
-    ...state.visible.map((c) => {
-      const th = document.createElement('th');
-      th.scope = 'col';
-      th.dataset.field = c.key;
-      th.title = c.key;
-      if (c.numeric || ['num', 'battery', 'power', 'energy'].includes(c.kind)) th.classList.add('num');
-      const btn = document.createElement('button');
-      btn.type = 'button';
-      btn.className = 'th-btn';
-      const label = document.createElement('span');
-      label.className = 'th-label';
-      label.textContent = c.label;
-      btn.append(label);
-      if (c.unit) {
-        const unit = document.createElement('span');
-        unit.className = 'unit';
-        unit.textContent = c.unit;
-        btn.append(unit);
-      }
-      const ind = document.createElement('span');
-      ind.className = 'sort-ind';
-      ind.setAttribute('aria-hidden', 'true');
-      btn.append(ind);
-      btn.addEventListener('click', (ev) => onHeaderClick(c.key, ev.shiftKey));
-      th.append(btn);
-      return th;
-    }),
-  );
-  grid.style.width = `${state.visible.reduce((sum, c) => sum + c.width, 0)}px`;
-  spacerTop.firstElementChild.colSpan = state.visible.length;
-  spacerBottom.firstElementChild.colSpan = state.visible.length;
-  for (const tr of pool) tr.remove();
-  pool.length = 0;
-  refreshFieldSelects();
-  state.dirty.header = true;
-}
+// Records whose values changed since the last draw: only their drawn cells are formatted again.
+const touched = new Set();
 
 function renderHeader() {
   renderFilterCount();
@@ -446,138 +382,6 @@ function renderHeader() {
       ind.textContent = (asc ? '▲' : '▼') + (sorts.length > 1 ? String(i + 1) : '');
     }
   }
-}
-
-function makeRow() {
-  const tr = document.createElement('tr');
-  for (const c of state.visible) {
-    const td = document.createElement('td');
-    td.dataset.field = c.key;
-    // The label of the phone's cards (style.css shows it before the value there).
-    td.dataset.label = c.unit ? `${c.label} (${c.unit})` : c.label;
-    if (c.key === 'serial_number') {
-      // A link to the device's page: reachable with Tab and Enter, and openable in a new tab.
-      td.link = document.createElement('a');
-      td.link.className = 'row-link';
-      td.append(td.link);
-    }
-    tr.append(td);
-  }
-  tr.rec = null;
-  return tr;
-}
-
-function measure() {
-  headHeight = headRow.offsetHeight || 38;
-  if (!rowHeight) {
-    const probe = pool[0] ?? makeRow();
-    if (!probe.isConnected) tbody.insertBefore(probe, spacerBottom);
-    rowHeight = probe.getBoundingClientRect().height || 34;
-    if (!pool.includes(probe)) probe.remove();
-  }
-}
-
-function renderGrid(now) {
-  const rows = state.rows;
-  const total = rows.length;
-  if (!rowHeight || !headHeight) measure();
-  const top = Math.max(0, scroller.scrollTop - headHeight);
-  const view = scroller.clientHeight || window.innerHeight;
-  const first = Math.max(0, Math.min(total, Math.floor(top / rowHeight) - OVERSCAN));
-  const last = Math.min(total, Math.ceil((top + view) / rowHeight) + OVERSCAN);
-  const count = last - first;
-
-  while (pool.length < count) {
-    const tr = makeRow();
-    tbody.insertBefore(tr, spacerBottom);
-    pool.push(tr);
-  }
-  while (pool.length > count) pool.pop().remove();
-
-  setSpacer(spacerTop, first * rowHeight);
-  setSpacer(spacerBottom, (total - last) * rowHeight);
-  grid.setAttribute('aria-rowcount', String(total + 1));
-
-  const visible = new Map();
-  const columns = state.visible;
-  for (let i = 0; i < count; i += 1) {
-    const index = first + i;
-    const rec = rows[index];
-    const tr = pool[i];
-    visible.set(rec, tr);
-    if (tr.rec !== rec) {
-      tr.rec = rec;
-      tr.dataset.serial = rec.serial_number;
-    }
-    const cls = `${index % 2 ? 'odd' : 'even'}${rec.online === false ? ' offline' : ''}`;
-    if (tr.cls !== cls) {
-      tr.className = cls;
-      tr.cls = cls;
-    }
-    if (tr.idx !== index) {
-      tr.setAttribute('aria-rowindex', String(index + 2));
-      tr.idx = index;
-    }
-    const cells = tr.cells;
-    for (let j = 0; j < columns.length; j += 1) {
-      const [text, cellCls = '', title = '', bar = -1] = formatCell(columns[j], rec[columns[j].key], now);
-      const td = cells[j];
-      if (td.t !== text) {
-        if (td.link) {
-          td.link.textContent = text;
-          td.link.href = `#/device/${encodeURIComponent(rec.serial_number)}`;
-        } else td.textContent = text;
-        td.t = text;
-      }
-      if (td.c !== cellCls) {
-        td.className = cellCls;
-        td.c = cellCls;
-      }
-      if (td.ti !== title) {
-        td.title = title;
-        td.ti = title;
-      }
-      // The battery bar: a background sized by a custom property, no extra element.
-      if (td.b !== bar) {
-        if (bar < 0) td.style.removeProperty('--bar');
-        else td.style.setProperty('--bar', `${bar}%`);
-        td.b = bar;
-      }
-    }
-  }
-  return visible;
-}
-
-function setSpacer(tr, px) {
-  const hide = px <= 0;
-  if (tr.hidden !== hide) tr.hidden = hide;
-  const h = `${px}px`;
-  if (tr.h !== h) {
-    tr.firstElementChild.style.height = h;
-    tr.h = h;
-  }
-}
-
-function runFlashes(visible) {
-  // Reduced motion only sets the default (see boot); a user who turns flashing on gets it.
-  if (!state.flash) {
-    state.flashQueue.clear();
-    state.newRows.clear();
-    return;
-  }
-  for (const rec of state.newRows) {
-    visible.get(rec)?.animate([{ backgroundColor: newRowColor }, { backgroundColor: 'transparent' }], { duration: FLASH_MS * 2, easing: 'ease-out' });
-  }
-  state.newRows.clear();
-  for (const [rec, fields] of state.flashQueue) {
-    const tr = visible.get(rec);
-    if (!tr) continue;
-    for (const key of fields) {
-      const j = state.visibleIndex.get(key);
-      if (j !== undefined) tr.cells[j].animate([{ backgroundColor: flashColor }, { backgroundColor: 'transparent' }], { duration: FLASH_MS, easing: 'ease-out' });
-    }
-  }
-  state.flashQueue.clear();
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -650,8 +454,7 @@ function flush() {
   if (state.resortPending && !state.pointerOnRows) {
     if (now - state.lastSort >= RESORT_INTERVAL_MS) {
       // The rows drawn now (the visible window and its overscan): the cue shows when they moved.
-      const drawn = pool.map((tr) => tr.rec);
-      const at = pool.length > 0 ? pool[0].idx : 0;
+      const { at, recs: drawn } = drawnWindow();
       state.rows = resorted(state.rows, state.moved, state.compare);
       state.moved.clear();
       state.resortPending = false;
@@ -668,7 +471,7 @@ function flush() {
   const d = state.dirty;
   if (d.columns) {
     d.columns = false;
-    buildColumns();
+    buildColumns(() => markDirty('columns'));
     d.grid = true;
   }
   if (d.header) {
@@ -678,7 +481,8 @@ function flush() {
   // The table is not drawn while the device page covers it (it stays marked dirty until it returns).
   if (d.grid && openSerial === null) {
     d.grid = false;
-    runFlashes(renderGrid(now));
+    runFlashes(renderGrid(now, touched));
+    touched.clear();
   }
   if (d.summary) {
     d.summary = false;
@@ -722,7 +526,7 @@ $('export-csv').addEventListener('click', exportCsv);
 
 scroller.addEventListener('scroll', () => markDirty('grid'), { passive: true });
 new ResizeObserver(() => {
-  headHeight = 0;
+  remeasure();
   markDirty('grid');
 }).observe(scroller);
 matchMedia('(prefers-color-scheme: dark)').addEventListener('change', readThemeColors);
@@ -854,7 +658,7 @@ $('filters-toggle').addEventListener('click', () => {
   $('filters-toggle').setAttribute('aria-expanded', String(open));
 });
 matchMedia('(max-width: 720px)').addEventListener('change', () => {
-  rowHeight = 0;
+  remeasure({ rows: true });
   markDirty('grid');
 });
 

@@ -107,6 +107,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../assets/wire.js"),
     },
     Asset {
+        name: "grid.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/grid.js"),
+    },
+    Asset {
         name: "state.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../assets/state.js"),
