@@ -131,6 +131,9 @@ pub(crate) struct Metrics {
     pub cluster_ship_errors: AtomicU64,
     pub cluster_follow_errors: AtomicU64,
     pub cluster_remote_applied: AtomicU64,
+    /// Times the change stream had been trimmed past this instance's position (latest records
+    /// loaded again).
+    pub cluster_resyncs: AtomicU64,
     pub dashboard_frames: AtomicU64,
     pub dashboard_conflated: AtomicU64,
     pub dashboard_resyncs: AtomicU64,
@@ -397,6 +400,11 @@ impl Metrics {
                     "smart_cluster_remote_applied_total",
                     "Other instances' records applied to this instance's fleet.",
                     &self.cluster_remote_applied,
+                ),
+                (
+                    "smart_cluster_resyncs_total",
+                    "Times the change stream had been trimmed past this instance's position (the latest records were loaded again).",
+                    &self.cluster_resyncs,
                 ),
             ] {
                 metric(name, "counter", help, get(counter));

@@ -24,11 +24,17 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    options: Vec<String>,
 }
 
 impl Redis {
     /// Start one, or `None` (after a loud message) where `redis-server` is missing outside CI.
     fn start() -> Option<Redis> {
+        Redis::start_with(&[])
+    }
+
+    /// [`Redis::start`] with extra `redis-server` options.
+    fn start_with(options: &[&str]) -> Option<Redis> {
         let found = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -54,6 +60,7 @@ impl Redis {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            options: options.iter().map(|o| (*o).to_owned()).collect(),
         };
         redis.restart();
         Some(redis)
@@ -75,6 +82,7 @@ impl Redis {
                 "",
             ])
             .args(["--daemonize", "no", "--logfile", ""])
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -138,17 +146,19 @@ struct Instance {
 
 impl Instance {
     async fn start(dir: &Path, redis: &Redis) -> Instance {
+        Instance::start_env(dir, redis, &[]).await
+    }
+
+    /// [`Instance::start`] with more environment (`SMART_*` flags).
+    async fn start_env(dir: &Path, redis: &Redis, env: &[(&str, &str)]) -> Instance {
         let url = redis.url();
         let log = dir.with_extension("log");
-        let (child, addr) = spawn_binary_env(
-            dir,
-            &[
-                ("SMART_REDIS", std::ffi::OsStr::new(&url)),
-                ("RUST_LOG", std::ffi::OsStr::new("info")),
-            ],
-            &log,
-        )
-        .await;
+        let mut envs = vec![
+            ("SMART_REDIS", std::ffi::OsStr::new(&url)),
+            ("RUST_LOG", std::ffi::OsStr::new("info")),
+        ];
+        envs.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+        let (child, addr) = spawn_binary_env(dir, &envs, &log).await;
         Instance {
             child,
             addr,
@@ -455,4 +465,47 @@ async fn acks_of_an_instance_killed_while_redis_was_away_reach_redis_after_its_r
             <= 2
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again() {
+    const DEVICES: usize = 30;
+    const ROUNDS: usize = 2;
+    // Small stream nodes, so that `MAXLEN ~ 5` trims a few entries at a time.
+    let Some(redis) = Redis::start_with(&["--stream-node-max-entries", "4"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Instance::start_env(
+        &tmp.path().join("a"),
+        &redis,
+        &[("SMART_REDIS_STREAM_MAX_LEN", "5")],
+    )
+    .await;
+    let b = Instance::start(&tmp.path().join("b"), &redis).await;
+    // B is not reading while A's changes (about one stream entry per ack) push the stream past it.
+    b.signal("-STOP");
+    send_rounds(a.addr, DEVICES, ROUNDS).await;
+    for (serial, value) in expected(DEVICES, ROUNDS) {
+        eventually(&format!("Redis holds {serial}"), &[&a], || async {
+            field(redis.record(&serial).as_ref(), "power_income") == value
+        })
+        .await;
+    }
+    let mut conn = redis.connection().unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg("smart:changes")
+        .query(&mut conn)
+        .unwrap();
+    assert!(len < 40, "the stream was not trimmed: {len} entries");
+    b.signal("-CONT");
+    for (serial, value) in expected(DEVICES, ROUNDS) {
+        eventually(
+            &format!("B holds {serial}'s last change"),
+            &[&b],
+            || async { field(b.api(&serial).await.as_ref(), "power_income") == value },
+        )
+        .await;
+    }
+    assert!(b.metric("smart_cluster_resyncs_total").await >= 1);
 }

@@ -47,15 +47,26 @@ impl Follower {
         let mut backoff = Duration::from_millis(50);
         loop {
             let result: redis::RedisResult<()> = self.link.connect().and_then(|mut conn| {
-                if position.is_none() {
-                    position = Some(self.load(&mut conn)?);
-                }
-                self.up.store(true, Ordering::Relaxed);
-                backoff = Duration::from_millis(50);
+                // Whether entries this instance has not read may be gone (trimmed, or lost by a
+                // restarted Redis): checked on every (re)connect and with every read.
+                let mut gap = match &position {
+                    Some(at) => missed(&first_entry().query(&mut conn)?, at),
+                    None => false,
+                };
                 loop {
-                    if let Some(at) = position.as_mut() {
-                        self.read(&mut conn, at)?;
-                    }
+                    let at = match position.take() {
+                        Some(at) if !gap => at,
+                        Some(at) => {
+                            Metrics::inc(&self.metrics.cluster_resyncs);
+                            warn!(from = %at, "the change stream was trimmed past this instance's position; loading the latest records again");
+                            self.load(&mut conn)?
+                        }
+                        None => self.load(&mut conn)?,
+                    };
+                    let at = position.insert(at);
+                    self.up.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_millis(50);
+                    gap = self.read(&mut conn, at)?;
                 }
             });
             if let Err(e) = result {
@@ -103,9 +114,17 @@ impl Follower {
         Ok(position)
     }
 
-    /// One blocking read from `position`: apply the other instances' entries, move on.
-    fn read(&self, conn: &mut redis::Connection, position: &mut String) -> redis::RedisResult<()> {
-        let reply: redis::Value = redis::cmd("XREAD")
+    /// One blocking read from `position`: apply the other instances' entries, move on. Returns
+    /// whether entries after the position had been trimmed before this read (asked in the same
+    /// round trip, just before it).
+    fn read(
+        &self,
+        conn: &mut redis::Connection,
+        position: &mut String,
+    ) -> redis::RedisResult<bool> {
+        let (first, reply): (redis::Value, redis::Value) = redis::pipe()
+            .add_command(first_entry())
+            .cmd("XREAD")
             .arg("COUNT")
             .arg(COUNT)
             .arg("BLOCK")
@@ -114,6 +133,7 @@ impl Follower {
             .arg(STREAM)
             .arg(&*position)
             .query(conn)?;
+        let gap = missed(&first, position);
         let streams = match &reply {
             redis::Value::Array(streams) => streams.as_slice(),
             _ => &[],
@@ -135,7 +155,7 @@ impl Follower {
                 self.apply(fields.iter().skip(1).map(|(s, r)| (s.as_str(), r.as_str())));
             }
         }
-        Ok(())
+        Ok(gap)
     }
 
     /// Apply remote records (serial, JSON) newer than the fleet's, and hand their changes to the
@@ -193,6 +213,29 @@ impl Follower {
         }
         applied.len()
     }
+}
+
+/// `XRANGE` of the stream's first entry.
+fn first_entry() -> redis::Cmd {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(STREAM).arg("-").arg("+").arg("COUNT").arg(1);
+    cmd
+}
+
+/// Whether entries after `position` may be gone: the stream's first entry (`first`, the reply of
+/// [`first_entry`]) is later. (Approximate trimming drops whole nodes of entries, so the entry at
+/// `position` goes with those after it in its node; it goes alone only if this instance had read
+/// its whole node, which costs a needless reload at worst.)
+fn missed(first: &redis::Value, position: &str) -> bool {
+    entries(first)
+        .first()
+        .is_some_and(|(id, _)| stream_id(id) > stream_id(position))
+}
+
+/// A stream entry id `MS-SEQ` as numbers (unreadable: the smallest).
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// The fields of `remote` that differ from `local`, and always `last_status_update`; every field
@@ -271,5 +314,19 @@ mod tests {
             ]
         );
         assert!(entries(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn stream_ids_compare_as_numbers() {
+        assert!(stream_id("10-0") > stream_id("9-5"));
+        assert!(stream_id("9-10") > stream_id("9-9"));
+        assert_eq!(stream_id("junk"), (0, 0));
+        let first =
+            |id: &str| Value::Array(vec![Value::Array(vec![bulk(id), Value::Array(vec![])])]);
+        assert!(missed(&first("5-1"), "5-0"));
+        assert!(!missed(&first("5-0"), "5-0"));
+        assert!(!missed(&first("4-9"), "5-0"));
+        assert!(missed(&first("1-0"), "0-0"));
+        assert!(!missed(&Value::Array(vec![]), "0-0"));
     }
 }
