@@ -265,6 +265,12 @@ async fn a_change_acked_on_one_instance_reaches_the_dashboards_and_api_of_anothe
     assert!(a.metric("smart_cluster_shipped_batches_total").await >= 2);
     assert!(b.metric("smart_cluster_remote_applied_total").await >= 2);
     assert_eq!(a.health().await["redis"], "ok");
+    // B shipped nothing, and says whether Redis answers all the same.
+    eventually("B reports Redis up", &[&b], || async {
+        let health = b.health().await;
+        health["status"] == "ok" && health["redis"] == "ok"
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -112,9 +112,9 @@ impl Shipper {
         let mut conn: Option<redis::Connection> = None;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let (taken, from) = {
+            let next = {
                 let mut backlog = self.lock();
-                while backlog.records.is_empty() {
+                if backlog.records.is_empty() {
                     if backlog.finishing {
                         self.wake.notify_all();
                     }
@@ -124,10 +124,31 @@ impl Shipper {
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
-                let taken = std::mem::take(&mut backlog.records);
-                let from = backlog.from.take().unwrap_or(0);
-                backlog.in_flight = Some((from, taken.len()));
-                (taken, from)
+                (!backlog.records.is_empty()).then(|| {
+                    let taken = std::mem::take(&mut backlog.records);
+                    let from = backlog.from.take().unwrap_or(0);
+                    backlog.in_flight = Some((from, taken.len()));
+                    (taken, from)
+                })
+            };
+            let Some((taken, from)) = next else {
+                // Nothing to ship: keep a connection, so that `/healthz` tells whether Redis answers.
+                if conn.is_none() {
+                    match link.connect() {
+                        Ok(c) => {
+                            conn = Some(c);
+                            if !self.up.swap(true, Ordering::Relaxed) {
+                                info!(redis = %link.redacted, "connected to Redis for shipping");
+                            }
+                        }
+                        Err(e) => {
+                            if self.up.swap(false, Ordering::Relaxed) {
+                                warn!(%e, redis = %link.redacted, "cannot reach Redis; devices are still acked, the log keeps what is not shipped");
+                            }
+                        }
+                    }
+                }
+                continue;
             };
             let result = match conn.as_mut() {
                 Some(c) => ship(c, link, &taken),
