@@ -45,6 +45,8 @@ impl Follower {
         // The last entry read; `None` until the latest records are loaded.
         let mut position: Option<String> = None;
         let mut backoff = Duration::from_millis(50);
+        // Whether Redis being away was logged since the start (later: when `up` turns false).
+        let mut reported = false;
         loop {
             let result: redis::RedisResult<()> = self.link.connect().and_then(|mut conn| {
                 // Whether entries this instance has not read may be gone (trimmed, or lost by a
@@ -71,7 +73,8 @@ impl Follower {
             });
             if let Err(e) = result {
                 Metrics::inc(&self.metrics.cluster_follow_errors);
-                if self.up.swap(false, Ordering::Relaxed) {
+                if self.up.swap(false, Ordering::Relaxed) || !reported {
+                    reported = true;
                     warn!(%e, redis = %self.link.redacted, "cannot read the change stream; remote devices may be stale until Redis is back");
                 } else {
                     debug!(%e, "following failed again");

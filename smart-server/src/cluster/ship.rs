@@ -111,6 +111,8 @@ impl Shipper {
         }
         let mut conn: Option<redis::Connection> = None;
         let mut backoff = Duration::from_millis(50);
+        // Whether Redis being away was logged since the start (later: when `up` turns false).
+        let mut reported = false;
         loop {
             let next = {
                 let mut backlog = self.lock();
@@ -142,7 +144,8 @@ impl Shipper {
                             }
                         }
                         Err(e) => {
-                            if self.up.swap(false, Ordering::Relaxed) {
+                            if self.up.swap(false, Ordering::Relaxed) || !reported {
+                                reported = true;
                                 warn!(%e, redis = %link.redacted, "cannot reach Redis; devices are still acked, the log keeps what is not shipped");
                             }
                         }
@@ -179,7 +182,8 @@ impl Shipper {
                     Metrics::inc(&metrics.cluster_ship_errors);
                     conn = None;
                     backlog.restore(taken, from);
-                    if self.up.swap(false, Ordering::Relaxed) {
+                    if self.up.swap(false, Ordering::Relaxed) || !reported {
+                        reported = true;
                         warn!(%e, redis = %link.redacted, "cannot ship to Redis; devices are still acked, the log keeps what is not shipped");
                     } else {
                         debug!(%e, "shipping failed again");
