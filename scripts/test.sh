@@ -2,8 +2,8 @@
 # The project's test command: `bash scripts/test.sh` from anywhere in the checkout.
 #
 # Needs Rust (stable), Python, Node 20 with npm, and gcc. It installs the rest itself, once:
-# Chromium and chromedriver for the browser tests (Debian packages, as root), and the browser tests' npm
-# packages. Then it runs every Rust test (unit, integration, examples and benches in test mode), the doc
+# Chromium and chromedriver for the browser tests and redis-server for the cluster tests (Debian packages,
+# as root), and the browser tests' npm packages. Then it runs every Rust test (unit, integration, examples and benches in test mode), the doc
 # tests, and the browser tests. Any failure stops it with a non-zero exit.
 set -euo pipefail
 
@@ -32,6 +32,10 @@ fi
 chromium=$(chromium_bin)
 echo "chromium: $chromium ($("$chromium" --version 2>/dev/null || echo 'version unknown'))"
 export CHROMIUM_BIN=$chromium
+
+# --- redis-server (tests/cluster.rs starts its own on a free loopback port) ------------------------------
+bash scripts/apt-install.sh redis-server redis-server
+echo "redis-server: $(redis-server --version)"
 
 # --- npm packages of the browser tests ----------------------------------------------------------------
 browser_tests=$root/browser-tests

@@ -16,6 +16,15 @@ pub enum Registration {
     Closed,
 }
 
+/// What an OK promises when instances share a fleet (`--ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckMode {
+    /// After the local write-ahead log's fdatasync; shipped to Redis asynchronously.
+    Local,
+    /// After both the local sync and Redis's reply (not implemented yet: refused at start).
+    Cluster,
+}
+
 /// SMART-OS server: durable device ingest over websockets, live dashboards, HTTP API.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "smart-server", version, about, long_about = None)]
@@ -189,6 +198,26 @@ pub struct Config {
     #[arg(long, env = "SMART_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Redis URL (`redis://[:PASSWORD@]HOST:PORT[/DB]`): several instances share one fleet through it.
+    /// Each committed batch is shipped to Redis (latest record per device, a change stream), and
+    /// every instance applies the others' changes. Unset: one instance, nothing shared.
+    #[arg(long, env = "SMART_REDIS")]
+    pub redis: Option<String>,
+
+    /// When a device gets its OK with `--redis`: `local` (after the local fdatasync; shipped to
+    /// Redis right after, kept in the log until shipped). `cluster` is not implemented yet.
+    #[arg(long, env = "SMART_ACK", value_enum, default_value_t = AckMode::Local)]
+    pub ack: AckMode,
+
+    /// Approximate length the change stream is trimmed to (`XADD MAXLEN ~`), with `--redis`.
+    #[arg(
+        long = "redis-stream-max-len",
+        env = "SMART_REDIS_STREAM_MAX_LEN",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub redis_stream_max_len: u64,
+
     /// Manage device tokens or users instead of serving (see `smart-server token --help`).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -323,6 +352,9 @@ impl Config {
             auth: None,
             tls_cert: None,
             tls_key: None,
+            redis: None,
+            ack: AckMode::Local,
+            redis_stream_max_len: 100_000,
             command: None,
         }
     }
@@ -428,5 +460,26 @@ mod tests {
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.registration, Registration::Closed);
         assert_eq!(c.allowed_origins, ["http://a", "http://b"]);
+    }
+
+    #[test]
+    fn redis_flags_parse() {
+        let none = Config::try_parse_from(["smart-server"]).unwrap();
+        assert_eq!(none.redis, None);
+        assert_eq!(none.ack, AckMode::Local);
+        let c = Config::try_parse_from([
+            "smart-server",
+            "--redis",
+            "redis://127.0.0.1:6379",
+            "--ack",
+            "cluster",
+            "--redis-stream-max-len",
+            "500",
+        ])
+        .unwrap();
+        assert_eq!(c.redis.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.ack, AckMode::Cluster);
+        assert_eq!(c.redis_stream_max_len, 500);
+        assert!(Config::try_parse_from(["smart-server", "--redis-stream-max-len", "0"]).is_err());
     }
 }

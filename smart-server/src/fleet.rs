@@ -120,19 +120,53 @@ impl Fleet {
     ) {
         let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
         for (serial, entry) in entries {
-            let now_online = entry.record.online;
-            let old = devices.insert(serial, entry);
-            let was_online = old.as_ref().is_some_and(|old| old.record.online);
-            retired.extend(old);
-            match (was_online, now_online) {
-                (false, true) => {
-                    self.online.fetch_add(1, Ordering::Relaxed);
-                }
-                (true, false) => {
-                    self.online.fetch_sub(1, Ordering::Relaxed);
-                }
-                _ => {}
+            self.insert(&mut devices, serial, entry, retired);
+        }
+    }
+
+    /// Make other instances' records visible (`--redis`, the cluster's follower): each only if its
+    /// `last_status_update` is later than that of the device's entry here, checked under the write
+    /// lock, so that a change the writer published meanwhile is never replaced by an older one.
+    /// Returns the serials applied, in order.
+    pub(crate) fn publish_newer(
+        &self,
+        entries: Vec<(Serial, Entry)>,
+        retired: &mut Vec<Entry>,
+    ) -> Vec<Serial> {
+        let mut applied = Vec::with_capacity(entries.len());
+        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        for (serial, entry) in entries {
+            let newer = devices
+                .get(&serial)
+                .is_none_or(|old| old.record.last_status_update < entry.record.last_status_update);
+            if newer {
+                applied.push(serial.clone());
+                self.insert(&mut devices, serial, entry, retired);
             }
+        }
+        applied
+    }
+
+    /// Replace one entry, keeping the count of online devices.
+    fn insert(
+        &self,
+        devices: &mut BTreeMap<Serial, Entry>,
+        serial: Serial,
+        entry: Entry,
+        retired: &mut Vec<Entry>,
+    ) {
+        let now_online = entry.record.online;
+        let old = devices.insert(serial, entry);
+        let was_online = old.as_ref().is_some_and(|old| old.record.online);
+        retired.extend(old);
+        match (was_online, now_online) {
+            (false, true) => {
+                self.online.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.online.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 

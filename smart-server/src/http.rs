@@ -874,11 +874,20 @@ fn history_route(
 
 fn healthz(shared: &Shared) -> Response {
     let healthy = shared.store_healthy();
-    let body = json!({
+    let mut body = json!({
         "status": if healthy { "ok" } else { "store not writable" },
         "devices": shared.fleet.len(),
         "devices_online": shared.fleet.online(),
     });
+    // With `--redis`, Redis away is "degraded" (still 200: devices are acked, the backlog ships on
+    // its return); only a store that cannot write makes the instance unhealthy.
+    if let Some(cluster) = shared.cluster_health() {
+        body["redis"] = json!(if cluster.redis_up { "ok" } else { "down" });
+        body["redis_backlog"] = json!(cluster.backlog);
+        if healthy && !cluster.redis_up {
+            body["status"] = json!("degraded");
+        }
+    }
     let status = if healthy {
         StatusCode::OK
     } else {

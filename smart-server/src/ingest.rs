@@ -658,6 +658,14 @@ impl<S: Sink> Writer<S> {
                         // Unique (fresh or recycled): this never copies.
                         let record = Arc::make_mut(&mut shared);
                         let was_online = record.online && !created;
+                        // `last_status_update` is the version instances compare (`--redis`): never
+                        // older than the record's, even where this clock lags the one that wrote it.
+                        let after = record.last_status_update.as_unix_micros().saturating_add(1);
+                        let now = if created {
+                            now
+                        } else {
+                            now.max(Timestamp::from_unix_micros(after))
+                        };
                         // What changed: all of it for dashboards, the numbers for the history.
                         let mut numbers = Vec::new();
                         let mut changed = if listening {

@@ -18,6 +18,7 @@ mod acks;
 mod admin;
 mod auth;
 mod cli;
+mod cluster;
 mod config;
 mod conns;
 mod dashboard;
@@ -40,6 +41,6 @@ mod ws;
 
 pub use auth::{AuthMode, Role};
 pub use cli::run_command;
-pub use config::{Command, Config, Registration, TokenAction, UserAction};
+pub use config::{AckMode, Command, Config, Registration, TokenAction, UserAction};
 pub use server::Server;
 pub use store::StoreError;

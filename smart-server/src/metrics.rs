@@ -126,6 +126,16 @@ pub(crate) struct Metrics {
     pub history_keys: [AtomicU64; 3],
     /// History changes handed over and waiting for the next checkpoint.
     pub history_held: AtomicU64,
+    /// `--redis`: round trips that shipped a backlog, the records they carried, failed round
+    /// trips, failed stream reads, and other instances' records applied here.
+    pub cluster_shipped_batches: AtomicU64,
+    pub cluster_shipped_records: AtomicU64,
+    pub cluster_ship_errors: AtomicU64,
+    pub cluster_follow_errors: AtomicU64,
+    pub cluster_remote_applied: AtomicU64,
+    /// Times the change stream had been trimmed past this instance's position (latest records
+    /// loaded again).
+    pub cluster_resyncs: AtomicU64,
     pub dashboard_frames: AtomicU64,
     pub dashboard_conflated: AtomicU64,
     pub dashboard_resyncs: AtomicU64,
@@ -151,6 +161,8 @@ pub(crate) struct Gauges {
     pub sockets_limit: usize,
     /// Most websockets open at once (`--max-connections`, clamped).
     pub websockets_limit: usize,
+    /// With `--redis`: records committed and not shipped yet, and whether Redis answers.
+    pub cluster: Option<(u64, bool)>,
 }
 
 fn inc(counter: &AtomicU64) {
@@ -358,6 +370,54 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         };
+        if let Some((backlog, up)) = gauges.cluster {
+            metric(
+                "smart_cluster_redis_up",
+                "gauge",
+                "1 while the last round trip to Redis shipped and the change stream is being read.",
+                u64::from(up),
+            );
+            metric(
+                "smart_cluster_backlog_records",
+                "gauge",
+                "Records committed here and not shipped to Redis yet (the latest of each device).",
+                backlog,
+            );
+            for (name, help, counter) in [
+                (
+                    "smart_cluster_shipped_batches_total",
+                    "Round trips that shipped committed records to Redis.",
+                    &self.cluster_shipped_batches,
+                ),
+                (
+                    "smart_cluster_shipped_records_total",
+                    "Records shipped to Redis (the latest of each device per round trip).",
+                    &self.cluster_shipped_records,
+                ),
+                (
+                    "smart_cluster_ship_errors_total",
+                    "Failed round trips to Redis (retried; the log keeps what they held).",
+                    &self.cluster_ship_errors,
+                ),
+                (
+                    "smart_cluster_follow_errors_total",
+                    "Failed reads of the change stream (retried).",
+                    &self.cluster_follow_errors,
+                ),
+                (
+                    "smart_cluster_remote_applied_total",
+                    "Other instances' records applied to this instance's fleet.",
+                    &self.cluster_remote_applied,
+                ),
+                (
+                    "smart_cluster_resyncs_total",
+                    "Times the change stream had been trimmed past this instance's position (the latest records were loaded again).",
+                    &self.cluster_resyncs,
+                ),
+            ] {
+                metric(name, "counter", help, get(counter));
+            }
+        }
         metric(
             "smart_store_healthy",
             "gauge",

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::auth::{Auth, AuthMode};
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::conns::{Budget, Conns};
 use crate::fleet::Fleet;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     sockets: AtomicUsize,
     /// Every accepted socket, against the descriptor budget.
     pub conns: Arc<Conns>,
+    /// Sharing the fleet with other instances (`--redis`).
+    cluster: Option<Cluster>,
 }
 
 impl Shared {
@@ -47,8 +50,10 @@ impl Shared {
         let dir = config.data_dir.clone();
         let history = config.history();
         let every = std::time::Duration::from_secs(config.checkpoint_seconds.into());
+        let cluster = Cluster::new(&config)?;
+        let shipping = cluster.as_ref().map(Cluster::shipping);
         let (store, records) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let store = Store::open(&dir, history)
+            let store = Store::open_shipping(&dir, history, shipping)
                 .with_context(|| format!("opening the store in {}", dir.display()))?
                 .checkpoint_every(every);
             let records = store
@@ -79,6 +84,15 @@ impl Shared {
             config.registration,
             records,
         ));
+        // Before the writer starts: the log segments found now are the ones a previous run kept.
+        if let Some(cluster) = &cluster {
+            cluster.start(
+                &config.data_dir.join("wal"),
+                Arc::clone(&fleet),
+                Arc::clone(&hub),
+                &metrics,
+            )?;
+        }
         // The writer hands every committed batch to the hub: the one place the two are wired.
         let ingest = Ingest::start(
             Arc::clone(&store),
@@ -104,6 +118,7 @@ impl Shared {
             metrics,
             sockets: AtomicUsize::new(0),
             conns,
+            cluster,
         })
     }
 
@@ -122,6 +137,11 @@ impl Shared {
         self.store.is_healthy()
     }
 
+    /// With `--redis`: whether Redis answers, and what is not shipped yet (`/healthz`).
+    pub(crate) fn cluster_health(&self) -> Option<cluster::Health> {
+        self.cluster.as_ref().map(Cluster::health)
+    }
+
     /// The gauges of `/metrics`, read now.
     pub(crate) fn gauges(&self) -> Gauges {
         let (lag_max, lag_total) = self.hub.lag();
@@ -135,6 +155,9 @@ impl Shared {
             sockets_open: self.conns.open(),
             sockets_limit: self.conns.budget().sockets,
             websockets_limit: self.conns.budget().websockets,
+            cluster: self
+                .cluster_health()
+                .map(|h| (h.backlog as u64, h.redis_up)),
         }
     }
 

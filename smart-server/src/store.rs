@@ -86,12 +86,37 @@ pub(crate) struct Store {
     history: Option<History>,
     /// `--checkpoint-seconds`.
     checkpoint_every: Duration,
+    /// Where committed batches are shipped (`--redis`): log segments stay until it has them.
+    shipping: Option<Arc<dyn Shipping>>,
+}
+
+/// Where every committed batch also goes, besides sled (`--redis`: the cluster's shipper, which
+/// implements it), and how far it got. Log segments are retired only once both the checkpoint and
+/// the shipper are past them, at start too: with a shipper, the replay retires nothing.
+pub(crate) trait Shipping: Send + Sync + std::fmt::Debug {
+    /// The records of a batch just made durable in log segment `seq`. Must not wait.
+    fn committed(&self, seq: u64, records: &mut dyn Iterator<Item = (&Serial, &Arc<str>)>);
+    /// The oldest log segment holding something not shipped yet (`u64::MAX`: none).
+    fn unshipped_from(&self) -> u64;
+    /// At shutdown: ship what is pending, waiting a bounded time; then [`Shipping::unshipped_from`].
+    fn finish(&self) -> u64;
 }
 
 impl Store {
     /// Open (or create) the store in `dir`, replaying whatever the log holds beyond sled (into the
-    /// latest records and, if kept, the history).
+    /// latest records and, if kept, the history). (The server opens it through
+    /// [`Store::open_shipping`].)
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path, history: HistoryOptions) -> Result<Store, StoreError> {
+        Store::open_shipping(dir, history, None)
+    }
+
+    /// [`Store::open`], also handing every committed batch to `shipping`.
+    pub(crate) fn open_shipping(
+        dir: &Path,
+        history: HistoryOptions,
+        shipping: Option<Arc<dyn Shipping>>,
+    ) -> Result<Store, StoreError> {
         // Created here, with their parents synced, not by sled or `create_dir_all`.
         wal::create_dir_durable(&dir.join("sled"))?;
         let db = sled::Config::new()
@@ -116,6 +141,7 @@ impl Store {
             healthy: AtomicBool::new(true),
             history,
             checkpoint_every: CHECKPOINT_INTERVAL,
+            shipping,
         };
         store.first_segment = store.replay()?;
         let quarantined = store.quarantined();
@@ -156,7 +182,9 @@ impl Store {
             .collect();
         let Some(&(last, _)) = segments.last() else {
             let next = checkpointed.map_or(0, |c| c + 1);
-            self.wal_dir.retire_found(next.saturating_sub(1))?;
+            if self.shipping.is_none() {
+                self.wal_dir.retire_found(next.saturating_sub(1))?;
+            }
             return Ok(next);
         };
         // First pass: where abandoned segments really end (recorded in later segments).
@@ -219,7 +247,9 @@ impl Store {
         }
         self.meta.insert(CHECKPOINT_KEY, &last.to_be_bytes())?;
         self.db.flush()?;
-        self.wal_dir.retire_found(last)?;
+        if self.shipping.is_none() {
+            self.wal_dir.retire_found(last)?;
+        }
         info!(
             segments = segments.len(),
             records, "replayed the write-ahead log"
@@ -405,6 +435,8 @@ pub(crate) struct Log {
     /// History changes noted since the last checkpoint.
     unchecked: usize,
     checkpoints: Checkpoints,
+    /// The last segment a checkpoint covered, while a shipper holds it back from retirement.
+    retirable: Option<u64>,
 }
 
 impl std::fmt::Debug for Log {
@@ -419,7 +451,8 @@ impl std::fmt::Debug for Log {
 impl Log {
     /// Start the log where [`Store::open`] left it, and the checkpoint thread.
     pub(crate) fn start(store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Log, StoreError> {
-        let wal = Wal::start(Arc::clone(&store.wal_dir), store.first_segment)?;
+        let store_first = store.first_segment;
+        let wal = Wal::start(Arc::clone(&store.wal_dir), store_first)?;
         let checkpoints = Checkpoints::start(Arc::clone(&store), Arc::clone(&metrics));
         Ok(Log {
             store,
@@ -431,6 +464,8 @@ impl Log {
             last_hand_over: Instant::now(),
             unchecked: 0,
             checkpoints,
+            // Everything before the first segment is in sled (the replay's checkpoint).
+            retirable: store_first.checked_sub(1),
         })
     }
 
@@ -465,6 +500,9 @@ impl Log {
         }
         if let Err(e) = self.wal.append_sync(&self.frames) {
             return Err(self.failed(&e));
+        }
+        if let Some(shipping) = &self.store.shipping {
+            shipping.committed(seq, &mut records.clone());
         }
         for (serial, json) in records {
             self.pending
@@ -516,7 +554,17 @@ impl Log {
     /// the finished ones checkpointed with it — unless the thread is still busy with the last one.
     pub(crate) fn maybe_checkpoint(&mut self) {
         if let Some(done) = self.checkpoints.take_done() {
-            self.wal.retire_through(done);
+            self.retirable = Some(done);
+        }
+        if let Some(done) = self.retirable {
+            match self.store.shipping.as_ref().map(|s| s.unshipped_from()) {
+                None => {
+                    self.wal.retire_through(done);
+                    self.retirable = None;
+                }
+                Some(0) => {}
+                Some(from) => self.wal.retire_through(done.min(from - 1)),
+            }
         }
         if self.checkpoints.busy() {
             return;
@@ -564,8 +612,16 @@ impl Log {
             pending.records.entry(serial).or_insert(json);
         }
         store.hold(std::mem::take(&mut pending.changes));
+        let unshipped = store.shipping.as_ref().map_or(u64::MAX, |s| s.finish());
         match store.checkpoint(wal.seq(), &pending.records) {
-            Ok(()) => wal.retire_all(),
+            Ok(()) if unshipped == u64::MAX => wal.retire_all(),
+            Ok(()) => {
+                let mut wal = wal;
+                if let Some(shipped) = unshipped.checked_sub(1) {
+                    wal.retire_through(shipped);
+                }
+                info!(from = unshipped, "log segments kept until they are shipped");
+            }
             Err(e) => error!(%e, "final checkpoint failed; the log is kept for replay"),
         }
     }

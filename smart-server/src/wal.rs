@@ -277,6 +277,10 @@ impl Wal {
             .inspect_err(|e| warn!(%e, "cannot open the next log segment ahead of time"))
             .ok();
         debug!(seq, "first log segment");
+        // Segments a start kept (for a shipper) are retired like the ones written from now on.
+        let oldest = segments(dir.path())?
+            .first()
+            .map_or(seq, |(s, _)| (*s).min(seq));
         Ok(Wal {
             dir,
             file,
@@ -284,7 +288,7 @@ impl Wal {
             len: 0,
             reserve,
             finished: None,
-            oldest: seq,
+            oldest,
             cuts: Vec::new(),
             torn: false,
         })

@@ -1,0 +1,335 @@
+//! Following: every instance reads the change stream on its own connection and applies the other
+//! instances' changes to its fleet and hub, so dashboards (INIT, UPDT, filters, conflation) and the
+//! REST API see remote devices like local ones.
+//!
+//! At start (and whenever it has not loaded yet): note the stream's last entry, load the latest
+//! records (`HSCAN` of the devices hash), then read on from the noted entry with blocking `XREAD`s.
+//! An entry the instance shipped itself is skipped. A remote record is applied only if it is newer
+//! (`last_status_update`) than the device's entry here ([`Fleet::publish_newer`]); the version rule
+//! in Redis orders equal times by instance, and an equal time is the same change seen twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Map;
+use smart_proto::{Header, MessageId, Record, Serial};
+use tracing::{debug, info, warn};
+
+use super::Link;
+use super::scripts::{DEVICES, INSTANCE_FIELD, STREAM};
+use crate::fleet::{Entry, Fleet};
+use crate::hub::{Change, Hub};
+use crate::metrics::Metrics;
+
+/// How long one `XREAD` blocks (the connection's read timeout is longer).
+pub(crate) const BLOCK: Duration = Duration::from_secs(2);
+/// Entries one `XREAD` takes, and hash fields one `HSCAN` asks for.
+const COUNT: usize = 500;
+/// Longest wait between two attempts while Redis is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The following thread's state.
+pub(crate) struct Follower {
+    pub(crate) link: Arc<Link>,
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Whether the stream is being read (`/healthz`).
+    pub(crate) up: Arc<AtomicBool>,
+}
+
+impl Follower {
+    /// Follow until the process ends.
+    pub(crate) fn run(self) {
+        // The last entry read; `None` until the latest records are loaded.
+        let mut position: Option<String> = None;
+        let mut backoff = Duration::from_millis(50);
+        // Whether Redis being away was logged since the start (later: when `up` turns false).
+        let mut reported = false;
+        loop {
+            let result: redis::RedisResult<()> = self.link.connect().and_then(|mut conn| {
+                // Whether entries this instance has not read may be gone (trimmed, or lost by a
+                // restarted Redis): checked on every (re)connect and with every read.
+                let mut gap = match &position {
+                    Some(at) => missed(&first_entry().query(&mut conn)?, at),
+                    None => false,
+                };
+                loop {
+                    let at = match position.take() {
+                        Some(at) if !gap => at,
+                        Some(at) => {
+                            Metrics::inc(&self.metrics.cluster_resyncs);
+                            warn!(from = %at, "the change stream was trimmed past this instance's position; loading the latest records again");
+                            self.load(&mut conn)?
+                        }
+                        None => self.load(&mut conn)?,
+                    };
+                    let at = position.insert(at);
+                    self.up.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_millis(50);
+                    gap = self.read(&mut conn, at)?;
+                }
+            });
+            if let Err(e) = result {
+                Metrics::inc(&self.metrics.cluster_follow_errors);
+                if self.up.swap(false, Ordering::Relaxed) || !reported {
+                    reported = true;
+                    warn!(%e, redis = %self.link.redacted, "cannot read the change stream; remote devices may be stale until Redis is back");
+                } else {
+                    debug!(%e, "following failed again");
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// Note the stream's last entry, then apply every device's latest record. Returns the entry.
+    fn load(&self, conn: &mut redis::Connection) -> redis::RedisResult<String> {
+        let last: redis::Value = redis::cmd("XREVRANGE")
+            .arg(STREAM)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(conn)?;
+        let position = entries(&last)
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_owned(), |(id, _)| id);
+        let mut cursor = "0".to_owned();
+        let mut loaded = 0;
+        loop {
+            let (next, page): (String, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(DEVICES)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(COUNT)
+                .query(conn)?;
+            loaded += self.apply(page.iter().map(|(s, r)| (s.as_str(), r.as_str())));
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        info!(applied = loaded, from = %position, "loaded the fleet's latest records from Redis");
+        Ok(position)
+    }
+
+    /// One blocking read from `position`: apply the other instances' entries, move on. Returns
+    /// whether entries after the position had been trimmed before this read (asked in the same
+    /// round trip, just before it).
+    fn read(
+        &self,
+        conn: &mut redis::Connection,
+        position: &mut String,
+    ) -> redis::RedisResult<bool> {
+        let (first, reply): (redis::Value, redis::Value) = redis::pipe()
+            .add_command(first_entry())
+            .cmd("XREAD")
+            .arg("COUNT")
+            .arg(COUNT)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(&*position)
+            .query(conn)?;
+        let gap = missed(&first, position);
+        let streams = match &reply {
+            redis::Value::Array(streams) => streams.as_slice(),
+            _ => &[],
+        };
+        for stream in streams {
+            let redis::Value::Array(parts) = stream else {
+                continue;
+            };
+            let Some(list) = parts.get(1) else {
+                continue;
+            };
+            for (id, fields) in entries(list) {
+                *position = id;
+                if fields.first().map(|(k, v)| (k.as_str(), v.as_str()))
+                    == Some((INSTANCE_FIELD, &*self.link.instance))
+                {
+                    continue;
+                }
+                self.apply(fields.iter().skip(1).map(|(s, r)| (s.as_str(), r.as_str())));
+            }
+        }
+        Ok(gap)
+    }
+
+    /// Apply remote records (serial, JSON) newer than the fleet's, and hand their changes to the
+    /// hub. Returns how many were applied.
+    fn apply<'a>(&self, records: impl Iterator<Item = (&'a str, &'a str)>) -> usize {
+        let mut entries = Vec::new();
+        for (serial, json) in records {
+            match Record::from_json(json) {
+                Ok(record) if record.serial_number.as_str() == serial => {
+                    entries.push((record.serial_number.clone(), Entry::new(record)));
+                }
+                Ok(_) => warn!(serial, "remote record under another serial; ignored"),
+                Err(e) => warn!(%e, serial, "unreadable remote record; ignored"),
+            }
+        }
+        if entries.is_empty() {
+            return 0;
+        }
+        // What dashboards are told: what differs from the entry here (all of it for a new device).
+        let listening = self.hub.has_listeners();
+        let bodies: Vec<Option<Map<String, serde_json::Value>>> = if listening {
+            self.fleet.with_records(|local| {
+                entries
+                    .iter()
+                    .map(|(serial, entry)| Some(changed(local.get(serial), &entry.record)))
+                    .collect()
+            })
+        } else {
+            Vec::new()
+        };
+        let mut retired = Vec::new();
+        let bodies: std::collections::HashMap<Serial, Map<String, serde_json::Value>> = entries
+            .iter()
+            .zip(bodies)
+            .filter_map(|((serial, _), body)| body.map(|b| (serial.clone(), b)))
+            .collect();
+        let applied = self.fleet.publish_newer(entries, &mut retired);
+        drop(retired);
+        self.metrics
+            .cluster_remote_applied
+            .fetch_add(applied.len() as u64, Ordering::Relaxed);
+        if listening {
+            let changes: Vec<Arc<Change>> = applied
+                .iter()
+                .filter_map(|serial| {
+                    let body = bodies.get(serial)?;
+                    let header = Header {
+                        id: MessageId::zero(),
+                        serial: serial.clone(),
+                    };
+                    Some(Arc::new(Change::new(header, body)))
+                })
+                .collect();
+            self.hub.publish(&changes);
+        }
+        applied.len()
+    }
+}
+
+/// `XRANGE` of the stream's first entry.
+fn first_entry() -> redis::Cmd {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(STREAM).arg("-").arg("+").arg("COUNT").arg(1);
+    cmd
+}
+
+/// Whether entries after `position` may be gone: the stream's first entry (`first`, the reply of
+/// [`first_entry`]) is later. (Approximate trimming drops whole nodes of entries, so the entry at
+/// `position` goes with those after it in its node; it goes alone only if this instance had read
+/// its whole node, which costs a needless reload at worst.)
+fn missed(first: &redis::Value, position: &str) -> bool {
+    entries(first)
+        .first()
+        .is_some_and(|(id, _)| stream_id(id) > stream_id(position))
+}
+
+/// A stream entry id `MS-SEQ` as numbers (unreadable: the smallest).
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// The fields of `remote` that differ from `local`, and always `last_status_update`; every field
+/// for a device not seen here.
+fn changed(local: Option<&Record>, remote: &Record) -> Map<String, serde_json::Value> {
+    let remote = remote.to_map();
+    let Some(local) = local else {
+        return remote;
+    };
+    let local = local.to_map();
+    remote
+        .into_iter()
+        .filter(|(key, value)| key == "last_status_update" || local.get(key) != Some(value))
+        .collect()
+}
+
+/// The entries of an `XRANGE`/`XREAD` list: (id, field-value pairs as text, in order).
+fn entries(list: &redis::Value) -> Vec<(String, Vec<(String, String)>)> {
+    let redis::Value::Array(items) = list else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let redis::Value::Array(parts) = item else {
+                return None;
+            };
+            let id = text(parts.first()?)?;
+            let redis::Value::Array(flat) = parts.get(1)? else {
+                return None;
+            };
+            let fields = flat
+                .chunks_exact(2)
+                .filter_map(|pair| Some((text(&pair[0])?, text(&pair[1])?)))
+                .collect();
+            Some((id, fields))
+        })
+        .collect()
+}
+
+fn text(value: &redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn stream_entries_keep_their_fields_in_order() {
+        let list = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![bulk("i"), bulk("a"), bulk("0001"), bulk("{}")]),
+            ]),
+            Value::Nil,
+        ]);
+        let got = entries(&list);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "1-0");
+        assert_eq!(
+            got[0].1,
+            [
+                ("i".to_owned(), "a".to_owned()),
+                ("0001".to_owned(), "{}".to_owned())
+            ]
+        );
+        assert!(entries(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn stream_ids_compare_as_numbers() {
+        assert!(stream_id("10-0") > stream_id("9-5"));
+        assert!(stream_id("9-10") > stream_id("9-9"));
+        assert_eq!(stream_id("junk"), (0, 0));
+        let first =
+            |id: &str| Value::Array(vec![Value::Array(vec![bulk(id), Value::Array(vec![])])]);
+        assert!(missed(&first("5-1"), "5-0"));
+        assert!(!missed(&first("5-0"), "5-0"));
+        assert!(!missed(&first("4-9"), "5-0"));
+        assert!(missed(&first("1-0"), "0-0"));
+        assert!(!missed(&Value::Array(vec![]), "0-0"));
+    }
+}

@@ -1,0 +1,198 @@
+//! Several instances sharing one fleet through Redis (`--redis`).
+//!
+//! Each instance keeps its own write-ahead log and sled, and acks devices as without Redis
+//! (`--ack local`: after the local fdatasync). Data flows one way through three parts:
+//! - [`ship`]: the writer hands every committed batch over (the store's [`Shipping`] hook); a thread
+//!   ships it to Redis in one round trip. Log segments are retired only once shipped, and at start
+//!   the segments a previous run kept are shipped first ([`leftovers`]);
+//! - [`scripts`]: the keys, the stream, and the Lua script that writes a record only if its version
+//!   is newer than Redis's;
+//! - [`follow`]: a thread reads the change stream and applies the other instances' changes to the
+//!   fleet and the hub.
+//!
+//! Without `--redis` none of this exists: no thread, no hook, no key.
+
+mod follow;
+mod leftovers;
+mod scripts;
+mod ship;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tracing::info;
+
+use crate::config::{AckMode, Config};
+use crate::fleet::Fleet;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::Shipping;
+use crate::wal;
+
+/// How long connecting to Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one reply may take (a blocking `XREAD` waits [`follow::BLOCK`] on top).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What both threads need to talk to Redis.
+#[derive(Debug)]
+pub(crate) struct Link {
+    client: redis::Client,
+    /// The shipping script (loaded on every new connection: a restarted Redis has forgotten it).
+    script: redis::Script,
+    /// This process's id in the stream's entries: random per start.
+    instance: Arc<str>,
+    stream_max_len: u64,
+    /// The URL without its password, for logs.
+    redacted: String,
+}
+
+impl Link {
+    /// A new connection, with timeouts, the script loaded.
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let mut conn = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        conn.set_read_timeout(Some(REPLY_TIMEOUT + follow::BLOCK))?;
+        conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        self.script.load(&mut conn)?;
+        Ok(conn)
+    }
+}
+
+/// The cluster side of an instance: built before the store opens (the store needs its shipper),
+/// started once the fleet and the hub exist.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    link: Arc<Link>,
+    shipper: Arc<ship::Shipper>,
+    following: Arc<AtomicBool>,
+}
+
+/// What `/healthz` and `/metrics` show of the cluster.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Health {
+    /// The last round trip to Redis shipped, and the change stream is being read.
+    pub redis_up: bool,
+    /// Records committed here and not shipped yet.
+    pub backlog: usize,
+}
+
+impl Cluster {
+    /// `None` without `--redis`. Refuses `--ack cluster` (not implemented yet) and a URL the client
+    /// cannot read; does not connect (Redis may come later: devices are acked meanwhile).
+    pub(crate) fn new(config: &Config) -> anyhow::Result<Option<Cluster>> {
+        let Some(url) = config.redis.as_deref() else {
+            if config.ack == AckMode::Cluster {
+                bail!("--ack cluster needs --redis (and is not implemented yet)");
+            }
+            return Ok(None);
+        };
+        let redacted = redact(url);
+        if config.ack == AckMode::Cluster {
+            bail!(
+                "--ack cluster is not implemented yet: use --ack local (acks after the local sync, shipped to Redis asynchronously)"
+            );
+        }
+        let client = redis::Client::open(url)
+            .with_context(|| format!("reading the --redis URL {redacted}"))?;
+        let mut id = [0u8; 6];
+        getrandom::fill(&mut id).context("a random instance id")?;
+        let instance = id.iter().fold(String::new(), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        });
+        info!(redis = %redacted, instance, "sharing the fleet through Redis (--ack local)");
+        Ok(Some(Cluster {
+            link: Arc::new(Link {
+                client,
+                script: redis::Script::new(scripts::SHIP),
+                instance: Arc::from(instance),
+                stream_max_len: config.redis_stream_max_len,
+                redacted,
+            }),
+            shipper: Arc::new(ship::Shipper::new()),
+            following: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+
+    /// The store's hook: committed batches, and how far shipping got.
+    pub(crate) fn shipping(&self) -> Arc<dyn Shipping> {
+        Arc::clone(&self.shipper) as Arc<dyn Shipping>
+    }
+
+    /// Start shipping (first what the log segments in `wal_dir` hold: call before the writer
+    /// starts, so they are exactly the ones a previous run kept) and following.
+    pub(crate) fn start(
+        &self,
+        wal_dir: &Path,
+        fleet: Arc<Fleet>,
+        hub: Arc<Hub>,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<()> {
+        let kept = wal::segments(wal_dir)
+            .with_context(|| format!("listing the log segments in {}", wal_dir.display()))?;
+        let shipper = Arc::clone(&self.shipper);
+        let link = Arc::clone(&self.link);
+        let ship_metrics = Arc::clone(metrics);
+        thread::Builder::new()
+            .name("smart-cluster-ship".to_owned())
+            .spawn(move || shipper.run(&link, &kept, &ship_metrics))
+            .context("starting the shipping thread")?;
+        let follower = follow::Follower {
+            link: Arc::clone(&self.link),
+            fleet,
+            hub,
+            metrics: Arc::clone(metrics),
+            up: Arc::clone(&self.following),
+        };
+        thread::Builder::new()
+            .name("smart-cluster-follow".to_owned())
+            .spawn(move || follower.run())
+            .context("starting the following thread")?;
+        Ok(())
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        Health {
+            redis_up: self.shipper.up.load(Ordering::Relaxed)
+                && self.following.load(Ordering::Relaxed),
+            backlog: self.shipper.backlog(),
+        }
+    }
+}
+
+/// `url` without the password (and user name) it may hold, for logs and errors.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(unreadable URL)".to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact("redis://:s3cret@db.example:6379/2"),
+            "redis://***@db.example:6379/2"
+        );
+        assert_eq!(
+            redact("rediss://user:p@ss@db.example"),
+            "rediss://***@db.example"
+        );
+        assert_eq!(redact("s3cret"), "(unreadable URL)");
+    }
+}

@@ -1,0 +1,335 @@
+//! Shipping: every batch the writer commits goes to Redis, asynchronously, in one round trip.
+//!
+//! The writer hands each committed batch over ([`Shipper::committed`], the store's [`Shipping`]
+//! hook): the records go into a backlog that keeps the latest record of each device, with the oldest
+//! log segment they came from. The shipping thread takes the whole backlog, sends it as one pipeline
+//! of script calls (chunks of [`CHUNK`] devices), and forgets it once Redis answered; if Redis is
+//! away, what it took goes back under anything newer and it tries again, backing off. Until then the
+//! log keeps the segments the backlog came from ([`Shipping::unshipped_from`]), and at start the
+//! segments a previous run kept are read back into the backlog first ([`crate::cluster::leftovers`]),
+//! so nothing acked is lost while Redis is away, even across a crash.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use smart_proto::Serial;
+use tracing::{debug, info, warn};
+
+use super::scripts::{self, CHUNK};
+use super::{Link, leftovers};
+use crate::metrics::Metrics;
+use crate::store::Shipping;
+
+/// Longest wait between two attempts while Redis is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a graceful shutdown waits for the backlog to ship.
+const FINISH_WAIT: Duration = Duration::from_secs(3);
+
+/// Records not shipped yet: the latest of each device, and where they came from.
+#[derive(Debug, Default)]
+struct Backlog {
+    records: HashMap<Serial, Arc<str>>,
+    /// The oldest log segment a record of `records` came from.
+    from: Option<u64>,
+    /// Taken by the shipping thread, not answered yet: the oldest segment it came from, and how
+    /// many records.
+    in_flight: Option<(u64, usize)>,
+    /// Before the log segments a previous run kept are read back: nothing may be retired.
+    starting: bool,
+    /// A graceful shutdown is waiting.
+    finishing: bool,
+}
+
+impl Backlog {
+    fn unshipped_from(&self) -> u64 {
+        if self.starting {
+            return 0;
+        }
+        let queued = self.from.filter(|_| !self.records.is_empty());
+        let flying = self.in_flight.map(|(from, _)| from);
+        queued.into_iter().chain(flying).min().unwrap_or(u64::MAX)
+    }
+
+    /// Put back what a failed round trip took: under the newer records that came meanwhile.
+    fn restore(&mut self, taken: HashMap<Serial, Arc<str>>, from: u64) {
+        for (serial, json) in taken {
+            self.records.entry(serial).or_insert(json);
+        }
+        self.from = Some(self.from.map_or(from, |f| f.min(from)));
+    }
+}
+
+/// The shipping side of the cluster: the backlog, shared by the writer and the shipping thread.
+#[derive(Debug)]
+pub(crate) struct Shipper {
+    backlog: Mutex<Backlog>,
+    /// Signalled when the backlog gets its first record, or a shutdown waits.
+    wake: Condvar,
+    /// Whether the last round trip succeeded (`/healthz`).
+    pub(crate) up: AtomicBool,
+}
+
+impl Shipper {
+    pub(crate) fn new() -> Shipper {
+        Shipper {
+            backlog: Mutex::new(Backlog {
+                starting: true,
+                ..Backlog::default()
+            }),
+            wake: Condvar::new(),
+            up: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Backlog> {
+        self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records waiting to be shipped (queued and in flight).
+    pub(crate) fn backlog(&self) -> usize {
+        let backlog = self.lock();
+        backlog.records.len() + backlog.in_flight.map_or(0, |(_, n)| n)
+    }
+
+    /// The shipping thread: read back what the log kept, then ship until the process ends.
+    pub(crate) fn run(&self, link: &Link, kept: &[(u64, PathBuf)], metrics: &Metrics) {
+        let found = leftovers::read(kept);
+        {
+            let mut backlog = self.lock();
+            if let Some(first) = kept.first().map(|(seq, _)| *seq) {
+                info!(
+                    segments = kept.len(),
+                    devices = found.len(),
+                    "shipping what the kept log segments hold"
+                );
+                backlog.restore(found, first);
+            }
+            backlog.starting = false;
+        }
+        let mut conn: Option<redis::Connection> = None;
+        let mut backoff = Duration::from_millis(50);
+        // Whether Redis being away was logged since the start (later: when `up` turns false).
+        let mut reported = false;
+        loop {
+            let next = {
+                let mut backlog = self.lock();
+                if backlog.records.is_empty() {
+                    if backlog.finishing {
+                        self.wake.notify_all();
+                    }
+                    backlog = self
+                        .wake
+                        .wait_timeout(backlog, Duration::from_secs(1))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                (!backlog.records.is_empty()).then(|| {
+                    let taken = std::mem::take(&mut backlog.records);
+                    let from = backlog.from.take().unwrap_or(0);
+                    backlog.in_flight = Some((from, taken.len()));
+                    (taken, from)
+                })
+            };
+            let Some((taken, from)) = next else {
+                // Nothing to ship: keep a connection, so that `/healthz` tells whether Redis answers.
+                if conn.is_none() {
+                    match link.connect() {
+                        Ok(c) => {
+                            conn = Some(c);
+                            if !self.up.swap(true, Ordering::Relaxed) {
+                                info!(redis = %link.redacted, "connected to Redis for shipping");
+                            }
+                        }
+                        Err(e) => {
+                            if self.up.swap(false, Ordering::Relaxed) || !reported {
+                                reported = true;
+                                warn!(%e, redis = %link.redacted, "cannot reach Redis; devices are still acked, the log keeps what is not shipped");
+                            }
+                        }
+                    }
+                }
+                continue;
+            };
+            let result = match conn.as_mut() {
+                Some(c) => ship(c, link, &taken),
+                None => link.connect().and_then(|mut c| {
+                    let shipped = ship(&mut c, link, &taken);
+                    conn = Some(c);
+                    shipped
+                }),
+            };
+            let mut backlog = self.lock();
+            backlog.in_flight = None;
+            match result {
+                Ok(accepted) => {
+                    Metrics::inc(&metrics.cluster_shipped_batches);
+                    metrics
+                        .cluster_shipped_records
+                        .fetch_add(taken.len() as u64, Ordering::Relaxed);
+                    if !self.up.swap(true, Ordering::Relaxed) {
+                        info!(redis = %link.redacted, "shipping to Redis");
+                    }
+                    debug!(records = taken.len(), accepted, "shipped");
+                    backoff = Duration::from_millis(50);
+                    if backlog.finishing && backlog.records.is_empty() {
+                        self.wake.notify_all();
+                    }
+                }
+                Err(e) => {
+                    Metrics::inc(&metrics.cluster_ship_errors);
+                    conn = None;
+                    backlog.restore(taken, from);
+                    if self.up.swap(false, Ordering::Relaxed) || !reported {
+                        reported = true;
+                        warn!(%e, redis = %link.redacted, "cannot ship to Redis; devices are still acked, the log keeps what is not shipped");
+                    } else {
+                        debug!(%e, "shipping failed again");
+                    }
+                    let finishing = backlog.finishing;
+                    drop(backlog);
+                    if finishing {
+                        self.wake.notify_all();
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// One round trip: the records as a pipeline of script calls. Returns how many Redis accepted
+/// (the others were older than what it has, or equal: shipped before).
+fn ship(
+    conn: &mut redis::Connection,
+    link: &Link,
+    records: &HashMap<Serial, Arc<str>>,
+) -> redis::RedisResult<u64> {
+    let versioned: Vec<(&Serial, String, &Arc<str>)> = records
+        .iter()
+        .filter_map(|(serial, json)| {
+            let version = scripts::version(json, &link.instance);
+            if version.is_none() {
+                warn!(%serial, "record without a readable last_status_update; not shipped");
+            }
+            version.map(|v| (serial, v, json))
+        })
+        .collect();
+    if versioned.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for chunk in versioned.chunks(CHUNK) {
+        let mut call = link.script.prepare_invoke();
+        call.key(scripts::DEVICES)
+            .key(scripts::VERSIONS)
+            .key(scripts::STREAM)
+            .arg(&*link.instance)
+            .arg(link.stream_max_len);
+        for (serial, version, json) in chunk {
+            call.arg(serial.as_str()).arg(version).arg(json.as_bytes());
+        }
+        pipe.invoke_script(&call);
+    }
+    let accepted: Vec<u64> = pipe.query(conn)?;
+    Ok(accepted.iter().sum())
+}
+
+impl Shipping for Shipper {
+    fn committed(&self, seq: u64, records: &mut dyn Iterator<Item = (&Serial, &Arc<str>)>) {
+        let mut backlog = self.lock();
+        let was_empty = backlog.records.is_empty();
+        for (serial, json) in records {
+            backlog.records.insert(serial.clone(), Arc::clone(json));
+        }
+        if backlog.from.is_none() {
+            backlog.from = Some(seq);
+        }
+        if was_empty {
+            self.wake.notify_all();
+        }
+    }
+
+    fn unshipped_from(&self) -> u64 {
+        self.lock().unshipped_from()
+    }
+
+    fn finish(&self) -> u64 {
+        let deadline = Instant::now() + FINISH_WAIT;
+        let mut backlog = self.lock();
+        backlog.finishing = true;
+        self.wake.notify_all();
+        while backlog.unshipped_from() != u64::MAX {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                warn!(
+                    records = backlog.records.len(),
+                    "Redis did not take the backlog before shutdown; the log keeps it for the next start"
+                );
+                break;
+            }
+            backlog = self
+                .wake
+                .wait_timeout(backlog, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        backlog.unshipped_from()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn serial(s: &str) -> Serial {
+        Serial::new(s).unwrap()
+    }
+
+    #[test]
+    fn nothing_is_retired_before_the_kept_segments_are_read_back() {
+        let shipper = Shipper::new();
+        assert_eq!(shipper.unshipped_from(), 0);
+        shipper.lock().starting = false;
+        assert_eq!(shipper.unshipped_from(), u64::MAX);
+    }
+
+    #[test]
+    fn the_backlog_holds_back_its_oldest_segment_and_keeps_newer_records_on_failure() {
+        let shipper = Shipper::new();
+        shipper.lock().starting = false;
+        let (a, b) = (serial("0001"), serial("0002"));
+        let old: Arc<str> = Arc::from("old");
+        shipper.committed(7, &mut [(&a, &old), (&b, &old)].into_iter());
+        let new: Arc<str> = Arc::from("new");
+        shipper.committed(9, &mut [(&a, &new)].into_iter());
+        assert_eq!(shipper.unshipped_from(), 7);
+        assert_eq!(shipper.backlog(), 2);
+        // Taken by a round trip: still unshipped.
+        let taken = {
+            let mut backlog = shipper.lock();
+            let taken = std::mem::take(&mut backlog.records);
+            let from = backlog.from.take().unwrap();
+            backlog.in_flight = Some((from, taken.len()));
+            taken
+        };
+        assert_eq!(shipper.unshipped_from(), 7);
+        let newer: Arc<str> = Arc::from("newer");
+        shipper.committed(10, &mut [(&a, &newer)].into_iter());
+        assert_eq!(shipper.unshipped_from(), 7);
+        // The round trip failed: what it took goes back under the newer record.
+        {
+            let mut backlog = shipper.lock();
+            backlog.in_flight = None;
+            backlog.restore(taken, 7);
+        }
+        assert_eq!(shipper.unshipped_from(), 7);
+        let backlog = shipper.lock();
+        assert_eq!(&*backlog.records[&a], "newer");
+        assert_eq!(&*backlog.records[&b], "old");
+    }
+}

@@ -1,0 +1,530 @@
+//! Several instances sharing one fleet through a real Redis (`--redis`): the real binary, a real
+//! `redis-server` started by the test on a free loopback port with its own directory (append-only
+//! file synced on every write), killed at the end, on panic too.
+//!
+//! Without `redis-server` installed these tests fail under CI (`CI=true`) and are skipped loudly
+//! elsewhere (`scripts/test.sh` and `.ci/run` install it).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// How long a change may take to reach Redis or another instance (generous: a busy 2-core machine).
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// A `redis-server` of this test's own, on 127.0.0.1.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    options: Vec<String>,
+}
+
+impl Redis {
+    /// Start one, or `None` (after a loud message) where `redis-server` is missing outside CI.
+    fn start() -> Option<Redis> {
+        Redis::start_with(&[])
+    }
+
+    /// [`Redis::start`] with extra `redis-server` options.
+    fn start_with(options: &[&str]) -> Option<Redis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+            assert!(
+                !ci,
+                "redis-server is not installed: CI must install it (apt-get install redis-server; see scripts/test.sh)"
+            );
+            eprintln!(
+                "\n*** SKIPPED: redis-server is not installed (apt-get install redis-server); the cluster tests did not run ***\n"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Redis {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            options: options.iter().map(|o| (*o).to_owned()).collect(),
+        };
+        redis.restart();
+        Some(redis)
+    }
+
+    /// Start it again on the same port and directory (what it had synced comes back).
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(["--daemonize", "no", "--logfile", ""])
+            .args(&self.options)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let pong = self
+                .connection()
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if pong.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(self.url())?;
+        client.get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// The record Redis holds for `serial`.
+    fn record(&self, serial: &str) -> Option<Value> {
+        let mut conn = self.connection().ok()?;
+        let json: Option<String> = redis::cmd("HGET")
+            .arg("smart:devices")
+            .arg(serial)
+            .query(&mut conn)
+            .ok()?;
+        serde_json::from_str(&json?).ok()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One `smart-server` process with `--redis` (killed on drop), its log kept for failures.
+struct Instance {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Instance {
+    async fn start(dir: &Path, redis: &Redis) -> Instance {
+        Instance::start_env(dir, redis, &[]).await
+    }
+
+    /// [`Instance::start`] with more environment (`SMART_*` flags).
+    async fn start_env(dir: &Path, redis: &Redis, env: &[(&str, &str)]) -> Instance {
+        let url = redis.url();
+        let log = dir.with_extension("log");
+        let mut envs = vec![
+            ("SMART_REDIS", std::ffi::OsStr::new(&url)),
+            ("RUST_LOG", std::ffi::OsStr::new("info")),
+        ];
+        envs.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
+        let (child, addr) = spawn_binary_env(dir, &envs, &log).await;
+        Instance {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+            log,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn kill(mut self) -> PathBuf {
+        self.child.kill().await.unwrap();
+        self.dir.clone()
+    }
+
+    async fn api(&self, serial: &str) -> Option<Value> {
+        let res = http_get(self.addr, &format!("/api/devices/{serial}"), &[]).await;
+        (res.status == 200).then(|| res.json())
+    }
+
+    async fn metric(&self, name: &str) -> u64 {
+        let res = http_get(self.addr, "/metrics", &[]).await;
+        assert_eq!(res.status, 200);
+        metric_or_zero(&res.body, name)
+    }
+
+    async fn health(&self) -> Value {
+        http_get(self.addr, "/healthz", &[]).await.json()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Poll `check` until it holds, for at most [`CONVERGE`]; panics with `what` and the logs.
+async fn eventually<F, Fut>(what: &str, logs: &[&Instance], mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + CONVERGE;
+    while !check().await {
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = logs.iter().map(|i| i.log()).collect();
+            panic!(
+                "not within {CONVERGE:?}: {what}\nlogs:\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A field of a record, if the record is there.
+fn field(record: Option<&Value>, key: &str) -> Value {
+    record.map_or(Value::Null, |r| r[key].clone())
+}
+
+#[tokio::test]
+async fn a_change_acked_on_one_instance_reaches_the_dashboards_and_api_of_another() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Instance::start(&tmp.path().join("a"), &redis).await;
+    let b = Instance::start(&tmp.path().join("b"), &redis).await;
+    let (mut dashboard, _) = dashboard(b.addr).await;
+
+    let mut device = device(a.addr).await;
+    send_ok(
+        &mut device,
+        "0001",
+        "C001",
+        &json!({"battery": 42, "note": "from A"}),
+    )
+    .await;
+
+    let (mid, body) = next_updt_for(&mut dashboard, "C001").await;
+    assert_eq!(mid, "0000");
+    assert_eq!(body["battery"], 42, "{body}");
+    assert_eq!(body["note"], "from A", "{body}");
+
+    let on_a = a.api("C001").await.unwrap();
+    eventually("B's API answers A's record", &[&a, &b], || async {
+        b.api("C001").await.as_ref() == Some(&on_a)
+    })
+    .await;
+    assert_eq!(redis.record("C001").as_ref(), Some(&on_a));
+
+    // A second change: only what changed reaches B's dashboard.
+    send_ok(&mut device, "0002", "C001", &json!({"battery": 43})).await;
+    let (_, body) = next_updt_for(&mut dashboard, "C001").await;
+    assert_eq!(body["battery"], 43, "{body}");
+    assert!(body.get("note").is_none(), "{body}");
+    assert!(body.get("last_status_update").is_some(), "{body}");
+    assert!(a.metric("smart_cluster_shipped_batches_total").await >= 2);
+    assert!(b.metric("smart_cluster_remote_applied_total").await >= 2);
+    assert_eq!(a.health().await["redis"], "ok");
+    // B shipped nothing, and says whether Redis answers all the same.
+    eventually("B reports Redis up", &[&b], || async {
+        let health = b.health().await;
+        health["status"] == "ok" && health["redis"] == "ok"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_older_change_shipped_late_never_overwrites_a_newer_one() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Instance::start(&tmp.path().join("a"), &redis).await;
+    let b = Instance::start(&tmp.path().join("b"), &redis).await;
+
+    // The device is on A while Redis is away: acked, not shipped.
+    redis.kill();
+    let mut on_a = device(a.addr).await;
+    send_ok(&mut on_a, "0001", "M001", &json!({"battery": 1})).await;
+    drop(on_a);
+    // A stops before it can ship; Redis comes back; the device moves to B and sends again.
+    a.signal("-STOP");
+    redis.restart();
+    let mut on_b = device(b.addr).await;
+    send_ok(&mut on_b, "0002", "M001", &json!({"battery": 2})).await;
+    eventually("Redis holds B's newer change", &[&b], || async {
+        field(redis.record("M001").as_ref(), "battery") == 2
+    })
+    .await;
+
+    // A resumes and ships its older change: Redis keeps the newer one, and A converges to it.
+    a.signal("-CONT");
+    eventually("A shipped its backlog", &[&a], || async {
+        a.metric("smart_cluster_backlog_records").await == 0
+            && a.metric("smart_cluster_shipped_records_total").await >= 1
+    })
+    .await;
+    assert_eq!(field(redis.record("M001").as_ref(), "battery"), 2);
+    eventually("A applies B's newer change", &[&a, &b], || async {
+        field(a.api("M001").await.as_ref(), "battery") == 2
+    })
+    .await;
+    assert_eq!(field(b.api("M001").await.as_ref(), "battery"), 2);
+    assert_eq!(field(redis.record("M001").as_ref(), "battery"), 2);
+}
+
+/// The sequence number of the newest log segment in `dir`'s write-ahead log.
+fn newest_segment(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The values of each device's last acked message, for `devices` devices after `rounds` rounds.
+fn expected(devices: usize, rounds: usize) -> Vec<(String, i64)> {
+    (0..devices)
+        .map(|d| (format!("R{d:03}"), (rounds * 100 + d) as i64))
+        .collect()
+}
+
+/// `rounds` messages for each of `devices` devices, over one connection each; every one must be OK.
+async fn send_rounds(addr: SocketAddr, devices: usize, rounds: usize) {
+    let mut sockets = Vec::new();
+    for _ in 0..devices {
+        sockets.push(device(addr).await);
+    }
+    for round in 1..=rounds {
+        for (d, ws) in sockets.iter_mut().enumerate() {
+            let serial = format!("R{d:03}");
+            let mid = format!("{round:04}");
+            send_ok(ws, &mid, &serial, &json!({"power_income": round * 100 + d})).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_away_for_seconds_loses_nothing_and_the_instances_converge() {
+    const DEVICES: usize = 5;
+    const ROUNDS: usize = 20;
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Instance::start(&tmp.path().join("a"), &redis).await;
+    let b = Instance::start(&tmp.path().join("b"), &redis).await;
+
+    send_rounds(a.addr, DEVICES, 2).await;
+    redis.kill();
+    let started = Instant::now();
+    // Every message is acked while Redis is away (send_rounds asserts each OK).
+    send_rounds(a.addr, DEVICES, ROUNDS).await;
+    eventually("A reports Redis down", &[&a], || async {
+        a.health().await["status"] == "degraded"
+    })
+    .await;
+    let health = a.health().await;
+    assert_eq!(health["redis"], "down", "{health}");
+    assert!(a.metric("smart_cluster_ship_errors_total").await >= 1);
+    assert!(a.metric("smart_cluster_backlog_records").await >= 1);
+    // Away for a few seconds (at least two), then back on the same port and directory.
+    if let Some(left) = Duration::from_secs(2).checked_sub(started.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+    redis.restart();
+
+    for (serial, value) in expected(DEVICES, ROUNDS) {
+        eventually(
+            &format!("Redis and B hold {serial}'s last change"),
+            &[&a, &b],
+            || async {
+                field(redis.record(&serial).as_ref(), "power_income") == value
+                    && field(b.api(&serial).await.as_ref(), "power_income") == value
+            },
+        )
+        .await;
+    }
+    eventually("A is healthy again", &[&a], || async {
+        a.health().await["status"] == "ok"
+    })
+    .await;
+    assert_eq!(a.metric("smart_cluster_backlog_records").await, 0);
+    let rejected: u64 = http_get(a.addr, "/metrics", &[])
+        .await
+        .body
+        .lines()
+        .filter(|l| l.starts_with("smart_messages_rejected_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(rejected, 0, "no device got an ERROR");
+}
+
+#[tokio::test]
+async fn acks_of_an_instance_killed_while_redis_was_away_reach_redis_after_its_restart() {
+    const DEVICES: usize = 4;
+    const ROUNDS: usize = 10;
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Instance::start(&tmp.path().join("a"), &redis).await;
+
+    redis.kill();
+    send_rounds(a.addr, DEVICES, ROUNDS).await;
+    // Another device keeps writing until the log has rotated three times: the segments holding the
+    // acks above are checkpointed into sled, and without the shipper's hold they would be retired.
+    let mut ticker = device(a.addr).await;
+    let deadline = Instant::now() + CONVERGE;
+    for n in 0.. {
+        send_ok(
+            &mut ticker,
+            &format!("{:04}", n % 10_000),
+            "T000",
+            &json!({"battery": n % 100}),
+        )
+        .await;
+        if newest_segment(&a.dir) >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log did not rotate\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dir = a.kill().await;
+    redis.restart();
+    for (serial, _) in expected(DEVICES, ROUNDS) {
+        assert_eq!(
+            redis.record(&serial),
+            None,
+            "{serial} was shipped before the kill"
+        );
+    }
+
+    let a = Instance::start(&dir, &redis).await;
+    for (serial, value) in expected(DEVICES, ROUNDS) {
+        eventually(
+            &format!("Redis holds {serial}'s last acked change"),
+            &[&a],
+            || async { field(redis.record(&serial).as_ref(), "power_income") == value },
+        )
+        .await;
+    }
+    // Shipped, the kept segments are retired (the checkpoint runs once a second).
+    eventually("the kept log segments are retired", &[&a], || async {
+        std::fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .filter(|e| e.file_name() != "next.log")
+            .count()
+            <= 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again() {
+    const DEVICES: usize = 30;
+    const MAX_ROUNDS: usize = 20;
+    // Small stream nodes, so that `MAXLEN ~ 5` trims a few entries at a time.
+    let Some(redis) = Redis::start_with(&["--stream-node-max-entries", "4"]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Instance::start_env(
+        &tmp.path().join("a"),
+        &redis,
+        &[("SMART_REDIS_STREAM_MAX_LEN", "5")],
+    )
+    .await;
+    let b = Instance::start(&tmp.path().join("b"), &redis).await;
+    // B is not reading while A's changes push the stream past it: rounds until at least ten entries
+    // B never read are trimmed (its blocked read took the first one at most).
+    b.signal("-STOP");
+    let mut conn = redis.connection().unwrap();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        send_rounds(a.addr, DEVICES, 1).await;
+        let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg("smart:changes")
+            .query(&mut conn)
+            .unwrap();
+        let number = |key: &str| redis::from_redis_value::<u64>(&info[key]).unwrap();
+        if number("entries-added") >= number("length") + 10 {
+            break;
+        }
+        assert!(rounds < MAX_ROUNDS, "the stream was not trimmed: {info:?}");
+    }
+    let last: Vec<(String, i64)> = (0..DEVICES)
+        .map(|d| (format!("R{d:03}"), (100 + d) as i64))
+        .collect();
+    for (serial, value) in &last {
+        eventually(&format!("Redis holds {serial}"), &[&a], || async {
+            field(redis.record(serial).as_ref(), "power_income") == *value
+        })
+        .await;
+    }
+    b.signal("-CONT");
+    for (serial, value) in &last {
+        eventually(
+            &format!("B holds {serial}'s last change"),
+            &[&b],
+            || async { field(b.api(serial).await.as_ref(), "power_income") == *value },
+        )
+        .await;
+    }
+    assert!(b.metric("smart_cluster_resyncs_total").await >= 1);
+}
