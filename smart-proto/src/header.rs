@@ -159,7 +159,11 @@ impl MessageId {
     /// ```
     pub fn as_str(&self) -> &str {
         // Only ASCII digits are ever stored, so this cannot fail.
-        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+        std::str::from_utf8(self.bytes()).unwrap_or_default()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
     }
 }
 
@@ -196,7 +200,11 @@ impl Serial {
     /// ```
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever stored, so this cannot fail.
-        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+        std::str::from_utf8(self.bytes()).unwrap_or_default()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
     }
 }
 
@@ -346,9 +354,12 @@ impl Header {
 
 macro_rules! text_traits {
     ($ty:ident) => {
+        // On the bytes: the same answers as on the text (`str` compares and orders its UTF-8
+        // bytes), without checking them as UTF-8 each time (fleet and history maps compare
+        // serials a lot).
         impl PartialEq for $ty {
             fn eq(&self, other: &Self) -> bool {
-                self.as_str() == other.as_str()
+                self.bytes() == other.bytes()
             }
         }
         impl Eq for $ty {}
@@ -359,7 +370,7 @@ macro_rules! text_traits {
         }
         impl Ord for $ty {
             fn cmp(&self, other: &Self) -> Ordering {
-                self.as_str().cmp(other.as_str())
+                self.bytes().cmp(other.bytes())
             }
         }
         // Hashes like `str` so that `Borrow<str>` lookups work in hash maps.
@@ -430,6 +441,23 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
     use super::*;
+
+    proptest::proptest! {
+        /// Serials compare, order and hash exactly like their text (maps keyed by `Serial` are
+        /// searched with `&str`, and listed in the text's order).
+        #[test]
+        fn serials_compare_like_their_text(a in "[A-Za-z0-9_-]{1,32}", b in "[A-Za-z0-9_-]{1,32}") {
+            let (x, y) = (Serial::new(&a).unwrap(), Serial::new(&b).unwrap());
+            proptest::prop_assert_eq!(x == y, a == b);
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            let hash = |v: &dyn Fn(&mut std::collections::hash_map::DefaultHasher)| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                v(&mut h);
+                h.finish()
+            };
+            proptest::prop_assert_eq!(hash(&|h| x.hash(h)), hash(&|h| a.hash(h)));
+        }
+    }
 
     #[test]
     fn message_id_accepts_one_to_nine_digits() {
