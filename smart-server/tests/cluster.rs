@@ -115,7 +115,16 @@ impl Redis {
 
     fn connection(&self) -> redis::RedisResult<redis::Connection> {
         let client = redis::Client::open(self.url())?;
-        client.get_connection_with_timeout(Duration::from_secs(2))
+        let mut tries = 0;
+        loop {
+            match client.get_connection_with_timeout(Duration::from_secs(2)) {
+                // A signal (SIGCHLD of a `kill` this test ran) interrupted the connect: again.
+                Err(e) if e.is_io_error() && e.to_string().contains("os error 4") && tries < 5 => {
+                    tries += 1;
+                }
+                connected => return connected,
+            }
+        }
     }
 
     /// The record Redis holds for `serial`.
@@ -156,6 +165,8 @@ impl Instance {
         let mut envs = vec![
             ("SMART_REDIS", std::ffi::OsStr::new(&url)),
             ("RUST_LOG", std::ffi::OsStr::new("info")),
+            // A checkpoint (and rotation) every second, as the tests below expect.
+            ("SMART_CHECKPOINT_SECONDS", std::ffi::OsStr::new("1")),
         ];
         envs.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
         let (child, addr) = spawn_binary_env(dir, &envs, &log).await;
