@@ -14,21 +14,8 @@ section() { printf '\n==== %s ====\n' "$*"; }
 
 # --- Chromium (browser tests) -------------------------------------------------------------------------
 chromium_bin() { command -v chromium || command -v chromium-browser || true; }
-if [[ -z "$(chromium_bin)" ]] || ! command -v chromedriver >/dev/null; then
-    section "installing chromium and chromium-driver"
-    if [[ $(id -u) -eq 0 ]]; then
-        sudo=()
-    elif command -v sudo >/dev/null; then
-        sudo=(sudo)
-    else
-        echo "chromium and chromedriver are missing and this user cannot install them:" >&2
-        echo "  apt-get install chromium chromium-driver   (as root)" >&2
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq chromium chromium-driver
-fi
+[[ -n "$(chromium_bin)" ]] || bash scripts/apt-install.sh chromium chromium chromium-driver
+bash scripts/apt-install.sh chromedriver chromium chromium-driver
 chromium=$(chromium_bin)
 echo "chromium: $chromium ($("$chromium" --version 2>/dev/null || echo 'version unknown'))"
 export CHROMIUM_BIN=$chromium
