@@ -6,7 +6,8 @@
 #
 # Each round starts every build once, on a fresh data directory and port, runs
 # `loadgen --devices 100 --seconds 3 --warmup 1 --server-pid PID --json` against it and prints
-# "label acks/s server-cpu-% server-cpu-µs-per-ack". Extra loadgen flags: LOADGEN_FLAGS="...".
+# "label acks/s server-cpu-% server-cpu-µs-per-ack". Longer rounds: SECONDS_MEASURED=N WARMUP=N (past the
+# start-up of a fresh server). Extra loadgen flags: LOADGEN_FLAGS="...".
 set -euo pipefail
 loadgen=$1 rounds=$2
 shift 2
@@ -19,7 +20,7 @@ run() {
     local addr
     addr=$(sed -n 's/listening on //p' "$dir/out")
     # shellcheck disable=SC2086
-    "$loadgen" --url "ws://$addr" --devices 100 --seconds 3 --warmup 1 --server-pid "$pid" --json ${LOADGEN_FLAGS:-} 2>/dev/null |
+    "$loadgen" --url "ws://$addr" --devices 100 --seconds "${SECONDS_MEASURED:-3}" --warmup "${WARMUP:-1}" --server-pid "$pid" --json ${LOADGEN_FLAGS:-} 2>/dev/null |
         python3 -c 'import json,sys; d=json.load(sys.stdin); r=d["acks_per_s"]; c=d["server_cpu_percent"]; print(sys.argv[1], r, c, round(c*1e4/r, 1))' "$label"
     kill "$pid"
     wait "$pid" 2>/dev/null || true

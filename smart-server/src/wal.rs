@@ -16,6 +16,11 @@
 //! left over from a file's previous life never validate. Replay stops at the first frame that does
 //! not validate: a torn write at the end (never acked), or the leftovers of a recycled file.
 //!
+//! A segment's file is written ahead of the records with zeros (from 256 KiB up to 4 MiB at a time, in
+//! the same `fdatasync` as the batch that reaches its end), so that nearly every append overwrites
+//! blocks the file already has — in a fresh file as in a recycled one — and its `fdatasync` has no
+//! file size or block allocation to journal. Zeros never validate as a frame.
+//!
 //! A failed append leaves no torn bytes for a later append to follow: the segment is truncated back
 //! to its last good length; if even that fails, the segment is abandoned, the log continues in the
 //! next one, and a *cut* frame written there with the next batch tells replay where the abandoned
@@ -38,6 +43,12 @@ pub(crate) const MAX_PAYLOAD: usize = 64 * 1024 * 1024;
 const NEXT: &str = "next.log";
 /// A retired segment kept for reuse by earlier versions.
 const LEGACY_SPARE: &str = "spare.log";
+/// The least a segment's file is zero-filled ahead of its records at a time.
+const FILL_MIN: u64 = 256 * 1024;
+/// The most: the fill doubles with the file (its `fdatasync` writes this much more, once).
+const FILL_MAX: u64 = 4 * 1024 * 1024;
+/// Zeros to write from.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 /// Payload prefix of a cut frame. Records are JSON objects and start with `{`.
 const CUT: &[u8; 4] = b"\0cut";
 
@@ -255,6 +266,9 @@ pub(crate) struct Wal {
     seq: u64,
     /// Bytes of the current segment known good (durable, or nothing after them).
     len: u64,
+    /// Bytes of the current segment's file written before (records, zeros or a previous life's
+    /// leftovers): appends below it allocate nothing.
+    filled: u64,
     /// The next segment's file, opened ahead (`next.log`).
     reserve: Option<File>,
     /// The newest finished segment, kept open to become the reserve once it is retired.
@@ -271,6 +285,7 @@ impl Wal {
     /// Start segment `seq` (the segments before it are retired or replayed).
     pub(crate) fn start(dir: std::sync::Arc<WalDir>, seq: u64) -> io::Result<Wal> {
         let file = dir.open_next()?;
+        let filled = file.metadata()?.len();
         dir.install(seq)?;
         let reserve = dir
             .open_next()
@@ -286,6 +301,7 @@ impl Wal {
             file,
             seq,
             len: 0,
+            filled,
             reserve,
             finished: None,
             oldest,
@@ -321,13 +337,16 @@ impl Wal {
     /// Append frames encoded for this segment (by way of [`Wal::begin`]) and make them durable.
     /// On failure nothing of them will be replayed.
     pub(crate) fn append_sync(&mut self, frames: &[u8]) -> io::Result<()> {
-        let result = self
-            .file
-            .write_all_at(frames, self.len)
-            .and_then(|()| self.file.sync_data());
+        let end = self.len + frames.len() as u64;
+        let result = self.file.write_all_at(frames, self.len).and_then(|()| {
+            if end > self.filled {
+                self.fill_ahead(end);
+            }
+            self.file.sync_data()
+        });
         match result {
             Ok(()) => {
-                self.len += frames.len() as u64;
+                self.len = end;
                 self.cuts.clear();
                 Ok(())
             }
@@ -341,6 +360,23 @@ impl Wal {
         }
     }
 
+    /// Write zeros after `end` (the end of the records being appended), as many as the file has
+    /// bytes (at least [`FILL_MIN`], at most [`FILL_MAX`]). Best effort: on failure (a full disk)
+    /// the records are still appended, into a file that grows with them.
+    fn fill_ahead(&mut self, end: u64) {
+        let target = end + end.clamp(FILL_MIN, FILL_MAX);
+        let mut at = end;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            if let Err(e) = self.file.write_all_at(&ZEROS[..n], at) {
+                debug!(%e, seq = self.seq, "cannot fill the log segment ahead");
+                break;
+            }
+            at += n as u64;
+        }
+        self.filled = at;
+    }
+
     /// Remove what a failed append may have left after `len`: truncate, or abandon the segment.
     fn repair(&mut self) -> io::Result<()> {
         match self
@@ -350,6 +386,7 @@ impl Wal {
         {
             Ok(()) => {
                 self.torn = false;
+                self.filled = self.len;
                 debug!(seq = self.seq, len = self.len, "failed write truncated");
                 Ok(())
             }
@@ -406,6 +443,8 @@ impl Wal {
             });
             self.torn = false;
         }
+        // Unknown (fstat failed): the first append fills ahead.
+        self.filled = file.metadata().map_or(0, |m| m.len());
         let old = std::mem::replace(&mut self.file, file);
         self.finished = Some((finished, old));
         self.seq = next;
@@ -655,6 +694,44 @@ mod tests {
 
         wal.retire_all();
         assert!(seqs(&wal_dir).is_empty());
+    }
+
+    /// A fresh segment's file is written ahead of its records with zeros, doubling up to
+    /// [`FILL_MAX`]: appends overwrite blocks the file has. Replay reads the records, not the zeros.
+    #[test]
+    fn segments_are_filled_ahead_with_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let wd = Arc::new(WalDir::open(&wal_dir).unwrap());
+        let mut wal = Wal::start(Arc::clone(&wd), 3).unwrap();
+        let size = || fs::metadata(segment_path(&wal_dir, 3)).unwrap().len();
+        assert_eq!(size(), 0, "a fresh file");
+        let record = vec![b'r'; 32 * 1024];
+        let mut written = Vec::new();
+        let mut sizes = vec![];
+        while wal.len() < 3 * FILL_MAX {
+            let mut out = Vec::new();
+            let seq = wal.begin(&mut out).unwrap();
+            encode(&mut out, seq, &record).unwrap();
+            wal.append_sync(&out).unwrap();
+            written.push(record.clone());
+            let (len, size) = (wal.len(), size());
+            assert!(size >= len, "the records fit in what was filled");
+            assert!(size - len <= FILL_MAX, "at most FILL_MAX ahead");
+            if sizes.last() != Some(&size) {
+                sizes.push(size);
+            }
+        }
+        let first = (HEADER + record.len()) as u64;
+        assert_eq!(sizes[0], first + FILL_MIN);
+        // The fill doubles with the file, then stays at FILL_MAX: few size changes, not one per append.
+        assert!(sizes.len() < 10, "{sizes:?}");
+        let steps: Vec<u64> = sizes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(steps.iter().all(|s| *s <= FILL_MAX + first), "{steps:?}");
+        assert!(steps.iter().any(|s| *s >= FILL_MAX), "{steps:?}");
+        let (got, outcome) = replay(&fs::read(segment_path(&wal_dir, 3)).unwrap(), 3);
+        assert_eq!(got, written);
+        assert_eq!(outcome.rest as u64, size() - wal.len());
     }
 
     /// Item 5 of issue 9: missing ancestors are created too.
