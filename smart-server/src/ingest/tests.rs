@@ -1,0 +1,152 @@
+//! Unit tests of the ingest path: what sinks get after staging and commit, and the last connection detaching a serial.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::config::Registration;
+use crate::history::HistoryOptions;
+
+/// Records what the writer hands it.
+#[derive(Default)]
+struct Recording(Mutex<Vec<String>>);
+
+impl Sink for Recording {
+    fn listening(&self) -> bool {
+        true
+    }
+
+    fn publish_committed(&self, changes: &mut Vec<Committed>) {
+        let mut seen = self.0.lock().unwrap();
+        for change in changes.drain(..) {
+            seen.push(match change {
+                Committed::Updt { header, body } => {
+                    format!("{header}:{}", body.get("battery").unwrap_or(&Value::Null))
+                }
+                Committed::Online { serial, online } => format!("{serial} online={online}"),
+            });
+        }
+    }
+}
+
+/// Stops listening for exactly one call: the third (the staging of the second batch).
+#[derive(Default)]
+struct LateListener {
+    calls: std::sync::atomic::AtomicUsize,
+    bodies: Mutex<Vec<Map<String, Value>>>,
+}
+
+impl Sink for LateListener {
+    fn listening(&self) -> bool {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            != 2
+    }
+
+    fn publish_committed(&self, changes: &mut Vec<Committed>) {
+        for change in changes.drain(..) {
+            if let Committed::Updt { body, .. } = change {
+                self.bodies.lock().unwrap().push(body);
+            }
+        }
+    }
+}
+
+fn start<S: Sink>(dir: &std::path::Path, sink: Arc<S>) -> Ingest {
+    let store = Arc::new(Store::open(dir, HistoryOptions::OFF).unwrap());
+    let fleet = Arc::new(Fleet::new("EET".to_owned(), Registration::Open, Vec::new()));
+    let limits = Limits {
+        record_bytes: 1 << 20,
+        extras: 16,
+        extra_bytes: 1024,
+        serials_per_connection: 2,
+    };
+    Ingest::start(store, fleet, sink, &Arc::new(Metrics::default()), limits).unwrap()
+}
+
+fn wait_answered(acks: &AckQueue, ordinal: u64) {
+    for _ in 0..1000 {
+        if acks.answered() >= ordinal {
+            return;
+        }
+        thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("write {ordinal} not answered");
+}
+
+/// A dashboard that starts listening after a batch was staged without its changes still gets
+/// them: the whole record stands for the change.
+#[test]
+fn a_sink_listening_after_staging_gets_whole_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(LateListener::default());
+    let ingest = start(dir.path(), Arc::clone(&sink));
+    let mut intake = ingest.intake();
+    let updt = |mid: &str, body: &str| {
+        serde_json::json!({"type": "UPDT", "message": format!("{mid}:0001:{body}")}).to_string()
+    };
+    let first = intake
+        .submit(&updt("0001", r#"{"battery": 10, "country": "AT"}"#))
+        .unwrap();
+    wait_answered(intake.acks(), first.ordinal);
+    let second = intake.submit(&updt("0002", r#"{"battery": 20}"#)).unwrap();
+    wait_answered(intake.acks(), second.ordinal);
+    let third = intake.submit(&updt("0003", r#"{"battery": 30}"#)).unwrap();
+    wait_answered(intake.acks(), third.ordinal);
+    let bodies = sink.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(bodies[1]["battery"], 20);
+    assert_eq!(bodies[1]["country"], "AT", "the whole record");
+    assert_eq!(bodies[2]["battery"], 30);
+    assert!(!bodies[2].contains_key("country"), "only what changed");
+}
+
+#[test]
+fn the_last_connection_of_a_serial_detaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = start(dir.path(), Arc::<Recording>::default());
+    let serial = Serial::new("0001").unwrap();
+    ingest.attach(&serial, Job::Offline(serial.clone()));
+    ingest.attach(&serial, Job::Offline(serial.clone()));
+    assert!(!ingest.detach(&serial));
+    assert!(ingest.detach(&serial));
+    assert!(!ingest.detach(&serial), "already detached");
+}
+
+/// Committed changes reach the sink wired in at start, in order: a new device's full record, a
+/// change, and "offline" once its connection is gone; a refused message reaches nothing.
+#[test]
+fn committed_batches_go_to_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(Recording::default());
+    let ingest = start(dir.path(), Arc::clone(&sink));
+    let mut intake = ingest.intake();
+    let updt = |mid: &str, serial: &str, body: &str| {
+        serde_json::json!({"type": "UPDT", "message": format!("{mid}:{serial}:{body}")}).to_string()
+    };
+    let first = intake
+        .submit(&updt("0001", "0001", r#"{"battery": 10}"#))
+        .unwrap();
+    wait_answered(intake.acks(), first.ordinal);
+    let second = intake
+        .submit(&updt("0002", "0001", r#"{"battery": 20}"#))
+        .unwrap();
+    assert_eq!(second.ordinal, 2);
+    let refused = intake.submit(&updt("0003", "0001", r#"{"battery": "full"}"#));
+    assert!(refused.unwrap_err().contains("0003:0001:ERROR"));
+    intake.submit(&updt("0004", "0002", "{}")).unwrap();
+    let over = intake.submit(&updt("0005", "0003", "{}"));
+    assert!(over.unwrap_err().contains("--max-serials-per-connection"));
+    wait_answered(intake.acks(), 3);
+    intake.detach_all();
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(ingest.stop());
+    let mut seen = sink.0.lock().unwrap().clone();
+    // The two serials go offline in the order their detach was queued.
+    let offline = seen.split_off(3);
+    assert_eq!(seen, ["0001:0001:10", "0002:0001:20", "0004:0002:null"]);
+    let mut offline = offline;
+    offline.sort();
+    assert_eq!(offline, ["0001 online=false", "0002 online=false"]);
+}
