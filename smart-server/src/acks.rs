@@ -22,6 +22,11 @@ pub(crate) enum Refusal {
     /// The record after the update would exceed `--max-record-bytes`.
     #[error("not stored: the record would be {bytes} bytes, more than the limit of {max}")]
     RecordTooLarge { bytes: usize, max: usize },
+    /// `--ack cluster` and Redis cannot be reached: refused before anything was stored.
+    #[error(
+        "not stored: Redis cannot be reached, and --ack cluster answers OK only once it has the write"
+    )]
+    ClusterDown,
     /// The record after the update would hold more than `--max-extras` extra fields.
     #[error("not stored: the record would have {count} extra fields, more than the limit of {max}")]
     TooManyExtras { count: usize, max: usize },
@@ -93,6 +98,12 @@ impl AckTicket {
             ordinal,
             settled: false,
         }
+    }
+
+    /// Whether every earlier write of the session is answered: only then may this one be answered
+    /// ahead of writes that wait (`--ack cluster`), for a session reads its answers in order.
+    pub(crate) fn next_to_answer(&self) -> bool {
+        self.queue.answered() + 1 >= self.ordinal
     }
 
     /// Answer the write and wake its session.

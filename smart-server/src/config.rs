@@ -21,7 +21,7 @@ pub enum Registration {
 pub enum AckMode {
     /// After the local write-ahead log's fdatasync; shipped to Redis asynchronously.
     Local,
-    /// After both the local sync and Redis's reply (not implemented yet: refused at start).
+    /// After both the local sync and Redis's reply (ERROR while Redis cannot be reached).
     Cluster,
 }
 
@@ -205,7 +205,8 @@ pub struct Config {
     pub redis: Option<String>,
 
     /// When a device gets its OK with `--redis`: `local` (after the local fdatasync; shipped to
-    /// Redis right after, kept in the log until shipped). `cluster` is not implemented yet.
+    /// Redis right after, kept in the log until shipped) or `cluster` (after the local sync and Redis's
+    /// reply; new writes get ERROR while Redis cannot be reached). `cluster` needs `--redis`.
     #[arg(long, env = "SMART_ACK", value_enum, default_value_t = AckMode::Local)]
     pub ack: AckMode,
 

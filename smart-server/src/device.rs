@@ -300,7 +300,7 @@ impl Session<'_> {
             }
             Err(refusal) => {
                 metrics.reject(match refusal {
-                    Refusal::Store => RejectClass::Storage,
+                    Refusal::Store | Refusal::ClusterDown => RejectClass::Storage,
                     Refusal::RecordTooLarge { .. } | Refusal::TooManyExtras { .. } => {
                         RejectClass::Limit
                     }

@@ -879,13 +879,22 @@ fn healthz(shared: &Shared) -> Response {
         "devices": shared.fleet.len(),
         "devices_online": shared.fleet.online(),
     });
-    // With `--redis`, Redis away is "degraded" (still 200: devices are acked, the backlog ships on
-    // its return); only a store that cannot write makes the instance unhealthy.
+    // With `--redis --ack local`, Redis away is "degraded" (still 200: devices are acked, the
+    // backlog ships on its return); with `--ack cluster` it is unhealthy (devices get ERROR).
+    let mut healthy = healthy;
     if let Some(cluster) = shared.cluster_health() {
         body["redis"] = json!(if cluster.redis_up { "ok" } else { "down" });
         body["redis_backlog"] = json!(cluster.backlog);
+        if cluster.acks_wait {
+            body["acks_waiting_for_redis"] = json!(cluster.acks_waiting);
+        }
         if healthy && !cluster.redis_up {
-            body["status"] = json!("degraded");
+            if cluster.acks_wait {
+                healthy = false;
+                body["status"] = json!("redis down (--ack cluster): writes refused");
+            } else {
+                body["status"] = json!("degraded");
+            }
         }
     }
     let status = if healthy {

@@ -562,6 +562,10 @@ impl<S: Sink> Writer<S> {
         }
         self.sink.publish_committed(changes);
         changes.clear();
+        // `--ack cluster`: an OK waits until Redis has the batch, and so does any answer behind a
+        // waiting one of its session (a session reads its answers in order).
+        let cluster = self.log.acks_wait();
+        let mut waiting = Vec::new();
         for verdict in &mut self.verdicts {
             let (ack, result): (_, Ack) = match verdict {
                 Verdict::Write { ack, .. } if committed => (ack, Ok(())),
@@ -571,8 +575,15 @@ impl<S: Sink> Writer<S> {
             };
             // The session may be gone (peer closed): the write is durable all the same.
             if let Some(ack) = ack.take() {
-                ack.answer(result);
+                if cluster && (result.is_ok() || !ack.next_to_answer()) {
+                    waiting.push((ack, result));
+                } else {
+                    ack.answer(result);
+                }
             }
+        }
+        if !waiting.is_empty() {
+            self.log.answer_when_shipped(&mut waiting.into_iter());
         }
         // Freeing the batch's parsed updates and keeping the replaced records for later writes
         // waits until the acks are out.
@@ -630,6 +641,8 @@ impl<S: Sink> Writer<S> {
         } = self;
         let listening = *listened;
         let history = log.keeps_history();
+        // `--ack cluster` with Redis away: refused before anything is stored.
+        let refusing = log.refuses_writes();
         let mut stopping = false;
         fleet.with_records(|records| {
             for job in batch.drain(..) {
@@ -642,6 +655,12 @@ impl<S: Sink> Writer<S> {
                             owner,
                             ack,
                         } = *write;
+                        // Unless an earlier write of the session waits for Redis: this one then
+                        // waits with it (it is stored, and shipped on Redis's return).
+                        if refusing && ack.next_to_answer() {
+                            verdicts.push(Verdict::Refused(Some(ack), Refusal::ClusterDown));
+                            continue;
+                        }
                         let slot = staged.entry(header.serial.clone());
                         let base = match &slot {
                             hash_map::Entry::Occupied(s) => Some(&s.get().entry),

@@ -30,6 +30,7 @@ use smart_proto::{Record, Serial};
 use thiserror::Error;
 use tracing::{debug, error, info};
 
+use crate::acks::{self, AckTicket};
 use crate::history::maintenance::Maintenance;
 use crate::history::raw::HistoryError;
 use crate::history::samples::{self, Change};
@@ -100,6 +101,13 @@ pub(crate) trait Shipping: Send + Sync + std::fmt::Debug {
     fn unshipped_from(&self) -> u64;
     /// At shutdown: ship what is pending, waiting a bounded time; then [`Shipping::unshipped_from`].
     fn finish(&self) -> u64;
+    /// `--ack cluster`: a write is answered only once the shipper has it where it goes.
+    fn acks_wait(&self) -> bool;
+    /// Whether the last attempt to reach where it ships failed (false before the first attempt).
+    fn unreachable(&self) -> bool;
+    /// Give these answers (of the last batch passed to [`Shipping::committed`], or refused after
+    /// it) once that batch is shipped, after those handed over before. Must not wait.
+    fn answer_when_shipped(&self, answers: &mut dyn Iterator<Item = (AckTicket, acks::Ack)>);
 }
 
 impl Store {
@@ -521,6 +529,32 @@ impl Log {
             info!("store writable again");
         }
         Ok(())
+    }
+
+    /// `--ack cluster`: the writes of a committed batch are answered by the shipper, once Redis has
+    /// them ([`Log::answer_when_shipped`]).
+    pub(crate) fn acks_wait(&self) -> bool {
+        self.store.shipping.as_ref().is_some_and(|s| s.acks_wait())
+    }
+
+    /// `--ack cluster` and the shipper cannot reach Redis: new writes are refused before they are
+    /// stored.
+    pub(crate) fn refuses_writes(&self) -> bool {
+        self.store
+            .shipping
+            .as_ref()
+            .is_some_and(|s| s.acks_wait() && s.unreachable())
+    }
+
+    /// `--ack cluster`: give these answers once the last committed batch is shipped.
+    pub(crate) fn answer_when_shipped(
+        &self,
+        answers: &mut dyn Iterator<Item = (AckTicket, acks::Ack)>,
+    ) {
+        match &self.store.shipping {
+            Some(shipping) => shipping.answer_when_shipped(answers),
+            None => answers.for_each(|(ticket, ack)| ticket.answer(ack)),
+        }
     }
 
     /// Whether the history is kept (`--history`): the writer then notes each write's changes.

@@ -109,6 +109,16 @@ impl Redis {
         }
     }
 
+    /// Send `signal` (`-STOP`, `-CONT`) to the running `redis-server`.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -538,4 +548,107 @@ async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again(
         .await;
     }
     assert!(b.metric("smart_cluster_resyncs_total").await >= 1);
+}
+
+/// The OK or ERROR of a device message (skipping nothing: the device sends one at a time).
+async fn reply_to(device: &mut Ws) -> Value {
+    recv_json(device).await
+}
+
+/// `--ack cluster`: an OK means Redis has the write. A write Redis cannot take yet waits for it
+/// (stored here, answered OK once Redis has it); once the instance knows Redis is away, new writes
+/// get ERROR and nothing of them is stored, and `/healthz` says 503; Redis back, writes get OK again.
+#[tokio::test]
+async fn with_ack_cluster_an_ok_means_redis_has_the_write() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Instance::start_env(&tmp.path().join("a"), &redis, &[("SMART_ACK", "cluster")]).await;
+    let mut first = device(a.addr).await;
+    for n in 1..=5 {
+        send_ok(
+            &mut first,
+            &format!("{n:04}"),
+            "K001",
+            &json!({"battery": n}),
+        )
+        .await;
+        assert_eq!(
+            field(redis.record("K001").as_ref(), "battery"),
+            n,
+            "an OK came before Redis had the write"
+        );
+    }
+    assert_eq!(a.health().await["acks_waiting_for_redis"], 0);
+
+    // Redis frozen: no answer while it cannot reply; OK once it has the write.
+    redis.signal("-STOP");
+    send(&mut first, &updt("0006", "K001", &json!({"battery": 6}))).await;
+    assert_silent(&mut first, Duration::from_millis(1500)).await;
+    redis.signal("-CONT");
+    assert_eq!(
+        reply_to(&mut first).await,
+        json!({"type": "INFO", "message": "0006:K001:OK"})
+    );
+    assert_eq!(field(redis.record("K001").as_ref(), "battery"), 6);
+
+    // Redis gone: the write in flight waits (it is stored here); the instance turns unhealthy.
+    redis.kill();
+    send(&mut first, &updt("0007", "K001", &json!({"battery": 7}))).await;
+    eventually("A reports Redis down with 503", &[&a], || async {
+        let res = http_get(a.addr, "/healthz", &[]).await;
+        res.status == 503 && res.json()["redis"] == "down"
+    })
+    .await;
+    // (The instance may learn that Redis is gone from its stream reader before the write arrives.)
+    eventually("the write waits, its shipping failed", &[&a], || async {
+        a.health().await["acks_waiting_for_redis"] == 1
+            && a.metric("smart_cluster_ship_errors_total").await >= 1
+    })
+    .await;
+    // Any other write is refused before it is stored.
+    let mut second = device(a.addr).await;
+    let refused = exchange(&mut second, &updt("0001", "K002", &json!({"battery": 50}))).await;
+    assert_eq!(refused["message"], "0001:K002:ERROR", "{refused}");
+    assert!(
+        refused["reason"].as_str().unwrap().contains("Redis"),
+        "{refused}"
+    );
+    assert!(a.api("K002").await.is_none(), "a refused write was stored");
+    assert!(
+        a.metric("smart_messages_rejected_total{reason=\"storage\"}")
+            .await
+            >= 1
+    );
+    assert_silent(&mut first, Duration::from_millis(300)).await;
+
+    // Redis back: the waiting write is answered once shipped, and writes are taken again.
+    redis.restart();
+    assert_eq!(
+        reply_to(&mut first).await,
+        json!({"type": "INFO", "message": "0007:K001:OK"})
+    );
+    assert_eq!(field(redis.record("K001").as_ref(), "battery"), 7);
+    send_ok(&mut second, "0002", "K002", &json!({"battery": 51})).await;
+    assert_eq!(field(redis.record("K002").as_ref(), "battery"), 51);
+    eventually("A healthy again", &[&a], || async {
+        http_get(a.addr, "/healthz", &[]).await.status == 200
+    })
+    .await;
+}
+
+/// `--ack cluster` without `--redis` is refused at start, with the reason.
+#[test]
+fn ack_cluster_without_redis_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_smart-server"))
+        .args(["--listen", "127.0.0.1:0", "--ack", "cluster", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("SMART_REDIS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--ack cluster needs --redis"), "{stderr}");
 }

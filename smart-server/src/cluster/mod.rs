@@ -1,7 +1,8 @@
 //! Several instances sharing one fleet through Redis (`--redis`).
 //!
 //! Each instance keeps its own write-ahead log and sled, and acks devices as without Redis
-//! (`--ack local`: after the local fdatasync). Data flows one way through three parts:
+//! (`--ack local`: after the local fdatasync), or only once Redis has the write too (`--ack
+//! cluster`: the shipper answers them). Data flows one way through three parts:
 //! - [`ship`]: the writer hands every committed batch over (the store's [`Shipping`] hook); a thread
 //!   ships it to Redis in one round trip. Log segments are retired only once shipped, and at start
 //!   the segments a previous run kept are shipped first ([`leftovers`]);
@@ -79,24 +80,24 @@ pub(crate) struct Health {
     pub redis_up: bool,
     /// Records committed here and not shipped yet.
     pub backlog: usize,
+    /// `--ack cluster`: devices get OK only once Redis has their write (Redis away: unhealthy).
+    pub acks_wait: bool,
+    /// `--ack cluster`: answers waiting for Redis.
+    pub acks_waiting: usize,
 }
 
 impl Cluster {
-    /// `None` without `--redis`. Refuses `--ack cluster` (not implemented yet) and a URL the client
-    /// cannot read; does not connect (Redis may come later: devices are acked meanwhile).
+    /// `None` without `--redis`. Refuses `--ack cluster` without `--redis`, and a URL the client
+    /// cannot read; does not connect (Redis may come later: with `--ack local` devices are acked
+    /// meanwhile).
     pub(crate) fn new(config: &Config) -> anyhow::Result<Option<Cluster>> {
         let Some(url) = config.redis.as_deref() else {
             if config.ack == AckMode::Cluster {
-                bail!("--ack cluster needs --redis (and is not implemented yet)");
+                bail!("--ack cluster needs --redis");
             }
             return Ok(None);
         };
         let redacted = redact(url);
-        if config.ack == AckMode::Cluster {
-            bail!(
-                "--ack cluster is not implemented yet: use --ack local (acks after the local sync, shipped to Redis asynchronously)"
-            );
-        }
         let client = redis::Client::open(url)
             .with_context(|| format!("reading the --redis URL {redacted}"))?;
         let mut id = [0u8; 6];
@@ -105,7 +106,9 @@ impl Cluster {
             let _ = write!(hex, "{b:02x}");
             hex
         });
-        info!(redis = %redacted, instance, "sharing the fleet through Redis (--ack local)");
+        let acks_wait = config.ack == AckMode::Cluster;
+        let mode = if acks_wait { "cluster" } else { "local" };
+        info!(redis = %redacted, instance, ack = mode, "sharing the fleet through Redis");
         Ok(Some(Cluster {
             link: Arc::new(Link {
                 client,
@@ -114,7 +117,7 @@ impl Cluster {
                 stream_max_len: config.redis_stream_max_len,
                 redacted,
             }),
-            shipper: Arc::new(ship::Shipper::new()),
+            shipper: Arc::new(ship::Shipper::new(acks_wait)),
             following: Arc::new(AtomicBool::new(false)),
         }))
     }
@@ -161,6 +164,8 @@ impl Cluster {
             redis_up: self.shipper.up.load(Ordering::Relaxed)
                 && self.following.load(Ordering::Relaxed),
             backlog: self.shipper.backlog(),
+            acks_wait: self.shipper.acks_wait(),
+            acks_waiting: self.shipper.acks_waiting(),
         }
     }
 }

@@ -8,8 +8,14 @@
 //! log keeps the segments the backlog came from ([`Shipping::unshipped_from`]), and at start the
 //! segments a previous run kept are read back into the backlog first ([`crate::cluster::leftovers`]),
 //! so nothing acked is lost while Redis is away, even across a crash.
+//!
+//! With `--ack cluster` the writer does not answer a committed batch's writes itself: it parks their
+//! acks here ([`Shipping::answer_when_shipped`]), tagged with the batch's number, and the shipping
+//! thread answers them, in order, once a round trip that carried that batch (or a later one) has
+//! succeeded. While Redis is away they wait (what they wrote is durable here and ships on its
+//! return); new writes are refused before they are stored (see `ingest`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -20,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::scripts::{self, CHUNK};
 use super::{Link, leftovers};
+use crate::acks::{Ack, AckTicket};
 use crate::metrics::Metrics;
 use crate::store::Shipping;
 
@@ -39,6 +46,15 @@ struct Backlog {
     in_flight: Option<(u64, usize)>,
     /// Before the log segments a previous run kept are read back: nothing may be retired.
     starting: bool,
+    /// Batches handed over so far (the number of the last one).
+    batches: u64,
+    /// Taken by the shipping thread: the number of the last batch in it.
+    in_flight_batches: u64,
+    /// Every batch up to this one is in Redis.
+    shipped_batches: u64,
+    /// `--ack cluster`: answers waiting for their batch to ship, in the writer's order (each batch's
+    /// number is at most the next one's, and above `shipped_batches`).
+    waiting: VecDeque<(u64, AckTicket, Ack)>,
     /// A graceful shutdown is waiting.
     finishing: bool,
 }
@@ -60,6 +76,30 @@ impl Backlog {
         }
         self.from = Some(self.from.map_or(from, |f| f.min(from)));
     }
+
+    /// Take the whole backlog for a round trip.
+    fn take(&mut self) -> (HashMap<Serial, Arc<str>>, u64) {
+        let taken = std::mem::take(&mut self.records);
+        let from = self.from.take().unwrap_or(0);
+        self.in_flight = Some((from, taken.len()));
+        self.in_flight_batches = self.batches;
+        (taken, from)
+    }
+
+    /// The round trip of what was taken succeeded: the answers its batches waited for, in order.
+    fn shipped(&mut self) -> Vec<(AckTicket, Ack)> {
+        self.in_flight = None;
+        self.shipped_batches = self.shipped_batches.max(self.in_flight_batches);
+        let ready = self
+            .waiting
+            .iter()
+            .take_while(|(batch, _, _)| *batch <= self.shipped_batches)
+            .count();
+        self.waiting
+            .drain(..ready)
+            .map(|(_, ticket, ack)| (ticket, ack))
+            .collect()
+    }
 }
 
 /// The shipping side of the cluster: the backlog, shared by the writer and the shipping thread.
@@ -70,17 +110,23 @@ pub(crate) struct Shipper {
     wake: Condvar,
     /// Whether the last round trip succeeded (`/healthz`).
     pub(crate) up: AtomicBool,
+    /// The last attempt to reach Redis failed (unlike `!up`, not true before the first attempt).
+    unreachable: AtomicBool,
+    /// `--ack cluster`: a write is answered once Redis has it.
+    acks_wait: bool,
 }
 
 impl Shipper {
-    pub(crate) fn new() -> Shipper {
+    pub(crate) fn new(acks_wait: bool) -> Shipper {
         Shipper {
+            acks_wait,
             backlog: Mutex::new(Backlog {
                 starting: true,
                 ..Backlog::default()
             }),
             wake: Condvar::new(),
             up: AtomicBool::new(false),
+            unreachable: AtomicBool::new(false),
         }
     }
 
@@ -92,6 +138,11 @@ impl Shipper {
     pub(crate) fn backlog(&self) -> usize {
         let backlog = self.lock();
         backlog.records.len() + backlog.in_flight.map_or(0, |(_, n)| n)
+    }
+
+    /// `--ack cluster`: writes whose answer waits for Redis.
+    pub(crate) fn acks_waiting(&self) -> usize {
+        self.lock().waiting.len()
     }
 
     /// The shipping thread: read back what the log kept, then ship until the process ends.
@@ -126,12 +177,7 @@ impl Shipper {
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
-                (!backlog.records.is_empty()).then(|| {
-                    let taken = std::mem::take(&mut backlog.records);
-                    let from = backlog.from.take().unwrap_or(0);
-                    backlog.in_flight = Some((from, taken.len()));
-                    (taken, from)
-                })
+                (!backlog.records.is_empty()).then(|| backlog.take())
             };
             let Some((taken, from)) = next else {
                 // Nothing to ship: keep a connection, so that `/healthz` tells whether Redis answers.
@@ -139,11 +185,13 @@ impl Shipper {
                     match link.connect() {
                         Ok(c) => {
                             conn = Some(c);
+                            self.unreachable.store(false, Ordering::Relaxed);
                             if !self.up.swap(true, Ordering::Relaxed) {
                                 info!(redis = %link.redacted, "connected to Redis for shipping");
                             }
                         }
                         Err(e) => {
+                            self.unreachable.store(true, Ordering::Relaxed);
                             if self.up.swap(false, Ordering::Relaxed) || !reported {
                                 reported = true;
                                 warn!(%e, redis = %link.redacted, "cannot reach Redis; devices are still acked, the log keeps what is not shipped");
@@ -162,9 +210,16 @@ impl Shipper {
                 }),
             };
             let mut backlog = self.lock();
-            backlog.in_flight = None;
             match result {
                 Ok(accepted) => {
+                    self.unreachable.store(false, Ordering::Relaxed);
+                    // Answered outside the lock (each wakes a device session).
+                    let answers = backlog.shipped();
+                    let finishing = backlog.finishing && backlog.records.is_empty();
+                    drop(backlog);
+                    for (ticket, ack) in answers {
+                        ticket.answer(ack);
+                    }
                     Metrics::inc(&metrics.cluster_shipped_batches);
                     metrics
                         .cluster_shipped_records
@@ -174,13 +229,15 @@ impl Shipper {
                     }
                     debug!(records = taken.len(), accepted, "shipped");
                     backoff = Duration::from_millis(50);
-                    if backlog.finishing && backlog.records.is_empty() {
+                    if finishing {
                         self.wake.notify_all();
                     }
                 }
                 Err(e) => {
+                    backlog.in_flight = None;
                     Metrics::inc(&metrics.cluster_ship_errors);
                     conn = None;
+                    self.unreachable.store(true, Ordering::Relaxed);
                     backlog.restore(taken, from);
                     if self.up.swap(false, Ordering::Relaxed) || !reported {
                         reported = true;
@@ -241,6 +298,7 @@ fn ship(
 impl Shipping for Shipper {
     fn committed(&self, seq: u64, records: &mut dyn Iterator<Item = (&Serial, &Arc<str>)>) {
         let mut backlog = self.lock();
+        backlog.batches += 1;
         let was_empty = backlog.records.is_empty();
         for (serial, json) in records {
             backlog.records.insert(serial.clone(), Arc::clone(json));
@@ -255,6 +313,30 @@ impl Shipping for Shipper {
 
     fn unshipped_from(&self) -> u64 {
         self.lock().unshipped_from()
+    }
+
+    fn acks_wait(&self) -> bool {
+        self.acks_wait
+    }
+
+    fn unreachable(&self) -> bool {
+        self.unreachable.load(Ordering::Relaxed)
+    }
+
+    fn answer_when_shipped(&self, answers: &mut dyn Iterator<Item = (AckTicket, Ack)>) {
+        let mut backlog = self.lock();
+        let batch = backlog.batches;
+        if batch <= backlog.shipped_batches {
+            // Shipped already (or nothing committed yet): nothing older waits either.
+            drop(backlog);
+            for (ticket, ack) in answers {
+                ticket.answer(ack);
+            }
+            return;
+        }
+        backlog
+            .waiting
+            .extend(answers.map(|(ticket, ack)| (batch, ticket, ack)));
     }
 
     fn finish(&self) -> u64 {
@@ -292,7 +374,7 @@ mod tests {
 
     #[test]
     fn nothing_is_retired_before_the_kept_segments_are_read_back() {
-        let shipper = Shipper::new();
+        let shipper = Shipper::new(false);
         assert_eq!(shipper.unshipped_from(), 0);
         shipper.lock().starting = false;
         assert_eq!(shipper.unshipped_from(), u64::MAX);
@@ -300,7 +382,7 @@ mod tests {
 
     #[test]
     fn the_backlog_holds_back_its_oldest_segment_and_keeps_newer_records_on_failure() {
-        let shipper = Shipper::new();
+        let shipper = Shipper::new(false);
         shipper.lock().starting = false;
         let (a, b) = (serial("0001"), serial("0002"));
         let old: Arc<str> = Arc::from("old");
@@ -310,13 +392,8 @@ mod tests {
         assert_eq!(shipper.unshipped_from(), 7);
         assert_eq!(shipper.backlog(), 2);
         // Taken by a round trip: still unshipped.
-        let taken = {
-            let mut backlog = shipper.lock();
-            let taken = std::mem::take(&mut backlog.records);
-            let from = backlog.from.take().unwrap();
-            backlog.in_flight = Some((from, taken.len()));
-            taken
-        };
+        let (taken, from) = shipper.lock().take();
+        assert_eq!(from, 7);
         assert_eq!(shipper.unshipped_from(), 7);
         let newer: Arc<str> = Arc::from("newer");
         shipper.committed(10, &mut [(&a, &newer)].into_iter());
@@ -331,5 +408,54 @@ mod tests {
         let backlog = shipper.lock();
         assert_eq!(&*backlog.records[&a], "newer");
         assert_eq!(&*backlog.records[&b], "old");
+    }
+
+    /// `--ack cluster`: a batch's answers wait until a round trip that carried it succeeded, go out
+    /// in the writer's order, survive a failed round trip, and an answer for a batch shipped already
+    /// goes out at once.
+    #[test]
+    fn answers_wait_for_the_round_trip_that_carries_their_batch() {
+        use crate::acks::{AckQueue, Refusal};
+        let shipper = Shipper::new(true);
+        shipper.lock().starting = false;
+        let queue = Arc::new(AckQueue::default());
+        let ticket = |n| AckTicket::new(Arc::clone(&queue), n);
+        let (a, b) = (serial("0001"), serial("0002"));
+        let json: Arc<str> = Arc::from("{}");
+
+        shipper.committed(1, &mut [(&a, &json)].into_iter());
+        shipper.answer_when_shipped(&mut [(ticket(1), Ok(()))].into_iter());
+        assert_eq!((queue.answered(), shipper.acks_waiting()), (0, 1));
+        // A round trip takes batch 1; batch 2 comes meanwhile, with a refusal behind its write.
+        let (taken, from) = shipper.lock().take();
+        shipper.committed(2, &mut [(&b, &json)].into_iter());
+        shipper.answer_when_shipped(
+            &mut [(ticket(2), Ok(())), (ticket(3), Err(Refusal::ClusterDown))].into_iter(),
+        );
+        // It fails: nothing is answered; what it took goes back.
+        shipper.lock().restore(taken, from);
+        shipper.lock().in_flight = None;
+        assert_eq!((queue.answered(), shipper.acks_waiting()), (0, 3));
+        // The next round trip carries both batches: every answer, in order.
+        let _ = shipper.lock().take();
+        let answers = shipper.lock().shipped();
+        assert_eq!(answers.len(), 3);
+        for (ticket, ack) in answers {
+            ticket.answer(ack);
+        }
+        assert_eq!(queue.answered(), 3);
+        assert_eq!(queue.result(2), Ok(()));
+        assert_eq!(queue.result(3), Err(Refusal::ClusterDown));
+        // Batch 2 is shipped: a later answer of it goes out at once.
+        shipper.answer_when_shipped(&mut [(ticket(4), Ok(()))].into_iter());
+        assert_eq!((queue.answered(), shipper.acks_waiting()), (4, 0));
+
+        // A batch committed while a round trip is in flight waits for the next one.
+        let _ = shipper.lock().take();
+        shipper.committed(3, &mut [(&a, &json)].into_iter());
+        shipper.answer_when_shipped(&mut [(ticket(5), Ok(()))].into_iter());
+        assert!(shipper.lock().shipped().is_empty());
+        let _ = shipper.lock().take();
+        assert_eq!(shipper.lock().shipped().len(), 1);
     }
 }
