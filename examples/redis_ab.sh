@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One server binary without and with `--redis`, in alternating rounds, at the same load (the machine is
-# shared and noisy: only ratios measured in the same run mean something).
+# One server binary without `--redis`, with it (`--ack local`) and with `--ack cluster`, in alternating
+# rounds, at the same load (the machine is shared and noisy: only ratios measured in the same run mean
+# something). MODES="plain redis cluster" (the default) picks which.
 #
 #   bash examples/redis_ab.sh [ROUNDS]     (after cargo build --release -p smart-server and
 #                                           cargo build --release --examples -p smart-os)
@@ -27,6 +28,8 @@ run() {
     dir=$(mktemp -d)
     if [[ $mode == redis ]]; then
         SMART_REDIS=redis://127.0.0.1:$rport "$server" --listen 127.0.0.1:0 --data-dir "$dir" > "$dir/out" 2> "$dir/err" &
+    elif [[ $mode == cluster ]]; then
+        SMART_REDIS=redis://127.0.0.1:$rport SMART_ACK=cluster "$server" --listen 127.0.0.1:0 --data-dir "$dir" > "$dir/out" 2> "$dir/err" &
     else
         "$server" --listen 127.0.0.1:0 --data-dir "$dir" > "$dir/out" 2> "$dir/err" &
     fi
@@ -41,4 +44,6 @@ run() {
     kill "$pid"; wait "$pid" 2>/dev/null || true
     rm -rf "$dir"
 }
-for _ in $(seq "$rounds"); do run plain; run redis; done
+for _ in $(seq "$rounds"); do
+    for mode in ${MODES:-plain redis cluster}; do run "$mode"; done
+done
