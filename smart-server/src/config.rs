@@ -209,7 +209,8 @@ pub struct Config {
     #[arg(long, env = "SMART_ACK", value_enum, default_value_t = AckMode::Local)]
     pub ack: AckMode,
 
-    /// Approximate length the change stream is trimmed to (`XADD MAXLEN ~`), with `--redis`.
+    /// Approximate length the change stream (and the presence stream) is trimmed to
+    /// (`XADD MAXLEN ~`), with `--redis`.
     #[arg(
         long = "redis-stream-max-len",
         env = "SMART_REDIS_STREAM_MAX_LEN",

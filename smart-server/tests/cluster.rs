@@ -246,6 +246,20 @@ async fn two_instances(
     Some((redis, tmp, a, b))
 }
 
+/// The next UPDT of `serial` that is not only its presence (`{"online": …}`: the device came
+/// online on another instance, which may reach this one before or after its record).
+async fn next_change_for(dashboard: &mut Ws, serial: &str) -> (String, Value) {
+    loop {
+        let (mid, body) = next_updt_for(dashboard, serial).await;
+        let presence_only = body
+            .as_object()
+            .is_some_and(|fields| fields.len() == 1 && fields.contains_key("online"));
+        if !presence_only {
+            return (mid, body);
+        }
+    }
+}
+
 /// A field of a record, if the record is there.
 fn field(record: Option<&Value>, key: &str) -> Value {
     record.map_or(Value::Null, |r| r[key].clone())
@@ -267,7 +281,7 @@ async fn a_change_acked_on_one_instance_reaches_the_dashboards_and_api_of_anothe
     )
     .await;
 
-    let (mid, body) = next_updt_for(&mut dashboard, "C001").await;
+    let (mid, body) = next_change_for(&mut dashboard, "C001").await;
     assert_eq!(mid, "0000");
     assert_eq!(body["battery"], 42, "{body}");
     assert_eq!(body["note"], "from A", "{body}");
@@ -281,7 +295,7 @@ async fn a_change_acked_on_one_instance_reaches_the_dashboards_and_api_of_anothe
 
     // A second change: only what changed reaches B's dashboard.
     send_ok(&mut device, "0002", "C001", &json!({"battery": 43})).await;
-    let (_, body) = next_updt_for(&mut dashboard, "C001").await;
+    let (_, body) = next_change_for(&mut dashboard, "C001").await;
     assert_eq!(body["battery"], 43, "{body}");
     assert!(body.get("note").is_none(), "{body}");
     assert!(body.get("last_status_update").is_some(), "{body}");
@@ -504,8 +518,14 @@ async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again(
     else {
         return;
     };
-    // B is not reading while A's changes push the stream past it: rounds until at least ten entries
-    // B never read are trimmed (its blocked read took the first one at most).
+    // B follows the stream (it has noted its position: stopped before that, it would simply load
+    // the latest records when it resumes, no resync)…
+    eventually("B follows the change stream", &[&b], || async {
+        b.health().await["redis"] == "ok"
+    })
+    .await;
+    // …and is not reading while A's changes push the stream past it: rounds until at least ten
+    // entries B never read are trimmed (its blocked read took the first one at most).
     b.signal("-STOP");
     let mut conn = redis.connection().unwrap();
     let mut rounds = 0;
@@ -574,7 +594,7 @@ async fn online(instance: &Instance, serial: &str) -> Option<bool> {
 
 #[tokio::test]
 async fn a_device_connected_to_one_instance_is_online_on_the_others() {
-    let Some((_redis, _tmp, a, b)) = two_instances(&[], &[], &[]).await else {
+    let Some((redis, tmp, a, b)) = two_instances(&[], &[], &[]).await else {
         return;
     };
     let (mut dashboard, _) = dashboard(b.addr).await;
@@ -641,6 +661,15 @@ async fn a_device_connected_to_one_instance_is_online_on_the_others() {
     })
     .await;
     assert_eq!(a.metric("smart_cluster_presence_errors_total").await, 0);
+
+    // An instance started now loads P001's record from Redis (which says `online: true`, as it
+    // was written): presence, not the record, says it is offline.
+    let c = Instance::start(&tmp.path().join("c"), &redis).await;
+    eventually("C loaded P001's last record", &[&c], || async {
+        field(c.api("P001").await.as_ref(), "battery") == 53
+    })
+    .await;
+    assert_eq!(online(&c, "P001").await, Some(false));
 }
 
 #[tokio::test]
