@@ -769,3 +769,46 @@ async fn a_device_of_a_killed_instance_that_reconnects_to_another_is_online_ther
     .await;
     assert_eq!(field(c.api("K020").await.as_ref(), "battery"), 21);
 }
+
+#[tokio::test]
+async fn an_instance_stalled_past_its_ttl_brings_its_devices_back_online_when_it_resumes() {
+    let Some((_redis, _tmp, a, b)) = two_instances(&[], &SHORT_TTL, &SHORT_TTL).await else {
+        return;
+    };
+    let mut on_a = device(a.addr).await;
+    send_ok(&mut on_a, "0001", "S001", &json!({"battery": 30})).await;
+    eventually("S001 is online on B", &[&a, &b], || async {
+        online(&b, "S001").await == Some(true)
+    })
+    .await;
+
+    // A stops (SIGSTOP) past its TTL: B takes its device for offline.
+    a.signal("-STOP");
+    eventually("S001 is offline on B while A is stopped", &[&b], || async {
+        online(&b, "S001").await == Some(false)
+    })
+    .await;
+    assert!(b.metric("smart_cluster_instances_lost_total").await >= 1);
+
+    // A resumes: it finds its heartbeat gone, publishes its whole set again, and B takes it back.
+    a.signal("-CONT");
+    eventually("S001 is online on B again", &[&a, &b], || async {
+        online(&b, "S001").await == Some(true)
+    })
+    .await;
+    eventually("B counts A alive again", &[&a, &b], || async {
+        b.metric("smart_cluster_instances_alive").await == 2
+    })
+    .await;
+    assert!(
+        a.log().contains("heartbeat had expired"),
+        "A noticed its heartbeat had expired"
+    );
+    // The device's connection held throughout: it still writes through A.
+    send_ok(&mut on_a, "0002", "S001", &json!({"battery": 31})).await;
+    eventually("B has S001's new value, online", &[&a, &b], || async {
+        let record = b.api("S001").await;
+        field(record.as_ref(), "battery") == 31 && field(record.as_ref(), "online") == true
+    })
+    .await;
+}
