@@ -87,6 +87,8 @@ return existed
 
 /// `KEYS`: instances. `ARGV`: the heartbeat prefix, the online set prefix. Returns the instances
 /// whose heartbeat is there; removes the others from the instances, and what is left of their sets.
+/// (It reaches keys it was not handed, which one Redis allows; sharded over a Redis Cluster, the
+/// presence keys would need one hash tag.)
 const REAP: &str = r"
 local alive = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
