@@ -210,7 +210,8 @@ pub struct Config {
     #[arg(long, env = "SMART_ACK", value_enum, default_value_t = AckMode::Local)]
     pub ack: AckMode,
 
-    /// Approximate length the change stream is trimmed to (`XADD MAXLEN ~`), with `--redis`.
+    /// Approximate length the change stream (and the presence stream) is trimmed to
+    /// (`XADD MAXLEN ~`), with `--redis`.
     #[arg(
         long = "redis-stream-max-len",
         env = "SMART_REDIS_STREAM_MAX_LEN",
@@ -218,6 +219,18 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub redis_stream_max_len: u64,
+
+    /// With `--redis`: the TTL of this instance's heartbeat in Redis, in seconds (refreshed every
+    /// third of it). When an instance stops refreshing it (killed, cut off from Redis), the others
+    /// take its devices for offline within about this time plus a third.
+    #[arg(
+        long = "redis-presence-ttl",
+        env = "SMART_REDIS_PRESENCE_TTL",
+        value_name = "SECONDS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub redis_presence_ttl: u64,
 
     /// Manage device tokens or users instead of serving (see `smart-server token --help`).
     #[command(subcommand)]
@@ -356,6 +369,7 @@ impl Config {
             redis: None,
             ack: AckMode::Local,
             redis_stream_max_len: 100_000,
+            redis_presence_ttl: 15,
             command: None,
         }
     }
@@ -476,11 +490,16 @@ mod tests {
             "cluster",
             "--redis-stream-max-len",
             "500",
+            "--redis-presence-ttl",
+            "2",
         ])
         .unwrap();
         assert_eq!(c.redis.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(c.ack, AckMode::Cluster);
         assert_eq!(c.redis_stream_max_len, 500);
+        assert_eq!(c.redis_presence_ttl, 2);
+        assert_eq!(none.redis_presence_ttl, 15);
         assert!(Config::try_parse_from(["smart-server", "--redis-stream-max-len", "0"]).is_err());
+        assert!(Config::try_parse_from(["smart-server", "--redis-presence-ttl", "0"]).is_err());
     }
 }

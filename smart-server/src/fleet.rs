@@ -127,19 +127,28 @@ impl Fleet {
     /// Make other instances' records visible (`--redis`, the cluster's follower): each only if its
     /// `last_status_update` is later than that of the device's entry here, checked under the write
     /// lock, so that a change the writer published meanwhile is never replaced by an older one.
+    /// `online` is not the record's to say (it is presence, which the writer keeps): the entry's
+    /// here is kept, and a device new here is online if `elsewhere` says another instance has it.
     /// Returns the serials applied, in order.
     pub(crate) fn publish_newer(
         &self,
         entries: Vec<(Serial, Entry)>,
         retired: &mut Vec<Entry>,
+        elsewhere: impl Fn(&Serial) -> bool,
     ) -> Vec<Serial> {
         let mut applied = Vec::with_capacity(entries.len());
         let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
-        for (serial, entry) in entries {
-            let newer = devices
-                .get(&serial)
+        for (serial, mut entry) in entries {
+            let old = devices.get(&serial);
+            let newer = old
                 .is_none_or(|old| old.record.last_status_update < entry.record.last_status_update);
             if newer {
+                let online = old.map_or_else(|| elsewhere(&serial), |old| old.record.online);
+                if entry.record.online != online {
+                    let mut record = (*entry.record).clone();
+                    record.online = online;
+                    entry = Entry::new(record);
+                }
                 applied.push(serial.clone());
                 self.insert(&mut devices, serial, entry, retired);
             }
@@ -397,6 +406,42 @@ mod tests {
         let json = fleet.device_json("0001", &Scope::ALL).unwrap();
         assert!(!Record::from_json(&json).unwrap().online);
         assert_eq!(fleet.len(), 3);
+    }
+
+    /// Another instance's record never decides `online` here: a known device keeps its own, a
+    /// new one is online only if another instance has it.
+    #[test]
+    fn remote_records_keep_the_online_state_here() {
+        let fleet = fleet();
+        let remote = |serial: &str, online: bool| {
+            let serial = Serial::new(serial).unwrap();
+            let mut record = Record::new(
+                serial.clone(),
+                "EET",
+                Timestamp::from_unix_micros(1_800_000_000_000_000),
+            );
+            record.online = online;
+            (serial, Entry::new(record))
+        };
+        let online = |serial: &str| {
+            Record::from_json(&fleet.device_json(serial, &Scope::ALL).unwrap())
+                .unwrap()
+                .online
+        };
+        let applied = fleet.publish_newer(
+            vec![
+                remote("0001", false),
+                remote("0009", true),
+                remote("0008", false),
+            ],
+            &mut Vec::new(),
+            |serial| serial.as_str() == "0008",
+        );
+        assert_eq!(applied.len(), 3);
+        assert!(online("0001"), "online here, whatever the record says");
+        assert!(!online("0009"), "new here and online on no other instance");
+        assert!(online("0008"), "new here and online on another instance");
+        assert_eq!(fleet.online(), 4);
     }
 
     #[test]

@@ -79,8 +79,21 @@ pub(crate) enum Committed {
         header: Header,
         body: Map<String, Value>,
     },
-    /// The device came online (its first connection sent) or went offline (its last one closed).
+    /// The device came online (its first connection sent) or went offline (its last one closed;
+    /// or, with `--redis`, another instance's presence changed it).
     Online { serial: Serial, online: bool },
+}
+
+/// Where devices are online besides this instance (`--redis`: the cluster's presence), wired in at
+/// start-up, so that ingest does not know the cluster.
+pub(crate) trait Presence: Send + Sync + std::fmt::Debug + 'static {
+    /// A device's first connection here sent a valid message (`true`), or its last one closed
+    /// (`false`). Called under the lock that counts the device's connections, so in order per
+    /// device, from the sessions' tasks: must not wait (never Redis).
+    fn local(&self, serial: &Serial, online: bool);
+
+    /// Whether another instance has the device online.
+    fn elsewhere(&self, serial: &Serial) -> bool;
 }
 
 /// The current time as a record timestamp.
@@ -109,8 +122,11 @@ enum Job {
     /// Apply and store one device message.
     Write(Box<Write>),
     /// The device's last connection closed: it goes offline (shown, not stored: every device is
-    /// offline after a restart anyway).
+    /// offline after a restart anyway), unless another instance has it online.
     Offline(Serial),
+    /// Whether another instance has the device online changed (`--redis`): it is online if a
+    /// connection here or another instance has it.
+    Recheck(Serial),
     /// Finish what is queued, checkpoint and exit.
     Stop,
     /// Nothing to write: a second went by (checkpoints, and so the history, also happen when
@@ -121,13 +137,33 @@ enum Job {
 /// How often the writer is woken up without work.
 const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Open connections that have sent a valid message, per serial; shared with the writer, which
+/// keeps a device online while one is open (see [`Job::Recheck`]).
+type Connections = Arc<Mutex<HashMap<Serial, u32>>>;
+
+/// Asks the writer thread to decide again whether devices are online (`--redis`: the cluster's
+/// presence, when another instance's devices come or go). Never blocks.
+#[derive(Debug, Clone)]
+pub(crate) struct Recheck(mpsc::UnboundedSender<Job>);
+
+impl Recheck {
+    /// Decide `serial`'s `online` again (dashboards get an UPDT if it changes).
+    pub(crate) fn device(&self, serial: Serial) {
+        if self.0.send(Job::Recheck(serial)).is_err() {
+            debug!("store writer gone; presence recheck dropped");
+        }
+    }
+}
+
 /// Handle to the writer thread, and the count of connections keeping each device online.
 #[derive(Debug)]
 pub(crate) struct Ingest {
     tx: mpsc::UnboundedSender<Job>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
     /// Open connections that have sent a valid message, per serial (they keep the device online).
-    connections: Mutex<HashMap<Serial, u32>>,
+    connections: Connections,
+    /// Told when a device comes online here or goes offline (`--redis`).
+    presence: Option<Arc<dyn Presence>>,
     fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -135,19 +171,24 @@ pub(crate) struct Ingest {
 
 impl Ingest {
     /// Start the writer thread (and, through [`Log::start`], the checkpoint thread); `sink` gets
-    /// every committed batch's changes.
+    /// every committed batch's changes, `presence` (`--redis`) every device coming online here or
+    /// going offline.
     pub(crate) fn start<S: Sink>(
         store: Arc<Store>,
         fleet: Arc<Fleet>,
         sink: Arc<S>,
+        presence: Option<Arc<dyn Presence>>,
         metrics: &Arc<Metrics>,
         limits: Limits,
     ) -> Result<Ingest, StoreError> {
         let log = Log::start(store, Arc::clone(metrics))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let connections = Connections::default();
         let writer = Writer {
             fleet: Arc::clone(&fleet),
             sink,
+            presence: presence.clone(),
+            connections: Arc::clone(&connections),
             log,
             limits,
             staged: HashMap::new(),
@@ -172,7 +213,8 @@ impl Ingest {
         Ok(Ingest {
             tx,
             thread: Mutex::new(Some(thread)),
-            connections: Mutex::new(HashMap::new()),
+            connections,
+            presence,
             fleet,
             metrics: Arc::clone(metrics),
             limits,
@@ -189,6 +231,11 @@ impl Ingest {
             acks: Arc::new(AckQueue::default()),
             submitted: 0,
         }
+    }
+
+    /// The handle the cluster's presence asks for rechecks with.
+    pub(crate) fn recheck(&self) -> Recheck {
+        Recheck(self.tx.clone())
     }
 
     /// Queue a job. Never blocks (the bound is upstream: each connection may only have
@@ -211,7 +258,13 @@ impl Ingest {
     /// after a newer connection's write.
     fn attach(&self, serial: &Serial, job: Job) {
         let mut connections = self.lock_connections();
-        *connections.entry(serial.clone()).or_insert(0) += 1;
+        let count = connections.entry(serial.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1
+            && let Some(presence) = &self.presence
+        {
+            presence.local(serial, true);
+        }
         self.submit(job);
     }
 
@@ -232,6 +285,9 @@ impl Ingest {
             None => false,
         };
         if last {
+            if let Some(presence) = &self.presence {
+                presence.local(serial, false);
+            }
             self.submit(Job::Offline(serial.clone()));
         }
         last
@@ -417,8 +473,8 @@ enum Verdict {
     },
     /// Refused on its own (a record limit); the rest of the batch goes on.
     Refused(Option<AckTicket>, Refusal),
-    /// The device went offline.
-    Offline(Serial),
+    /// The device went online or offline (its connections here, or other instances).
+    Online(Serial, bool),
 }
 
 /// The writer thread's state.
@@ -426,6 +482,10 @@ struct Writer<S> {
     fleet: Arc<Fleet>,
     /// Where committed changes go (the hub).
     sink: Arc<S>,
+    /// Other instances' devices (`--redis`).
+    presence: Option<Arc<dyn Presence>>,
+    /// The connections keeping each device online here.
+    connections: Connections,
     log: Log,
     limits: Limits,
     /// Per batch, reused: the devices it touched, what became of each job, the changes for the sink.
@@ -497,23 +557,23 @@ impl<S: Sink> Writer<S> {
                 &mut retired,
             );
         } else {
-            // Nothing of the batch becomes visible; the offline marks still hold, on the
-            // committed records.
+            // Nothing of the batch becomes visible; the online and offline marks still hold, on
+            // the committed records.
             self.staged.clear();
             let scratch = &mut self.scratch;
-            let offline: Vec<(Serial, Entry)> = self.fleet.with_records(|records| {
+            let marks: Vec<(Serial, Entry)> = self.fleet.with_records(|records| {
                 self.verdicts
                     .iter()
                     .filter_map(|v| match v {
-                        Verdict::Offline(serial) => records
+                        Verdict::Online(serial, online) => records
                             .entry(serial)
-                            .filter(|e| e.record.online)
-                            .map(|e| (serial.clone(), offline(e, scratch))),
+                            .filter(|e| e.record.online != *online)
+                            .map(|e| (serial.clone(), with_online(e, *online, scratch))),
                         _ => None,
                     })
                     .collect()
             });
-            self.fleet.publish(offline, &mut retired);
+            self.fleet.publish(marks, &mut retired);
         }
         // Dashboards get the batch before its acks leave, so a dashboard that connects after an OK
         // never gets a change older than its snapshot. (Without dashboards this costs nothing.)
@@ -551,10 +611,10 @@ impl<S: Sink> Writer<S> {
                         });
                     }
                 }
-                Verdict::Offline(serial) if listening => {
+                Verdict::Online(serial, online) if listening => {
                     changes.push(Committed::Online {
                         serial: serial.clone(),
-                        online: false,
+                        online: *online,
                     });
                 }
                 _ => {}
@@ -571,7 +631,7 @@ impl<S: Sink> Writer<S> {
                 Verdict::Write { ack, .. } if committed => (ack, Ok(())),
                 Verdict::Write { ack, .. } => (ack, Err(Refusal::Store)),
                 Verdict::Refused(ack, refusal) => (ack, Err(refusal.clone())),
-                Verdict::Offline(_) => continue,
+                Verdict::Online(..) => continue,
             };
             // The session may be gone (peer closed): the write is durable all the same.
             if let Some(ack) = ack.take() {
@@ -630,6 +690,8 @@ impl<S: Sink> Writer<S> {
         self.listened = self.sink.listening();
         let Writer {
             fleet,
+            presence,
+            connections,
             listened,
             limits,
             staged,
@@ -646,6 +708,7 @@ impl<S: Sink> Writer<S> {
         let mut stopping = false;
         fleet.with_records(|records| {
             for job in batch.drain(..) {
+                let recheck = matches!(job, Job::Recheck(_));
                 match job {
                     Job::Write(write) => {
                         let Write {
@@ -758,17 +821,27 @@ impl<S: Sink> Writer<S> {
                             came_online: !was_online,
                         });
                     }
-                    Job::Offline(serial) => {
+                    Job::Offline(serial) | Job::Recheck(serial) => {
+                        // Offline: the last connection here closed (a newer connection's first
+                        // write follows it in the queue). Recheck: other instances changed; a
+                        // connection here keeps the device online.
+                        let here = recheck
+                            && connections
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .contains_key(&serial);
+                        let online =
+                            here || presence.as_ref().is_some_and(|p| p.elsewhere(&serial));
                         let (base, written) = match staged.get(&serial) {
                             Some(s) => (Some(&s.entry), s.written),
                             None => (records.entry(&serial), false),
                         };
-                        let Some(base) = base.filter(|e| e.record.online) else {
+                        let Some(base) = base.filter(|e| e.record.online != online) else {
                             continue;
                         };
-                        let entry = offline(base, scratch);
+                        let entry = with_online(base, online, scratch);
                         staged.insert(serial.clone(), Staged { entry, written });
-                        verdicts.push(Verdict::Offline(serial));
+                        verdicts.push(Verdict::Online(serial, online));
                     }
                     Job::Stop => stopping = true,
                     // Taken out of the batch before it is staged.
@@ -799,10 +872,10 @@ fn recycle(pool: &mut Vec<Arc<Record>>, record: Arc<Record>) {
     }
 }
 
-/// `entry` with `online: false`.
-fn offline(entry: &Entry, scratch: &mut Vec<u8>) -> Entry {
+/// `entry` with `online` set as given.
+fn with_online(entry: &Entry, online: bool, scratch: &mut Vec<u8>) -> Entry {
     let mut record = (*entry.record).clone();
-    record.online = false;
+    record.online = online;
     let json = serialize(&record, scratch);
     Entry {
         record: Arc::new(record),

@@ -136,6 +136,16 @@ pub(crate) struct Metrics {
     /// Times the change stream had been trimmed past this instance's position (latest records
     /// loaded again).
     pub cluster_resyncs: AtomicU64,
+    /// Presence (`--redis`): instances whose heartbeat was there at the last check (this one
+    /// included), devices online on another instance, round trips that published this instance's
+    /// heartbeat and devices, other instances' device changes applied, instances found dead, and
+    /// failed round trips (publishing or watching).
+    pub cluster_instances_alive: AtomicU64,
+    pub cluster_online_elsewhere: AtomicU64,
+    pub cluster_presence_published: AtomicU64,
+    pub cluster_presence_changes: AtomicU64,
+    pub cluster_instances_lost: AtomicU64,
+    pub cluster_presence_errors: AtomicU64,
     pub dashboard_frames: AtomicU64,
     pub dashboard_conflated: AtomicU64,
     pub dashboard_resyncs: AtomicU64,
@@ -378,6 +388,18 @@ impl Metrics {
                 u64::from(up),
             );
             metric(
+                "smart_cluster_instances_alive",
+                "gauge",
+                "Instances whose presence heartbeat was in Redis at the last check, this one included.",
+                get(&self.cluster_instances_alive),
+            );
+            metric(
+                "smart_cluster_devices_online_elsewhere",
+                "gauge",
+                "Devices another instance has online (shown online here whether or not they have a connection here).",
+                get(&self.cluster_online_elsewhere),
+            );
+            metric(
                 "smart_cluster_backlog_records",
                 "gauge",
                 "Records committed here and not shipped to Redis yet (the latest of each device).",
@@ -413,6 +435,26 @@ impl Metrics {
                     "smart_cluster_resyncs_total",
                     "Times the change stream had been trimmed past this instance's position (the latest records were loaded again).",
                     &self.cluster_resyncs,
+                ),
+                (
+                    "smart_cluster_presence_published_total",
+                    "Round trips that refreshed this instance's heartbeat and published its devices' online changes.",
+                    &self.cluster_presence_published,
+                ),
+                (
+                    "smart_cluster_presence_changes_total",
+                    "Other instances' device online/offline changes applied here (a whole set read again counts each device).",
+                    &self.cluster_presence_changes,
+                ),
+                (
+                    "smart_cluster_instances_lost_total",
+                    "Instances found dead here (their heartbeat expired): their devices went offline unless online elsewhere.",
+                    &self.cluster_instances_lost,
+                ),
+                (
+                    "smart_cluster_presence_errors_total",
+                    "Failed presence round trips to Redis (publishing or watching; retried).",
+                    &self.cluster_presence_errors,
                 ),
             ] {
                 metric(name, "counter", help, get(counter));

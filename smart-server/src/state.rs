@@ -98,6 +98,7 @@ impl Shared {
             Arc::clone(&store),
             Arc::clone(&fleet),
             Arc::clone(&hub),
+            cluster.as_ref().map(Cluster::presence),
             &metrics,
             ingest::Limits {
                 record_bytes: config.max_record_bytes,
@@ -107,6 +108,10 @@ impl Shared {
             },
         )
         .context("starting the store writer")?;
+        // Presence changes the devices' `online` through the writer, so it starts after it.
+        if let Some(cluster) = &cluster {
+            cluster.start_presence(ingest.recheck(), &metrics)?;
+        }
         let conns = Arc::new(Conns::new(budget, Arc::clone(&metrics)));
         Ok(Shared {
             config,

@@ -17,9 +17,11 @@ use smart_proto::{Header, MessageId, Record, Serial};
 use tracing::{debug, info, warn};
 
 use super::Link;
+use super::presence::Presence;
 use super::scripts::{DEVICES, INSTANCE_FIELD, STREAM};
 use crate::fleet::{Entry, Fleet};
 use crate::hub::{Change, Hub};
+use crate::ingest::Presence as _;
 use crate::metrics::Metrics;
 
 /// How long one `XREAD` blocks (the connection's read timeout is longer).
@@ -35,6 +37,8 @@ pub(crate) struct Follower {
     pub(crate) fleet: Arc<Fleet>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Which devices other instances have online: a device new here takes its `online` from it.
+    pub(crate) presence: Arc<Presence>,
     /// Whether the stream is being read (`/healthz`).
     pub(crate) up: Arc<AtomicBool>,
 }
@@ -52,7 +56,7 @@ impl Follower {
                 // Whether entries this instance has not read may be gone (trimmed, or lost by a
                 // restarted Redis): checked on every (re)connect and with every read.
                 let mut gap = match &position {
-                    Some(at) => missed(&first_entry().query(&mut conn)?, at),
+                    Some(at) => missed(&first_entry(STREAM).query(&mut conn)?, at),
                     None => false,
                 };
                 loop {
@@ -126,7 +130,7 @@ impl Follower {
         position: &mut String,
     ) -> redis::RedisResult<bool> {
         let (first, reply): (redis::Value, redis::Value) = redis::pipe()
-            .add_command(first_entry())
+            .add_command(first_entry(STREAM))
             .cmd("XREAD")
             .arg("COUNT")
             .arg(COUNT)
@@ -137,26 +141,14 @@ impl Follower {
             .arg(&*position)
             .query(conn)?;
         let gap = missed(&first, position);
-        let streams = match &reply {
-            redis::Value::Array(streams) => streams.as_slice(),
-            _ => &[],
-        };
-        for stream in streams {
-            let redis::Value::Array(parts) = stream else {
+        for (id, fields) in read_entries(&reply) {
+            *position = id;
+            if fields.first().map(|(k, v)| (k.as_str(), v.as_str()))
+                == Some((INSTANCE_FIELD, &*self.link.instance))
+            {
                 continue;
-            };
-            let Some(list) = parts.get(1) else {
-                continue;
-            };
-            for (id, fields) in entries(list) {
-                *position = id;
-                if fields.first().map(|(k, v)| (k.as_str(), v.as_str()))
-                    == Some((INSTANCE_FIELD, &*self.link.instance))
-                {
-                    continue;
-                }
-                self.apply(fields.iter().skip(1).map(|(s, r)| (s.as_str(), r.as_str())));
             }
+            self.apply(fields.iter().skip(1).map(|(s, r)| (s.as_str(), r.as_str())));
         }
         Ok(gap)
     }
@@ -164,38 +156,48 @@ impl Follower {
     /// Apply remote records (serial, JSON) newer than the fleet's, and hand their changes to the
     /// hub. Returns how many were applied.
     fn apply<'a>(&self, records: impl Iterator<Item = (&'a str, &'a str)>) -> usize {
-        let mut entries = Vec::new();
+        let mut remote = Vec::new();
         for (serial, json) in records {
             match Record::from_json(json) {
-                Ok(record) if record.serial_number.as_str() == serial => {
-                    entries.push((record.serial_number.clone(), Entry::new(record)));
-                }
+                Ok(record) if record.serial_number.as_str() == serial => remote.push(record),
                 Ok(_) => warn!(serial, "remote record under another serial; ignored"),
                 Err(e) => warn!(%e, serial, "unreadable remote record; ignored"),
             }
         }
-        if entries.is_empty() {
+        if remote.is_empty() {
             return 0;
         }
+        // `online` is presence, not the record's: the entry's here, or for a device new here
+        // whether another instance has it (`Fleet::publish_newer` checks again under its lock).
         // What dashboards are told: what differs from the entry here (all of it for a new device).
         let listening = self.hub.has_listeners();
-        let bodies: Vec<Option<Map<String, serde_json::Value>>> = if listening {
+        let bodies: Vec<Option<Map<String, serde_json::Value>>> =
             self.fleet.with_records(|local| {
-                entries
-                    .iter()
-                    .map(|(serial, entry)| Some(changed(local.get(serial), &entry.record)))
+                remote
+                    .iter_mut()
+                    .map(|record| {
+                        let here = local.get(&record.serial_number);
+                        record.online = here.map_or_else(
+                            || self.presence.elsewhere(&record.serial_number),
+                            |here| here.online,
+                        );
+                        listening.then(|| changed(here, record))
+                    })
                     .collect()
-            })
-        } else {
-            Vec::new()
-        };
+            });
+        let entries: Vec<(Serial, Entry)> = remote
+            .into_iter()
+            .map(|record| (record.serial_number.clone(), Entry::new(record)))
+            .collect();
         let mut retired = Vec::new();
         let bodies: std::collections::HashMap<Serial, Map<String, serde_json::Value>> = entries
             .iter()
             .zip(bodies)
             .filter_map(|((serial, _), body)| body.map(|b| (serial.clone(), b)))
             .collect();
-        let applied = self.fleet.publish_newer(entries, &mut retired);
+        let applied = self.fleet.publish_newer(entries, &mut retired, |serial| {
+            self.presence.elsewhere(serial)
+        });
         drop(retired);
         self.metrics
             .cluster_remote_applied
@@ -218,18 +220,34 @@ impl Follower {
     }
 }
 
-/// `XRANGE` of the stream's first entry.
-fn first_entry() -> redis::Cmd {
+/// `XRANGE` of `stream`'s first entry.
+pub(super) fn first_entry(stream: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("XRANGE");
-    cmd.arg(STREAM).arg("-").arg("+").arg("COUNT").arg(1);
+    cmd.arg(stream).arg("-").arg("+").arg("COUNT").arg(1);
     cmd
+}
+
+/// The entries of an `XREAD` reply, of every stream it read.
+pub(super) fn read_entries(reply: &redis::Value) -> Vec<(String, Vec<(String, String)>)> {
+    let streams = match reply {
+        redis::Value::Array(streams) => streams.as_slice(),
+        _ => &[],
+    };
+    streams
+        .iter()
+        .filter_map(|stream| match stream {
+            redis::Value::Array(parts) => parts.get(1),
+            _ => None,
+        })
+        .flat_map(entries)
+        .collect()
 }
 
 /// Whether entries after `position` may be gone: the stream's first entry (`first`, the reply of
 /// [`first_entry`]) is later. (Approximate trimming drops whole nodes of entries, so the entry at
 /// `position` goes with those after it in its node; it goes alone only if this instance had read
 /// its whole node, which costs a needless reload at worst.)
-fn missed(first: &redis::Value, position: &str) -> bool {
+pub(super) fn missed(first: &redis::Value, position: &str) -> bool {
     entries(first)
         .first()
         .is_some_and(|(id, _)| stream_id(id) > stream_id(position))
@@ -256,7 +274,7 @@ fn changed(local: Option<&Record>, remote: &Record) -> Map<String, serde_json::V
 }
 
 /// The entries of an `XRANGE`/`XREAD` list: (id, field-value pairs as text, in order).
-fn entries(list: &redis::Value) -> Vec<(String, Vec<(String, String)>)> {
+pub(super) fn entries(list: &redis::Value) -> Vec<(String, Vec<(String, String)>)> {
     let redis::Value::Array(items) = list else {
         return Vec::new();
     };

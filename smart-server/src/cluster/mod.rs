@@ -9,12 +9,16 @@
 //! - [`scripts`]: the keys, the stream, and the Lua script that writes a record only if its version
 //!   is newer than Redis's;
 //! - [`follow`]: a thread reads the change stream and applies the other instances' changes to the
-//!   fleet and the hub.
+//!   fleet and the hub;
+//! - [`presence`]: each instance's heartbeat and the devices connected to it; a device online on
+//!   any instance is online everywhere, and an instance whose heartbeat expires takes its devices
+//!   offline on the others (two threads of its own; the writer decides, through `ingest::Recheck`).
 //!
 //! Without `--redis` none of this exists: no thread, no hook, no key.
 
 mod follow;
 mod leftovers;
+mod presence;
 mod scripts;
 mod ship;
 
@@ -31,6 +35,7 @@ use tracing::info;
 use crate::config::{AckMode, Config};
 use crate::fleet::Fleet;
 use crate::hub::Hub;
+use crate::ingest::{self, Recheck};
 use crate::metrics::Metrics;
 use crate::store::Shipping;
 use crate::wal;
@@ -71,12 +76,14 @@ pub(crate) struct Cluster {
     link: Arc<Link>,
     shipper: Arc<ship::Shipper>,
     following: Arc<AtomicBool>,
+    presence: Arc<presence::Presence>,
 }
 
 /// What `/healthz` and `/metrics` show of the cluster.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Health {
-    /// The last round trip to Redis shipped, and the change stream is being read.
+    /// The last round trip to Redis shipped, the change stream is being read, and presence is
+    /// published and watched.
     pub redis_up: bool,
     /// Records committed here and not shipped yet.
     pub backlog: usize,
@@ -119,7 +126,16 @@ impl Cluster {
             }),
             shipper: Arc::new(ship::Shipper::new(acks_wait)),
             following: Arc::new(AtomicBool::new(false)),
+            presence: Arc::new(presence::Presence::new(Duration::from_secs(
+                config.redis_presence_ttl,
+            ))),
         }))
+    }
+
+    /// The ingest path's hook: devices coming online here or going offline, and whether another
+    /// instance has a device online.
+    pub(crate) fn presence(&self) -> Arc<dyn ingest::Presence> {
+        Arc::clone(&self.presence) as Arc<dyn ingest::Presence>
     }
 
     /// The store's hook: committed batches, and how far shipping got.
@@ -150,6 +166,7 @@ impl Cluster {
             fleet,
             hub,
             metrics: Arc::clone(metrics),
+            presence: Arc::clone(&self.presence),
             up: Arc::clone(&self.following),
         };
         thread::Builder::new()
@@ -159,10 +176,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// Start presence: publishing this instance's heartbeat and devices, and watching the others'
+    /// (`recheck`: the writer decides a device's `online` again when other instances change it).
+    pub(crate) fn start_presence(
+        &self,
+        recheck: Recheck,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<()> {
+        let (presence, link, publish_metrics) = (
+            Arc::clone(&self.presence),
+            Arc::clone(&self.link),
+            Arc::clone(metrics),
+        );
+        thread::Builder::new()
+            .name("smart-presence".to_owned())
+            .spawn(move || presence.run_publisher(&link, &publish_metrics))
+            .context("starting the presence publishing thread")?;
+        let (presence, link, watch_metrics) = (
+            Arc::clone(&self.presence),
+            Arc::clone(&self.link),
+            Arc::clone(metrics),
+        );
+        thread::Builder::new()
+            .name("smart-presence-watch".to_owned())
+            .spawn(move || presence.run_watcher(&link, &recheck, &watch_metrics))
+            .context("starting the presence watching thread")?;
+        Ok(())
+    }
+
     pub(crate) fn health(&self) -> Health {
         Health {
             redis_up: self.shipper.up.load(Ordering::Relaxed)
-                && self.following.load(Ordering::Relaxed),
+                && self.following.load(Ordering::Relaxed)
+                && self.presence.published.load(Ordering::Relaxed)
+                && self.presence.watching.load(Ordering::Relaxed),
             backlog: self.shipper.backlog(),
             acks_wait: self.shipper.acks_wait(),
             acks_waiting: self.shipper.acks_waiting(),

@@ -5,6 +5,9 @@
 //! - `smart:changes`: stream, one entry per shipped chunk: `i` → the shipping instance's id, then
 //!   serial → record JSON for every device the chunk changed (trimmed with `MAXLEN ~`).
 //!
+//! Presence has keys and scripts of its own (`smart:instance:<id>`, `smart:online:<id>`,
+//! `smart:instances`, the stream `smart:presence`): see [`super::presence`].
+//!
 //! The script compares versions server-side, so an older record shipped late (an instance's backlog
 //! after Redis was away, or its log replayed after a crash) never replaces a newer one, and the
 //! stream carries only what was accepted.

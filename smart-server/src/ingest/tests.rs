@@ -52,6 +52,14 @@ impl Sink for LateListener {
 }
 
 fn start<S: Sink>(dir: &std::path::Path, sink: Arc<S>) -> Ingest {
+    start_with(dir, sink, None)
+}
+
+fn start_with<S: Sink>(
+    dir: &std::path::Path,
+    sink: Arc<S>,
+    presence: Option<Arc<dyn Presence>>,
+) -> Ingest {
     let store = Arc::new(Store::open(dir, HistoryOptions::OFF).unwrap());
     let fleet = Arc::new(Fleet::new("EET".to_owned(), Registration::Open, Vec::new()));
     let limits = Limits {
@@ -60,7 +68,15 @@ fn start<S: Sink>(dir: &std::path::Path, sink: Arc<S>) -> Ingest {
         extra_bytes: 1024,
         serials_per_connection: 2,
     };
-    Ingest::start(store, fleet, sink, &Arc::new(Metrics::default()), limits).unwrap()
+    Ingest::start(
+        store,
+        fleet,
+        sink,
+        presence,
+        &Arc::new(Metrics::default()),
+        limits,
+    )
+    .unwrap()
 }
 
 fn wait_answered(acks: &AckQueue, ordinal: u64) {
@@ -149,4 +165,109 @@ fn committed_batches_go_to_the_sink() {
     let mut offline = offline;
     offline.sort();
     assert_eq!(offline, ["0001 online=false", "0002 online=false"]);
+}
+
+/// Other instances, as a test sets them; and what this one told them.
+#[derive(Debug, Default)]
+struct Elsewhere {
+    online: Mutex<HashSet<Serial>>,
+    told: Mutex<Vec<String>>,
+}
+
+impl Presence for Elsewhere {
+    fn local(&self, serial: &Serial, online: bool) {
+        self.told
+            .lock()
+            .unwrap()
+            .push(format!("{serial} online={online}"));
+    }
+
+    fn elsewhere(&self, serial: &Serial) -> bool {
+        self.online.lock().unwrap().contains(serial)
+    }
+}
+
+/// With other instances (`--redis`): a device online elsewhere stays online when its last
+/// connection here closes; a recheck takes it offline once no instance has it, brings it back
+/// when one has, and never takes it offline while a connection here keeps it.
+#[test]
+fn a_device_online_elsewhere_stays_online_and_rechecks_follow_the_other_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(Recording::default());
+    let elsewhere = Arc::new(Elsewhere::default());
+    let presence = Arc::clone(&elsewhere) as Arc<dyn Presence>;
+    let ingest = start_with(dir.path(), Arc::clone(&sink), Some(presence));
+    let serial = Serial::new("0001").unwrap();
+    let online = || {
+        ingest
+            .fleet
+            .device_json("0001", &crate::fleet::Scope::ALL)
+            .is_some_and(|json| Record::from_json(&json).unwrap().online)
+    };
+    let seen = |n: usize| {
+        for _ in 0..1000 {
+            if sink.0.lock().unwrap().len() >= n {
+                return sink.0.lock().unwrap().clone();
+            }
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!(
+            "the sink did not get {n} changes: {:?}",
+            sink.0.lock().unwrap()
+        );
+    };
+    let mut intake = ingest.intake();
+    let first = intake
+        .submit(
+            &serde_json::json!({"type": "UPDT", "message": "0001:0001:{\"battery\": 1}"})
+                .to_string(),
+        )
+        .unwrap();
+    wait_answered(intake.acks(), first.ordinal);
+    assert!(online());
+    // Online here and on another instance: the recheck keeps it, nothing is sent.
+    elsewhere.online.lock().unwrap().insert(serial.clone());
+    ingest.recheck().device(serial.clone());
+    // Its connection here closes: still online elsewhere.
+    intake.detach_all();
+    // Nobody has it any more.
+    elsewhere.online.lock().unwrap().clear();
+    ingest.recheck().device(serial.clone());
+    assert_eq!(seen(2), ["0001:0001:1", "0001 online=false"]);
+    assert!(!online());
+    // Another instance has it again.
+    elsewhere.online.lock().unwrap().insert(serial.clone());
+    ingest.recheck().device(serial.clone());
+    assert_eq!(seen(3)[2], "0001 online=true");
+    assert!(online());
+    // A connection here, then no instance any more: a connection here keeps it online.
+    let mut again = ingest.intake();
+    let second = again
+        .submit(
+            &serde_json::json!({"type": "UPDT", "message": "0002:0001:{\"battery\": 2}"})
+                .to_string(),
+        )
+        .unwrap();
+    wait_answered(again.acks(), second.ordinal);
+    elsewhere.online.lock().unwrap().clear();
+    ingest.recheck().device(serial.clone());
+    again.detach_all();
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(ingest.stop());
+    assert_eq!(
+        sink.0.lock().unwrap()[3..],
+        ["0002:0001:2", "0001 online=false"],
+        "no offline before the connection here closed"
+    );
+    assert_eq!(
+        *elsewhere.told.lock().unwrap(),
+        [
+            "0001 online=true",
+            "0001 online=false",
+            "0001 online=true",
+            "0001 online=false"
+        ]
+    );
 }
