@@ -925,3 +925,77 @@ async fn an_instance_stalled_past_its_ttl_brings_its_devices_back_online_when_it
     })
     .await;
 }
+
+/// Three instances on one Redis (issue 14): a dashboard on C sees every change acked on A and B, in
+/// the order each device sent them; afterwards C's snapshot (a new dashboard's INIT), Redis's latest
+/// records, every instance's API and the last acked values agree for every device.
+#[tokio::test]
+async fn three_instances_a_dashboard_on_one_sees_what_the_others_acked() {
+    let Some((redis, tmp, a, b)) = two_instances(&[], &[], &[]).await else {
+        return;
+    };
+    let c = Instance::start(&tmp.path().join("c"), &redis).await;
+    let (mut watching, _) = dashboard(c.addr).await;
+    // Three devices on A, three on B, each on its own connection; five changes each.
+    let mut expected = std::collections::BTreeMap::new();
+    for (instance, prefix) in [(&a, "TA"), (&b, "TB")] {
+        for k in 0..3 {
+            let serial = format!("{prefix}{k:02}");
+            let mut link = device(instance.addr).await;
+            for n in 0..5 {
+                let value = n * 10 + k;
+                send_ok(
+                    &mut link,
+                    &format!("{:04}", n + 1),
+                    &serial,
+                    &json!({"battery": value}),
+                )
+                .await;
+                expected.insert(serial.clone(), value);
+            }
+        }
+    }
+    // C's dashboard: each device's batteries arrive in the order they were acked, ending at the last.
+    let mut seen: std::collections::BTreeMap<String, Vec<i64>> = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + CONVERGE;
+    while expected
+        .iter()
+        .any(|(serial, last)| seen.get(serial).and_then(|v| v.last()) != Some(last))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "C's dashboard saw {seen:?}, expected {expected:?}"
+        );
+        let frame = recv_json(&mut watching).await;
+        if frame["type"] != "UPDT" {
+            continue;
+        }
+        let (_, serial, body) = parse_updt(&frame);
+        if let Some(battery) = body["battery"].as_i64() {
+            seen.entry(serial).or_default().push(battery);
+        }
+    }
+    for (serial, values) in &seen {
+        assert!(values.is_sorted(), "{serial}: {values:?} out of order");
+    }
+    // Snapshot, Redis and every API agree with the last acked values.
+    let (_, init) = dashboard(c.addr).await;
+    for (serial, last) in &expected {
+        let in_init = init.iter().find(|r| r["serial_number"] == serial.as_str());
+        assert_eq!(field(in_init, "battery"), *last, "{serial} in C's INIT");
+        assert_eq!(
+            field(redis.record(serial).as_ref(), "battery"),
+            *last,
+            "{serial} in Redis"
+        );
+        for instance in [&a, &b, &c] {
+            // (A and B read the stream at their own pace.)
+            eventually(
+                "every API answers the last acked value",
+                &[&a, &b, &c],
+                || async { field(instance.api(serial).await.as_ref(), "battery") == *last },
+            )
+            .await;
+        }
+    }
+}
