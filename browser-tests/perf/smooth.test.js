@@ -43,11 +43,14 @@ async function run(bin, t) {
     const b = await openBrowser();
     cleanup.unshift(() => b.close());
     const { page } = b;
-    const received = { INIT: 0, UPDT: 0, INFO: 0 };
+    const received = { INIT: 0, UPDT: 0, INFO: 0, changes: 0 };
     page.on('websocket', (ws) => {
       ws.on('framereceived', ({ payload }) => {
-        const kind = /"type"\s*:\s*"(\w+)"/.exec(String(payload).slice(0, 40))?.[1];
+        const text = String(payload);
+        const kind = /"type"\s*:\s*"(\w+)"/.exec(text.slice(0, 40))?.[1];
         if (kind in received) received[kind] += 1;
+        // A batched UPDT (`/client/?batch=1`) carries a list of changes; a plain one, one.
+        if (kind === 'UPDT') received.changes += text.startsWith('{"type":"UPDT","message":[') ? JSON.parse(text).message.length : 1;
       });
     });
     const loadStart = Date.now();
@@ -138,6 +141,7 @@ async function run(bin, t) {
       frameP95ms: Math.round(pct(95)),
       frameMaxMs: Math.round(frames[frames.length - 1]),
       pageGotUpdt: received.UPDT - before.UPDT,
+      pageGotChanges: received.changes - before.changes,
       pageGotInit: received.INIT - before.INIT,
       longTasks: m.long.length,
       longTaskMaxMs: Math.round(Math.max(0, ...m.long)),

@@ -9,7 +9,7 @@ import { KNOWN_COLUMNS, KNOWN_KEYS, humanize } from './fields.js';
 import { csvCell, formatCell, numberFormat, pad2 } from './format.js';
 import { isEmptyQuery, matches, queryFromHash, queryToHash, sameQuery, toClauses } from './query.js';
 import { resorted } from './order.js';
-import { clientUrl, readUpdt } from './wire.js';
+import { clientUrl, readUpdt, updtMessages } from './wire.js';
 import { state, setActiveQuery } from './state.js';
 import { onApply, setApplying, showClauseError, showError, writeForm } from './filters.js';
 import { buildColumns, drawnWindow, readThemeColors, remeasure, renderGrid, runFlashes } from './grid.js';
@@ -21,9 +21,9 @@ const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 8000;
 const CONNECT_TIMEOUT_MS = 10000;
 const MAX_PENDING_FLASH = 5000;
-// While paused, frames wait (in order) up to this many; beyond it they are dropped and the view is
-// asked for again on resume (a fresh INIT).
-const MAX_HELD_FRAMES = 20000;
+// While paused, frames wait (in order) up to this many changes and INITs (a batched UPDT counts its
+// changes); beyond it they are dropped and the view is asked for again on resume (a fresh INIT).
+const MAX_HELD = 20000;
 const RESORT_CUE_MS = 1200;
 
 const $ = (id) => document.getElementById(id);
@@ -107,9 +107,23 @@ function handleInit(list, answered) {
   markDirty('grid', 'summary', 'header');
 }
 
-function handleUpdate(message) {
+// What applying one change left to draw.
+const DRAW_NOTHING = 0;
+const DRAW_GRID = 1;
+const DRAW_SUMMARY = 2; // and the grid
+
+// An UPDT's changes (its one string, or a batched UPDT's list), applied in order; what they changed
+// is marked dirty once, for the next animation frame.
+function handleUpdt(message) {
+  let draw = DRAW_NOTHING;
+  for (const m of updtMessages(message)) draw = Math.max(draw, applyUpdate(m));
+  if (draw === DRAW_SUMMARY) markDirty('grid', 'summary');
+  else if (draw === DRAW_GRID) markDirty('grid');
+}
+
+function applyUpdate(message) {
   const updt = readUpdt(message);
-  if (updt === null) return;
+  if (updt === null) return DRAW_NOTHING;
   const { serial, body } = updt;
   state.updatesThisSecond += 1;
 
@@ -122,12 +136,12 @@ function handleUpdate(message) {
       insertRow(rec);
       state.newRows.add(rec);
     }
-    markDirty('grid', 'summary');
-    return;
+    return DRAW_SUMMARY;
   }
 
   let sortTouched = false;
   let filterTouched = false;
+  let draw = DRAW_GRID;
   let flashFields = null;
   // Own keys only: JSON.parse makes `__proto__` an own property of `body`, and nothing inherited counts.
   for (const key of Object.keys(body)) {
@@ -151,14 +165,14 @@ function handleUpdate(message) {
     const has = state.shown.has(rec);
     if (want && !has) insertRow(rec);
     else if (!want && has) removeRow(rec);
-    markDirty('summary');
+    draw = DRAW_SUMMARY;
   }
   if (sortTouched && state.shown.has(rec)) {
     state.resortPending = true;
     state.moved.add(rec);
   }
-  if (Object.hasOwn(body, 'online')) markDirty('summary');
-  markDirty('grid');
+  if (Object.hasOwn(body, 'online')) draw = DRAW_SUMMARY;
+  return draw;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -191,6 +205,7 @@ function connect() {
   link.gotInit = false;
   // A new connection starts with a fresh INIT: frames held from the old one are moot.
   state.held = [];
+  state.heldCount = 0;
   state.heldOverflow = false;
   link.connectTimer = setTimeout(() => ws.close(), CONNECT_TIMEOUT_MS);
   ws.onopen = () => {
@@ -238,8 +253,10 @@ function onFrame(data) {
   if (openSerial !== null && env.type === 'UPDT' && link.gotInit) feedDevice(env.message);
   // Paused: the table stays as it is; changes and view INITs wait, unless one answers a query.
   if (state.paused && (env.type === 'UPDT' || (env.type === 'INIT' && !link.skipInit && state.pending.length === 0))) {
-    if (state.held.length < MAX_HELD_FRAMES) state.held.push(env);
-    else state.heldOverflow = true;
+    if (!state.heldOverflow && state.heldCount < MAX_HELD) {
+      state.held.push(env);
+      state.heldCount += env.type === 'UPDT' ? updtMessages(env.message).length : 1;
+    } else state.heldOverflow = true;
     noteHeld();
     return;
   }
@@ -247,13 +264,15 @@ function onFrame(data) {
 }
 
 function feedDevice(message) {
-  const updt = readUpdt(message, openSerial);
-  if (updt !== null) deviceUpdate(openSerial, updt.body);
+  for (const m of updtMessages(message)) {
+    const updt = readUpdt(m, openSerial);
+    if (updt !== null) deviceUpdate(openSerial, updt.body);
+  }
 }
 
 function onMessage(env) {
   if (env.type === 'UPDT') {
-    if (link.gotInit) handleUpdate(env.message);
+    if (link.gotInit) handleUpdt(env.message);
   } else if (env.type === 'INIT') {
     if (link.skipInit) {
       link.skipInit = false;
@@ -571,6 +590,7 @@ function setPaused(on) {
     const held = state.held;
     const overflow = state.heldOverflow;
     state.held = [];
+    state.heldCount = 0;
     state.heldOverflow = false;
     for (const env of held) onMessage(env);
     // Too much arrived to keep: ask for the view again (the answer is a fresh INIT).
@@ -580,7 +600,7 @@ function setPaused(on) {
 }
 
 function noteHeld() {
-  const n = state.held.length;
+  const n = state.heldCount;
   setText($('paused-badge'), state.heldOverflow ? 'paused · many changes waiting' : `paused · ${numberFormat.format(n)} waiting`);
   $('paused-badge').hidden = !state.paused;
 }

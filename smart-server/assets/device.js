@@ -10,7 +10,7 @@
 import { KNOWN_COLUMNS, NUMERIC_FIELDS, humanize } from './fields.js';
 import { PAGE_HEADERS } from './auth.js';
 import { formatAgo, formatCell, formatLocal, formatPower, formatValue, implausible, numberFormat, parseTimestamp } from './format.js';
-import { clientUrl, readUpdt } from './wire.js';
+import { clientUrl, readUpdt, updtMessages } from './wire.js';
 
 const HOUR = 3600000;
 const DAY = 24 * HOUR;
@@ -170,8 +170,11 @@ function connectLive() {
         }
       }
     } else if (env?.type === 'UPDT') {
-      const updt = readUpdt(env.message, serial);
-      if (updt !== null) onUpdate(updt.body);
+      // One change, or a batch of them (`?batch=1`), in order; `onUpdate` draws once per frame.
+      for (const m of updtMessages(env.message)) {
+        const updt = readUpdt(m, serial);
+        if (updt !== null) onUpdate(updt.body);
+      }
     }
   };
   ws.onclose = () => {

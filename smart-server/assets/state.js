@@ -30,6 +30,7 @@ export const state = {
   visibleIndex: new Map(),
   paused: false,
   held: [], // frames that arrived while paused, in order
+  heldCount: 0, // the changes and INITs in held (a batched UPDT counts each of its changes)
   heldOverflow: false,
   pointerOnRows: false,
 };

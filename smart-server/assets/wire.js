@@ -1,8 +1,21 @@
 // The `/client/` websocket as both the table (app.js) and the device page (device.js) use it: its
 // address, and reading an UPDT's message (no DOM, no fetch: tested in node).
 
+// `?batch=1` (PROTOCOL.md §7, an extension): consecutive UPDTs arrive as one frame whose message is a
+// list of `MID:SERIAL:BODY` strings, so the page handles one websocket message (one task, one
+// JSON.parse) per batch instead of one per change.
 export function clientUrl() {
-  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/client/`;
+  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/client/?batch=1`;
+}
+
+const NONE = Object.freeze([]);
+
+// An UPDT's message as the list of its `MID:SERIAL:BODY` strings, in order: a batched UPDT's list as
+// it is, a plain UPDT's string as a list of one; an empty list for anything else. (Items that are not
+// strings stay in the list: `readUpdt` turns them into null.)
+export function updtMessages(message) {
+  if (typeof message === 'string') return [message];
+  return Array.isArray(message) ? message : NONE;
 }
 
 // An UPDT's `MID:SERIAL:BODY` as `{serial, body}` when the body is a JSON object; null for anything

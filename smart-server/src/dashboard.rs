@@ -1,4 +1,7 @@
-//! The `/client/` session: welcome, INIT, FILT, and the live stream of the dashboard's view.
+//! The `/client/` session: welcome, INIT, FILT, and the live stream of the dashboard's view, one
+//! UPDT per frame or, for a dashboard that asked for it, batched ([`batch`]).
+
+pub(crate) mod batch;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use tracing::{debug, info};
 
 use crate::fleet::{Records, Scope};
 use crate::hub::{Budget, Change, Latest, Owed, Subscription};
-use crate::liveness::{Due, Liveness, feed_text, is_not_reading};
+use crate::liveness::{Due, FRAGMENT, Liveness, feed_text, is_not_reading};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::state::Shared;
@@ -47,21 +50,34 @@ const TAKE_DEVICES: usize = 32;
 /// goes out in one write, which costs the server (and the dashboard) far fewer wake-ups and
 /// syscalls than one write per group commit, for at most this much more latency.
 const COALESCE: Duration = Duration::from_millis(2);
+/// A batched UPDT frame grows to about this size, then a new one starts: one websocket frame (the
+/// size beyond which messages are fragmented).
+const BATCH_BYTES: usize = FRAGMENT;
 /// INIT frames larger than this are sent as websocket fragments of this size, so that the socket's
 /// write buffer never has to hold a whole INIT of a large fleet.
 const INIT_FRAGMENT: usize = 4 * 1024;
+
+/// How a dashboard gets its UPDTs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Updts {
+    /// One UPDT per frame, as PROTOCOL.md §7 describes.
+    OnePerFrame,
+    /// Consecutive UPDTs as one list frame (`/client/?batch=1`, see [`batch`]).
+    Batched,
+}
 
 /// Serve one dashboard, which sees the devices of `scope`, until it closes or the server shuts down.
 pub(crate) async fn session<S>(
     mut ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     scope: Scope,
+    updts: Updts,
     mut shutdown: Shutdown,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     Metrics::inc(&shared.metrics.dashboard_connections);
-    let end = serve(&mut ws, &shared, scope, &mut shutdown).await;
+    let end = serve(&mut ws, &shared, scope, updts, &mut shutdown).await;
     finish(&mut ws, end).await;
     Metrics::dec(&shared.metrics.dashboard_connections);
 }
@@ -77,6 +93,7 @@ async fn serve<S>(
     ws: &mut WebSocketStream<S>,
     shared: &Shared,
     scope: Scope,
+    updts: Updts,
     shutdown: &mut Shutdown,
 ) -> End
 where
@@ -101,11 +118,17 @@ where
         devices: TAKE_DEVICES,
     };
     let mut last_send = Instant::now();
+    // A batching dashboard waits no longer than [`COALESCE`] either: waiting up to 16 ms (a display
+    // frame) for fuller lists was measured and gave the page no more frames (BENCHMARKS.md, issue 13).
+    let mut batcher = (updts == Updts::Batched).then(batch::Batcher::default);
     let mut catching_up = false;
     let mut liveness = Liveness::new(Duration::from_secs(shared.config.idle_timeout_secs));
     loop {
         if !out.is_empty() {
             last_send = Instant::now();
+            if let Some(batcher) = batcher.as_mut() {
+                batcher.merge(&mut out, BATCH_BYTES);
+            }
             let sent = tokio::select! {
                 sent = send_all(ws, &mut out) => sent,
                 // A dashboard that does not read must not hold up shutdown: give up on it.
