@@ -130,8 +130,8 @@ pub struct Config {
     #[arg(
         long = "checkpoint-seconds",
         env = "SMART_CHECKPOINT_SECONDS",
-        default_value_t = 30,
-        value_parser = clap::value_parser!(u32).range(1..=60)
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u32).range(1..=300)
     )]
     pub checkpoint_seconds: u32,
 
@@ -357,7 +357,7 @@ impl Config {
             max_extras: 256,
             max_extra_bytes: 4096,
             shutdown_grace_secs: 10,
-            checkpoint_seconds: 30,
+            checkpoint_seconds: 60,
             history: Switch::On,
             history_raw_hours: 48,
             history_5m_days: 30,

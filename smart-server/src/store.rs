@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::wal::{self, Wal, WalDir};
 
 /// How often sled is flushed and the log truncated, unless `--checkpoint-seconds` says otherwise.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(30);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the writer hands what it wrote over to the checkpoint thread (where the history's
 /// reads find the changes at once).
 const HAND_OVER_INTERVAL: Duration = Duration::from_secs(1);
@@ -162,7 +162,7 @@ impl Store {
         Ok(store)
     }
 
-    /// Checkpoint every `every` (`--checkpoint-seconds`) instead of every 30 s.
+    /// Checkpoint every `every` (`--checkpoint-seconds`) instead of every 60 s.
     pub(crate) fn checkpoint_every(mut self, every: Duration) -> Store {
         self.checkpoint_every = every;
         self
