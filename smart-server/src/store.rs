@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::wal::{self, Wal, WalDir};
 
 /// How often sled is flushed and the log truncated, unless `--checkpoint-seconds` says otherwise.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_mins(1);
 /// How often the writer hands what it wrote over to the checkpoint thread (where the history's
 /// reads find the changes at once).
 const HAND_OVER_INTERVAL: Duration = Duration::from_secs(1);
