@@ -124,6 +124,32 @@ impl Fleet {
         }
     }
 
+    /// Make a batch's online and offline marks visible (the writer thread). Each mark was staged
+    /// on the entry the writer read; if the cluster's follower has since replaced that entry with a
+    /// newer remote record ([`Fleet::publish_newer`]), the mark goes onto that record instead
+    /// (`remark`), so that a mark never brings an older record back.
+    pub(crate) fn publish_marks(
+        &self,
+        marks: impl IntoIterator<Item = (Serial, Entry)>,
+        retired: &mut Vec<Entry>,
+        mut remark: impl FnMut(&Entry, bool) -> Entry,
+    ) {
+        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        for (serial, entry) in marks {
+            let online = entry.record.online;
+            let entry = match devices.get(&serial) {
+                Some(now) if now.record.last_status_update > entry.record.last_status_update => {
+                    if now.record.online == online {
+                        continue;
+                    }
+                    remark(now, online)
+                }
+                _ => entry,
+            };
+            self.insert(&mut devices, serial, entry, retired);
+        }
+    }
+
     /// Make other instances' records visible (`--redis`, the cluster's follower): each only if its
     /// `last_status_update` is later than that of the device's entry here, checked under the write
     /// lock, so that a change the writer published meanwhile is never replaced by an older one.
@@ -442,6 +468,54 @@ mod tests {
         assert!(!online("0009"), "new here and online on no other instance");
         assert!(online("0008"), "new here and online on another instance");
         assert_eq!(fleet.online(), 4);
+    }
+
+    /// The race behind a flaky three-instance test: the writer stages an offline mark on the entry
+    /// it read, the follower meanwhile applies a newer remote record; the mark must land on that
+    /// record, not bring the older one back.
+    #[test]
+    fn a_mark_never_brings_an_older_record_back() {
+        let fleet = fleet();
+        let serial = Serial::new("0001").unwrap();
+        let read = fleet.with_records(|r| r.entry(&serial).unwrap().clone());
+        assert!(read.record.online);
+        let mut mark = (*read.record).clone();
+        mark.online = false;
+        let mut newer = (*read.record).clone();
+        let later = Timestamp::from_unix_micros(1_800_000_000_000_000);
+        newer.apply(&update(r#"{"battery": 77}"#, &serial), later);
+        fleet.publish_newer(
+            vec![(serial.clone(), Entry::new(newer))],
+            &mut Vec::new(),
+            |_| false,
+        );
+        let mut remarked = 0;
+        fleet.publish_marks(
+            [(serial.clone(), Entry::new(mark.clone()))],
+            &mut Vec::new(),
+            |entry, online| {
+                remarked += 1;
+                let mut record = (*entry.record).clone();
+                record.online = online;
+                Entry::new(record)
+            },
+        );
+        assert_eq!(remarked, 1);
+        let now = Record::from_json(&fleet.device_json("0001", &Scope::ALL).unwrap()).unwrap();
+        assert!(!now.online);
+        assert_eq!(now.to_map()["battery"], 77);
+        assert_eq!(fleet.online(), 2);
+        // On the entry it was staged on (nothing newer came), the mark is published as staged.
+        let serial = Serial::new("0002").unwrap();
+        let mut mark = (*fleet
+            .with_records(|r| r.entry(&serial).unwrap().clone())
+            .record)
+            .clone();
+        mark.online = false;
+        fleet.publish_marks([(serial, Entry::new(mark))], &mut Vec::new(), |_, _| {
+            panic!("nothing to remark")
+        });
+        assert_eq!(fleet.online(), 1);
     }
 
     #[test]

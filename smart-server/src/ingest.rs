@@ -550,12 +550,23 @@ impl<S: Sink> Writer<S> {
             self.note_history();
         }
         if committed {
+            // Writes replace their entries; what is left are marks only.
             self.fleet.publish(
                 self.staged
-                    .drain()
+                    .extract_if(|_, staged| staged.written)
                     .map(|(serial, staged)| (serial, staged.entry)),
                 &mut retired,
             );
+            if !self.staged.is_empty() {
+                let scratch = &mut self.scratch;
+                self.fleet.publish_marks(
+                    self.staged
+                        .drain()
+                        .map(|(serial, staged)| (serial, staged.entry)),
+                    &mut retired,
+                    |entry, online| with_online(entry, online, scratch),
+                );
+            }
         } else {
             // Nothing of the batch becomes visible; the online and offline marks still hold, on
             // the committed records.
@@ -573,7 +584,10 @@ impl<S: Sink> Writer<S> {
                     })
                     .collect()
             });
-            self.fleet.publish(marks, &mut retired);
+            self.fleet
+                .publish_marks(marks, &mut retired, |entry, online| {
+                    with_online(entry, online, scratch)
+                });
         }
         // Dashboards get the batch before its acks leave, so a dashboard that connects after an OK
         // never gets a change older than its snapshot. (Without dashboards this costs nothing.)

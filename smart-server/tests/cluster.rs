@@ -988,10 +988,10 @@ async fn three_instances_a_dashboard_on_one_sees_what_the_others_acked() {
             *last,
             "{serial} in Redis"
         );
-        for instance in [&a, &b, &c] {
+        for (name, instance) in [("A", &a), ("B", &b), ("C", &c)] {
             // (A and B read the stream at their own pace.)
             eventually(
-                "every API answers the last acked value",
+                &format!("{name}'s API answers {serial}'s last acked value"),
                 &[&a, &b, &c],
                 || async { field(instance.api(serial).await.as_ref(), "battery") == *last },
             )

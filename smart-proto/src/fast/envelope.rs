@@ -112,11 +112,15 @@ pub(crate) fn scan_envelope<'a>(
             if matches!(slot, Slot::Other) && value.escaped && value.to_cow(frame).is_none() {
                 return None;
             }
-            match slot {
-                Slot::Kind => env.kind = Some(value),
-                Slot::Message => env.message = Some(value),
-                Slot::Reason => env.reason = Some(value),
-                Slot::Other => {}
+            let displaced = match slot {
+                Slot::Kind => env.kind.replace(value),
+                Slot::Message => env.message.replace(value),
+                Slot::Reason => env.reason.replace(value),
+                Slot::Other => None,
+            };
+            // A repeated key: the last value wins, but the one it displaces must still be valid.
+            if displaced.is_some_and(|old| old.escaped && old.to_cow(frame).is_none()) {
+                return None;
             }
             i = json_ws(b, next);
             match b.get(i)? {
@@ -235,6 +239,27 @@ mod tests {
             Payload::Text(s) => s,
             other => panic!("not text: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_repeated_key_displaces_only_a_valid_value() {
+        // Found by the fuzzer: the first `message` holds escapes neither JSON (`\ `) nor Python (`\U`
+        // needs 8 hex digits) accepts; the second one wins, but the frame is still no object at all.
+        let frame =
+            r#"{"type":"INITUPDT","message":"0005:0001:{\"b\ \UPDT","message":"0005:0001:{}"}"#;
+        assert!(scan_json_envelope(frame).is_none());
+        assert!(matches!(
+            parse_envelope(frame).unwrap_err(),
+            crate::Error::Envelope { .. }
+        ));
+        let rejection = crate::parse_device_message(frame).unwrap_err();
+        assert_eq!(rejection.header, None);
+        // A valid displaced value keeps the fast path, and the last value wins.
+        let frame = r#"{"type":"UPDT","message":"a\"b","message":"0005:0001:{}"}"#;
+        let env = scan_json_envelope(frame)
+            .and_then(RawEnvelope::from_scan)
+            .unwrap();
+        assert!(matches!(env.message, Some(Payload::Text(ref t)) if t == "0005:0001:{}"));
     }
 
     #[test]

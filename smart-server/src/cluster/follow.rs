@@ -91,17 +91,7 @@ impl Follower {
 
     /// Note the stream's last entry, then apply every device's latest record. Returns the entry.
     fn load(&self, conn: &mut redis::Connection) -> redis::RedisResult<String> {
-        let last: redis::Value = redis::cmd("XREVRANGE")
-            .arg(STREAM)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query(conn)?;
-        let position = entries(&last)
-            .into_iter()
-            .next()
-            .map_or_else(|| "0-0".to_owned(), |(id, _)| id);
+        let position = last_entry_id(conn, STREAM)?;
         let mut cursor = "0".to_owned();
         let mut loaded = 0;
         loop {
@@ -241,6 +231,25 @@ pub(super) fn read_entries(reply: &redis::Value) -> Vec<(String, Vec<(String, St
         })
         .flat_map(entries)
         .collect()
+}
+
+/// The id of `stream`'s last entry, `0-0` for an empty or missing stream: where a reader that has
+/// just loaded the current state goes on from.
+pub(super) fn last_entry_id(
+    conn: &mut redis::Connection,
+    stream: &str,
+) -> redis::RedisResult<String> {
+    let last: redis::Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(conn)?;
+    Ok(entries(&last)
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
 }
 
 /// Whether entries after `position` may be gone: the stream's first entry (`first`, the reply of

@@ -32,7 +32,7 @@ use smart_proto::Serial;
 use tracing::{debug, info, warn};
 
 use super::Link;
-use super::follow::{self, entries, first_entry, missed};
+use super::follow::{self, first_entry, missed};
 use crate::ingest::{self, Recheck};
 use crate::metrics::Metrics;
 
@@ -420,17 +420,7 @@ impl Presence {
         recheck: &Recheck,
         metrics: &Metrics,
     ) -> redis::RedisResult<String> {
-        let last: redis::Value = redis::cmd("XREVRANGE")
-            .arg(STREAM)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query(conn)?;
-        let position = entries(&last)
-            .into_iter()
-            .next()
-            .map_or_else(|| "0-0".to_owned(), |(id, _)| id);
+        let position = follow::last_entry_id(conn, STREAM)?;
         let alive = self.alive(conn, metrics)?;
         let others: Vec<&String> = alive.iter().filter(|id| **id != *link.instance).collect();
         let sets: Vec<Vec<String>> = if others.is_empty() {
