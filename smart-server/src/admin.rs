@@ -23,7 +23,7 @@ use smart_proto::Serial;
 use tracing::info;
 use warp::http::{Method, Request, StatusCode, header};
 
-use crate::auth::{Auth, Denied, Role, TokenError};
+use crate::auth::{Auth, ChangeError, Denied, Role};
 
 /// A status and its JSON body.
 pub(crate) type Answer = (StatusCode, Value);
@@ -131,6 +131,21 @@ struct NewUser {
     scope_owner: Option<String>,
 }
 
+/// The answer to a credential change that was not made.
+fn change_failed(e: &ChangeError) -> Answer {
+    match e {
+        ChangeError::Invalid(why) => error(StatusCode::BAD_REQUEST, why.clone()),
+        ChangeError::Store(_) => {
+            tracing::error!(%e, "admin request: the store failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "the store failed")
+        }
+        ChangeError::Unshared(_) => {
+            tracing::warn!(%e, "admin request: not shared with the cluster");
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
 fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answer {
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let store_failed = |e: &dyn std::fmt::Display| {
@@ -159,22 +174,16 @@ fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answ
                     Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad serial: {e}")),
                 }
             }
-            match auth.tokens().issue_many(&serials, bulk.owner.as_deref()) {
-                Ok(tokens) => {
-                    for serial in &serials {
-                        auth.disconnect(serial.as_str());
-                    }
-                    (
-                        StatusCode::OK,
-                        serials
-                            .iter()
-                            .zip(tokens)
-                            .map(|(s, t)| json!({"serial": s.as_str(), "token": t}))
-                            .collect(),
-                    )
-                }
-                Err(e @ TokenError::BadOwner(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-                Err(e) => store_failed(&e),
+            match auth.issue_tokens(&serials, bulk.owner.as_deref()) {
+                Ok(tokens) => (
+                    StatusCode::OK,
+                    serials
+                        .iter()
+                        .zip(tokens)
+                        .map(|(s, t)| json!({"serial": s.as_str(), "token": t}))
+                        .collect(),
+                ),
+                Err(e) => change_failed(&e),
             }
         }
         (&Method::POST, ["tokens", serial]) => {
@@ -190,22 +199,18 @@ fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answ
                     Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"owner\": …}} or no body: {e}")),
                 }
             };
-            match auth.tokens().issue(&serial, issue.owner.as_deref()) {
-                Ok(token) => {
-                    auth.disconnect(serial.as_str());
-                    (StatusCode::OK, json!({"serial": serial.as_str(), "token": token}))
-                }
-                Err(e @ TokenError::BadOwner(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-                Err(e) => store_failed(&e),
+            match auth.issue_tokens(std::slice::from_ref(&serial), issue.owner.as_deref()) {
+                Ok(tokens) => (
+                    StatusCode::OK,
+                    json!({"serial": serial.as_str(), "token": tokens.first()}),
+                ),
+                Err(e) => change_failed(&e),
             }
         }
-        (&Method::DELETE, ["tokens", serial]) => match auth.tokens().revoke(serial) {
-            Ok(true) => {
-                auth.disconnect(serial);
-                (StatusCode::OK, json!({"serial": serial, "revoked": true}))
-            }
+        (&Method::DELETE, ["tokens", serial]) => match auth.revoke_token(serial) {
+            Ok(true) => (StatusCode::OK, json!({"serial": serial, "revoked": true})),
             Ok(false) => error(StatusCode::NOT_FOUND, format!("{serial:?} has no token")),
-            Err(e) => store_failed(&e),
+            Err(e) => change_failed(&e),
         },
         (&Method::GET, ["users"]) => match auth.users().list() {
             Ok(list) => (
@@ -226,22 +231,15 @@ fn route(auth: &Auth, method: &Method, segments: &[String], body: &[u8]) -> Answ
                     );
                 }
             };
-            match auth.users().add(name, &new.password, new.role, new.scope_owner) {
-                Ok(()) => {
-                    auth.forget_user(name);
-                    (StatusCode::OK, json!({"name": name, "role": new.role.as_str()}))
-                }
-                Err(crate::auth::UserError::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
-                Err(e) => store_failed(&e),
+            match auth.put_user(name, &new.password, new.role, new.scope_owner) {
+                Ok(()) => (StatusCode::OK, json!({"name": name, "role": new.role.as_str()})),
+                Err(e) => change_failed(&e),
             }
         }
-        (&Method::DELETE, ["users", name]) => match auth.users().remove(name) {
-            Ok(true) => {
-                auth.forget_user(name);
-                (StatusCode::OK, json!({"name": name, "removed": true}))
-            }
+        (&Method::DELETE, ["users", name]) => match auth.remove_user(name) {
+            Ok(true) => (StatusCode::OK, json!({"name": name, "removed": true})),
             Ok(false) => error(StatusCode::NOT_FOUND, format!("no user {name:?}")),
-            Err(e) => store_failed(&e),
+            Err(e) => change_failed(&e),
         },
         (_, ["tokens" | "users", ..]) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
         _ => error(StatusCode::NOT_FOUND, "no such admin resource"),

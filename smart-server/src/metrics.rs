@@ -146,6 +146,12 @@ pub(crate) struct Metrics {
     pub cluster_presence_changes: AtomicU64,
     pub cluster_instances_lost: AtomicU64,
     pub cluster_presence_errors: AtomicU64,
+    /// Shared credentials (`--redis`): token and user changes of the cluster copied here (a
+    /// reload counts each difference), failed reads or copies, and reloads after the credentials
+    /// stream was trimmed past this instance's position or reseeded.
+    pub cluster_credentials_applied: AtomicU64,
+    pub cluster_credential_errors: AtomicU64,
+    pub cluster_credential_resyncs: AtomicU64,
     pub dashboard_frames: AtomicU64,
     pub dashboard_conflated: AtomicU64,
     pub dashboard_resyncs: AtomicU64,
@@ -455,6 +461,21 @@ impl Metrics {
                     "smart_cluster_presence_errors_total",
                     "Failed presence round trips to Redis (publishing or watching; retried).",
                     &self.cluster_presence_errors,
+                ),
+                (
+                    "smart_cluster_credentials_applied_total",
+                    "Token and user changes of the cluster copied into this instance's store.",
+                    &self.cluster_credentials_applied,
+                ),
+                (
+                    "smart_cluster_credential_errors_total",
+                    "Failed reads of the cluster's credentials, or copies of them here (retried).",
+                    &self.cluster_credential_errors,
+                ),
+                (
+                    "smart_cluster_credential_resyncs_total",
+                    "Times all of the cluster's credentials were read again (stream trimmed past this instance, or reseeded).",
+                    &self.cluster_credential_resyncs,
                 ),
             ] {
                 metric(name, "counter", help, get(counter));

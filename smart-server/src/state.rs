@@ -111,6 +111,7 @@ impl Shared {
         // Presence changes the devices' `online` through the writer, so it starts after it.
         if let Some(cluster) = &cluster {
             cluster.start_presence(ingest.recheck(), &metrics)?;
+            cluster.start_credentials(Arc::clone(&auth), &metrics)?;
         }
         let conns = Arc::new(Conns::new(budget, Arc::clone(&metrics)));
         Ok(Shared {

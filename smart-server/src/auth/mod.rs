@@ -10,16 +10,18 @@
 //!
 //! Secrets never reach logs: neither tokens, passwords, nor the query strings that may carry them.
 
+mod changes;
 mod sessions;
 mod tokens;
 mod users;
 
+pub(crate) use changes::{Change, ChangeError, Share, Snapshot};
 pub(crate) use sessions::{COOKIE, SESSION_TTL};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -32,9 +34,9 @@ use smart_proto::Serial;
 use subtle::ConstantTimeEq as _;
 use tracing::{error, info};
 
-pub(crate) use tokens::{TokenError, Tokens};
+pub(crate) use tokens::{StoredToken, Tokens};
 pub use users::Role;
-pub(crate) use users::{UserError, Users};
+pub(crate) use users::{User, Users};
 
 /// Whether connections must authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,6 +126,11 @@ pub(crate) struct Auth {
     sessions: sessions::Sessions,
     /// Lets the command line act through this server (loopback only): kept in the data dir, 0600.
     admin_secret: String,
+    /// Where credential changes go first (`--redis`: the cluster), once set.
+    share: OnceLock<Arc<dyn Share>>,
+    /// Held while a change is shared and made here, and while the cluster's are copied here, so
+    /// that the copy ends as the cluster has it whatever the interleaving.
+    changing: Mutex<()>,
 }
 
 /// What a device connection may write: one serial, for as long as its token stands.
@@ -154,6 +161,8 @@ impl Auth {
             live: Mutex::new(HashMap::new()),
             sessions: sessions::Sessions::default(),
             admin_secret: tokens::random_secret()?,
+            share: OnceLock::new(),
+            changing: Mutex::new(()),
         })
     }
 

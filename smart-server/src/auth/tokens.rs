@@ -59,6 +59,58 @@ pub(crate) struct Verified {
 }
 
 /// One serial's token, as listed (never the token itself).
+/// What [`Tokens::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Put {
+    /// The serial had exactly this entry.
+    Same,
+    /// The same token, with another owner or creation time.
+    Updated,
+    /// Another token (or none) was replaced: the old one's connections must end.
+    Replaced,
+}
+
+/// A token as the cluster shares it (`--redis`): its hash, creation time and owner; never the token.
+/// When it was last used stays with each instance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StoredToken {
+    /// SHA-256 of the token, base64url.
+    hash: String,
+    pub created_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl StoredToken {
+    /// The hash as bytes; `None` if it is not 32 bytes of base64url (a damaged shared entry).
+    fn hash_bytes(&self) -> Option<[u8; 32]> {
+        URL_SAFE_NO_PAD.decode(&self.hash).ok()?.try_into().ok()
+    }
+
+    /// The local store's entry: hash, created, last used (`used`), owner.
+    fn entry(&self, used: u64) -> Option<Vec<u8>> {
+        let hash = self.hash_bytes()?;
+        let owner = self.owner.as_deref().unwrap_or_default();
+        let mut entry = Vec::with_capacity(ENTRY_LEN + owner.len());
+        entry.extend_from_slice(&hash);
+        entry.extend_from_slice(&self.created_ms.to_be_bytes());
+        entry.extend_from_slice(&used.to_be_bytes());
+        entry.extend_from_slice(owner.as_bytes());
+        Some(entry)
+    }
+
+    /// From the local store's entry.
+    fn from_entry(serial: &str, entry: &[u8]) -> Result<StoredToken, TokenError> {
+        let damaged = || TokenError::Damaged(serial.to_owned());
+        let hash = entry.get(..32).ok_or_else(damaged)?;
+        Ok(StoredToken {
+            hash: URL_SAFE_NO_PAD.encode(hash),
+            created_ms: be_u64(entry, 32).ok_or_else(damaged)?,
+            owner: stored_owner(entry).map_err(|_| damaged())?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TokenInfo {
     pub serial: String,
@@ -109,38 +161,92 @@ impl Tokens {
     }
 
     fn issue_unsynced(&self, serial: &Serial, owner: Option<&str>) -> Result<String, TokenError> {
+        let (token, stored) = Tokens::prepare(owner)?;
+        self.put(serial.as_str(), &stored)?;
+        Ok(token)
+    }
+
+    /// A new token for a device (`owner` checked), and what the store keeps of it; stores nothing.
+    pub(crate) fn prepare(owner: Option<&str>) -> Result<(String, StoredToken), TokenError> {
         if let Some(owner) = owner {
             check_owner(owner)?;
         }
         let token = format!("{TOKEN_PREFIX}{}", random_secret()?);
-        let hash = hash(&token);
-        let mut entry = Vec::with_capacity(ENTRY_LEN + owner.map_or(0, str::len));
-        entry.extend_from_slice(&hash);
-        entry.extend_from_slice(&now_ms().to_be_bytes());
-        entry.extend_from_slice(&0_u64.to_be_bytes());
-        entry.extend_from_slice(owner.unwrap_or_default().as_bytes());
-        if let Some(old) = self.by_serial.insert(serial.as_str(), entry)?
+        let stored = StoredToken {
+            hash: URL_SAFE_NO_PAD.encode(hash(&token)),
+            created_ms: now_ms(),
+            owner: owner.map(str::to_owned),
+        };
+        Ok((token, stored))
+    }
+
+    /// Make `stored` the token of `serial` (replacing any other; not flushed). When it is the token
+    /// already stored, its last use is kept.
+    pub(crate) fn put(&self, serial: &str, stored: &StoredToken) -> Result<Put, TokenError> {
+        let hash = stored
+            .hash_bytes()
+            .ok_or_else(|| TokenError::Damaged(serial.to_owned()))?;
+        let old = self.by_serial.get(serial)?;
+        let same = old.as_ref().and_then(|old| old.get(..32)) == Some(&hash[..]);
+        let used = match &old {
+            Some(old) if same => be_u64(old, 40).unwrap_or(0),
+            _ => 0,
+        };
+        let entry = stored
+            .entry(used)
+            .ok_or_else(|| TokenError::Damaged(serial.to_owned()))?;
+        if old.as_deref() == Some(&entry[..]) {
+            return Ok(Put::Same);
+        }
+        if let Some(old) = self.by_serial.insert(serial, entry)?
             && let Some(old_hash) = old.get(..32)
+            && old_hash != hash
         {
             self.by_hash.remove(old_hash)?;
         }
-        self.by_hash.insert(hash, serial.as_str())?;
-        Ok(token)
+        self.by_hash.insert(hash, serial)?;
+        Ok(if same { Put::Updated } else { Put::Replaced })
     }
 
-    /// Forget `serial`'s token; `false` if it had none. Durable when this returns.
-    pub(crate) fn revoke(&self, serial: &str) -> Result<bool, TokenError> {
+    /// What the store keeps of `serial`'s token, if it has one.
+    pub(crate) fn stored(&self, serial: &str) -> Result<Option<StoredToken>, TokenError> {
+        self.by_serial
+            .get(serial)?
+            .map(|entry| StoredToken::from_entry(serial, &entry))
+            .transpose()
+    }
+
+    /// Every token the store keeps, by serial.
+    pub(crate) fn all_stored(&self) -> Result<Vec<(String, StoredToken)>, TokenError> {
+        let mut out = Vec::new();
+        for item in &self.by_serial {
+            let (key, value) = item?;
+            let serial = String::from_utf8_lossy(&key).into_owned();
+            let stored = StoredToken::from_entry(&serial, &value)?;
+            out.push((serial, stored));
+        }
+        Ok(out)
+    }
+
+    /// Forget `serial`'s token (not flushed). Returns whether it had one.
+    pub(crate) fn remove(&self, serial: &str) -> Result<bool, TokenError> {
         let Some(old) = self.by_serial.remove(serial)? else {
             return Ok(false);
         };
         if let Some(old_hash) = old.get(..32) {
             self.by_hash.remove(old_hash)?;
         }
-        self.flush()?;
         Ok(true)
     }
 
-    /// Every serial with a token, in serial order.
+    pub(crate) fn revoke(&self, serial: &str) -> Result<bool, TokenError> {
+        let removed = self.remove(serial)?;
+        if removed {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
     pub(crate) fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
         let mut out = Vec::new();
         for item in &self.by_serial {
@@ -196,7 +302,7 @@ impl Tokens {
         Ok(Some(Verified { serial, owner }))
     }
 
-    fn flush(&self) -> Result<(), TokenError> {
+    pub(crate) fn flush(&self) -> Result<(), TokenError> {
         self.by_serial.flush()?;
         self.by_hash.flush()?;
         Ok(())

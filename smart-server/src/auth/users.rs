@@ -71,7 +71,7 @@ impl Users {
         self.tree.is_empty()
     }
 
-    /// Add or replace `name`. Durable when this returns.
+    /// Add or replace a user; the password is stored only as its argon2id hash.
     pub(crate) fn add(
         &self,
         name: &str,
@@ -79,6 +79,19 @@ impl Users {
         role: Role,
         scope_owner: Option<String>,
     ) -> Result<(), UserError> {
+        let user = Users::prepare(name, password, role, scope_owner)?;
+        self.put(name, &user)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    /// A user as it would be stored (name and password checked, the password hashed); stores nothing.
+    pub(crate) fn prepare(
+        name: &str,
+        password: &str,
+        role: Role,
+        scope_owner: Option<String>,
+    ) -> Result<User, UserError> {
         check_name(name)?;
         if password.is_empty() || password.len() > MAX_PASSWORD {
             return Err(UserError::Invalid(format!(
@@ -92,14 +105,39 @@ impl Users {
             .hash_password(password.as_bytes(), &salt)
             .map_err(|e| UserError::Hash(e.to_string()))?
             .to_string();
-        let user = User {
+        Ok(User {
             role,
             scope_owner,
             created_ms: super::tokens::now_ms(),
             phc,
-        };
-        let json = serde_json::to_vec(&user).map_err(|e| UserError::Hash(e.to_string()))?;
-        self.tree.insert(name, json)?;
+        })
+    }
+
+    /// Store `user` under `name` (not flushed). Returns whether it differs from what was stored.
+    pub(crate) fn put(&self, name: &str, user: &User) -> Result<bool, UserError> {
+        check_name(name)?;
+        let json = serde_json::to_vec(user).map_err(|e| UserError::Hash(e.to_string()))?;
+        let old = self.tree.insert(name, json.as_slice())?;
+        Ok(old.as_deref() != Some(&json[..]))
+    }
+
+    /// The stored user `name`, if any.
+    pub(crate) fn get(&self, name: &str) -> Result<Option<User>, UserError> {
+        self.tree
+            .get(name)?
+            .map(|value| {
+                serde_json::from_slice(&value).map_err(|_| UserError::Damaged(name.to_owned()))
+            })
+            .transpose()
+    }
+
+    /// Forget `name` (not flushed). Returns whether it existed.
+    pub(crate) fn forget(&self, name: &str) -> Result<bool, UserError> {
+        Ok(self.tree.remove(name)?.is_some())
+    }
+
+    /// Make what was changed durable.
+    pub(crate) fn flush(&self) -> Result<(), UserError> {
         self.tree.flush()?;
         Ok(())
     }

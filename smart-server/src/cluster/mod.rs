@@ -12,10 +12,13 @@
 //!   fleet and the hub;
 //! - [`presence`]: each instance's heartbeat and the devices connected to it; a device online on
 //!   any instance is online everywhere, and an instance whose heartbeat expires takes its devices
-//!   offline on the others (two threads of its own; the writer decides, through `ingest::Recheck`).
+//!   offline on the others (two threads of its own; the writer decides, through `ingest::Recheck`);
+//! - [`credentials`]: device tokens and users live in Redis; changes go there first (the auth
+//!   module's `Share` hook) and a thread copies the others' into this instance's store.
 //!
 //! Without `--redis` none of this exists: no thread, no hook, no key.
 
+mod credentials;
 mod follow;
 mod leftovers;
 mod presence;
@@ -32,6 +35,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tracing::info;
 
+use crate::auth::{Auth, Share};
 use crate::config::{AckMode, Config};
 use crate::fleet::Fleet;
 use crate::hub::Hub;
@@ -77,6 +81,7 @@ pub(crate) struct Cluster {
     shipper: Arc<ship::Shipper>,
     following: Arc<AtomicBool>,
     presence: Arc<presence::Presence>,
+    credentials: Arc<credentials::Credentials>,
 }
 
 /// What `/healthz` and `/metrics` show of the cluster.
@@ -116,14 +121,16 @@ impl Cluster {
         let acks_wait = config.ack == AckMode::Cluster;
         let mode = if acks_wait { "cluster" } else { "local" };
         info!(redis = %redacted, instance, ack = mode, "sharing the fleet through Redis");
+        let link = Arc::new(Link {
+            client,
+            script: redis::Script::new(scripts::SHIP),
+            instance: Arc::from(instance),
+            stream_max_len: config.redis_stream_max_len,
+            redacted,
+        });
         Ok(Some(Cluster {
-            link: Arc::new(Link {
-                client,
-                script: redis::Script::new(scripts::SHIP),
-                instance: Arc::from(instance),
-                stream_max_len: config.redis_stream_max_len,
-                redacted,
-            }),
+            credentials: Arc::new(credentials::Credentials::new(Arc::clone(&link))),
+            link,
             shipper: Arc::new(ship::Shipper::new(acks_wait)),
             following: Arc::new(AtomicBool::new(false)),
             presence: Arc::new(presence::Presence::new(Duration::from_secs(
@@ -204,10 +211,27 @@ impl Cluster {
         Ok(())
     }
 
+    /// Share credentials with the other instances: `auth`'s changes go to Redis first from now on,
+    /// and a thread copies the others' changes into it.
+    pub(crate) fn start_credentials(
+        &self,
+        auth: Arc<Auth>,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<()> {
+        auth.share_with(Arc::clone(&self.credentials) as Arc<dyn Share>);
+        let (credentials, metrics) = (Arc::clone(&self.credentials), Arc::clone(metrics));
+        thread::Builder::new()
+            .name("smart-credentials".to_owned())
+            .spawn(move || credentials.run(&auth, &metrics))
+            .context("starting the credentials thread")?;
+        Ok(())
+    }
+
     pub(crate) fn health(&self) -> Health {
         Health {
             redis_up: self.shipper.up.load(Ordering::Relaxed)
                 && self.following.load(Ordering::Relaxed)
+                && self.credentials.following.load(Ordering::Relaxed)
                 && self.presence.published.load(Ordering::Relaxed)
                 && self.presence.watching.load(Ordering::Relaxed),
             backlog: self.shipper.backlog(),
