@@ -256,6 +256,9 @@ async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again(
         b.health().await["redis"] == "ok"
     })
     .await;
+    // A dashboard on B, from before the gap (the fleet is empty yet).
+    let (mut watching, init) = dashboard(b.addr).await;
+    assert!(init.is_empty(), "{init:?}");
     // …and is not reading while A's changes push the stream past it: rounds until at least ten
     // entries B never read are trimmed (its blocked read took the first one at most).
     b.signal("-STOP");
@@ -294,6 +297,33 @@ async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again(
         .await;
     }
     assert!(b.metric("smart_cluster_resyncs_total").await >= 1);
+
+    // B's dashboard gets a resync INIT (not only UPDTs), and it holds the reloaded records.
+    let deadline = Instant::now() + CONVERGE;
+    let resync = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no resync INIT on B's dashboard within {CONVERGE:?}\n{}",
+            b.log()
+        );
+        let frame = recv_json(&mut watching).await;
+        if frame["type"] == "INIT" {
+            break frame["message"].as_array().unwrap().clone();
+        }
+        assert_eq!(frame["type"], "UPDT", "{frame}");
+    };
+    for (serial, value) in &last {
+        let record = resync
+            .iter()
+            .find(|r| r["serial_number"] == serial.as_str());
+        assert_eq!(
+            field(record, "power_income"),
+            *value,
+            "{serial} in the resync INIT"
+        );
+    }
+    assert_eq!(resync.len(), DEVICES, "{resync:?}");
+    assert!(b.metric("smart_dashboard_resyncs_total").await >= 1);
 }
 
 /// The OK or ERROR of a device message (skipping nothing: the device sends one at a time).
