@@ -236,6 +236,227 @@ async fn acks_of_an_instance_killed_while_redis_was_away_reach_redis_after_its_r
     .await;
 }
 
+/// What one device was told while its writers sent: its last acked value (values only grow), how
+/// many OKs it got, and the value sent whose answer never came (its connection broke: its instance
+/// was killed), which may or may not be stored.
+#[derive(Debug, Default, Clone, Copy)]
+struct Acked {
+    last: Option<i64>,
+    oks: usize,
+    unanswered: Option<i64>,
+}
+
+/// Every device's [`Acked`], shared by the writers.
+type Tally = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Acked>>>;
+
+/// Send `power_income` = each of `values` for `serial` over one new connection to `addr`, one at a
+/// time, noting every OK in `tally`. Returns `true` once every value is acked, `false` as soon as the
+/// connection breaks (its instance was killed). An ERROR or an answer not within [`TIMEOUT`] panics.
+async fn write_values(
+    addr: std::net::SocketAddr,
+    serial: String,
+    values: std::ops::RangeInclusive<i64>,
+    tally: Tally,
+) -> bool {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = device(addr).await;
+    for (n, value) in values.enumerate() {
+        let mid = format!("{:04}", n + 1);
+        tally
+            .lock()
+            .unwrap()
+            .entry(serial.clone())
+            .or_default()
+            .unanswered = Some(value);
+        let frame = updt(&mid, &serial, &json!({ "power_income": value }));
+        if ws.send(Message::text(frame)).await.is_err() {
+            return false;
+        }
+        let reply = loop {
+            match tokio::time::timeout(TIMEOUT, ws.next()).await {
+                Err(tokio::time::error::Elapsed { .. }) => {
+                    panic!("{serial}: no answer to {mid} within {TIMEOUT:?}")
+                }
+                Ok(Some(Ok(Message::Text(text)))) => break text,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Ok(_) => return false,
+            }
+        };
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(
+            reply,
+            json!({"type": "INFO", "message": format!("{mid}:{serial}:OK")}),
+            "{serial}: every write must be acked"
+        );
+        let mut tally = tally.lock().unwrap();
+        let acked = tally.get_mut(&serial).unwrap();
+        *acked = Acked {
+            last: Some(value),
+            oks: acked.oks + 1,
+            unanswered: None,
+        };
+    }
+    true
+}
+
+/// Writers for `serials` on `addr`, each sending the values `from..=from + count - 1`.
+fn spawn_writers(
+    addr: std::net::SocketAddr,
+    serials: &[String],
+    from: i64,
+    count: i64,
+    tally: &Tally,
+) -> Vec<tokio::task::JoinHandle<bool>> {
+    serials
+        .iter()
+        .map(|serial| {
+            let (serial, tally) = (serial.clone(), tally.clone());
+            tokio::spawn(write_values(addr, serial, from..=from + count - 1, tally))
+        })
+        .collect()
+}
+
+/// Wait until each of `serials` has at least `oks` OKs (for at most [`CONVERGE`]).
+async fn until_acked(tally: &Tally, serials: &[String], oks: usize) {
+    let deadline = Instant::now() + CONVERGE;
+    while serials
+        .iter()
+        .any(|s| tally.lock().unwrap().get(s).is_none_or(|a| a.oks < oks))
+    {
+        assert!(Instant::now() < deadline, "writers stuck: {tally:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Join `writers`; all must have finished (`true`) or all broken (`false`) as `finished` says.
+async fn join_writers(writers: Vec<tokio::task::JoinHandle<bool>>, finished: bool, what: &str) {
+    for writer in writers {
+        let done = tokio::time::timeout(CONVERGE, writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(done, finished, "{what}");
+    }
+}
+
+/// How many of `serials`' last acked values Redis does not hold yet (right after a kill: what the
+/// killed instance still had to ship).
+fn behind_in_redis(redis: &Redis, tally: &Tally, serials: &[String]) -> usize {
+    let tally = tally.lock().unwrap().clone();
+    serials
+        .iter()
+        .filter(|s| {
+            let last = tally[*s].last.unwrap();
+            field(redis.record(s).as_ref(), "power_income").as_i64() != Some(last)
+        })
+        .count()
+}
+
+/// Issue 14: SIGKILL of any instance while devices write to every instance and Redis is up loses no
+/// acked change cluster-wide. Three instances; three devices write on each (one connection each,
+/// one message at a time, bounded counts, every answer an OK). Each instance in turn (B, A, C) is
+/// killed mid-stream while the others' devices keep writing, and restarted on its data directory;
+/// after B's kill one of its devices moves to A, whose newer writes must win over whatever B ships
+/// at its restart. At the end, for every device, Redis's latest record and the API of every
+/// instance hold its last acked value — or, for a device whose connection broke with a write
+/// unanswered, possibly that later write (stored and synced, its OK lost with the process).
+#[tokio::test]
+async fn sigkill_of_any_instance_at_any_time_loses_no_acked_change_cluster_wide() {
+    /// Messages per writer and round; a victim is killed once each of its writers got
+    /// [`KILL_AFTER`] OKs in the round.
+    const COUNT: i64 = 400;
+    const KILL_AFTER: usize = 20;
+    let Some((redis, tmp, a, b)) = two_instances(&[], &[], &[]).await else {
+        return;
+    };
+    let c = Instance::start(&tmp.path().join("c"), &redis).await;
+    let mut instances = [Some(a), Some(b), Some(c)];
+    let names = ["A", "B", "C"];
+    let serials: Vec<Vec<String>> = names
+        .iter()
+        .map(|name| (0..3).map(|k| format!("X{name}{k:02}")).collect())
+        .collect();
+    let tally = Tally::default();
+
+    for (round, victim) in [1, 0, 2].into_iter().enumerate() {
+        let from = (round as i64 + 1) * 10_000 + 1;
+        let live: Vec<_> = instances.iter().map(|i| i.as_ref().unwrap().addr).collect();
+        let mut survivors = Vec::new();
+        for i in (0..3).filter(|&i| i != victim) {
+            survivors.extend(spawn_writers(live[i], &serials[i], from, COUNT, &tally));
+        }
+        let oks_before = tally
+            .lock()
+            .unwrap()
+            .get(&serials[victim][0])
+            .map_or(0, |a| a.oks);
+        let victims = spawn_writers(live[victim], &serials[victim], from, COUNT, &tally);
+        until_acked(&tally, &serials[victim], oks_before + KILL_AFTER).await;
+        let dir = instances[victim].take().unwrap().kill().await;
+        eprintln!(
+            "{} killed; Redis lacked the last acked change of {} of its 3 devices",
+            names[victim],
+            behind_in_redis(&redis, &tally, &serials[victim])
+        );
+        join_writers(victims, false, "the victim's writers broke mid-stream").await;
+        join_writers(survivors, true, "the other instances' writers went on").await;
+        instances[victim] = Some(Instance::start(&dir, &redis).await);
+
+        if round == 0 {
+            // XB00 moves to A: A's newer writes win over what B ships from its log.
+            let moved = spawn_writers(live[0], &serials[1][..1], 15_001, 50, &tally);
+            join_writers(moved, true, "XB00 writes on A").await;
+            let [Some(a), Some(b), Some(_)] = &instances else {
+                unreachable!()
+            };
+            eventually("B shipped what its log kept", &[a, b], || async {
+                b.health().await["redis"] == "ok"
+                    && b.metric("smart_cluster_backlog_records").await == 0
+            })
+            .await;
+            eventually("A's writes of XB00 are everywhere", &[a, b], || async {
+                field(redis.record("XB00").as_ref(), "power_income") == 15_050
+                    && field(a.api("XB00").await.as_ref(), "power_income") == 15_050
+                    && field(b.api("XB00").await.as_ref(), "power_income") == 15_050
+            })
+            .await;
+        }
+    }
+
+    // Every instance has shipped everything it holds (a restarted one: what its log kept first).
+    let [Some(a), Some(b), Some(c)] = &instances else {
+        unreachable!()
+    };
+    let all = [a, b, c];
+    for (name, instance) in names.iter().zip(all) {
+        eventually(&format!("{name} shipped everything"), &all, || async {
+            instance.health().await["redis"] == "ok"
+                && instance.metric("smart_cluster_backlog_records").await == 0
+        })
+        .await;
+    }
+    let tally = tally.lock().unwrap().clone();
+    assert_eq!(tally.len(), 9);
+    for (serial, acked) in &tally {
+        let last = acked.last.unwrap();
+        let allowed: Vec<i64> = std::iter::once(last).chain(acked.unanswered).collect();
+        let in_redis = field(redis.record(serial).as_ref(), "power_income");
+        assert!(
+            in_redis.as_i64().is_some_and(|v| allowed.contains(&v)),
+            "{serial}: Redis holds {in_redis}, the last acked value is {last} ({acked:?})"
+        );
+        for (name, instance) in names.iter().zip(all) {
+            eventually(
+                &format!("{name}'s API holds {serial}'s value in Redis ({in_redis})"),
+                &all,
+                || async { field(instance.api(serial).await.as_ref(), "power_income") == in_redis },
+            )
+            .await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again() {
     const DEVICES: usize = 30;
