@@ -20,7 +20,7 @@ chromium=$(chromium_bin)
 echo "chromium: $chromium ($("$chromium" --version 2>/dev/null || echo 'version unknown'))"
 export CHROMIUM_BIN=$chromium
 
-# --- redis-server (tests/cluster.rs starts its own on a free loopback port) ------------------------------
+# --- redis-server (tests/cluster*.rs start their own on a free loopback port) ----------------------------
 bash scripts/apt-install.sh redis-server redis-server
 echo "redis-server: $(redis-server --version)"
 

@@ -15,6 +15,10 @@
 //! 2. *resync*: if more than `conflate_limit` devices changed since its cursor, it gets a fresh INIT of
 //!    its view instead.
 //!
+//! [`Hub::resync_all`] makes every dashboard subscribed at that moment resync once (the cluster's
+//! follower, after reloading the latest records from Redis): it bumps an epoch that each
+//! subscription compares with the one it last took an INIT at — one atomic load per take, no lock.
+//!
 //! Views (FILT) are evaluated by the dashboard session, not here, so the cost on the ingest path is
 //! the same whatever the dashboards ask for.
 
@@ -145,6 +149,9 @@ pub(crate) struct Hub {
     listeners: AtomicUsize,
     /// Dashboards admitted (see [`Hub::admit`]).
     admitted: AtomicUsize,
+    /// Bumped by [`Hub::resync_all`]: a subscription that took its INIT at an older epoch owes a
+    /// resync.
+    epoch: AtomicU64,
     next_id: AtomicU64,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -158,6 +165,7 @@ impl Hub {
             cursors: Mutex::new(HashMap::new()),
             listeners: AtomicUsize::new(0),
             admitted: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             limits: Limits {
                 queue: limits.queue.max(1),
@@ -197,6 +205,16 @@ impl Hub {
         self.head.send_replace(head);
     }
 
+    /// Make every dashboard subscribed now resync once: each is owed [`Owed::Resync`] (a fresh
+    /// INIT of its view, read from the fleet when it is sent) at its next take, and those waiting
+    /// are woken. Call once the fleet holds what the INITs must show. O(1), whatever the number of
+    /// dashboards.
+    pub(crate) fn resync_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        // Wakes the waiting dashboards (the head is unchanged; `ready` checks the epoch too).
+        self.head.send_modify(|_| {});
+    }
+
     /// Count a dashboard connection against `max`; `None` when `max` are already connected.
     pub(crate) fn admit(self: &Arc<Self>, max: usize) -> Option<Admission> {
         self.admitted
@@ -212,6 +230,8 @@ impl Hub {
     /// Register a dashboard. Changes published from now on reach it until the subscription drops.
     pub(crate) fn subscribe(self: &Arc<Self>) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Before the cursor: the INIT the dashboard is about to take covers this epoch.
+        let epoch = self.epoch.load(Ordering::Acquire);
         let cursor = {
             let mut log = self.lock();
             log.subscribers += 1;
@@ -228,6 +248,7 @@ impl Hub {
             id,
             cursor,
             shared_cursor,
+            epoch,
             conflated: None,
             head: self.head.subscribe(),
         }
@@ -291,7 +312,8 @@ pub(crate) enum Owed {
     /// Devices changed since the cursor whose changes left the ring: send each one's current
     /// record (appended to the caller's buffer).
     Conflated,
-    /// Too many devices to conflate: send a fresh INIT of the view (then call [`Subscription::resync`]).
+    /// Too many devices to conflate, or [`Hub::resync_all`] was called: send a fresh INIT of the
+    /// view (then call [`Subscription::resync`]).
     Resync,
 }
 
@@ -304,6 +326,8 @@ pub(crate) struct Subscription {
     cursor: u64,
     /// `cursor`, for the lag gauges.
     shared_cursor: Arc<AtomicU64>,
+    /// The hub's epoch when this dashboard last took an INIT (see [`Hub::resync_all`]).
+    epoch: u64,
     /// While conflating: devices sent so far in this episode.
     conflated: Option<usize>,
     head: watch::Receiver<u64>,
@@ -313,16 +337,23 @@ impl Subscription {
     /// Resolves once something was published past this dashboard's cursor (at once if that is
     /// already so).
     pub(crate) async fn ready(&mut self) {
-        let cursor = self.cursor;
-        if self.head.wait_for(|&head| head > cursor).await.is_err() {
+        let (cursor, epoch) = (self.cursor, self.epoch);
+        let hub = &self.hub;
+        let owed = |&head: &u64| head > cursor || hub.epoch.load(Ordering::Acquire) != epoch;
+        if self.head.wait_for(owed).await.is_err() {
             // The hub is gone: the server is shutting down; nothing will come.
             std::future::pending::<()>().await;
         }
     }
 
-    /// Whether something was published past this dashboard's cursor.
+    /// Whether something was published past this dashboard's cursor (or a resync is owed).
     pub(crate) fn behind(&self) -> bool {
-        *self.head.borrow() > self.cursor
+        *self.head.borrow() > self.cursor || self.resync_owed()
+    }
+
+    /// Whether [`Hub::resync_all`] was called since this dashboard last took an INIT.
+    fn resync_owed(&self) -> bool {
+        self.hub.epoch.load(Ordering::Acquire) != self.epoch
     }
 
     /// Take what this dashboard is owed next, at most `max_changes` changes of at most about
@@ -335,6 +366,10 @@ impl Subscription {
         budget: Budget,
     ) -> Owed {
         let limits = self.hub.limits;
+        if self.resync_owed() {
+            Metrics::inc(&self.hub.metrics.dashboard_resyncs);
+            return Owed::Resync;
+        }
         let log = self.hub.lock();
         if self.cursor >= log.head {
             self.conflated = None;
@@ -390,6 +425,7 @@ impl Subscription {
     /// Skip to the head: a fresh INIT of the view is about to cover everything published so far.
     /// Call *before* taking the INIT snapshot (a change racing with it is then sent twice, never lost).
     pub(crate) fn resync(&mut self) {
+        self.epoch = self.hub.epoch.load(Ordering::Acquire);
         let head = self.hub.lock().head;
         self.conflated = None;
         self.advance(head);
@@ -575,6 +611,59 @@ mod tests {
             (Owed::Changes, vec!["0004:0001".into()])
         );
         assert_eq!(hub.metrics.dashboard_resyncs.load(Ordering::Relaxed), 1);
+    }
+
+    /// `resync_all`: every dashboard subscribed at that moment owes exactly one resync, whatever it
+    /// was doing (caught up, with changes waiting, conflating), and a waiting one is woken; one
+    /// subscribed later owes none.
+    #[tokio::test]
+    async fn resync_all_makes_every_current_dashboard_resync_once() {
+        let hub = hub(2, 8);
+        let (mut idle, mut pending, mut conflating) =
+            (hub.subscribe(), hub.subscribe(), hub.subscribe());
+        hub.publish(&[change("0001", "0001", "battery", 1)]);
+        assert_eq!(take(&mut idle, BUDGET).0, Owed::Changes);
+        hub.publish(&[
+            change("0002", "0001", "battery", 1),
+            change("0003", "0001", "battery", 1),
+        ]);
+        let one = Budget {
+            devices: 1,
+            ..BUDGET
+        };
+        assert_eq!(take(&mut conflating, one).0, Owed::Conflated);
+        assert_eq!(take(&mut idle, BUDGET).0, Owed::Changes);
+        assert!(!idle.behind());
+
+        // A caught-up dashboard waiting for changes is woken, though nothing was published.
+        let waiting = tokio::spawn(async move {
+            idle.ready().await;
+            idle
+        });
+        tokio::task::yield_now().await;
+        hub.resync_all();
+        let mut idle = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("a waiting dashboard is woken by resync_all")
+            .unwrap();
+        let later = hub.subscribe();
+        for s in [&mut idle, &mut pending, &mut conflating] {
+            assert!(s.behind());
+            assert_eq!(take(s, BUDGET), (Owed::Resync, vec![]));
+            s.resync();
+            assert!(!s.behind());
+            assert_eq!(take(s, BUDGET), (Owed::Nothing, vec![]));
+        }
+        let mut later = later;
+        assert!(!later.behind());
+        assert_eq!(take(&mut later, BUDGET), (Owed::Nothing, vec![]));
+        assert_eq!(hub.metrics.dashboard_resyncs.load(Ordering::Relaxed), 3);
+
+        // Once resynced, changes flow again as before.
+        hub.publish(&[change("0004", "0001", "battery", 1)]);
+        for s in [&mut idle, &mut pending, &mut conflating, &mut later] {
+            assert_eq!(take(s, BUDGET), (Owed::Changes, vec!["0004:0001".into()]));
+        }
     }
 
     /// Publishing does the same work and keeps the same state however many dashboards never take

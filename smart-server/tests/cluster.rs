@@ -1,279 +1,23 @@
 //! Several instances sharing one fleet through a real Redis (`--redis`): the real binary, a real
 //! `redis-server` started by the test on a free loopback port with its own directory (append-only
-//! file synced on every write), killed at the end, on panic too.
+//! file synced on every write), killed at the end, on panic too (helpers: `common/cluster.rs`;
+//! presence: `cluster_presence.rs`).
 //!
 //! Without `redis-server` installed these tests fail under CI (`CI=true`) and are skipped loudly
 //! elsewhere (`scripts/test.sh` and `.ci/run` install it).
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cluster::*;
 use common::*;
 use serde_json::{Value, json};
-
-/// How long a change may take to reach Redis or another instance (generous: a busy 2-core machine).
-const CONVERGE: Duration = Duration::from_secs(20);
-
-/// A `redis-server` of this test's own, on 127.0.0.1.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    options: Vec<String>,
-}
-
-impl Redis {
-    /// Start one, or `None` (after a loud message) where `redis-server` is missing outside CI.
-    fn start() -> Option<Redis> {
-        Redis::start_with(&[])
-    }
-
-    /// [`Redis::start`] with extra `redis-server` options.
-    fn start_with(options: &[&str]) -> Option<Redis> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-            assert!(
-                !ci,
-                "redis-server is not installed: CI must install it (apt-get install redis-server; see scripts/test.sh)"
-            );
-            eprintln!(
-                "\n*** SKIPPED: redis-server is not installed (apt-get install redis-server); the cluster tests did not run ***\n"
-            );
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Redis {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            options: options.iter().map(|o| (*o).to_owned()).collect(),
-        };
-        redis.restart();
-        Some(redis)
-    }
-
-    /// Start it again on the same port and directory (what it had synced comes back).
-    fn restart(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(["--daemonize", "no", "--logfile", ""])
-            .args(&self.options)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let pong = self
-                .connection()
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL, and wait until it is gone.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Send `signal` (`-STOP`, `-CONT`) to the running `redis-server`.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().unwrap().id();
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn connection(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.url())?;
-        let mut tries = 0;
-        loop {
-            match client.get_connection_with_timeout(Duration::from_secs(2)) {
-                // A signal (SIGCHLD of a `kill` this test ran) interrupted the connect: again.
-                Err(e) if e.is_io_error() && e.to_string().contains("os error 4") && tries < 5 => {
-                    tries += 1;
-                }
-                connected => return connected,
-            }
-        }
-    }
-
-    /// The record Redis holds for `serial`.
-    fn record(&self, serial: &str) -> Option<Value> {
-        let mut conn = self.connection().ok()?;
-        let json: Option<String> = redis::cmd("HGET")
-            .arg("smart:devices")
-            .arg(serial)
-            .query(&mut conn)
-            .ok()?;
-        serde_json::from_str(&json?).ok()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One `smart-server` process with `--redis` (killed on drop), its log kept for failures.
-struct Instance {
-    child: tokio::process::Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Instance {
-    async fn start(dir: &Path, redis: &Redis) -> Instance {
-        Instance::start_env(dir, redis, &[]).await
-    }
-
-    /// [`Instance::start`] with more environment (`SMART_*` flags).
-    async fn start_env(dir: &Path, redis: &Redis, env: &[(&str, &str)]) -> Instance {
-        let url = redis.url();
-        let log = dir.with_extension("log");
-        let mut envs = vec![
-            ("SMART_REDIS", std::ffi::OsStr::new(&url)),
-            ("RUST_LOG", std::ffi::OsStr::new("info")),
-            // A checkpoint (and rotation) every second, as the tests below expect.
-            ("SMART_CHECKPOINT_SECONDS", std::ffi::OsStr::new("1")),
-        ];
-        envs.extend(env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))));
-        let (child, addr) = spawn_binary_env(dir, &envs, &log).await;
-        Instance {
-            child,
-            addr,
-            dir: dir.to_path_buf(),
-            log,
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().unwrap();
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn kill(mut self) -> PathBuf {
-        self.child.kill().await.unwrap();
-        self.dir.clone()
-    }
-
-    async fn api(&self, serial: &str) -> Option<Value> {
-        let res = http_get(self.addr, &format!("/api/devices/{serial}"), &[]).await;
-        (res.status == 200).then(|| res.json())
-    }
-
-    async fn metric(&self, name: &str) -> u64 {
-        let res = http_get(self.addr, "/metrics", &[]).await;
-        assert_eq!(res.status, 200);
-        metric_or_zero(&res.body, name)
-    }
-
-    async fn health(&self) -> Value {
-        http_get(self.addr, "/healthz", &[]).await.json()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// Poll `check` until it holds, for at most [`CONVERGE`]; panics with `what` and the logs.
-async fn eventually<F, Fut>(what: &str, logs: &[&Instance], mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + CONVERGE;
-    while !check().await {
-        if Instant::now() >= deadline {
-            let logs: Vec<String> = logs.iter().map(|i| i.log()).collect();
-            panic!(
-                "not within {CONVERGE:?}: {what}\nlogs:\n{}",
-                logs.join("\n---\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A Redis of the test's own (started with `options`) and two instances on it, A and B (with the
-/// environment `env_a` and `env_b`), and the directory holding their data; `None` where
-/// `redis-server` is missing (see [`Redis::start`]).
-async fn two_instances(
-    options: &[&str],
-    env_a: &[(&str, &str)],
-    env_b: &[(&str, &str)],
-) -> Option<(Redis, tempfile::TempDir, Instance, Instance)> {
-    let redis = Redis::start_with(options)?;
-    let tmp = tempfile::tempdir().unwrap();
-    let a = Instance::start_env(&tmp.path().join("a"), &redis, env_a).await;
-    let b = Instance::start_env(&tmp.path().join("b"), &redis, env_b).await;
-    Some((redis, tmp, a, b))
-}
-
-/// The next UPDT of `serial` that is not only its presence (`{"online": …}`: the device came
-/// online on another instance, which may reach this one before or after its record).
-async fn next_change_for(dashboard: &mut Ws, serial: &str) -> (String, Value) {
-    loop {
-        let (mid, body) = next_updt_for(dashboard, serial).await;
-        let presence_only = body
-            .as_object()
-            .is_some_and(|fields| fields.len() == 1 && fields.contains_key("online"));
-        if !presence_only {
-            return (mid, body);
-        }
-    }
-}
-
-/// A field of a record, if the record is there.
-fn field(record: Option<&Value>, key: &str) -> Value {
-    record.map_or(Value::Null, |r| r[key].clone())
-}
 
 #[tokio::test]
 async fn a_change_acked_on_one_instance_reaches_the_dashboards_and_api_of_another() {
@@ -371,28 +115,6 @@ fn newest_segment(dir: &Path) -> u64 {
         })
         .max()
         .unwrap_or(0)
-}
-
-/// The values of each device's last acked message, for `devices` devices after `rounds` rounds.
-fn expected(devices: usize, rounds: usize) -> Vec<(String, i64)> {
-    (0..devices)
-        .map(|d| (format!("R{d:03}"), (rounds * 100 + d) as i64))
-        .collect()
-}
-
-/// `rounds` messages for each of `devices` devices, over one connection each; every one must be OK.
-async fn send_rounds(addr: SocketAddr, devices: usize, rounds: usize) {
-    let mut sockets = Vec::new();
-    for _ in 0..devices {
-        sockets.push(device(addr).await);
-    }
-    for round in 1..=rounds {
-        for (d, ws) in sockets.iter_mut().enumerate() {
-            let serial = format!("R{d:03}");
-            let mid = format!("{round:04}");
-            send_ok(ws, &mid, &serial, &json!({"power_income": round * 100 + d})).await;
-        }
-    }
 }
 
 #[tokio::test]
@@ -514,6 +236,227 @@ async fn acks_of_an_instance_killed_while_redis_was_away_reach_redis_after_its_r
     .await;
 }
 
+/// What one device was told while its writers sent: its last acked value (values only grow), how
+/// many OKs it got, and the value sent whose answer never came (its connection broke: its instance
+/// was killed), which may or may not be stored.
+#[derive(Debug, Default, Clone, Copy)]
+struct Acked {
+    last: Option<i64>,
+    oks: usize,
+    unanswered: Option<i64>,
+}
+
+/// Every device's [`Acked`], shared by the writers.
+type Tally = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Acked>>>;
+
+/// Send `power_income` = each of `values` for `serial` over one new connection to `addr`, one at a
+/// time, noting every OK in `tally`. Returns `true` once every value is acked, `false` as soon as the
+/// connection breaks (its instance was killed). An ERROR or an answer not within [`TIMEOUT`] panics.
+async fn write_values(
+    addr: std::net::SocketAddr,
+    serial: String,
+    values: std::ops::RangeInclusive<i64>,
+    tally: Tally,
+) -> bool {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = device(addr).await;
+    for (n, value) in values.enumerate() {
+        let mid = format!("{:04}", n + 1);
+        tally
+            .lock()
+            .unwrap()
+            .entry(serial.clone())
+            .or_default()
+            .unanswered = Some(value);
+        let frame = updt(&mid, &serial, &json!({ "power_income": value }));
+        if ws.send(Message::text(frame)).await.is_err() {
+            return false;
+        }
+        let reply = loop {
+            match tokio::time::timeout(TIMEOUT, ws.next()).await {
+                Err(tokio::time::error::Elapsed { .. }) => {
+                    panic!("{serial}: no answer to {mid} within {TIMEOUT:?}")
+                }
+                Ok(Some(Ok(Message::Text(text)))) => break text,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Ok(_) => return false,
+            }
+        };
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(
+            reply,
+            json!({"type": "INFO", "message": format!("{mid}:{serial}:OK")}),
+            "{serial}: every write must be acked"
+        );
+        let mut tally = tally.lock().unwrap();
+        let acked = tally.get_mut(&serial).unwrap();
+        *acked = Acked {
+            last: Some(value),
+            oks: acked.oks + 1,
+            unanswered: None,
+        };
+    }
+    true
+}
+
+/// Writers for `serials` on `addr`, each sending the values `from..=from + count - 1`.
+fn spawn_writers(
+    addr: std::net::SocketAddr,
+    serials: &[String],
+    from: i64,
+    count: i64,
+    tally: &Tally,
+) -> Vec<tokio::task::JoinHandle<bool>> {
+    serials
+        .iter()
+        .map(|serial| {
+            let (serial, tally) = (serial.clone(), tally.clone());
+            tokio::spawn(write_values(addr, serial, from..=from + count - 1, tally))
+        })
+        .collect()
+}
+
+/// Wait until each of `serials` has at least `oks` OKs (for at most [`CONVERGE`]).
+async fn until_acked(tally: &Tally, serials: &[String], oks: usize) {
+    let deadline = Instant::now() + CONVERGE;
+    while serials
+        .iter()
+        .any(|s| tally.lock().unwrap().get(s).is_none_or(|a| a.oks < oks))
+    {
+        assert!(Instant::now() < deadline, "writers stuck: {tally:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Join `writers`; all must have finished (`true`) or all broken (`false`) as `finished` says.
+async fn join_writers(writers: Vec<tokio::task::JoinHandle<bool>>, finished: bool, what: &str) {
+    for writer in writers {
+        let done = tokio::time::timeout(CONVERGE, writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(done, finished, "{what}");
+    }
+}
+
+/// How many of `serials`' last acked values Redis does not hold yet (right after a kill: what the
+/// killed instance still had to ship).
+fn behind_in_redis(redis: &Redis, tally: &Tally, serials: &[String]) -> usize {
+    let tally = tally.lock().unwrap().clone();
+    serials
+        .iter()
+        .filter(|s| {
+            let last = tally[*s].last.unwrap();
+            field(redis.record(s).as_ref(), "power_income").as_i64() != Some(last)
+        })
+        .count()
+}
+
+/// Issue 14: SIGKILL of any instance while devices write to every instance and Redis is up loses no
+/// acked change cluster-wide. Three instances; three devices write on each (one connection each,
+/// one message at a time, bounded counts, every answer an OK). Each instance in turn (B, A, C) is
+/// killed mid-stream while the others' devices keep writing, and restarted on its data directory;
+/// after B's kill one of its devices moves to A, whose newer writes must win over whatever B ships
+/// at its restart. At the end, for every device, Redis's latest record and the API of every
+/// instance hold its last acked value — or, for a device whose connection broke with a write
+/// unanswered, possibly that later write (stored and synced, its OK lost with the process).
+#[tokio::test]
+async fn sigkill_of_any_instance_at_any_time_loses_no_acked_change_cluster_wide() {
+    /// Messages per writer and round; a victim is killed once each of its writers got
+    /// [`KILL_AFTER`] OKs in the round.
+    const COUNT: i64 = 400;
+    const KILL_AFTER: usize = 20;
+    let Some((redis, tmp, a, b)) = two_instances(&[], &[], &[]).await else {
+        return;
+    };
+    let c = Instance::start(&tmp.path().join("c"), &redis).await;
+    let mut instances = [Some(a), Some(b), Some(c)];
+    let names = ["A", "B", "C"];
+    let serials: Vec<Vec<String>> = names
+        .iter()
+        .map(|name| (0..3).map(|k| format!("X{name}{k:02}")).collect())
+        .collect();
+    let tally = Tally::default();
+
+    for (round, victim) in [1, 0, 2].into_iter().enumerate() {
+        let from = (round as i64 + 1) * 10_000 + 1;
+        let live: Vec<_> = instances.iter().map(|i| i.as_ref().unwrap().addr).collect();
+        let mut survivors = Vec::new();
+        for i in (0..3).filter(|&i| i != victim) {
+            survivors.extend(spawn_writers(live[i], &serials[i], from, COUNT, &tally));
+        }
+        let oks_before = tally
+            .lock()
+            .unwrap()
+            .get(&serials[victim][0])
+            .map_or(0, |a| a.oks);
+        let victims = spawn_writers(live[victim], &serials[victim], from, COUNT, &tally);
+        until_acked(&tally, &serials[victim], oks_before + KILL_AFTER).await;
+        let dir = instances[victim].take().unwrap().kill().await;
+        eprintln!(
+            "{} killed; Redis lacked the last acked change of {} of its 3 devices",
+            names[victim],
+            behind_in_redis(&redis, &tally, &serials[victim])
+        );
+        join_writers(victims, false, "the victim's writers broke mid-stream").await;
+        join_writers(survivors, true, "the other instances' writers went on").await;
+        instances[victim] = Some(Instance::start(&dir, &redis).await);
+
+        if round == 0 {
+            // XB00 moves to A: A's newer writes win over what B ships from its log.
+            let moved = spawn_writers(live[0], &serials[1][..1], 15_001, 50, &tally);
+            join_writers(moved, true, "XB00 writes on A").await;
+            let [Some(a), Some(b), Some(_)] = &instances else {
+                unreachable!()
+            };
+            eventually("B shipped what its log kept", &[a, b], || async {
+                b.health().await["redis"] == "ok"
+                    && b.metric("smart_cluster_backlog_records").await == 0
+            })
+            .await;
+            eventually("A's writes of XB00 are everywhere", &[a, b], || async {
+                field(redis.record("XB00").as_ref(), "power_income") == 15_050
+                    && field(a.api("XB00").await.as_ref(), "power_income") == 15_050
+                    && field(b.api("XB00").await.as_ref(), "power_income") == 15_050
+            })
+            .await;
+        }
+    }
+
+    // Every instance has shipped everything it holds (a restarted one: what its log kept first).
+    let [Some(a), Some(b), Some(c)] = &instances else {
+        unreachable!()
+    };
+    let all = [a, b, c];
+    for (name, instance) in names.iter().zip(all) {
+        eventually(&format!("{name} shipped everything"), &all, || async {
+            instance.health().await["redis"] == "ok"
+                && instance.metric("smart_cluster_backlog_records").await == 0
+        })
+        .await;
+    }
+    let tally = tally.lock().unwrap().clone();
+    assert_eq!(tally.len(), 9);
+    for (serial, acked) in &tally {
+        let last = acked.last.unwrap();
+        let allowed: Vec<i64> = std::iter::once(last).chain(acked.unanswered).collect();
+        let in_redis = field(redis.record(serial).as_ref(), "power_income");
+        assert!(
+            in_redis.as_i64().is_some_and(|v| allowed.contains(&v)),
+            "{serial}: Redis holds {in_redis}, the last acked value is {last} ({acked:?})"
+        );
+        for (name, instance) in names.iter().zip(all) {
+            eventually(
+                &format!("{name}'s API holds {serial}'s value in Redis ({in_redis})"),
+                &all,
+                || async { field(instance.api(serial).await.as_ref(), "power_income") == in_redis },
+            )
+            .await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again() {
     const DEVICES: usize = 30;
@@ -534,6 +477,9 @@ async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again(
         b.health().await["redis"] == "ok"
     })
     .await;
+    // A dashboard on B, from before the gap (the fleet is empty yet).
+    let (mut watching, init) = dashboard(b.addr).await;
+    assert!(init.is_empty(), "{init:?}");
     // …and is not reading while A's changes push the stream past it: rounds until at least ten
     // entries B never read are trimmed (its blocked read took the first one at most).
     b.signal("-STOP");
@@ -572,6 +518,33 @@ async fn an_instance_the_stream_was_trimmed_past_loads_the_latest_records_again(
         .await;
     }
     assert!(b.metric("smart_cluster_resyncs_total").await >= 1);
+
+    // B's dashboard gets a resync INIT (not only UPDTs), and it holds the reloaded records.
+    let deadline = Instant::now() + CONVERGE;
+    let resync = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no resync INIT on B's dashboard within {CONVERGE:?}\n{}",
+            b.log()
+        );
+        let frame = recv_json(&mut watching).await;
+        if frame["type"] == "INIT" {
+            break frame["message"].as_array().unwrap().clone();
+        }
+        assert_eq!(frame["type"], "UPDT", "{frame}");
+    };
+    for (serial, value) in &last {
+        let record = resync
+            .iter()
+            .find(|r| r["serial_number"] == serial.as_str());
+        assert_eq!(
+            field(record, "power_income"),
+            *value,
+            "{serial} in the resync INIT"
+        );
+    }
+    assert_eq!(resync.len(), DEVICES, "{resync:?}");
+    assert!(b.metric("smart_dashboard_resyncs_total").await >= 1);
 }
 
 /// The OK or ERROR of a device message (skipping nothing: the device sends one at a time).
@@ -675,255 +648,6 @@ fn ack_cluster_without_redis_is_refused_at_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--ack cluster needs --redis"), "{stderr}");
-}
-
-/// The presence heartbeat's TTL in the tests that kill an instance (`--redis-presence-ttl`).
-const TTL: Duration = Duration::from_secs(2);
-/// What a killed instance's devices may take on top of the TTL to go offline elsewhere: the
-/// watcher's check every third of the TTL, and a busy 2-core machine.
-const TTL_SLACK: Duration = Duration::from_secs(4);
-/// The environment for [`TTL`].
-const SHORT_TTL: [(&str, &str); 1] = [("SMART_REDIS_PRESENCE_TTL", "2")];
-
-/// Skip `dashboard`'s frames until an UPDT of `serial` says `online` (for at most [`CONVERGE`]).
-async fn until_online(dashboard: &mut Ws, serial: &str, online: bool) {
-    let wait = async {
-        loop {
-            let (_, body) = next_updt_for(dashboard, serial).await;
-            if body.get("online") == Some(&Value::Bool(online)) {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(CONVERGE, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no UPDT of {serial} with online {online} within {CONVERGE:?}"));
-}
-
-/// Whether the instance's API shows `serial` online (`None`: it does not know the device).
-async fn online(instance: &Instance, serial: &str) -> Option<bool> {
-    instance.api(serial).await?["online"].as_bool()
-}
-
-#[tokio::test]
-async fn a_device_connected_to_one_instance_is_online_on_the_others() {
-    let Some((redis, tmp, a, b)) = two_instances(&[], &[], &[]).await else {
-        return;
-    };
-    let (mut dashboard, _) = dashboard(b.addr).await;
-
-    // Connected to A: online in B's API and on B's dashboard.
-    let mut on_a = device(a.addr).await;
-    send_ok(&mut on_a, "0001", "P001", &json!({"battery": 50})).await;
-    until_online(&mut dashboard, "P001", true).await;
-    eventually("B's API shows P001 online", &[&a, &b], || async {
-        online(&b, "P001").await == Some(true)
-    })
-    .await;
-    assert_eq!(b.metric("smart_cluster_devices_online_elsewhere").await, 1);
-    eventually("B counts two instances alive", &[&b], || async {
-        b.metric("smart_cluster_instances_alive").await == 2
-    })
-    .await;
-
-    // Its connection to A closes: offline on B too, and B's dashboard is told.
-    drop(on_a);
-    until_online(&mut dashboard, "P001", false).await;
-    eventually("P001 offline on A and B", &[&a, &b], || async {
-        online(&a, "P001").await == Some(false) && online(&b, "P001").await == Some(false)
-    })
-    .await;
-
-    // Connected to both: closing one connection leaves it online everywhere.
-    let mut on_a = device(a.addr).await;
-    send_ok(&mut on_a, "0002", "P001", &json!({"battery": 51})).await;
-    let mut on_b = device(b.addr).await;
-    send_ok(&mut on_b, "0003", "P001", &json!({"battery": 52})).await;
-    eventually(
-        "each instance knows the other has P001",
-        &[&a, &b],
-        || async {
-            a.metric("smart_cluster_devices_online_elsewhere").await == 1
-                && b.metric("smart_cluster_devices_online_elsewhere").await == 1
-        },
-    )
-    .await;
-    let applied = b.metric("smart_cluster_presence_changes_total").await;
-    drop(on_a);
-    eventually("B applied P001's offline on A", &[&a, &b], || async {
-        b.metric("smart_cluster_presence_changes_total").await > applied
-    })
-    .await;
-    // The recheck it caused was queued before this write: answered, the recheck is done.
-    send_ok(&mut on_b, "0004", "P001", &json!({"battery": 53})).await;
-    assert_eq!(online(&b, "P001").await, Some(true));
-    assert_eq!(online(&a, "P001").await, Some(true), "online on B");
-    loop {
-        let (_, body) = next_updt_for(&mut dashboard, "P001").await;
-        assert_ne!(body.get("online"), Some(&Value::Bool(false)), "{body}");
-        if body["battery"] == 53 {
-            break;
-        }
-    }
-
-    // And its last connection closes: offline everywhere.
-    drop(on_b);
-    until_online(&mut dashboard, "P001", false).await;
-    eventually("P001 offline on A and B at last", &[&a, &b], || async {
-        online(&a, "P001").await == Some(false) && online(&b, "P001").await == Some(false)
-    })
-    .await;
-    assert_eq!(a.metric("smart_cluster_presence_errors_total").await, 0);
-
-    // An instance started now loads P001's record from Redis (which says `online: true`, as it
-    // was written): presence, not the record, says it is offline.
-    let c = Instance::start(&tmp.path().join("c"), &redis).await;
-    eventually("C loaded P001's last record", &[&c], || async {
-        field(c.api("P001").await.as_ref(), "battery") == 53
-    })
-    .await;
-    assert_eq!(online(&c, "P001").await, Some(false));
-}
-
-#[tokio::test]
-async fn the_devices_of_a_killed_instance_go_offline_on_the_others_within_the_ttl() {
-    let Some((_redis, _tmp, a, b)) = two_instances(&[], &SHORT_TTL, &SHORT_TTL).await else {
-        return;
-    };
-    let (mut dashboard, _) = dashboard(b.addr).await;
-    let mut devices = Vec::new();
-    for serial in ["K001", "K002"] {
-        let mut ws = device(a.addr).await;
-        send_ok(&mut ws, "0001", serial, &json!({"battery": 10})).await;
-        devices.push(ws);
-    }
-    eventually("A's devices are online on B", &[&a, &b], || async {
-        online(&b, "K001").await == Some(true) && online(&b, "K002").await == Some(true)
-    })
-    .await;
-    until_online(&mut dashboard, "K002", true).await;
-    eventually("B counts two instances alive", &[&b], || async {
-        b.metric("smart_cluster_instances_alive").await == 2
-    })
-    .await;
-
-    // SIGKILL: A says nothing more; its heartbeat expires.
-    let killed = Instant::now();
-    let _ = a.kill().await;
-    until_online(&mut dashboard, "K002", false).await;
-    let took = killed.elapsed();
-    eprintln!("K002 offline on B {took:?} after A's SIGKILL (presence TTL {TTL:?})");
-    assert!(
-        took <= TTL + TTL_SLACK,
-        "K002 went offline on B {took:?} after A was killed (TTL {TTL:?})"
-    );
-    eventually("both of A's devices are offline on B", &[&b], || async {
-        online(&b, "K001").await == Some(false) && online(&b, "K002").await == Some(false)
-    })
-    .await;
-    assert!(b.metric("smart_cluster_instances_lost_total").await >= 1);
-    assert_eq!(b.metric("smart_cluster_instances_alive").await, 1);
-    assert_eq!(b.metric("smart_cluster_devices_online_elsewhere").await, 0);
-    drop(devices);
-}
-
-#[tokio::test]
-async fn a_device_of_a_killed_instance_that_reconnects_to_another_is_online_there() {
-    let Some((redis, tmp, a, b)) = two_instances(&[], &SHORT_TTL, &SHORT_TTL).await else {
-        return;
-    };
-    let mut on_a = device(a.addr).await;
-    send_ok(&mut on_a, "0001", "K020", &json!({"battery": 20})).await;
-    eventually("K020 is online on B", &[&a, &b], || async {
-        online(&b, "K020").await == Some(true)
-    })
-    .await;
-    let _ = a.kill().await;
-    drop(on_a);
-    eventually(
-        "K020 is offline on B once A's heartbeat expired",
-        &[&b],
-        || async { online(&b, "K020").await == Some(false) },
-    )
-    .await;
-
-    // The device reconnects to B.
-    let (mut dashboard, _) = dashboard(b.addr).await;
-    let mut on_b = device(b.addr).await;
-    send_ok(&mut on_b, "0002", "K020", &json!({"battery": 21})).await;
-    until_online(&mut dashboard, "K020", true).await;
-    let record = b.api("K020").await.unwrap();
-    assert_eq!(record["online"], true, "{record}");
-    assert_eq!(record["battery"], 21, "{record}");
-
-    // Redis: B alone is alive, and has K020 online.
-    let mut conn = redis.connection().unwrap();
-    eventually("Redis lists B alone, with K020 online", &[&b], || {
-        let alive: Vec<String> = redis::cmd("SMEMBERS")
-            .arg("smart:instances")
-            .query(&mut conn)
-            .unwrap();
-        let online: Vec<String> = match alive.as_slice() {
-            [only] => redis::cmd("SMEMBERS")
-                .arg(format!("smart:online:{only}"))
-                .query(&mut conn)
-                .unwrap(),
-            _ => Vec::new(),
-        };
-        async move { online == ["K020"] }
-    })
-    .await;
-
-    // An instance started now learns it from Redis.
-    let c = Instance::start_env(&tmp.path().join("c"), &redis, &SHORT_TTL).await;
-    eventually("K020 is online on C", &[&b, &c], || async {
-        online(&c, "K020").await == Some(true)
-    })
-    .await;
-    assert_eq!(field(c.api("K020").await.as_ref(), "battery"), 21);
-}
-
-#[tokio::test]
-async fn an_instance_stalled_past_its_ttl_brings_its_devices_back_online_when_it_resumes() {
-    let Some((_redis, _tmp, a, b)) = two_instances(&[], &SHORT_TTL, &SHORT_TTL).await else {
-        return;
-    };
-    let mut on_a = device(a.addr).await;
-    send_ok(&mut on_a, "0001", "S001", &json!({"battery": 30})).await;
-    eventually("S001 is online on B", &[&a, &b], || async {
-        online(&b, "S001").await == Some(true)
-    })
-    .await;
-
-    // A stops (SIGSTOP) past its TTL: B takes its device for offline.
-    a.signal("-STOP");
-    eventually("S001 is offline on B while A is stopped", &[&b], || async {
-        online(&b, "S001").await == Some(false)
-    })
-    .await;
-    assert!(b.metric("smart_cluster_instances_lost_total").await >= 1);
-
-    // A resumes: it finds its heartbeat gone, publishes its whole set again, and B takes it back.
-    a.signal("-CONT");
-    eventually("S001 is online on B again", &[&a, &b], || async {
-        online(&b, "S001").await == Some(true)
-    })
-    .await;
-    eventually("B counts A alive again", &[&a, &b], || async {
-        b.metric("smart_cluster_instances_alive").await == 2
-    })
-    .await;
-    assert!(
-        a.log().contains("heartbeat had expired"),
-        "A noticed its heartbeat had expired"
-    );
-    // The device's connection held throughout: it still writes through A.
-    send_ok(&mut on_a, "0002", "S001", &json!({"battery": 31})).await;
-    eventually("B has S001's new value, online", &[&a, &b], || async {
-        let record = b.api("S001").await;
-        field(record.as_ref(), "battery") == 31 && field(record.as_ref(), "online") == true
-    })
-    .await;
 }
 
 /// Three instances on one Redis (issue 14): a dashboard on C sees every change acked on A and B, in

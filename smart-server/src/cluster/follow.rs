@@ -7,6 +7,10 @@
 //! An entry the instance shipped itself is skipped. A remote record is applied only if it is newer
 //! (`last_status_update`) than the device's entry here ([`Fleet::publish_newer`]); the version rule
 //! in Redis orders equal times by instance, and an equal time is the same change seen twice.
+//!
+//! If the stream was trimmed past the instance's position, it loads the latest records again
+//! without telling dashboards each change, then makes every dashboard resync ([`Hub::resync_all`]):
+//! each gets a fresh INIT of its view that holds the reloaded records.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +55,9 @@ impl Follower {
         let mut backoff = Duration::from_millis(50);
         // Whether Redis being away was logged since the start (later: when `up` turns false).
         let mut reported = false;
+        // A reload after a gap is under way (kept across reconnects until one completes): its
+        // records reach dashboards as a resync INIT once loaded, not as UPDTs.
+        let mut resync = false;
         loop {
             let result: redis::RedisResult<()> = self.link.connect().and_then(|mut conn| {
                 // Whether entries this instance has not read may be gone (trimmed, or lost by a
@@ -65,10 +72,15 @@ impl Follower {
                         Some(at) => {
                             Metrics::inc(&self.metrics.cluster_resyncs);
                             warn!(from = %at, "the change stream was trimmed past this instance's position; loading the latest records again");
-                            self.load(&mut conn)?
+                            resync = true;
+                            self.load(&mut conn, false)?
                         }
-                        None => self.load(&mut conn)?,
+                        None => self.load(&mut conn, !resync)?,
                     };
+                    if std::mem::take(&mut resync) {
+                        self.hub.resync_all();
+                        info!("dashboards resync with the reloaded records");
+                    }
                     let at = position.insert(at);
                     self.up.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
@@ -89,8 +101,9 @@ impl Follower {
         }
     }
 
-    /// Note the stream's last entry, then apply every device's latest record. Returns the entry.
-    fn load(&self, conn: &mut redis::Connection) -> redis::RedisResult<String> {
+    /// Note the stream's last entry, then apply every device's latest record (handing dashboards
+    /// their changes if `tell`). Returns the entry.
+    fn load(&self, conn: &mut redis::Connection, tell: bool) -> redis::RedisResult<String> {
         let position = last_entry_id(conn, STREAM)?;
         let mut cursor = "0".to_owned();
         let mut loaded = 0;
@@ -101,7 +114,7 @@ impl Follower {
                 .arg("COUNT")
                 .arg(COUNT)
                 .query(conn)?;
-            loaded += self.apply(page.iter().map(|(s, r)| (s.as_str(), r.as_str())));
+            loaded += self.apply(page.iter().map(|(s, r)| (s.as_str(), r.as_str())), tell);
             if next == "0" {
                 break;
             }
@@ -138,14 +151,17 @@ impl Follower {
             {
                 continue;
             }
-            self.apply(fields.iter().skip(1).map(|(s, r)| (s.as_str(), r.as_str())));
+            self.apply(
+                fields.iter().skip(1).map(|(s, r)| (s.as_str(), r.as_str())),
+                true,
+            );
         }
         Ok(gap)
     }
 
     /// Apply remote records (serial, JSON) newer than the fleet's, and hand their changes to the
-    /// hub. Returns how many were applied.
-    fn apply<'a>(&self, records: impl Iterator<Item = (&'a str, &'a str)>) -> usize {
+    /// hub if `tell`. Returns how many were applied.
+    fn apply<'a>(&self, records: impl Iterator<Item = (&'a str, &'a str)>, tell: bool) -> usize {
         let mut remote = Vec::new();
         for (serial, json) in records {
             match Record::from_json(json) {
@@ -160,7 +176,7 @@ impl Follower {
         // `online` is presence, not the record's: the entry's here, or for a device new here
         // whether another instance has it (`Fleet::publish_newer` checks again under its lock).
         // What dashboards are told: what differs from the entry here (all of it for a new device).
-        let listening = self.hub.has_listeners();
+        let listening = tell && self.hub.has_listeners();
         let bodies: Vec<Option<Map<String, serde_json::Value>>> =
             self.fleet.with_records(|local| {
                 remote
