@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use smart_proto::Serial;
 use warp::http::{Method, Request, header};
 
-use crate::auth::{ADMIN_FILE, Tokens, Users};
+use crate::auth::{ADMIN_FILE, Tokens, Users, clustered};
 use crate::config::{Command, Config, TokenAction, UserAction};
 
 /// Run a management command against `config.data_dir`.
@@ -45,8 +45,16 @@ pub async fn run_command(config: &Config, command: &Command) -> anyhow::Result<(
 
 /// Where the command acts: the store itself, or the server holding it.
 enum Backend {
-    Local { tokens: Tokens, users: Users },
-    Remote { addr: SocketAddr, secret: String },
+    Local {
+        tokens: Tokens,
+        users: Users,
+        /// The Redis whose credentials these follow (the server last ran with `--redis`).
+        clustered: Option<String>,
+    },
+    Remote {
+        addr: SocketAddr,
+        secret: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -62,6 +70,7 @@ impl Backend {
             Ok(db) => Ok(Backend::Local {
                 tokens: Tokens::open(&db)?,
                 users: Users::open(&db)?,
+                clustered: clustered(&db)?,
             }),
             Err(e) if e.to_string().contains("lock") => {
                 let file = dir.join(ADMIN_FILE);
@@ -90,6 +99,21 @@ impl Backend {
                     .context(format!("opening the store in {}", path.display())))
             }
         }
+    }
+
+    /// Refuse to change credentials that follow a cluster's while no server runs: the next start
+    /// would make them the cluster's again.
+    fn may_change(&self) -> anyhow::Result<()> {
+        if let Backend::Local {
+            clustered: Some(redis),
+            ..
+        } = self
+        {
+            bail!(
+                "this data dir's credentials are the cluster's (its server runs with --redis {redis}): change them through a running instance (this command while a server runs on this dir, or /api/admin/ on any instance)"
+            );
+        }
+        Ok(())
     }
 
     /// A call to the running server's admin API; the JSON answer of a 2xx, else its error.
@@ -140,7 +164,10 @@ async fn token(backend: &Backend, action: &TokenAction) -> anyhow::Result<()> {
         TokenAction::Issue { serial, owner } => {
             let serial = Serial::new(serial).context("bad serial")?;
             let token = match backend {
-                Backend::Local { tokens, .. } => tokens.issue(&serial, owner.as_deref())?,
+                Backend::Local { tokens, .. } => {
+                    backend.may_change()?;
+                    tokens.issue(&serial, owner.as_deref())?
+                }
                 Backend::Remote { .. } => {
                     let body = owner.as_ref().map(|owner| json!({ "owner": owner }));
                     let answer = backend
@@ -155,6 +182,7 @@ async fn token(backend: &Backend, action: &TokenAction) -> anyhow::Result<()> {
         TokenAction::Revoke { serial } => {
             match backend {
                 Backend::Local { tokens, .. } => {
+                    backend.may_change()?;
                     if !tokens.revoke(serial)? {
                         bail!("{serial:?} has no token");
                     }
@@ -215,7 +243,10 @@ async fn token(backend: &Backend, action: &TokenAction) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let mut file = create_private(out)?;
             let issued = match backend {
-                Backend::Local { tokens, .. } => tokens.issue_many(&serials, owner.as_deref())?,
+                Backend::Local { tokens, .. } => {
+                    backend.may_change()?;
+                    tokens.issue_many(&serials, owner.as_deref())?
+                }
                 Backend::Remote { .. } => {
                     let names: Vec<&str> = serials.iter().map(Serial::as_str).collect();
                     let answer = backend
@@ -270,6 +301,7 @@ async fn user(backend: &Backend, action: &UserAction) -> anyhow::Result<()> {
             let password = password.trim_end_matches(['\n', '\r']);
             match backend {
                 Backend::Local { users, .. } => {
+                    backend.may_change()?;
                     users.add(name, password, *role, scope_owner.clone())?;
                 }
                 Backend::Remote { .. } => {
@@ -284,6 +316,7 @@ async fn user(backend: &Backend, action: &UserAction) -> anyhow::Result<()> {
         UserAction::Remove { name } => {
             match backend {
                 Backend::Local { users, .. } => {
+                    backend.may_change()?;
                     if !users.remove(name)? {
                         bail!("no user {name:?}");
                     }

@@ -72,6 +72,8 @@ impl Shared {
             warn!(listen = %config.listen, "auth is off on a non-loopback address: anyone who reaches it can write any device and read the fleet");
         }
         info!(auth = ?auth_mode, "credentials");
+        crate::auth::mark_clustered(store.db(), cluster.as_ref().map(Cluster::redis))
+            .context("noting in the store whether its credentials are the cluster's")?;
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::default());
         let limits = Limits {

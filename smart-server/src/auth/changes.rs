@@ -16,6 +16,29 @@ use super::Auth;
 use super::tokens::{Put, StoredToken, TokenError, Tokens};
 use super::users::{Role, User, UserError, Users};
 
+/// Where a store notes that its credentials follow a cluster's: tree, key.
+const CLUSTERED: (&str, &str) = ("cluster", "credentials");
+
+/// Note in `db` whether its credentials follow a cluster's (`redis`: the URL, without password),
+/// so that the command line does not change them behind the cluster's back while no server runs.
+pub(crate) fn mark_clustered(db: &sled::Db, redis: Option<&str>) -> sled::Result<()> {
+    let tree = db.open_tree(CLUSTERED.0)?;
+    match redis {
+        Some(url) => tree.insert(CLUSTERED.1, url)?,
+        None => tree.remove(CLUSTERED.1)?,
+    };
+    tree.flush()?;
+    Ok(())
+}
+
+/// The Redis whose credentials `db`'s follow, if its server last ran with `--redis`.
+pub(crate) fn clustered(db: &sled::Db) -> sled::Result<Option<String>> {
+    Ok(db
+        .open_tree(CLUSTERED.0)?
+        .get(CLUSTERED.1)?
+        .map(|url| String::from_utf8_lossy(&url).into_owned()))
+}
+
 /// One credential change, as the cluster shares it: the new value, or `None` for a removal.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Change<'a> {

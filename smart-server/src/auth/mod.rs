@@ -15,7 +15,7 @@ mod sessions;
 mod tokens;
 mod users;
 
-pub(crate) use changes::{Change, ChangeError, Share, Snapshot};
+pub(crate) use changes::{Change, ChangeError, Share, Snapshot, clustered, mark_clustered};
 pub(crate) use sessions::{COOKIE, SESSION_TTL};
 
 use std::collections::HashMap;

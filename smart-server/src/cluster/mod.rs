@@ -139,6 +139,11 @@ impl Cluster {
         }))
     }
 
+    /// The Redis URL without its password.
+    pub(crate) fn redis(&self) -> &str {
+        &self.link.redacted
+    }
+
     /// The ingest path's hook: devices coming online here or going offline, and whether another
     /// instance has a device online.
     pub(crate) fn presence(&self) -> Arc<dyn ingest::Presence> {
