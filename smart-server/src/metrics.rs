@@ -390,7 +390,7 @@ impl Metrics {
             metric(
                 "smart_cluster_redis_up",
                 "gauge",
-                "1 while the last round trip to Redis shipped and the change stream is being read.",
+                "1 while shipping, reading the change stream, and publishing and watching presence all reach Redis.",
                 u64::from(up),
             );
             metric(
