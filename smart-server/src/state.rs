@@ -92,6 +92,7 @@ impl Shared {
                 &config.data_dir.join("wal"),
                 Arc::clone(&fleet),
                 Arc::clone(&hub),
+                store.history().map(|history| Arc::clone(&history.remote)),
                 &metrics,
             )?;
         }

@@ -587,6 +587,12 @@ impl Log {
     /// after 64 MiB of log or [`CHECKPOINT_CHANGES`] history changes) start a new segment and have
     /// the finished ones checkpointed with it — unless the thread is still busy with the last one.
     pub(crate) fn maybe_checkpoint(&mut self) {
+        // Other instances' changes (`--redis`) join this instance's, tagged with the segment now.
+        if let Some(history) = &self.store.history {
+            for change in history.remote.take() {
+                self.note(change);
+            }
+        }
         if let Some(done) = self.checkpoints.take_done() {
             self.retirable = Some(done);
         }
@@ -603,9 +609,11 @@ impl Log {
         if self.checkpoints.busy() {
             return;
         }
+        // History changes count too: other instances' (`--redis`) reach the history here while
+        // this instance's own log may stay empty.
         let due = self.wal.len() >= CHECKPOINT_BYTES
             || self.unchecked >= CHECKPOINT_CHANGES
-            || (self.wal.len() > 0
+            || ((self.wal.len() > 0 || self.unchecked > 0)
                 && self.last_checkpoint.elapsed() >= self.store.checkpoint_every);
         let hand_over =
             self.pending.is_some() && self.last_hand_over.elapsed() >= HAND_OVER_INTERVAL;

@@ -723,3 +723,68 @@ async fn three_instances_a_dashboard_on_one_sees_what_the_others_acked() {
         }
     }
 }
+
+/// The raw history of `serial` on `instance`: (times, batteries).
+async fn battery_history(instance: &Instance, serial: &str) -> (Vec<i64>, Vec<f64>) {
+    let path = format!("/api/devices/{serial}/history?fields=battery&agg=raw&from=0");
+    let res = http_get(instance.addr, &path, &[]).await;
+    if res.status != 200 {
+        return (Vec::new(), Vec::new());
+    }
+    let body = res.json();
+    let column = |name: &str| body[name].as_array().cloned().unwrap_or_default();
+    (
+        column("ts").iter().filter_map(Value::as_i64).collect(),
+        column("battery").iter().filter_map(Value::as_f64).collect(),
+    )
+}
+
+/// Every change of a device on A that B applied is in B's history too, at A's time, and stays
+/// there across B's restart.
+#[tokio::test]
+async fn another_instance_s_changes_are_in_the_history_here() {
+    let Some((redis, _tmp, a, b)) = two_instances(&[], &[], &[]).await else {
+        return;
+    };
+    let mut link = device(a.addr).await;
+    let values = [11, 22, 33, 44, 55];
+    for (n, value) in values.iter().enumerate() {
+        send_ok(
+            &mut link,
+            &format!("{:04}", n + 1),
+            "H001",
+            &json!({"battery": value, "country": "AT"}),
+        )
+        .await;
+        // One change at a time: shipping sends each device's latest record per round trip.
+        eventually("B applies the change", &[&a, &b], || async {
+            field(b.api("H001").await.as_ref(), "battery") == json!(value)
+        })
+        .await;
+    }
+    let expected: Vec<f64> = values.iter().map(|v| f64::from(*v)).collect();
+    // (The history reads changes once the writer hands them over, every second.)
+    eventually("A's history holds every change", &[&a, &b], || async {
+        battery_history(&a, "H001").await.1 == expected
+    })
+    .await;
+    let (times_a, _) = battery_history(&a, "H001").await;
+    eventually("B's history holds every change", &[&a, &b], || async {
+        battery_history(&b, "H001").await == (times_a.clone(), expected.clone())
+    })
+    .await;
+    // Absorbed at a checkpoint (every second here, though B's own log is empty): still there
+    // after SIGKILL and a restart.
+    eventually("B's checkpoint writes them", &[&a, &b], || async {
+        b.metric("smart_history_held_changes").await == 0
+    })
+    .await;
+    let dir = b.kill().await;
+    let b = Instance::start(&dir, &redis).await;
+    // (The device is known here once B has loaded the latest records from Redis.)
+    eventually("B's API knows the device again", &[&a, &b], || async {
+        b.api("H001").await.is_some()
+    })
+    .await;
+    assert_eq!(battery_history(&b, "H001").await, (times_a, expected));
+}

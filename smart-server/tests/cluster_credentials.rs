@@ -156,7 +156,10 @@ async fn tokens_and_users_made_on_one_instance_hold_on_every_one() {
     let dir_b = b.kill().await;
     // With no server on it, B's dir refuses changes made behind the cluster's back.
     let (_, err, ok) = cli(&dir_b, &["token", "issue", "0005"], "");
-    assert!(!ok && err.contains("credentials are the cluster's"), "{err}");
+    assert!(
+        !ok && err.contains("credentials are the cluster's"),
+        "{err}"
+    );
     let (_, err, ok) = cli(&dir_a, &["token", "revoke", "0001"], "");
     assert!(ok, "{err}");
     let (_, err, ok) = cli(&dir_a, &["user", "remove", "ops"], "");

@@ -24,6 +24,8 @@ use super::Link;
 use super::presence::Presence;
 use super::scripts::{DEVICES, INSTANCE_FIELD, STREAM};
 use crate::fleet::{Entry, Fleet};
+use crate::history::remote::Remote;
+use crate::history::samples as history;
 use crate::hub::{Change, Hub};
 use crate::ingest::Presence as _;
 use crate::metrics::Metrics;
@@ -45,6 +47,8 @@ pub(crate) struct Follower {
     pub(crate) presence: Arc<Presence>,
     /// Whether the stream is being read (`/healthz`).
     pub(crate) up: Arc<AtomicBool>,
+    /// Where other instances' numeric changes go for the history (`None`: `--history off`).
+    pub(crate) history: Option<Arc<Remote>>,
 }
 
 impl Follower {
@@ -176,7 +180,11 @@ impl Follower {
         // `online` is presence, not the record's: the entry's here, or for a device new here
         // whether another instance has it (`Fleet::publish_newer` checks again under its lock).
         // What dashboards are told: what differs from the entry here (all of it for a new device).
+        // The history (`--history`) gets the numeric fields that differ, at the record's time; not
+        // at a (re)load, whose records are no changes seen here.
         let listening = tell && self.hub.has_listeners();
+        let history = self.history.as_ref().filter(|_| tell);
+        let mut numbers = std::collections::HashMap::new();
         let bodies: Vec<Option<Map<String, serde_json::Value>>> =
             self.fleet.with_records(|local| {
                 remote
@@ -187,6 +195,19 @@ impl Follower {
                             || self.presence.elsewhere(&record.serial_number),
                             |here| here.online,
                         );
+                        if history.is_some() {
+                            let values = history::between(here, record);
+                            if !values.is_empty() {
+                                numbers.insert(
+                                    record.serial_number.clone(),
+                                    history::Change {
+                                        serial: record.serial_number.clone(),
+                                        ts_ms: history::millis(record.last_status_update),
+                                        values,
+                                    },
+                                );
+                            }
+                        }
                         listening.then(|| changed(here, record))
                     })
                     .collect()
@@ -205,6 +226,11 @@ impl Follower {
             self.presence.elsewhere(serial)
         });
         drop(retired);
+        if let Some(history) = history
+            && !numbers.is_empty()
+        {
+            history.add(applied.iter().filter_map(|serial| numbers.remove(serial)));
+        }
         self.metrics
             .cluster_remote_applied
             .fetch_add(applied.len() as u64, Ordering::Relaxed);

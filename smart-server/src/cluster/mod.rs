@@ -38,6 +38,7 @@ use tracing::info;
 use crate::auth::{Auth, Share};
 use crate::config::{AckMode, Config};
 use crate::fleet::Fleet;
+use crate::history::remote::Remote;
 use crate::hub::Hub;
 use crate::ingest::{self, Recheck};
 use crate::metrics::Metrics;
@@ -156,12 +157,14 @@ impl Cluster {
     }
 
     /// Start shipping (first what the log segments in `wal_dir` hold: call before the writer
-    /// starts, so they are exactly the ones a previous run kept) and following.
+    /// starts, so they are exactly the ones a previous run kept) and following (other instances'
+    /// numeric changes go to `history`, unless `--history off`).
     pub(crate) fn start(
         &self,
         wal_dir: &Path,
         fleet: Arc<Fleet>,
         hub: Arc<Hub>,
+        history: Option<Arc<Remote>>,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<()> {
         let kept = wal::segments(wal_dir)
@@ -180,6 +183,7 @@ impl Cluster {
             metrics: Arc::clone(metrics),
             presence: Arc::clone(&self.presence),
             up: Arc::clone(&self.following),
+            history,
         };
         thread::Builder::new()
             .name("smart-cluster-follow".to_owned())

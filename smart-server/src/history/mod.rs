@@ -8,6 +8,7 @@ pub(crate) mod fill;
 pub(crate) mod held;
 pub(crate) mod maintenance;
 pub(crate) mod raw;
+pub(crate) mod remote;
 pub(crate) mod rollup;
 pub(crate) mod samples;
 pub(crate) mod size;
@@ -52,6 +53,8 @@ pub(crate) struct History {
     pub raw: Raw,
     pub rollups: Rollups,
     pub options: HistoryOptions,
+    /// Other instances' changes waiting for the writer (`--redis`).
+    pub remote: std::sync::Arc<remote::Remote>,
     meta: sled::Tree,
 }
 
@@ -71,6 +74,7 @@ impl History {
             raw: Raw::open(db)?,
             rollups: Rollups::open(db)?,
             options,
+            remote: std::sync::Arc::default(),
             meta: db.open_tree("meta")?,
         };
         let saved = history
