@@ -57,13 +57,26 @@ const BATCH_BYTES: usize = FRAGMENT;
 /// write buffer never has to hold a whole INIT of a large fleet.
 const INIT_FRAGMENT: usize = 4 * 1024;
 
-/// How a dashboard gets its UPDTs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Updts {
-    /// One UPDT per frame, as PROTOCOL.md §7 describes.
-    OnePerFrame,
-    /// Consecutive UPDTs as one list frame (`/client/?batch=1`, see [`batch`]).
-    Batched,
+/// The protocol extensions a dashboard asked for in its `/client/` query string (PROTOCOL.md §7):
+/// without them it gets exactly what the original protocol describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Asks {
+    /// Consecutive UPDTs as one list frame (`batch=1`, see [`batch`]).
+    pub batched: bool,
+    /// INFO `STALE`/`LIVE` notices while other instances' devices may be out of date here
+    /// (`stale=1`; only with `--redis`).
+    pub stale: bool,
+}
+
+impl Asks {
+    /// From a query string: `&`-separated pairs, each exactly `batch=1` or `stale=1`.
+    pub(crate) fn of(query: Option<&str>) -> Asks {
+        let has = |wanted: &str| query.is_some_and(|q| q.split('&').any(|pair| pair == wanted));
+        Asks {
+            batched: batch::wanted(query),
+            stale: has("stale=1"),
+        }
+    }
 }
 
 /// Serve one dashboard, which sees the devices of `scope`, until it closes or the server shuts down.
@@ -71,13 +84,13 @@ pub(crate) async fn session<S>(
     mut ws: WebSocketStream<S>,
     shared: Arc<Shared>,
     scope: Scope,
-    updts: Updts,
+    asks: Asks,
     mut shutdown: Shutdown,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     Metrics::inc(&shared.metrics.dashboard_connections);
-    let end = serve(&mut ws, &shared, scope, updts, &mut shutdown).await;
+    let end = serve(&mut ws, &shared, scope, asks, &mut shutdown).await;
     finish(&mut ws, end).await;
     Metrics::dec(&shared.metrics.dashboard_connections);
 }
@@ -93,7 +106,7 @@ async fn serve<S>(
     ws: &mut WebSocketStream<S>,
     shared: &Shared,
     scope: Scope,
-    updts: Updts,
+    asks: Asks,
     shutdown: &mut Shutdown,
 ) -> End
 where
@@ -110,6 +123,12 @@ where
     let mut out: Vec<Message> = vec![Message::Text(welcome.into())];
     let mut last_init = Instant::now();
     init(shared, &mut subscription, &mut view, &mut out);
+    // `stale=1` with `--redis`: told now if other instances' devices are out of date, and of every
+    // change of that (the follower's [`crate::hub::Hub::set_remote_stale`]).
+    let mut stale = (asks.stale && shared.clustered()).then(|| shared.hub.remote_stale());
+    if let Some(since) = stale.as_mut().and_then(|s| *s.borrow_and_update()) {
+        out.push(stale_notice(shared, &view.scope, Some(since)));
+    }
     let mut init_due: Option<Instant> = None;
     let mut taken = Taken::default();
     let budget = Budget {
@@ -120,7 +139,7 @@ where
     let mut last_send = Instant::now();
     // A batching dashboard waits no longer than [`COALESCE`] either: waiting up to 16 ms (a display
     // frame) for fuller lists was measured and gave the page no more frames (BENCHMARKS.md, issue 13).
-    let mut batcher = (updts == Updts::Batched).then(batch::Batcher::default);
+    let mut batcher = asks.batched.then(batch::Batcher::default);
     let mut catching_up = false;
     let mut liveness = Liveness::new(Duration::from_secs(shared.config.idle_timeout_secs));
     loop {
@@ -219,6 +238,15 @@ where
                     }
                 }
             }
+            changed = async { stale.as_mut()?.changed().await.ok() }, if stale.is_some() => {
+                match changed {
+                    Some(()) => {
+                        let since = stale.as_mut().and_then(|s| *s.borrow_and_update());
+                        out.push(stale_notice(shared, &view.scope, since));
+                    }
+                    None => stale = None,
+                }
+            }
             () = tokio::time::sleep_until(due), if init_due.is_some() => {
                 init(shared, &mut subscription, &mut view, &mut out);
                 last_init = Instant::now();
@@ -244,6 +272,35 @@ where
             }
         }
     }
+}
+
+/// The INFO notice of `stale=1` (PROTOCOL.md §7): `STALE` with since when (ms) and the serials of
+/// the devices connected here that the dashboard may see (current whatever the cluster does; it
+/// counts a device whose UPDT carries a message id other than `0000` as connected here too), or
+/// `LIVE` once the other instances' devices are current again.
+fn stale_notice(shared: &Shared, scope: &Scope, since: Option<u64>) -> Message {
+    let frame = match since {
+        Some(since) => {
+            let connected = shared.connected_here();
+            let mut local: Vec<String> = shared.fleet.with_records(|records| {
+                connected
+                    .into_iter()
+                    .filter(|serial| records.get(serial).is_some_and(|r| scope.allows(r)))
+                    .map(|serial| serial.as_str().to_owned())
+                    .collect()
+            });
+            local.sort_unstable();
+            serde_json::json!({
+                "type": "INFO",
+                "message": "STALE",
+                "reason": "this instance cannot reach Redis: devices connected to other instances may be out of date",
+                "since_ms": since,
+                "local": local,
+            })
+        }
+        None => serde_json::json!({"type": "INFO", "message": "LIVE"}),
+    };
+    Message::Text(frame.to_string().into())
 }
 
 /// The dashboard does not read what the server sends: drop it.

@@ -29,7 +29,7 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::{Denied, Grant};
 use crate::conns::Slot;
-use crate::dashboard::Updts;
+use crate::dashboard::Asks;
 use crate::fleet::Scope;
 use crate::history::History;
 use crate::lenient::Lenient;
@@ -529,12 +529,8 @@ impl Ctx {
             return plain(StatusCode::BAD_REQUEST, "bad Sec-WebSocket-Key\n");
         };
 
-        // `/client/?batch=1`: UPDTs batched into list frames (PROTOCOL.md §7, an extension).
-        let updts = if dashboard::batch::wanted(req.uri().query()) {
-            Updts::Batched
-        } else {
-            Updts::OnePerFrame
-        };
+        // `/client/?batch=1&stale=1`: protocol extensions (PROTOCOL.md §7).
+        let asks = Asks::of(req.uri().query());
         let on_upgrade = hyper::upgrade::on(&mut req);
         let config = ws_config(shared, peer);
         let shared = Arc::clone(shared);
@@ -570,10 +566,8 @@ impl Ctx {
                     let _held = held;
                     match on_upgrade.await {
                         Ok(upgraded) => {
-                            dashboard_session::<T>(
-                                upgraded, config, shared, scope, updts, shutdown,
-                            )
-                            .await;
+                            dashboard_session::<T>(upgraded, config, shared, scope, asks, shutdown)
+                                .await;
                         }
                         Err(e) => debug!(%e, "websocket upgrade failed"),
                     }
@@ -598,7 +592,7 @@ async fn dashboard_session<T: Transport>(
     config: WebSocketConfig,
     shared: Arc<Shared>,
     scope: Scope,
-    updts: Updts,
+    asks: Asks,
     shutdown: Shutdown,
 ) {
     match upgraded.downcast::<TokioIo<Lenient<T>>>() {
@@ -616,7 +610,7 @@ async fn dashboard_session<T: Transport>(
                 Some(config),
             )
             .await;
-            dashboard::session(ws, shared, scope, updts, shutdown).await;
+            dashboard::session(ws, shared, scope, asks, shutdown).await;
         }
         Err(upgraded) => {
             let ws = WebSocketStream::from_raw_socket(
@@ -625,7 +619,7 @@ async fn dashboard_session<T: Transport>(
                 Some(config),
             )
             .await;
-            dashboard::session(ws, shared, scope, updts, shutdown).await;
+            dashboard::session(ws, shared, scope, asks, shutdown).await;
         }
     }
 }

@@ -152,6 +152,9 @@ pub(crate) struct Hub {
     /// Bumped by [`Hub::resync_all`]: a subscription that took its INIT at an older epoch owes a
     /// resync.
     epoch: AtomicU64,
+    /// `--redis`: since when (ms since the Unix epoch) other instances' devices may be out of date
+    /// here (this instance cannot read the change stream), `None` while they are current.
+    remote_stale: watch::Sender<Option<u64>>,
     next_id: AtomicU64,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -166,6 +169,7 @@ impl Hub {
             listeners: AtomicUsize::new(0),
             admitted: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
+            remote_stale: watch::Sender::new(None),
             next_id: AtomicU64::new(0),
             limits: Limits {
                 queue: limits.queue.max(1),
@@ -213,6 +217,31 @@ impl Hub {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         // Wakes the waiting dashboards (the head is unchanged; `ready` checks the epoch too).
         self.head.send_modify(|_| {});
+    }
+
+    /// The cluster's follower: whether other instances' devices may be out of date here (it cannot
+    /// read the change stream). Dashboards that asked are told of each change ([`Hub::remote_stale`]).
+    pub(crate) fn set_remote_stale(&self, stale: bool) {
+        self.remote_stale
+            .send_if_modified(|since| match (stale, *since) {
+                (true, None) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    *since = Some(now);
+                    true
+                }
+                (false, Some(_)) => {
+                    *since = None;
+                    true
+                }
+                _ => false,
+            });
+    }
+
+    /// Since when other instances' devices may be out of date here (`None`: current), watched.
+    pub(crate) fn remote_stale(&self) -> watch::Receiver<Option<u64>> {
+        self.remote_stale.subscribe()
     }
 
     /// Count a dashboard connection against `max`; `None` when `max` are already connected.

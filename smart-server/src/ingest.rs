@@ -247,6 +247,11 @@ impl Ingest {
         }
     }
 
+    /// The devices with a connection here that has sent for them.
+    pub(crate) fn connected(&self) -> Vec<Serial> {
+        self.lock_connections().keys().cloned().collect()
+    }
+
     fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<Serial, u32>> {
         self.connections
             .lock()

@@ -131,6 +131,16 @@ impl Shared {
         })
     }
 
+    /// Whether this instance shares its fleet with others (`--redis`).
+    pub(crate) fn clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The devices connected to this instance (they are current here whatever the cluster does).
+    pub(crate) fn connected_here(&self) -> Vec<smart_proto::Serial> {
+        self.ingest.connected()
+    }
+
     /// A device connection's side of the ingest path.
     pub(crate) fn intake(&self) -> Intake<'_> {
         self.ingest.intake()

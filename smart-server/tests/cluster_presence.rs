@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use cluster::*;
 use common::*;
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 /// The presence heartbeat's TTL in the tests that kill an instance (`--redis-presence-ttl`).
@@ -261,4 +262,68 @@ async fn an_instance_stalled_past_its_ttl_brings_its_devices_back_online_when_it
         field(record.as_ref(), "battery") == 31 && field(record.as_ref(), "online") == true
     })
     .await;
+}
+
+/// The next INFO frame of `dashboard` (other frames skipped), for at most [`CONVERGE`].
+async fn next_info(dashboard: &mut Ws) -> Value {
+    let wait = async {
+        loop {
+            let frame = recv_json(dashboard).await;
+            if frame["type"] == "INFO" {
+                return frame;
+            }
+        }
+    };
+    tokio::time::timeout(CONVERGE, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no INFO frame within {CONVERGE:?}"))
+}
+
+/// `/client/?stale=1` (an extension): while an instance cannot read the change stream, its
+/// dashboards are told that the devices not connected to it may be out of date (INFO `STALE`, with
+/// the serials connected here), and told again once they are current (`LIVE`). Without `stale=1`
+/// nothing changes for a dashboard.
+#[tokio::test]
+async fn dashboards_that_ask_are_told_when_other_instances_devices_may_be_stale() {
+    let Some((mut redis, _tmp, a, b)) = two_instances(&[], &[], &[]).await else {
+        return;
+    };
+    let mut on_a = device(a.addr).await;
+    send_ok(&mut on_a, "0001", "S00A", &json!({"battery": 1})).await;
+    let mut on_b = device(b.addr).await;
+    send_ok(&mut on_b, "0001", "S00B", &json!({"battery": 2})).await;
+    eventually("B knows A's device", &[&a, &b], || async {
+        b.api("S00A").await.is_some()
+    })
+    .await;
+    let mut asking = connect(b.addr, "/client/?stale=1").await;
+    assert_eq!(recv_text(&mut asking).await, DASHBOARD_WELCOME);
+    assert_eq!(recv_json(&mut asking).await["type"], "INIT");
+    let (mut plain, _) = dashboard(b.addr).await;
+
+    redis.kill();
+    let stale = next_info(&mut asking).await;
+    assert_eq!(stale["message"], "STALE", "{stale}");
+    assert_eq!(stale["local"], json!(["S00B"]), "{stale}");
+    assert!(stale["since_ms"].as_u64().is_some_and(|t| t > 0), "{stale}");
+    // A dashboard that connects meanwhile is told at once, after its INIT.
+    let mut late = connect(b.addr, "/client/?stale=1").await;
+    assert_eq!(recv_text(&mut late).await, DASHBOARD_WELCOME);
+    assert_eq!(recv_json(&mut late).await["type"], "INIT");
+    let told = recv_json(&mut late).await;
+    assert_eq!(told["message"], "STALE", "{told}");
+    assert_eq!(told["since_ms"], stale["since_ms"]);
+
+    redis.restart();
+    assert_eq!(next_info(&mut asking).await["message"], "LIVE");
+    assert_eq!(next_info(&mut late).await["message"], "LIVE");
+    // The dashboard that did not ask got no INFO at all (its UPDTs, if any, are all it got).
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(Duration::from_millis(300), plain.next()).await
+    {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            assert!(!text.contains("\"INFO\""), "{text}");
+        }
+    }
+    drop((on_a, on_b));
 }

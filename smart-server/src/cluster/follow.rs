@@ -87,12 +87,14 @@ impl Follower {
                     }
                     let at = position.insert(at);
                     self.up.store(true, Ordering::Relaxed);
+                    self.hub.set_remote_stale(false);
                     backoff = Duration::from_millis(50);
                     gap = self.read(&mut conn, at)?;
                 }
             });
             if let Err(e) = result {
                 Metrics::inc(&self.metrics.cluster_follow_errors);
+                self.hub.set_remote_stale(true);
                 if self.up.swap(false, Ordering::Relaxed) || !reported {
                     reported = true;
                     warn!(%e, redis = %self.link.redacted, "cannot read the change stream; remote devices may be stale until Redis is back");
