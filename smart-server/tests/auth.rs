@@ -7,12 +7,10 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::path::Path;
 
-use base64::Engine as _;
 use common::{
-    DEVICE_WELCOME, TIMEOUT, cli, exchange, http_get, metric_or_zero, recv_text, spawn_binary_env,
-    upgrade_raw,
+    DEVICE_WELCOME, TIMEOUT, basic, cli, exchange, http_get, issue, metric_or_zero, recv_text,
+    spawn_binary_env, upgrade_raw,
 };
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
@@ -21,20 +19,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const PASSWORD: &str = "correct horse battery staple";
-
-fn issue(dir: &Path, serial: &str) -> String {
-    let (out, err, ok) = cli(dir, &["token", "issue", serial], "");
-    assert!(ok, "{err}");
-    out.lines().last().unwrap().to_owned()
-}
-
-fn basic(user: &str, password: &str) -> String {
-    let pair = format!("{user}:{password}");
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
 
 async fn device_with(addr: std::net::SocketAddr, path: &str, bearer: Option<&str>) -> common::Ws {
     let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();

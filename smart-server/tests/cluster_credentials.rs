@@ -9,10 +9,8 @@
 mod cluster;
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use cluster::*;
 use common::*;
 use futures_util::StreamExt as _;
@@ -23,21 +21,6 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const PASSWORD: &str = "correct horse battery staple";
 const AUTH: [(&str, &str); 1] = [("SMART_AUTH", "required")];
-
-/// `smart-server token issue SERIAL` on `dir` (through the running server if one holds it).
-fn issue(dir: &Path, serial: &str) -> String {
-    let (out, err, ok) = cli(dir, &["token", "issue", serial], "");
-    assert!(ok, "{err}");
-    out.lines().last().unwrap().to_owned()
-}
-
-fn basic(user: &str, password: &str) -> String {
-    let pair = format!("{user}:{password}");
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
-}
 
 /// The status of a device upgrade on `instance` with `token`.
 async fn upgrade_status(instance: &Instance, token: &str) -> u16 {

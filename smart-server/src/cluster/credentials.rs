@@ -18,7 +18,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
@@ -40,8 +39,6 @@ pub(crate) const SEEDED: &str = "smart:credentials:seeded";
 const STREAM_MAX_LEN: u64 = 10_000;
 /// Entries one read takes.
 const COUNT: usize = 200;
-/// Longest wait between two attempts while Redis is away.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The instance's side of the shared credentials: changes go through it to Redis, and its thread
 /// copies the others' changes.
@@ -62,32 +59,28 @@ impl Credentials {
 
     /// Follow the cluster's credentials until the process ends.
     pub(crate) fn run(&self, auth: &Auth, metrics: &Metrics) {
-        let mut backoff = Duration::from_millis(50);
-        let mut reported = false;
-        loop {
-            let result: redis::RedisResult<()> = self.link.connect().and_then(|mut conn| {
-                let mut position = self.load(&mut conn, auth, metrics)?;
+        super::reconnecting(
+            || self.link.connect(),
+            &self.following,
+            &metrics.cluster_credential_errors,
+            |conn| {
+                let mut position = self.load(conn, auth, metrics)?;
                 self.following.store(true, Ordering::Relaxed);
-                backoff = Duration::from_millis(50);
                 loop {
-                    if read(&mut conn, &mut position, auth, metrics)? {
+                    if read(conn, &mut position, auth, metrics)? {
                         Metrics::inc(&metrics.cluster_credential_resyncs);
-                        position = self.load(&mut conn, auth, metrics)?;
+                        position = self.load(conn, auth, metrics)?;
                     }
                 }
-            });
-            if let Err(e) = result {
-                Metrics::inc(&metrics.cluster_credential_errors);
-                if self.following.swap(false, Ordering::Relaxed) || !reported {
-                    reported = true;
+            },
+            |e, news| {
+                if news {
                     warn!(%e, redis = %self.link.redacted, "cannot read the cluster's credentials; the copy here is kept until Redis is back");
                 } else {
                     debug!(%e, "following the credentials failed again");
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+            },
+        )
     }
 
     /// Seed the cluster's credentials if nobody has, note the stream's position, then make the

@@ -34,8 +34,6 @@ use crate::metrics::Metrics;
 pub(crate) const BLOCK: Duration = Duration::from_secs(2);
 /// Entries one `XREAD` takes, and hash fields one `HSCAN` asks for.
 const COUNT: usize = 500;
-/// Longest wait between two attempts while Redis is away.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The following thread's state.
 pub(crate) struct Follower {
@@ -56,18 +54,18 @@ impl Follower {
     pub(crate) fn run(self) {
         // The last entry read; `None` until the latest records are loaded.
         let mut position: Option<String> = None;
-        let mut backoff = Duration::from_millis(50);
-        // Whether Redis being away was logged since the start (later: when `up` turns false).
-        let mut reported = false;
         // A reload after a gap is under way (kept across reconnects until one completes): its
         // records reach dashboards as a resync INIT once loaded, not as UPDTs.
         let mut resync = false;
-        loop {
-            let result: redis::RedisResult<()> = self.link.connect().and_then(|mut conn| {
+        super::reconnecting(
+            || self.link.connect(),
+            &self.up,
+            &self.metrics.cluster_follow_errors,
+            |conn| {
                 // Whether entries this instance has not read may be gone (trimmed, or lost by a
                 // restarted Redis): checked on every (re)connect and with every read.
                 let mut gap = match &position {
-                    Some(at) => missed(&first_entry(STREAM).query(&mut conn)?, at),
+                    Some(at) => missed(&first_entry(STREAM).query(conn)?, at),
                     None => false,
                 };
                 loop {
@@ -77,9 +75,9 @@ impl Follower {
                             Metrics::inc(&self.metrics.cluster_resyncs);
                             warn!(from = %at, "the change stream was trimmed past this instance's position; loading the latest records again");
                             resync = true;
-                            self.load(&mut conn, false)?
+                            self.load(conn, false)?
                         }
-                        None => self.load(&mut conn, !resync)?,
+                        None => self.load(conn, !resync)?,
                     };
                     if std::mem::take(&mut resync) {
                         self.hub.resync_all();
@@ -88,23 +86,18 @@ impl Follower {
                     let at = position.insert(at);
                     self.up.store(true, Ordering::Relaxed);
                     self.hub.set_remote_stale(false);
-                    backoff = Duration::from_millis(50);
-                    gap = self.read(&mut conn, at)?;
+                    gap = self.read(conn, at)?;
                 }
-            });
-            if let Err(e) = result {
-                Metrics::inc(&self.metrics.cluster_follow_errors);
+            },
+            |e, news| {
                 self.hub.set_remote_stale(true);
-                if self.up.swap(false, Ordering::Relaxed) || !reported {
-                    reported = true;
+                if news {
                     warn!(%e, redis = %self.link.redacted, "cannot read the change stream; remote devices may be stale until Redis is back");
                 } else {
                     debug!(%e, "following failed again");
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+            },
+        )
     }
 
     /// Note the stream's last entry, then apply every device's latest record (handing dashboards

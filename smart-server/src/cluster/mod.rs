@@ -74,6 +74,40 @@ impl Link {
     }
 }
 
+/// First and longest wait between two attempts of a thread whose session with Redis failed.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Keep a reading thread's session with Redis going until the process ends: `session` runs on each
+/// new connection (from `connect`) and returns only with an error; it stores `true` in `up` once it
+/// works. Between attempts the thread waits 50 ms, doubling to 2 s, from the first failure after
+/// `up` was true. Each failure is counted in `errors` and handed to `failed` with whether it is news
+/// (the first since the start, or since `up` was true: worth a WARN; the others are not).
+fn reconnecting(
+    connect: impl Fn() -> redis::RedisResult<redis::Connection>,
+    up: &AtomicBool,
+    errors: &std::sync::atomic::AtomicU64,
+    mut session: impl FnMut(&mut redis::Connection) -> redis::RedisResult<()>,
+    mut failed: impl FnMut(&redis::RedisError, bool),
+) -> ! {
+    let mut backoff = FIRST_BACKOFF;
+    let mut reported = false;
+    loop {
+        let result = connect().and_then(|mut conn| session(&mut conn));
+        let worked = up.swap(false, Ordering::Relaxed);
+        if worked {
+            backoff = FIRST_BACKOFF;
+        }
+        if let Err(e) = result {
+            Metrics::inc(errors);
+            failed(&e, worked || !reported);
+            reported = true;
+        }
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// The cluster side of an instance: built before the store opens (the store needs its shipper),
 /// started once the fleet and the hub exist.
 #[derive(Debug)]

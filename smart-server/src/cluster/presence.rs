@@ -373,42 +373,40 @@ impl Presence {
     /// The watching thread: other instances' changes and deaths, until the process ends.
     pub(crate) fn run_watcher(&self, link: &Link, recheck: &Recheck, metrics: &Metrics) {
         let every = self.every();
-        let mut backoff = Duration::from_millis(50);
-        let mut reported = false;
-        loop {
-            let result: redis::RedisResult<()> = self.connect(link).and_then(|mut conn| {
+        super::reconnecting(
+            || self.connect(link),
+            &self.watching,
+            &metrics.cluster_presence_errors,
+            |conn| {
                 // Whatever happened while not watching: everything again.
-                let mut position = self.load(&mut conn, link, recheck, metrics)?;
+                let mut position = self.load(conn, link, recheck, metrics)?;
                 let mut reaped = Instant::now();
                 self.watching.store(true, Ordering::Relaxed);
-                backoff = Duration::from_millis(50);
                 loop {
                     // Read until the next check of the heartbeats is due (never `BLOCK 0`: forever).
                     let block = every
                         .saturating_sub(reaped.elapsed())
                         .clamp(Duration::from_millis(10), follow::BLOCK);
-                    if self.read(&mut conn, link, &mut position, block, recheck, metrics)? {
-                        warn!("the presence stream was trimmed past this instance's position; loading every instance's devices again");
-                        position = self.load(&mut conn, link, recheck, metrics)?;
+                    if self.read(conn, link, &mut position, block, recheck, metrics)? {
+                        warn!(
+                            "the presence stream was trimmed past this instance's position; loading every instance's devices again"
+                        );
+                        position = self.load(conn, link, recheck, metrics)?;
                     }
                     if reaped.elapsed() >= every {
-                        self.reap(&mut conn, recheck, metrics)?;
+                        self.reap(conn, recheck, metrics)?;
                         reaped = Instant::now();
                     }
                 }
-            });
-            if let Err(e) = result {
-                Metrics::inc(&metrics.cluster_presence_errors);
-                if self.watching.swap(false, Ordering::Relaxed) || !reported {
-                    reported = true;
+            },
+            |e, news| {
+                if news {
                     warn!(%e, redis = %link.redacted, "cannot watch the other instances' presence; their devices keep their last state until Redis is back");
                 } else {
                     debug!(%e, "watching presence failed again");
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+            },
+        )
     }
 
     /// Note the stream's last entry, then the instances alive and every device online on each.

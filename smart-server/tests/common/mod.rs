@@ -449,6 +449,23 @@ pub fn metric_or_zero(text: &str, name: &str) -> u64 {
         .map_or(0, |v| v.parse().unwrap())
 }
 
+/// `smart-server token issue SERIAL` on `dir` (through the running server if one holds it): the token.
+pub fn issue(dir: &std::path::Path, serial: &str) -> String {
+    let (out, err, ok) = cli(dir, &["token", "issue", serial], "");
+    assert!(ok, "{err}");
+    out.lines().last().unwrap().to_owned()
+}
+
+/// An `Authorization: Basic` value.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
 /// `smart-server --data-dir DIR ARGS…` with `stdin`; its stdout, stderr and success.
 pub fn cli(dir: &std::path::Path, args: &[&str], stdin: &str) -> (String, String, bool) {
     use std::io::Write as _;
