@@ -12,7 +12,6 @@
 //! after; a read takes its copy of the held changes before it scans the tree, and a held change is
 //! skipped when the tree's part of its hour already holds its segment (see `Raw::parts_over`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use smart_proto::Serial;
@@ -21,7 +20,6 @@ use super::samples::Change;
 
 /// A change and the log segment that holds it.
 pub(crate) type Tagged = (u64, Change);
-type ByDevice = HashMap<Serial, Vec<Tagged>>;
 
 /// The held changes (shared by the checkpoint thread and the readers).
 #[derive(Debug, Default)]
@@ -29,18 +27,21 @@ pub(crate) struct Held {
     inner: Mutex<Inner>,
 }
 
+/// Changes as they were handed over: one list per hand-over, in log order. Kept as handed over (an
+/// append per second, nothing per change): the raw tier groups them per device and hour when it
+/// writes them, and a read of one device filters them (at most a checkpoint interval of changes).
 #[derive(Debug, Default)]
 struct Inner {
-    /// Handed over since the last write started; per device in log order.
-    current: ByDevice,
+    /// Handed over since the last write started.
+    current: Vec<Vec<Tagged>>,
     /// Being written now (older than `current`).
-    writing: Option<Arc<ByDevice>>,
+    writing: Option<Batch>,
     /// Changes in `current` and `writing`.
     count: usize,
 }
 
-/// What a write takes: every change held, per device, in log order.
-pub(crate) type Batch = Arc<ByDevice>;
+/// What a write takes: every change held, in log order (one list per hand-over).
+pub(crate) type Batch = Arc<Vec<Vec<Tagged>>>;
 
 impl Held {
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -49,15 +50,14 @@ impl Held {
 
     /// Hold `changes` (in log order, each with its segment).
     pub(crate) fn hold(&self, changes: impl IntoIterator<Item = Tagged>) {
-        let mut inner = self.lock();
-        for (seq, change) in changes {
-            inner.count += 1;
-            inner
-                .current
-                .entry(change.serial.clone())
-                .or_default()
-                .push((seq, change));
+        // (A `Vec` is kept as it is: collecting its own iterator reuses it.)
+        let changes: Vec<Tagged> = changes.into_iter().collect();
+        if changes.is_empty() {
+            return;
         }
+        let mut inner = self.lock();
+        inner.count += changes.len();
+        inner.current.push(changes);
     }
 
     /// Changes held (written or not yet).
@@ -69,12 +69,10 @@ impl Held {
     /// [`Held::failed`] to keep it for the next write.
     pub(crate) fn start(&self) -> Option<Batch> {
         let mut inner = self.lock();
-        if let Some(writing) = &inner.writing {
+        if let Some(writing) = inner.writing.take() {
             // An unfinished write (a failure not reported): write it again, with what came since.
-            let mut all = ByDevice::clone(writing);
-            for (serial, newer) in std::mem::take(&mut inner.current) {
-                all.entry(serial).or_default().extend(newer);
-            }
+            let mut all = Arc::unwrap_or_clone(writing);
+            all.append(&mut inner.current);
             inner.writing = Some(Arc::new(all));
         } else if inner.current.is_empty() {
             return None;
@@ -88,7 +86,7 @@ impl Held {
     pub(crate) fn done(&self) {
         let mut inner = self.lock();
         if let Some(written) = inner.writing.take() {
-            inner.count -= written.values().map(Vec::len).sum::<usize>();
+            inner.count -= written.iter().map(Vec::len).sum::<usize>();
         }
     }
 
@@ -97,9 +95,7 @@ impl Held {
         let mut inner = self.lock();
         if let Some(writing) = inner.writing.take() {
             let mut older = Arc::unwrap_or_clone(writing);
-            for (serial, newer) in std::mem::take(&mut inner.current) {
-                older.entry(serial).or_default().extend(newer);
-            }
+            older.append(&mut inner.current);
             inner.current = older;
         }
     }
@@ -107,11 +103,13 @@ impl Held {
     /// `serial`'s held changes, oldest first.
     pub(crate) fn of(&self, serial: &Serial) -> Vec<Tagged> {
         let inner = self.lock();
-        let writing = inner.writing.as_ref().and_then(|w| w.get(serial));
-        writing
-            .into_iter()
-            .chain(inner.current.get(serial))
+        inner
+            .writing
+            .iter()
+            .flat_map(|w| w.iter())
+            .chain(&inner.current)
             .flatten()
+            .filter(|(_, change)| change.serial == *serial)
             .cloned()
             .collect()
     }
@@ -120,9 +118,11 @@ impl Held {
     /// those after it, and no hour after that time is rolled up.
     pub(crate) fn oldest(&self) -> Option<(u64, i64)> {
         let inner = self.lock();
-        let writing = inner.writing.iter().flat_map(|w| w.values());
-        writing
-            .chain(inner.current.values())
+        inner
+            .writing
+            .iter()
+            .flat_map(|w| w.iter())
+            .chain(&inner.current)
             .flatten()
             .map(|(seq, change)| (*seq, change.ts_ms))
             .reduce(|(s, t), (seq, ts)| (s.min(seq), t.min(ts)))
@@ -153,7 +153,14 @@ mod tests {
         assert_eq!(held.len(), 3);
         assert_eq!(held.oldest(), Some((1, 10)));
         let batch = held.start().unwrap();
-        assert_eq!(batch.get(&a).map(Vec::len), Some(2));
+        let of_a = |batch: &Batch| {
+            batch
+                .iter()
+                .flatten()
+                .filter(|(_, c)| c.serial == a)
+                .count()
+        };
+        assert_eq!(of_a(&batch), 2);
         held.hold([(3, change("A", 30))]);
         let seen: Vec<i64> = held.of(&a).iter().map(|(_, c)| c.ts_ms).collect();
         assert_eq!(seen, [10, 20, 30], "written and newer, in order");
@@ -162,7 +169,7 @@ mod tests {
         let seen: Vec<u64> = held.of(&a).iter().map(|(s, _)| *s).collect();
         assert_eq!(seen, [1, 2, 3], "a failed write keeps its changes first");
         let batch = held.start().unwrap();
-        assert_eq!(batch.values().map(Vec::len).sum::<usize>(), 4);
+        assert_eq!(batch.iter().map(Vec::len).sum::<usize>(), 4);
         held.hold([(4, change("B", 40))]);
         held.done();
         assert_eq!(held.len(), 1);
@@ -170,7 +177,7 @@ mod tests {
         assert!(held.of(&a).is_empty());
         let batch = held.start().unwrap();
         held.done();
-        assert_eq!(batch.len(), 1);
+        assert_eq!(batch.iter().flatten().count(), 1);
         assert_eq!((held.len(), held.oldest()), (0, None));
     }
 }

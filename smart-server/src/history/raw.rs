@@ -274,9 +274,7 @@ impl Raw {
         let Some(batch) = self.held.start() else {
             return Ok(());
         };
-        let tagged = batch
-            .values()
-            .flat_map(|changes| changes.iter().map(|(seq, change)| (*seq, change)));
+        let tagged = batch.iter().flatten().map(|(seq, change)| (*seq, change));
         let result = self.absorb_tagged(tagged);
         match &result {
             Ok(()) => self.held.done(),

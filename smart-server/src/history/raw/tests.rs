@@ -112,9 +112,7 @@ fn held_changes_read_exactly_once_before_during_and_after_their_write() {
     let mut want = want;
     want.push(base + 2000);
     assert_eq!(read(&raw), want);
-    let tagged = batch
-        .values()
-        .flat_map(|changes| changes.iter().map(|(seq, c)| (*seq, c)));
+    let tagged = batch.iter().flatten().map(|(seq, c)| (*seq, c));
     raw.absorb_tagged(tagged).unwrap();
     assert_eq!(read(&raw), want, "written and still held: read once");
     raw.held().failed();
