@@ -79,6 +79,13 @@ impl Chunk {
     /// The compact bytes. Rows must be in time order with ascending field indices (as
     /// [`Chunk::field`] and the history build them); values are kept exactly.
     pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.rows.len() * 6);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`Chunk::encode`], appended to `out`.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         debug_assert!(self.rows.iter().all(|r| {
             r.values.windows(2).all(|w| w[0].0 < w[1].0)
                 && r.values
@@ -89,25 +96,25 @@ impl Chunk {
         let scales: Vec<u8> = (0..self.fields.len())
             .map(|i| scale_of(&self.rows.iter().filter_map(|r| value_of(r, i))))
             .collect();
-        let mut out = Vec::with_capacity(16 + self.rows.len() * 6);
+        out.reserve(16 + self.rows.len() * 6);
         out.push(VERSION);
-        put_varint(&mut out, self.fields.len() as u64);
+        put_varint(out, self.fields.len() as u64);
         for name in &self.fields {
-            put_varint(&mut out, name.len() as u64);
+            put_varint(out, name.len() as u64);
             out.extend_from_slice(name.as_bytes());
         }
         out.extend_from_slice(&scales);
-        put_varint(&mut out, self.rows.len() as u64);
+        put_varint(out, self.rows.len() as u64);
         let mut prev_ts = 0_i64;
         let mut prev_delta = 0_i64;
         let mut prev_int = vec![0_i64; self.fields.len()];
         let mut prev_bits = vec![0_u64; self.fields.len()];
         for (n, row) in self.rows.iter().enumerate() {
             if n == 0 {
-                put_signed(&mut out, row.ts_ms);
+                put_signed(out, row.ts_ms);
             } else {
                 let delta = row.ts_ms.wrapping_sub(prev_ts);
-                put_signed(&mut out, delta.wrapping_sub(prev_delta));
+                put_signed(out, delta.wrapping_sub(prev_delta));
                 prev_delta = delta;
             }
             prev_ts = row.ts_ms;
@@ -116,7 +123,7 @@ impl Chunk {
                 .iter()
                 .filter(|(field, _)| known(*field))
                 .fold(0_u64, |map, (field, _)| map | 1 << field);
-            put_varint(&mut out, bitmap);
+            put_varint(out, bitmap);
             for &(field, value) in row.values.iter().filter(|(field, _)| known(*field)) {
                 let i = usize::from(field);
                 match scales[i] {
@@ -127,13 +134,12 @@ impl Chunk {
                     }
                     scale => {
                         let int = scaled(value, scale).unwrap_or_default();
-                        put_signed(&mut out, int.wrapping_sub(prev_int[i]));
+                        put_signed(out, int.wrapping_sub(prev_int[i]));
                         prev_int[i] = int;
                     }
                 }
             }
         }
-        out
     }
 
     /// Read back what [`Chunk::encode`] wrote.

@@ -14,7 +14,7 @@
 //! did not cover; a device's changes of segments its hour's newest part already holds are skipped.
 //! Reads see the held changes too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use smart_proto::Serial;
@@ -172,8 +172,9 @@ fn decode_part(key: &[u8], value: &[u8]) -> Result<Part, HistoryError> {
 }
 
 fn encode_part(seq: u64, chunk: &Chunk) -> Vec<u8> {
-    let mut value = seq.to_be_bytes().to_vec();
-    value.extend_from_slice(&chunk.encode());
+    let mut value = Vec::with_capacity(8 + 16 + chunk.rows.len() * 16);
+    value.extend_from_slice(&seq.to_be_bytes());
+    chunk.encode_into(&mut value);
     value
 }
 
@@ -300,16 +301,19 @@ impl Raw {
         &self,
         changes: impl IntoIterator<Item = (u64, &'a Change)>,
     ) -> Result<(), HistoryError> {
-        // Per device and hour, in order.
-        let mut groups: BTreeMap<(u32, &Serial), Vec<(u64, &Change)>> = BTreeMap::new();
-        for (seq, change) in changes.into_iter().filter(|(_, c)| !c.values.is_empty()) {
-            groups
-                .entry((hour_of(change.ts_ms), &change.serial))
-                .or_default()
-                .push((seq, change));
-        }
-        for ((hour, serial), changes) in groups {
-            self.absorb_device(hour, serial, &changes)?;
+        // Per device and hour, in order: one sort (stable: each device's changes keep their order)
+        // rather than a map entry per device.
+        let mut all: Vec<(u32, &Serial, u64, &Change)> = changes
+            .into_iter()
+            .filter(|(_, c)| !c.values.is_empty())
+            .map(|(seq, c)| (hour_of(c.ts_ms), &c.serial, seq, c))
+            .collect();
+        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut run = Vec::new();
+        for group in all.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
+            run.clear();
+            run.extend(group.iter().map(|&(_, _, seq, change)| (seq, change)));
+            self.absorb_device(group[0].0, group[0].1, &run)?;
         }
         Ok(())
     }
@@ -332,11 +336,9 @@ impl Raw {
                 None => None,
             },
         };
-        let kept: Vec<(u64, &Change)> = changes
-            .iter()
-            .copied()
-            .filter(|(seq, _)| last.is_none_or(|(_, written)| *seq > written))
-            .collect();
+        // Segments ascend: what the newest part does not hold yet is a suffix.
+        let kept = &changes[changes
+            .partition_point(|(seq, _)| last.is_some_and(|(_, written)| *seq <= written))..];
         // The newest segment in the new part (segments ascend).
         let Some(&(seq, _)) = kept.last() else {
             return Ok(());
