@@ -63,6 +63,8 @@ export function openDevice(serial, { onBack, inView }) {
   $('device-page').hidden = false;
   $('device-serial').textContent = serial;
   $('device-fields').replaceChildren();
+  // The list is rebuilt for the next record (renderFields rebuilds it only when its keys change).
+  delete $('device-fields').dataset.keys;
   $('device-charts').replaceChildren();
   $('device-energy').replaceChildren();
   showError('');
