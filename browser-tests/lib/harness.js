@@ -4,6 +4,7 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -185,6 +186,93 @@ export class Server {
     if (!res.ok) throw new Error(`GET ${pathname}: ${res.status}`);
     return res.json();
   }
+}
+
+/**
+ * A `redis-server` of the test's own on a free loopback port, with its own directory (append-only, synced
+ * on every write), as `smart-server/tests/common/cluster.rs` starts one. `kill()` is a crash; `restart()`
+ * starts it again on the same port and directory (what it had synced comes back); `stop()` kills it and
+ * removes the directory. `RedisServer.available()` says whether `redis-server` is installed.
+ */
+export class RedisServer {
+  constructor(port, dir) {
+    this.port = port;
+    this.dir = dir;
+    this.proc = null;
+  }
+
+  static available() {
+    return spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0;
+  }
+
+  static async start() {
+    const redis = new RedisServer(await freePort(), tempDir('smart-os-redis-'));
+    await redis.restart();
+    return redis;
+  }
+
+  get url() {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  async restart() {
+    if (this.proc) throw new Error('redis-server is running');
+    const args = ['--bind', '127.0.0.1', '--port', String(this.port), '--dir', this.dir];
+    args.push('--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--daemonize', 'no', '--logfile', '');
+    const proc = spawn('redis-server', args, { stdio: 'ignore' });
+    this.proc = proc;
+    const deadline = Date.now() + 10000;
+    while (!(await this.ping())) {
+      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`redis-server exited (${proc.exitCode ?? proc.signalCode})`);
+      if (Date.now() > deadline) throw new Error('redis-server did not answer PING within 10 s');
+      await sleep(50);
+    }
+  }
+
+  /** Whether it answers PING now. */
+  ping() {
+    return new Promise((resolve) => {
+      const socket = net.connect({ host: '127.0.0.1', port: this.port });
+      let got = '';
+      const done = (ok) => {
+        socket.destroy();
+        resolve(ok);
+      };
+      socket.setTimeout(1000, () => done(false));
+      socket.on('error', () => done(false));
+      socket.on('connect', () => socket.write('PING\r\n'));
+      socket.on('data', (chunk) => {
+        got += chunk;
+        if (got.includes('\r\n')) done(got.startsWith('+PONG'));
+      });
+    });
+  }
+
+  /** SIGKILL, and wait until it is gone. */
+  async kill() {
+    const proc = this.proc;
+    this.proc = null;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const exited = once(proc, 'exit');
+    proc.kill('SIGKILL');
+    await withTimeout(exited, 10000, 'redis-server to exit');
+  }
+
+  async stop() {
+    await this.kill();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** A loopback port free now (for a process that cannot be told to pick its own and say which). */
+export async function freePort() {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  server.close();
+  await once(server, 'close');
+  return port;
 }
 
 /**

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { clientUrl, readUpdt, updtMessages } from '../../smart-server/assets/wire.js';
+import { clientUrl, readUpdt, updtIds, updtMessages } from '../../smart-server/assets/wire.js';
 
 test('an UPDT message gives its serial and object body; anything else gives nothing', () => {
   assert.deepEqual(readUpdt('0001:0042:{"battery":5}'), { serial: '0042', body: { battery: 5 } });
@@ -19,13 +19,13 @@ test('an UPDT message gives its serial and object body; anything else gives noth
   assert.equal(readUpdt(undefined), null);
 });
 
-test('the page asks for batched UPDTs, over wss: when the page is https:', () => {
+test('the page asks for batched UPDTs and stale notices, over wss: when the page is https:', () => {
   const saved = Object.getOwnPropertyDescriptor(globalThis, 'location');
   try {
     globalThis.location = { protocol: 'http:', host: '127.0.0.1:8000' };
-    assert.equal(clientUrl(), 'ws://127.0.0.1:8000/client/?batch=1');
+    assert.equal(clientUrl(), 'ws://127.0.0.1:8000/client/?batch=1&stale=1');
     globalThis.location = { protocol: 'https:', host: 'fleet.example:8443' };
-    assert.equal(clientUrl(), 'wss://fleet.example:8443/client/?batch=1');
+    assert.equal(clientUrl(), 'wss://fleet.example:8443/client/?batch=1&stale=1');
   } finally {
     if (saved) Object.defineProperty(globalThis, 'location', saved);
     else delete globalThis.location;
@@ -45,4 +45,11 @@ test('an UPDT message, plain or batched, is the list of its strings in order', (
     [{ serial: '0042', body: { battery: 5 } }, null, null, { serial: '0043', body: { battery: 6 } }],
   );
   assert.deepEqual(updtMessages([a, b]).map((m) => readUpdt(m, '0043')), [null, { serial: '0043', body: { battery: 6 } }]);
+});
+
+test('an UPDT message gives its message id and serial without its body being read', () => {
+  assert.deepEqual(updtIds('0007:0042:{"battery":5}'), ['0007', '0042']);
+  assert.deepEqual(updtIds('0000:S:{bad'), ['0000', 'S'], 'the body is not parsed');
+  assert.deepEqual(updtIds('0001:0042:{"a":"x:y"}'), ['0001', '0042']);
+  for (const other of ['no colons', 'one:colon', 42, undefined, null]) assert.equal(updtIds(other), null, String(other));
 });

@@ -9,11 +9,12 @@ import { KNOWN_COLUMNS, KNOWN_KEYS, humanize } from './fields.js';
 import { csvCell, formatCell, numberFormat, pad2 } from './format.js';
 import { isEmptyQuery, matches, queryFromHash, queryToHash, sameQuery, toClauses } from './query.js';
 import { resorted } from './order.js';
-import { clientUrl, readUpdt, updtMessages } from './wire.js';
+import { clientUrl, readUpdt, updtIds, updtMessages } from './wire.js';
+import { applyNotice, bannerText, forget, isStale, noteChange, readNotice } from './stale.js';
 import { state, setActiveQuery } from './state.js';
 import { onApply, setApplying, showClauseError, showError, writeForm } from './filters.js';
 import { buildColumns, drawnWindow, readThemeColors, remeasure, renderGrid, runFlashes } from './grid.js';
-import { closeDevice, deviceLeftView, deviceUpdate, openDevice } from './device.js';
+import { closeDevice, deviceLeftView, deviceUpdate, openDevice, setDeviceStale } from './device.js';
 import { account, onLogin, showAccount, showLoginForm, whoAmI } from './auth.js';
 
 const RESORT_INTERVAL_MS = 500;
@@ -203,6 +204,8 @@ function connect() {
   }
   link.ws = ws;
   link.gotInit = false;
+  // A new connection (maybe to another instance) says again what is stale, if anything is.
+  if (forget(state.remote)) renderStale();
   // A new connection starts with a fresh INIT: frames held from the old one are moot.
   state.held = [];
   state.heldCount = 0;
@@ -222,6 +225,8 @@ function connect() {
     link.ws = null;
     state.pending = [];
     setApplying(false);
+    // What this connection said was stale: the next one says it again if it still is (after its INIT).
+    if (forget(state.remote)) renderStale();
     scheduleReconnect();
   };
 }
@@ -249,6 +254,8 @@ function onFrame(data) {
     return;
   }
   if (!env || typeof env !== 'object') return;
+  // Devices writing to this instance are current even while others' may be stale (paused or not).
+  if (env.type === 'UPDT' && state.remote.since !== null) noteWrites(env.message);
   // The open device page takes its device's changes from here (paused or not).
   if (openSerial !== null && env.type === 'UPDT' && link.gotInit) feedDevice(env.message);
   // Paused: the table stays as it is; changes and view INITs wait, unless one answers a query.
@@ -289,9 +296,39 @@ function onMessage(env) {
     }
     setStatus('live');
   } else if (env.type === 'INFO') {
-    if (env.message === 'ERROR') onQueryError(env.reason);
+    const notice = readNotice(env);
+    if (notice !== null) {
+      if (applyNotice(state.remote, notice)) renderStale();
+    } else if (env.message === 'ERROR') onQueryError(env.reason);
     else if (link.status !== 'live') setStatus('open');
   }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Stale remote devices (`?stale=1`, stale.js): while this instance cannot read the cluster's change
+// stream, a banner at the top and a "stale" badge on every device not connected here (grid.js draws it
+// from `state.remote`; the device page has its own). Drawn on each change of what is stale, not per frame.
+
+const banner = $('cluster-banner');
+
+function renderStale() {
+  const { since, reason } = state.remote;
+  banner.hidden = since === null;
+  setText(banner, since === null ? '' : bannerText(since));
+  banner.title = reason;
+  if (openSerial !== null) setDeviceStale(isStale(state.remote, openSerial));
+  markDirty('grid');
+}
+
+// An UPDT's changes (one or a batch) while stale: a device whose change carries its own message id
+// wrote here, so it is current from now on.
+function noteWrites(message) {
+  let changed = false;
+  for (const m of updtMessages(message)) {
+    const ids = updtIds(m);
+    if (ids !== null && noteChange(state.remote, ids[0], ids[1])) changed = true;
+  }
+  if (changed) renderStale();
 }
 
 function onQueryError(reason) {
@@ -629,7 +666,8 @@ function route() {
     $('layout').hidden = true;
     document.body.classList.add('on-device');
     openSerial = serial;
-    openDevice(serial, { onBack: leaveDevice, inView: link.gotInit && state.records.has(serial) });
+    openDevice(serial, { onBack: leaveDevice, inView: link.gotInit && state.records.has(serial), onUpdt: noteWrites });
+    setDeviceStale(isStale(state.remote, serial));
     return;
   }
   if (document.body.classList.contains('on-device')) {

@@ -49,12 +49,14 @@ const page = {
   frame: 0,
   ageTimer: 0,
   onBack: () => {},
+  onUpdt: () => {}, // app.js: which devices write to this instance (the "stale" badge, stale.js)
 };
 
 /** Show the page of `serial` (a no-op if it is already shown); `inView` says whether the table's
- * websocket carries its updates. */
-export function openDevice(serial, { onBack, inView }) {
+ * websocket carries its updates; `onUpdt` gets the message of each UPDT of the page's own websocket. */
+export function openDevice(serial, { onBack, inView, onUpdt = () => {} }) {
   page.onBack = onBack;
+  page.onUpdt = onUpdt;
   if (page.serial === serial) return;
   closeDevice();
   page.serial = serial;
@@ -63,6 +65,8 @@ export function openDevice(serial, { onBack, inView }) {
   $('device-page').hidden = false;
   $('device-serial').textContent = serial;
   $('device-fields').replaceChildren();
+  // The list is rebuilt for the next record (renderFields rebuilds it only when its keys change).
+  delete $('device-fields').dataset.keys;
   $('device-charts').replaceChildren();
   $('device-energy').replaceChildren();
   showError('');
@@ -71,6 +75,13 @@ export function openDevice(serial, { onBack, inView }) {
   if (!inView) connectLive();
   page.ageTimer = setInterval(renderHead, 1000);
   start(serial);
+}
+
+/** Whether the shown device's values may be out of date (Redis unreachable and the device not connected
+ * to this instance: app.js decides, stale.js). */
+export function setDeviceStale(stale) {
+  const badge = $('device-stale');
+  if (badge.hidden === stale) badge.hidden = !stale;
 }
 
 /** Leave the page: its socket closes, its charts go. */
@@ -170,6 +181,7 @@ function connectLive() {
         }
       }
     } else if (env?.type === 'UPDT') {
+      page.onUpdt(env.message);
       // One change, or a batch of them (`?batch=1`), in order; `onUpdate` draws once per frame.
       for (const m of updtMessages(env.message)) {
         const updt = readUpdt(m, serial);

@@ -13,6 +13,7 @@
 
 import { formatCell } from './format.js';
 import { state } from './state.js';
+import { isStale } from './stale.js';
 import { isShown, renderPicker } from './columns.js';
 import { onHeaderClick, refreshFieldSelects } from './filters.js';
 
@@ -110,7 +111,13 @@ function makeRow() {
       // A link to the device's page: reachable with Tab and Enter, and openable in a new tab.
       td.link = document.createElement('a');
       td.link.className = 'row-link';
-      td.append(td.link);
+      // Shown (style.css) while the row is `remote-stale`: Redis is unreachable and the device is not
+      // connected to this instance (stale.js).
+      const tag = document.createElement('span');
+      tag.className = 'row-stale';
+      tag.textContent = 'stale';
+      tag.title = 'Redis is unreachable: this device is not connected to this server, its values may be out of date';
+      td.append(td.link, tag);
     }
     tr.append(td);
   }
@@ -209,7 +216,8 @@ export function renderGrid(now, touched) {
       tr.idx = index;
     }
     // Zebra stripes by view index: a row shifted by one place changes its background only (no layout).
-    const cls = `${index % 2 ? 'odd' : 'even'}${rec.online === false ? ' offline' : ''}`;
+    // While Redis is unreachable, a device not connected here is `remote-stale` (its badge shows).
+    const cls = `${index % 2 ? 'odd' : 'even'}${rec.online === false ? ' offline' : ''}${isStale(state.remote, rec.serial_number) ? ' remote-stale' : ''}`;
     if (tr.cls !== cls) {
       tr.className = cls;
       tr.cls = cls;

@@ -2,6 +2,7 @@
 
 import { KNOWN_COLUMNS } from './fields.js';
 import { comparator, emptyQuery, queryFromHash } from './query.js';
+import { remoteState } from './stale.js';
 
 
 export const state = {
@@ -33,6 +34,7 @@ export const state = {
   heldCount: 0, // the changes and INITs in held (a batched UPDT counts each of its changes)
   heldOverflow: false,
   pointerOnRows: false,
+  remote: remoteState(), // which devices may be out of date while Redis is unreachable (stale.js)
 };
 state.columns.forEach((c, i) => state.columnIndex.set(c.key, i));
 

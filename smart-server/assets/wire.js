@@ -4,8 +4,10 @@
 // `?batch=1` (PROTOCOL.md §7, an extension): consecutive UPDTs arrive as one frame whose message is a
 // list of `MID:SERIAL:BODY` strings, so the page handles one websocket message (one task, one
 // JSON.parse) per batch instead of one per change.
+// `&stale=1` (an extension too): with several instances sharing the fleet through Redis, INFO `STALE`
+// and `LIVE` say when other instances' devices may be out of date here (stale.js).
 export function clientUrl() {
-  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/client/?batch=1`;
+  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/client/?batch=1&stale=1`;
 }
 
 const NONE = Object.freeze([]);
@@ -16,6 +18,15 @@ const NONE = Object.freeze([]);
 export function updtMessages(message) {
   if (typeof message === 'string') return [message];
   return Array.isArray(message) ? message : NONE;
+}
+
+// The message id and serial of an UPDT's `MID:SERIAL:BODY` as `[mid, serial]` (the id is `0000` for
+// changes from another instance and for online/offline); null for anything else. The body is not parsed.
+export function updtIds(message) {
+  if (typeof message !== 'string') return null;
+  const c1 = message.indexOf(':');
+  const c2 = c1 < 0 ? -1 : message.indexOf(':', c1 + 1);
+  return c2 < 0 ? null : [message.slice(0, c1), message.slice(c1 + 1, c2)];
 }
 
 // An UPDT's `MID:SERIAL:BODY` as `{serial, body}` when the body is a JSON object; null for anything

@@ -108,6 +108,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../assets/wire.js"),
     },
     Asset {
+        name: "stale.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/stale.js"),
+    },
+    Asset {
         name: "grid.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../assets/grid.js"),

@@ -37,6 +37,7 @@ async fn root_redirects_and_assets_are_served() {
         ("query.js", "query.js", "javascript"),
         ("order.js", "order.js", "javascript"),
         ("wire.js", "wire.js", "javascript"),
+        ("stale.js", "stale.js", "javascript"),
         ("grid.js", "grid.js", "javascript"),
         ("state.js", "state.js", "javascript"),
         ("filters.js", "filters.js", "javascript"),
