@@ -115,7 +115,7 @@ function makeRow() {
       // connected to this instance (stale.js).
       const tag = document.createElement('span');
       tag.className = 'row-stale';
-      tag.textContent = 'stale';
+      // The word is the stylesheet's (`::after`): the cell's text stays the serial.
       tag.title = 'Redis is unreachable: this device is not connected to this server, its values may be out of date';
       td.append(td.link, tag);
     }
