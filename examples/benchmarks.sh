@@ -260,7 +260,8 @@ PY
 # 127.0.0.1:0`) and one `solmate_sim` per instance on disjoint serials (ceil(CLUSTER_DEVICES / 3) devices each,
 # one change every CLUSTER_INTERVAL s (default 5), a share CLUSTER_STAMP (default 0.2) of the UPDTs stamped
 # with their send time in the extra field `sent_ms`). Once every device is connected (at most
-# CLUSTER_CONNECT_SECONDS, default 60) and CLUSTER_SETTLE s more (default 5, the INIT burst), it measures for
+# CLUSTER_CONNECT_SECONDS, default 90) and CLUSTER_SETTLE s more (default 10: the INIT burst; the latency
+# dashboard connects at its start, so its snapshot of the whole fleet is not in the window), it measures for
 # CLUSTER_SECONDS (default 60): a latency dashboard (`watch --latency-field sent_ms`) on the first instance
 # takes the device->dashboard latency of the changes acked on the other two (`remote`) and on its own
 # (`local`); each instance's CPU (utime+stime from /proc over the window) and RSS at its end; Redis's CPU per
@@ -273,7 +274,7 @@ redis_stat() { redis-cli -p "$1" info stats | tr -d '\r' | awk -F: -v k="$2" '$1
 cluster() {
     local dir total per connect settle window interval stamp hz
     dir=$(mktemp -d)
-    total=${CLUSTER_DEVICES:-50000} connect=${CLUSTER_CONNECT_SECONDS:-60} settle=${CLUSTER_SETTLE:-5}
+    total=${CLUSTER_DEVICES:-50000} connect=${CLUSTER_CONNECT_SECONDS:-90} settle=${CLUSTER_SETTLE:-10}
     window=${CLUSTER_SECONDS:-60} interval=${CLUSTER_INTERVAL:-5} stamp=${CLUSTER_STAMP:-0.2}
     per=$(((total + 2) / 3))
     hz=$(getconf CLK_TCK)
@@ -312,6 +313,10 @@ cluster() {
         sleep 1
     done
     echo "cluster: $connected devices connected after $((SECONDS - start)) s; settling ${settle} s, then measuring ${window} s" >&2
+    # The latency dashboard connects now: its snapshot (the whole fleet) is built and sent before the window.
+    "$examples/watch" --url "ws://${addrs[0]}" --seconds $((settle + window)) --latency-warmup "$settle" \
+        --latency-field sent_ms --local-serials "1-$per" >"$dir/watch.json" 2>"$dir/watch.err" &
+    local watcher=$!
     sleep "$settle"
     # The window: /proc ticks and counters before and after, the latency dashboard in between.
     sample() {
@@ -338,10 +343,10 @@ cluster() {
         } >>"$dir/runs"
     }
     sample before
-    "$examples/watch" --url "ws://${addrs[0]}" --seconds "$window" --latency-field sent_ms \
-        --local-serials "1-$per" 2>"$dir/watch.err" | sed 's/^/latency /' >>"$dir/runs" || echo "cluster: the latency dashboard failed: $(cat "$dir/watch.err")" >&2
+    wait "$watcher" || echo "cluster: the latency dashboard failed: $(cat "$dir/watch.err")" >&2
     sample after
-    echo "cluster: window over; waiting for the simulators (at most $((connect + 60)) s)" >&2
+    printf 'latency %s\n' "$(tail -n 1 "$dir/watch.json")" >>"$dir/runs"
+    echo "cluster: window over; waiting for the simulators (they stop by themselves, after a drain)" >&2
     for i in 0 1 2; do
         # solmate_sim stops by itself: its run, a drain window and a hard stop (--seconds + 45 s at most).
         wait "${sims[$i]}" || echo "cluster: simulator $i failed: $(tail -n 3 "$dir/sim$i.err")" >&2

@@ -63,6 +63,9 @@ struct Args {
     /// dashboard's instance; the others' latency is reported as `remote`.
     #[arg(long, value_parser = parse_range)]
     local_serials: Option<(u64, u64)>,
+    /// In latency mode: count nothing during the first seconds (the snapshot, and whatever it delayed).
+    #[arg(long, default_value_t = 0.0)]
+    latency_warmup: f64,
     #[command(flatten)]
     access: common::AccessFlags,
 }
@@ -198,7 +201,7 @@ async fn watch(args: Args) -> Result<()> {
 
     let mut printed = 0u64;
     let mut latency = args.latency_field.as_ref().map(|_| Latency::default());
-    let started = Instant::now();
+    let measuring_from = Instant::now() + common::seconds(args.latency_warmup, "--latency-warmup")?;
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
     loop {
@@ -250,6 +253,9 @@ async fn watch(args: Args) -> Result<()> {
                     continue;
                 }
                 if let (Some(latency), Some(field)) = (&mut latency, &args.latency_field) {
+                    if Instant::now() < measuring_from {
+                        continue;
+                    }
                     latency.record(field, header.serial.as_str(), &body, args.local_serials);
                     continue;
                 }
@@ -269,7 +275,8 @@ async fn watch(args: Args) -> Result<()> {
     }
     let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
     if let Some(latency) = latency {
-        println!("{}", latency.summary(started.elapsed().as_secs_f64()));
+        let measured = Instant::now().saturating_duration_since(measuring_from);
+        println!("{}", latency.summary(measured.as_secs_f64()));
         return Ok(());
     }
     eprintln!("{printed} updates");
