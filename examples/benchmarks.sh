@@ -268,6 +268,8 @@ PY
 # change (its /proc ticks over the window / the records the instances shipped, smart_cluster_shipped_records_total)
 # and its network bytes per change (INFO stats). The simulators run CLUSTER_CONNECT_SECONDS + CLUSTER_SETTLE +
 # CLUSTER_SECONDS + 5 s, then drain; their reports (errors over the whole run) end the JSON line. About 3 min.
+# CLUSTER_FOLLOWER=1 adds a fourth instance with no devices (`follower_without_devices`): the cost of following
+# the fleet alone.
 metric() { curl -s --max-time 5 "http://$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2} END {print s + 0}'; }
 redis_stat() { redis-cli -p "$1" info stats | tr -d '\r' | awk -F: -v k="$2" '$1 == k {print $2}'; }
 
@@ -294,7 +296,13 @@ cluster() {
         start_server "$dir/$i" --redis "redis://127.0.0.1:$rport"
         pids+=("$server_pid") addrs+=("$addr")
     done
-    echo "cluster: $((3 * per)) devices over 3 instances (${addrs[*]}), Redis on 127.0.0.1:$rport (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+    if [[ ${CLUSTER_FOLLOWER:-0} != 0 ]]; then
+        # A fourth instance with no devices: what following the fleet alone costs.
+        mkdir -p "$dir/3"
+        start_server "$dir/3" --redis "redis://127.0.0.1:$rport"
+        pids+=("$server_pid") addrs+=("$addr")
+    fi
+    echo "cluster: $((3 * per)) devices over 3 instances (${addrs[*]:0:3}${pids[3]:+; a follower with no devices: ${addrs[3]}}), Redis on 127.0.0.1:$rport (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
     for i in 0 1 2; do
         "$examples/solmate_sim" --url "ws://${addrs[$i]}" --server-pid "${pids[$i]}" --devices "$per" \
             --first-serial $((1 + i * per)) --min-interval "$interval" --max-interval "$interval" \
@@ -327,7 +335,7 @@ cluster() {
             printf ', "redis_in": %s, "redis_out": %s' "$(redis_stat "$rport" total_net_input_bytes)" \
                 "$(redis_stat "$rport" total_net_output_bytes)"
             printf ', "instances": ['
-            for i in 0 1 2; do
+            for i in "${!pids[@]}"; do
                 ((i > 0)) && printf ', '
                 printf '{"ticks": %s, "rss_kib": %s, "devices": %s, "acks": %s, "shipped": %s, "batches": %s, "remote_applied": %s, "resyncs": %s, "ship_errors": %s, "follow_errors": %s}' \
                     "$(cpu_ticks "${pids[$i]}")" "$(awk '/^VmRSS/ {print $2}' "/proc/${pids[$i]}/status")" \
@@ -352,10 +360,10 @@ cluster() {
         wait "${sims[$i]}" || echo "cluster: simulator $i failed: $(tail -n 3 "$dir/sim$i.err")" >&2
         printf 'sim %s\n' "$(tail -n 1 "$dir/sim$i.json")" >>"$dir/runs"
     done
-    for i in 0 1 2; do
+    for i in "${!pids[@]}"; do
         kill -TERM "${pids[$i]}"
     done
-    for i in 0 1 2; do
+    for i in "${!pids[@]}"; do
         wait "${pids[$i]}" || true
     done
     kill -TERM "$rpid"
@@ -378,6 +386,7 @@ for x, y in zip(b["instances"], a["instances"]):
                       "remote_applied_per_s": round((y["remote_applied"] - x["remote_applied"]) / dt, 1),
                       "records_per_batch": round((y["shipped"] - x["shipped"]) / max(y["batches"] - x["batches"], 1), 1),
                       "cpu_us_per_cluster_change": round(1e6 * cpu_s / max(acks, 1), 1),
+                      "cpu_us_per_remote_change": round(1e6 * cpu_s / max(y["remote_applied"] - x["remote_applied"], 1), 1),
                       "resyncs": y["resyncs"], "ship_errors": y["ship_errors"], "follow_errors": y["follow_errors"]})
 sims = runs.get("sim", [])
 bad = ("errors", "unexpected", "unacked", "unsent_fields", "connect_failures", "ack_timeouts", "lost_in_flight", "stragglers")
@@ -386,7 +395,8 @@ print(json.dumps({
     "load_before": b["load"], "load_after": a["load"],
     "acks_per_s": round(acks / dt, 1), "shipped_records_per_s": round(shipped / dt, 1),
     "latency_dashboard": runs.get("latency", [None])[0],
-    "instances": instances,
+    "instances": instances[:3],
+    "follower_without_devices": instances[3] if len(instances) > 3 else None,
     "redis": {"cpu_percent": round(100 * redis_cpu_s / dt, 1), "cpu_us_per_change": round(1e6 * redis_cpu_s / max(shipped, 1), 2),
               "rss_kib": a["redis_rss_kib"], "in_bytes_per_change": round((a["redis_in"] - b["redis_in"]) / max(shipped, 1), 1),
               "out_bytes_per_change": round((a["redis_out"] - b["redis_out"]) / max(shipped, 1), 1)},
