@@ -366,6 +366,11 @@ cluster() {
     for i in "${!pids[@]}"; do
         wait "${pids[$i]}" || true
     done
+    # What a record and the fleet weigh in Redis (for sizing).
+    printf 'sizes {"record_bytes": %s, "used_memory": %s, "stream_entries": %s}\n' \
+        "$(redis-cli -p "$rport" hstrlen smart:devices "$(printf %04d "$per")")" \
+        "$(redis-cli -p "$rport" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" {print $2}')" \
+        "$(redis-cli -p "$rport" xlen smart:changes)" >>"$dir/runs"
     kill -TERM "$rpid"
     wait "$rpid" || true
     PYTHONPATH=examples python3 - "$dir/runs" "$hz" "$per" "$interval" <<'PY'
@@ -399,7 +404,8 @@ print(json.dumps({
     "follower_without_devices": instances[3] if len(instances) > 3 else None,
     "redis": {"cpu_percent": round(100 * redis_cpu_s / dt, 1), "cpu_us_per_change": round(1e6 * redis_cpu_s / max(shipped, 1), 2),
               "rss_kib": a["redis_rss_kib"], "in_bytes_per_change": round((a["redis_in"] - b["redis_in"]) / max(shipped, 1), 1),
-              "out_bytes_per_change": round((a["redis_out"] - b["redis_out"]) / max(shipped, 1), 1)},
+              "out_bytes_per_change": round((a["redis_out"] - b["redis_out"]) / max(shipped, 1), 1),
+              **runs.get("sizes", [{}])[0]},
     "device_errors": {k: sum(s.get(k, 0) for s in sims) for k in bad},
     "simulators": [{k: s.get(k) for k in ("devices", "connected", "sent", "acked", "stamped", "reconnects", "ack_p50_ms",
                                           "ack_p99_ms", "ack_max_ms", "sim_cpu_percent", "server_cpu_percent",
