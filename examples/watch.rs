@@ -226,6 +226,16 @@ async fn watch(args: Args) -> Result<()> {
                 break;
             }
         };
+        if let Some(latency) = &mut latency
+            && text.get(..32).is_some_and(|head| head.contains("\"INIT\""))
+        {
+            // A snapshot (of the whole fleet: tens of MB) says nothing about latency: counted, not
+            // parsed, so that this dashboard keeps up with the changes that follow it.
+            latency.resyncs += u64::from(snapshot_seen);
+            snapshot_seen = true;
+            filtered_view_pending = false;
+            continue;
+        }
         match smart_proto::parse_server_message(&text) {
             Ok(ServerMessage::Info(info)) => eprintln!("INFO {info}"),
             Ok(ServerMessage::Init(records)) => {
