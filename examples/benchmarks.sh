@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|dashboards|auth|history|all]`.
+# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|dashboards|auth|history|cluster|all]`.
+#
+# `cluster` (issue 14; not part of `all`: it needs Debian's redis-server and about 3 minutes of both cores)
+# runs 50,000 simulated devices over 3 instances sharing one Redis: device errors, device->dashboard latency
+# across instances, each instance's CPU and RSS, Redis's CPU and bytes per change (see cluster() below for its
+# CLUSTER_* settings, e.g. CLUSTER_DEVICES=1500 CLUSTER_SECONDS=10 for a smoke run). One instance with and
+# without --redis: examples/redis_ab.sh.
 #
 # Each measurement starts a fresh release smart-server on 127.0.0.1 (port 0, temporary data dir), runs one
 # example against it with --server-pid so the server's CPU and memory are read from /proc, stops it with
@@ -248,6 +254,167 @@ PY
     rm -rf "$dir"
 }
 
+# cluster: CLUSTER_DEVICES (default 50,000) simulated devices over 3 instances sharing one fleet through
+# one Redis (issue 14). Starts a test redis-server (free loopback port, temp dir, `--appendonly yes
+# --appendfsync always --save ''`), 3 release servers (`--redis`, each its own temp data dir, `--listen
+# 127.0.0.1:0`) and one `solmate_sim` per instance on disjoint serials (ceil(CLUSTER_DEVICES / 3) devices each,
+# one change every CLUSTER_INTERVAL s (default 5), a share CLUSTER_STAMP (default 0.2) of the UPDTs stamped
+# with their send time in the extra field `sent_ms`). Once every device is connected (at most
+# CLUSTER_CONNECT_SECONDS, default 90) and CLUSTER_SETTLE s more (default 10: the INIT burst; the latency
+# dashboard connects at its start, so its snapshot of the whole fleet is not in the window), it measures for
+# CLUSTER_SECONDS (default 60): a latency dashboard (`watch --latency-field sent_ms`) on the first instance
+# takes the device->dashboard latency of the changes acked on the other two (`remote`) and on its own
+# (`local`); each instance's CPU (utime+stime from /proc over the window) and RSS at its end; Redis's CPU per
+# change (its /proc ticks over the window / the records the instances shipped, smart_cluster_shipped_records_total)
+# and its network bytes per change (INFO stats). The simulators run CLUSTER_CONNECT_SECONDS + CLUSTER_SETTLE +
+# CLUSTER_SECONDS + 5 s, then drain; their reports (errors over the whole run) end the JSON line. About 3 min.
+# CLUSTER_FOLLOWER=1 adds a fourth instance with no devices (`follower_without_devices`): the cost of following
+# the fleet alone.
+metric() { curl -s --max-time 5 "http://$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2} END {print s + 0}'; }
+redis_stat() { redis-cli -p "$1" info stats | tr -d '\r' | awk -F: -v k="$2" '$1 == k {print $2}'; }
+
+cluster() {
+    local dir total per connect settle window interval stamp hz
+    dir=$(mktemp -d)
+    total=${CLUSTER_DEVICES:-50000} connect=${CLUSTER_CONNECT_SECONDS:-90} settle=${CLUSTER_SETTLE:-10}
+    window=${CLUSTER_SECONDS:-60} interval=${CLUSTER_INTERVAL:-5} stamp=${CLUSTER_STAMP:-0.2}
+    per=$(((total + 2) / 3))
+    hz=$(getconf CLK_TCK)
+    local rport rpid
+    rport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$dir/redis"
+    redis-server --bind 127.0.0.1 --port "$rport" --dir "$dir/redis" --appendonly yes --appendfsync always \
+        --save '' --daemonize no --logfile "$dir/redis/log" >/dev/null 2>&1 &
+    rpid=$!
+    for _ in $(seq 100); do
+        redis-cli -p "$rport" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    local pids=() addrs=() sims=() i
+    for i in 0 1 2; do
+        mkdir -p "$dir/$i"
+        start_server "$dir/$i" --redis "redis://127.0.0.1:$rport"
+        pids+=("$server_pid") addrs+=("$addr")
+    done
+    if [[ ${CLUSTER_FOLLOWER:-0} != 0 ]]; then
+        # A fourth instance with no devices: what following the fleet alone costs.
+        mkdir -p "$dir/3"
+        start_server "$dir/3" --redis "redis://127.0.0.1:$rport"
+        pids+=("$server_pid") addrs+=("$addr")
+    fi
+    echo "cluster: $((3 * per)) devices over 3 instances (${addrs[*]:0:3}${pids[3]:+; a follower with no devices: ${addrs[3]}}), Redis on 127.0.0.1:$rport (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+    for i in 0 1 2; do
+        "$examples/solmate_sim" --url "ws://${addrs[$i]}" --server-pid "${pids[$i]}" --devices "$per" \
+            --first-serial $((1 + i * per)) --min-interval "$interval" --max-interval "$interval" \
+            --seconds $((connect + settle + window + 5)) --stamp-field sent_ms --stamp-fraction "$stamp" --json \
+            >"$dir/sim$i.json" 2>"$dir/sim$i.err" &
+        sims+=($!)
+    done
+    local t connected=0
+    local start=$SECONDS
+    while ((SECONDS - start < connect)); do
+        connected=0
+        for i in 0 1 2; do
+            connected=$((connected + $(metric "${addrs[$i]}" 'smart_connections{role="device"}')))
+        done
+        ((connected >= 3 * per)) && break
+        sleep 1
+    done
+    echo "cluster: $connected devices connected after $((SECONDS - start)) s; settling ${settle} s, then measuring ${window} s" >&2
+    # The latency dashboard connects now: its snapshot (the whole fleet) is built and sent before the window.
+    "$examples/watch" --url "ws://${addrs[0]}" --seconds $((settle + window)) --latency-warmup "$settle" \
+        --latency-field sent_ms --local-serials "1-$per" >"$dir/watch.json" 2>"$dir/watch.err" &
+    local watcher=$!
+    sleep "$settle"
+    # The window: /proc ticks and counters before and after, the latency dashboard in between.
+    sample() {
+        local label=$1 i
+        {
+            printf '%s {"t": %s, "load": "%s", "redis_ticks": %s, "redis_rss_kib": %s' "$label" "$(date +%s.%N)" \
+                "$(cut -d' ' -f1-3 /proc/loadavg)" "$(cpu_ticks "$rpid")" "$(awk '/^VmRSS/ {print $2}' "/proc/$rpid/status")"
+            printf ', "redis_in": %s, "redis_out": %s' "$(redis_stat "$rport" total_net_input_bytes)" \
+                "$(redis_stat "$rport" total_net_output_bytes)"
+            printf ', "instances": ['
+            for i in "${!pids[@]}"; do
+                ((i > 0)) && printf ', '
+                printf '{"ticks": %s, "rss_kib": %s, "devices": %s, "acks": %s, "shipped": %s, "batches": %s, "remote_applied": %s, "resyncs": %s, "ship_errors": %s, "follow_errors": %s}' \
+                    "$(cpu_ticks "${pids[$i]}")" "$(awk '/^VmRSS/ {print $2}' "/proc/${pids[$i]}/status")" \
+                    "$(metric "${addrs[$i]}" 'smart_connections{role="device"}')" "$(metric "${addrs[$i]}" smart_acks_total)" \
+                    "$(metric "${addrs[$i]}" smart_cluster_shipped_records_total)" \
+                    "$(metric "${addrs[$i]}" smart_cluster_shipped_batches_total)" \
+                    "$(metric "${addrs[$i]}" smart_cluster_remote_applied_total)" \
+                    "$(metric "${addrs[$i]}" smart_cluster_resyncs_total)" \
+                    "$(metric "${addrs[$i]}" smart_cluster_ship_errors_total)" \
+                    "$(metric "${addrs[$i]}" smart_cluster_follow_errors_total)"
+            done
+            printf ']}\n'
+        } >>"$dir/runs"
+    }
+    sample before
+    wait "$watcher" || echo "cluster: the latency dashboard failed: $(cat "$dir/watch.err")" >&2
+    sample after
+    printf 'latency %s\n' "$(tail -n 1 "$dir/watch.json")" >>"$dir/runs"
+    echo "cluster: window over; waiting for the simulators (they stop by themselves, after a drain)" >&2
+    for i in 0 1 2; do
+        # solmate_sim stops by itself: its run, a drain window and a hard stop (--seconds + 45 s at most).
+        wait "${sims[$i]}" || echo "cluster: simulator $i failed: $(tail -n 3 "$dir/sim$i.err")" >&2
+        printf 'sim %s\n' "$(tail -n 1 "$dir/sim$i.json")" >>"$dir/runs"
+    done
+    for i in "${!pids[@]}"; do
+        kill -TERM "${pids[$i]}"
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || true
+    done
+    # What a record and the fleet weigh in Redis (for sizing).
+    printf 'sizes {"record_bytes": %s, "used_memory": %s, "stream_entries": %s}\n' \
+        "$(redis-cli -p "$rport" hstrlen smart:devices "$(printf %04d "$per")")" \
+        "$(redis-cli -p "$rport" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" {print $2}')" \
+        "$(redis-cli -p "$rport" xlen smart:changes)" >>"$dir/runs"
+    kill -TERM "$rpid"
+    wait "$rpid" || true
+    PYTHONPATH=examples python3 - "$dir/runs" "$hz" "$per" "$interval" <<'PY'
+import json, sys
+from labelled import load
+runs = load(sys.argv[1])
+hz, per, interval = float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+b, a = runs["before"][0], runs["after"][0]
+dt = a["t"] - b["t"]
+shipped = sum(y["shipped"] - x["shipped"] for x, y in zip(b["instances"], a["instances"]))
+acks = sum(y["acks"] - x["acks"] for x, y in zip(b["instances"], a["instances"]))
+redis_cpu_s = (a["redis_ticks"] - b["redis_ticks"]) / hz
+instances = []
+for x, y in zip(b["instances"], a["instances"]):
+    cpu_s = (y["ticks"] - x["ticks"]) / hz
+    instances.append({"cpu_percent": round(100 * cpu_s / dt, 1), "rss_kib": y["rss_kib"], "devices": y["devices"],
+                      "acks_per_s": round((y["acks"] - x["acks"]) / dt, 1),
+                      "remote_applied_per_s": round((y["remote_applied"] - x["remote_applied"]) / dt, 1),
+                      "records_per_batch": round((y["shipped"] - x["shipped"]) / max(y["batches"] - x["batches"], 1), 1),
+                      "cpu_us_per_cluster_change": round(1e6 * cpu_s / max(acks, 1), 1),
+                      "cpu_us_per_remote_change": round(1e6 * cpu_s / max(y["remote_applied"] - x["remote_applied"], 1), 1),
+                      "resyncs": y["resyncs"], "ship_errors": y["ship_errors"], "follow_errors": y["follow_errors"]})
+sims = runs.get("sim", [])
+bad = ("errors", "unexpected", "unacked", "unsent_fields", "connect_failures", "ack_timeouts", "lost_in_flight", "stragglers")
+print(json.dumps({
+    "devices": 3 * per, "change_interval_s": interval, "window_s": round(dt, 2),
+    "load_before": b["load"], "load_after": a["load"],
+    "acks_per_s": round(acks / dt, 1), "shipped_records_per_s": round(shipped / dt, 1),
+    "latency_dashboard": runs.get("latency", [None])[0],
+    "instances": instances[:3],
+    "follower_without_devices": instances[3] if len(instances) > 3 else None,
+    "redis": {"cpu_percent": round(100 * redis_cpu_s / dt, 1), "cpu_us_per_change": round(1e6 * redis_cpu_s / max(shipped, 1), 2),
+              "rss_kib": a["redis_rss_kib"], "in_bytes_per_change": round((a["redis_in"] - b["redis_in"]) / max(shipped, 1), 1),
+              "out_bytes_per_change": round((a["redis_out"] - b["redis_out"]) / max(shipped, 1), 1),
+              **runs.get("sizes", [{}])[0]},
+    "device_errors": {k: sum(s.get(k, 0) for s in sims) for k in bad},
+    "simulators": [{k: s.get(k) for k in ("devices", "connected", "sent", "acked", "stamped", "reconnects", "ack_p50_ms",
+                                          "ack_p99_ms", "ack_max_ms", "sim_cpu_percent", "server_cpu_percent",
+                                          "server_rss_kib", "first_errors")} for s in sims],
+}))
+PY
+    rm -rf "$dir"
+}
+
 case $what in
     ingest) ingest ;;
     window) window ;;
@@ -256,6 +423,7 @@ case $what in
     dashboards) dashboards ;;
     auth) auth ;;
     history) history ;;
+    cluster) cluster ;;
     all)
         ingest
         window
@@ -266,7 +434,7 @@ case $what in
         history
         ;;
     *)
-        echo "usage: $0 [ingest|window|idle|fleet|dashboards|auth|history|all]" >&2
+        echo "usage: $0 [ingest|window|idle|fleet|dashboards|auth|history|cluster|all]" >&2
         exit 2
         ;;
 esac

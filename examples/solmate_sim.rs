@@ -84,6 +84,15 @@ struct Args {
     /// Seed of the random values, for repeatable runs.
     #[arg(long)]
     seed: Option<u64>,
+    /// Put the send time (milliseconds since the Unix epoch, with microseconds as decimals) into this
+    /// extra numeric field of UPDTs, for a dashboard on the same machine to measure the latency from
+    /// device to dashboard (`watch --latency-field`); see `--stamp-fraction`.
+    #[arg(long)]
+    stamp_field: Option<String>,
+    /// With `--stamp-field`: the share of UPDTs (0–1, picked at random) that carry the stamp; the others
+    /// leave the field unchanged, so a dashboard sees it only in stamped changes.
+    #[arg(long, default_value_t = 1.0)]
+    stamp_fraction: f64,
     /// Add each device's last values to the JSON summary (`final_values`: serial → fields, typed as the
     /// server stores them), to compare with the server's records.
     #[arg(long)]
@@ -143,6 +152,8 @@ struct Counters {
     unexpected: AtomicU64,
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
+    /// UPDTs that carried the send time (`--stamp-field`).
+    stamped: AtomicU64,
     ack_timeouts: AtomicU64,
     lost_in_flight: AtomicU64,
     connected_now: AtomicU64,
@@ -172,6 +183,8 @@ struct Run {
     min_interval: Duration,
     max_interval: Duration,
     ack_timeout: Duration,
+    /// `--stamp-field` and `--stamp-fraction`.
+    stamp: Option<(String, f64)>,
     start: Instant,
     deadline: Instant,
     /// Devices with unacked changes keep reconnecting until then.
@@ -341,6 +354,12 @@ impl Device {
                 if let Some(value) = self.state.get(field) {
                     body.insert(field.clone(), value.clone());
                 }
+            }
+            if let Some((field, fraction)) = &run.stamp
+                && self.rng.random_bool(*fraction)
+            {
+                body.insert(field.clone(), json!(epoch_millis()));
+                Counters::bump(&run.counters.stamped);
             }
             let update = Update::from_normalized(smart_proto::normalize(body, &self.serial)?)?;
             DeviceMessage {
@@ -621,6 +640,15 @@ fn local_time() -> String {
     text.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
+/// Milliseconds since the Unix epoch, with microseconds as decimals (an `f64` holds them exactly for
+/// centuries): the stamp of `--stamp-field`.
+fn epoch_millis() -> f64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    micros as f64 / 1000.0
+}
+
 fn main() -> Result<()> {
     let args: Args = common::parse_args(&FLAGS_HELP);
     common::init_tracing();
@@ -633,6 +661,14 @@ fn main() -> Result<()> {
     }
     if args.min_interval > args.max_interval {
         bail!("--min-interval must not exceed --max-interval");
+    }
+    if !(0.0..=1.0).contains(&args.stamp_fraction) {
+        bail!("--stamp-fraction must be between 0 and 1");
+    }
+    if let Some(field) = &args.stamp_field
+        && smart_proto::Record::FIELDS.contains(&field.as_str())
+    {
+        bail!("--stamp-field {field:?} is a known field: name an extra one (e.g. sent_ms)");
     }
     common::check_socket_budget(usize::try_from(args.devices)?)?;
     args.flags.runtime()?.block_on(simulate(args))
@@ -653,6 +689,7 @@ async fn simulate(args: Args) -> Result<()> {
         min_interval: common::seconds(args.min_interval, "--min-interval")?,
         max_interval: common::seconds(args.max_interval, "--max-interval")?,
         ack_timeout,
+        stamp: args.stamp_field.clone().map(|f| (f, args.stamp_fraction)),
         start,
         deadline: start + duration,
         drain_deadline: start + duration + drain,
@@ -733,6 +770,7 @@ async fn simulate(args: Args) -> Result<()> {
         "retried_not_stored": retried,
         "unsent_fields": Counters::get(&counters.unsent_fields),
         "reconnects": Counters::get(&counters.reconnects),
+        "stamped": Counters::get(&counters.stamped),
         "connect_failures": Counters::get(&counters.connect_failures),
         "ack_timeouts": Counters::get(&counters.ack_timeouts),
         "stragglers": stragglers,

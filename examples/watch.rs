@@ -9,6 +9,17 @@
 //! ```
 //!
 //! It runs until interrupted, or for `--seconds`, or until `--count` UPDTs have been printed.
+//!
+//! With `--latency-field FIELD` it prints nothing per update: it measures the latency from device to
+//! dashboard from the send time that `solmate_sim --stamp-field FIELD` puts into some UPDTs (milliseconds
+//! since the Unix epoch; same machine, same clock), apart for the devices of `--local-serials` (connected
+//! to this dashboard's instance) and the others (acked on other instances, through Redis), and prints one
+//! line of JSON at the end:
+//!
+//! ```text
+//! cargo run --release --example watch -- --url ws://127.0.0.1:8001 --seconds 60 \
+//!     --latency-field sent_ms --local-serials 1-16667
+//! ```
 
 mod common;
 
@@ -44,9 +55,109 @@ struct Args {
     /// At most this many rows per table.
     #[arg(long, default_value_t = 100)]
     max_rows: usize,
+    /// Latency mode: take the send time from this numeric field of each UPDT (`solmate_sim
+    /// --stamp-field`), print no updates and one JSON summary at the end.
+    #[arg(long)]
+    latency_field: Option<String>,
+    /// In latency mode: the serials (`FIRST-LAST`, numeric, inclusive) of the devices connected to this
+    /// dashboard's instance; the others' latency is reported as `remote`.
+    #[arg(long, value_parser = parse_range)]
+    local_serials: Option<(u64, u64)>,
+    /// In latency mode: count nothing during the first seconds (the snapshot, and whatever it delayed).
+    #[arg(long, default_value_t = 0.0)]
+    latency_warmup: f64,
     #[command(flatten)]
     access: common::AccessFlags,
 }
+
+fn parse_range(text: &str) -> Result<(u64, u64)> {
+    let (first, last) = text
+        .split_once('-')
+        .context("expected FIRST-LAST, e.g. 1-16667")?;
+    let (first, last) = (
+        first.trim().parse().context("FIRST is not a number")?,
+        last.trim().parse().context("LAST is not a number")?,
+    );
+    if first > last {
+        bail!("FIRST must not exceed LAST");
+    }
+    Ok((first, last))
+}
+
+/// What latency mode counts: the device→dashboard latency of stamped UPDTs, for devices of this
+/// instance (`local`) and of the others (`remote`).
+#[derive(Debug, Default)]
+struct Latency {
+    local: common::Histogram,
+    remote: common::Histogram,
+    /// UPDTs received, stamped or not.
+    updates: u64,
+    /// Stamps later than this process's clock (they count as 0 ms).
+    negative: u64,
+    /// INITs after the first (resyncs).
+    resyncs: u64,
+}
+
+impl Latency {
+    fn record(
+        &mut self,
+        field: &str,
+        serial: &str,
+        body: &Map<String, Value>,
+        local: Option<(u64, u64)>,
+    ) {
+        self.updates += 1;
+        let Some(sent) = body.get(field).and_then(Value::as_f64) else {
+            return;
+        };
+        let micros = epoch_micros() - sent * 1000.0;
+        if micros < 0.0 {
+            self.negative += 1;
+        }
+        let is_local = local.is_some_and(|(first, last)| {
+            serial
+                .parse::<u64>()
+                .is_ok_and(|n| (first..=last).contains(&n))
+        });
+        let histogram = if is_local {
+            &mut self.local
+        } else {
+            &mut self.remote
+        };
+        histogram.record(micros.max(0.0) as u64);
+    }
+
+    fn summary(&self, seconds: f64) -> Value {
+        let part = |h: &common::Histogram| {
+            json!({
+                "count": h.len(),
+                "p50_ms": common::round(h.quantile_ms(0.50), 3),
+                "p99_ms": common::round(h.quantile_ms(0.99), 3),
+                "p999_ms": common::round(h.quantile_ms(0.999), 3),
+                "max_ms": common::round(h.max_ms(), 3),
+            })
+        };
+        json!({
+            "seconds": common::round(seconds, 2),
+            "updates": self.updates,
+            "updates_per_s": common::round(self.updates as f64 / seconds.max(1e-3), 1),
+            "remote": part(&self.remote),
+            "local": part(&self.local),
+            "negative": self.negative,
+            "resyncs": self.resyncs,
+        })
+    }
+}
+
+/// Microseconds since the Unix epoch, as `solmate_sim` stamps them (in milliseconds).
+fn epoch_micros() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_micros() as f64)
+}
+
+/// The largest frame and message this watcher reads (a snapshot of a large fleet).
+const MAX_SNAPSHOT: usize = 512 << 20;
 
 /// The known fields in the order of PROTOCOL.md §6; extra fields follow in key order.
 const KNOWN: [&str; 16] = Record::FIELDS;
@@ -72,8 +183,12 @@ async fn watch(args: Args) -> Result<()> {
         Some(s) => Some(Instant::now() + common::seconds(s, "--seconds")?),
         None => None,
     };
-    // Snapshots of a large fleet are big frames: keep tungstenite's default buffer here.
-    let mut ws = common::connect(&url, WebSocketConfig::default(), Duration::from_secs(10)).await?;
+    // Snapshots of a large fleet are big frames: keep tungstenite's default buffer here, and allow
+    // frames beyond its 16 MiB default (the INIT of 50,000 devices is about 25 MB).
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(MAX_SNAPSHOT))
+        .max_message_size(Some(MAX_SNAPSHOT));
+    let mut ws = common::connect(&url, config, Duration::from_secs(10)).await?;
 
     let mut filtered_view_pending = !args.clauses.is_empty();
     let mut snapshot_seen = false;
@@ -85,6 +200,8 @@ async fn watch(args: Args) -> Result<()> {
     }
 
     let mut printed = 0u64;
+    let mut latency = args.latency_field.as_ref().map(|_| Latency::default());
+    let measuring_from = Instant::now() + common::seconds(args.latency_warmup, "--latency-warmup")?;
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
     loop {
@@ -109,6 +226,16 @@ async fn watch(args: Args) -> Result<()> {
                 break;
             }
         };
+        if let Some(latency) = &mut latency
+            && text.get(..32).is_some_and(|head| head.contains("\"INIT\""))
+        {
+            // A snapshot (of the whole fleet: tens of MB) says nothing about latency: counted, not
+            // parsed, so that this dashboard keeps up with the changes that follow it.
+            latency.resyncs += u64::from(snapshot_seen);
+            snapshot_seen = true;
+            filtered_view_pending = false;
+            continue;
+        }
         match smart_proto::parse_server_message(&text) {
             Ok(ServerMessage::Info(info)) => eprintln!("INFO {info}"),
             Ok(ServerMessage::Init(records)) => {
@@ -121,12 +248,25 @@ async fn watch(args: Args) -> Result<()> {
                     );
                     continue;
                 }
+                if let Some(latency) = &mut latency {
+                    latency.resyncs += u64::from(snapshot_seen);
+                    snapshot_seen = true;
+                    filtered_view_pending = false;
+                    continue;
+                }
                 filtered_view_pending = false;
                 snapshot_seen = true;
                 print_table(&records, &args.columns, args.max_rows);
             }
             Ok(ServerMessage::Updt { header, body }) => {
                 if filtered_view_pending {
+                    continue;
+                }
+                if let (Some(latency), Some(field)) = (&mut latency, &args.latency_field) {
+                    if Instant::now() < measuring_from {
+                        continue;
+                    }
+                    latency.record(field, header.serial.as_str(), &body, args.local_serials);
                     continue;
                 }
                 println!("{}  UPDT {header}  {}", clock(), fields_line(&body));
@@ -144,6 +284,11 @@ async fn watch(args: Args) -> Result<()> {
         }
     }
     let _ = timeout(Duration::from_secs(2), ws.close(None)).await;
+    if let Some(latency) = latency {
+        let measured = Instant::now().saturating_duration_since(measuring_from);
+        println!("{}", latency.summary(measured.as_secs_f64()));
+        return Ok(());
+    }
     eprintln!("{printed} updates");
     Ok(())
 }
