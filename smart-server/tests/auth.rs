@@ -9,32 +9,14 @@ mod common;
 use std::ffi::OsStr;
 
 use common::{
-    DEVICE_WELCOME, TIMEOUT, basic, cli, exchange, http_get, issue, metric_or_zero, recv_text,
-    spawn_binary_env, upgrade_raw,
+    TIMEOUT, basic, cli, device_with, exchange, http_get, issue, metric_or_zero, spawn_binary_env,
+    upgrade_raw,
 };
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const PASSWORD: &str = "correct horse battery staple";
-
-async fn device_with(addr: std::net::SocketAddr, path: &str, bearer: Option<&str>) -> common::Ws {
-    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
-    if let Some(token) = bearer {
-        request.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-        );
-    }
-    let (mut ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(recv_text(&mut ws).await, DEVICE_WELCOME);
-    ws
-}
 
 fn updt(mid: &str, serial: &str, body: &Value) -> String {
     common::updt(mid, serial, body)

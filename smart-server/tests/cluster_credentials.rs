@@ -16,8 +16,6 @@ use common::*;
 use futures_util::StreamExt as _;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const PASSWORD: &str = "correct horse battery staple";
 const AUTH: [(&str, &str); 1] = [("SMART_AUTH", "required")];
@@ -41,23 +39,6 @@ async fn api_status(instance: &Instance, user: &str) -> u16 {
     http_get(instance.addr, "/api/devices", &[("Authorization", &auth)])
         .await
         .status
-}
-
-/// A device connection with `token`.
-async fn device_with(instance: &Instance, token: &str) -> Ws {
-    let mut request = format!("ws://{}/update/", instance.addr)
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
-    let (mut ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(recv_text(&mut ws).await, DEVICE_WELCOME);
-    ws
 }
 
 #[tokio::test]
@@ -103,7 +84,7 @@ async fn tokens_and_users_made_on_one_instance_hold_on_every_one() {
         upgrade_status(&b, &second).await == 101
     })
     .await;
-    let mut on_b = device_with(&b, &second).await;
+    let mut on_b = device_with(b.addr, "/update/", Some(&second)).await;
     send_ok(&mut on_b, "0001", "0002", &json!({"battery": 42})).await;
     let (_, err, ok) = cli(&dir_a, &["token", "revoke", "0002"], "");
     assert!(ok, "{err}");

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::{debug, info, warn};
 
 use super::Link;
-use super::follow::{self, first_entry, missed};
+use super::follow::{self, missed};
 use crate::auth::{Auth, Change, Share, Snapshot, StoredToken, User};
 use crate::metrics::Metrics;
 
@@ -255,21 +255,11 @@ fn read(
     auth: &Auth,
     metrics: &Metrics,
 ) -> redis::RedisResult<bool> {
-    let (first, reply): (redis::Value, redis::Value) = redis::pipe()
-        .add_command(first_entry(STREAM))
-        .cmd("XREAD")
-        .arg("COUNT")
-        .arg(COUNT)
-        .arg("BLOCK")
-        .arg(follow::BLOCK.as_millis() as u64)
-        .arg("STREAMS")
-        .arg(STREAM)
-        .arg(&*position)
-        .query(conn)?;
+    let (first, entries) = follow::read_after(conn, STREAM, position, COUNT, follow::BLOCK)?;
     if missed(&first, position) {
         return Ok(true);
     }
-    for (id, fields) in follow::read_entries(&reply) {
+    for (id, fields) in entries {
         let field = |name: &str| {
             fields
                 .iter()

@@ -131,19 +131,9 @@ impl Follower {
         conn: &mut redis::Connection,
         position: &mut String,
     ) -> redis::RedisResult<bool> {
-        let (first, reply): (redis::Value, redis::Value) = redis::pipe()
-            .add_command(first_entry(STREAM))
-            .cmd("XREAD")
-            .arg("COUNT")
-            .arg(COUNT)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(&*position)
-            .query(conn)?;
+        let (first, entries) = read_after(conn, STREAM, position, COUNT, BLOCK)?;
         let gap = missed(&first, position);
-        for (id, fields) in read_entries(&reply) {
+        for (id, fields) in entries {
             *position = id;
             if fields.first().map(|(k, v)| (k.as_str(), v.as_str()))
                 == Some((INSTANCE_FIELD, &*self.link.instance))
@@ -252,6 +242,33 @@ pub(super) fn first_entry(stream: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("XRANGE");
     cmd.arg(stream).arg("-").arg("+").arg("COUNT").arg(1);
     cmd
+}
+
+/// A stream entry: its id, and its field-value pairs as text, in order.
+pub(super) type StreamEntry = (String, Vec<(String, String)>);
+
+/// One blocking read of `stream` after `position` (at most `count` entries, waiting up to `block`),
+/// with the stream's first entry asked in the same round trip, just before it (the reply of
+/// [`first_entry`], for [`missed`]): that first entry, and the entries read.
+pub(super) fn read_after(
+    conn: &mut redis::Connection,
+    stream: &str,
+    position: &str,
+    count: usize,
+    block: Duration,
+) -> redis::RedisResult<(redis::Value, Vec<StreamEntry>)> {
+    let (first, reply): (redis::Value, redis::Value) = redis::pipe()
+        .add_command(first_entry(stream))
+        .cmd("XREAD")
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(position)
+        .query(conn)?;
+    Ok((first, read_entries(&reply)))
 }
 
 /// The entries of an `XREAD` reply, of every stream it read.

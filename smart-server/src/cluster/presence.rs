@@ -32,7 +32,7 @@ use smart_proto::Serial;
 use tracing::{debug, info, warn};
 
 use super::Link;
-use super::follow::{self, first_entry, missed};
+use super::follow::{self, missed};
 use crate::ingest::{self, Recheck};
 use crate::metrics::Metrics;
 
@@ -512,22 +512,12 @@ impl Presence {
         recheck: &Recheck,
         metrics: &Metrics,
     ) -> redis::RedisResult<bool> {
-        let (first, reply): (redis::Value, redis::Value) = redis::pipe()
-            .add_command(first_entry(STREAM))
-            .cmd("XREAD")
-            .arg("COUNT")
-            .arg(COUNT)
-            .arg("BLOCK")
-            .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(&*position)
-            .query(conn)?;
+        let (first, entries) = follow::read_after(conn, STREAM, position, COUNT, block)?;
         // From `0-0` (the stream was empty at the last load) nothing can have been missed.
         let gap = position.as_str() != "0-0" && missed(&first, position);
         let mut flipped = Vec::new();
         let mut changes = 0u64;
-        for (id, fields) in follow::read_entries(&reply) {
+        for (id, fields) in entries {
             *position = id;
             let mut fields = fields.into_iter();
             let (Some((i, instance)), Some((k, kind))) = (fields.next(), fields.next()) else {

@@ -105,6 +105,25 @@ pub async fn device(addr: SocketAddr) -> Ws {
     ws
 }
 
+/// A device connection to `path` past the welcome, presenting `bearer` (a device token) if given.
+pub async fn device_with(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if let Some(token) = bearer {
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+    }
+    let (mut ws, _) = tokio::time::timeout(TIMEOUT, connect_async(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recv_text(&mut ws).await, DEVICE_WELCOME);
+    ws
+}
+
 /// A dashboard connection past the welcome and the first INIT (whose records are returned).
 pub async fn dashboard(addr: SocketAddr) -> (Ws, Vec<Value>) {
     let mut ws = connect(addr, "/client/").await;
