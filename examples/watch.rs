@@ -14,7 +14,9 @@
 //! dashboard from the send time that `solmate_sim --stamp-field FIELD` puts into some UPDTs (milliseconds
 //! since the Unix epoch; same machine, same clock), apart for the devices of `--local-serials` (connected
 //! to this dashboard's instance) and the others (acked on other instances, through Redis), and prints one
-//! line of JSON at the end:
+//! line of JSON at the end. UPDTs holding a device's full record (a dashboard that fell behind is
+//! conflated, PROTOCOL.md §7) are counted but not timed: their stamp is that of the device's last
+//! stamped message, which may be much older than the change that made the UPDT.
 //!
 //! ```text
 //! cargo run --release --example watch -- --url ws://127.0.0.1:8001 --seconds 60 \
@@ -96,6 +98,9 @@ struct Latency {
     negative: u64,
     /// INITs after the first (resyncs).
     resyncs: u64,
+    /// UPDTs holding a device's full record (conflated, or a device new to the view): not timed,
+    /// since their stamp is that of the device's last stamped message, possibly long before.
+    full_records: u64,
 }
 
 impl Latency {
@@ -107,6 +112,11 @@ impl Latency {
         local: Option<(u64, u64)>,
     ) {
         self.updates += 1;
+        // A full record carries the server-set `manufacturing_date`; a change never does.
+        if body.contains_key("manufacturing_date") {
+            self.full_records += 1;
+            return;
+        }
         let Some(sent) = body.get(field).and_then(Value::as_f64) else {
             return;
         };
@@ -145,6 +155,7 @@ impl Latency {
             "local": part(&self.local),
             "negative": self.negative,
             "resyncs": self.resyncs,
+            "full_records": self.full_records,
         })
     }
 }

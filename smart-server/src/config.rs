@@ -220,6 +220,20 @@ pub struct Config {
     )]
     pub redis_stream_max_len: u64,
 
+    /// With `--redis --ack local`: the shortest time between two shipping round trips, in
+    /// milliseconds. What devices write meanwhile is conflated (the latest record of each device
+    /// ships), so a device that writes faster than this costs Redis and the other instances no more
+    /// than one that writes at this rate; the other instances see a change this much later at most.
+    /// 0 ships as soon as the previous round trip is answered. `--ack cluster` never waits.
+    #[arg(
+        long = "redis-ship-interval",
+        env = "SMART_REDIS_SHIP_INTERVAL",
+        value_name = "MS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(0..=10_000)
+    )]
+    pub redis_ship_interval: u64,
+
     /// With `--redis`: the TTL of this instance's heartbeat in Redis, in seconds (refreshed every
     /// third of it). When an instance stops refreshing it (killed, cut off from Redis), the others
     /// take its devices for offline within about this time plus a third.
@@ -369,6 +383,7 @@ impl Config {
             redis: None,
             ack: AckMode::Local,
             redis_stream_max_len: 100_000,
+            redis_ship_interval: 20,
             redis_presence_ttl: 15,
             command: None,
         }
@@ -492,6 +507,8 @@ mod tests {
             "500",
             "--redis-presence-ttl",
             "2",
+            "--redis-ship-interval",
+            "0",
         ])
         .unwrap();
         assert_eq!(c.redis.as_deref(), Some("redis://127.0.0.1:6379"));
@@ -499,6 +516,10 @@ mod tests {
         assert_eq!(c.redis_stream_max_len, 500);
         assert_eq!(c.redis_presence_ttl, 2);
         assert_eq!(none.redis_presence_ttl, 15);
+        assert_eq!((c.redis_ship_interval, none.redis_ship_interval), (0, 20));
+        assert!(
+            Config::try_parse_from(["smart-server", "--redis-ship-interval", "10001"]).is_err()
+        );
         assert!(Config::try_parse_from(["smart-server", "--redis-stream-max-len", "0"]).is_err());
         assert!(Config::try_parse_from(["smart-server", "--redis-presence-ttl", "0"]).is_err());
     }

@@ -64,6 +64,52 @@ async fn a_change_acked_on_one_instance_reaches_the_dashboards_and_api_of_anothe
     .await;
 }
 
+/// `--redis-ship-interval`: a device writing faster than the interval ships its latest record once
+/// per interval (round trips are counted), and that latest record reaches Redis and the others.
+#[tokio::test]
+async fn writes_faster_than_the_ship_interval_ship_conflated() {
+    const WRITES: usize = 40;
+    let interval = Duration::from_millis(400);
+    let ms = interval.as_millis().to_string();
+    let env = [("SMART_REDIS_SHIP_INTERVAL", ms.as_str())];
+    let Some((redis, _tmp, a, b)) = two_instances(&[], &env, &[]).await else {
+        return;
+    };
+    let (mut dashboard, _) = dashboard(b.addr).await;
+    let before = a.metric("smart_cluster_shipped_batches_total").await;
+    let started = Instant::now();
+    let mut device = device(a.addr).await;
+    for n in 1..=WRITES {
+        send_ok(
+            &mut device,
+            &format!("{n:04}"),
+            "P001",
+            &json!({"battery": n}),
+        )
+        .await;
+    }
+    loop {
+        let (_, body) = next_change_for(&mut dashboard, "P001").await;
+        if body["battery"] == WRITES {
+            break;
+        }
+    }
+    assert_eq!(field(redis.record("P001").as_ref(), "battery"), WRITES);
+    let elapsed = started.elapsed();
+    let batches = a.metric("smart_cluster_shipped_batches_total").await - before;
+    let records = a.metric("smart_cluster_shipped_records_total").await;
+    // One round trip starts at most every interval (the first at once).
+    let most = elapsed.as_secs_f64() / interval.as_secs_f64() + 1.0;
+    assert!(
+        (1..=WRITES as u64).contains(&batches) && batches as f64 <= most,
+        "{batches} round trips in {elapsed:?} (at most {most:.1})"
+    );
+    assert!(
+        records <= batches,
+        "{records} records in {batches} round trips"
+    );
+}
+
 #[tokio::test]
 async fn an_older_change_shipped_late_never_overwrites_a_newer_one() {
     let Some((mut redis, _tmp, a, b)) = two_instances(&[], &[], &[]).await else {

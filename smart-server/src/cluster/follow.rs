@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Map;
-use smart_proto::{Header, MessageId, Record, Serial};
+use smart_proto::{FieldValue, Header, MessageId, Record, Serial};
 use tracing::{debug, info, warn};
 
 use super::Link;
 use super::presence::Presence;
-use super::scripts::{DEVICES, INSTANCE_FIELD, STREAM};
+use super::scripts::{DEVICES, INSTANCE_FIELD, RECORDS_FIELD, STREAM};
 use crate::fleet::{Entry, Fleet};
 use crate::history::remote::Remote;
 use crate::history::samples as history;
@@ -65,7 +65,7 @@ impl Follower {
                 // Whether entries this instance has not read may be gone (trimmed, or lost by a
                 // restarted Redis): checked on every (re)connect and with every read.
                 let mut gap = match &position {
-                    Some(at) => missed(&first_entry(STREAM).query(conn)?, at),
+                    Some(at) => missed(&first_id(STREAM).query(conn)?, at),
                     None => false,
                 };
                 loop {
@@ -113,7 +113,10 @@ impl Follower {
                 .arg("COUNT")
                 .arg(COUNT)
                 .query(conn)?;
-            loaded += self.apply(page.iter().map(|(s, r)| (s.as_str(), r.as_str())), tell);
+            loaded += self.apply(
+                page.iter().map(|(s, r)| (Some(s.as_str()), r.as_str())),
+                tell,
+            );
             if next == "0" {
                 break;
             }
@@ -135,28 +138,36 @@ impl Follower {
         let gap = missed(&first, position);
         for (id, fields) in entries {
             *position = id;
-            if fields.first().map(|(k, v)| (k.as_str(), v.as_str()))
-                == Some((INSTANCE_FIELD, &*self.link.instance))
-            {
+            let mut fields = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            if fields.next() == Some((INSTANCE_FIELD, &*self.link.instance)) {
                 continue;
             }
-            self.apply(
-                fields.iter().skip(1).map(|(s, r)| (s.as_str(), r.as_str())),
-                true,
-            );
+            let records = fields
+                .filter(|(key, _)| *key == RECORDS_FIELD)
+                .flat_map(|(_, lines)| lines.split('\n'))
+                .map(|json| (None, json));
+            self.apply(records, true);
         }
         Ok(gap)
     }
 
-    /// Apply remote records (serial, JSON) newer than the fleet's, and hand their changes to the
-    /// hub if `tell`. Returns how many were applied.
-    fn apply<'a>(&self, records: impl Iterator<Item = (&'a str, &'a str)>, tell: bool) -> usize {
+    /// Apply remote records (JSON, with the serial it must have if known) newer than the fleet's,
+    /// and hand their changes to the hub if `tell`. Returns how many were applied.
+    fn apply<'a>(
+        &self,
+        records: impl Iterator<Item = (Option<&'a str>, &'a str)>,
+        tell: bool,
+    ) -> usize {
         let mut remote = Vec::new();
         for (serial, json) in records {
             match Record::from_json(json) {
-                Ok(record) if record.serial_number.as_str() == serial => remote.push(record),
-                Ok(_) => warn!(serial, "remote record under another serial; ignored"),
-                Err(e) => warn!(%e, serial, "unreadable remote record; ignored"),
+                Ok(record) if serial.is_none_or(|s| record.serial_number.as_str() == s) => {
+                    remote.push(record);
+                }
+                Ok(record) => {
+                    warn!(?serial, found = %record.serial_number, "remote record under another serial; ignored");
+                }
+                Err(e) => warn!(%e, ?serial, "unreadable remote record; ignored"),
             }
         }
         if remote.is_empty() {
@@ -237,19 +248,28 @@ impl Follower {
     }
 }
 
-/// `XRANGE` of `stream`'s first entry.
-pub(super) fn first_entry(stream: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("XRANGE");
-    cmd.arg(stream).arg("-").arg("+").arg("COUNT").arg(1);
+/// The id of `stream`'s first entry (nil for an empty or missing stream). A script, so that only
+/// the id crosses the network: an entry of the change stream may hold hundreds of records, and
+/// this is asked with every read.
+pub(super) fn first_id(stream: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(FIRST_ID).arg(1).arg(stream);
     cmd
 }
+
+/// `KEYS`: a stream. Returns its first entry's id, or nil.
+const FIRST_ID: &str = r"
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+if first then return first[1] end
+return false
+";
 
 /// A stream entry: its id, and its field-value pairs as text, in order.
 pub(super) type StreamEntry = (String, Vec<(String, String)>);
 
 /// One blocking read of `stream` after `position` (at most `count` entries, waiting up to `block`),
 /// with the stream's first entry asked in the same round trip, just before it (the reply of
-/// [`first_entry`], for [`missed`]): that first entry, and the entries read.
+/// [`first_id`], for [`missed`]): that first entry, and the entries read.
 pub(super) fn read_after(
     conn: &mut redis::Connection,
     stream: &str,
@@ -258,7 +278,7 @@ pub(super) fn read_after(
     block: Duration,
 ) -> redis::RedisResult<(redis::Value, Vec<StreamEntry>)> {
     let (first, reply): (redis::Value, redis::Value) = redis::pipe()
-        .add_command(first_entry(stream))
+        .add_command(first_id(stream))
         .cmd("XREAD")
         .arg("COUNT")
         .arg(count)
@@ -268,19 +288,18 @@ pub(super) fn read_after(
         .arg(stream)
         .arg(position)
         .query(conn)?;
-    Ok((first, read_entries(&reply)))
+    Ok((first, read_entries(reply)))
 }
 
-/// The entries of an `XREAD` reply, of every stream it read.
-pub(super) fn read_entries(reply: &redis::Value) -> Vec<(String, Vec<(String, String)>)> {
-    let streams = match reply {
-        redis::Value::Array(streams) => streams.as_slice(),
-        _ => &[],
+/// The entries of an `XREAD` reply, of every stream it read (taken out of the reply, not copied).
+pub(super) fn read_entries(reply: redis::Value) -> Vec<StreamEntry> {
+    let redis::Value::Array(streams) = reply else {
+        return Vec::new();
     };
     streams
-        .iter()
+        .into_iter()
         .filter_map(|stream| match stream {
-            redis::Value::Array(parts) => parts.get(1),
+            redis::Value::Array(parts) => parts.into_iter().nth(1),
             _ => None,
         })
         .flat_map(entries)
@@ -300,20 +319,23 @@ pub(super) fn last_entry_id(
         .arg("COUNT")
         .arg(1)
         .query(conn)?;
-    Ok(entries(&last)
+    Ok(entries(last)
         .into_iter()
         .next()
         .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
 }
 
-/// Whether entries after `position` may be gone: the stream's first entry (`first`, the reply of
-/// [`first_entry`]) is later. (Approximate trimming drops whole nodes of entries, so the entry at
+/// Whether entries after `position` may be gone: the stream's first entry (`first`, its id as
+/// [`first_id`] answers) is later. (Approximate trimming drops whole nodes of entries, so the entry at
 /// `position` goes with those after it in its node; it goes alone only if this instance had read
 /// its whole node, which costs a needless reload at worst.)
 pub(super) fn missed(first: &redis::Value, position: &str) -> bool {
-    entries(first)
-        .first()
-        .is_some_and(|(id, _)| stream_id(id) > stream_id(position))
+    let first = match first {
+        redis::Value::BulkString(id) => std::str::from_utf8(id).ok(),
+        redis::Value::SimpleString(id) => Some(id.as_str()),
+        _ => None,
+    };
+    first.is_some_and(|id| stream_id(id) > stream_id(position))
 }
 
 /// A stream entry id `MS-SEQ` as numbers (unreadable: the smallest).
@@ -329,41 +351,59 @@ fn changed(local: Option<&Record>, remote: &Record) -> Map<String, serde_json::V
     let Some(local) = local else {
         return remote;
     };
-    let local = local.to_map();
     remote
         .into_iter()
-        .filter(|(key, value)| key == "last_status_update" || local.get(key) != Some(value))
+        .filter(|(key, value)| key == "last_status_update" || !same(local.get(key), value))
         .collect()
 }
 
-/// The entries of an `XRANGE`/`XREAD` list: (id, field-value pairs as text, in order).
-pub(super) fn entries(list: &redis::Value) -> Vec<(String, Vec<(String, String)>)> {
+/// Whether a field's value here (`Record::get`: `None` for null) equals a remote record's (as
+/// `Record::to_map` gives it).
+fn same(here: Option<FieldValue<'_>>, remote: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (here, remote) {
+        (None, Value::Null) => true,
+        (Some(FieldValue::Str(a)), Value::String(b)) => a == b,
+        (Some(FieldValue::Num(a)), Value::Number(b)) => b.as_f64() == Some(a),
+        (Some(FieldValue::Bool(a)), Value::Bool(b)) => a == *b,
+        (Some(FieldValue::Other(a)), b) => a == b,
+        _ => false,
+    }
+}
+
+/// The entries of an `XRANGE`/`XREAD` list: (id, field-value pairs as text, in order), taken out
+/// of the reply.
+pub(super) fn entries(list: redis::Value) -> Vec<StreamEntry> {
     let redis::Value::Array(items) = list else {
         return Vec::new();
     };
     items
-        .iter()
+        .into_iter()
         .filter_map(|item| {
             let redis::Value::Array(parts) = item else {
                 return None;
             };
-            let id = text(parts.first()?)?;
-            let redis::Value::Array(flat) = parts.get(1)? else {
+            let mut parts = parts.into_iter();
+            let id = text(parts.next()?)?;
+            let redis::Value::Array(flat) = parts.next()? else {
                 return None;
             };
-            let fields = flat
-                .chunks_exact(2)
-                .filter_map(|pair| Some((text(&pair[0])?, text(&pair[1])?)))
-                .collect();
+            let mut flat = flat.into_iter().map(text);
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            while let (Some(key), Some(value)) = (flat.next(), flat.next()) {
+                if let (Some(key), Some(value)) = (key, value) {
+                    fields.push((key, value));
+                }
+            }
             Some((id, fields))
         })
         .collect()
 }
 
-fn text(value: &redis::Value) -> Option<String> {
+fn text(value: redis::Value) -> Option<String> {
     match value {
-        redis::Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
+        redis::Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        redis::Value::SimpleString(s) => Some(s),
         _ => None,
     }
 }
@@ -387,7 +427,7 @@ mod tests {
             ]),
             Value::Nil,
         ]);
-        let got = entries(&list);
+        let got = entries(list);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, "1-0");
         assert_eq!(
@@ -397,7 +437,49 @@ mod tests {
                 ("0001".to_owned(), "{}".to_owned())
             ]
         );
-        assert!(entries(&Value::Nil).is_empty());
+        assert!(entries(Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn a_remote_record_tells_only_what_differs_from_the_one_here() {
+        let mut here = Record::new(
+            Serial::new("0001").unwrap(),
+            "EET",
+            smart_proto::Timestamp::UNIX_EPOCH,
+        );
+        here.battery = Some(0.5);
+        here.country = "AT".into();
+        here.extra
+            .insert("mode".into(), serde_json::json!({"a": [1, 2]}));
+        here.extra.insert("flag".into(), serde_json::json!(true));
+        let mut remote = here.clone();
+        assert_eq!(
+            changed(Some(&here), &remote)
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["last_status_update"]
+        );
+        remote.battery = None;
+        remote.power_income = Some(350.0);
+        remote.country = "DE".into();
+        remote
+            .extra
+            .insert("mode".into(), serde_json::json!({"a": [1, 3]}));
+        remote.extra.insert("new".into(), serde_json::json!(null));
+        let mut keys: Vec<String> = changed(Some(&here), &remote).keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "battery",
+                "country",
+                "last_status_update",
+                "mode",
+                "power_income"
+            ]
+        );
+        assert_eq!(changed(None, &remote), remote.to_map());
     }
 
     #[test]
@@ -405,12 +487,10 @@ mod tests {
         assert!(stream_id("10-0") > stream_id("9-5"));
         assert!(stream_id("9-10") > stream_id("9-9"));
         assert_eq!(stream_id("junk"), (0, 0));
-        let first =
-            |id: &str| Value::Array(vec![Value::Array(vec![bulk(id), Value::Array(vec![])])]);
-        assert!(missed(&first("5-1"), "5-0"));
-        assert!(!missed(&first("5-0"), "5-0"));
-        assert!(!missed(&first("4-9"), "5-0"));
-        assert!(missed(&first("1-0"), "0-0"));
-        assert!(!missed(&Value::Array(vec![]), "0-0"));
+        assert!(missed(&bulk("5-1"), "5-0"));
+        assert!(!missed(&bulk("5-0"), "5-0"));
+        assert!(!missed(&bulk("4-9"), "5-0"));
+        assert!(missed(&bulk("1-0"), "0-0"));
+        assert!(!missed(&Value::Nil, "0-0"));
     }
 }

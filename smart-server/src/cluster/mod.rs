@@ -166,7 +166,10 @@ impl Cluster {
         Ok(Some(Cluster {
             credentials: Arc::new(credentials::Credentials::new(Arc::clone(&link))),
             link,
-            shipper: Arc::new(ship::Shipper::new(acks_wait)),
+            shipper: Arc::new(ship::Shipper::new(
+                acks_wait,
+                Duration::from_millis(config.redis_ship_interval),
+            )),
             following: Arc::new(AtomicBool::new(false)),
             presence: Arc::new(presence::Presence::new(Duration::from_secs(
                 config.redis_presence_ttl,

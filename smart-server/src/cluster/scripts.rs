@@ -2,8 +2,10 @@
 //!
 //! - `smart:devices`: hash, serial → the latest record's JSON (as the instance that wrote it stores it);
 //! - `smart:versions`: hash, serial → the version of that record (see [`version`]);
-//! - `smart:changes`: stream, one entry per shipped chunk: `i` → the shipping instance's id, then
-//!   serial → record JSON for every device the chunk changed (trimmed with `MAXLEN ~`).
+//! - `smart:changes`: stream, one entry per shipped chunk: `i` → the shipping instance's id, `r` →
+//!   the JSON of every record the chunk changed, one per line (trimmed with `MAXLEN ~`). One field
+//!   for the whole chunk: Redis stores, logs and serves it as one string, and a follower parses one
+//!   reply element per entry, not two per record.
 //!
 //! Presence has keys and scripts of its own (`smart:instance:<id>`, `smart:online:<id>`,
 //! `smart:instances`, the stream `smart:presence`): see [`super::presence`].
@@ -22,31 +24,31 @@ pub(crate) const VERSIONS: &str = "smart:versions";
 pub(crate) const STREAM: &str = "smart:changes";
 /// Field of a stream entry naming the instance that shipped it (the first field of every entry).
 pub(crate) const INSTANCE_FIELD: &str = "i";
+/// Field of a stream entry holding its records: compact JSON (which never holds a raw newline),
+/// one per line.
+pub(crate) const RECORDS_FIELD: &str = "r";
 
 /// Most devices one script call carries (Lua's `unpack` and the stream entry stay small).
 pub(crate) const CHUNK: usize = 500;
 
 /// `KEYS`: devices, versions, stream. `ARGV`: instance id, stream cap, then (serial, version,
 /// record) triples. Writes each record whose version is greater than the stored one, adds one
-/// stream entry with the accepted records, returns how many were accepted.
+/// stream entry with the accepted records (one per line), returns how many were accepted.
 pub(crate) const SHIP: &str = r"
-local accepted = {'i', ARGV[1]}
-local n = 0
+local accepted = {}
 for k = 3, #ARGV - 2, 3 do
   local serial, version, record = ARGV[k], ARGV[k + 1], ARGV[k + 2]
   local current = redis.call('HGET', KEYS[2], serial)
   if (not current) or current < version then
     redis.call('HSET', KEYS[2], serial, version)
     redis.call('HSET', KEYS[1], serial, record)
-    accepted[#accepted + 1] = serial
     accepted[#accepted + 1] = record
-    n = n + 1
   end
 end
-if n > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', unpack(accepted))
+if #accepted > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'i', ARGV[1], 'r', table.concat(accepted, '\n'))
 end
-return n
+return #accepted
 ";
 
 /// A record's version: its `last_status_update` (the receive time the writing instance stamped,

@@ -4,7 +4,10 @@
 //! hook): the records go into a backlog that keeps the latest record of each device, with the oldest
 //! log segment they came from. The shipping thread takes the whole backlog, sends it as one pipeline
 //! of script calls (chunks of [`CHUNK`] devices), and forgets it once Redis answered; if Redis is
-//! away, what it took goes back under anything newer and it tries again, backing off. Until then the
+//! away, what it took goes back under anything newer and it tries again, backing off. With `--ack
+//! local` a round trip starts at most every `--redis-ship-interval` (20 ms by default): a device that
+//! writes faster ships its latest record per interval, so Redis and the followers pay per device and
+//! interval, not per write. Until then the
 //! log keeps the segments the backlog came from ([`Shipping::unshipped_from`]), and at start the
 //! segments a previous run kept are read back into the backlog first ([`crate::cluster::leftovers`]),
 //! so nothing acked is lost while Redis is away, even across a crash.
@@ -114,12 +117,17 @@ pub(crate) struct Shipper {
     unreachable: AtomicBool,
     /// `--ack cluster`: a write is answered once Redis has it.
     acks_wait: bool,
+    /// `--ack local`: the shortest time from one round trip's start to the next one's
+    /// (`--redis-ship-interval`); what comes meanwhile is conflated in the backlog.
+    interval: Duration,
 }
 
 impl Shipper {
-    pub(crate) fn new(acks_wait: bool) -> Shipper {
+    pub(crate) fn new(acks_wait: bool, interval: Duration) -> Shipper {
         Shipper {
             acks_wait,
+            // An answer waits for its round trip: never hold one back.
+            interval: if acks_wait { Duration::ZERO } else { interval },
             backlog: Mutex::new(Backlog {
                 starting: true,
                 ..Backlog::default()
@@ -164,6 +172,8 @@ impl Shipper {
         let mut backoff = Duration::from_millis(50);
         // Whether Redis being away was logged since the start (later: when `up` turns false).
         let mut reported = false;
+        // When the next round trip may start (`--redis-ship-interval`).
+        let mut due = Instant::now();
         loop {
             let next = {
                 let mut backlog = self.lock();
@@ -174,6 +184,19 @@ impl Shipper {
                     backlog = self
                         .wake
                         .wait_timeout(backlog, Duration::from_secs(1))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                // Let more come (conflated per device) until the interval since the last round
+                // trip is over; a shutdown does not wait.
+                while !backlog.records.is_empty() && !backlog.finishing {
+                    let left = due.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    backlog = self
+                        .wake
+                        .wait_timeout(backlog, left)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
@@ -201,6 +224,7 @@ impl Shipper {
                 }
                 continue;
             };
+            due = Instant::now() + self.interval;
             let result = match conn.as_mut() {
                 Some(c) => ship(c, link, &taken),
                 None => link.connect().and_then(|mut c| {
@@ -374,7 +398,7 @@ mod tests {
 
     #[test]
     fn nothing_is_retired_before_the_kept_segments_are_read_back() {
-        let shipper = Shipper::new(false);
+        let shipper = Shipper::new(false, Duration::ZERO);
         assert_eq!(shipper.unshipped_from(), 0);
         shipper.lock().starting = false;
         assert_eq!(shipper.unshipped_from(), u64::MAX);
@@ -382,7 +406,7 @@ mod tests {
 
     #[test]
     fn the_backlog_holds_back_its_oldest_segment_and_keeps_newer_records_on_failure() {
-        let shipper = Shipper::new(false);
+        let shipper = Shipper::new(false, Duration::ZERO);
         shipper.lock().starting = false;
         let (a, b) = (serial("0001"), serial("0002"));
         let old: Arc<str> = Arc::from("old");
@@ -416,7 +440,7 @@ mod tests {
     #[test]
     fn answers_wait_for_the_round_trip_that_carries_their_batch() {
         use crate::acks::{AckQueue, Refusal};
-        let shipper = Shipper::new(true);
+        let shipper = Shipper::new(true, Duration::ZERO);
         shipper.lock().starting = false;
         let queue = Arc::new(AckQueue::default());
         let ticket = |n| AckTicket::new(Arc::clone(&queue), n);
