@@ -62,6 +62,16 @@ impl Entry {
             json,
         }
     }
+
+    /// An entry for `record` whose JSON is at hand already: `json` must be what
+    /// [`Record::to_json`] writes for it (checked in debug builds).
+    pub(crate) fn with_json(record: Record, json: &str) -> Entry {
+        debug_assert_eq!(record.to_json(), json);
+        Entry {
+            record: Arc::new(record),
+            json: Arc::from(json),
+        }
+    }
 }
 
 /// All devices, by serial.

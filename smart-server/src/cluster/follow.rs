@@ -159,9 +159,12 @@ impl Follower {
         tell: bool,
     ) -> usize {
         let mut remote = Vec::new();
+        // Each record's JSON, and its `online` as that JSON has it.
+        let mut texts = Vec::new();
         for (serial, json) in records {
             match Record::from_json(json) {
                 Ok(record) if serial.is_none_or(|s| record.serial_number.as_str() == s) => {
+                    texts.push((json, record.online));
                     remote.push(record);
                 }
                 Ok(record) => {
@@ -208,9 +211,19 @@ impl Follower {
                     })
                     .collect()
             });
+        // The shipped JSON is what `Record::to_json` writes on the shipping instance (the same
+        // code): kept as the entry's text unless `online` differs here.
         let entries: Vec<(Serial, Entry)> = remote
             .into_iter()
-            .map(|record| (record.serial_number.clone(), Entry::new(record)))
+            .zip(texts)
+            .map(|(record, (json, online))| {
+                let serial = record.serial_number.clone();
+                if record.online == online {
+                    (serial, Entry::with_json(record, json))
+                } else {
+                    (serial, Entry::new(record))
+                }
+            })
             .collect();
         let mut retired = Vec::new();
         let bodies: std::collections::HashMap<Serial, Map<String, serde_json::Value>> = entries
