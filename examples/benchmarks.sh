@@ -371,6 +371,8 @@ cluster() {
         "$(redis-cli -p "$rport" hstrlen smart:devices "$(printf %04d "$per")")" \
         "$(redis-cli -p "$rport" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" {print $2}')" \
         "$(redis-cli -p "$rport" xlen smart:changes)" >>"$dir/runs"
+    # Where Redis's CPU went, per command (microseconds in all and per call), on stderr.
+    redis-cli -p "$rport" info commandstats | tr -d '\r' | grep '^cmdstat' | sed 's/^/cluster: redis /' >&2
     kill -TERM "$rpid"
     wait "$rpid" || true
     PYTHONPATH=examples python3 - "$dir/runs" "$hz" "$per" "$interval" <<'PY'
