@@ -24,6 +24,7 @@
 //! );
 //! ```
 
+mod diff;
 mod fast_fields;
 mod field;
 mod number;
@@ -179,9 +180,9 @@ macro_rules! record_fields {
             }
 
             /// Visits the known fields in the written order.
-            fn try_for_each_known<E>(
-                &self,
-                mut visit: impl FnMut(&str, FieldRef<'_>) -> Result<(), E>,
+            fn try_for_each_known<'a, E>(
+                &'a self,
+                mut visit: impl FnMut(&'static str, FieldRef<'a>) -> Result<(), E>,
             ) -> Result<(), E> {
                 $(visit(stringify!($name), self.$name.field_ref())?;)*
                 Ok(())

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Map;
-use smart_proto::{FieldValue, Header, MessageId, Record, Serial};
+use smart_proto::{Header, MessageId, Record, Serial};
 use tracing::{debug, info, warn};
 
 use super::Link;
@@ -360,27 +360,9 @@ fn stream_id(id: &str) -> (u64, u64) {
 /// The fields of `remote` that differ from `local`, and always `last_status_update`; every field
 /// for a device not seen here.
 fn changed(local: Option<&Record>, remote: &Record) -> Map<String, serde_json::Value> {
-    let remote = remote.to_map();
-    let Some(local) = local else {
-        return remote;
-    };
-    remote
-        .into_iter()
-        .filter(|(key, value)| key == "last_status_update" || !same(local.get(key), value))
-        .collect()
-}
-
-/// Whether a field's value here (`Record::get`: `None` for null) equals a remote record's (as
-/// `Record::to_map` gives it).
-fn same(here: Option<FieldValue<'_>>, remote: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (here, remote) {
-        (None, Value::Null) => true,
-        (Some(FieldValue::Str(a)), Value::String(b)) => a == b,
-        (Some(FieldValue::Num(a)), Value::Number(b)) => b.as_f64() == Some(a),
-        (Some(FieldValue::Bool(a)), Value::Bool(b)) => a == *b,
-        (Some(FieldValue::Other(a)), b) => a == b,
-        _ => false,
+    match local {
+        Some(local) => remote.changed_since(local),
+        None => remote.to_map(),
     }
 }
 
