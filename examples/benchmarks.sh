@@ -472,7 +472,7 @@ EOF
 }
 
 stop_mosquitto() {
-    kill -TERM "$mqtt_pid"
+    kill -TERM "$mqtt_pid" 2>/dev/null || echo "peer: mosquitto had stopped: $(tail -n 3 "$dir/mosquitto.log")" >&2
     wait "$mqtt_pid" || true
 }
 
