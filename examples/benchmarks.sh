@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|dashboards|auth|history|cluster|all]`.
+# Reproduces the figures of BENCHMARKS.md on this machine: `bash examples/benchmarks.sh [ingest|window|idle|fleet|dashboards|auth|history|cluster|peer|all]`.
 #
 # `cluster` (issue 14; not part of `all`: it needs Debian's redis-server and about 3 minutes of both cores)
 # runs 50,000 simulated devices over 3 instances sharing one Redis: device errors, device->dashboard latency
 # across instances, each instance's CPU and RSS, Redis's CPU and bytes per change (see cluster() below for its
 # CLUSTER_* settings, e.g. CLUSTER_DEVICES=1500 CLUSTER_SECONDS=10 for a smoke run). One instance with and
 # without --redis: examples/redis_ab.sh.
+#
+# `peer` (issue 15; not part of `all`: it needs Debian's mosquitto, which it does not install) measures
+# smart-server and Mosquitto 2 side by side with the same device model (loadgen, and examples/mqtt_load.rs on
+# the MQTT side), alternating round by round, and prints the medians and the ratios smart/mosquitto (see
+# peer() below for its PEER_* settings).
 #
 # Each measurement starts a fresh release smart-server on 127.0.0.1 (port 0, temporary data dir), runs one
 # example against it with --server-pid so the server's CPU and memory are read from /proc, stops it with
@@ -23,6 +28,15 @@ rounds=${ROUNDS:-3}
 measured=${SECONDS_MEASURED:-2}
 warmup=${WARMUP:-1}
 what=${1:-all}
+
+# mosquitto_bin: the path of Debian's mosquitto (it lives in /usr/sbin, which a user's PATH may not hold).
+mosquitto_bin() { command -v mosquitto || { [[ -x /usr/sbin/mosquitto ]] && echo /usr/sbin/mosquitto; }; }
+if [[ $what == peer ]] && ! mosquitto_bin >/dev/null; then
+    echo "peer: mosquitto is not installed, so there is nothing to compare with; this script installs nothing." >&2
+    echo "peer: on Debian, install Mosquitto 2 with \`sudo apt-get install -y mosquitto\` (the package also enables a" >&2
+    echo "peer: systemd service on port 1883, which the benchmark does not use), then run this again." >&2
+    exit 0
+fi
 
 cargo build --quiet --release -p smart-server
 cargo build --quiet --release --examples -p smart-os
@@ -417,6 +431,166 @@ PY
     rm -rf "$dir"
 }
 
+# peer (issue 15): smart-server against Mosquitto 2 (Debian's `mosquitto`), the broker operators would pick
+# instead, with the same load: loadgen's device model, and examples/mqtt_load.rs (on rumqttc) on the MQTT side.
+# For ROUNDS rounds, alternating, each with a fresh release smart-server (temp data dir) and a fresh mosquitto
+# (free loopback port, temp config):
+#   ingest      PEER_DEVICES (100) devices, PEER_WINDOW (1) messages in flight each, WARMUP + SECONDS_MEASURED;
+#   dashboards  the same + PEER_DASHBOARDS (10) dashboards (MQTT: subscribers to `#`, QoS PEER_DASHBOARD_QOS, 0
+#               by default: pushed without acks, as smart-server pushes to its dashboards);
+#   idle        PEER_IDLE (10,000) idle connections: server/broker RSS growth per connection.
+# Then the medians of each mode and the ratios smart/mosquitto (acks/s > 1: smart-server faster; CPU per ack,
+# latency and memory < 1: smart-server leaner). PEER_IDLE=0 skips idle, PEER_DASHBOARDS=0 skips dashboards.
+#
+# The two acks do not promise the same: smart-server acks a message once the fdatasync covering it returned
+# (it is on disk); Mosquitto's QoS 1 PUBACK here means the broker has routed the message in memory (to the
+# subscribers' queues), with `persistence false` nothing is written anywhere, and a broker crash loses it.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_mosquitto DIR: a fresh mosquitto on a free loopback port; sets $mqtt_port and $mqtt_pid.
+start_mosquitto() {
+    local dir=$1
+    mqtt_port=$(free_port)
+    # persistence false: no database on disk, so a PUBACK means "routed in memory" (see above).
+    # set_tcp_nodelay true: Nagle off on client sockets, as smart-server and both load clients do.
+    # Everything else is Mosquitto 2's default (e.g. max_queued_messages 1000, max_inflight_messages 20).
+    cat >"$dir/mosquitto.conf" <<EOF
+listener $mqtt_port 127.0.0.1
+allow_anonymous true
+persistence false
+set_tcp_nodelay true
+log_dest stderr
+log_type error
+log_type warning
+EOF
+    "$(mosquitto_bin)" -c "$dir/mosquitto.conf" 2>>"$dir/mosquitto.log" &
+    mqtt_pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "peer: mosquitto did not start: $(tail -n 3 "$dir/mosquitto.log")" >&2
+    return 1
+}
+
+stop_mosquitto() {
+    kill -TERM "$mqtt_pid" 2>/dev/null || echo "peer: mosquitto had stopped: $(tail -n 3 "$dir/mosquitto.log")" >&2
+    wait "$mqtt_pid" || true
+}
+
+# peer_round LABEL SMART_ARGS -- MQTT_ARGS: one smart-server run (loadgen) and one mosquitto run (mqtt_load),
+# each with its own fresh server, each JSON line appended to $dir/runs as `smart-LABEL` / `mosquitto-LABEL`.
+peer_round() {
+    local label=$1
+    shift
+    local smart=() mqtt=()
+    while (($#)) && [[ $1 != -- ]]; do
+        smart+=("$1")
+        shift
+    done
+    shift
+    mqtt=("$@")
+    with_server bash -c '"$0" --url "$url" --server-pid "$pid" "$@"' "$examples/loadgen" "${smart[@]}" \
+        | sed "s/^/smart-$label /" >>"$dir/runs"
+    start_mosquitto "$dir" || return 0
+    "$examples/mqtt_load" --url "mqtt://127.0.0.1:$mqtt_port" --server-pid "$mqtt_pid" "${mqtt[@]}" \
+        | sed "s/^/mosquitto-$label /" >>"$dir/runs" || echo "peer: mqtt_load failed ($label)" >&2
+    stop_mosquitto
+}
+
+peer() {
+    local devices=${PEER_DEVICES:-100} dashboards=${PEER_DASHBOARDS:-10} connections=${PEER_IDLE:-10000}
+    local peer_window=${PEER_WINDOW:-1} qos=${PEER_DASHBOARD_QOS:-0}
+    local dir
+    dir=$(mktemp -d)
+    echo "peer: $("$(mosquitto_bin)" -h 2>/dev/null | head -n 1); $rounds rounds of $devices devices (window $peer_window), + $dashboards dashboards, $connections idle connections" >&2
+    local load=(--devices "$devices" --window "$peer_window" --warmup "$warmup" --seconds "$measured" --rounds 1 --json)
+    for round in $(seq "$rounds"); do
+        echo "peer: round $round of $rounds, ingest (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+        peer_round ingest "${load[@]}" -- "${load[@]}"
+        if ((dashboards > 0)); then
+            echo "peer: round $round of $rounds, $dashboards dashboards (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+            peer_round dashboards "${load[@]}" --dashboards "$dashboards" -- "${load[@]}" --dashboards "$dashboards" \
+                --dashboard-qos "$qos"
+        fi
+        if ((connections > 0)); then
+            echo "peer: round $round of $rounds, $connections idle connections (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
+            peer_round idle --idle "$connections" --json -- --idle "$connections" --json
+        fi
+    done
+    PYTHONPATH=examples python3 - "$dir/runs" <<'PY'
+import json, statistics, sys
+from labelled import load
+runs = load(sys.argv[1])
+
+def cpu_us_per_ack(r):
+    # mqtt_load reports it; for loadgen, from the server's CPU over the measured period and the ack rate.
+    if r.get("server_cpu_us_per_ack") is not None:
+        return r["server_cpu_us_per_ack"]
+    if r.get("server_cpu_percent") is not None and r.get("acks_per_s"):
+        return r["server_cpu_percent"] / 100 * 1e6 / r["acks_per_s"]
+    return None
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+keys = {
+    "acks_per_s": lambda r: r.get("acks_per_s"),
+    "ack_p50_ms": lambda r: r.get("ack_p50_ms"),
+    "ack_p99_ms": lambda r: r.get("ack_p99_ms"),
+    "server_cpu_us_per_ack": cpu_us_per_ack,
+    "server_cpu_percent": lambda r: r.get("server_cpu_percent"),
+    "server_rss_kib": lambda r: r.get("server_rss_kib"),
+    "dashboard_msgs_per_s": lambda r: r.get("dashboard_msgs_per_s"),
+    "fanout_p99_ms": lambda r: r.get("fanout_p99_ms"),
+    "loadgen_cpu_percent": lambda r: r.get("loadgen_cpu_percent"),
+    # The load client's own CPU per ack (loadgen or mqtt_load): both share the two cores with the server.
+    "client_cpu_us_per_ack": lambda r: r["loadgen_cpu_percent"] / 100 * 1e6 / r["acks_per_s"] if r.get("acks_per_s") else None,
+    "rss_per_connection_kib": lambda r: r.get("rss_per_connection_kib"),
+    "connect_seconds": lambda r: r.get("connect_seconds"),
+    "errors": lambda r: r.get("errors"),
+    "load_average": lambda r: r.get("load_average"),
+}
+out = {}
+for mode in ("ingest", "dashboards", "idle"):
+    smart, mqtt = runs.get(f"smart-{mode}", []), runs.get(f"mosquitto-{mode}", [])
+    if not smart and not mqtt:
+        continue
+    entry = {"rounds": {"smart": len(smart), "mosquitto": len(mqtt)}}
+    for key, get in keys.items():
+        s, m = median(get(r) for r in smart), median(get(r) for r in mqtt)
+        if not s and not m and key != "errors":
+            continue
+        entry[key] = {"smart": s, "mosquitto": m, "smart_over_mosquitto": ratio(s, m)}
+    if mode != "idle":
+        entry["rounds_acks_per_s"] = {"smart": [r.get("acks_per_s") for r in smart],
+                                      "mosquitto": [r.get("acks_per_s") for r in mqtt]}
+    if mode == "dashboards":
+        entry["resyncs_smart"] = [r.get("resyncs") for r in smart]
+        entry["delivery_mosquitto"] = [r.get("dashboard_delivery") for r in mqtt]
+    if mode == "idle":
+        entry["rounds_rss_per_connection_kib"] = {"smart": [r.get("rss_per_connection_kib") for r in smart],
+                                                  "mosquitto": [r.get("rss_per_connection_kib") for r in mqtt]}
+    errors = [e for r in smart + mqtt for e in r.get("first_errors", [])][:5]
+    if errors:
+        entry["first_errors"] = errors
+    out[mode] = entry
+print(json.dumps(out))
+for mode, entry in out.items():
+    line = [f"{mode}:"]
+    for key in ("acks_per_s", "ack_p99_ms", "server_cpu_us_per_ack", "dashboard_msgs_per_s", "rss_per_connection_kib"):
+        if key in entry:
+            v = entry[key]
+            line.append(f"{key} smart {v['smart']} / mosquitto {v['mosquitto']} = {v['smart_over_mosquitto']}")
+    print("  ".join(line), file=sys.stderr)
+PY
+    rm -rf "$dir"
+}
+
 case $what in
     ingest) ingest ;;
     window) window ;;
@@ -426,6 +600,7 @@ case $what in
     auth) auth ;;
     history) history ;;
     cluster) cluster ;;
+    peer) peer ;;
     all)
         ingest
         window
@@ -436,7 +611,7 @@ case $what in
         history
         ;;
     *)
-        echo "usage: $0 [ingest|window|idle|fleet|dashboards|auth|history|cluster|all]" >&2
+        echo "usage: $0 [ingest|window|idle|fleet|dashboards|auth|history|cluster|peer|all]" >&2
         exit 2
         ;;
 esac
