@@ -28,6 +28,7 @@ mod diff;
 mod fast_fields;
 mod field;
 mod number;
+mod read;
 mod timestamp;
 mod update;
 
@@ -186,6 +187,51 @@ macro_rules! record_fields {
             ) -> Result<(), E> {
                 $(visit(stringify!($name), self.$name.field_ref())?;)*
                 Ok(())
+            }
+        }
+
+        /// One known field, named as in the table: how the reader of stored records
+        /// ([`read`]) says which field a key names, and its bit in the set of fields read.
+        #[allow(non_camel_case_types, reason = "the variants are the fields' own names")]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        enum Known {
+            $($name,)*
+        }
+
+        impl Known {
+            /// Every known field, in the table's order.
+            const ALL: [Known; Record::FIELDS.len()] = [$(Known::$name),*];
+
+            /// The known field named `key`.
+            #[inline]
+            fn named(key: &str) -> Option<Known> {
+                Some(match key {
+                    $(stringify!($name) => Known::$name,)*
+                    _ => return None,
+                })
+            }
+
+            /// Whether only the server sets it (a stored record must hold it).
+            const fn is_reserved(self) -> bool {
+                match self {
+                    $(Known::$name => matches!(FieldKind::$kind, FieldKind::Reserved),)*
+                }
+            }
+        }
+
+        impl Record {
+            /// Reads the value of known field `field` of a stored record from `map`, as
+            /// [`Record::from_map`] would take it (see [`read::Stored`]): `false` if it would not take
+            /// it as it is (the caller then gives up on the fast path).
+            #[inline]
+            fn read_known<'de, A: de::MapAccess<'de>>(
+                &mut self,
+                field: Known,
+                map: &mut A,
+            ) -> Result<bool, A::Error> {
+                match field {
+                    $(Known::$name => read::Stored::read(&mut self.$name, FieldKind::$kind, map),)*
+                }
             }
         }
 
@@ -651,7 +697,13 @@ impl Record {
         Ok(record)
     }
 
-    /// Read a record back from JSON text, as written by [`Record::to_json`].
+    /// Read a record back from JSON text, as written by [`Record::to_json`]: the same record, or the same
+    /// error, as [`Record::from_map`] of the text's JSON object (duplicate keys: the last one counts).
+    ///
+    /// Records as [`Record::to_json`] writes them are read straight into the record's fields, without
+    /// building the map; any other text (a value that needs coercing or is refused, a repeated key, a
+    /// missing server field, bad JSON) is read again the general way, which gives the result or the
+    /// error.
     ///
     /// ```
     /// use smart_proto::{Record, Serial, Timestamp};
@@ -660,8 +712,20 @@ impl Record {
     /// record.extra.insert("meassuring".into(), serde_json::json!(true));
     /// assert_eq!(Record::from_json(&record.to_json()).unwrap(), record);
     /// assert!(Record::from_json("[1]").is_err());
+    ///
+    /// // Not as written, but accepted: numeric text is coerced, the last of repeated keys counts.
+    /// let text = record.to_json().replacen(r#""battery":null"#, r#""battery":"35","battery":"36""#, 1);
+    /// assert_eq!(Record::from_json(&text).unwrap().battery, Some(36.0));
     /// ```
     pub fn from_json(text: &str) -> Result<Record> {
+        match read::canonical(text) {
+            Some(record) => Ok(record),
+            None => Record::from_json_slow(text),
+        }
+    }
+
+    /// [`Record::from_json`] the general way: the text's JSON object as a map, then [`Record::from_map`].
+    fn from_json_slow(text: &str) -> Result<Record> {
         let map: Map<String, Value> = serde_json::from_str(text)
             .map_err(|e| Error::Record(format!("not a JSON object: {e}")))?;
         Record::from_map(map)

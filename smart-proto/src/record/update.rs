@@ -105,12 +105,7 @@ impl Update {
                 // Normalization already removed these; a device may not set them in any case.
                 continue;
             }
-            let coerced = kind.coerce(&mut value);
-            // A device's count of connectors is never negative (stored records are read as they are).
-            let counted = kind != FieldKind::Integer
-                || source == Source::Stored
-                || is_connector_count(&value);
-            if !coerced || !counted {
+            if !accepts(kind, &mut value, source) {
                 return Err(Error::FieldType {
                     field: quote(&key),
                     expected: kind.expected(),
@@ -206,6 +201,15 @@ impl Update {
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
     }
+}
+
+/// Whether a field of `kind` from `source` may hold `value`, which is coerced to its canonical form in
+/// place (left untouched if not).
+#[inline]
+pub(super) fn accepts(kind: FieldKind, value: &mut Value, source: Source) -> bool {
+    // A device's count of connectors is never negative (stored records are read as they are).
+    kind.coerce(value)
+        && (kind != FieldKind::Integer || source == Source::Stored || is_connector_count(value))
 }
 
 /// Where an update's fields come from: a device (every rule of PROTOCOL.md §6), or a stored record,

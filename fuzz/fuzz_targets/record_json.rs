@@ -1,0 +1,12 @@
+//! A stored record's JSON text (Redis, the write-ahead log, sled): `Record::from_json`, whose fast path
+//! must agree with the general one on every text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use smart_proto_fuzz::check_record_json;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = check_record_json(text);
+    }
+});
