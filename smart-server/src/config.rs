@@ -83,14 +83,15 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
-    /// Recent changes kept for dashboards (one ring shared by all of them); a dashboard further behind
-    /// is conflated: it gets the current record of each device changed since, once.
-    #[arg(long, env = "SMART_DASHBOARD_QUEUE", default_value_t = 1024)]
+    /// Recent changes kept for dashboards (one ring shared by all of them, a few hundred bytes each);
+    /// a dashboard further behind is conflated: it gets the current record of each device changed
+    /// since, once. Size it to a second or two of the fleet's changes.
+    #[arg(long, env = "SMART_DASHBOARD_QUEUE", default_value_t = 16_384)]
     pub dashboard_queue: usize,
 
     /// Devices a conflated dashboard may owe before it is resynchronised with a fresh INIT of its
     /// view instead.
-    #[arg(long, env = "SMART_DASHBOARD_CONFLATE", default_value_t = 4096)]
+    #[arg(long, env = "SMART_DASHBOARD_CONFLATE", default_value_t = 16_384)]
     pub dashboard_conflate: usize,
 
     /// Most extra fields (keys outside PROTOCOL.md §6's table) one device record may hold; a message
@@ -363,8 +364,8 @@ impl Config {
             idle_timeout_secs: 120,
             max_serials_per_connection: 1000,
             allowed_origins: Vec::new(),
-            dashboard_queue: 1024,
-            dashboard_conflate: 4096,
+            dashboard_queue: 16_384,
+            dashboard_conflate: 16_384,
             max_dashboards: 1000,
             max_in_flight: 256,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
@@ -426,6 +427,7 @@ mod tests {
         assert_eq!(parsed.max_frame_bytes, 65_536);
         assert_eq!(parsed.max_connections, tests.max_connections);
         assert_eq!(parsed.dashboard_queue, tests.dashboard_queue);
+        assert_eq!(parsed.dashboard_conflate, tests.dashboard_conflate);
         assert_eq!(parsed.max_dashboards, tests.max_dashboards);
         assert_eq!(parsed.max_in_flight, tests.max_in_flight);
         assert_eq!(parsed.idle_timeout_secs, tests.idle_timeout_secs);
