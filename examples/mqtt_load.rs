@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -44,13 +44,16 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
 
-use common::{FirstErrors, Histogram};
+use common::Histogram;
+use common::idle::{self, IdleReport, IdleSlot};
+use common::report::{self, Round, print_errors, print_json};
+use common::run::{
+    self, CONNECT_CONCURRENCY, DeviceResult, Phase, Shared, join_within, wait_ready,
+};
 
 /// How long a device waits for a PUBACK, or any client for its CONNACK or SUBACK, before it counts as
 /// an error.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once, so a thousand clients do not overflow the broker's accept backlog.
-const CONNECT_CONCURRENCY: usize = 64;
 /// Keep-alive of every connection: longer than any run, so that idle connections stay silent.
 const KEEP_ALIVE: Duration = Duration::from_mins(10);
 /// The topic of device `serial` is this prefix and the serial.
@@ -108,7 +111,7 @@ fn main() -> Result<()> {
     let runtime = args.flags.runtime()?;
     if let Some(connections) = args.idle {
         let report = runtime.block_on(idle(&args, broker, connections))?;
-        return report.print_report(args.flags.json);
+        return report.print_report(args.flags.json, "MQTT", "broker");
     }
     ensure!(args.devices > 0, "--devices must be at least 1");
     common::check_socket_budget(args.devices + args.dashboards)?;
@@ -127,7 +130,7 @@ fn main() -> Result<()> {
         for _ in 0..args.rounds.max(1) {
             runs.push(measure(&args.url, broker, args.flags.server_pid, &load).await?);
         }
-        RunReport::median(runs).context("no run measured")
+        report::median(runs).context("no run measured")
     })?;
     report.print_report(args.flags.json)
 }
@@ -165,79 +168,6 @@ struct Load {
     warmup: Duration,
     measured: Duration,
     quiet: bool,
-}
-
-/// The phases of a run, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
-    /// Dashboards subscribe, devices connect.
-    Connecting,
-    /// Devices publish; nothing is counted yet.
-    Warmup,
-    /// Devices publish; acks, dashboard messages and latencies are counted.
-    Measure,
-    /// Devices stop publishing and wait for their last PUBACKs.
-    Stop,
-    /// Dashboards stop reading.
-    Done,
-}
-
-impl Phase {
-    const ALL: [Phase; 5] = [
-        Phase::Connecting,
-        Phase::Warmup,
-        Phase::Measure,
-        Phase::Stop,
-        Phase::Done,
-    ];
-
-    /// The phase stored as `phase as u8`.
-    fn from_u8(stored: u8) -> Phase {
-        Phase::ALL
-            .get(usize::from(stored))
-            .copied()
-            .unwrap_or(Phase::Done)
-    }
-}
-
-/// Counters shared by the tasks of one run.
-#[derive(Debug, Default)]
-struct Shared {
-    /// The current [`Phase`], for the tasks' hot paths (the watch channel wakes the waiting ones).
-    phase: AtomicU8,
-    /// Acks over the whole run, for the progress bar.
-    acks_live: AtomicU64,
-    ready: AtomicUsize,
-    failed: AtomicUsize,
-    errors: AtomicU64,
-    first_errors: FirstErrors,
-}
-
-impl Shared {
-    fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Relaxed))
-    }
-
-    fn error(&self, what: String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        self.first_errors.note(what);
-    }
-
-    /// Count a connection that opened as ready, and one that did not as failed, with its error
-    /// (`who: error`); whether it opened.
-    fn opened(&self, who: impl std::fmt::Display, opened: Result<()>) -> bool {
-        match opened {
-            Ok(()) => {
-                self.ready.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(err) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                self.error(format!("{who}: {err:#}"));
-                false
-            }
-        }
-    }
 }
 
 /// A client of the broker at `broker` (Nagle off, as loadgen's websockets), not yet connected: at
@@ -311,13 +241,6 @@ fn sent_us(payload: &[u8]) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
-/// What one device measured.
-#[derive(Debug, Default)]
-struct DeviceResult {
-    acks: u64,
-    latency: Histogram,
-}
-
 /// What one dashboard measured.
 #[derive(Debug, Default)]
 struct DashboardResult {
@@ -341,7 +264,10 @@ async fn device(
         usize::from(window),
     );
     let opened = connect(&mut events, &handshakes).await;
-    if !shared.opened(format_args!("device {serial}"), opened) {
+    if shared
+        .opened(format_args!("device {serial}"), opened)
+        .is_none()
+    {
         return result;
     }
     if phase.wait_for(|p| *p >= Phase::Warmup).await.is_err() {
@@ -395,13 +321,7 @@ async fn device(
                     continue;
                 };
                 let (_, sent_us) = in_flight.swap_remove(at);
-                shared.acks_live.fetch_add(1, Ordering::Relaxed);
-                if shared.phase() == Phase::Measure {
-                    result.acks += 1;
-                    result
-                        .latency
-                        .record(common::monotonic_micros().saturating_sub(sent_us));
-                }
+                result.ack(&shared, sent_us);
             }
             Ok(Event::Incoming(Incoming::Disconnect)) => {
                 shared.error(format!("device {serial}: disconnected by the broker"));
@@ -463,7 +383,10 @@ async fn dashboard(
         subscribe(&client, &mut events, qos).await
     };
     let opened = opened.await;
-    if !shared.opened(format_args!("dashboard {index}"), opened) {
+    if shared
+        .opened(format_args!("dashboard {index}"), opened)
+        .is_none()
+    {
         return result;
     }
     let done = phase.wait_for(|p| *p >= Phase::Done);
@@ -499,42 +422,6 @@ async fn dashboard(
     result
 }
 
-/// Wait until `expected` tasks are ready or failed, at most `limit`.
-async fn wait_ready(shared: &Shared, expected: usize, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while shared.ready.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < expected {
-        ensure!(
-            Instant::now() < deadline,
-            "connections not ready after {limit:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-/// Join the tasks of `set` that end within `limit`, handing `each` what they return; abort the others
-/// and say how many they were.
-async fn join_within<T: 'static>(
-    set: &mut JoinSet<T>,
-    limit: Duration,
-    mut each: impl FnMut(T),
-) -> usize {
-    let deadline = Instant::now() + limit;
-    while let Ok(Some(joined)) = timeout(
-        deadline.saturating_duration_since(Instant::now()),
-        set.join_next(),
-    )
-    .await
-    {
-        if let Ok(result) = joined {
-            each(result);
-        }
-    }
-    let unfinished = set.len();
-    set.abort_all();
-    unfinished
-}
-
 /// One measured run against the broker at `broker`.
 async fn measure(
     url: &str,
@@ -544,10 +431,7 @@ async fn measure(
 ) -> Result<RunReport> {
     let shared = Arc::new(Shared::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
-    let set_phase = |phase: Phase| {
-        shared.phase.store(phase as u8, Ordering::Relaxed);
-        phase_tx.send_replace(phase);
-    };
+    let set_phase = |phase: Phase| shared.set_phase(&phase_tx, phase);
     let handshakes = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
 
     // Dashboards first, so that they see every message.
@@ -586,22 +470,7 @@ async fn measure(
     let total = load.warmup + load.measured;
     let bar = common::progress_bar(total.as_secs(), load.quiet);
     bar.set_prefix("mqtt broker");
-    let started = Instant::now();
-    let ticker = {
-        let shared = Arc::clone(&shared);
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            let mut last = (Instant::now(), 0u64);
-            loop {
-                sleep(Duration::from_millis(500)).await;
-                let acks = shared.acks_live.load(Ordering::Relaxed);
-                let rate = (acks - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                last = (Instant::now(), acks);
-                bar.set_position(started.elapsed().as_secs());
-                bar.set_message(format!("{rate:.0} acks/s"));
-            }
-        })
-    };
+    let ticker = run::tick_progress(&shared, &bar);
     set_phase(Phase::Warmup);
     sleep(load.warmup).await;
 
@@ -624,17 +493,9 @@ async fn measure(
     ticker.abort();
     bar.finish_and_clear();
 
-    let mut acks = Histogram::default();
-    let mut ack_count = 0;
-    let stuck_devices = join_within(
-        &mut devices,
-        REPLY_TIMEOUT + Duration::from_secs(5),
-        |result| {
-            ack_count += result.acks;
-            acks.merge(&result.latency);
-        },
-    )
-    .await;
+    let (all, stuck_devices) =
+        run::join_devices(&mut devices, REPLY_TIMEOUT + Duration::from_secs(5)).await;
+    let (ack_count, acks) = (all.acks, all.latency);
     // Let the last messages reach the dashboards before they stop reading.
     sleep(Duration::from_millis(300)).await;
     set_phase(Phase::Done);
@@ -694,102 +555,41 @@ async fn measure(
 
 /// Open idle connections and report the broker's resident memory per connection.
 async fn idle(args: &Args, broker: SocketAddr, connections: usize) -> Result<IdleReport> {
-    ensure!(connections > 0, "--idle must be at least 1");
-    common::check_socket_budget(connections)?;
-    let pid = args.flags.server_pid;
-    let rss_before = pid.map(common::rss_kib).transpose()?;
-    let cpu_before = pid.map(common::cpu_ticks).transpose()?;
-    let started = Instant::now();
-    let shared = Arc::new(Shared::default());
-    let handshakes = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let (release_tx, release_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    for i in 0..connections {
-        let (shared, handshakes, mut release) = (
-            Arc::clone(&shared),
-            Arc::clone(&handshakes),
-            release_rx.clone(),
-        );
-        tasks.spawn(async move {
-            let (client, mut events) =
-                mqtt_client(broker, format!("smart-idle-{:05}", i + 1), 1, 1);
-            let opened = connect(&mut events, &handshakes).await;
-            if shared.opened("idle connection", opened) {
-                // Hold the connection (polling answers the broker, should it send anything) until
-                // released, or the run is abandoned.
-                let released = release.wait_for(|r| *r);
-                let _ = timeout(Duration::from_mins(10), async {
-                    tokio::pin!(released);
-                    loop {
-                        tokio::select! {
-                            _ = &mut released => break,
-                            event = events.poll() => if event.is_err() { break },
-                        }
+    let hold = |slot: IdleSlot| async move {
+        let IdleSlot {
+            index,
+            shared,
+            handshakes,
+            mut release,
+        } = slot;
+        let (client, mut events) =
+            mqtt_client(broker, format!("smart-idle-{:05}", index + 1), 1, 1);
+        let opened = connect(&mut events, &handshakes).await;
+        if shared.opened("idle connection", opened).is_some() {
+            // Hold the connection (polling answers the broker, should it send anything) until
+            // released, or the run is abandoned.
+            let released = release.wait_for(|r| *r);
+            let _ = timeout(Duration::from_mins(10), async {
+                tokio::pin!(released);
+                loop {
+                    tokio::select! {
+                        _ = &mut released => break,
+                        event = events.poll() => if event.is_err() { break },
                     }
-                })
-                .await;
-                disconnect(&client, &mut events).await;
-            }
-        });
-    }
-    let bar = common::progress_bar(connections as u64, args.flags.no_progress());
-    let deadline = Instant::now() + Duration::from_mins(2);
-    loop {
-        let (ready, failed) = (
-            shared.ready.load(Ordering::Relaxed),
-            shared.failed.load(Ordering::Relaxed),
-        );
-        bar.set_position(ready as u64);
-        if ready + failed >= connections || Instant::now() >= deadline {
-            break;
+                }
+            })
+            .await;
+            disconnect(&client, &mut events).await;
         }
-        sleep(Duration::from_millis(10)).await;
-    }
-    // Every connection has its CONNACK (or failed): the time and broker CPU it took to get there.
-    let connect_seconds = started.elapsed().as_secs_f64();
-    let cpu_after = pid.map(common::cpu_ticks).transpose()?;
-    bar.finish_and_clear();
-    // Let the broker finish whatever each accept started before reading its memory.
-    sleep(Duration::from_secs(1)).await;
-    let opened = shared.ready.load(Ordering::Relaxed);
-    let rss_after = pid.map(common::rss_kib).transpose()?;
-    release_tx.send_replace(true);
-    join_within(&mut tasks, Duration::from_secs(30), |()| {}).await;
-
-    let mut report = IdleReport {
-        connect_seconds: common::round(connect_seconds, 3),
-        errors: shared.errors.load(Ordering::Relaxed),
-        first_errors: shared.first_errors.to_vec(),
-        idle_connections: opened,
-        rss_per_connection_kib: None,
-        server_connect_cpu_seconds: cpu_before
-            .zip(cpu_after)
-            .map(|(b, a)| common::round(a.saturating_sub(b) as f64 / common::CLOCK_TICKS_PER_S, 2)),
-        server_rss_after_kib: None,
-        server_rss_before_kib: None,
-        target: "mqtt broker",
-        url: args.url.clone(),
     };
-    if let (Some(before), Some(after)) = (rss_before, rss_after) {
-        report.server_rss_before_kib = Some(before);
-        report.server_rss_after_kib = Some(after);
-        let per_connection = (after as f64 - before as f64) / opened.max(1) as f64;
-        report.rss_per_connection_kib = Some(common::round(per_connection, 2));
-    }
-    Ok(report)
-}
-
-/// Print `report` as one line of JSON.
-fn print_json(report: &impl Serialize) -> Result<()> {
-    let line = serde_json::to_string(report).context("writing the report")?;
-    println!("{line}");
-    Ok(())
-}
-
-fn print_errors(errors: &[String]) {
-    for error in errors {
-        println!("  error: {error}");
-    }
+    idle::measure(
+        "mqtt broker",
+        args.url.clone(),
+        connections,
+        &args.flags,
+        hold,
+    )
+    .await
 }
 
 /// One measured run; the report of a load is the median run. The fields are in alphabetical order, the
@@ -838,21 +638,17 @@ struct RunReport {
     window: u16,
 }
 
-impl RunReport {
-    /// The run with the median ack rate, with every run's rate alongside (`None` without runs).
-    fn median(mut runs: Vec<RunReport>) -> Option<RunReport> {
-        if runs.is_empty() {
-            return None;
-        }
-        runs.sort_by(|a, b| a.acks_per_s.total_cmp(&b.acks_per_s));
-        let rates: Vec<f64> = runs.iter().map(|run| run.acks_per_s).collect();
-        let mut median = runs.swap_remove((runs.len() - 1) / 2);
-        if rates.len() > 1 {
-            median.rounds_acks_per_s = Some(rates);
-        }
-        Some(median)
+impl Round for RunReport {
+    fn acks_per_s(&self) -> f64 {
+        self.acks_per_s
     }
 
+    fn set_rounds_acks_per_s(&mut self, rates: Vec<f64>) {
+        self.rounds_acks_per_s = Some(rates);
+    }
+}
+
+impl RunReport {
     fn print_report(&self, json: bool) -> Result<()> {
         if json {
             return print_json(self);
@@ -914,53 +710,6 @@ impl RunReport {
             println!(
                 "  rounds        acks/s {} (this is the median one)",
                 Value::from(rounds.clone())
-            );
-        }
-        print_errors(&self.first_errors);
-        Ok(())
-    }
-}
-
-/// The broker's memory per idle connection (`--idle`), with loadgen's keys.
-#[derive(Debug, Serialize)]
-struct IdleReport {
-    /// Seconds from the first connect to the last CONNACK (or failure).
-    connect_seconds: f64,
-    errors: u64,
-    first_errors: Vec<String>,
-    /// Connections that opened.
-    idle_connections: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rss_per_connection_kib: Option<f64>,
-    /// Broker CPU (user + system) spent while the connections opened.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    server_connect_cpu_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    server_rss_after_kib: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    server_rss_before_kib: Option<u64>,
-    target: &'static str,
-    url: String,
-}
-
-impl IdleReport {
-    fn print_report(&self, json: bool) -> Result<()> {
-        if json {
-            return print_json(self);
-        }
-        println!(
-            "{} idle MQTT connections, {} errors, all open after {:.3} s",
-            self.idle_connections, self.errors, self.connect_seconds
-        );
-        if let Some(cpu) = self.server_connect_cpu_seconds {
-            println!("  broker CPU while connecting {cpu} s");
-        }
-        if let Some(per) = self.rss_per_connection_kib {
-            println!(
-                "  broker RSS {} KiB → {} KiB: {} KiB per connection",
-                Value::from(self.server_rss_before_kib),
-                Value::from(self.server_rss_after_kib),
-                Value::from(per)
             );
         }
         print_errors(&self.first_errors);

@@ -1,11 +1,15 @@
 //! What the examples share: the flags of the measuring examples, logging and runtime setup, endpoint
 //! URLs, websocket setup, a latency histogram, the first errors of a run, readings from `/proc`, progress
-//! bars and small numeric and clock helpers.
+//! bars and small numeric and clock helpers; the frame of a measured run (`run`), the idle measurement
+//! (`idle`) and the report helpers (`report`) that loadgen and `mqtt_load` share.
 //!
 //! Each example includes this module with `mod common;`, and none uses all of it.
 #![allow(dead_code)]
 
 mod access;
+pub mod idle;
+pub mod report;
+pub mod run;
 
 #[allow(
     unused_imports,

@@ -108,7 +108,7 @@ fn main() -> Result<()> {
     );
     if let Some(connections) = args.idle {
         let report = runtime.block_on(idle(&args, connections))?;
-        return report.print_report(args.flags.json);
+        return report.print_report(args.flags.json, "device", "server");
     }
     ensure!(args.devices > 0, "--devices must be at least 1");
     ensure!(args.window > 0, "--window must be at least 1");
@@ -173,12 +173,12 @@ async fn load(args: &Args) -> Result<RunReport> {
     if let Some((child, _, _)) = baseline.as_mut() {
         let _ = child.kill().await;
     }
-    let mut report = RunReport::median(server_runs).context("no run measured")?;
+    let mut report = common::report::median(server_runs).context("no run measured")?;
     report.set_stalled_memory(stalled_memory);
-    if let Some(alone) = RunReport::median(alone_runs) {
+    if let Some(alone) = common::report::median(alone_runs) {
         report.set_no_dashboards(alone);
     }
-    if let Some(baseline) = RunReport::median(baseline_runs) {
+    if let Some(baseline) = common::report::median(baseline_runs) {
         report.set_baseline(baseline);
     }
     Ok(report)

@@ -1,4 +1,4 @@
-//! The report of a load run or of an idle measurement: the line of JSON `--json` prints, and the text
+//! The report of a load run (that of an idle measurement is `common::report`'s): the line of JSON `--json` prints, and the text
 //! printed otherwise.
 //!
 //! The fields are in alphabetical order, which is the order of the JSON keys: that of the report's
@@ -7,18 +7,12 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::common;
-
-/// Print `report` as one line of JSON.
-fn print_json(report: &impl Serialize) -> Result<()> {
-    let line = serde_json::to_string(report).context("writing the report")?;
-    println!("{line}");
-    Ok(())
-}
+use crate::common::report::{Round, print_errors, print_json};
 
 /// One measured run against a target; the report of a load is the median run against smart-server,
 /// with the fields marked "report only" set.
@@ -82,22 +76,17 @@ pub(crate) struct RunReport {
     pub(crate) window: usize,
 }
 
-impl RunReport {
-    /// The run with the median ack rate, with every run's rate alongside to show the spread (`None`
-    /// without runs).
-    pub(crate) fn median(mut runs: Vec<RunReport>) -> Option<RunReport> {
-        if runs.is_empty() {
-            return None;
-        }
-        runs.sort_by(|a, b| a.acks_per_s.total_cmp(&b.acks_per_s));
-        let rates: Vec<f64> = runs.iter().map(|run| run.acks_per_s).collect();
-        let mut median = runs.swap_remove((runs.len() - 1) / 2);
-        if rates.len() > 1 {
-            median.rounds_acks_per_s = Some(rates);
-        }
-        Some(median)
+impl Round for RunReport {
+    fn acks_per_s(&self) -> f64 {
+        self.acks_per_s
     }
 
+    fn set_rounds_acks_per_s(&mut self, rates: Vec<f64>) {
+        self.rounds_acks_per_s = Some(rates);
+    }
+}
+
+impl RunReport {
     /// Report the memory each stalled dashboard cost, over the rounds of `memory`.
     pub(crate) fn set_stalled_memory(&mut self, memory: Vec<f64>) {
         if memory.is_empty() {
@@ -219,59 +208,5 @@ fn fraction(rate: f64, reference: f64) -> f64 {
         common::round(rate / reference, 3)
     } else {
         0.0
-    }
-}
-
-/// The server's memory per idle device connection (`--idle`).
-#[derive(Debug, Serialize)]
-pub(crate) struct IdleReport {
-    /// Seconds from the first connect to the last welcome (or failure).
-    pub(crate) connect_seconds: f64,
-    pub(crate) errors: u64,
-    pub(crate) first_errors: Vec<String>,
-    /// Connections that opened.
-    pub(crate) idle_connections: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) rss_per_connection_kib: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) server_rss_after_kib: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) server_rss_before_kib: Option<u64>,
-    /// Server CPU (user + system) spent while the connections opened.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) server_connect_cpu_seconds: Option<f64>,
-    pub(crate) target: &'static str,
-    pub(crate) url: String,
-}
-
-impl IdleReport {
-    /// Print the report: one line of JSON, or text.
-    pub(crate) fn print_report(&self, json: bool) -> Result<()> {
-        if json {
-            return print_json(self);
-        }
-        println!(
-            "{} idle device connections, {} errors, all open after {:.3} s",
-            self.idle_connections, self.errors, self.connect_seconds
-        );
-        if let Some(cpu) = self.server_connect_cpu_seconds {
-            println!("  server CPU while connecting {cpu} s");
-        }
-        if let Some(per) = self.rss_per_connection_kib {
-            println!(
-                "  server RSS {} KiB → {} KiB: {} KiB per connection",
-                Value::from(self.server_rss_before_kib),
-                Value::from(self.server_rss_after_kib),
-                Value::from(per)
-            );
-        }
-        print_errors(&self.first_errors);
-        Ok(())
-    }
-}
-
-fn print_errors(errors: &[String]) {
-    for error in errors {
-        println!("  error: {error}");
     }
 }

@@ -4,10 +4,10 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use smart_proto::ServerMessage;
 use tokio::sync::{Semaphore, watch};
@@ -16,94 +16,16 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::common::{self, CpuSample, FirstErrors, Histogram, Ws};
-use crate::report::{IdleReport, RunReport};
+use crate::common::idle::{self, IdleReport, IdleSlot};
+use crate::common::run::{
+    self, CONNECT_CONCURRENCY, DeviceResult, Phase, Shared, join_within, wait_ready,
+};
+use crate::common::{self, CpuSample, Histogram, Ws};
+use crate::report::RunReport;
 use crate::{Args, Load};
 
 /// How long a device waits for an ack, or a dashboard for its snapshot, before it counts as an error.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once, so a thousand devices do not overflow the server's accept backlog.
-const CONNECT_CONCURRENCY: usize = 64;
-
-/// The phases of a run, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
-    /// Dashboards, stalled dashboards and devices connect.
-    Connecting,
-    /// Devices send; nothing is counted yet.
-    Warmup,
-    /// Devices send; acks, dashboard messages and latencies are counted.
-    Measure,
-    /// Devices stop sending and wait for their last acks.
-    Stop,
-    /// Dashboards stop reading.
-    Done,
-}
-
-impl Phase {
-    const ALL: [Phase; 5] = [
-        Phase::Connecting,
-        Phase::Warmup,
-        Phase::Measure,
-        Phase::Stop,
-        Phase::Done,
-    ];
-
-    /// The phase stored as `phase as u8`.
-    fn from_u8(stored: u8) -> Phase {
-        Phase::ALL
-            .get(usize::from(stored))
-            .copied()
-            .unwrap_or(Phase::Done)
-    }
-}
-
-/// Counters shared by the tasks of one run.
-#[derive(Debug, Default)]
-struct Shared {
-    /// The current [`Phase`], for the tasks' hot paths (the watch channel wakes the waiting ones).
-    phase: AtomicU8,
-    /// Acks over the whole run, for the progress bar.
-    acks_live: AtomicU64,
-    ready: AtomicUsize,
-    failed: AtomicUsize,
-    errors: AtomicU64,
-    first_errors: FirstErrors,
-}
-
-impl Shared {
-    fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Relaxed))
-    }
-
-    fn error(&self, what: String) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        self.first_errors.note(what);
-    }
-
-    /// Count a connection that opened as ready, and one that did not as failed, with its error
-    /// (`who: error`).
-    fn opened(&self, who: impl std::fmt::Display, opened: Result<Ws>) -> Option<Ws> {
-        match opened {
-            Ok(ws) => {
-                self.ready.fetch_add(1, Ordering::Relaxed);
-                Some(ws)
-            }
-            Err(err) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                self.error(format!("{who}: {err:#}"));
-                None
-            }
-        }
-    }
-}
-
-/// What one device measured.
-#[derive(Debug, Default)]
-struct DeviceResult {
-    acks: u64,
-    latency: Histogram,
-}
 
 /// What one dashboard measured.
 #[derive(Debug, Default)]
@@ -246,13 +168,7 @@ async fn device(
             continue;
         };
         if is_ack(&reply, id, &serial) {
-            shared.acks_live.fetch_add(1, Ordering::Relaxed);
-            if shared.phase() == Phase::Measure {
-                result.acks += 1;
-                result
-                    .latency
-                    .record(common::monotonic_micros().saturating_sub(sent_us));
-            }
+            result.ack(&shared, sent_us);
         } else {
             shared.error(format!("device {serial}: {}", describe(&reply)));
         }
@@ -389,42 +305,6 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
         .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
 }
 
-/// Wait until `expected` tasks are ready or failed, at most `limit`.
-async fn wait_ready(shared: &Shared, expected: usize, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while shared.ready.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < expected {
-        ensure!(
-            Instant::now() < deadline,
-            "connections not ready after {limit:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-/// Join the tasks of `set` that end within `limit`, handing `each` what they return; abort the others
-/// and say how many they were.
-async fn join_within<T: 'static>(
-    set: &mut JoinSet<T>,
-    limit: Duration,
-    mut each: impl FnMut(T),
-) -> usize {
-    let deadline = Instant::now() + limit;
-    while let Ok(Some(joined)) = timeout(
-        deadline.saturating_duration_since(Instant::now()),
-        set.join_next(),
-    )
-    .await
-    {
-        if let Ok(result) = joined {
-            each(result);
-        }
-    }
-    let unfinished = set.len();
-    set.abort_all();
-    unfinished
-}
-
 /// One measured run against the server at `base`.
 pub(crate) async fn measure(
     target: &str,
@@ -436,10 +316,7 @@ pub(crate) async fn measure(
     let dashboard_url: Arc<str> = common::endpoint(base, "/client/")?.into();
     let shared = Arc::new(Shared::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
-    let set_phase = |phase: Phase| {
-        shared.phase.store(phase as u8, Ordering::Relaxed);
-        phase_tx.send_replace(phase);
-    };
+    let set_phase = |phase: Phase| shared.set_phase(&phase_tx, phase);
 
     // Dashboards first, so their snapshots are small and they see every device arrive.
     let mut dashboards = JoinSet::new();
@@ -499,22 +376,7 @@ pub(crate) async fn measure(
     let total = load.warmup + load.measured;
     let bar = common::progress_bar(total.as_secs(), load.quiet);
     bar.set_prefix(target.to_owned());
-    let started = Instant::now();
-    let ticker = {
-        let shared = Arc::clone(&shared);
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            let mut last = (Instant::now(), 0u64);
-            loop {
-                sleep(Duration::from_millis(500)).await;
-                let acks = shared.acks_live.load(Ordering::Relaxed);
-                let rate = (acks - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                last = (Instant::now(), acks);
-                bar.set_position(started.elapsed().as_secs());
-                bar.set_message(format!("{rate:.0} acks/s"));
-            }
-        })
-    };
+    let ticker = run::tick_progress(&shared, &bar);
     set_phase(Phase::Warmup);
     sleep(load.warmup).await;
 
@@ -536,17 +398,9 @@ pub(crate) async fn measure(
     ticker.abort();
     bar.finish_and_clear();
 
-    let mut acks = Histogram::default();
-    let mut ack_count = 0;
-    let stuck_devices = join_within(
-        &mut devices,
-        REPLY_TIMEOUT + Duration::from_secs(5),
-        |result| {
-            ack_count += result.acks;
-            acks.merge(&result.latency);
-        },
-    )
-    .await;
+    let (all, stuck_devices) =
+        run::join_devices(&mut devices, REPLY_TIMEOUT + Duration::from_secs(5)).await;
+    let (ack_count, acks) = (all.acks, all.latency);
     // Let the last UPDTs reach the dashboards before they stop reading.
     sleep_until(Instant::now() + Duration::from_millis(300)).await;
     set_phase(Phase::Done);
@@ -614,77 +468,32 @@ pub(crate) async fn measure(
 
 /// Open idle device connections and report the server's resident memory per connection.
 pub(crate) async fn idle(args: &Args, connections: usize) -> Result<IdleReport> {
-    ensure!(connections > 0, "--idle must be at least 1");
-    common::check_socket_budget(connections)?;
     let url: Arc<str> = common::endpoint(&args.url, "/update/")?.into();
-    let rss_before = args.flags.server_pid.map(common::rss_kib).transpose()?;
-    let cpu_before = args.flags.server_pid.map(common::cpu_ticks).transpose()?;
-    let started = Instant::now();
-    let shared = Arc::new(Shared::default());
-    let handshakes = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let (release_tx, release_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    for i in 0..connections {
-        // With `--token-file`, idle connections present the tokens of serials 0001, 0002, …
-        let serial = format!("{:04}", i + 1);
-        let (url, shared, handshakes, mut release) = (
-            Arc::clone(&url),
-            Arc::clone(&shared),
-            Arc::clone(&handshakes),
-            release_rx.clone(),
-        );
-        tasks.spawn(async move {
+    let hold = |slot: IdleSlot| {
+        let url = Arc::clone(&url);
+        async move {
+            let IdleSlot {
+                index,
+                shared,
+                handshakes,
+                mut release,
+            } = slot;
+            // With `--token-file`, idle connections present the tokens of serials 0001, 0002, …
+            let serial = format!("{:04}", index + 1);
             let opened = open_device(&url, &serial, &handshakes).await;
             if let Some(ws) = shared.opened("idle connection", opened) {
                 // Hold the socket, unread, until released (or the run is abandoned).
                 let _ = timeout(Duration::from_mins(10), release.wait_for(|r| *r)).await;
                 drop(ws);
             }
-        });
-    }
-    let bar = common::progress_bar(connections as u64, args.flags.no_progress());
-    let deadline = Instant::now() + Duration::from_mins(2);
-    loop {
-        let (ready, failed) = (
-            shared.ready.load(Ordering::Relaxed),
-            shared.failed.load(Ordering::Relaxed),
-        );
-        bar.set_position(ready as u64);
-        if ready + failed >= connections || Instant::now() >= deadline {
-            break;
         }
-        sleep(Duration::from_millis(10)).await;
-    }
-    // Every connection has its welcome (or failed): the time and server CPU it took to get there.
-    let connect_seconds = started.elapsed().as_secs_f64();
-    let cpu_after = args.flags.server_pid.map(common::cpu_ticks).transpose()?;
-    bar.finish_and_clear();
-    // Let the server finish whatever each accept started before reading its memory.
-    sleep(Duration::from_secs(1)).await;
-    let opened = shared.ready.load(Ordering::Relaxed);
-    let rss_after = args.flags.server_pid.map(common::rss_kib).transpose()?;
-    release_tx.send_replace(true);
-    join_within(&mut tasks, Duration::from_secs(30), |()| {}).await;
-
-    let mut report = IdleReport {
-        target: "smart-server",
-        url: args.url.clone(),
-        idle_connections: opened,
-        errors: shared.errors.load(Ordering::Relaxed),
-        first_errors: shared.first_errors.to_vec(),
-        server_rss_before_kib: None,
-        server_rss_after_kib: None,
-        rss_per_connection_kib: None,
-        connect_seconds: common::round(connect_seconds, 3),
-        server_connect_cpu_seconds: cpu_before
-            .zip(cpu_after)
-            .map(|(b, a)| common::round(a.saturating_sub(b) as f64 / common::CLOCK_TICKS_PER_S, 2)),
     };
-    if let (Some(before), Some(after)) = (rss_before, rss_after) {
-        report.server_rss_before_kib = Some(before);
-        report.server_rss_after_kib = Some(after);
-        let per_connection = (after as f64 - before as f64) / opened.max(1) as f64;
-        report.rss_per_connection_kib = Some(common::round(per_connection, 2));
-    }
-    Ok(report)
+    idle::measure(
+        "smart-server",
+        args.url.clone(),
+        connections,
+        &args.flags,
+        hold,
+    )
+    .await
 }
