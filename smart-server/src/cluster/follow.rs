@@ -158,14 +158,13 @@ impl Follower {
         records: impl Iterator<Item = (Option<&'a str>, &'a str)>,
         tell: bool,
     ) -> usize {
+        // Each record, its JSON, and its `online` as that JSON has it.
         let mut remote = Vec::new();
-        // Each record's JSON, and its `online` as that JSON has it.
-        let mut texts = Vec::new();
         for (serial, json) in records {
             match Record::from_json(json) {
                 Ok(record) if serial.is_none_or(|s| record.serial_number.as_str() == s) => {
-                    texts.push((json, record.online));
-                    remote.push(record);
+                    let online = record.online;
+                    remote.push((record, json, online));
                 }
                 Ok(record) => {
                     warn!(?serial, found = %record.serial_number, "remote record under another serial; ignored");
@@ -188,7 +187,7 @@ impl Follower {
             self.fleet.with_records(|local| {
                 remote
                     .iter_mut()
-                    .map(|record| {
+                    .map(|(record, _, _)| {
                         let here = local.get(&record.serial_number);
                         record.online = here.map_or_else(
                             || self.presence.elsewhere(&record.serial_number),
@@ -215,8 +214,7 @@ impl Follower {
         // code): kept as the entry's text unless `online` differs here.
         let entries: Vec<(Serial, Entry)> = remote
             .into_iter()
-            .zip(texts)
-            .map(|(record, (json, online))| {
+            .map(|(record, json, online)| {
                 let serial = record.serial_number.clone();
                 if record.online == online {
                     (serial, Entry::with_json(record, json))

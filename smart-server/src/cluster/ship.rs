@@ -189,17 +189,15 @@ impl Shipper {
                 }
                 // Let more come (conflated per device) until the interval since the last round
                 // trip is over; a shutdown does not wait.
-                while !backlog.records.is_empty() && !backlog.finishing {
-                    let left = due.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    backlog = self
-                        .wake
-                        .wait_timeout(backlog, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
+                backlog = self
+                    .wake
+                    .wait_timeout_while(
+                        backlog,
+                        due.saturating_duration_since(Instant::now()),
+                        |b| !b.records.is_empty() && !b.finishing,
+                    )
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
                 (!backlog.records.is_empty()).then(|| backlog.take())
             };
             let Some((taken, from)) = next else {
@@ -364,24 +362,18 @@ impl Shipping for Shipper {
     }
 
     fn finish(&self) -> u64 {
-        let deadline = Instant::now() + FINISH_WAIT;
         let mut backlog = self.lock();
         backlog.finishing = true;
         self.wake.notify_all();
-        while backlog.unshipped_from() != u64::MAX {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                warn!(
-                    records = backlog.records.len(),
-                    "Redis did not take the backlog before shutdown; the log keeps it for the next start"
-                );
-                break;
-            }
-            backlog = self
-                .wake
-                .wait_timeout(backlog, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        let (backlog, waited) = self
+            .wake
+            .wait_timeout_while(backlog, FINISH_WAIT, |b| b.unshipped_from() != u64::MAX)
+            .unwrap_or_else(PoisonError::into_inner);
+        if waited.timed_out() {
+            warn!(
+                records = backlog.records.len(),
+                "Redis did not take the backlog before shutdown; the log keeps it for the next start"
+            );
         }
         backlog.unshipped_from()
     }
