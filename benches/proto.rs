@@ -441,8 +441,9 @@ fn bench_init_write(c: &mut Criterion) {
 
 /// What the server writes per change and per stored record: an UPDT frame (smart-proto's frame writer
 /// from borrowed parts, against `ServerMessage::to_frame` of the same message) and a record's JSON text
-/// as a shared `Arc<str>` (`Record::to_json`, against `serde_json::to_writer` into reused bytes and one UTF-8
-/// check of the result, the server's way so far).
+/// as a shared `Arc<str>` (`Record::to_json`; `serde_json::to_writer` into reused bytes and one UTF-8
+/// check of the result, the server's way until session 10; `Record::write_json_bytes` the same way, the
+/// server's way since).
 fn bench_server_texts(c: &mut Criterion) {
     let header = Header::new("0117", "0001").unwrap_or_else(|e| panic!("{e}"));
     let mut body = Map::new();
@@ -470,6 +471,13 @@ fn bench_server_texts(c: &mut Criterion) {
         b.iter(|| {
             scratch.clear();
             let _ = serde_json::to_writer(&mut scratch, black_box(&record));
+            std::str::from_utf8(&scratch).map(|text| std::sync::Arc::<str>::from(text).len())
+        });
+    });
+    group.bench_function("record/write_json_bytes_then_validate", |b| {
+        b.iter(|| {
+            scratch.clear();
+            black_box(&record).write_json_bytes(&mut scratch);
             std::str::from_utf8(&scratch).map(|text| std::sync::Arc::<str>::from(text).len())
         });
     });

@@ -1,5 +1,5 @@
 //! A stored record's JSON text (Redis, the write-ahead log, sled): `Record::from_json`, whose fast path
-//! must agree with the general one on every text.
+//! must agree with the general one on every text; what it reads must write back as serde_json writes it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -210,6 +210,13 @@ pub fn check_record_json(text: &str) -> Result<Record, Error> {
     );
     if let Ok(record) = &read {
         let json = record.to_json();
+        let mut bytes = Vec::new();
+        record.write_json_bytes(&mut bytes);
+        assert_eq!(
+            serde_json::to_vec(record).ok().as_deref(),
+            Some(bytes.as_slice()),
+            "write_json_bytes and serde_json differ on {json}"
+        );
         assert_eq!(
             Record::from_json(&json).as_ref(),
             Ok(record),

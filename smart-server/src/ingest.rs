@@ -902,20 +902,15 @@ fn with_online(entry: &Entry, online: bool, scratch: &mut Vec<u8>) -> Entry {
     }
 }
 
-/// A record's JSON text, through `scratch` so that the only allocation is the shared text itself.
-///
-/// Through `Record`'s `Serialize` (the same text as `Record::write_json`, checked by
-/// `init_frame_matches_write_init`) into bytes: `write_json` goes through a `String` writer that
-/// re-validates every chunk `serde_json` hands it; validating the finished text once is cheaper.
+/// A record's JSON text, through `scratch` so that the only allocation is the shared text itself
+/// (`Record::write_json_bytes`: the same text as `Record::write_json`, checked as UTF-8 once, whole).
 fn serialize(record: &Record, scratch: &mut Vec<u8>) -> Arc<str> {
     scratch.clear();
-    if serde_json::to_writer(&mut *scratch, record).is_ok()
-        && let Ok(text) = std::str::from_utf8(scratch)
-    {
-        Arc::from(text)
-    } else {
-        // Not expected (a record always serializes to UTF-8); the slow path is still right.
-        Arc::from(record.to_json())
+    record.write_json_bytes(scratch);
+    match std::str::from_utf8(scratch) {
+        Ok(text) => Arc::from(text),
+        // Not expected (a record always is UTF-8); the slow path is still right.
+        Err(_) => Arc::from(record.to_json()),
     }
 }
 

@@ -31,6 +31,7 @@ mod number;
 mod read;
 mod timestamp;
 mod update;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -530,11 +531,11 @@ impl Record {
     /// assert_eq!(out, serde_json::to_string(&record).unwrap());
     /// ```
     pub fn write_json(&self, out: &mut String) {
-        // `serde_json` writes bytes fastest; the text is checked as UTF-8 once, whole (it always is).
         let mut bytes = Vec::with_capacity(512);
-        if serde_json::to_writer(&mut bytes, self).is_ok()
-            && let Ok(text) = std::str::from_utf8(&bytes)
-        {
+        self.write_json_bytes(&mut bytes);
+        // Always UTF-8 (the record's strings are, and so is what is written around them); the slow
+        // path is still right.
+        if let Ok(text) = std::str::from_utf8(&bytes) {
             out.push_str(text);
             return;
         }

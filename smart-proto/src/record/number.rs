@@ -6,7 +6,7 @@ use serde_json::{Number, Value};
 pub(crate) use crate::bounds::MAX_SAFE_INTEGER;
 
 /// Integral numbers below this magnitude are exact in an `f64` and are written as JSON integers.
-const EXACT_BELOW: f64 = 9_007_199_254_740_992.0;
+pub(super) const EXACT_BELOW: f64 = 9_007_199_254_740_992.0;
 
 /// A number written as text: `"357"`, `" 12.5 "`, `"-1e3"`. Surrounding whitespace is ignored;
 /// `inf`, `NaN` and values that overflow are not numbers.
