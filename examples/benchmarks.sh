@@ -283,7 +283,8 @@ PY
 # and its network bytes per change (INFO stats). The simulators run CLUSTER_CONNECT_SECONDS + CLUSTER_SETTLE +
 # CLUSTER_SECONDS + 5 s, then drain; their reports (errors over the whole run) end the JSON line. About 3 min.
 # CLUSTER_FOLLOWER=1 adds a fourth instance with no devices (`follower_without_devices`): the cost of following
-# the fleet alone.
+# the fleet alone. On stderr at the end: Redis's commandstats, its AOF rewrites in the run and the latency events
+# it saw above 100 ms; CLUSTER_REDIS_ARGS adds arguments to redis-server (e.g. "--auto-aof-rewrite-percentage 0").
 metric() { curl -s --max-time 5 "http://$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $2} END {print s + 0}'; }
 redis_stat() { redis-cli -p "$1" info stats | tr -d '\r' | awk -F: -v k="$2" '$1 == k {print $2}'; }
 
@@ -298,7 +299,7 @@ cluster() {
     rport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     mkdir -p "$dir/redis"
     redis-server --bind 127.0.0.1 --port "$rport" --dir "$dir/redis" --appendonly yes --appendfsync always \
-        --save '' --daemonize no --logfile "$dir/redis/log" >/dev/null 2>&1 &
+        --save '' --daemonize no --logfile "$dir/redis/log" --latency-monitor-threshold 100 ${CLUSTER_REDIS_ARGS:-} >/dev/null 2>&1 &
     rpid=$!
     for _ in $(seq 100); do
         redis-cli -p "$rport" ping >/dev/null 2>&1 && break
@@ -387,6 +388,10 @@ cluster() {
         "$(redis-cli -p "$rport" xlen smart:changes)" >>"$dir/runs"
     # Where Redis's CPU went, per command (microseconds in all and per call), on stderr.
     redis-cli -p "$rport" info commandstats | tr -d '\r' | grep '^cmdstat' | sed 's/^/cluster: redis /' >&2
+    # Rewrites of the append-only file (each a fork of the whole Redis, then a burst of disk writes) and the
+    # latency events Redis saw above 100 ms.
+    redis-cli -p "$rport" info persistence | tr -d '\r' | grep -E '^(aof_rewrites|aof_current_size|aof_last_rewrite_time_sec|latest_fork_usec):' | sed 's/^/cluster: redis /' >&2
+    redis-cli -p "$rport" latency latest | tr -d '\r' | paste -sd' ' | sed 's/^/cluster: redis latency latest (event, time, last ms, max ms): /' >&2
     kill -TERM "$rpid"
     wait "$rpid" || true
     PYTHONPATH=examples python3 - "$dir/runs" "$hz" "$per" "$interval" <<'PY'
