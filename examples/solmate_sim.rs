@@ -2,8 +2,9 @@
 //! without its prompts, for thousands of devices at once.
 //!
 //! Each device keeps one websocket to `/update/`, announces itself (an INIT with the underscored keys and
-//! runtime keys a Python device sends, or a plain UPDT), then changes a few values every few seconds and
-//! sends only what changed. It waits for the ack of each message before the next one (changes made in the
+//! runtime keys a Python device sends, or a plain UPDT), then changes a few values every few seconds (the
+//! first change at a random point of the first interval, so the fleet does not change in step) and sends
+//! only what changed. It waits for the ack of each message before the next one (changes made in the
 //! meantime are merged), counts OK and ERROR replies, and after a lost connection reconnects with
 //! exponential backoff and sends again every field the server has not acked — also after the end of the
 //! run, for up to `--drain-seconds`, so that a run ends with the server holding each device's last values.
@@ -283,6 +284,14 @@ impl Device {
         }
     }
 
+    /// When the first change after the start is due: a random point of one interval, so that a fleet
+    /// that connects within seconds does not change in step (every device at the same instant of each
+    /// period, as a fixed `--min-interval` = `--max-interval` would have it).
+    fn first_interval(&mut self, run: &Run) -> Duration {
+        let interval = self.interval(run);
+        interval.mul_f64(self.rng.random_range(0.0..1.0))
+    }
+
     fn interval(&mut self, run: &Run) -> Duration {
         if run.max_interval <= run.min_interval {
             return run.min_interval;
@@ -466,7 +475,7 @@ impl Device {
     async fn run(mut self, run: Arc<Run>) -> (String, Value) {
         let mut connected_before = false;
         let mut failures = 0u32;
-        let mut next_change = Instant::now() + self.interval(&run);
+        let mut next_change = Instant::now() + self.first_interval(&run);
         while Instant::now() < self.connect_until(&run, connected_before) {
             match Device::open(&run, &self.serial).await {
                 Ok(ws) => {
