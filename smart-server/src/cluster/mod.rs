@@ -74,11 +74,11 @@ impl Link {
     }
 }
 
-/// First and longest wait between two attempts of a thread whose session with Redis failed (the
-/// longest: instances converge within 2 s of Redis's return; a refused connection costs next to
-/// nothing meanwhile).
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// First and longest wait between two attempts of any thread whose session with Redis failed (the
+/// shipper, the presence publisher, the readers): the longest is short enough that instances
+/// converge within 2 s of Redis's return; a refused connection costs next to nothing meanwhile.
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Keep a reading thread's session with Redis going until the process ends: `session` runs on each
 /// new connection (from `connect`) and returns only with an error; it stores `true` in `up` once it

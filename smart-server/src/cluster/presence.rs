@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use smart_proto::Serial;
 use tracing::{debug, info, warn};
 
-use super::Link;
 use super::follow::{self, missed};
+use super::{FIRST_BACKOFF, Link, MAX_BACKOFF};
 use crate::ingest::{self, Recheck};
 use crate::metrics::Metrics;
 
@@ -49,8 +49,6 @@ pub(crate) const STREAM: &str = "smart:presence";
 const CHUNK: usize = 500;
 /// Entries one `XREAD` takes.
 const COUNT: usize = 500;
-/// Longest wait between two attempts while Redis is away.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How many instances found dead are remembered (their late entries ignored).
 const DEAD_KEPT: usize = 1024;
 
@@ -255,7 +253,7 @@ impl Presence {
     pub(crate) fn run_publisher(&self, link: &Link, metrics: &Metrics) {
         let every = self.every();
         let mut conn: Option<redis::Connection> = None;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         let mut reported = false;
         let mut beat_at = Instant::now();
         loop {
@@ -293,7 +291,7 @@ impl Presence {
                 Ok(existed) => {
                     Metrics::inc(&metrics.cluster_presence_published);
                     beat_at = Instant::now() + every;
-                    backoff = Duration::from_millis(50);
+                    backoff = FIRST_BACKOFF;
                     if !self.published.swap(true, Ordering::Relaxed) {
                         info!(ttl = ?self.ttl, "publishing this instance's heartbeat and devices online");
                     }

@@ -28,14 +28,11 @@ use smart_proto::Serial;
 use tracing::{debug, info, warn};
 
 use super::scripts::{self, CHUNK};
-use super::{Link, leftovers};
+use super::{FIRST_BACKOFF, Link, MAX_BACKOFF, leftovers};
 use crate::acks::{Ack, AckTicket};
 use crate::metrics::Metrics;
 use crate::store::Shipping;
 
-/// Longest wait between two attempts while Redis is away: short enough that the backlog ships well
-/// within 2 s of Redis's return (a refused connection costs next to nothing meanwhile).
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a graceful shutdown waits for the backlog to ship.
 const FINISH_WAIT: Duration = Duration::from_secs(3);
 
@@ -170,7 +167,7 @@ impl Shipper {
             backlog.starting = false;
         }
         let mut conn: Option<redis::Connection> = None;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         // Whether Redis being away was logged since the start (later: when `up` turns false).
         let mut reported = false;
         // When the next round trip may start (`--redis-ship-interval`).
@@ -251,7 +248,7 @@ impl Shipper {
                         info!(redis = %link.redacted, "shipping to Redis");
                     }
                     debug!(records = taken.len(), accepted, "shipped");
-                    backoff = Duration::from_millis(50);
+                    backoff = FIRST_BACKOFF;
                     if finishing {
                         self.wake.notify_all();
                     }
