@@ -1,7 +1,8 @@
 //! JSON text written straight into a `String`: string literals escaped as `serde_json` escapes them.
 //!
 //! `serde_json` writes through `io::Write`, which hands over bytes; a `String` has to check them again.
-//! These writers take `&str` and need no check. They depend on nothing else in the crate, so that the
+//! These writers take `&str` and need no check; `write_str_bytes` is the same literal for a writer of bytes
+//! (`Record::write_json_bytes`), with the same escape table. They depend on nothing else in the crate, so that the
 //! record writer and the frame writers can both use them.
 
 use std::fmt::Write as _;
@@ -23,27 +24,74 @@ pub(crate) fn write_chars(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let esc = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
+        if !ESCAPED[usize::from(b)] {
+            continue;
+        }
         // `i` is at an ASCII byte, so a character boundary.
         out.push_str(&s[start..i]);
-        if esc.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(esc);
+        match short_escape(b) {
+            Some(esc) => out.push_str(esc),
+            None => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
         }
         start = i + 1;
     }
     out.push_str(&s[start..]);
+}
+
+/// `s` as a JSON string literal, quotes included, appended as bytes: the text of [`write_str`].
+#[inline]
+pub(crate) fn write_str_bytes(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !ESCAPED[usize::from(b)] {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        if let Some(esc) = short_escape(b) {
+            out.extend_from_slice(esc.as_bytes());
+        } else {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// The bytes a JSON string literal escapes: `"`, `\` and the control characters.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// The short escape of a byte [`ESCAPED`] marks, as `serde_json` writes it; `None` for the control
+/// characters written as `\u00XX`.
+#[inline]
+fn short_escape(b: u8) -> Option<&'static str> {
+    Some(match b {
+        b'"' => "\\\"",
+        b'\\' => "\\\\",
+        b'\n' => "\\n",
+        b'\r' => "\\r",
+        b'\t' => "\\t",
+        0x08 => "\\b",
+        0x0c => "\\f",
+        _ => return None,
+    })
 }
 
 /// `{"a": 1, "b": [1, 2]}`: an object with the separators of Python's `json.dumps` (`", "`, `": "`), which

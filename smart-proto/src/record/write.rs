@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::Record;
 use super::field::FieldRef;
 use super::number::EXACT_BELOW;
+use crate::json::write_str_bytes as write_str;
 
 impl Record {
     /// Append the record as compact JSON to `out`: the text of [`Record::write_json`], as bytes (what a
@@ -94,52 +95,6 @@ fn write_json_value(out: &mut Vec<u8>, value: &Value) {
         }
     }
 }
-
-/// `s` as a JSON string literal, escaped as `serde_json` escapes it (`"`, `\` and control characters;
-/// everything else, DEL and non-ASCII included, as is).
-#[inline]
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.push(b'"');
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !ESCAPED[usize::from(b)] {
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
-            }
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
-
-/// The bytes a JSON string literal escapes: `"`, `\` and the control characters.
-static ESCAPED: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
 
 #[cfg(test)]
 mod tests {
