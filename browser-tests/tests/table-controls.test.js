@@ -7,13 +7,13 @@ import { test } from 'node:test';
 
 import { DeviceLink, Server, cellSelector, deviceInit, openBrowser, registerFleet, renderedSerials, rowSelector, sleep, waitLive, waitUntil } from '../lib/harness.js';
 
-async function setup(t, n, overrides, hash = '') {
+async function setup(t, n, overrides, hash = '', browser = {}) {
   const server = await Server.start();
   t.after(() => server.stop());
   const link = await DeviceLink.connect(server);
   t.after(() => link.close());
   await registerFleet(link, n, overrides);
-  const b = await openBrowser();
+  const b = await openBrowser(browser);
   t.after(() => b.close());
   await b.page.goto(`${server.origin}/${hash}`);
   await waitLive(b.page);
@@ -143,5 +143,43 @@ test('Pause live holds changes until resumed; rows do not re-sort under the mous
   await waitUntil(async () => (await order())[0] === last, { timeout: 2000, what: 're-sort after the mouse left' });
   assert.equal(await page.isVisible('#resort-cue'), true, 'a short cue after the re-sort');
   await page.waitForSelector('#resort-cue', { state: 'hidden', timeout: 3000 });
+  assert.deepEqual(problems, [], 'the page logged errors');
+});
+
+test('on a touch screen rows do not re-sort under a finger, nor just after it lifts', async (t) => {
+  const n = 10;
+  const phone = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
+  const { link, page, problems } = await setup(t, n, undefined, `#q=${encodeURIComponent('sort:battery:>:123')}`, phone);
+  const order = () => renderedSerials(page);
+  const byBattery = Array.from({ length: n }, (_, k) => k + 1)
+    .sort((a, b) => deviceInit(b)._battery - deviceInit(a)._battery || a - b)
+    .map((i) => String(i).padStart(4, '0'));
+  assert.deepEqual(await order(), byBattery);
+
+  // A finger lands on the third card and swipes a little (a real touch, through the browser's input
+  // pipeline: the browser takes it over for scrolling), then rests there.
+  const box = await page.locator(`${rowSelector(byBattery[2])} td[data-field="battery"]`).boundingBox();
+  const point = { x: Math.round(box.x + box.width / 2), y: Math.round(box.y + box.height / 2) };
+  const cdp = await page.context().newCDPSession(page);
+  t.after(() => cdp.detach().catch(() => {}));
+  await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: [point] });
+  for (let k = 1; k <= 5; k += 1) {
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchMove', touchPoints: [{ x: point.x, y: point.y - 6 * k }] });
+    await sleep(30);
+  }
+  const last = byBattery[n - 1];
+  await link.update(last, { battery: 100 });
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === '100', cellSelector(last, 'battery'), { timeout: 1000 });
+  await sleep(1200);
+  assert.deepEqual(await order(), byBattery, 'no re-sort under a finger');
+
+  // Lifted: the order holds a moment longer (1.5 s), then the re-sort comes, with its cue.
+  const lifted = Date.now();
+  await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] });
+  await sleep(500);
+  assert.deepEqual(await order(), byBattery, 'no re-sort the moment the finger lifts');
+  await waitUntil(async () => (await order())[0] === last, { timeout: 4000, what: 're-sort after the finger lifted' });
+  assert.ok(Date.now() - lifted >= 1400, `the re-sort waited for the hold after the touch (${Date.now() - lifted} ms)`);
+  assert.equal(await page.evaluate(() => location.hash.startsWith('#/device/')), false, 'a swipe opens no device page');
   assert.deepEqual(problems, [], 'the page logged errors');
 });

@@ -26,6 +26,9 @@ const MAX_PENDING_FLASH = 5000;
 // changes); beyond it they are dropped and the view is asked for again on resume (a fresh INIT).
 const MAX_HELD = 20000;
 const RESORT_CUE_MS = 1200;
+// After a finger leaves the rows (a tap, or the end of a swipe), the order holds this long more: what
+// was being read does not jump away the moment the finger lifts.
+const TOUCH_HOLD_MS = 1500;
 
 const $ = (id) => document.getElementById(id);
 
@@ -506,8 +509,9 @@ function flush() {
   const now = Date.now();
   // Re-sorting 10,000 rows on every frame would eat the frame budget; values that move a row
   // re-sort at most twice a second, new rows are inserted in place at once.
-  // Rows do not move under a mouse pointer resting on them: the re-sort waits until it leaves.
-  if (state.resortPending && !state.pointerOnRows) {
+  // Rows do not move under a mouse pointer resting on them, nor under a finger touching them (and for a
+  // moment after it lifts): the re-sort waits.
+  if (state.resortPending && !state.pointerOnRows && now >= state.touchHoldUntil) {
     if (now - state.lastSort >= RESORT_INTERVAL_MS) {
       // The rows drawn now (the visible window and its overscan): the cue shows when they moved.
       const { at, recs: drawn } = drawnWindow();
@@ -612,6 +616,23 @@ tbody.addEventListener('pointerleave', () => {
   state.pointerOnRows = false;
   if (state.resortPending) markDirty('grid');
 });
+// A touch (or pen) has no hover: the order holds from the moment it lands on the rows until
+// TOUCH_HOLD_MS after it lifts.
+tbody.addEventListener('pointerdown', (ev) => {
+  if (ev.pointerType !== 'mouse') state.touchHoldUntil = Infinity;
+});
+function touchLifted(ev) {
+  if (ev.pointerType === 'mouse' || state.touchHoldUntil !== Infinity) return;
+  // A touch the browser takes over for scrolling is cancelled as a pointer but goes on as a touch
+  // until the finger lifts (touchend); another finger may still be down.
+  if (ev.type === 'pointercancel' && ev.pointerType === 'touch') return;
+  if (ev.touches && ev.touches.length > 0) return;
+  state.touchHoldUntil = Date.now() + TOUCH_HOLD_MS;
+  setTimeout(() => {
+    if (state.resortPending) markDirty('grid');
+  }, TOUCH_HOLD_MS + 20);
+}
+for (const type of ['pointerup', 'pointercancel', 'touchend', 'touchcancel']) window.addEventListener(type, touchLifted, { passive: true });
 
 // ---------------------------------------------------------------------------------------------------
 // Pause live: the table freezes; what arrives waits in order and is applied on resume.

@@ -33,7 +33,8 @@ export const state = {
   held: [], // frames that arrived while paused, in order
   heldCount: 0, // the changes and INITs in held (a batched UPDT counts each of its changes)
   heldOverflow: false,
-  pointerOnRows: false,
+  pointerOnRows: false, // a mouse rests on the rows (app.js: no re-sort meanwhile)
+  touchHoldUntil: 0, // no re-sort before this time (ms): Infinity while a finger touches the rows
   remote: remoteState(), // which devices may be out of date while Redis is unreachable (stale.js)
 };
 state.columns.forEach((c, i) => state.columnIndex.set(c.key, i));
