@@ -341,6 +341,7 @@ cluster() {
         --latency-field sent_ms --local-serials "1-$per" >"$dir/watch.json" 2>"$dir/watch.err" &
     local watcher=$!
     sleep "$settle"
+    echo "cluster: measuring from $(date -u +%H:%M:%S.%N | cut -c1-12) UTC" >&2
     # The window: /proc ticks and counters before and after, the latency dashboard in between.
     sample() {
         local label=$1 i
@@ -433,6 +434,11 @@ print(json.dumps({
                                           "server_rss_kib", "first_errors")} for s in sims],
 }))
 PY
+    # What the instances logged as slow (round trips to Redis, stream entries read late, checkpoints):
+    # where a latency tail came from, by time of day (the window's start is printed above).
+    for i in "${!pids[@]}"; do
+        grep -h -E 'slow |late ' "$dir/$i/stderr" 2>/dev/null | tail -n 30 | sed "s/^/cluster: instance $i: /" >&2
+    done
     rm -rf "$dir"
 }
 

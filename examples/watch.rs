@@ -14,7 +14,8 @@
 //! dashboard from the send time that `solmate_sim --stamp-field FIELD` puts into some UPDTs (milliseconds
 //! since the Unix epoch; same machine, same clock), apart for the devices of `--local-serials` (connected
 //! to this dashboard's instance) and the others (acked on other instances, through Redis), and prints one
-//! line of JSON at the end. UPDTs holding a device's full record (a dashboard that fell behind is
+//! line of JSON at the end: percentiles of both, and the worst latency of each second of the window
+//! (`worst_ms_by_second`, by arrival: a tail made of a few stalls shows as a few bad seconds). UPDTs holding a device's full record (a dashboard that fell behind is
 //! conflated, PROTOCOL.md §7) are counted but not timed: their stamp is that of the device's last
 //! stamped message, which may be much older than the change that made the UPDT.
 //!
@@ -101,6 +102,9 @@ struct Latency {
     /// UPDTs holding a device's full record (conflated, or a device new to the view): not timed,
     /// since their stamp is that of the device's last stamped message, possibly long before.
     full_records: u64,
+    /// The worst latency (µs) of each second of the measured period, by when the UPDT arrived:
+    /// (local, remote). Shows whether a tail is spread out or a few stalls.
+    worst_by_second: Vec<(u64, u64)>,
 }
 
 impl Latency {
@@ -110,6 +114,7 @@ impl Latency {
         serial: &str,
         body: &Map<String, Value>,
         local: Option<(u64, u64)>,
+        second: usize,
     ) {
         self.updates += 1;
         // A full record carries the server-set `manufacturing_date`; a change never does.
@@ -129,12 +134,18 @@ impl Latency {
                 .parse::<u64>()
                 .is_ok_and(|n| (first..=last).contains(&n))
         });
-        let histogram = if is_local {
-            &mut self.local
+        let micros = micros.max(0.0) as u64;
+        if self.worst_by_second.len() <= second {
+            self.worst_by_second.resize(second + 1, (0, 0));
+        }
+        let worst = &mut self.worst_by_second[second];
+        let (histogram, worst) = if is_local {
+            (&mut self.local, &mut worst.0)
         } else {
-            &mut self.remote
+            (&mut self.remote, &mut worst.1)
         };
-        histogram.record(micros.max(0.0) as u64);
+        histogram.record(micros);
+        *worst = (*worst).max(micros);
     }
 
     fn summary(&self, seconds: f64) -> Value {
@@ -156,6 +167,10 @@ impl Latency {
             "negative": self.negative,
             "resyncs": self.resyncs,
             "full_records": self.full_records,
+            "worst_ms_by_second": {
+                "local": self.worst_by_second.iter().map(|w| w.0 / 1000).collect::<Vec<_>>(),
+                "remote": self.worst_by_second.iter().map(|w| w.1 / 1000).collect::<Vec<_>>(),
+            },
         })
     }
 }
@@ -274,10 +289,18 @@ async fn watch(args: Args) -> Result<()> {
                     continue;
                 }
                 if let (Some(latency), Some(field)) = (&mut latency, &args.latency_field) {
-                    if Instant::now() < measuring_from {
+                    let now = Instant::now();
+                    if now < measuring_from {
                         continue;
                     }
-                    latency.record(field, header.serial.as_str(), &body, args.local_serials);
+                    let second = now.duration_since(measuring_from).as_secs() as usize;
+                    latency.record(
+                        field,
+                        header.serial.as_str(),
+                        &body,
+                        args.local_serials,
+                        second,
+                    );
                     continue;
                 }
                 println!("{}  UPDT {header}  {}", clock(), fields_line(&body));

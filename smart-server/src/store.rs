@@ -50,6 +50,10 @@ const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 const CHECKPOINT_CHANGES: usize = 200_000;
 /// Key in the `meta` tree: the last log segment whose records are in sled.
 const CHECKPOINT_KEY: &str = "checkpoint";
+/// The checkpoint thread's nice value (Linux: per thread): see where it is set.
+const CHECKPOINT_NICE: i32 = 5;
+/// A checkpoint longer than this is logged (info): its writes compete with the log's syncs.
+const SLOW_CHECKPOINT: Duration = Duration::from_millis(500);
 
 /// Failures of the store.
 #[derive(Debug, Error)]
@@ -720,6 +724,15 @@ impl Checkpoints {
         let thread = thread::Builder::new()
             .name("smart-store-checkpoint".to_owned())
             .spawn(move || {
+                // Behind the sessions, the writer and the cluster's threads when the cores are busy
+                // (ahead of the history's maintenance): a checkpoint is seconds of CPU and disk for
+                // a big fleet, and at normal priority it held up acks and other instances' changes
+                // (BENCHMARKS.md, "Several instances", session 11). A checkpoint that takes longer
+                // only makes the next one later; the log keeps everything meanwhile.
+                #[cfg(unix)]
+                if let Err(e) = rustix::process::nice(CHECKPOINT_NICE) {
+                    debug!(%e, "cannot lower the checkpoint thread's priority");
+                }
                 // The records handed over since the last checkpoint (or held by a failed one: its
                 // segments stay until a later checkpoint succeeds, and that one must store them).
                 let mut waiting = Records::new();
@@ -736,7 +749,12 @@ impl Checkpoints {
                         match store.checkpoint(seq, &waiting) {
                             Ok(()) => {
                                 covered.fetch_max(seq + 1, Ordering::AcqRel);
-                                debug!(seq, devices = waiting.len(), elapsed = ?started.elapsed(), "checkpoint");
+                                let took = started.elapsed();
+                                if took >= SLOW_CHECKPOINT {
+                                    info!(seq, devices = waiting.len(), ms = took.as_millis(), "slow checkpoint");
+                                } else {
+                                    debug!(seq, devices = waiting.len(), elapsed = ?took, "checkpoint");
+                                }
                                 waiting.clear();
                             }
                             Err(e) => error!(%e, seq, "checkpoint failed; the log is kept"),

@@ -20,9 +20,9 @@ use serde_json::Map;
 use smart_proto::{Header, MessageId, Record, Serial};
 use tracing::{debug, info, warn};
 
-use super::Link;
 use super::presence::Presence;
 use super::scripts::{DEVICES, INSTANCE_FIELD, RECORDS_FIELD, STREAM};
+use super::{Link, SLOW};
 use crate::fleet::{Entry, Fleet};
 use crate::history::remote::Remote;
 use crate::history::samples as history;
@@ -136,6 +136,19 @@ impl Follower {
     ) -> redis::RedisResult<bool> {
         let (first, entries) = read_after(conn, STREAM, position, COUNT, BLOCK)?;
         let gap = missed(&first, position);
+        let started = std::time::Instant::now();
+        // How long the oldest entry read waited in the stream (its id is Redis's clock when it was
+        // added; instances on one machine share that clock, others should run NTP).
+        if let Some(lag) = entries.first().and_then(|(id, _)| stream_age(id))
+            && lag >= SLOW
+        {
+            info!(
+                ms = lag.as_millis(),
+                entries = entries.len(),
+                "read a stream entry late (following)"
+            );
+        }
+        let count = entries.len();
         for (id, fields) in entries {
             *position = id;
             let mut fields = fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
@@ -147,6 +160,14 @@ impl Follower {
                 .flat_map(|(_, lines)| lines.split('\n'))
                 .map(|json| (None, json));
             self.apply(records, true);
+        }
+        let took = started.elapsed();
+        if took >= SLOW {
+            info!(
+                ms = took.as_millis(),
+                entries = count,
+                "slow apply of other instances' changes (following)"
+            );
         }
         Ok(gap)
     }
@@ -300,6 +321,14 @@ pub(super) fn read_after(
         .arg(position)
         .query(conn)?;
     Ok((first, read_entries(reply)))
+}
+
+/// How long ago (by this machine's clock) the stream entry `id` (`MILLIS-SEQ`) was added; `None`
+/// for an id that does not read or lies in the future.
+fn stream_age(id: &str) -> Option<Duration> {
+    let millis: u64 = id.split_once('-')?.0.parse().ok()?;
+    let added = std::time::UNIX_EPOCH + Duration::from_millis(millis);
+    std::time::SystemTime::now().duration_since(added).ok()
 }
 
 /// The entries of an `XREAD` reply, of every stream it read (taken out of the reply, not copied).

@@ -45,6 +45,10 @@ use crate::metrics::Metrics;
 use crate::store::Shipping;
 use crate::wal;
 
+/// A round trip to Redis, or a stream entry's way to this instance, that took longer than this is
+/// logged (info): what a latency tail across instances is made of, without a debug log.
+pub(crate) const SLOW: Duration = Duration::from_millis(200);
+
 /// How long connecting to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one reply may take (a blocking `XREAD` waits [`follow::BLOCK`] on top).

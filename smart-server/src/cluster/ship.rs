@@ -28,7 +28,7 @@ use smart_proto::Serial;
 use tracing::{debug, info, warn};
 
 use super::scripts::{self, CHUNK};
-use super::{FIRST_BACKOFF, Link, MAX_BACKOFF, leftovers};
+use super::{FIRST_BACKOFF, Link, MAX_BACKOFF, SLOW, leftovers};
 use crate::acks::{Ack, AckTicket};
 use crate::metrics::Metrics;
 use crate::store::Shipping;
@@ -220,7 +220,8 @@ impl Shipper {
                 }
                 continue;
             };
-            due = Instant::now() + self.interval;
+            let started = Instant::now();
+            due = started + self.interval;
             let result = match conn.as_mut() {
                 Some(c) => ship(c, link, &taken),
                 None => link.connect().and_then(|mut c| {
@@ -246,6 +247,14 @@ impl Shipper {
                         .fetch_add(taken.len() as u64, Ordering::Relaxed);
                     if !self.up.swap(true, Ordering::Relaxed) {
                         info!(redis = %link.redacted, "shipping to Redis");
+                    }
+                    let took = started.elapsed();
+                    if took >= SLOW {
+                        info!(
+                            ms = took.as_millis(),
+                            records = taken.len(),
+                            "slow round trip to Redis (shipping)"
+                        );
                     }
                     debug!(records = taken.len(), accepted, "shipped");
                     backoff = FIRST_BACKOFF;
