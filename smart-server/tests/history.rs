@@ -338,3 +338,67 @@ async fn the_history_thread_keeps_retention_and_counts_each_tier() {
     ];
     assert_eq!(before, after);
 }
+
+/// The nice value of each of `pid`'s threads, by thread name (`/proc/PID/task/TID/stat`; Linux keeps a
+/// nice value per thread).
+#[cfg(target_os = "linux")]
+fn thread_nice(pid: u32) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        // After the name: state is field 3, nice field 19.
+        let nice = stat[close + 1..]
+            .split_whitespace()
+            .nth(16)
+            .and_then(|n| n.parse().ok());
+        if let Some(nice) = nice {
+            out.insert(stat[open + 1..close].to_owned(), nice);
+        }
+    }
+    out
+}
+
+/// Background work yields the cores to the live path when they are busy: the checkpoint thread runs 5
+/// nice levels below the process, the history's maintenance 15; the writer keeps the process's own.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn checkpoints_and_history_maintenance_run_behind_the_live_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _addr) = spawn_binary(dir.path()).await;
+    let pid = child.id().expect("the server runs");
+    // Thread names are cut to 15 bytes.
+    let wanted = ["smart-store-che", "smart-history", "smart-store-wri"];
+    let mut threads = thread_nice(pid);
+    for _ in 0..50 {
+        if wanted.iter().all(|name| threads.contains_key(*name)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        threads = thread_nice(pid);
+    }
+    let process = threads["smart-server"];
+    assert_eq!(
+        threads.get("smart-store-wri"),
+        Some(&process),
+        "{threads:?}"
+    );
+    assert_eq!(
+        threads.get("smart-store-che"),
+        Some(&(process + 5).min(19)),
+        "{threads:?}"
+    );
+    assert_eq!(
+        threads.get("smart-history"),
+        Some(&(process + 15).min(19)),
+        "{threads:?}"
+    );
+    child.kill().await.unwrap();
+}
