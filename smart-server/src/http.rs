@@ -39,9 +39,11 @@ use crate::shutdown::{Shutdown, TaskToken};
 use crate::state::{Shared, SocketSlot};
 use crate::{account, admin, dashboard, device, history};
 
-/// Read buffer of a device socket: device frames are a few hundred bytes; larger ones (up to
-/// `--max-frame-bytes`) grow the buffer as needed.
-const DEVICE_READ_BUFFER: usize = 2 * 1024;
+/// Read buffer of a device socket, and the most one read asks the socket for: a device frame is a
+/// few hundred bytes (an UPDT of the benchmarks 77, a full `SolMate` INIT ~600); a larger one grows
+/// the buffer to its size. The buffer is kept (and its first read zero-fills it) for the
+/// connection's life, idle or not: 2 KiB here was a third of an idle device connection's memory.
+const DEVICE_READ_BUFFER: usize = 256;
 /// Read buffer of a dashboard socket: dashboards only send FILT queries.
 const DASHBOARD_READ_BUFFER: usize = 4 * 1024;
 /// Device writes smaller than this are coalesced until a flush (acks are tens of bytes).
