@@ -43,8 +43,16 @@ test('a row opens its device page: fields with units, live charts, energy bars, 
   const b = await openBrowser();
   t.after(() => b.close());
   const { page, problems } = b;
+  // Each websocket the page opens, with the INITs it received (up to 4,000 characters of each).
   const sockets = [];
-  page.on('websocket', (ws) => sockets.push(ws.url()));
+  page.on('websocket', (ws) => {
+    const socket = { url: ws.url(), inits: [] };
+    sockets.push(socket);
+    ws.on('framereceived', ({ payload }) => {
+      const text = String(payload);
+      if (/^\{"type":"INIT"/.test(text)) socket.inits.push(text.slice(0, 4000));
+    });
+  });
   const query = `#q=${encodeURIComponent('filter:power_income:>:100')}`;
   await page.goto(`${server.origin}/${query}`);
   await waitLive(page);
@@ -98,6 +106,11 @@ test('a row opens its device page: fields with units, live charts, energy bars, 
   await page.waitForFunction(() => document.querySelector('#device-charts .chart[data-field="power_income"]').dataset.last === '50', null, { timeout: 3000 });
   assert.equal(await fieldText(page, 'power_income'), '50 W');
   assert.equal(sockets.length, 2, 'a view of its own');
+  // That view asked to start empty (`empty=1`): no greeting INIT of the whole fleet, only the FILT's.
+  assert.ok(!sockets[0].url.includes('empty=1') && sockets[1].url.includes('empty=1'), JSON.stringify(sockets.map((s) => s.url)));
+  await waitUntil(async () => sockets[1].inits.length >= 2, { timeout: 3000, what: 'the view\'s INIT' });
+  assert.equal(sockets[1].inits[0], '{"type":"INIT","message":[]}');
+  assert.match(sockets[1].inits[1], /"serial_number":"0042"/);
 
   // The other ranges load, and keep appending too.
   await showRange(page, '24h');

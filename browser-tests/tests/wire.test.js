@@ -26,6 +26,7 @@ test('the page asks for batched UPDTs and stale notices, over wss: when the page
     assert.equal(clientUrl(), 'ws://127.0.0.1:8000/client/?batch=1&stale=1');
     globalThis.location = { protocol: 'https:', host: 'fleet.example:8443' };
     assert.equal(clientUrl(), 'wss://fleet.example:8443/client/?batch=1&stale=1');
+    assert.equal(clientUrl('empty=1'), 'wss://fleet.example:8443/client/?batch=1&stale=1&empty=1');
   } finally {
     if (saved) Object.defineProperty(globalThis, 'location', saved);
     else delete globalThis.location;

@@ -5,7 +5,8 @@
 //
 // Live values come from the table's own websocket while the device is in the table's view (app.js
 // passes them on: `deviceUpdate`); when it is not, or leaves it, the page opens a `/client/` view of
-// its own for this serial (`deviceLeftView`), which costs the server a greeting INIT of the fleet.
+// its own for this serial (`deviceLeftView`), asked to start empty (`empty=1`: no greeting INIT of the
+// whole fleet, only its FILT's answer).
 
 import { KNOWN_COLUMNS, NUMERIC_FIELDS, humanize } from './fields.js';
 import { PAGE_HEADERS } from './auth.js';
@@ -148,7 +149,8 @@ export function deviceLeftView(serial) {
 
 function connectLive() {
   const serial = page.serial;
-  const ws = new WebSocket(clientUrl());
+  // `empty=1`: the greeting INIT is empty, not the whole fleet (this view wants one device).
+  const ws = new WebSocket(clientUrl('empty=1'));
   page.ws = ws;
   let greeted = false;
   ws.onopen = () => ws.send(JSON.stringify({ type: 'FILT', message: [`filter:serial_number:^:${serial}`] }));
@@ -161,7 +163,7 @@ function connectLive() {
       return;
     }
     if (env?.type === 'INIT') {
-      // The first INIT is the server's greeting (every device); the second answers the FILT.
+      // The first INIT is the server's greeting (empty, as asked); the second answers the FILT.
       if (!greeted) {
         greeted = true;
         return;

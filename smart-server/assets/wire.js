@@ -6,8 +6,10 @@
 // JSON.parse) per batch instead of one per change.
 // `&stale=1` (an extension too): with several instances sharing the fleet through Redis, INFO `STALE`
 // and `LIVE` say when other instances' devices may be out of date here (stale.js).
-export function clientUrl() {
-  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/client/?batch=1&stale=1`;
+// `extra`: more `&`-separated pairs, e.g. `empty=1` (the view starts empty: no greeting INIT of the
+// whole fleet before the first FILT; the device page's view of one device asks for it).
+export function clientUrl(extra = '') {
+  return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/client/?batch=1&stale=1${extra ? `&${extra}` : ''}`;
 }
 
 const NONE = Object.freeze([]);

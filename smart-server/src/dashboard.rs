@@ -66,15 +66,19 @@ pub(crate) struct Asks {
     /// INFO `STALE`/`LIVE` notices while other instances' devices may be out of date here
     /// (`stale=1`; only with `--redis`).
     pub stale: bool,
+    /// The view starts empty (`empty=1`): the greeting INIT is `[]` and nothing follows until the
+    /// first FILT, for a client that only wants what its query selects (the device page).
+    pub empty: bool,
 }
 
 impl Asks {
-    /// From a query string: `&`-separated pairs, each exactly `batch=1` or `stale=1`.
+    /// From a query string: `&`-separated pairs, each exactly `batch=1`, `stale=1` or `empty=1`.
     pub(crate) fn of(query: Option<&str>) -> Asks {
         let has = |wanted: &str| query.is_some_and(|q| q.split('&').any(|pair| pair == wanted));
         Asks {
             batched: batch::wanted(query),
             stale: has("stale=1"),
+            empty: has("empty=1"),
         }
     }
 }
@@ -115,9 +119,15 @@ where
     let welcome = ServerMessage::Info(DASHBOARD_WELCOME.to_owned()).to_frame();
     // Subscribe before the snapshot: a change racing with it is then sent twice, never lost.
     let mut subscription = shared.hub.subscribe();
+    // What the dashboard's user may see; its view sees nothing before its first FILT if it asked.
+    let granted = scope;
     let mut view = View {
         query: Query::default(),
-        scope,
+        scope: if asks.empty {
+            Scope::NOTHING
+        } else {
+            granted.clone()
+        },
         members: None,
     };
     let mut out: Vec<Message> = vec![Message::Text(welcome.into())];
@@ -181,6 +191,7 @@ where
                         Ok(query) => {
                             Metrics::inc(&shared.metrics.queries);
                             view.query = query;
+                            view.scope = granted.clone();
                             init(shared, &mut subscription, &mut view, &mut out);
                             last_init = Instant::now();
                             init_due = None;

@@ -22,27 +22,43 @@ use crate::config::Registration;
 pub(crate) struct Unregistered(pub String);
 
 /// Which devices a reader may see: every one, or only one owner's (a user with `--scope-owner`).
-/// Every way of reading the fleet takes one: INIT, UPDT, FILT results, `/api/devices`.
+/// Every way of reading the fleet takes one: INIT, UPDT, FILT results, `/api/devices`. A dashboard
+/// that asked for an empty first view (`/client/?empty=1`) sees none until its first FILT.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Scope(Option<Arc<str>>);
+pub(crate) struct Scope(Within);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Within {
+    #[default]
+    All,
+    Owner(Arc<str>),
+    Nothing,
+}
 
 impl Scope {
     /// Every device.
-    pub(crate) const ALL: Scope = Scope(None);
+    pub(crate) const ALL: Scope = Scope(Within::All);
+
+    /// No device at all.
+    pub(crate) const NOTHING: Scope = Scope(Within::Nothing);
 
     /// Only the devices whose `owner` is `owner`.
     pub(crate) fn owner(owner: &str) -> Scope {
-        Scope(Some(Arc::from(owner)))
+        Scope(Within::Owner(Arc::from(owner)))
     }
 
     /// Whether `record` is in this scope.
     pub(crate) fn allows(&self, record: &Record) -> bool {
-        self.0.as_deref().is_none_or(|owner| record.owner == owner)
+        match &self.0 {
+            Within::All => true,
+            Within::Owner(owner) => record.owner == **owner,
+            Within::Nothing => false,
+        }
     }
 
     /// Whether this scope leaves devices out.
     pub(crate) fn is_limited(&self) -> bool {
-        self.0.is_some()
+        self.0 != Within::All
     }
 }
 

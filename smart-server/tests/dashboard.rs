@@ -681,3 +681,47 @@ async fn a_text_frame_that_is_not_utf8_closes_that_dashboard_with_1007() {
     assert_eq!(mid, "0003");
     assert_eq!(body["battery"], 9);
 }
+
+/// `/client/?empty=1` (PROTOCOL.md §7, an extension): the greeting INIT is empty and nothing of the
+/// fleet follows until the first FILT, which is answered and followed as on any connection; an empty
+/// FILT then shows the whole fleet. A connection that does not ask still gets the whole fleet.
+#[tokio::test]
+async fn a_dashboard_that_asks_for_an_empty_view_gets_nothing_before_its_filt() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let mut device = server.device().await;
+    for serial in ["E001", "E002"] {
+        send_ok(&mut device, "0001", serial, &json!({"battery": 10})).await;
+    }
+
+    let mut empty = connect(server.addr, "/client/?batch=1&empty=1").await;
+    assert_eq!(recv_text(&mut empty).await, DASHBOARD_WELCOME);
+    let greeting = recv_json(&mut empty).await;
+    assert_eq!(greeting, json!({"type": "INIT", "message": []}));
+    // Changes, a device that is new and one that goes offline: none of it reaches the empty view.
+    send_ok(&mut device, "0002", "E001", &json!({"battery": 11})).await;
+    send_ok(&mut device, "0003", "E003", &json!({"battery": 12})).await;
+    assert_silent(&mut empty, Duration::from_millis(500)).await;
+
+    send(&mut empty, &filt(&["filter:serial_number:^:E002"])).await;
+    assert_eq!(serials(&next_init(&mut empty).await), ["E002"]);
+    send_ok(&mut device, "0004", "E002", &json!({"battery": 13})).await;
+    send_ok(&mut device, "0005", "E001", &json!({"battery": 14})).await;
+    let frame = recv_json(&mut empty).await;
+    assert_eq!(frame["type"], "UPDT", "{frame}");
+    let text = frame["message"].to_string();
+    assert!(
+        text.contains("0004:E002:") && !text.contains("E001"),
+        "{frame}"
+    );
+
+    send(&mut empty, &filt(&[])).await;
+    assert_eq!(
+        serials(&next_init(&mut empty).await),
+        ["E001", "E002", "E003"]
+    );
+
+    let (_, everything) = server.dashboard().await;
+    assert_eq!(serials(&everything), ["E001", "E002", "E003"]);
+    server.stop().await;
+}
