@@ -137,7 +137,7 @@ where
     // change of that (the follower's [`crate::hub::Hub::set_remote_stale`]).
     let mut stale = (asks.stale && shared.clustered()).then(|| shared.hub.remote_stale());
     if let Some(since) = stale.as_mut().and_then(|s| *s.borrow_and_update()) {
-        out.push(stale_notice(shared, &view.scope, Some(since)));
+        out.push(stale_notice(shared, &granted, Some(since)));
     }
     let mut init_due: Option<Instant> = None;
     let mut taken = Taken::default();
@@ -253,7 +253,7 @@ where
                 match changed {
                     Some(()) => {
                         let since = stale.as_mut().and_then(|s| *s.borrow_and_update());
-                        out.push(stale_notice(shared, &view.scope, since));
+                        out.push(stale_notice(shared, &granted, since));
                     }
                     None => stale = None,
                 }
