@@ -181,5 +181,19 @@ test('on a touch screen rows do not re-sort under a finger, nor just after it li
   await waitUntil(async () => (await order())[0] === last, { timeout: 4000, what: 're-sort after the finger lifted' });
   assert.ok(Date.now() - lifted >= 1400, `the re-sort waited for the hold after the touch (${Date.now() - lifted} ms)`);
   assert.equal(await page.evaluate(() => location.hash.startsWith('#/device/')), false, 'a swipe opens no device page');
+
+  // A finger lands and the page never hears it lift (its row may have left the windowed table): the
+  // order holds 10 s at most.
+  const resorted = await order();
+  const top = resorted[n - 1];
+  await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: [point] });
+  const touched = Date.now();
+  await link.update(top, { battery: 101 });
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.startsWith('101'), cellSelector(top, 'battery'), { timeout: 1000 });
+  await sleep(1200);
+  assert.deepEqual(await order(), resorted, 'no re-sort under a finger that rests');
+  await waitUntil(async () => (await order())[0] === top, { timeout: 13000, what: 're-sort after the longest hold' });
+  assert.ok(Date.now() - touched >= 9500, `the hold lasted until its cap (${Date.now() - touched} ms)`);
+  await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] });
   assert.deepEqual(problems, [], 'the page logged errors');
 });

@@ -29,6 +29,9 @@ const RESORT_CUE_MS = 1200;
 // After a finger leaves the rows (a tap, or the end of a swipe), the order holds this long more: what
 // was being read does not jump away the moment the finger lifts.
 const TOUCH_HOLD_MS = 1500;
+// A touch holds the order at most this long: the lift of a finger whose row left the DOM meanwhile (the
+// table is windowed) may never reach the window, and must not freeze the order.
+const TOUCH_HOLD_MAX_MS = 10000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -617,20 +620,27 @@ tbody.addEventListener('pointerleave', () => {
   if (state.resortPending) markDirty('grid');
 });
 // A touch (or pen) has no hover: the order holds from the moment it lands on the rows until
-// TOUCH_HOLD_MS after it lifts.
+// TOUCH_HOLD_MS after it lifts (TOUCH_HOLD_MAX_MS at most).
+let touching = false;
+function holdOrderFor(ms) {
+  state.touchHoldUntil = Date.now() + ms;
+  setTimeout(() => {
+    if (state.resortPending) markDirty('grid');
+  }, ms + 20);
+}
 tbody.addEventListener('pointerdown', (ev) => {
-  if (ev.pointerType !== 'mouse') state.touchHoldUntil = Infinity;
+  if (ev.pointerType === 'mouse') return;
+  touching = true;
+  holdOrderFor(TOUCH_HOLD_MAX_MS);
 });
 function touchLifted(ev) {
-  if (ev.pointerType === 'mouse' || state.touchHoldUntil !== Infinity) return;
+  if (ev.pointerType === 'mouse' || !touching) return;
   // A touch the browser takes over for scrolling is cancelled as a pointer but goes on as a touch
   // until the finger lifts (touchend); another finger may still be down.
   if (ev.type === 'pointercancel' && ev.pointerType === 'touch') return;
   if (ev.touches && ev.touches.length > 0) return;
-  state.touchHoldUntil = Date.now() + TOUCH_HOLD_MS;
-  setTimeout(() => {
-    if (state.resortPending) markDirty('grid');
-  }, TOUCH_HOLD_MS + 20);
+  touching = false;
+  holdOrderFor(TOUCH_HOLD_MS);
 }
 for (const type of ['pointerup', 'pointercancel', 'touchend', 'touchcancel']) window.addEventListener(type, touchLifted, { passive: true });
 

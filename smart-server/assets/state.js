@@ -34,7 +34,7 @@ export const state = {
   heldCount: 0, // the changes and INITs in held (a batched UPDT counts each of its changes)
   heldOverflow: false,
   pointerOnRows: false, // a mouse rests on the rows (app.js: no re-sort meanwhile)
-  touchHoldUntil: 0, // no re-sort before this time (ms): Infinity while a finger touches the rows
+  touchHoldUntil: 0, // no re-sort before this time (ms): a touch on the rows holds the order (app.js)
   remote: remoteState(), // which devices may be out of date while Redis is unreachable (stale.js)
 };
 state.columns.forEach((c, i) => state.columnIndex.set(c.key, i));
