@@ -15,9 +15,10 @@
 //! since the Unix epoch; same machine, same clock), apart for the devices of `--local-serials` (connected
 //! to this dashboard's instance) and the others (acked on other instances, through Redis), and prints one
 //! line of JSON at the end: percentiles of both, and the worst latency of each second of the window
-//! (`worst_ms_by_second`, by arrival: a tail made of a few stalls shows as a few bad seconds). UPDTs holding a device's full record (a dashboard that fell behind is
-//! conflated, PROTOCOL.md §7) are counted but not timed: their stamp is that of the device's last
-//! stamped message, which may be much older than the change that made the UPDT.
+//! (`worst_ms_by_second`, by arrival: a tail made of a few stalls shows as a few bad seconds). UPDTs
+//! holding a device's full record (a dashboard that fell behind is conflated, PROTOCOL.md §7) are
+//! counted but not timed: their stamp is that of the device's last stamped message, which may be much
+//! older than the change that made the UPDT.
 //!
 //! ```text
 //! cargo run --release --example watch -- --url ws://127.0.0.1:8001 --seconds 60 \
