@@ -227,7 +227,7 @@ where
                     }
                 }
                 Frame::Pong => liveness.heard(),
-                Frame::TooLarge(_) => return End::Close(ws::too_large()),
+                Frame::TooLarge => return End::Close(ws::too_large()),
                 Frame::NotUtf8 => {
                     // As for a device (`ws`): 1007 for this connection only; nothing is owed (`out`
                     // was sent at the top of the loop).

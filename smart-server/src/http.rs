@@ -39,15 +39,8 @@ use crate::shutdown::{Shutdown, TaskToken};
 use crate::state::{Shared, SocketSlot};
 use crate::{account, admin, dashboard, device, history};
 
-/// Read buffer of a device socket, and the most one read asks the socket for: a device frame is a
-/// few hundred bytes (an UPDT of the benchmarks 77, a full `SolMate` INIT ~600); a larger one grows
-/// the buffer to its size. The buffer is kept (and its first read zero-fills it) for the
-/// connection's life, idle or not: 2 KiB here was a third of an idle device connection's memory.
-const DEVICE_READ_BUFFER: usize = 256;
 /// Read buffer of a dashboard socket: dashboards only send FILT queries.
 const DASHBOARD_READ_BUFFER: usize = 4 * 1024;
-/// Device writes smaller than this are coalesced until a flush (acks are tens of bytes).
-const DEVICE_WRITE_BUFFER: usize = 8 * 1024;
 /// Dashboard writes are coalesced up to this before a `send`. With the `Sink` API the buffer never
 /// holds more than this plus one frame (it is flushed before the next frame is accepted), and that
 /// is what a dashboard that stops reading holds on to (with what it took from the hub and its read
@@ -161,21 +154,34 @@ const ASSETS: &[Asset] = &[
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Whether the stream is encrypted (cookies get `Secure`).
     const SECURE: bool;
+    /// The stream as a device session holds it.
+    type Device: device::DeviceIo;
     /// The TCP socket underneath.
     fn tcp(&self) -> &TcpStream;
+    fn into_device(self) -> Self::Device;
 }
 
 impl Transport for TcpStream {
     const SECURE: bool = false;
+    type Device = TcpStream;
     fn tcp(&self) -> &TcpStream {
+        self
+    }
+    fn into_device(self) -> TcpStream {
         self
     }
 }
 
 impl Transport for crate::tls::TlsSocket {
     const SECURE: bool = true;
+    /// Boxed: the TLS state is 1.2 KiB, and the session's future would hold it inline (in a debug
+    /// build, several times).
+    type Device = Box<crate::tls::TlsSocket>;
     fn tcp(&self) -> &TcpStream {
         crate::tls::TlsSocket::tcp(self)
+    }
+    fn into_device(self) -> Box<crate::tls::TlsSocket> {
+        Box::new(self)
     }
 }
 
@@ -186,24 +192,16 @@ enum Peer {
     Dashboard,
 }
 
-fn ws_config(shared: &Shared, peer: Peer) -> WebSocketConfig {
-    let (read, write) = match peer {
-        Peer::Device => (DEVICE_READ_BUFFER, DEVICE_WRITE_BUFFER),
-        Peer::Dashboard => (DASHBOARD_READ_BUFFER, DASHBOARD_WRITE_BUFFER),
-    };
+/// A dashboard socket's websocket settings (device sockets have their own codec: `device/codec.rs`).
+fn ws_config(shared: &Shared) -> WebSocketConfig {
     let max = shared.config.max_frame_bytes;
-    // The largest frame the server sends: a device reply echoes at most a frame's header and adds a
-    // reason; dashboard messages go out in fragments.
-    let largest = match peer {
-        Peer::Device => max.saturating_mul(2),
-        Peer::Dashboard => FRAGMENT,
-    };
     WebSocketConfig::default()
-        .read_buffer_size(read)
-        .write_buffer_size(write)
+        .read_buffer_size(DASHBOARD_READ_BUFFER)
+        .write_buffer_size(DASHBOARD_WRITE_BUFFER)
         // Bounded, so that a peer that never reads cannot make the server hold its pongs: beyond
         // this, pongs are replaced and writes fail with `WriteBufferFull` (the peer is dropped).
-        .max_write_buffer_size(write + largest + CONTROL_ROOM)
+        // Dashboard messages go out in fragments of at most `FRAGMENT`.
+        .max_write_buffer_size(DASHBOARD_WRITE_BUFFER + FRAGMENT + CONTROL_ROOM)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }
@@ -217,6 +215,7 @@ pub(crate) async fn serve_connection<T, S>(
     routes: S,
     mut shutdown: Shutdown,
     token: TaskToken,
+    parking: Option<device::Parking>,
 ) where
     T: Transport,
     S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -231,6 +230,7 @@ pub(crate) async fn serve_connection<T, S>(
         shared,
         shutdown: shutdown.clone(),
         token,
+        parking,
         local,
         remote: remote.ip(),
         slot: Arc::clone(&slot),
@@ -348,6 +348,8 @@ struct Ctx {
     shared: Arc<Shared>,
     shutdown: Shutdown,
     token: TaskToken,
+    /// Where idle device connections wait (`None`: they keep their tasks).
+    parking: Option<device::Parking>,
     /// The address this connection reached (the server's own origin for `/client/`).
     local: SocketAddr,
     /// The peer's address (failed logins are rate-limited per user and address).
@@ -539,36 +541,48 @@ impl Ctx {
         // `/client/?batch=1&stale=1`: protocol extensions (PROTOCOL.md §7).
         let asks = Asks::of(req.uri().query());
         let on_upgrade = hyper::upgrade::on(&mut req);
-        let config = ws_config(shared, peer);
         let shared = Arc::clone(shared);
         let shutdown = self.shutdown.clone();
         let token = self.token.clone();
         // The socket lives on in the websocket session.
         let conn_slot = Arc::clone(&self.slot);
-        // What the session holds until it ends: its places in the budgets, the shutdown tracker.
-        let held = (token, slot, conn_slot, admission);
         // One task per kind of session, each only as large as its own state: a device task does
         // not carry room for a dashboard session over the concrete stream type (with TLS that
         // room was 8.5 KiB per idle device).
         match peer {
             Peer::Device => {
+                // What the session holds until it ends: its places in the budgets, the shutdown
+                // tracker.
+                let held = device::Held {
+                    token,
+                    slot,
+                    socket: conn_slot,
+                };
+                let parking = self.parking.clone();
                 tokio::spawn(async move {
-                    let _held = held;
                     match on_upgrade.await {
                         Ok(upgraded) => {
-                            let ws = WebSocketStream::from_raw_socket(
-                                TokioIo::new(upgraded),
-                                WsRole::Server,
-                                Some(config),
-                            )
-                            .await;
-                            device::session(ws, shared, shutdown, grant).await;
+                            if let Ok(parts) = upgraded.downcast::<TokioIo<Lenient<T>>>() {
+                                let (io, pending) = parts.io.into_inner().into_parts();
+                                let io = io.into_device();
+                                // Bytes read past the upgrade request: the first frames.
+                                let mut preread = parts.read_buf.to_vec();
+                                preread.extend_from_slice(&pending);
+                                device::session(
+                                    io, preread, shared, shutdown, grant, held, parking,
+                                )
+                                .await;
+                            } else {
+                                debug!("websocket upgrade over an unexpected stream type");
+                            }
                         }
                         Err(e) => debug!(%e, "websocket upgrade failed"),
                     }
                 });
             }
             Peer::Dashboard => {
+                let config = ws_config(&shared);
+                let held = (token, slot, conn_slot, admission);
                 tokio::spawn(async move {
                     let _held = held;
                     match on_upgrade.await {

@@ -233,6 +233,18 @@ impl Ingest {
         }
     }
 
+    /// The intake of a connection back from the parking lot.
+    pub(crate) fn resume(&self, parked: ParkedIntake) -> Intake<'_> {
+        Intake {
+            ingest: self,
+            bound: parked.bound,
+            owner: parked.owner,
+            attached: parked.attached,
+            acks: Arc::new(AckQueue::default()),
+            submitted: 0,
+        }
+    }
+
     /// The handle the cluster's presence asks for rechecks with.
     pub(crate) fn recheck(&self) -> Recheck {
         Recheck(self.tx.clone())
@@ -342,7 +354,26 @@ pub(crate) struct Intake<'a> {
     submitted: u64,
 }
 
+/// What a parked connection keeps of its [`Intake`]: nothing of it is in flight then.
+#[derive(Debug)]
+pub(crate) struct ParkedIntake {
+    bound: Option<Serial>,
+    owner: Option<Arc<str>>,
+    attached: HashSet<Serial>,
+}
+
 impl Intake<'_> {
+    /// Keep only what outlives an idle spell: the binding and the serials kept online (the
+    /// answers' queue is made anew on [`Ingest::resume`], every write being answered).
+    pub(crate) fn park(self) -> ParkedIntake {
+        debug_assert_eq!(self.acks.answered(), self.submitted);
+        ParkedIntake {
+            bound: self.bound,
+            owner: self.owner,
+            attached: self.attached,
+        }
+    }
+
     /// Accept messages for `serial` only (the serial of the connection's device token), whose
     /// record gets `owner` (the token's), if given.
     pub(crate) fn bind(&mut self, serial: Serial, owner: Option<Arc<str>>) {

@@ -40,6 +40,14 @@ impl<S> Lenient<S> {
         &self.inner
     }
 
+    /// The wrapped socket, and the bytes already read from it that were not handed on yet (after an
+    /// upgrade: the first bytes of the new protocol).
+    pub(crate) fn into_parts(mut self) -> (S, Vec<u8>) {
+        let mut pending = self.out.split_off(self.taken);
+        pending.append(&mut self.line);
+        (self.inner, pending)
+    }
+
     pub(crate) fn new(inner: S) -> Lenient<S> {
         Lenient {
             inner,

@@ -92,16 +92,21 @@ impl Liveness {
     {
         // One non-blocking attempt to write the pongs out.
         match ws.flush().now_or_never() {
-            Some(Ok(())) => {
-                self.blocked_pings = 0;
-                Ok(true)
-            }
+            Some(Ok(())) => Ok(self.pong_written(true)),
             Some(Err(e)) => Err(e),
-            None => {
-                self.blocked_pings += 1;
-                Ok(self.blocked_pings < PONG_BACKLOG)
-            }
+            None => Ok(self.pong_written(false)),
         }
+    }
+
+    /// The pong for a ping from the peer was written out (`written`), or could not be. Whether the
+    /// peer still reads: `false` once [`PONG_BACKLOG`] pongs in a row could not be written.
+    pub(crate) fn pong_written(&mut self, written: bool) -> bool {
+        if written {
+            self.blocked_pings = 0;
+        } else {
+            self.blocked_pings += 1;
+        }
+        self.blocked_pings < PONG_BACKLOG
     }
 }
 

@@ -91,6 +91,8 @@ impl RejectClass {
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     pub device_connections: AtomicU64,
+    /// Idle device connections waiting in the parking lot (counted in `device_connections` too).
+    pub device_parked: AtomicU64,
     pub dashboard_connections: AtomicU64,
     pub connections_refused_limit: AtomicU64,
     pub connections_refused_origin: AtomicU64,
@@ -226,6 +228,12 @@ impl Metrics {
                 ("{role=\"device\"}", get(&self.device_connections)),
                 ("{role=\"dashboard\"}", get(&self.dashboard_connections)),
             ],
+        );
+        metric(
+            "smart_connections_parked",
+            "gauge",
+            "Idle device connections parked without a task or buffer (counted in smart_connections too).",
+            &[("", get(&self.device_parked))],
         );
         metric(
             "smart_connections_refused_total",

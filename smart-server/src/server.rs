@@ -95,6 +95,8 @@ impl Server {
         } = self;
         info!(%local_addr, tls = tls.is_some(), "serving");
         let routes = warp::service(http::routes(Arc::clone(&shared)));
+        // Idle plain-TCP device connections wait here without a task (device/park.rs).
+        let parking = crate::device::parking(&shared, &watcher);
         tokio::pin!(shutdown);
         let mut last_refusal_log: Option<Instant> = None;
         loop {
@@ -112,17 +114,17 @@ impl Server {
                             refuse(stream, &shared, &mut last_refusal_log);
                             continue;
                         };
-                        let (shared, routes, watcher) = (Arc::clone(&shared), routes.clone(), watcher.clone());
+                        let (shared, routes, watcher, parking) = (Arc::clone(&shared), routes.clone(), watcher.clone(), parking.clone());
                         match tls.clone() {
                             None => {
-                                tokio::spawn(http::serve_connection(stream, slot, shared, routes, watcher, token));
+                                tokio::spawn(http::serve_connection(stream, slot, shared, routes, watcher, token, parking));
                             }
                             Some(acceptor) => {
                                 tokio::spawn(async move {
                                     // The handshake runs in the connection's own task, bounded in time.
                                     match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                         Ok(Ok(stream)) => {
-                                            http::serve_connection(stream, slot, shared, routes, watcher, token).await;
+                                            http::serve_connection(stream, slot, shared, routes, watcher, token, parking).await;
                                         }
                                         Ok(Err(e)) => debug!(%e, "TLS handshake failed"),
                                         Err(_) => debug!("TLS handshake timed out"),

@@ -17,7 +17,7 @@ use crate::conns::{Budget, Conns};
 use crate::fleet::Fleet;
 use crate::history::History;
 use crate::hub::{Hub, Limits};
-use crate::ingest::{self, Ingest, Intake};
+use crate::ingest::{self, Ingest, Intake, ParkedIntake};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Store;
 
@@ -144,6 +144,11 @@ impl Shared {
     /// A device connection's side of the ingest path.
     pub(crate) fn intake(&self) -> Intake<'_> {
         self.ingest.intake()
+    }
+
+    /// The intake of a device connection back from the parking lot.
+    pub(crate) fn resume_intake(&self, parked: ParkedIntake) -> Intake<'_> {
+        self.ingest.resume(parked)
     }
 
     /// The history (reads only), unless `--history off`.

@@ -1,5 +1,5 @@
-//! Websocket plumbing both sessions (`device`, `dashboard`) share: what a frame read from the peer
-//! is ([`Frame`]), how a session ends ([`End`]) and the closing handshake ([`finish`]), the close
+//! Websocket plumbing both sessions (`device`, `dashboard`) share: what a frame read by tungstenite
+//! is ([`Frame`]; the dashboard's, devices have their own codec), how a session ends ([`End`]) and the closing handshake ([`finish`]), the close
 //! frames the server sends, and the write timeout after which a peer that accepts nothing is dropped.
 //!
 //! One rule for both kinds of peer: a text frame that is not UTF-8 closes that connection with 1007
@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -35,7 +34,7 @@ pub(crate) enum Frame {
     /// The peer sent a close frame, or the stream ended.
     Closed,
     /// A frame or message over `--max-frame-bytes`: close with 1009.
-    TooLarge(CapacityError),
+    TooLarge,
     /// A text frame that is not UTF-8: close with 1007.
     NotUtf8,
     /// The socket failed; nothing more can be sent.
@@ -52,7 +51,7 @@ impl Frame {
             Some(Ok(Message::Ping(_))) => Frame::Ping,
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => Frame::Pong,
             Some(Ok(Message::Close(_))) | None => Frame::Closed,
-            Some(Err(WsError::Capacity(e))) => Frame::TooLarge(e),
+            Some(Err(WsError::Capacity(_))) => Frame::TooLarge,
             Some(Err(WsError::Utf8(_))) => Frame::NotUtf8,
             Some(Err(e)) => Frame::Failed(e),
         }

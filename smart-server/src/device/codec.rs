@@ -1,0 +1,589 @@
+//! The device websocket's frames (RFC 6455, server side), with every piece of state explicit: the
+//! bytes of a frame not complete yet, a fragmented message being assembled, replies not written yet.
+//! So a session can tell when nothing is in flight ([`Inbound::is_clean`], [`Outbound::is_empty`])
+//! and hand its socket to the parking lot without a buffer (`park.rs`).
+//!
+//! Headers are parsed and formatted by tungstenite's frame API ([`FrameHeader`]); the rules are
+//! tungstenite's for a server: client frames must be masked, no reserved bits or opcodes, control
+//! frames final and at most 125 bytes, continuations only inside a fragmented message, a close
+//! frame's code must be one a peer may send. A violation ends the connection without a close frame
+//! (as tungstenite did); a frame or message over the size limit is refused with 1009, a text message
+//! that is not UTF-8 with 1007.
+
+use std::io::Cursor;
+
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+
+/// The read buffer's size while a connection is active: a device frame is 77–600 bytes, so an UPDT
+/// takes one read; a larger frame grows it to the frame's size.
+pub(crate) const READ_CHUNK: usize = 256;
+
+/// A control frame's payload is at most this long (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// One message (or control frame) read from the device.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Event<'a> {
+    /// A whole text message.
+    Text(&'a str),
+    /// A whole binary message (its content is not used).
+    Binary,
+    /// A ping, with its payload (the pong echoes it).
+    Ping(&'a [u8]),
+    /// A pong.
+    Pong,
+    /// A close frame, with the reply it is owed (the peer's code and reason echoed, or 1002 for a
+    /// code a peer may not send; `None` for a close frame without a code).
+    Close(Option<CloseFrame>),
+}
+
+/// Why the device's frames cannot be read on.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// A frame or message over the size limit: close with 1009.
+    TooLarge { size: u64, max: usize },
+    /// A text message (or a close frame's reason) that is not UTF-8: close with 1007.
+    NotUtf8,
+    /// Not a websocket frame a client may send: the connection is dropped.
+    Protocol(&'static str),
+}
+
+/// The device's bytes not taken yet, and the message being assembled from fragments.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    /// Bytes read from the socket; those before `start` are taken.
+    buf: Vec<u8>,
+    start: usize,
+    /// A fragmented message in progress: whether it is text, and its payload so far.
+    partial: Option<(bool, Vec<u8>)>,
+    /// The last message assembled from fragments (lent out by [`Inbound::next`]).
+    assembled: Vec<u8>,
+    /// `--max-frame-bytes`: the largest frame, and the largest message.
+    max: usize,
+}
+
+impl Inbound {
+    pub(crate) fn new(max: usize) -> Inbound {
+        Inbound {
+            buf: Vec::new(),
+            start: 0,
+            partial: None,
+            assembled: Vec::new(),
+            max,
+        }
+    }
+
+    /// `bytes` arrived before the session took the socket (read past the HTTP upgrade).
+    pub(crate) fn preload(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Nothing of a frame or message is pending: the connection can be parked without a buffer.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.start == self.buf.len() && self.partial.is_none()
+    }
+
+    /// Free the buffers (only sensible when [`Inbound::is_clean`]).
+    pub(crate) fn release(&mut self) {
+        self.buf = Vec::new();
+        self.start = 0;
+        self.assembled = Vec::new();
+    }
+
+    /// The buffer to read more bytes into, with room for at least [`READ_CHUNK`] bytes or the rest
+    /// of the frame in progress (taken bytes are dropped first).
+    pub(crate) fn space(&mut self) -> &mut Vec<u8> {
+        if self.start == self.buf.len() && self.buf.capacity() > 4 * READ_CHUNK {
+            // A large frame is done with: do not keep its room for the connection's life.
+            self.buf = Vec::new();
+            self.start = 0;
+        } else if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let need = match parse_header(&self.buf) {
+            Ok(Some((_, header_len, len))) if len <= self.max as u64 => {
+                (header_len + len as usize).saturating_sub(self.buf.len())
+            }
+            _ => 0,
+        };
+        let want = need.max(READ_CHUNK);
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want);
+        }
+        &mut self.buf
+    }
+
+    /// The next whole message or control frame among the bytes read, if one is complete.
+    pub(crate) fn next(&mut self) -> Result<Option<Event<'_>>, Violation> {
+        if !self.assembled.is_empty() {
+            self.assembled = Vec::new();
+        }
+        loop {
+            let rest = &self.buf[self.start..];
+            let Some((header, header_len, len)) = parse_header(rest)? else {
+                return Ok(None);
+            };
+            if len > self.max as u64 {
+                return Err(Violation::TooLarge {
+                    size: len,
+                    max: self.max,
+                });
+            }
+            let len = len as usize;
+            if rest.len() < header_len + len {
+                return Ok(None);
+            }
+            if header.rsv1 || header.rsv2 || header.rsv3 {
+                return Err(Violation::Protocol("reserved bits set"));
+            }
+            let Some(mask) = header.mask else {
+                return Err(Violation::Protocol("unmasked frame from a client"));
+            };
+            let from = self.start + header_len;
+            let to = from + len;
+            self.start = to;
+            unmask(&mut self.buf[from..to], mask);
+            match header.opcode {
+                OpCode::Control(control) => {
+                    if !header.is_final {
+                        return Err(Violation::Protocol("fragmented control frame"));
+                    }
+                    if len > MAX_CONTROL_PAYLOAD {
+                        return Err(Violation::Protocol("control frame too long"));
+                    }
+                    let payload = &self.buf[from..to];
+                    return match control {
+                        Control::Ping => Ok(Some(Event::Ping(payload))),
+                        Control::Pong => Ok(Some(Event::Pong)),
+                        Control::Close => {
+                            close_reply(payload).map(|reply| Some(Event::Close(reply)))
+                        }
+                        Control::Reserved(_) => Err(Violation::Protocol("unknown control opcode")),
+                    };
+                }
+                OpCode::Data(data) => {
+                    let text = match (data, &mut self.partial) {
+                        (Data::Continue, None) => {
+                            return Err(Violation::Protocol("continuation outside a message"));
+                        }
+                        (Data::Continue, Some((text, so_far))) => {
+                            if so_far.len() + len > self.max {
+                                return Err(Violation::TooLarge {
+                                    size: (so_far.len() + len) as u64,
+                                    max: self.max,
+                                });
+                            }
+                            so_far.extend_from_slice(&self.buf[from..to]);
+                            if !header.is_final {
+                                continue;
+                            }
+                            let text = *text;
+                            if let Some((_, whole)) = self.partial.take() {
+                                self.assembled = whole;
+                            }
+                            return message(text, &self.assembled);
+                        }
+                        (Data::Text, None) => true,
+                        (Data::Binary, None) => false,
+                        (Data::Text | Data::Binary, Some(_)) => {
+                            return Err(Violation::Protocol("new message inside a fragmented one"));
+                        }
+                        (Data::Reserved(_), _) => {
+                            return Err(Violation::Protocol("unknown data opcode"));
+                        }
+                    };
+                    if header.is_final {
+                        return message(text, &self.buf[from..to]);
+                    }
+                    self.partial = Some((text, self.buf[from..to].to_vec()));
+                }
+            }
+        }
+    }
+}
+
+/// The header at the start of `bytes` with its length and the payload's, once it is complete.
+fn parse_header(bytes: &[u8]) -> Result<Option<(FrameHeader, usize, u64)>, Violation> {
+    let mut cursor = Cursor::new(bytes);
+    match FrameHeader::parse(&mut cursor) {
+        Ok(Some((header, len))) => Ok(Some((header, cursor.position() as usize, len))),
+        Ok(None) => Ok(None),
+        Err(_) => Err(Violation::Protocol("bad frame header")),
+    }
+}
+
+fn message(text: bool, payload: &[u8]) -> Result<Option<Event<'_>>, Violation> {
+    if !text {
+        return Ok(Some(Event::Binary));
+    }
+    match std::str::from_utf8(payload) {
+        Ok(text) => Ok(Some(Event::Text(text))),
+        Err(_) => Err(Violation::NotUtf8),
+    }
+}
+
+/// The reply a close frame with `payload` is owed (tungstenite's rule: the peer's frame echoed, a
+/// code a peer may not send answered with 1002).
+fn close_reply(payload: &[u8]) -> Result<Option<CloseFrame>, Violation> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Violation::Protocol("close frame of one byte")),
+        [hi, lo, reason @ ..] => {
+            let code = CloseCode::from(u16::from_be_bytes([*hi, *lo]));
+            let reason = std::str::from_utf8(reason).map_err(|_| Violation::NotUtf8)?;
+            Ok(Some(if code.is_allowed() {
+                CloseFrame {
+                    code,
+                    reason: reason.to_owned().into(),
+                }
+            } else {
+                CloseFrame {
+                    code: CloseCode::Protocol,
+                    reason: "Protocol violation".into(),
+                }
+            }))
+        }
+    }
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, byte) in payload.iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+}
+
+/// Frames for the device, formatted and not written yet.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    buf: Vec<u8>,
+    /// Beyond this many bytes waiting, the device does not read: more is refused.
+    max: usize,
+}
+
+/// The device's unread frames fill the write buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Full;
+
+impl Outbound {
+    pub(crate) fn new(max: usize) -> Outbound {
+        Outbound {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The bytes to write.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// `n` bytes were written.
+    pub(crate) fn written(&mut self, n: usize) {
+        self.buf.drain(..n.min(self.buf.len()));
+        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Free the buffer (only sensible when empty).
+    pub(crate) fn release(&mut self) {
+        self.buf = Vec::new();
+    }
+
+    /// Queue a text frame.
+    pub(crate) fn text(&mut self, text: &str) -> Result<(), Full> {
+        self.frame(OpCode::Data(Data::Text), text.as_bytes())
+    }
+
+    /// Queue a ping without payload.
+    pub(crate) fn ping(&mut self) -> Result<(), Full> {
+        self.frame(OpCode::Control(Control::Ping), &[])
+    }
+
+    /// Queue the pong for a ping with `payload`.
+    pub(crate) fn pong(&mut self, payload: &[u8]) -> Result<(), Full> {
+        self.frame(OpCode::Control(Control::Pong), payload)
+    }
+
+    /// Queue a close frame (`None`: without a code).
+    pub(crate) fn close(&mut self, frame: Option<&CloseFrame>) -> Result<(), Full> {
+        let mut payload = Vec::new();
+        if let Some(frame) = frame {
+            payload.extend_from_slice(&u16::from(frame.code).to_be_bytes());
+            payload.extend_from_slice(frame.reason.as_bytes());
+        }
+        self.frame(OpCode::Control(Control::Close), &payload)
+    }
+
+    fn frame(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), Full> {
+        let header = FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        };
+        let len = payload.len() as u64;
+        if self.buf.len() + header.len(len) + payload.len() > self.max {
+            return Err(Full);
+        }
+        if header.format(len, &mut self.buf).is_err() {
+            // Formatting into a Vec cannot fail.
+            return Err(Full);
+        }
+        self.buf.extend_from_slice(payload);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A client frame: `first` is the first header byte (FIN, RSV, opcode).
+    fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        let mut out = vec![first];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => out.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                out.push(mask_bit | 0x7e);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(mask_bit | 0x7f);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            out.extend_from_slice(&MASK);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        out
+    }
+
+    fn text(payload: &str) -> Vec<u8> {
+        client_frame(0x81, payload.as_bytes(), true)
+    }
+
+    fn events(inbound: &mut Inbound) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match inbound.next() {
+                Ok(Some(event)) => out.push(format!("{event:?}")),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(format!("{e:?}"));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_text_frame_arriving_byte_by_byte_is_one_message_once_complete() {
+        let frame = text(r#"{"hello":"world"}"#);
+        let mut inbound = Inbound::new(1024);
+        for (i, byte) in frame.iter().enumerate() {
+            assert!(events(&mut inbound).is_empty(), "complete after {i} bytes?");
+            assert_eq!(inbound.is_clean(), i == 0);
+            inbound.space().push(*byte);
+        }
+        assert_eq!(events(&mut inbound), [r#"Text("{\"hello\":\"world\"}")"#]);
+        assert!(inbound.is_clean());
+    }
+
+    #[test]
+    fn several_frames_in_one_read_come_out_in_order() {
+        let mut bytes = text("one");
+        bytes.extend(client_frame(0x89, b"pp", true));
+        bytes.extend(client_frame(0x82, &[1, 2, 3], true));
+        bytes.extend(client_frame(0x8a, b"", true));
+        bytes.extend(text("two"));
+        let mut inbound = Inbound::new(1024);
+        inbound.preload(&bytes);
+        assert_eq!(
+            events(&mut inbound),
+            [
+                r#"Text("one")"#,
+                "Ping([112, 112])",
+                "Binary",
+                "Pong",
+                r#"Text("two")"#
+            ]
+        );
+        assert!(inbound.is_clean());
+    }
+
+    #[test]
+    fn fragments_are_assembled_with_control_frames_between_them() {
+        let mut bytes = client_frame(0x01, b"he", true);
+        bytes.extend(client_frame(0x89, b"", true));
+        bytes.extend(client_frame(0x00, b"ll", true));
+        let mut inbound = Inbound::new(1024);
+        inbound.preload(&bytes);
+        assert_eq!(events(&mut inbound), ["Ping([])"]);
+        assert!(!inbound.is_clean(), "a message is half assembled");
+        inbound
+            .space()
+            .extend(client_frame(0x80, "o ✓".as_bytes(), true));
+        assert_eq!(events(&mut inbound), [r#"Text("hello ✓")"#]);
+        assert!(inbound.is_clean());
+    }
+
+    #[test]
+    fn a_frame_or_message_over_the_limit_is_too_large_before_it_is_read() {
+        let mut inbound = Inbound::new(100);
+        // Only the header of a 1-MB frame: refused without waiting for the payload.
+        inbound.preload(&client_frame(0x81, &vec![b'a'; 1 << 20], true)[..14]);
+        assert_eq!(
+            inbound.next(),
+            Err(Violation::TooLarge {
+                size: 1 << 20,
+                max: 100
+            })
+        );
+        let mut inbound = Inbound::new(100);
+        let mut bytes = client_frame(0x01, &[b'a'; 60], true);
+        bytes.extend(client_frame(0x80, &[b'a'; 60], true));
+        inbound.preload(&bytes);
+        assert_eq!(
+            inbound.next(),
+            Err(Violation::TooLarge {
+                size: 120,
+                max: 100
+            })
+        );
+    }
+
+    #[test]
+    fn a_frame_at_the_limit_gets_room_to_be_read_whole() {
+        let frame = client_frame(0x81, &[b'x'; 5000], true);
+        let mut inbound = Inbound::new(5000);
+        inbound.preload(&frame[..10]);
+        let space = inbound.space();
+        assert!(space.capacity() - space.len() >= frame.len() - 10);
+        space.extend_from_slice(&frame[10..]);
+        assert_eq!(events(&mut inbound).len(), 1);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_refused_whole_or_fragmented() {
+        let mut inbound = Inbound::new(100);
+        inbound.preload(&client_frame(0x81, &[0xff, 0xfe], true));
+        assert_eq!(inbound.next(), Err(Violation::NotUtf8));
+        // A character split between two fragments is fine.
+        let mut inbound = Inbound::new(100);
+        let check = "✓".as_bytes();
+        let mut bytes = client_frame(0x01, &check[..1], true);
+        bytes.extend(client_frame(0x80, &check[1..], true));
+        inbound.preload(&bytes);
+        assert_eq!(events(&mut inbound), [r#"Text("✓")"#]);
+    }
+
+    #[test]
+    fn protocol_violations_are_named() {
+        let cases: [(Vec<u8>, &str); 8] = [
+            (
+                client_frame(0x81, b"x", false),
+                "unmasked frame from a client",
+            ),
+            (client_frame(0xc1, b"x", true), "reserved bits set"),
+            // tungstenite's header parser refuses reserved opcodes.
+            (client_frame(0x83, b"x", true), "bad frame header"),
+            (client_frame(0x8b, b"x", true), "bad frame header"),
+            (client_frame(0x09, b"x", true), "fragmented control frame"),
+            (
+                client_frame(0x89, &[0; 126], true),
+                "control frame too long",
+            ),
+            (
+                client_frame(0x80, b"x", true),
+                "continuation outside a message",
+            ),
+            (client_frame(0x88, &[3], true), "close frame of one byte"),
+        ];
+        for (bytes, why) in cases {
+            let mut inbound = Inbound::new(1000);
+            inbound.preload(&bytes);
+            assert_eq!(inbound.next(), Err(Violation::Protocol(why)));
+        }
+        let mut inbound = Inbound::new(1000);
+        let mut bytes = client_frame(0x01, b"x", true);
+        bytes.extend(text("y"));
+        inbound.preload(&bytes);
+        assert_eq!(
+            inbound.next(),
+            Err(Violation::Protocol("new message inside a fragmented one"))
+        );
+    }
+
+    #[test]
+    fn a_close_frame_is_echoed_unless_its_code_is_not_for_peers() {
+        let mut inbound = Inbound::new(1000);
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        let mut bytes = client_frame(0x88, &payload, true);
+        bytes.extend(client_frame(0x88, &1005u16.to_be_bytes(), true));
+        bytes.extend(client_frame(0x88, b"", true));
+        inbound.preload(&bytes);
+        let Ok(Some(Event::Close(Some(reply)))) = inbound.next() else {
+            panic!("a close frame");
+        };
+        assert_eq!(
+            (u16::from(reply.code), reply.reason.as_str()),
+            (1000, "bye")
+        );
+        let Ok(Some(Event::Close(Some(reply)))) = inbound.next() else {
+            panic!("a close frame");
+        };
+        assert_eq!(u16::from(reply.code), 1002);
+        assert_eq!(inbound.next(), Ok(Some(Event::Close(None))));
+    }
+
+    #[test]
+    fn outbound_frames_are_unmasked_and_bounded() {
+        let mut out = Outbound::new(64);
+        out.text("OK").unwrap();
+        out.pong(b"p").unwrap();
+        out.close(Some(&CloseFrame {
+            code: CloseCode::Away,
+            reason: "bye".into(),
+        }))
+        .unwrap();
+        assert_eq!(
+            out.bytes(),
+            [
+                &[0x81, 2][..],
+                b"OK",
+                &[0x8a, 1],
+                b"p",
+                &[0x88, 5, 0x03, 0xe9],
+                b"bye"
+            ]
+            .concat()
+        );
+        out.written(4);
+        assert_eq!(out.len(), 10);
+        assert_eq!(out.text(&"x".repeat(60)), Err(Full));
+        assert_eq!(out.len(), 10, "a refused frame leaves nothing behind");
+        let mut big = Outbound::new(1 << 20);
+        big.text(&"y".repeat(70_000)).unwrap();
+        assert_eq!(
+            &big.bytes()[..10],
+            [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! Idle device connections are parked (device/park.rs): no task, no buffer, the socket out of the
+//! runtime. Everything a device may do still works on a parked connection, on the real binary:
+//! its next message is acked in order, a half-sent message keeps it awake, pings and the idle timeout
+//! still come, a revoked token and shutdown still close it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// `smart_connections_parked` (`auth`: an `Authorization` header, when the server requires one).
+async fn parked(addr: SocketAddr, auth: &[(&str, &str)]) -> u64 {
+    let metrics = http_get(addr, "/metrics", auth).await;
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    metric_or_zero(&metrics.body, "smart_connections_parked")
+}
+
+/// Wait until exactly `n` device connections are parked.
+async fn until_parked(addr: SocketAddr, n: u64) {
+    until_parked_as(addr, n, &[]).await;
+}
+
+async fn until_parked_as(addr: SocketAddr, n: u64, auth: &[(&str, &str)]) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let now = parked(addr, auth).await;
+        if now == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} connections parked, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Read server frames from a raw socket until `count` have arrived.
+async fn frames(stream: &mut TcpStream, count: usize) -> Vec<(u8, Vec<u8>)> {
+    let mut bytes = Vec::new();
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let got = server_frames(&bytes);
+            if got.len() >= count {
+                return got;
+            }
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {got:?}");
+            bytes.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("timed out waiting for frames")
+}
+
+fn text(frame: &(u8, Vec<u8>)) -> String {
+    assert_eq!(frame.0, 0x1, "not a text frame: {frame:?}");
+    String::from_utf8(frame.1.clone()).unwrap()
+}
+
+fn ok_text(mid: &str, serial: &str) -> serde_json::Value {
+    json!({"type": "INFO", "message": format!("{mid}:{serial}:OK")})
+}
+
+fn json_of(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
+}
+
+#[tokio::test]
+async fn parked_devices_are_acked_in_order_and_a_half_sent_message_keeps_one_awake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, addr) = spawn_binary(dir.path()).await;
+    let (mut dash, _) = dashboard(addr).await;
+
+    let mut devices = Vec::new();
+    for i in 0..20 {
+        let mut ws = device(addr).await;
+        send_ok(&mut ws, "0001", &format!("P{i:03}"), &json!({"battery": i})).await;
+        devices.push(ws);
+    }
+    until_parked(addr, 20).await;
+    // Back from the lot: three pipelined messages each, acked in order, shown to the dashboard.
+    for (i, ws) in devices.iter_mut().enumerate() {
+        let serial = format!("P{i:03}");
+        for mid in ["0002", "0003", "0004"] {
+            send(ws, &updt(mid, &serial, &json!({"battery": 100 + i}))).await;
+        }
+        for mid in ["0002", "0003", "0004"] {
+            assert_eq!(recv_json(ws).await, ok_text(mid, &serial));
+        }
+    }
+    // The dashboard saw the first update of the last device, then its three from the lot.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&json!(119)) {
+        let (_, body) = next_updt_for(&mut dash, "P019").await;
+        seen.push(body["battery"].clone());
+        assert!(seen.len() <= 4, "{seen:?}");
+    }
+    assert_eq!(seen[0], 19);
+    until_parked(addr, 20).await;
+
+    // A message sent in fragments, with a ping between them and a pause longer than a parked
+    // connection waits: the half-sent message keeps the connection in its task, and is acked whole.
+    let (status, mut raw) = upgrade_raw(addr, "/update/", None, &[]).await;
+    assert_eq!(status, 101);
+    assert_eq!(text(&frames(&mut raw, 1).await[0]), DEVICE_WELCOME);
+    until_parked(addr, 21).await;
+    let message = updt("0001", "R001", &json!({"battery": 77}));
+    let (head, tail) = message.as_bytes().split_at(20);
+    let mut first = client_frame(0x1, head);
+    first[0] &= 0x7f; // not final
+    raw.write_all(&first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        parked(addr, &[]).await,
+        20,
+        "a half-sent message was parked"
+    );
+    let mut rest = client_frame(0x9, b"still here");
+    rest.extend(client_frame(0x0, tail));
+    raw.write_all(&rest).await.unwrap();
+    let got = frames(&mut raw, 2).await;
+    assert_eq!(got[0], (0xa, b"still here".to_vec()), "the pong: {got:?}");
+    assert_eq!(json_of(&text(&got[1])), ok_text("0001", "R001"));
+    until_parked(addr, 21).await;
+
+    // The first frame in the same packet as the upgrade request.
+    let mut request = format!(
+        "GET /update/ HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend(client_frame(
+        0x1,
+        updt("0001", "R002", &json!({"battery": 1})).as_bytes(),
+    ));
+    let mut eager = TcpStream::connect(addr).await.unwrap();
+    eager.write_all(&request).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        assert_eq!(eager.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let got = frames(&mut eager, 2).await;
+    assert_eq!(text(&got[0]), DEVICE_WELCOME);
+    assert_eq!(json_of(&text(&got[1])), ok_text("0001", "R002"));
+    until_parked(addr, 22).await;
+
+    // A close from a parked device is answered, and it leaves the lot.
+    raw.write_all(&client_frame(0x8, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let bytes = read_until_closed(&mut raw, TIMEOUT).await.unwrap();
+    assert_eq!(
+        server_frames(&bytes),
+        [(0x8, 1000u16.to_be_bytes().to_vec())]
+    );
+    until_parked(addr, 21).await;
+}
+
+#[tokio::test]
+async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let tokens: Vec<String> = ["0001", "0002", "0003"]
+        .iter()
+        .map(|serial| issue(dir.path(), serial))
+        .collect();
+    let (_, err, ok) = cli(
+        dir.path(),
+        &["user", "add", "ops", "--role", "viewer"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "{err}");
+    let login = basic("ops", PASSWORD);
+    let auth = [("Authorization", login.as_str())];
+    let (mut child, addr) = spawn_binary_env(
+        dir.path(),
+        &[
+            ("SMART_AUTH", OsStr::new("required")),
+            ("SMART_IDLE_TIMEOUT", OsStr::new("3")),
+        ],
+        &log,
+    )
+    .await;
+    let mut answering = device_with(addr, "/update/", Some(&tokens[0])).await;
+    let mut revoked = device_with(addr, "/update/", Some(&tokens[1])).await;
+    let bearer = format!("Bearer {}", tokens[2]);
+    let (status, mut silent) =
+        upgrade_raw(addr, "/update/", None, &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 101);
+    for (ws, serial) in [(&mut answering, "0001"), (&mut revoked, "0002")] {
+        let reply = exchange(ws, &updt("0001", serial, &json!({"battery": 1}))).await;
+        assert_eq!(reply["message"], format!("0001:{serial}:OK"), "{reply}");
+    }
+    until_parked_as(addr, 3, &auth).await;
+
+    // A revoked token closes its parked connection with 1008.
+    let (_, err, ok) = cli(dir.path(), &["token", "revoke", "0002"], "");
+    assert!(ok, "{err}");
+    let close = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match revoked.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.unwrap(),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a parked connection outlived its token");
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+
+    // Parked and silent: pinged at half the idle timeout, closed with 1001 at its end. Parked and
+    // answering (tungstenite answers pings while `next` is polled): pinged, and kept.
+    let started = tokio::time::Instant::now();
+    let (pings, bytes) = tokio::join!(
+        async {
+            let mut pings = 0;
+            while let Ok(Some(Ok(msg))) =
+                tokio::time::timeout_at(started + Duration::from_secs(5), answering.next()).await
+            {
+                assert!(matches!(msg, Message::Ping(_)), "{msg:?}");
+                pings += 1;
+            }
+            pings
+        },
+        read_until_closed(&mut silent, Duration::from_secs(10))
+    );
+    let bytes = bytes.expect("a silent parked connection was never closed");
+    let got = server_frames(&bytes);
+    assert_eq!(got[0].0, 0x1, "the welcome first: {got:?}");
+    assert_eq!(got[1], (0x9, Vec::new()), "then a ping: {got:?}");
+    let (opcode, payload) = got.last().unwrap();
+    assert_eq!(*opcode, 0x8);
+    assert_eq!(&payload[..2], 1001u16.to_be_bytes());
+    assert_eq!(&payload[2..], b"idle timeout");
+    assert!(pings >= 1, "the answering device was never pinged");
+    let reply = exchange(
+        &mut answering,
+        &updt("0002", "0001", &json!({"battery": 2})),
+    )
+    .await;
+    assert_eq!(reply["message"], "0002:0001:OK", "{reply}");
+
+    // Shutdown closes parked connections with 1001 too, and the server exits.
+    until_parked_as(addr, 1, &auth).await;
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let close = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match answering.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.unwrap(),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a parked connection was not closed at shutdown");
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+    assert_eq!(close.reason.as_str(), "server shutting down");
+    let status = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
