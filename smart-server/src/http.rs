@@ -563,15 +563,13 @@ impl Ctx {
                     match on_upgrade.await {
                         Ok(upgraded) => {
                             if let Ok(parts) = upgraded.downcast::<TokioIo<Lenient<T>>>() {
-                                let (io, pending) = parts.io.into_inner().into_parts();
+                                let (io, preread) = upgraded_parts(parts);
                                 let io = io.into_device();
-                                // Bytes read past the upgrade request: the first frames.
-                                let mut preread = parts.read_buf.to_vec();
-                                preread.extend_from_slice(&pending);
-                                device::session(
+                                // A task of its own, as small as the session: this one, which
+                                // waited for the upgrade, ends here.
+                                tokio::spawn(device::session(
                                     io, preread, shared, shutdown, grant, held, parking,
-                                )
-                                .await;
+                                ));
                             } else {
                                 debug!("websocket upgrade over an unexpected stream type");
                             }
@@ -606,6 +604,17 @@ impl Ctx {
     }
 }
 
+/// The socket of an upgraded connection, and the bytes read past the upgrade request (the first
+/// frames). hyper's `read_buf` is dropped here: it may be a view of the connection's whole HTTP read
+/// buffer (8 KiB and more), which a session holding it would keep for its life.
+fn upgraded_parts<T>(parts: hyper::upgrade::Parts<TokioIo<Lenient<T>>>) -> (T, Vec<u8>) {
+    let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+    let (io, pending) = io.into_inner().into_parts();
+    let mut preread = read_buf.to_vec();
+    preread.extend_from_slice(&pending);
+    (io, preread)
+}
+
 /// A dashboard's websocket session on its upgraded connection: its socket's send buffer is bounded
 /// first (see [`DASHBOARD_SEND_BUFFER`]).
 async fn dashboard_session<T: Transport>(
@@ -618,19 +627,15 @@ async fn dashboard_session<T: Transport>(
 ) {
     match upgraded.downcast::<TokioIo<Lenient<T>>>() {
         Ok(parts) => {
-            let stream = parts.io.into_inner();
-            if let Err(e) = socket2::SockRef::from(stream.get_ref().tcp())
-                .set_send_buffer_size(DASHBOARD_SEND_BUFFER)
+            let (stream, preread) = upgraded_parts(parts);
+            if let Err(e) =
+                socket2::SockRef::from(stream.tcp()).set_send_buffer_size(DASHBOARD_SEND_BUFFER)
             {
                 debug!(%e, "could not bound a dashboard's send buffer");
             }
-            let ws = WebSocketStream::from_partially_read(
-                stream,
-                parts.read_buf.to_vec(),
-                WsRole::Server,
-                Some(config),
-            )
-            .await;
+            let ws =
+                WebSocketStream::from_partially_read(stream, preread, WsRole::Server, Some(config))
+                    .await;
             dashboard::session(ws, shared, scope, asks, shutdown).await;
         }
         Err(upgraded) => {

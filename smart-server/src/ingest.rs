@@ -221,19 +221,14 @@ impl Ingest {
         })
     }
 
-    /// The front of the ingest path for one device connection.
+    /// The front of the ingest path for a new, unbound connection (sessions start from
+    /// [`Ingest::resume`] with a [`ParkedIntake::new`]).
+    #[cfg(test)]
     pub(crate) fn intake(&self) -> Intake<'_> {
-        Intake {
-            ingest: self,
-            bound: None,
-            owner: None,
-            attached: HashSet::new(),
-            acks: Arc::new(AckQueue::default()),
-            submitted: 0,
-        }
+        self.resume(ParkedIntake::new(None))
     }
 
-    /// The intake of a connection back from the parking lot.
+    /// A device connection's intake, from what it kept (a new one's: [`ParkedIntake::new`]).
     pub(crate) fn resume(&self, parked: ParkedIntake) -> Intake<'_> {
         Intake {
             ingest: self,
@@ -362,6 +357,22 @@ pub(crate) struct ParkedIntake {
     attached: HashSet<Serial>,
 }
 
+impl ParkedIntake {
+    /// A new connection's: bound to the serial of its device token and the owner that token
+    /// assigns, if given (`--auth required`), with no serial attached yet.
+    pub(crate) fn new(binding: Option<(Serial, Option<Arc<str>>)>) -> ParkedIntake {
+        let (bound, owner) = match binding {
+            Some((serial, owner)) => (Some(serial), owner),
+            None => (None, None),
+        };
+        ParkedIntake {
+            bound,
+            owner,
+            attached: HashSet::new(),
+        }
+    }
+}
+
 impl Intake<'_> {
     /// Keep only what outlives an idle spell: the binding and the serials kept online (the
     /// answers' queue is made anew on [`Ingest::resume`], every write being answered).
@@ -372,13 +383,6 @@ impl Intake<'_> {
             owner: self.owner,
             attached: self.attached,
         }
-    }
-
-    /// Accept messages for `serial` only (the serial of the connection's device token), whose
-    /// record gets `owner` (the token's), if given.
-    pub(crate) fn bind(&mut self, serial: Serial, owner: Option<Arc<str>>) {
-        self.bound = Some(serial);
-        self.owner = owner;
     }
 
     /// Where this connection's writes are answered.

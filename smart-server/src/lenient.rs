@@ -35,11 +35,6 @@ pub(crate) struct Lenient<S> {
 }
 
 impl<S> Lenient<S> {
-    /// The wrapped socket (e.g. to set socket options after an upgrade).
-    pub(crate) fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
     /// The wrapped socket, and the bytes already read from it that were not handed on yet (after an
     /// upgrade: the first bytes of the new protocol).
     pub(crate) fn into_parts(mut self) -> (S, Vec<u8>) {

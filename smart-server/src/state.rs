@@ -141,12 +141,8 @@ impl Shared {
         self.ingest.connected()
     }
 
-    /// A device connection's side of the ingest path.
-    pub(crate) fn intake(&self) -> Intake<'_> {
-        self.ingest.intake()
-    }
-
-    /// The intake of a device connection back from the parking lot.
+    /// A device connection's side of the ingest path, from what it kept (a new one's:
+    /// [`ParkedIntake::new`]).
     pub(crate) fn resume_intake(&self, parked: ParkedIntake) -> Intake<'_> {
         self.ingest.resume(parked)
     }

@@ -76,8 +76,13 @@ impl Inbound {
     }
 
     /// `bytes` arrived before the session took the socket (read past the HTTP upgrade).
-    pub(crate) fn preload(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+    pub(crate) fn preload(&mut self, bytes: Vec<u8>) {
+        if self.buf.is_empty() {
+            self.buf = bytes;
+            self.start = 0;
+        } else {
+            self.buf.extend_from_slice(&bytes);
+        }
     }
 
     /// Nothing of a frame or message is pending: the connection can be parked without a buffer.
@@ -413,7 +418,7 @@ mod tests {
         bytes.extend(client_frame(0x8a, b"", true));
         bytes.extend(text("two"));
         let mut inbound = Inbound::new(1024);
-        inbound.preload(&bytes);
+        inbound.preload(bytes);
         assert_eq!(
             events(&mut inbound),
             [
@@ -433,7 +438,7 @@ mod tests {
         bytes.extend(client_frame(0x89, b"", true));
         bytes.extend(client_frame(0x00, b"ll", true));
         let mut inbound = Inbound::new(1024);
-        inbound.preload(&bytes);
+        inbound.preload(bytes);
         assert_eq!(events(&mut inbound), ["Ping([])"]);
         assert!(!inbound.is_clean(), "a message is half assembled");
         inbound
@@ -447,7 +452,7 @@ mod tests {
     fn a_frame_or_message_over_the_limit_is_too_large_before_it_is_read() {
         let mut inbound = Inbound::new(100);
         // Only the header of a 1-MB frame: refused without waiting for the payload.
-        inbound.preload(&client_frame(0x81, &vec![b'a'; 1 << 20], true)[..14]);
+        inbound.preload(client_frame(0x81, &vec![b'a'; 1 << 20], true)[..14].to_vec());
         assert_eq!(
             inbound.next(),
             Err(Violation::TooLarge {
@@ -458,7 +463,7 @@ mod tests {
         let mut inbound = Inbound::new(100);
         let mut bytes = client_frame(0x01, &[b'a'; 60], true);
         bytes.extend(client_frame(0x80, &[b'a'; 60], true));
-        inbound.preload(&bytes);
+        inbound.preload(bytes);
         assert_eq!(
             inbound.next(),
             Err(Violation::TooLarge {
@@ -472,7 +477,7 @@ mod tests {
     fn a_frame_at_the_limit_gets_room_to_be_read_whole() {
         let frame = client_frame(0x81, &[b'x'; 5000], true);
         let mut inbound = Inbound::new(5000);
-        inbound.preload(&frame[..10]);
+        inbound.preload(frame[..10].to_vec());
         let space = inbound.space();
         assert!(space.capacity() - space.len() >= frame.len() - 10);
         space.extend_from_slice(&frame[10..]);
@@ -482,14 +487,14 @@ mod tests {
     #[test]
     fn text_that_is_not_utf8_is_refused_whole_or_fragmented() {
         let mut inbound = Inbound::new(100);
-        inbound.preload(&client_frame(0x81, &[0xff, 0xfe], true));
+        inbound.preload(client_frame(0x81, &[0xff, 0xfe], true));
         assert_eq!(inbound.next(), Err(Violation::NotUtf8));
         // A character split between two fragments is fine.
         let mut inbound = Inbound::new(100);
         let check = "✓".as_bytes();
         let mut bytes = client_frame(0x01, &check[..1], true);
         bytes.extend(client_frame(0x80, &check[1..], true));
-        inbound.preload(&bytes);
+        inbound.preload(bytes);
         assert_eq!(events(&mut inbound), [r#"Text("✓")"#]);
     }
 
@@ -517,13 +522,13 @@ mod tests {
         ];
         for (bytes, why) in cases {
             let mut inbound = Inbound::new(1000);
-            inbound.preload(&bytes);
+            inbound.preload(bytes);
             assert_eq!(inbound.next(), Err(Violation::Protocol(why)));
         }
         let mut inbound = Inbound::new(1000);
         let mut bytes = client_frame(0x01, b"x", true);
         bytes.extend(text("y"));
-        inbound.preload(&bytes);
+        inbound.preload(bytes);
         assert_eq!(
             inbound.next(),
             Err(Violation::Protocol("new message inside a fragmented one"))
@@ -538,7 +543,7 @@ mod tests {
         let mut bytes = client_frame(0x88, &payload, true);
         bytes.extend(client_frame(0x88, &1005u16.to_be_bytes(), true));
         bytes.extend(client_frame(0x88, b"", true));
-        inbound.preload(&bytes);
+        inbound.preload(bytes);
         let Ok(Some(Event::Close(Some(reply)))) = inbound.next() else {
             panic!("a close frame");
         };

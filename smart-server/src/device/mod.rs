@@ -131,7 +131,8 @@ pub(crate) fn parking(shared: &Arc<Shared>, shutdown: &Shutdown) -> Option<Parki
                 .get()
                 .and_then(park::WeakLot::upgrade)
                 .map(|lot| Parking { lot });
-            handle.spawn(resume(parked, shared, shutdown.clone(), parking));
+            let _runtime = handle.enter();
+            resume(parked, shared, shutdown.clone(), parking);
         }
     };
     let lot = match park::Lot::start(scan, resume) {
@@ -151,14 +152,21 @@ pub(crate) fn parking(shared: &Arc<Shared>, shutdown: &Shutdown) -> Option<Parki
     Some(parking)
 }
 
-/// A parked connection: everything its session keeps between two frames.
+/// What a session keeps from one active spell to the next.
+#[derive(Debug)]
+struct Kept {
+    intake: ParkedIntake,
+    liveness: Liveness,
+    /// Closed when the connection's device token is revoked (`--auth required`).
+    revoked: Option<watch::Receiver<()>>,
+}
+
+/// A parked connection: its socket, its places in the budgets and what its session keeps.
 #[derive(Debug)]
 struct Parked {
     socket: mio::net::TcpStream,
     held: Held,
-    intake: ParkedIntake,
-    liveness: Liveness,
-    revoked: Option<watch::Receiver<()>>,
+    kept: Kept,
 }
 
 impl park::Park for Parked {
@@ -167,12 +175,13 @@ impl park::Park for Parked {
     }
 
     fn deadline(&self) -> Option<std::time::Instant> {
-        self.liveness.deadline().map(Instant::into_std)
+        self.kept.liveness.deadline().map(Instant::into_std)
     }
 
     fn must_wake(&mut self) -> bool {
         // The sender is dropped when the token is revoked or replaced.
-        self.revoked
+        self.kept
+            .revoked
             .as_ref()
             .is_some_and(|rx| rx.has_changed().is_err())
     }
@@ -180,14 +189,6 @@ impl park::Park for Parked {
 
 /// Serve one device connection until it closes or the server shuts down. `preread`: bytes read
 /// past the upgrade request.
-///
-/// A plain function returning an `async move` block rather than an `async fn`: an `async fn` keeps
-/// its arguments in the session's future twice (as arguments and as the locals they are moved
-/// into).
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps its arguments twice in the future"
-)]
 pub(crate) fn session<T: DeviceIo>(
     io: T,
     preread: Vec<u8>,
@@ -197,135 +198,110 @@ pub(crate) fn session<T: DeviceIo>(
     held: Held,
     parking: Option<Parking>,
 ) -> impl Future<Output = ()> {
-    async move {
-        Metrics::inc(&shared.metrics.device_connections);
-        let mut intake = shared.intake();
-        let mut revoked = None;
-        if let Some(Grant {
+    Metrics::inc(&shared.metrics.device_connections);
+    let (binding, revoked) = match grant {
+        Some(Grant {
             serial,
             owner,
-            revoked: watch,
-        }) = grant
-        {
-            intake.bind(serial, owner);
-            revoked = Some(watch);
-        }
-        let mut conn = Conn::new(io, &shared);
-        conn.inbound.preload(&preread);
-        let liveness = Liveness::new(Duration::from_secs(shared.config.idle_timeout_secs));
-        let welcome = ServerMessage::Info(DEVICE_WELCOME.to_owned()).to_frame();
-        let welcomed = conn.outbound.text(&welcome).is_ok()
-            && matches!(
-                tokio::time::timeout(WRITE_TIMEOUT, conn.flush()).await,
-                Ok(Ok(()))
-            );
-        let state = Session {
-            shared: &shared,
-            intake,
-            liveness,
             revoked,
-        };
-        if welcomed {
-            // A connection that has not spoken yet parks at once if nothing is there to read:
-            // after a restart every device reconnects at once, and each would otherwise hold its
-            // task for `--park-after` (the peak of such a storm stays in the allocator).
-            live(conn, state, shutdown, held, parking, Fresh::Yes).await;
-        } else {
-            close(conn, state, End::Broken).await;
-        }
-    }
-}
-
-/// A parked connection is back: serve it on.
-async fn resume(
-    parked: Box<Parked>,
-    shared: Arc<Shared>,
-    shutdown: Shutdown,
-    parking: Option<Parking>,
-) {
-    let Parked {
-        socket,
-        held,
-        intake,
-        liveness,
-        revoked,
-    } = *parked;
-    let intake = shared.resume_intake(intake);
-    let state = Session {
-        shared: &shared,
-        intake,
-        liveness,
+        }) => (Some((serial, owner)), Some(revoked)),
+        None => (None, None),
+    };
+    let mut conn = Conn::new(io, &shared);
+    conn.inbound.preload(preread);
+    let welcome = ServerMessage::Info(DEVICE_WELCOME.to_owned()).to_frame();
+    // The write buffer is empty and far larger than the welcome: this cannot be refused.
+    let _ = conn.outbound.text(&welcome);
+    let kept = Kept {
+        intake: ParkedIntake::new(binding),
+        liveness: Liveness::new(Duration::from_secs(shared.config.idle_timeout_secs)),
         revoked,
     };
+    // A connection that has not spoken yet parks at once if nothing is there to read: after a
+    // restart every device reconnects at once, and each would otherwise hold its task for
+    // `--park-after` (the peak of such a storm stays in the allocator).
+    live(conn, shared, kept, shutdown, held, parking, Fresh::Yes)
+}
+
+/// A parked connection is back (called on the lot's thread, inside the runtime's context): serve
+/// it on in a new task.
+fn resume(parked: Box<Parked>, shared: Arc<Shared>, shutdown: Shutdown, parking: Option<Parking>) {
+    let Parked { socket, held, kept } = *parked;
     match TcpStream::from_std(socket.into()) {
         Ok(io) => {
-            live(
-                Conn::new(io, &shared),
-                state,
-                shutdown,
-                held,
-                parking,
-                Fresh::No,
-            )
-            .await;
+            let conn = Conn::new(io, &shared);
+            tokio::spawn(live(conn, shared, kept, shutdown, held, parking, Fresh::No));
         }
         Err(e) => {
             debug!(%e, "cannot resume a parked device connection");
-            state.end();
+            intake_end(&shared, shared.resume_intake(kept.intake));
         }
     }
 }
 
-/// Serve until the connection closes (then close it) or parks (then park it).
-async fn live<T: DeviceIo>(
+/// Serve a spell (the welcome first, if one is queued) until the connection closes (then close it)
+/// or is idle (then park it).
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn` keeps
+/// its arguments in the task's future twice (as arguments and as the locals they are moved into).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in the future"
+)]
+fn live<T: DeviceIo>(
     mut conn: Conn<T>,
-    mut state: Session<'_>,
+    shared: Arc<Shared>,
+    kept: Kept,
     mut shutdown: Shutdown,
     held: Held,
     parking: Option<Parking>,
     fresh: Fresh,
-) {
-    let parks = T::PARKS && parking.is_some();
-    match state.serve(&mut conn, &mut shutdown, parks, fresh).await {
-        Step::End(end) => close(conn, state, end).await,
-        Step::Park => {
-            let Session {
-                shared,
-                intake,
-                liveness,
-                revoked,
-            } = state;
-            let socket = match conn.io.into_std() {
-                Ok(socket) => mio::net::TcpStream::from_std(socket),
-                Err(e) => {
-                    debug!(%e, "cannot park a device connection");
-                    let state = Session {
-                        shared,
-                        intake,
-                        liveness,
-                        revoked,
-                    };
-                    state.end();
+) -> impl Future<Output = ()> {
+    async move {
+        let mut state = Session {
+            shared: &shared,
+            intake: shared.resume_intake(kept.intake),
+            liveness: kept.liveness,
+            revoked: kept.revoked,
+        };
+        if !conn.outbound.is_empty()
+            && !matches!(
+                tokio::time::timeout(WRITE_TIMEOUT, conn.flush()).await,
+                Ok(Ok(()))
+            )
+        {
+            return close(conn, state, End::Broken).await;
+        }
+        let parks = T::PARKS && parking.is_some();
+        let end = match state.serve(&mut conn, &mut shutdown, parks, fresh).await {
+            Step::End(end) => end,
+            Step::Park => match conn.io.into_std() {
+                Ok(socket) => {
+                    let parked = Box::new(Parked {
+                        socket: mio::net::TcpStream::from_std(socket),
+                        held,
+                        kept: Kept {
+                            intake: state.intake.park(),
+                            liveness: state.liveness,
+                            revoked: state.revoked,
+                        },
+                    });
+                    Metrics::inc(&shared.metrics.device_parked);
+                    if let Some(Err(parked)) = parking.map(|p| p.lot.park(parked)) {
+                        // The lot's thread is gone: the connection can only close.
+                        Metrics::dec(&shared.metrics.device_parked);
+                        warn!("the parking lot is gone; closing an idle device connection");
+                        intake_end(&shared, shared.resume_intake(parked.kept.intake));
+                    }
                     return;
                 }
-            };
-            let parked = Box::new(Parked {
-                socket,
-                held,
-                intake: intake.park(),
-                liveness,
-                revoked,
-            });
-            Metrics::inc(&shared.metrics.device_parked);
-            if let Some(Err(parked)) = parking.map(|p| p.lot.park(parked)) {
-                // The lot's thread is gone: the connection can only close.
-                Metrics::dec(&shared.metrics.device_parked);
-                warn!("the parking lot is gone; closing an idle device connection");
-                let Parked { intake, .. } = *parked;
-                let intake = shared.resume_intake(intake);
-                intake_end(shared, intake);
-            }
-        }
+                Err(e) => {
+                    debug!(%e, "cannot park a device connection");
+                    return state.end();
+                }
+            },
+        };
+        close(conn, state, end).await;
     }
 }
 
