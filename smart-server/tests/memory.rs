@@ -1,4 +1,5 @@
-//! Server memory per idle device connection (target: ≤ 16 KiB), measured on the real binary as the
+//! Server memory per idle device connection (issue 3's target: ≤ 16 KiB; here ≤ 6 KiB, for a
+//! registered device with its record, parked, in a debug build), measured on the real binary as the
 //! growth of its resident set while connections are opened.
 #![allow(clippy::unwrap_used)]
 
@@ -11,8 +12,9 @@ use serde_json::json;
 
 /// Connections opened for the measurement (the client side lives in this process).
 const CONNECTIONS: usize = 2000;
-/// Target from the issue.
-const BUDGET: usize = 16 * 1024;
+/// Per registered, parked device connection in a debug build (~3.1 KiB measured; the release build's
+/// figure for a bare idle connection, ~0.7 KiB, is `examples/benchmarks.sh idle`'s).
+const BUDGET: usize = 6 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_device_connections_stay_small() {
@@ -47,7 +49,21 @@ async fn idle_device_connections_stay_small() {
         .await;
         sockets.push(ws);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Every one of them parked (device/park.rs): no task, no buffer.
+    let parked = CONNECTIONS + warm.len();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let metrics = http_get(addr, "/metrics", &[]).await;
+        let now = metric_or_zero(&metrics.body, "smart_connections_parked");
+        if now == parked as u64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} of {parked} connections parked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let after = rss(pid);
     let per_connection = after.saturating_sub(before) / CONNECTIONS;
     eprintln!(
