@@ -24,7 +24,8 @@ async fn idle_device_connections_stay_small() {
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let (child, addr) = spawn_binary(dir.path()).await;
+    // Registered devices park once silent for `--park-after` (10 s by default).
+    let (child, addr) = spawn_binary_with(dir.path(), &[], &["--park-after", "500"]).await;
     let pid = child.id().unwrap();
 
     // Warm up: the first connections allocate runtime and store structures once.

@@ -1,5 +1,5 @@
 //! Idle device connections are parked (device/park.rs): no task, no buffer, the socket out of the
-//! runtime. Everything a device may do still works on a parked connection, on the real binary:
+//! runtime. The servers here park after 500 ms of silence (`--park-after`; the default is 10 s). Everything a device may do still works on a parked connection, on the real binary:
 //! its next message is acked in order, a half-sent message keeps it awake, pings and the idle timeout
 //! still come, a revoked token and shutdown still close it.
 #![allow(clippy::unwrap_used)]
@@ -81,7 +81,7 @@ fn json_of(text: &str) -> serde_json::Value {
 #[tokio::test]
 async fn parked_devices_are_acked_in_order_and_a_half_sent_message_keeps_one_awake() {
     let dir = tempfile::tempdir().unwrap();
-    let (_child, addr) = spawn_binary(dir.path()).await;
+    let (_child, addr) = spawn_binary_with(dir.path(), &[], &["--park-after", "500"]).await;
     let (mut dash, _) = dashboard(addr).await;
 
     let mut devices = Vec::new();
@@ -193,6 +193,7 @@ async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
         &[
             ("SMART_AUTH", OsStr::new("required")),
             ("SMART_IDLE_TIMEOUT", OsStr::new("3")),
+            ("SMART_PARK_AFTER", OsStr::new("500")),
         ],
         &log,
     )
@@ -279,4 +280,20 @@ async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn by_default_only_connections_that_have_not_spoken_park_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, addr) = spawn_binary(dir.path()).await;
+    let _quiet = [device(addr).await, device(addr).await];
+    let mut speaker = device(addr).await;
+    send_ok(&mut speaker, "0001", "S001", &json!({"battery": 1})).await;
+    // The two that never spoke park at once; the one that did keeps its task (`--park-after` is
+    // 10 s), and answers at once.
+    until_parked(addr, 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(parked(addr, &[]).await, 2);
+    send_ok(&mut speaker, "0002", "S001", &json!({"battery": 2})).await;
+    assert_eq!(parked(addr, &[]).await, 2);
 }

@@ -7,10 +7,11 @@
 //! a bad frame therefore waits behind the OKs of earlier good frames, and nothing of the bad frame is
 //! applied.
 //!
-//! A plain-TCP connection silent for `--park-after` with nothing in flight is parked (`park.rs`):
-//! its task ends, its buffers are freed and its socket leaves the runtime; what is left is its
-//! session state in the lot's slab, a few hundred bytes. The next frame, its liveness deadline, a
-//! revoked token or shutdown brings it back as a new task, where the session goes on as before.
+//! A plain-TCP connection silent for `--park-after` (at once after the welcome, if it has not spoken)
+//! with nothing in flight is parked (`park.rs`): its task ends, its buffers are freed and its socket
+//! leaves the runtime; what is left is its session state in the lot's slab, a few hundred bytes. The
+//! next frame, its liveness deadline, a revoked token or shutdown brings it back as a new task, where
+//! the session goes on as before.
 
 mod codec;
 mod park;
