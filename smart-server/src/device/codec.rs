@@ -591,4 +591,85 @@ mod tests {
             [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
         );
     }
+
+    mod split {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// What a client sends: a text message in `fragments` frames, a ping, or a binary message.
+        #[derive(Debug, Clone)]
+        enum Sent {
+            Text { text: String, fragments: usize },
+            Ping(Vec<u8>),
+            Binary,
+        }
+
+        fn sent() -> impl Strategy<Value = Sent> {
+            prop_oneof![
+                ("[a-z0-9é✓ ]{0,300}", 1usize..4)
+                    .prop_map(|(text, fragments)| Sent::Text { text, fragments }),
+                proptest::collection::vec(any::<u8>(), 0..20).prop_map(Sent::Ping),
+                Just(Sent::Binary),
+            ]
+        }
+
+        /// The client's bytes for `messages`, and the events the server must read from them.
+        fn encode(messages: &[Sent]) -> (Vec<u8>, Vec<String>) {
+            let mut bytes = Vec::new();
+            let mut events = Vec::new();
+            for message in messages {
+                match message {
+                    Sent::Text { text, fragments } => {
+                        let raw = text.as_bytes();
+                        let size = raw.len().div_ceil(*fragments).max(1);
+                        let chunks: Vec<&[u8]> = if raw.is_empty() {
+                            vec![raw]
+                        } else {
+                            raw.chunks(size).collect()
+                        };
+                        for (i, chunk) in chunks.iter().enumerate() {
+                            let opcode = if i == 0 { 0x1 } else { 0x0 };
+                            let fin = if i + 1 == chunks.len() { 0x80 } else { 0 };
+                            bytes.extend(client_frame(fin | opcode, chunk, true));
+                        }
+                        events.push(format!("{:?}", Event::Text(text)));
+                    }
+                    Sent::Ping(payload) => {
+                        bytes.extend(client_frame(0x89, payload, true));
+                        events.push(format!("{:?}", Event::Ping(payload)));
+                    }
+                    Sent::Binary => {
+                        bytes.extend(client_frame(0x82, b"\x00\x01", true));
+                        events.push(format!("{:?}", Event::Binary));
+                    }
+                }
+            }
+            (bytes, events)
+        }
+
+        proptest! {
+            /// However the bytes are cut into reads, the same messages come out, in order, and the
+            /// codec is clean between them.
+            #[test]
+            fn any_split_of_the_stream_reads_the_same_messages(
+                messages in proptest::collection::vec(sent(), 1..12),
+                cuts in proptest::collection::vec(1usize..64, 1..200),
+            ) {
+                let (bytes, expected) = encode(&messages);
+                let mut inbound = Inbound::new(1024);
+                let mut got = Vec::new();
+                let mut at = 0;
+                let mut cut = cuts.iter().cycle();
+                while at < bytes.len() {
+                    let n = (*cut.next().unwrap_or(&1)).min(bytes.len() - at);
+                    inbound.space().extend_from_slice(&bytes[at..at + n]);
+                    at += n;
+                    got.extend(events(&mut inbound));
+                }
+                prop_assert_eq!(got, expected);
+                prop_assert!(inbound.is_clean());
+            }
+        }
+    }
 }
