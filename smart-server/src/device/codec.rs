@@ -629,7 +629,8 @@ mod tests {
                             raw.chunks(size).collect()
                         };
                         for (i, chunk) in chunks.iter().enumerate() {
-                            let opcode = if i == 0 { 0x1 } else { 0x0 };
+                            // Text first, continuations after.
+                            let opcode = u8::from(i == 0);
                             let fin = if i + 1 == chunks.len() { 0x80 } else { 0 };
                             bytes.extend(client_frame(fin | opcode, chunk, true));
                         }
