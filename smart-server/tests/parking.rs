@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -63,6 +64,21 @@ async fn frames(stream: &mut TcpStream, count: usize) -> Vec<(u8, Vec<u8>)> {
     })
     .await
     .expect("timed out waiting for frames")
+}
+
+/// The close frame the server sends on `ws` within `within` (other frames are skipped).
+async fn close_frame(ws: &mut Ws, within: Duration, when: &str) -> CloseFrame {
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.unwrap(),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a parked connection was not closed {when}"))
 }
 
 fn text(frame: &(u8, Vec<u8>)) -> String {
@@ -213,17 +229,7 @@ async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
     // A revoked token closes its parked connection with 1008.
     let (_, err, ok) = cli(dir.path(), &["token", "revoke", "0002"], "");
     assert!(ok, "{err}");
-    let close = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match revoked.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.unwrap(),
-                Some(Ok(_)) => {}
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a parked connection outlived its token");
+    let close = close_frame(&mut revoked, Duration::from_secs(3), "after its token").await;
     assert_eq!(u16::from(close.code), 1008, "{close:?}");
 
     // Parked and silent: pinged at half the idle timeout, closed with 1001 at its end. Parked and
@@ -262,17 +268,7 @@ async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
     until_parked_as(addr, 1, &auth).await;
     let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let close = tokio::time::timeout(TIMEOUT, async {
-        loop {
-            match answering.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.unwrap(),
-                Some(Ok(_)) => {}
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a parked connection was not closed at shutdown");
+    let close = close_frame(&mut answering, TIMEOUT, "at shutdown").await;
     assert_eq!(u16::from(close.code), 1001, "{close:?}");
     assert_eq!(close.reason.as_str(), "server shutting down");
     let status = tokio::time::timeout(TIMEOUT, child.wait())

@@ -110,8 +110,13 @@ pub(crate) fn parking(shared: &Arc<Shared>, shutdown: &Shutdown) -> Option<Parki
         return None;
     }
     let idle = Duration::from_secs(shared.config.idle_timeout_secs);
-    // Liveness deadlines of parked connections are checked this often.
-    let scan = (idle / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    // Liveness deadlines (and revoked tokens) of parked connections are checked this often: an
+    // eighth of the idle timeout, between 50 ms and 1 s (1 s without a timeout).
+    let scan = if idle.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        (idle / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    };
     let handle = tokio::runtime::Handle::current();
     // Weak handles: the lot's thread (which owns `resume`) must not keep the server's state, or
     // the lot itself, alive once the server is gone.
@@ -453,15 +458,16 @@ impl Session<'_> {
         let mut replies: VecDeque<Reply> = VecDeque::new();
         let mut reading = true;
         let mut close = None;
-        // One timer for the whole spell (liveness and parking), moved as the deadline moves: a
-        // later deadline only updates the registered entry, where a timer created per turn of the
-        // loop would be registered and cancelled around every message.
-        // The last sign of activity: the spell's start, a frame, a reply or a ping sent.
+        // The last sign of activity: the spell's start (long ago for a fresh connection, which
+        // parks at once when nothing is there to read), a frame, a reply or a ping sent.
         let now = Instant::now();
         let mut active_at = match fresh {
             Fresh::Yes => now.checked_sub(park_after).unwrap_or(now),
             Fresh::No => now,
         };
+        // One timer for the whole spell (liveness and parking), moved as the deadline moves: a
+        // later deadline only updates the registered entry, where a timer created per turn of the
+        // loop would be registered and cancelled around every message.
         let idle = tokio::time::sleep_until(active_at + park_after);
         tokio::pin!(idle);
         loop {

@@ -162,6 +162,8 @@ impl<P: Park, R: Fn(Box<P>)> Slab<P, R> {
                 // Nothing parked can be watched any more: hand everything back, and stop taking.
                 error!(%e, "the parking lot cannot poll; resuming every parked connection");
                 self.state.shut.store(true, Ordering::Release);
+                // Arrivals are still handed back below; do not spin on a failing poller.
+                std::thread::sleep(Duration::from_millis(100));
             }
             for event in &events {
                 if event.token() != WAKE {
