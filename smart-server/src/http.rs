@@ -158,6 +158,7 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Device: device::DeviceIo;
     /// The TCP socket underneath.
     fn tcp(&self) -> &TcpStream;
+    /// The stream, to be handed to a device session.
     fn into_device(self) -> Self::Device;
 }
 

@@ -1,6 +1,8 @@
-//! Websocket plumbing both sessions (`device`, `dashboard`) share: what a frame read by tungstenite
-//! is ([`Frame`]; the dashboard's, devices have their own codec), how a session ends ([`End`]) and the closing handshake ([`finish`]), the close
-//! frames the server sends, and the write timeout after which a peer that accepts nothing is dropped.
+//! Websocket plumbing both sessions (`device`, `dashboard`) share: how a session ends ([`End`]), the
+//! close frames the server sends, the time a closing handshake may take, and the write timeout after
+//! which a peer that accepts nothing is dropped. For the dashboard, which speaks through tungstenite
+//! (devices have their own codec, `device/codec.rs`): what a frame read is ([`Frame`]) and the closing
+//! handshake ([`finish`]).
 //!
 //! One rule for both kinds of peer: a text frame that is not UTF-8 closes that connection with 1007
 //! (RFC 6455 §8.1; PROTOCOL.md, "Frames"), after the replies it is owed; no other connection is touched.
@@ -15,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 /// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A peer that accepts nothing for this long has stopped reading (its socket buffers are full): it
 /// is dropped.

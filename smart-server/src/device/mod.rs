@@ -38,11 +38,8 @@ use crate::liveness::{CONTROL_ROOM, Due, Liveness};
 use crate::metrics::{Metrics, RejectClass};
 use crate::shutdown::{Shutdown, TaskToken};
 use crate::state::{Shared, SocketSlot};
-use crate::ws::{self, End, WRITE_TIMEOUT};
+use crate::ws::{self, CLOSE_GRACE, End, WRITE_TIMEOUT};
 use codec::{Event, Inbound, Outbound, Violation};
-
-/// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Room for unsent replies beyond the largest one: a device that lets more pile up does not read.
 const WRITE_ROOM: usize = 64 * 1024;
@@ -388,7 +385,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
     }
 
-    /// Complete the closing handshake for `end`, within [`CLOSE_GRACE`].
+    /// Complete the closing handshake for `end`, within [`CLOSE_GRACE`] (then shut the socket's
+    /// writing side down).
     async fn finish(&mut self, end: End) {
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             match end {
