@@ -51,20 +51,7 @@ async fn idle_device_connections_stay_small() {
         sockets.push(ws);
     }
     // Every one of them parked (device/park.rs): no task, no buffer.
-    let parked = CONNECTIONS + warm.len();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let metrics = http_get(addr, "/metrics", &[]).await;
-        let now = metric_or_zero(&metrics.body, "smart_connections_parked");
-        if now == parked as u64 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{now} of {parked} connections parked"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_parked(addr, (CONNECTIONS + warm.len()) as u64, &[]).await;
     let after = rss(pid);
     let per_connection = after.saturating_sub(before) / CONNECTIONS;
     eprintln!(

@@ -7,7 +7,6 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -19,33 +18,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 const PASSWORD: &str = "correct horse battery staple";
-
-/// `smart_connections_parked` (`auth`: an `Authorization` header, when the server requires one).
-async fn parked(addr: SocketAddr, auth: &[(&str, &str)]) -> u64 {
-    let metrics = http_get(addr, "/metrics", auth).await;
-    assert_eq!(metrics.status, 200, "{}", metrics.body);
-    metric_or_zero(&metrics.body, "smart_connections_parked")
-}
-
-/// Wait until exactly `n` device connections are parked.
-async fn until_parked(addr: SocketAddr, n: u64) {
-    until_parked_as(addr, n, &[]).await;
-}
-
-async fn until_parked_as(addr: SocketAddr, n: u64, auth: &[(&str, &str)]) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let now = parked(addr, auth).await;
-        if now == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{now} connections parked, not {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Read server frames from a raw socket until `count` have arrived.
 async fn frames(stream: &mut TcpStream, count: usize) -> Vec<(u8, Vec<u8>)> {
@@ -106,7 +78,7 @@ async fn parked_devices_are_acked_in_order_and_a_half_sent_message_keeps_one_awa
         send_ok(&mut ws, "0001", &format!("P{i:03}"), &json!({"battery": i})).await;
         devices.push(ws);
     }
-    until_parked(addr, 20).await;
+    until_parked(addr, 20, &[]).await;
     // Back from the lot: three pipelined messages each, acked in order, shown to the dashboard.
     for (i, ws) in devices.iter_mut().enumerate() {
         let serial = format!("P{i:03}");
@@ -125,14 +97,14 @@ async fn parked_devices_are_acked_in_order_and_a_half_sent_message_keeps_one_awa
         assert!(seen.len() <= 4, "{seen:?}");
     }
     assert_eq!(seen[0], 19);
-    until_parked(addr, 20).await;
+    until_parked(addr, 20, &[]).await;
 
     // A message sent in fragments, with a ping between them and a pause longer than a parked
     // connection waits: the half-sent message keeps the connection in its task, and is acked whole.
     let (status, mut raw) = upgrade_raw(addr, "/update/", None, &[]).await;
     assert_eq!(status, 101);
     assert_eq!(text(&frames(&mut raw, 1).await[0]), DEVICE_WELCOME);
-    until_parked(addr, 21).await;
+    until_parked(addr, 21, &[]).await;
     let message = updt("0001", "R001", &json!({"battery": 77}));
     let (head, tail) = message.as_bytes().split_at(20);
     let mut first = client_frame(0x1, head);
@@ -150,7 +122,7 @@ async fn parked_devices_are_acked_in_order_and_a_half_sent_message_keeps_one_awa
     let got = frames(&mut raw, 2).await;
     assert_eq!(got[0], (0xa, b"still here".to_vec()), "the pong: {got:?}");
     assert_eq!(json_of(&text(&got[1])), ok_text("0001", "R001"));
-    until_parked(addr, 21).await;
+    until_parked(addr, 21, &[]).await;
 
     // The first frame in the same packet as the upgrade request.
     let mut request = format!(
@@ -174,7 +146,7 @@ async fn parked_devices_are_acked_in_order_and_a_half_sent_message_keeps_one_awa
     let got = frames(&mut eager, 2).await;
     assert_eq!(text(&got[0]), DEVICE_WELCOME);
     assert_eq!(json_of(&text(&got[1])), ok_text("0001", "R002"));
-    until_parked(addr, 22).await;
+    until_parked(addr, 22, &[]).await;
 
     // A close from a parked device is answered, and it leaves the lot.
     raw.write_all(&client_frame(0x8, &1000u16.to_be_bytes()))
@@ -185,7 +157,7 @@ async fn parked_devices_are_acked_in_order_and_a_half_sent_message_keeps_one_awa
         server_frames(&bytes),
         [(0x8, 1000u16.to_be_bytes().to_vec())]
     );
-    until_parked(addr, 21).await;
+    until_parked(addr, 21, &[]).await;
 }
 
 #[tokio::test]
@@ -224,7 +196,7 @@ async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
         let reply = exchange(ws, &updt("0001", serial, &json!({"battery": 1}))).await;
         assert_eq!(reply["message"], format!("0001:{serial}:OK"), "{reply}");
     }
-    until_parked_as(addr, 3, &auth).await;
+    until_parked(addr, 3, &auth).await;
 
     // A revoked token closes its parked connection with 1008.
     let (_, err, ok) = cli(dir.path(), &["token", "revoke", "0002"], "");
@@ -265,7 +237,7 @@ async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
     assert_eq!(reply["message"], "0002:0001:OK", "{reply}");
 
     // Shutdown closes parked connections with 1001 too, and the server exits.
-    until_parked_as(addr, 1, &auth).await;
+    until_parked(addr, 1, &auth).await;
     let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let close = close_frame(&mut answering, TIMEOUT, "at shutdown").await;
@@ -287,7 +259,7 @@ async fn by_default_only_connections_that_have_not_spoken_park_at_once() {
     send_ok(&mut speaker, "0001", "S001", &json!({"battery": 1})).await;
     // The two that never spoke park at once; the one that did keeps its task (`--park-after` is
     // 10 s), and answers at once.
-    until_parked(addr, 2).await;
+    until_parked(addr, 2, &[]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(parked(addr, &[]).await, 2);
     send_ok(&mut speaker, "0002", "S001", &json!({"battery": 2})).await;

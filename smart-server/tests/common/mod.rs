@@ -468,6 +468,30 @@ pub fn metric_or_zero(text: &str, name: &str) -> u64 {
         .map_or(0, |v| v.parse().unwrap())
 }
 
+/// `smart_connections_parked`: idle device connections in the parking lot (`auth`: an
+/// `Authorization` header, when the server requires one).
+pub async fn parked(addr: SocketAddr, auth: &[(&str, &str)]) -> u64 {
+    let metrics = http_get(addr, "/metrics", auth).await;
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    metric_or_zero(&metrics.body, "smart_connections_parked")
+}
+
+/// Wait (at most [`TIMEOUT`]) until exactly `n` device connections are parked.
+pub async fn until_parked(addr: SocketAddr, n: u64, auth: &[(&str, &str)]) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let now = parked(addr, auth).await;
+        if now == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} connections parked, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `smart-server token issue SERIAL` on `dir` (through the running server if one holds it): the token.
 pub fn issue(dir: &std::path::Path, serial: &str) -> String {
     let (out, err, ok) = cli(dir, &["token", "issue", serial], "");
