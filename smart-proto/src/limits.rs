@@ -132,7 +132,10 @@ fn unsafe_integer_token(text: &str) -> Option<&str> {
                 let token = &text[start..i];
                 let digits = token.trim_start_matches('0');
                 let integer = token.bytes().all(|d| d.is_ascii_digit());
-                if integer && digits.parse::<u64>().map_or(true, |n| n > MAX_SAFE_INTEGER) {
+                // Zeros only (`0`, `00`) leave no digits: zero, which is safe.
+                let unsafe_integer = !digits.is_empty()
+                    && digits.parse::<u64>().map_or(true, |n| n > MAX_SAFE_INTEGER);
+                if integer && unsafe_integer {
                     return Some(token);
                 }
             }
@@ -303,7 +306,14 @@ mod tests {
                 None,
             ),
             ("{'a': 9007199254740991}", None),
+            // A zero beside a huge float spelled with an exponent: neither is an unsafe integer.
+            (r#"{"charging": 0, "a": -7.4696541895437715e+270}"#, None),
+            ("{'a': 00, 'b': [0, 1e300]}", None),
             ("{'a': 9007199254740992}", Some("9007199254740992")),
+            (
+                "{'a': 0, 'b': 0009007199254740992}",
+                Some("0009007199254740992"),
+            ),
             (
                 "{'a\\'': [1, (2, -99999999999999999999)]}",
                 Some("99999999999999999999"),
@@ -322,6 +332,11 @@ mod tests {
         };
         let max = MAX_SAFE_INTEGER as i64;
         assert_eq!(check(json!({"a": max, "b": -max, "c": [1e300]})), Ok(()));
+        // The huge float sends the check to the text, where the zero must not count as unsafe.
+        assert_eq!(
+            check(json!({"charging": 0, "a": -7.469_654_189_543_771_5e270})),
+            Ok(())
+        );
         for v in [
             json!({"a": max + 1}),
             json!({"a": -max - 1}),
