@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use crate::envelope::Payload;
 use crate::fast::{self, DeviceFrame};
 pub use crate::init::write_init;
+use crate::json;
 use crate::normalize::{Normalized, needs_work, normalized_entries};
 use crate::record::FastFields;
 use crate::{
@@ -349,29 +350,78 @@ impl ServerMessage {
     /// # Ok::<(), smart_proto::Error>(())
     /// ```
     pub fn to_frame(&self) -> String {
-        let frame = |message: &str, reason: Option<&str>| {
-            Frame {
-                kind: "INFO",
-                message,
-                reason,
-            }
-            .to_json()
-        };
+        let mut out = String::new();
+        self.write_frame(&mut out);
+        out
+    }
+
+    /// Append the frame [`ServerMessage::to_frame`] returns to `out`. An INFO (OK, ERROR, welcome)
+    /// is written straight into `out`, without a temporary string: a server that keeps one buffer
+    /// per connection acks without allocating.
+    ///
+    /// ```
+    /// use smart_proto::{Header, ServerMessage};
+    ///
+    /// let mut out = String::new();
+    /// ServerMessage::Ok(Header::new("0116", "0001")?).write_frame(&mut out);
+    /// assert_eq!(out, r#"{"type":"INFO","message":"0116:0001:OK"}"#);
+    /// out.clear();
+    /// ServerMessage::Error { header: None, reason: "say \"hi\"".into() }.write_frame(&mut out);
+    /// assert_eq!(out, r#"{"type":"INFO","message":"ERROR","reason":"say \"hi\""}"#);
+    /// # Ok::<(), smart_proto::Error>(())
+    /// ```
+    pub fn write_frame(&self, out: &mut String) {
         match self {
-            ServerMessage::Info(text) => frame(text, None),
-            ServerMessage::Ok(header) => frame(&format!("{header}:OK"), None),
+            ServerMessage::Info(text) => write_info(out, |out| json::write_chars(out, text), None),
+            ServerMessage::Ok(header) => write_info(
+                out,
+                |out| {
+                    write_header_chars(out, header);
+                    out.push_str(":OK");
+                },
+                None,
+            ),
             ServerMessage::Error {
                 header: Some(header),
                 reason,
-            } => frame(&format!("{header}:ERROR"), Some(reason)),
+            } => write_info(
+                out,
+                |out| {
+                    write_header_chars(out, header);
+                    out.push_str(":ERROR");
+                },
+                Some(reason),
+            ),
             ServerMessage::Error {
                 header: None,
                 reason,
-            } => frame("ERROR", Some(reason)),
-            ServerMessage::Init(records) => write_init(records),
-            ServerMessage::Updt { header, body } => header_frame(Kind::Updt, header, body),
+            } => write_info(out, |out| out.push_str("ERROR"), Some(reason)),
+            ServerMessage::Init(records) => out.push_str(&write_init(records)),
+            ServerMessage::Updt { header, body } => {
+                out.push_str(&header_frame(Kind::Updt, header, body));
+            }
         }
     }
+}
+
+/// An INFO frame as `serde_json` writes [`Frame`]: `write_message` writes the inside of the
+/// message's string literal (escaped), `reason` is added when there is one.
+fn write_info(out: &mut String, write_message: impl FnOnce(&mut String), reason: Option<&str>) {
+    out.push_str(r#"{"type":"INFO","message":""#);
+    write_message(out);
+    out.push('"');
+    if let Some(reason) = reason {
+        out.push_str(r#","reason":"#);
+        json::write_str(out, reason);
+    }
+    out.push('}');
+}
+
+/// `MID:SERIAL` inside a JSON string literal (escaped, as its `Display` text would be).
+fn write_header_chars(out: &mut String, header: &Header) {
+    json::write_chars(out, header.id.as_str());
+    out.push(':');
+    json::write_chars(out, header.serial.as_str());
 }
 
 /// Parse a frame sent by the server (for clients: watchers, tests, load generators).

@@ -169,6 +169,34 @@ proptest! {
         }
         prop_assert_eq!(ServerMessage::Ok(header).to_frame(), hand_written::info("0116:0001:OK", None));
     }
+
+    /// `write_frame` appends what `to_frame` returns (what `serde_json` writes for the envelope), for
+    /// any header, after whatever the buffer held.
+    #[test]
+    fn write_frame_appends_the_frame(
+        id in "[0-9]{1,8}",
+        serial in "[A-Za-z0-9_-]{1,32}",
+        reason in any::<String>(),
+        before in ".{0,8}",
+    ) {
+        let header = Header::new(&id, &serial).unwrap();
+        let text = format!("{id}:{serial}");
+        for (msg, message, reason) in [
+            (ServerMessage::Ok(header.clone()), format!("{text}:OK"), None),
+            (
+                ServerMessage::Error { header: Some(header.clone()), reason: reason.clone() },
+                format!("{text}:ERROR"),
+                Some(reason.as_str()),
+            ),
+        ] {
+            let mut out = before.clone();
+            msg.write_frame(&mut out);
+            let serde = Frame { kind: "INFO", message: &message, reason }.to_json();
+            prop_assert_eq!(&out[before.len()..], serde.as_str());
+            prop_assert_eq!(&out[..before.len()], before.as_str());
+            prop_assert_eq!(msg.to_frame(), serde);
+        }
+    }
 }
 
 #[test]

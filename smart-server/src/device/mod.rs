@@ -266,6 +266,7 @@ fn live<T: DeviceIo>(
             intake: shared.resume_intake(kept.intake),
             liveness: kept.liveness,
             revoked: kept.revoked,
+            scratch: String::new(),
         };
         if !conn.outbound.is_empty()
             && !matches!(
@@ -428,6 +429,8 @@ struct Session<'a> {
     liveness: Liveness,
     /// Closed when the connection's device token is revoked (`--auth required`).
     revoked: Option<watch::Receiver<()>>,
+    /// Where acks are written before they are framed (kept for the spell: no allocation per ack).
+    scratch: String,
 }
 
 /// What to do after a frame.
@@ -673,46 +676,52 @@ impl Session<'_> {
     /// Send every reply at the front of the queue that is known, then flush once. `false`: the
     /// device does not read (its unsent replies fill the write buffer).
     async fn send_ready<T: AsyncRead + AsyncWrite + Unpin>(
-        &self,
+        &mut self,
         conn: &mut Conn<T>,
         replies: &mut VecDeque<Reply>,
     ) -> io::Result<bool> {
         let mut answered = self.acks().answered();
         loop {
-            // Acks that completed meanwhile are taken without another trip through the loop.
-            if let Some(Reply::Waiting { ordinal, .. }) = replies.front() {
-                let ordinal = *ordinal;
-                if ordinal > answered {
-                    answered = self.acks().answered();
+            let queued = match replies.front() {
+                // Acks that completed meanwhile are taken without another trip through the loop.
+                Some(Reply::Waiting { ordinal, .. }) => {
+                    let ordinal = *ordinal;
                     if ordinal > answered {
+                        answered = self.acks().answered();
+                        if ordinal > answered {
+                            break;
+                        }
+                    }
+                    let Some(Reply::Waiting { header, kind, .. }) = replies.pop_front() else {
                         break;
-                    }
+                    };
+                    let ack = self.acks().result(ordinal);
+                    // Written into the session's scratch buffer: an OK allocates nothing.
+                    let mut frame = std::mem::take(&mut self.scratch);
+                    frame.clear();
+                    self.answer(header, kind, ack).write_frame(&mut frame);
+                    let queued = conn.outbound.text(&frame);
+                    self.scratch = frame;
+                    queued
                 }
-                let ack = self.acks().result(ordinal);
-                self.resolve_front(replies, ack);
-            }
-            match replies.front() {
-                Some(Reply::Ready(_)) => {
-                    if let Some(Reply::Ready(frame)) = replies.pop_front()
-                        && conn.outbound.text(&frame).is_err()
-                    {
-                        return Ok(false);
-                    }
-                }
-                _ => break,
+                Some(Reply::Ready(_)) => match replies.pop_front() {
+                    Some(Reply::Ready(frame)) => conn.outbound.text(&frame),
+                    _ => break,
+                },
+                None => break,
+            };
+            if queued.is_err() {
+                return Ok(false);
             }
         }
         conn.flush().await?;
         Ok(true)
     }
 
-    /// Turn the front `Waiting` reply into the `Ready` frame for its ack.
-    fn resolve_front(&self, replies: &mut VecDeque<Reply>, ack: Ack) {
-        let Some(Reply::Waiting { header, kind, .. }) = replies.pop_front() else {
-            return;
-        };
+    /// The answer to a write the writer answered with `ack` (counted).
+    fn answer(&self, header: Header, kind: Kind, ack: Ack) -> ServerMessage {
         let metrics = &self.shared.metrics;
-        let frame = match ack {
+        match ack {
             Ok(()) => {
                 Metrics::inc(&metrics.acks);
                 Metrics::inc(if kind == Kind::Init {
@@ -720,7 +729,7 @@ impl Session<'_> {
                 } else {
                     &metrics.accepted_updt
                 });
-                ServerMessage::Ok(header).to_frame()
+                ServerMessage::Ok(header)
             }
             Err(refusal) => {
                 metrics.reject(match refusal {
@@ -734,10 +743,8 @@ impl Session<'_> {
                     header: Some(header),
                     reason: refusal.to_string(),
                 }
-                .to_frame()
             }
-        };
-        replies.push_front(Reply::Ready(frame));
+        }
     }
 
     /// The answers to this connection's writes.
