@@ -301,19 +301,27 @@ impl Raw {
         &self,
         changes: impl IntoIterator<Item = (u64, &'a Change)>,
     ) -> Result<(), HistoryError> {
-        // Per device and hour, in order: one sort (stable: each device's changes keep their order)
-        // rather than a map entry per device.
-        let mut all: Vec<(u32, &Serial, u64, &Change)> = changes
+        // Per device and hour, in order: each (hour, device) numbered as first seen, then one stable
+        // sort by that number (each device's changes keep their order). Sorting by the number, not by
+        // the serial, spares a string comparison per step: a checkpoint may take a second's worth of
+        // changes, tens of thousands.
+        let mut groups: HashMap<(u32, &Serial), u32> = HashMap::new();
+        let mut all: Vec<(u32, u64, &Change)> = changes
             .into_iter()
             .filter(|(_, c)| !c.values.is_empty())
-            .map(|(seq, c)| (hour_of(c.ts_ms), &c.serial, seq, c))
+            .map(|(seq, c)| {
+                let next = groups.len() as u32;
+                let group = *groups.entry((hour_of(c.ts_ms), &c.serial)).or_insert(next);
+                (group, seq, c)
+            })
             .collect();
-        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        all.sort_by_key(|&(group, _, _)| group);
         let mut run = Vec::new();
-        for group in all.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
+        for group in all.chunk_by(|a, b| a.0 == b.0) {
             run.clear();
-            run.extend(group.iter().map(|&(_, _, seq, change)| (seq, change)));
-            self.absorb_device(group[0].0, group[0].1, &run)?;
+            run.extend(group.iter().map(|&(_, seq, change)| (seq, change)));
+            let first = group[0].2;
+            self.absorb_device(hour_of(first.ts_ms), &first.serial, &run)?;
         }
         Ok(())
     }
