@@ -671,6 +671,55 @@ mod tests {
                 prop_assert_eq!(got, expected);
                 prop_assert!(inbound.is_clean());
             }
+
+            /// Whatever arrives — valid frames with bytes flipped, then noise — in reads no larger
+            /// than the room the codec offers (as a socket read is): reading never panics, gives
+            /// whole messages within the limit until a violation (where the session stops reading),
+            /// and never holds more than one frame's worth of bytes.
+            #[test]
+            fn any_bytes_are_read_or_refused_within_bounds(
+                messages in proptest::collection::vec(sent(), 0..6),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+                noise in proptest::collection::vec(any::<u8>(), 0..64),
+                cuts in proptest::collection::vec(1usize..600, 1..50),
+            ) {
+                const MAX: usize = 200;
+                let (mut bytes, _) = encode(&messages);
+                if !bytes.is_empty() {
+                    for (at, mask) in &flips {
+                        let at = at.index(bytes.len());
+                        bytes[at] ^= mask;
+                    }
+                }
+                bytes.extend(noise);
+                let mut inbound = Inbound::new(MAX);
+                let mut at = 0;
+                let mut cut = cuts.iter().cycle();
+                let mut refused = false;
+                while at < bytes.len() && !refused {
+                    let space = inbound.space();
+                    let room = space.capacity() - space.len();
+                    let n = (*cut.next().unwrap_or(&1)).min(bytes.len() - at).min(room);
+                    prop_assert!(n > 0, "the codec offers no room to read into");
+                    space.extend_from_slice(&bytes[at..at + n]);
+                    at += n;
+                    loop {
+                        match inbound.next() {
+                            Ok(Some(Event::Text(text))) => prop_assert!(text.len() <= MAX),
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(_) => {
+                                refused = true;
+                                break;
+                            }
+                        }
+                    }
+                    // One frame (header, at most MAX bytes of payload, one read's worth more), and
+                    // at most MAX bytes of a fragmented message.
+                    prop_assert!(inbound.buf.capacity() <= 2 * (14 + MAX + READ_CHUNK.max(600)));
+                    prop_assert!(inbound.partial.as_ref().is_none_or(|(_, p)| p.len() <= MAX));
+                }
+            }
         }
     }
 }
