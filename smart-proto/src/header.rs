@@ -354,12 +354,14 @@ impl Header {
 
 macro_rules! text_traits {
     ($ty:ident) => {
-        // On the bytes: the same answers as on the text (`str` compares and orders its UTF-8
-        // bytes), without checking them as UTF-8 each time (fleet and history maps compare
-        // serials a lot).
+        // On the whole inline buffers: the same answers as on the text (`str` compares and orders
+        // its UTF-8 bytes). Every constructor pads the buffer with zeros, which no id or serial
+        // holds, so a shorter text orders before a longer one it begins, and equal buffers are
+        // equal texts. A fixed-size comparison compiles to a few word compares, where the text's
+        // variable length takes a `memcmp` call (fleet and history maps compare serials a lot).
         impl PartialEq for $ty {
             fn eq(&self, other: &Self) -> bool {
-                self.bytes() == other.bytes()
+                self.buf == other.buf
             }
         }
         impl Eq for $ty {}
@@ -370,7 +372,7 @@ macro_rules! text_traits {
         }
         impl Ord for $ty {
             fn cmp(&self, other: &Self) -> Ordering {
-                self.bytes().cmp(other.bytes())
+                self.buf.cmp(&other.buf)
             }
         }
         // Hashes like `str` so that `Borrow<str>` lookups work in hash maps.
@@ -456,6 +458,33 @@ mod tests {
                 h.finish()
             };
             proptest::prop_assert_eq!(hash(&|h| x.hash(h)), hash(&|h| a.hash(h)));
+        }
+
+        /// The same where it is hardest: one text begins the other, or both share a long start;
+        /// and message ids (compared on their padded buffers too).
+        #[test]
+        fn texts_sharing_a_start_compare_like_their_text(
+            a in "[A-Za-z0-9_-]{1,32}",
+            keep in 0usize..32,
+            tail in "[A-Za-z0-9_-]{0,32}",
+            m in "[0-9]{1,9}",
+            n_keep in 0usize..9,
+            n_tail in "[0-9]{0,9}",
+        ) {
+            let mut b: String = a.chars().take(keep).chain(tail.chars()).take(32).collect();
+            if b.is_empty() {
+                b.push('0');
+            }
+            let (x, y) = (Serial::new(&a).unwrap(), Serial::new(&b).unwrap());
+            proptest::prop_assert_eq!(x == y, a == b);
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            let mut n: String = m.chars().take(n_keep).chain(n_tail.chars()).take(9).collect();
+            if n.is_empty() {
+                n.push('0');
+            }
+            let (i, j) = (MessageId::new(&m).unwrap(), MessageId::new(&n).unwrap());
+            proptest::prop_assert_eq!(i == j, m == n);
+            proptest::prop_assert_eq!(i.cmp(&j), m.cmp(&n));
         }
     }
 
