@@ -120,7 +120,7 @@ struct Write {
 #[derive(Debug)]
 enum Job {
     /// Apply and store one device message.
-    Write(Box<Write>),
+    Write(Write),
     /// The device's last connection closed: it goes offline (shown, not stored: every device is
     /// offline after a restart anyway), unless another instance has it online.
     Offline(Serial),
@@ -444,13 +444,13 @@ impl Intake<'_> {
             return Err(reply.to_frame());
         }
         let ordinal = self.submitted + 1;
-        let job = Job::Write(Box::new(Write {
+        let job = Job::Write(Write {
             header: message.header.clone(),
             update: message.update,
             now: now(),
             owner: self.owner.clone(),
             ack: AckTicket::new(Arc::clone(&self.acks), ordinal),
-        }));
+        });
         if attach {
             // The first message of this connection for the serial.
             ingest.attach(serial, job);
@@ -771,7 +771,7 @@ impl<S: Sink> Writer<S> {
                             now,
                             owner,
                             ack,
-                        } = *write;
+                        } = write;
                         // Unless an earlier write of the session waits for Redis: this one then
                         // waits with it (it is stored, and shipped on Redis's return).
                         if refusing && ack.next_to_answer() {
