@@ -25,13 +25,12 @@ use futures_util::FutureExt as _;
 use smart_proto::{DEVICE_WELCOME, Header, Kind, ServerMessage};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tracing::{debug, info, warn};
 
 use crate::acks::{Ack, AckQueue, Refusal};
-use crate::auth::Grant;
+use crate::auth::{Grant, Revoked};
 use crate::conns::Slot;
 use crate::ingest::{Intake, ParkedIntake, Queued};
 use crate::liveness::{CONTROL_ROOM, Due, Liveness};
@@ -160,8 +159,8 @@ pub(crate) fn parking(shared: &Arc<Shared>, shutdown: &Shutdown) -> Option<Parki
 struct Kept {
     intake: ParkedIntake,
     liveness: Liveness,
-    /// Closed when the connection's device token is revoked (`--auth required`).
-    revoked: Option<watch::Receiver<()>>,
+    /// Set when the connection's device token is revoked or replaced (`--auth required`).
+    revoked: Option<Revoked>,
 }
 
 /// A parked connection: its socket, its places in the budgets and what its session keeps.
@@ -182,11 +181,7 @@ impl park::Park for Parked {
     }
 
     fn must_wake(&mut self) -> bool {
-        // The sender is dropped when the token is revoked or replaced.
-        self.kept
-            .revoked
-            .as_ref()
-            .is_some_and(|rx| rx.has_changed().is_err())
+        self.kept.revoked.as_ref().is_some_and(Revoked::is_revoked)
     }
 }
 
@@ -335,10 +330,9 @@ enum Step {
 }
 
 /// Resolves when the token behind `revoked` is revoked or replaced (never for `None`).
-async fn token_revoked(revoked: &mut Option<watch::Receiver<()>>) {
+async fn token_revoked(revoked: Option<&Revoked>) {
     match revoked {
-        // Nothing is ever sent: the sender is dropped on revocation.
-        Some(rx) => while rx.changed().await.is_ok() {},
+        Some(revoked) => revoked.wait().await,
         None => std::future::pending().await,
     }
 }
@@ -427,8 +421,8 @@ struct Session<'a> {
     /// This connection's side of the ingest path (its serials, its writes and their answers).
     intake: Intake<'a>,
     liveness: Liveness,
-    /// Closed when the connection's device token is revoked (`--auth required`).
-    revoked: Option<watch::Receiver<()>>,
+    /// Set when the connection's device token is revoked or replaced (`--auth required`).
+    revoked: Option<Revoked>,
     /// Where acks are written before they are framed (kept for the spell: no allocation per ack).
     scratch: String,
 }
@@ -543,7 +537,7 @@ impl Session<'_> {
                     reading = false;
                     close = Some(ws::shutting_down());
                 }
-                () = token_revoked(&mut self.revoked), if reading && self.revoked.is_some() => {
+                () = token_revoked(self.revoked.as_ref()), if reading && self.revoked.is_some() => {
                     // Replies to what was read still go out; nothing more is read.
                     self.revoked = None;
                     info!("closing a device connection: its token was revoked");
