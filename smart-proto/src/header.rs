@@ -471,21 +471,38 @@ mod tests {
             n_keep in 0usize..9,
             n_tail in "[0-9]{0,9}",
         ) {
-            let mut b: String = a.chars().take(keep).chain(tail.chars()).take(32).collect();
-            if b.is_empty() {
-                b.push('0');
-            }
-            let (x, y) = (Serial::new(&a).unwrap(), Serial::new(&b).unwrap());
-            proptest::prop_assert_eq!(x == y, a == b);
-            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
-            let mut n: String = m.chars().take(n_keep).chain(n_tail.chars()).take(9).collect();
-            if n.is_empty() {
-                n.push('0');
-            }
-            let (i, j) = (MessageId::new(&m).unwrap(), MessageId::new(&n).unwrap());
-            proptest::prop_assert_eq!(i == j, m == n);
-            proptest::prop_assert_eq!(i.cmp(&j), m.cmp(&n));
+            let b = sharing_start(&a, keep, &tail, 32);
+            compares_like_text(&a, &b, Serial::new)?;
+            let n = sharing_start(&m, n_keep, &n_tail, 9);
+            compares_like_text(&m, &n, MessageId::new)?;
         }
+    }
+
+    /// The first `keep` characters of `text`, then `tail`, at most `max` characters (at least one).
+    fn sharing_start(text: &str, keep: usize, tail: &str, max: usize) -> String {
+        let shared: String = text
+            .chars()
+            .take(keep)
+            .chain(tail.chars())
+            .take(max)
+            .collect();
+        if shared.is_empty() {
+            "0".to_owned()
+        } else {
+            shared
+        }
+    }
+
+    /// `make(a)` and `make(b)` are equal and ordered as `a` and `b` are.
+    fn compares_like_text<T: Ord>(
+        a: &str,
+        b: &str,
+        make: fn(&str) -> Result<T>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let (x, y) = (make(a).unwrap(), make(b).unwrap());
+        proptest::prop_assert_eq!(x == y, a == b);
+        proptest::prop_assert_eq!(x.cmp(&y), a.cmp(b));
+        Ok(())
     }
 
     #[test]
