@@ -374,11 +374,25 @@ async fn checkpoints_and_history_maintenance_run_behind_the_live_path() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, _addr) = spawn_binary(dir.path()).await;
     let pid = child.id().expect("the server runs");
-    // Thread names are cut to 15 bytes.
+    // Thread names are cut to 15 bytes. Each thread lowers its own priority as it starts, and the
+    // history's thread is started by the checkpoint thread (so it first has that one's nice value):
+    // wait until both have done so, or 5 s.
     let wanted = ["smart-store-che", "smart-history", "smart-store-wri"];
+    let settled = |threads: &std::collections::BTreeMap<String, i64>| {
+        let (Some(process), Some(che), Some(history)) = (
+            threads.get("smart-server"),
+            threads.get("smart-store-che"),
+            threads.get("smart-history"),
+        ) else {
+            return false;
+        };
+        wanted.iter().all(|name| threads.contains_key(*name))
+            && *che == (process + 5).min(19)
+            && *history == (process + 15).min(19)
+    };
     let mut threads = thread_nice(pid);
     for _ in 0..50 {
-        if wanted.iter().all(|name| threads.contains_key(*name)) {
+        if settled(&threads) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
