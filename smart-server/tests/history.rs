@@ -23,19 +23,20 @@ fn numbers(v: &Value) -> Vec<Option<f64>> {
 
 /// Polls the raw history of 0001 until it has `rows` rows (bounded: 10 s).
 async fn wait_rows(addr: std::net::SocketAddr, rows: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, raw) = history(addr, "fields=battery&agg=raw&from=0").await;
-        let have = raw["battery"].as_array().map_or(0, Vec::len);
-        if have == rows {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{have} of {rows} rows readable: {raw}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async move {
+            let (_, raw) = history(addr, "fields=battery&agg=raw&from=0").await;
+            let have = raw["battery"].as_array().map_or(0, Vec::len);
+            if have == rows {
+                Ok(())
+            } else {
+                Err(format!("{have} of {rows} rows readable: {raw}"))
+            }
+        },
+    )
+    .await;
 }
 
 fn message(i: usize) -> Value {

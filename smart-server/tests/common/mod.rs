@@ -476,20 +476,33 @@ pub async fn parked(addr: SocketAddr, auth: &[(&str, &str)]) -> u64 {
     metric_or_zero(&metrics.body, "smart_connections_parked")
 }
 
+/// Run `probe` every `every` until it gives `Ok`; fail with its last `Err` once `within` has gone by.
+pub async fn poll_until<F, Fut>(within: Duration, every: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let Err(why) = probe().await else {
+            return;
+        };
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Wait (at most [`TIMEOUT`]) until exactly `n` device connections are parked.
 pub async fn until_parked(addr: SocketAddr, n: u64, auth: &[(&str, &str)]) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
+    poll_until(TIMEOUT, Duration::from_millis(50), || async move {
         let now = parked(addr, auth).await;
         if now == n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{now} connections parked, not {n}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{now} connections parked, not {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// `smart-server token issue SERIAL` on `dir` (through the running server if one holds it): the token.
