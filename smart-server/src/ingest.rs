@@ -235,8 +235,8 @@ impl Ingest {
             bound: parked.bound,
             owner: parked.owner,
             attached: parked.attached,
-            acks: Arc::new(AckQueue::default()),
-            submitted: 0,
+            acks: parked.acks.unwrap_or_default(),
+            submitted: parked.submitted,
         }
     }
 
@@ -349,12 +349,17 @@ pub(crate) struct Intake<'a> {
     submitted: u64,
 }
 
-/// What a parked connection keeps of its [`Intake`]: nothing of it is in flight then.
-#[derive(Debug)]
+/// What a parked connection keeps of its [`Intake`] (the parking lot's thread serves its frames
+/// through [`Ingest::resume`] too, so some of its writes may be in flight).
+#[derive(Debug, Default)]
 pub(crate) struct ParkedIntake {
     bound: Option<Serial>,
     owner: Option<Arc<str>>,
     attached: HashSet<Serial>,
+    /// Where the writer answers the connection's writes: made at its first spell, then kept.
+    acks: Option<Arc<AckQueue>>,
+    /// Writes submitted so far.
+    submitted: u64,
 }
 
 impl ParkedIntake {
@@ -368,20 +373,39 @@ impl ParkedIntake {
         ParkedIntake {
             bound,
             owner,
-            attached: HashSet::new(),
+            ..ParkedIntake::default()
         }
+    }
+
+    /// Where this connection's writes are answered (`None`: it has had no spell yet).
+    pub(crate) fn acks(&self) -> Option<&AckQueue> {
+        self.acks.as_deref()
     }
 }
 
 impl Intake<'_> {
-    /// Keep only what outlives an idle spell: the binding and the serials kept online (the
-    /// answers' queue is made anew on [`Ingest::resume`], every write being answered).
-    pub(crate) fn park(self) -> ParkedIntake {
+    /// What outlives an idle spell, with nothing in flight: the binding and the serials kept
+    /// online (the answers' queue is made anew when the connection next speaks).
+    pub(crate) fn park_idle(self) -> ParkedIntake {
         debug_assert_eq!(self.acks.answered(), self.submitted);
         ParkedIntake {
             bound: self.bound,
             owner: self.owner,
             attached: self.attached,
+            acks: None,
+            submitted: 0,
+        }
+    }
+
+    /// What outlives the spell, writes in flight included: the binding, the serials kept online and
+    /// the writes' answers.
+    pub(crate) fn park(self) -> ParkedIntake {
+        ParkedIntake {
+            bound: self.bound,
+            owner: self.owner,
+            attached: self.attached,
+            acks: Some(self.acks),
+            submitted: self.submitted,
         }
     }
 

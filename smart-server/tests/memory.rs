@@ -24,7 +24,8 @@ async fn idle_device_connections_stay_small() {
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    // Registered devices park once silent for `--park-after` (10 s by default).
+    // Devices are parked once welcomed and served there (device/attend.rs); one that went to a task
+    // parks again once silent for `--park-after` (10 s by default; 500 ms here).
     let (child, addr) = spawn_binary_with(dir.path(), &[], &["--park-after", "500"]).await;
     let pid = child.id().unwrap();
 

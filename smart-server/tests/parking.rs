@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -250,18 +250,73 @@ async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
     assert!(status.success(), "{status:?}");
 }
 
+/// By default (`--park-after` 10 s) every connection parks once welcomed, and a device that only
+/// reports stays there: its frames are served on the lot's thread (device/attend.rs). One that sends
+/// something the lot leaves to a task (here a binary frame) gets a task, and keeps it while active.
 #[tokio::test]
-async fn by_default_only_connections_that_have_not_spoken_park_at_once() {
+async fn reporting_devices_are_served_in_the_lot_and_others_keep_a_task() {
     let dir = tempfile::tempdir().unwrap();
     let (_child, addr) = spawn_binary(dir.path()).await;
-    let _quiet = [device(addr).await, device(addr).await];
+    let (mut dash, _) = dashboard(addr).await;
+    let _quiet = device(addr).await;
     let mut speaker = device(addr).await;
+    let mut odd = device(addr).await;
+    until_parked(addr, 3, &[]).await;
+
+    // One at a time, then pipelined: acked in order, shown, and still in the lot.
     send_ok(&mut speaker, "0001", "S001", &json!({"battery": 1})).await;
-    // The two that never spoke park at once; the one that did keeps its task (`--park-after` is
-    // 10 s), and answers at once.
+    for mid in ["0002", "0003", "0004"] {
+        let battery: u32 = mid.parse().unwrap();
+        send(
+            &mut speaker,
+            &updt(mid, "S001", &json!({"battery": battery})),
+        )
+        .await;
+    }
+    // A bad frame among them gets its ERROR in its place, and changes nothing.
+    send(&mut speaker, "{not json").await;
+    send(&mut speaker, &updt("0005", "S001", &json!({"battery": 5}))).await;
+    for mid in ["0002", "0003", "0004"] {
+        assert_eq!(recv_json(&mut speaker).await, ok_text(mid, "S001"));
+    }
+    let error = recv_json(&mut speaker).await;
+    assert_eq!(error["message"], "ERROR", "{error}");
+    assert_eq!(recv_json(&mut speaker).await, ok_text("0005", "S001"));
+    let mut seen = Vec::new();
+    while seen.last() != Some(&json!(5)) {
+        let (_, body) = next_updt_for(&mut dash, "S001").await;
+        seen.push(body["battery"].clone());
+        assert!(seen.len() <= 5, "{seen:?}");
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5].map(|n| json!(n)));
+    // A ping from the device is answered there too.
+    speaker
+        .send(Message::Ping(b"hi".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(TIMEOUT, speaker.next()).await.unwrap();
+    assert!(
+        matches!(&pong, Some(Ok(Message::Pong(payload))) if payload.as_ref() == b"hi"),
+        "{pong:?}"
+    );
+    assert_eq!(
+        parked(addr, &[]).await,
+        3,
+        "a reporting device left the lot"
+    );
+
+    // A binary frame is for a task: the connection leaves the lot, is answered there, and keeps
+    // its task while it goes on reporting.
+    odd.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    let error = recv_json(&mut odd).await;
+    assert_eq!(error["message"], "ERROR", "{error}");
     until_parked(addr, 2, &[]).await;
+    send_ok(&mut odd, "0001", "S002", &json!({"battery": 2})).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    send_ok(&mut odd, "0002", "S002", &json!({"battery": 3})).await;
     assert_eq!(parked(addr, &[]).await, 2);
-    send_ok(&mut speaker, "0002", "S001", &json!({"battery": 2})).await;
+    send_ok(&mut speaker, "0006", "S001", &json!({"battery": 6})).await;
     assert_eq!(parked(addr, &[]).await, 2);
 }

@@ -121,6 +121,64 @@ impl Inbound {
         &mut self.buf
     }
 
+    /// Bytes read elsewhere (the parking lot's thread reads for its connections).
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The bytes not taken yet, leaving none (a fragment in progress stays: only sensible when
+    /// there is none, as after [`Inbound::next_simple`]).
+    pub(crate) fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buf.split_off(self.start);
+        self.buf.clear();
+        self.start = 0;
+        rest
+    }
+
+    /// The next frame, taken, if it is whole and one of the simple kinds the parking lot's thread
+    /// serves itself: a final text frame in UTF-8, a ping or a pong, outside any fragmented message.
+    /// Anything else (nothing whole yet, a fragment, binary, close, a violation) is left untaken,
+    /// for [`Inbound::next`] to read and judge.
+    pub(crate) fn next_simple(&mut self) -> Option<Event<'_>> {
+        if self.partial.is_some() {
+            return None;
+        }
+        let rest = &self.buf[self.start..];
+        let Ok(Some((header, header_len, len))) = parse_header(rest) else {
+            return None;
+        };
+        let mask = header.mask?;
+        let control = len <= MAX_CONTROL_PAYLOAD as u64;
+        let simple = header.is_final
+            && !(header.rsv1 || header.rsv2 || header.rsv3)
+            && match header.opcode {
+                OpCode::Data(Data::Text) => len <= self.max as u64,
+                OpCode::Control(Control::Ping | Control::Pong) => control,
+                _ => false,
+            };
+        if !simple || (rest.len() as u64) < header_len as u64 + len {
+            return None;
+        }
+        let from = self.start + header_len;
+        let to = from + len as usize;
+        unmask(&mut self.buf[from..to], mask);
+        if header.opcode == OpCode::Data(Data::Text)
+            && std::str::from_utf8(&self.buf[from..to]).is_err()
+        {
+            // Masked again (the same XOR) and left untaken: `next` refuses it with 1007.
+            unmask(&mut self.buf[from..to], mask);
+            return None;
+        }
+        self.start = to;
+        let payload = &self.buf[from..to];
+        Some(match header.opcode {
+            OpCode::Control(Control::Ping) => Event::Ping(payload),
+            OpCode::Control(_) => Event::Pong,
+            // Valid, as checked above (checking again costs little next to the socket's read).
+            OpCode::Data(_) => Event::Text(std::str::from_utf8(payload).unwrap_or_default()),
+        })
+    }
+
     /// The next whole message or control frame among the bytes read, if one is complete.
     pub(crate) fn next(&mut self) -> Result<Option<Event<'_>>, Violation> {
         if !self.assembled.is_empty() {
@@ -304,6 +362,12 @@ impl Outbound {
     /// Free the buffer (only sensible when empty).
     pub(crate) fn release(&mut self) {
         self.buf = Vec::new();
+    }
+
+    /// Bytes formatted elsewhere and not written yet (by the parking lot's thread), ahead of
+    /// anything queued later; not bounded by the buffer's limit (they are owed already).
+    pub(crate) fn preload(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
     }
 
     /// Queue a text frame.
@@ -592,6 +656,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_lot_takes_only_whole_simple_frames() {
+        let mut inbound = Inbound::new(100);
+        let bad_utf8 = client_frame(0x81, &[0x68, 0xff, 0x69], true);
+        let mut bytes = [
+            text("one"),
+            client_frame(0x89, b"hi", true),
+            client_frame(0x8a, b"", true),
+            client_frame(0x82, b"bin", true),
+        ]
+        .concat();
+        bytes.extend(&bad_utf8);
+        inbound.push(&bytes);
+        assert_eq!(inbound.next_simple(), Some(Event::Text("one")));
+        assert_eq!(inbound.next_simple(), Some(Event::Ping(b"hi")));
+        assert_eq!(inbound.next_simple(), Some(Event::Pong));
+        assert_eq!(inbound.next_simple(), None, "binary is left to next");
+        assert_eq!(inbound.next(), Ok(Some(Event::Binary)));
+        assert_eq!(inbound.next_simple(), None, "not UTF-8");
+        assert_eq!(inbound.take_rest(), bad_utf8, "left exactly as it came");
+        assert!(inbound.is_clean());
+        // A frame not whole yet, a fragment, a text over the limit: untaken.
+        let whole = text("two");
+        inbound.push(&whole[..whole.len() - 1]);
+        assert_eq!(inbound.next_simple(), None);
+        inbound.push(&whole[whole.len() - 1..]);
+        assert_eq!(inbound.next_simple(), Some(Event::Text("two")));
+        inbound.push(&client_frame(0x01, b"frag", true));
+        assert_eq!(inbound.next_simple(), None);
+        let _ = inbound.take_rest();
+        inbound.push(&text(&"x".repeat(101)));
+        assert_eq!(inbound.next_simple(), None);
+        assert!(matches!(inbound.next(), Err(Violation::TooLarge { .. })));
+    }
+
     mod split {
         use proptest::prelude::*;
 
@@ -670,6 +769,60 @@ mod tests {
                 }
                 prop_assert_eq!(got, expected);
                 prop_assert!(inbound.is_clean());
+            }
+
+            /// The lot's way of reading — simple frames taken by `next_simple`, everything else by
+            /// `next`, and at any point the untaken rest handed to a new codec (a task) — reads the
+            /// same events, violations included, as `next` alone: what `next_simple` does not take
+            /// it leaves exactly as it was (a text that is not UTF-8 is masked again).
+            #[test]
+            fn simple_frames_then_the_rest_read_as_next_alone(
+                messages in proptest::collection::vec(sent(), 0..8),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+                noise in proptest::collection::vec(any::<u8>(), 0..16),
+                handover in any::<prop::sample::Index>(),
+            ) {
+                let (mut bytes, _) = encode(&messages);
+                if !bytes.is_empty() {
+                    for (at, mask) in &flips {
+                        let at = at.index(bytes.len());
+                        bytes[at] ^= mask;
+                    }
+                }
+                bytes.extend(noise);
+                let mut alone = Inbound::new(200);
+                alone.push(&bytes);
+                let expected = events(&mut alone);
+                let mut lot = Inbound::new(200);
+                lot.push(&bytes);
+                let mut got = Vec::new();
+                let handover = handover.index(expected.len() + 1);
+                let mut stopped = false;
+                while got.len() < handover && !stopped {
+                    if let Some(event) = lot.next_simple() {
+                        got.push(format!("{event:?}"));
+                        continue;
+                    }
+                    match lot.next() {
+                        Ok(Some(event)) => got.push(format!("{event:?}")),
+                        Ok(None) => stopped = true,
+                        Err(e) => {
+                            got.push(format!("{e:?}"));
+                            stopped = true;
+                        }
+                    }
+                }
+                if !stopped {
+                    if lot.partial.is_none() {
+                        // Handed over between messages, as the lot does.
+                        let mut task = Inbound::new(200);
+                        task.preload(lot.take_rest());
+                        got.extend(events(&mut task));
+                    } else {
+                        got.extend(events(&mut lot));
+                    }
+                }
+                prop_assert_eq!(got, expected);
             }
 
             /// Whatever arrives — valid frames with bytes flipped, then noise — in reads no larger

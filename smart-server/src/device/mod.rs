@@ -7,12 +7,16 @@
 //! a bad frame therefore waits behind the OKs of earlier good frames, and nothing of the bad frame is
 //! applied.
 //!
-//! A plain-TCP connection silent for `--park-after` (at once after the welcome, if it has not spoken)
-//! with nothing in flight is parked (`park.rs`): its task ends, its buffers are freed and its socket
-//! leaves the runtime; what is left is its session state in the lot's slab, a few hundred bytes. The
-//! next frame, its liveness deadline, a revoked token or shutdown brings it back as a new task, where
-//! the session goes on as before.
+//! A plain-TCP connection is parked (`park.rs`) right after its welcome, and again once silent for
+//! `--park-after` with nothing in flight: its task ends, its buffers are freed and its socket leaves
+//! the runtime; what is left is its session state in the lot's slab, a few hundred bytes. The lot's
+//! thread serves a parked connection's simple frames itself (`attend.rs`: whole text frames, pings,
+//! pongs; their replies written when the writer answers), so a device that only reports never needs
+//! a task. Anything else (a frame in pieces, a close, a reply the socket cannot take at once), its
+//! liveness deadline, a revoked token or shutdown brings it back as a new task, where the session
+//! goes on as before.
 
+mod attend;
 mod codec;
 mod park;
 
@@ -82,6 +86,7 @@ impl std::fmt::Debug for Held {
 }
 
 /// A reply owed to the device, in arrival order.
+#[derive(Debug)]
 enum Reply {
     /// Known now (an ERROR).
     Ready(String),
@@ -113,31 +118,17 @@ pub(crate) fn parking(shared: &Arc<Shared>, shutdown: &Shutdown) -> Option<Parki
     } else {
         (idle / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
     };
-    let handle = tokio::runtime::Handle::current();
-    // Weak handles: the lot's thread (which owns `resume`) must not keep the server's state, or
+    // Weak handles: the lot's thread (which owns its keeper) must not keep the server's state, or
     // the lot itself, alive once the server is gone.
     let itself: Arc<OnceLock<park::WeakLot<Parked>>> = Arc::new(OnceLock::new());
-    let resume = {
-        let (state, shutdown, itself) = (
-            Arc::downgrade(shared),
-            shutdown.clone(),
-            Arc::clone(&itself),
-        );
-        move |parked: Box<Parked>| {
-            let Some(shared) = state.upgrade() else {
-                // The server is gone; so is the connection.
-                return;
-            };
-            Metrics::dec(&shared.metrics.device_parked);
-            let parking = itself
-                .get()
-                .and_then(park::WeakLot::upgrade)
-                .map(|lot| Parking { lot });
-            let _runtime = handle.enter();
-            resume(parked, shared, shutdown.clone(), parking);
-        }
-    };
-    let lot = match park::Lot::start(scan, resume) {
+    let keeper = attend::Attendant::new(
+        Arc::downgrade(shared),
+        shutdown.clone(),
+        tokio::runtime::Handle::current(),
+        Arc::clone(&itself),
+        shared.config.max_frame_bytes,
+    );
+    let lot = match park::Lot::start(scan, keeper) {
         Ok(lot) => lot,
         Err(e) => {
             warn!(%e, "cannot start the parking lot: idle device connections keep their tasks");
@@ -161,6 +152,8 @@ struct Kept {
     liveness: Liveness,
     /// Set when the connection's device token is revoked or replaced (`--auth required`).
     revoked: Option<Revoked>,
+    /// Replies owed, in arrival order (only while the lot's thread serves the connection).
+    replies: VecDeque<Reply>,
 }
 
 /// A parked connection: its socket, its places in the budgets and what its session keeps.
@@ -169,6 +162,17 @@ struct Parked {
     socket: mio::net::TcpStream,
     held: Held,
     kept: Kept,
+    /// What the lot's thread read and did not take, or could not write, when the connection left it.
+    handover: Option<Box<Handover>>,
+}
+
+/// Bytes a connection leaving the lot carries to its task.
+#[derive(Debug, Default)]
+struct Handover {
+    /// Read and not taken (the task's codec reads them first).
+    unread: Vec<u8>,
+    /// Formatted and not written (the task writes them first).
+    unsent: Vec<u8>,
 }
 
 impl park::Park for Parked {
@@ -214,6 +218,7 @@ pub(crate) fn session<T: DeviceIo>(
         intake: ParkedIntake::new(binding),
         liveness: Liveness::new(Duration::from_secs(shared.config.idle_timeout_secs)),
         revoked,
+        replies: VecDeque::new(),
     };
     // A connection that has not spoken yet parks at once if nothing is there to read: after a
     // restart every device reconnects at once, and each would otherwise hold its task for
@@ -224,10 +229,19 @@ pub(crate) fn session<T: DeviceIo>(
 /// A parked connection is back (called on the lot's thread, inside the runtime's context): serve
 /// it on in a new task.
 fn resume(parked: Box<Parked>, shared: Arc<Shared>, shutdown: Shutdown, parking: Option<Parking>) {
-    let Parked { socket, held, kept } = *parked;
+    let Parked {
+        socket,
+        held,
+        kept,
+        handover,
+    } = *parked;
     match TcpStream::from_std(socket.into()) {
         Ok(io) => {
-            let conn = Conn::new(io, &shared);
+            let mut conn = Conn::new(io, &shared);
+            if let Some(handover) = handover {
+                conn.inbound.preload(handover.unread);
+                conn.outbound.preload(&handover.unsent);
+            }
             tokio::spawn(live(conn, shared, kept, shutdown, held, parking, Fresh::No));
         }
         Err(e) => {
@@ -263,6 +277,7 @@ fn live<T: DeviceIo>(
             revoked: kept.revoked,
             scratch: String::new(),
         };
+        let mut replies = kept.replies;
         if !conn.outbound.is_empty()
             && !matches!(
                 tokio::time::timeout(WRITE_TIMEOUT, conn.flush()).await,
@@ -272,7 +287,21 @@ fn live<T: DeviceIo>(
             return close(conn, state, End::Broken).await;
         }
         let parks = T::PARKS && parking.is_some();
-        let end = match state.serve(&mut conn, &mut shutdown, parks, fresh).await {
+        // A new connection goes to the lot as soon as it is welcomed, even if its first frame is
+        // there already: the lot serves it (and, as long as it only reports, everything after).
+        let step = if parks && fresh == Fresh::Yes && conn.inbound.is_clean() {
+            Step::Park
+        } else {
+            let step = state
+                .serve(&mut conn, &mut shutdown, &mut replies, parks, fresh)
+                .await;
+            if matches!(step, Step::Park) {
+                conn.inbound.release();
+                conn.outbound.release();
+            }
+            step
+        };
+        let end = match step {
             Step::End(end) => end,
             Step::Park => match conn.io.into_std() {
                 Ok(socket) => {
@@ -280,10 +309,12 @@ fn live<T: DeviceIo>(
                         socket: mio::net::TcpStream::from_std(socket),
                         held,
                         kept: Kept {
-                            intake: state.intake.park(),
+                            intake: state.intake.park_idle(),
                             liveness: state.liveness,
                             revoked: state.revoked,
+                            replies,
                         },
+                        handover: None,
                     });
                     Metrics::inc(&shared.metrics.device_parked);
                     if let Some(Err(parked)) = parking.map(|p| p.lot.park(parked)) {
@@ -445,12 +476,12 @@ impl Session<'_> {
         &mut self,
         conn: &mut Conn<T>,
         shutdown: &mut Shutdown,
+        replies: &mut VecDeque<Reply>,
         parks: bool,
         fresh: Fresh,
     ) -> Step {
         let max_in_flight = self.shared.config.max_in_flight.max(1);
         let park_after = Duration::from_millis(self.shared.config.park_after_ms);
-        let mut replies: VecDeque<Reply> = VecDeque::new();
         let mut reading = true;
         let mut close = None;
         // The last sign of activity: the spell's start (long ago for a fresh connection, which
@@ -474,8 +505,7 @@ impl Session<'_> {
             };
             if sendable {
                 active_at = Instant::now();
-                match tokio::time::timeout(WRITE_TIMEOUT, self.send_ready(conn, &mut replies)).await
-                {
+                match tokio::time::timeout(WRITE_TIMEOUT, self.send_ready(conn, replies)).await {
                     Ok(Ok(true)) => {}
                     Ok(Ok(false)) => return Step::End(self.not_reading()),
                     Ok(Err(e)) => {
@@ -493,7 +523,7 @@ impl Session<'_> {
             }
             // Frames already read go first (one per turn, so that replies leave in between).
             if reading && replies.len() < max_in_flight {
-                let taken = self.take_frame(conn, &mut replies);
+                let taken = self.take_frame(conn, replies);
                 if taken.is_some() {
                     active_at = Instant::now();
                 }
@@ -560,8 +590,6 @@ impl Session<'_> {
                     let live_due = self.liveness.deadline().is_some_and(|at| at <= Instant::now());
                     if !live_due {
                         if parks && conn.inbound.is_clean() && conn.outbound.is_empty() {
-                            conn.inbound.release();
-                            conn.outbound.release();
                             return Step::Park;
                         }
                         // Something is half read or unsent: wait for it a spell more.
@@ -617,7 +645,7 @@ impl Session<'_> {
         self.liveness.heard();
         Some(match event {
             Event::Text(text) => {
-                let reply = self.handle(text);
+                let reply = handle(&mut self.intake, text);
                 replies.push_back(reply);
                 Then::Go
             }
@@ -674,91 +702,105 @@ impl Session<'_> {
         conn: &mut Conn<T>,
         replies: &mut VecDeque<Reply>,
     ) -> io::Result<bool> {
-        let mut answered = self.acks().answered();
-        loop {
-            let queued = match replies.front() {
-                // Acks that completed meanwhile are taken without another trip through the loop.
-                Some(Reply::Waiting { ordinal, .. }) => {
-                    let ordinal = *ordinal;
-                    if ordinal > answered {
-                        answered = self.acks().answered();
-                        if ordinal > answered {
-                            break;
-                        }
-                    }
-                    let Some(Reply::Waiting { header, kind, .. }) = replies.pop_front() else {
-                        break;
-                    };
-                    let ack = self.acks().result(ordinal);
-                    // Written into the session's scratch buffer: an OK allocates nothing.
-                    let mut frame = std::mem::take(&mut self.scratch);
-                    frame.clear();
-                    self.answer(header, kind, ack).write_frame(&mut frame);
-                    let queued = conn.outbound.text(&frame);
-                    self.scratch = frame;
-                    queued
-                }
-                Some(Reply::Ready(_)) => match replies.pop_front() {
-                    Some(Reply::Ready(frame)) => conn.outbound.text(&frame),
-                    _ => break,
-                },
-                None => break,
-            };
-            if queued.is_err() {
-                return Ok(false);
-            }
+        let queued = queue_ready(
+            replies,
+            self.intake.acks(),
+            &self.shared.metrics,
+            &mut self.scratch,
+            &mut conn.outbound,
+        );
+        if queued.is_err() {
+            return Ok(false);
         }
         conn.flush().await?;
         Ok(true)
-    }
-
-    /// The answer to a write the writer answered with `ack` (counted).
-    fn answer(&self, header: Header, kind: Kind, ack: Ack) -> ServerMessage {
-        let metrics = &self.shared.metrics;
-        match ack {
-            Ok(()) => {
-                Metrics::inc(&metrics.acks);
-                Metrics::inc(if kind == Kind::Init {
-                    &metrics.accepted_init
-                } else {
-                    &metrics.accepted_updt
-                });
-                ServerMessage::Ok(header)
-            }
-            Err(refusal) => {
-                metrics.reject(match refusal {
-                    Refusal::Store | Refusal::ClusterDown => RejectClass::Storage,
-                    Refusal::RecordTooLarge { .. } | Refusal::TooManyExtras { .. } => {
-                        RejectClass::Limit
-                    }
-                });
-                info!(%header, reason = %refusal, "device message refused");
-                ServerMessage::Error {
-                    header: Some(header),
-                    reason: refusal.to_string(),
-                }
-            }
-        }
     }
 
     /// The answers to this connection's writes.
     fn acks(&self) -> &AckQueue {
         self.intake.acks()
     }
+}
 
-    /// Hand one text frame to the ingest path; the reply it is owed.
-    fn handle(&mut self, text: &str) -> Reply {
-        match self.intake.submit(text) {
-            Ok(Queued {
-                header,
-                kind,
-                ordinal,
-            }) => Reply::Waiting {
-                header,
-                kind,
-                ordinal,
-            },
-            Err(frame) => Reply::Ready(frame),
+/// Hand one text frame to the ingest path; the reply it is owed.
+fn handle(intake: &mut Intake<'_>, text: &str) -> Reply {
+    match intake.submit(text) {
+        Ok(Queued {
+            header,
+            kind,
+            ordinal,
+        }) => Reply::Waiting {
+            header,
+            kind,
+            ordinal,
+        },
+        Err(frame) => Reply::Ready(frame),
+    }
+}
+
+/// Queue every reply at the front of `replies` that is known (an ERROR, or a write `acks` has
+/// answered) into `out`, in order; an OK is framed in `scratch` (no allocation). `Err`: `out` is
+/// full (the device does not read).
+fn queue_ready(
+    replies: &mut VecDeque<Reply>,
+    acks: &AckQueue,
+    metrics: &Metrics,
+    scratch: &mut String,
+    out: &mut Outbound,
+) -> Result<(), codec::Full> {
+    let mut answered = acks.answered();
+    loop {
+        match replies.front() {
+            // Acks that completed meanwhile are taken without another trip through the loop.
+            Some(Reply::Waiting { ordinal, .. }) => {
+                let ordinal = *ordinal;
+                if ordinal > answered {
+                    answered = acks.answered();
+                    if ordinal > answered {
+                        return Ok(());
+                    }
+                }
+                let Some(Reply::Waiting { header, kind, .. }) = replies.pop_front() else {
+                    return Ok(());
+                };
+                scratch.clear();
+                answer(metrics, header, kind, acks.result(ordinal)).write_frame(scratch);
+                out.text(scratch)?;
+            }
+            Some(Reply::Ready(_)) => {
+                if let Some(Reply::Ready(frame)) = replies.pop_front() {
+                    out.text(&frame)?;
+                }
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+/// The answer to a write the writer answered with `ack` (counted).
+fn answer(metrics: &Metrics, header: Header, kind: Kind, ack: Ack) -> ServerMessage {
+    match ack {
+        Ok(()) => {
+            Metrics::inc(&metrics.acks);
+            Metrics::inc(if kind == Kind::Init {
+                &metrics.accepted_init
+            } else {
+                &metrics.accepted_updt
+            });
+            ServerMessage::Ok(header)
+        }
+        Err(refusal) => {
+            metrics.reject(match refusal {
+                Refusal::Store | Refusal::ClusterDown => RejectClass::Storage,
+                Refusal::RecordTooLarge { .. } | Refusal::TooManyExtras { .. } => {
+                    RejectClass::Limit
+                }
+            });
+            info!(%header, reason = %refusal, "device message refused");
+            ServerMessage::Error {
+                header: Some(header),
+                reason: refusal.to_string(),
+            }
         }
     }
 }
