@@ -704,22 +704,25 @@ impl<S: Sink> Writer<S> {
         // waiting one of its session (a session reads its answers in order).
         let cluster = self.log.acks_wait();
         let mut waiting = Vec::new();
-        for verdict in &mut self.verdicts {
-            let (ack, result): (_, Ack) = match verdict {
-                Verdict::Write { ack, .. } if committed => (ack, Ok(())),
-                Verdict::Write { ack, .. } => (ack, Err(Refusal::Store)),
-                Verdict::Refused(ack, refusal) => (ack, Err(refusal.clone())),
-                Verdict::Online(..) => continue,
-            };
-            // The session may be gone (peer closed): the write is durable all the same.
-            if let Some(ack) = ack.take() {
-                if cluster && (result.is_ok() || !ack.next_to_answer()) {
-                    waiting.push((ack, result));
-                } else {
-                    ack.answer(result);
+        // Pollers the sessions share (the parking lot's thread) are woken once, after all answers.
+        crate::wakes::batched(|| {
+            for verdict in &mut self.verdicts {
+                let (ack, result): (_, Ack) = match verdict {
+                    Verdict::Write { ack, .. } if committed => (ack, Ok(())),
+                    Verdict::Write { ack, .. } => (ack, Err(Refusal::Store)),
+                    Verdict::Refused(ack, refusal) => (ack, Err(refusal.clone())),
+                    Verdict::Online(..) => continue,
+                };
+                // The session may be gone (peer closed): the write is durable all the same.
+                if let Some(ack) = ack.take() {
+                    if cluster && (result.is_ok() || !ack.next_to_answer()) {
+                        waiting.push((ack, result));
+                    } else {
+                        ack.answer(result);
+                    }
                 }
             }
-        }
+        });
         if !waiting.is_empty() {
             self.log.answer_when_shipped(&mut waiting.into_iter());
         }

@@ -36,6 +36,7 @@ mod shutdown;
 mod state;
 mod store;
 mod tls;
+mod wakes;
 mod wal;
 mod ws;
 

@@ -104,6 +104,12 @@ impl Ready {
     }
 }
 
+impl crate::wakes::Wake for Ready {
+    fn wake_now(&self) {
+        self.wake_poller();
+    }
+}
+
 /// The waker of one place in the slab.
 struct PlaceWaker {
     index: usize,
@@ -121,8 +127,9 @@ impl Wake for PlaceWaker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(self.index);
+        // The writer answers a whole group commit before the lot is woken (`wakes::batched`).
         if !self.ready.notified.swap(true, Ordering::AcqRel) {
-            self.ready.wake_poller();
+            crate::wakes::wake(&self.ready);
         }
     }
 }
