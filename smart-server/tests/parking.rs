@@ -252,7 +252,8 @@ async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
 
 /// By default (`--park-after` 10 s) every connection parks once welcomed, and a device that only
 /// reports stays there: its frames are served on the lot's thread (device/attend.rs). One that sends
-/// something the lot leaves to a task (here a binary frame) gets a task, and keeps it while active.
+/// something the lot leaves to a task (a binary frame, a frame in two reads) gets a task, and keeps
+/// it while active.
 #[tokio::test]
 async fn reporting_devices_are_served_in_the_lot_and_others_keep_a_task() {
     let dir = tempfile::tempdir().unwrap();
@@ -318,5 +319,18 @@ async fn reporting_devices_are_served_in_the_lot_and_others_keep_a_task() {
     send_ok(&mut odd, "0002", "S002", &json!({"battery": 3})).await;
     assert_eq!(parked(addr, &[]).await, 2);
     send_ok(&mut speaker, "0006", "S001", &json!({"battery": 6})).await;
+    assert_eq!(parked(addr, &[]).await, 2);
+
+    // A frame whose bytes come in two reads is the task's too: the lot hands over what it read.
+    let (status, mut raw) = upgrade_raw(addr, "/update/", None, &[]).await;
+    assert_eq!(status, 101);
+    assert_eq!(text(&frames(&mut raw, 1).await[0]), DEVICE_WELCOME);
+    until_parked(addr, 3, &[]).await;
+    let frame = client_frame(0x1, updt("0001", "S003", &json!({"battery": 4})).as_bytes());
+    raw.write_all(&frame[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    raw.write_all(&frame[10..]).await.unwrap();
+    let got = frames(&mut raw, 1).await;
+    assert_eq!(json_of(&text(&got[0])), ok_text("0001", "S003"));
     assert_eq!(parked(addr, &[]).await, 2);
 }
