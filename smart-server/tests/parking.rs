@@ -334,3 +334,93 @@ async fn reporting_devices_are_served_in_the_lot_and_others_keep_a_task() {
     assert_eq!(json_of(&text(&got[0])), ok_text("0001", "S003"));
     assert_eq!(parked(addr, &[]).await, 2);
 }
+
+/// The names of `pid`'s threads (`/proc/PID/task/TID/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(name) = std::fs::read_to_string(task.path().join("comm")) {
+            names.push(name.trim().to_owned());
+        }
+    }
+    names
+}
+
+/// How often each of `pid`'s threads named `name` went to sleep, by thread id.
+fn sleeps(pid: u32, name: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        if status.lines().next() != Some(&format!("Name:\t{name}")) {
+            continue;
+        }
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        out.insert(task.file_name().to_string_lossy().into_owned(), switches);
+    }
+    out
+}
+
+/// `--device-threads 2`: two lots, new connections spread over them, each serving its devices.
+#[tokio::test]
+async fn device_connections_spread_over_the_lots() {
+    if !std::path::Path::new("/proc/self/task").exists() {
+        eprintln!("no /proc: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_binary_with(dir.path(), &[], &["--device-threads", "2"]).await;
+    let pid = child.id().unwrap();
+    let mut devices = Vec::new();
+    for _ in 0..6 {
+        devices.push(device(addr).await);
+    }
+    until_parked(addr, 6, &[]).await;
+    // (A thread names itself once it runs: by now both have.)
+    let lots = thread_names(pid)
+        .iter()
+        .filter(|name| *name == "device-park")
+        .count();
+    assert_eq!(lots, 2, "{:?}", thread_names(pid));
+    let before = sleeps(pid, "device-park");
+    // Every device, whichever lot holds it, is acked in order there and stays parked.
+    for round in 1..=3u32 {
+        for (i, ws) in devices.iter_mut().enumerate() {
+            let serial = format!("L{i:03}");
+            let mids: Vec<String> = (0..2).map(|k| format!("{:04}", round * 10 + k)).collect();
+            for mid in &mids {
+                send(ws, &updt(mid, &serial, &json!({"battery": round}))).await;
+            }
+            for mid in &mids {
+                assert_eq!(recv_json(ws).await, ok_text(mid, &serial));
+            }
+        }
+    }
+    assert_eq!(parked(addr, &[]).await, 6);
+    // Both lots served (each woke for its three devices' nine exchanges, at least).
+    let after = sleeps(pid, "device-park");
+    for (thread, n) in &after {
+        let served = n - before.get(thread).copied().unwrap_or(0);
+        assert!(
+            served >= 6,
+            "lot thread {thread} woke {served} times: {before:?} -> {after:?}"
+        );
+    }
+    // One closing leaves its lot for a task, which closes it; the others go on.
+    let mut gone = devices.pop().unwrap();
+    gone.close(None).await.unwrap();
+    until_parked(addr, 5, &[]).await;
+    send_ok(&mut devices[0], "0100", "L000", &json!({"battery": 9})).await;
+    assert_eq!(parked(addr, &[]).await, 5);
+}

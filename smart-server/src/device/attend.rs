@@ -22,7 +22,7 @@ use tracing::debug;
 
 use super::codec::{Event, Inbound, Outbound};
 use super::park::{self, Next};
-use super::{Handover, Parked, Parking, handle, queue_ready, resume};
+use super::{Handover, Lots, Parked, Parking, handle, queue_ready, resume};
 use crate::liveness::CONTROL_ROOM;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -42,8 +42,8 @@ pub(super) struct Attendant {
     state: Weak<Shared>,
     shutdown: Shutdown,
     runtime: tokio::runtime::Handle,
-    /// The lot itself (set once started), for the tasks it resumes to park again.
-    lot: Arc<OnceLock<park::WeakLot<Parked>>>,
+    /// The lots (set once started), for the tasks it resumes to park again.
+    lots: Arc<OnceLock<Weak<Lots>>>,
     /// Bytes read from the connection being served: empty between turns.
     inbound: Inbound,
     /// Frames for the connection being served: empty between turns.
@@ -59,14 +59,14 @@ impl Attendant {
         state: Weak<Shared>,
         shutdown: Shutdown,
         runtime: tokio::runtime::Handle,
-        lot: Arc<OnceLock<park::WeakLot<Parked>>>,
+        lots: Arc<OnceLock<Weak<Lots>>>,
         max_frame_bytes: usize,
     ) -> Attendant {
         Attendant {
             state,
             shutdown,
             runtime,
-            lot,
+            lots,
             inbound: Inbound::new(max_frame_bytes),
             // Never refuses: what one turn queues is bounded by `--max-in-flight` replies and the
             // pongs of one read.
@@ -235,10 +235,10 @@ impl park::Keeper<Parked> for Attendant {
         };
         Metrics::dec(&shared.metrics.device_parked);
         let parking = self
-            .lot
+            .lots
             .get()
-            .and_then(park::WeakLot::upgrade)
-            .map(|lot| Parking { lot });
+            .and_then(Weak::upgrade)
+            .map(|lots| Parking { lots });
         let _runtime = self.runtime.enter();
         resume(parked, Arc::clone(&shared), self.shutdown.clone(), parking);
     }

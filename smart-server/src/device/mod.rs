@@ -22,7 +22,8 @@ mod park;
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -99,13 +100,32 @@ enum Reply {
     },
 }
 
-/// The parking lot of idle device connections (cheap to clone).
+/// The parking lots of device connections (cheap to clone): `--device-threads` of them.
 #[derive(Debug, Clone)]
 pub(crate) struct Parking {
-    lot: park::Lot<Parked>,
+    lots: Arc<Lots>,
 }
 
-/// Start the parking lot; `None` (connections then stay in their tasks) if its thread cannot start.
+#[derive(Debug)]
+struct Lots {
+    lots: Vec<park::Lot<Parked>>,
+    /// Where the next connection parks: the lots in turn.
+    next: AtomicUsize,
+}
+
+impl Parking {
+    /// The lot the next connection to park goes to.
+    fn lot(&self) -> &park::Lot<Parked> {
+        let lots = &self.lots.lots;
+        let i = match lots.len() {
+            1 => 0,
+            n => self.lots.next.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        &lots[i]
+    }
+}
+
+/// Start the parking lots; `None` (connections then stay in their tasks) if a thread cannot start.
 pub(crate) fn parking(shared: &Arc<Shared>, shutdown: &Shutdown) -> Option<Parking> {
     if shared.config.park_after_ms == 0 {
         return None;
@@ -118,29 +138,44 @@ pub(crate) fn parking(shared: &Arc<Shared>, shutdown: &Shutdown) -> Option<Parki
     } else {
         (idle / 8).clamp(Duration::from_millis(50), Duration::from_secs(1))
     };
-    // Weak handles: the lot's thread (which owns its keeper) must not keep the server's state, or
-    // the lot itself, alive once the server is gone.
-    let itself: Arc<OnceLock<park::WeakLot<Parked>>> = Arc::new(OnceLock::new());
-    let keeper = attend::Attendant::new(
-        Arc::downgrade(shared),
-        shutdown.clone(),
-        tokio::runtime::Handle::current(),
-        Arc::clone(&itself),
-        shared.config.max_frame_bytes,
-    );
-    let lot = match park::Lot::start(scan, keeper) {
-        Ok(lot) => lot,
-        Err(e) => {
-            warn!(%e, "cannot start the parking lot: idle device connections keep their tasks");
-            return None;
+    // Weak handles: the lots' threads (which own their keepers) must not keep the server's state,
+    // or the lots themselves, alive once the server is gone.
+    let itself: Arc<OnceLock<Weak<Lots>>> = Arc::new(OnceLock::new());
+    let mut lots = Vec::new();
+    for _ in 0..shared.config.device_threads.max(1) {
+        let keeper = attend::Attendant::new(
+            Arc::downgrade(shared),
+            shutdown.clone(),
+            tokio::runtime::Handle::current(),
+            Arc::clone(&itself),
+            shared.config.max_frame_bytes,
+        );
+        match park::Lot::start(scan, keeper) {
+            Ok(lot) => lots.push(lot),
+            Err(e) => {
+                warn!(%e, "cannot start a parking lot: idle device connections keep their tasks");
+                for lot in &lots {
+                    lot.shut();
+                }
+                return None;
+            }
         }
+    }
+    let parking = Parking {
+        lots: Arc::new(Lots {
+            lots,
+            next: AtomicUsize::new(0),
+        }),
     };
-    let parking = Parking { lot };
-    let _ = itself.set(parking.lot.downgrade());
-    let (mut shutdown, lot) = (shutdown.clone(), parking.lot.clone());
+    let _ = itself.set(Arc::downgrade(&parking.lots));
+    let (mut shutdown, lots) = (shutdown.clone(), Arc::downgrade(&parking.lots));
     tokio::spawn(async move {
         shutdown.recv().await;
-        lot.shut();
+        if let Some(lots) = lots.upgrade() {
+            for lot in &lots.lots {
+                lot.shut();
+            }
+        }
     });
     Some(parking)
 }
@@ -317,7 +352,7 @@ fn live<T: DeviceIo>(
                         handover: None,
                     });
                     Metrics::inc(&shared.metrics.device_parked);
-                    if let Some(Err(parked)) = parking.map(|p| p.lot.park(parked)) {
+                    if let Some(Err(parked)) = parking.map(|p| p.lot().park(parked)) {
                         // The lot's thread is gone: the connection can only close.
                         Metrics::dec(&shared.metrics.device_parked);
                         warn!("the parking lot is gone; closing an idle device connection");

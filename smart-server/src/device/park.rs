@@ -12,7 +12,7 @@
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -64,18 +64,6 @@ impl<P> Clone for Lot<P> {
         Lot {
             inner: Arc::clone(&self.inner),
         }
-    }
-}
-
-/// A handle that does not keep the lot open: the lot's thread ends once every [`Lot`] is dropped.
-#[derive(Debug)]
-pub(crate) struct WeakLot<P> {
-    inner: Weak<Inner<P>>,
-}
-
-impl<P> WeakLot<P> {
-    pub(crate) fn upgrade(&self) -> Option<Lot<P>> {
-        self.inner.upgrade().map(|inner| Lot { inner })
     }
 }
 
@@ -186,13 +174,6 @@ impl<P: Park> Lot<P> {
         self.inner.arrivals.send(item).map_err(|e| e.0)?;
         self.inner.ready.wake_poller();
         Ok(())
-    }
-
-    /// A handle that does not keep the lot open.
-    pub(crate) fn downgrade(&self) -> WeakLot<P> {
-        WeakLot {
-            inner: Arc::downgrade(&self.inner),
-        }
     }
 
     /// Resume everything parked, now and from now on (shutdown).
