@@ -748,6 +748,24 @@ mod tests {
             (bytes, events)
         }
 
+        /// The client's bytes for `messages`, with bytes flipped (at each index, XOR the mask),
+        /// then `noise`.
+        fn damaged(
+            messages: &[Sent],
+            flips: &[(prop::sample::Index, u8)],
+            noise: Vec<u8>,
+        ) -> Vec<u8> {
+            let (mut bytes, _) = encode(messages);
+            if !bytes.is_empty() {
+                for (at, mask) in flips {
+                    let at = at.index(bytes.len());
+                    bytes[at] ^= mask;
+                }
+            }
+            bytes.extend(noise);
+            bytes
+        }
+
         proptest! {
             /// However the bytes are cut into reads, the same messages come out, in order, and the
             /// codec is clean between them.
@@ -782,14 +800,7 @@ mod tests {
                 noise in proptest::collection::vec(any::<u8>(), 0..16),
                 handover in any::<prop::sample::Index>(),
             ) {
-                let (mut bytes, _) = encode(&messages);
-                if !bytes.is_empty() {
-                    for (at, mask) in &flips {
-                        let at = at.index(bytes.len());
-                        bytes[at] ^= mask;
-                    }
-                }
-                bytes.extend(noise);
+                let bytes = damaged(&messages, &flips, noise);
                 let mut alone = Inbound::new(200);
                 alone.push(&bytes);
                 let expected = events(&mut alone);
@@ -837,14 +848,7 @@ mod tests {
                 cuts in proptest::collection::vec(1usize..600, 1..50),
             ) {
                 const MAX: usize = 200;
-                let (mut bytes, _) = encode(&messages);
-                if !bytes.is_empty() {
-                    for (at, mask) in &flips {
-                        let at = at.index(bytes.len());
-                        bytes[at] ^= mask;
-                    }
-                }
-                bytes.extend(noise);
+                let bytes = damaged(&messages, &flips, noise);
                 let mut inbound = Inbound::new(MAX);
                 let mut at = 0;
                 let mut cut = cuts.iter().cycle();

@@ -380,6 +380,27 @@ mod tests {
         wakers: mpsc::Sender<(u32, Waker)>,
     }
 
+    /// What the test hears of a [`Keep`]: items that left, items woken, wakers handed out.
+    type Heard = (
+        mpsc::Receiver<u32>,
+        mpsc::Receiver<u32>,
+        mpsc::Receiver<(u32, Waker)>,
+    );
+
+    impl Keep {
+        fn new() -> (Keep, Heard) {
+            let (left, left_rx) = mpsc::channel();
+            let (woken, woken_rx) = mpsc::channel();
+            let (wakers, wakers_rx) = mpsc::channel();
+            let keep = Keep {
+                left,
+                woken,
+                wakers,
+            };
+            (keep, (left_rx, woken_rx, wakers_rx))
+        }
+    }
+
     impl Keeper<Item> for Keep {
         fn readable(&mut self, item: &mut Item, waker: &Waker) -> Next {
             if item.id >= 10 {
@@ -410,14 +431,7 @@ mod tests {
     #[test]
     fn items_leave_on_data_on_their_deadline_on_demand_and_at_shutdown() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (tx, rx) = mpsc::channel();
-        let (woken_tx, _) = mpsc::channel();
-        let (wakers_tx, _) = mpsc::channel();
-        let keeper = Keep {
-            left: tx,
-            woken: woken_tx,
-            wakers: wakers_tx,
-        };
+        let (keeper, (rx, _, _)) = Keep::new();
         let lot = Lot::start(Duration::from_millis(20), keeper).unwrap();
         let wake = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::new();
@@ -468,14 +482,7 @@ mod tests {
     #[test]
     fn items_are_served_in_place_and_woken_by_their_wakers() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (left_tx, left) = mpsc::channel();
-        let (woken_tx, woken) = mpsc::channel();
-        let (wakers_tx, wakers) = mpsc::channel();
-        let keeper = Keep {
-            left: left_tx,
-            woken: woken_tx,
-            wakers: wakers_tx,
-        };
+        let (keeper, (left, woken, wakers)) = Keep::new();
         let lot = Lot::start(Duration::from_millis(20), keeper).unwrap();
         let mut clients = Vec::new();
         for id in [10, 11] {
