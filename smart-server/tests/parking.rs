@@ -198,10 +198,28 @@ async fn parked_devices_are_pinged_timed_out_revoked_and_shut_down() {
     }
     until_parked(addr, 3, &auth).await;
 
-    // A revoked token closes its parked connection with 1008.
+    // A revoked token closes its parked connection with 1008, and what it sends after the
+    // revocation is not taken (the lot checks before it reads).
     let (_, err, ok) = cli(dir.path(), &["token", "revoke", "0002"], "");
     assert!(ok, "{err}");
-    let close = close_frame(&mut revoked, Duration::from_secs(3), "after its token").await;
+    revoked
+        .send(Message::text(updt("0002", "0002", &json!({"battery": 2}))))
+        .await
+        .unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match revoked.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.unwrap(),
+                Some(Ok(Message::Text(text))) => {
+                    panic!("a revoked token's write was answered: {text}")
+                }
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a revoked token's connection was not closed");
     assert_eq!(u16::from(close.code), 1008, "{close:?}");
 
     // Parked and silent: pinged at half the idle timeout, closed with 1001 at its end. Parked and

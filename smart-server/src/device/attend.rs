@@ -184,7 +184,9 @@ impl park::Keeper<Parked> for Attendant {
             return Next::Leave;
         };
         self.fresh();
-        if !self.read(parked) {
+        // A revoked token is noticed before anything more is read (as in the task, whose check
+        // comes before its read): its connection closes without another write.
+        if park::Park::must_wake(parked) || !self.read(parked) {
             return self.leave(parked);
         }
         let max_in_flight = shared.config.max_in_flight.max(1);

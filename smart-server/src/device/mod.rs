@@ -255,9 +255,9 @@ pub(crate) fn session<T: DeviceIo>(
         revoked,
         replies: VecDeque::new(),
     };
-    // A connection that has not spoken yet parks at once if nothing is there to read: after a
-    // restart every device reconnects at once, and each would otherwise hold its task for
-    // `--park-after` (the peak of such a storm stays in the allocator).
+    // A new connection parks once welcomed (unless its first bytes came with the upgrade request):
+    // the lot serves a reporting device, and after a restart, when every device reconnects at once,
+    // no storm of tasks holds memory (the peak of such a storm stays in the allocator).
     live(conn, shared, kept, shutdown, held, parking, Fresh::Yes)
 }
 

@@ -223,9 +223,12 @@ impl<P: Park, K: Keeper<P>> Slab<P, K> {
                 if event.token() == WAKE {
                     continue;
                 }
-                if event.is_read_closed() || event.is_error() {
-                    // The end of the stream (or an error), maybe after data: the item's own task
-                    // reads what is left and closes.
+                if event.is_read_closed()
+                    || event.is_error()
+                    || self.state.shut.load(Ordering::Acquire)
+                {
+                    // The end of the stream (or an error), maybe after data, or shutdown: the
+                    // item's own task reads what is left and closes.
                     self.unpark(event.token().0);
                 } else {
                     self.serve(event.token().0, K::readable);
