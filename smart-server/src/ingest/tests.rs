@@ -3,6 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use std::collections::HashSet;
+
+use crate::acks::AckQueue;
 use crate::config::Registration;
 use crate::history::HistoryOptions;
 
