@@ -22,6 +22,7 @@
 //! (which starts again from the committed record). PROTOCOL.md §5: an ERROR stores nothing.
 
 use std::collections::{HashMap, hash_map};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::SystemTime;
@@ -155,6 +156,20 @@ impl Recheck {
     }
 }
 
+/// Most parsed updates waiting in [`Spent`]; beyond that (nobody takes them: no connection is on
+/// the parking lot's thread) the writer frees them itself.
+const SPENT_MAX: usize = 4 * MAX_BATCH;
+
+/// Parsed updates the writer has applied, handed back to be freed where they were parsed. glibc
+/// frees a chunk into the arena of the thread that allocated it, under that arena's lock, which the
+/// parsing thread takes for every message it parses: the writer freeing the parking lot's
+/// allocations made the two wait on each other (`futex` in `_int_free` on the writer's commit path).
+#[derive(Debug, Default)]
+struct Spent {
+    bin: Mutex<Vec<Update>>,
+    any: AtomicBool,
+}
+
 /// Handle to the writer thread, and the count of connections keeping each device online.
 #[derive(Debug)]
 pub(crate) struct Ingest {
@@ -167,6 +182,7 @@ pub(crate) struct Ingest {
     fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    spent: Arc<Spent>,
 }
 
 impl Ingest {
@@ -184,7 +200,10 @@ impl Ingest {
         let log = Log::start(store, Arc::clone(metrics))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let connections = Connections::default();
+        let spent = Arc::new(Spent::default());
         let writer = Writer {
+            spent: Arc::clone(&spent),
+            used: Vec::new(),
             fleet: Arc::clone(&fleet),
             sink,
             presence: presence.clone(),
@@ -218,7 +237,29 @@ impl Ingest {
             fleet,
             metrics: Arc::clone(metrics),
             limits,
+            spent,
         })
+    }
+
+    /// Free, on this thread, the parsed updates the writer is done with (see [`Spent`]); `buffer`
+    /// is an empty vector the caller keeps, swapped with the full one under the lock.
+    /// Returns how many it freed.
+    pub(crate) fn free_spent(&self, buffer: &mut Vec<Update>) -> usize {
+        if !self.spent.any.load(Ordering::Relaxed) || !self.spent.any.swap(false, Ordering::AcqRel)
+        {
+            return 0;
+        }
+        std::mem::swap(
+            &mut *self
+                .spent
+                .bin
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            buffer,
+        );
+        let freed = buffer.len();
+        buffer.clear();
+        freed
     }
 
     /// The front of the ingest path for a new, unbound connection (sessions start from
@@ -369,6 +410,9 @@ struct Writer<S> {
     listened: bool,
     /// Retired records nothing else holds any more, to stage later writes in (see [`recycled`]).
     pool: Vec<Arc<Record>>,
+    /// The batch's applied updates, then handed back to be freed where they were parsed.
+    used: Vec<Update>,
+    spent: Arc<Spent>,
 }
 
 impl<S: Sink> Writer<S> {
@@ -536,6 +580,7 @@ impl<S: Sink> Writer<S> {
         // Freeing the batch's parsed updates and keeping the replaced records for later writes
         // waits until the acks are out.
         self.verdicts.clear();
+        self.hand_back();
         for entry in retired {
             if entry.json.len() <= POOL_RECORD_BYTES {
                 recycle(&mut self.pool, entry.record);
@@ -587,6 +632,7 @@ impl<S: Sink> Writer<S> {
             scratch,
             pool,
             log,
+            used,
             ..
         } = self;
         let listening = *listened;
@@ -606,6 +652,11 @@ impl<S: Sink> Writer<S> {
                             owner,
                             ack,
                         } = write;
+                        // Kept until the batch is done, then freed where it was parsed (`Spent`).
+                        used.push(update);
+                        let Some(update) = used.last() else {
+                            continue;
+                        };
                         // Unless an earlier write of the session waits for Redis: this one then
                         // waits with it (it is stored, and shipped on Redis's return).
                         if refusing && ack.next_to_answer() {
@@ -639,20 +690,20 @@ impl<S: Sink> Writer<S> {
                         // What changed: all of it for dashboards, the numbers for the history.
                         let mut numbers = Vec::new();
                         let mut changed = if listening {
-                            let changed = record.apply(&update, now);
+                            let changed = record.apply(update, now);
                             if history && !created {
                                 numbers = history::from_changed(&changed);
                             }
                             changed
                         } else if history && !created {
-                            record.apply_each(&update, now, |key, value| {
+                            record.apply_each(update, now, |key, value| {
                                 if let Some(n) = value.as_f64() {
                                     numbers.push((history::name(key), n));
                                 }
                             });
                             Map::new()
                         } else {
-                            record.apply_unrecorded(&update, now);
+                            record.apply_unrecorded(update, now);
                             Map::new()
                         };
                         // The token's owner wins over the one the record was registered with.
@@ -743,6 +794,28 @@ impl<S: Sink> Writer<S> {
 
 /// A copy of `source` in a record of the pool that nothing else holds any more (no allocation: its
 /// strings and extras are overwritten in place), or a fresh one. The result is not shared.
+impl<S> Writer<S> {
+    /// Hand the batch's applied updates back to be freed where they were parsed (see [`Spent`]).
+    fn hand_back(&mut self) {
+        if self.used.is_empty() {
+            return;
+        }
+        let mut bin = self
+            .spent
+            .bin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if bin.len() + self.used.len() <= SPENT_MAX {
+            bin.append(&mut self.used);
+            drop(bin);
+            self.spent.any.store(true, Ordering::Release);
+        } else {
+            drop(bin);
+            self.used.clear();
+        }
+    }
+}
+
 fn recycled(pool: &mut Vec<Arc<Record>>, source: &Record) -> Arc<Record> {
     while let Some(mut shared) = pool.pop() {
         if let Some(record) = Arc::get_mut(&mut shared) {

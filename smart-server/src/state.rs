@@ -147,6 +147,12 @@ impl Shared {
         self.ingest.resume(parked)
     }
 
+    /// Free, on this thread, the parsed updates the writer is done with (`buffer`: an empty vector
+    /// the caller keeps for the purpose).
+    pub(crate) fn free_spent(&self, buffer: &mut Vec<smart_proto::Update>) {
+        let _ = self.ingest.free_spent(buffer);
+    }
+
     /// The history (reads only), unless `--history off`.
     pub(crate) fn history(&self) -> Option<&History> {
         self.store.history()

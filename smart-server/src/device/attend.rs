@@ -52,6 +52,9 @@ pub(super) struct Attendant {
     chunk: Box<[u8]>,
     /// Where an OK is framed.
     scratch: String,
+    /// Where the writer's spent updates are freed, on this thread, which parsed them
+    /// (`Shared::free_spent`).
+    spent: Vec<smart_proto::Update>,
 }
 
 impl Attendant {
@@ -73,6 +76,7 @@ impl Attendant {
             outbound: Outbound::new(usize::MAX),
             chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             scratch: String::new(),
+            spent: Vec::new(),
         }
     }
 
@@ -211,6 +215,7 @@ impl park::Keeper<Parked> for Attendant {
             }
         }
         kept.intake = intake.park();
+        shared.free_spent(&mut self.spent);
         if self.inbound.is_clean() {
             let _ = self.inbound.take_rest();
             return self.reply(parked, &shared, waker);
@@ -227,6 +232,7 @@ impl park::Keeper<Parked> for Attendant {
             return Next::Leave;
         };
         self.fresh();
+        shared.free_spent(&mut self.spent);
         self.reply(parked, &shared, waker)
     }
 

@@ -274,3 +274,43 @@ fn a_device_online_elsewhere_stays_online_and_rechecks_follow_the_other_instance
         ]
     );
 }
+
+/// The writer hands the updates it applied back, to be freed by whoever parsed them
+/// (`Ingest::free_spent`); when nobody takes them, it keeps at most `SPENT_MAX` and frees the rest
+/// itself.
+#[test]
+fn applied_updates_come_back_to_be_freed_and_are_bounded_when_nobody_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingest = start(dir.path(), Arc::<Recording>::default());
+    let mut intake = ingest.intake();
+    let updt = |mid: u32| {
+        serde_json::json!({"type": "UPDT", "message": format!("{mid:04}:0001:{{\"battery\": {}}}", mid % 100)})
+            .to_string()
+    };
+    let mut last = 0;
+    for mid in 1..=3 {
+        last = intake.submit(&updt(mid)).unwrap().ordinal;
+    }
+    wait_answered(intake.acks(), last);
+    let mut buffer = Vec::new();
+    let mut freed = 0;
+    for _ in 0..200 {
+        freed += ingest.free_spent(&mut buffer);
+        if freed >= 3 {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(freed, 3);
+    assert!(buffer.is_empty());
+    assert_eq!(ingest.free_spent(&mut buffer), 0, "each once");
+
+    // Nobody takes them: the bin stays bounded, and every write is still answered.
+    for mid in 0..(SPENT_MAX as u32 + 2 * MAX_BATCH as u32) {
+        last = intake.submit(&updt(mid % 10_000)).unwrap().ordinal;
+    }
+    wait_answered(intake.acks(), last);
+    let held = ingest.spent.bin.lock().unwrap().len();
+    assert!(held <= SPENT_MAX, "{held} spent updates held");
+    assert!(held > 0);
+}
