@@ -29,7 +29,7 @@ pub(crate) struct Shared {
     pub auth: Arc<Auth>,
     pub fleet: Arc<Fleet>,
     pub hub: Arc<Hub>,
-    /// Reached through [`Shared::intake`] and [`Shared::close`] only.
+    /// Reached through [`Shared::resume_intake`], [`Shared::free_spent`] and [`Shared::close`] only.
     ingest: Ingest,
     /// Reached through [`Shared::store_healthy`], the gauges, [`Shared::history`] and
     /// [`Shared::close`] only.

@@ -84,7 +84,7 @@ pub(crate) struct Store {
     quarantine: sled::Tree,
     quarantined: AtomicU64,
     wal_dir: Arc<WalDir>,
-    /// Where the log continues after [`Store::open`].
+    /// Where the log continues after [`Store::open_shipping`].
     first_segment: u64,
     healthy: AtomicBool,
     /// The history, unless `--history off`.
@@ -123,7 +123,8 @@ impl Store {
         Store::open_shipping(dir, history, None)
     }
 
-    /// [`Store::open`], also handing every committed batch to `shipping`.
+    /// Open (or create) the store in `dir`, replaying whatever the log holds beyond sled (into the
+    /// latest records and, if kept, the history), also handing every committed batch to `shipping`.
     pub(crate) fn open_shipping(
         dir: &Path,
         history: HistoryOptions,
@@ -461,7 +462,7 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
-    /// Start the log where [`Store::open`] left it, and the checkpoint thread.
+    /// Start the log where [`Store::open_shipping`] left it, and the checkpoint thread.
     pub(crate) fn start(store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Log, StoreError> {
         let store_first = store.first_segment;
         let wal = Wal::start(Arc::clone(&store.wal_dir), store_first)?;

@@ -2,9 +2,9 @@
 //!
 //! A device that only reports sends whole text frames and waits for their OKs. The lot's thread
 //! reads what its socket has, takes the simple frames ([`Inbound::next_simple`]: whole text frames,
-//! pings, pongs), hands each text to the connection's [`Intake`] exactly as its task would, and
-//! writes the replies, in arrival order, once the writer has answered (the writer wakes the lot,
-//! once per group commit, through the connection's place waker). No wake-up crosses threads per
+//! pings, pongs), hands each text to the connection's [`Intake`](crate::ingest::Intake) exactly as
+//! its task would, and writes the replies, in arrival order, once the writer has answered (the
+//! writer wakes the lot, once per group commit, through the connection's place waker). No wake-up crosses threads per
 //! message besides the writer's own.
 //!
 //! Anything else sends the connection back to a task with what was read and not taken, and what

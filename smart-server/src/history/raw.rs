@@ -2,7 +2,7 @@
 //!
 //! Key: hour (u32, big endian, hours since the Unix epoch) · serial length (1 byte) · serial · part
 //! (u16, big endian). Value: the log segment last absorbed into it (u64, big endian) · a
-//! [`Chunk`](super::codec::Chunk) of at most [`MAX_ROWS`] rows of that device in that hour.
+//! [`Chunk`] of at most [`MAX_ROWS`] rows of that device in that hour.
 //!
 //! Time comes first so that retention is a delete of the range of keys before a cut; one device's hour
 //! is a short range scan. Absorbing only adds parts (a checkpoint writes each device's new rows as a
