@@ -466,6 +466,11 @@ impl Log {
     pub(crate) fn start(store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Log, StoreError> {
         let store_first = store.first_segment;
         let wal = Wal::start(Arc::clone(&store.wal_dir), store_first)?;
+        // The tiers' sizes, loaded when the store opened, are in /metrics from the first request on
+        // (the history's thread reports them again after each run, the checkpoints after each one).
+        if let Some(history) = &store.history {
+            history.report(&metrics);
+        }
         let checkpoints = Checkpoints::start(Arc::clone(&store), Arc::clone(&metrics));
         Ok(Log {
             store,
