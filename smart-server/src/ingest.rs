@@ -3,9 +3,9 @@
 //! **Front** (`intake.rs`; in the device session's task or on the parking lot's thread, outside any
 //! lock): an [`Intake`] per connection parses a frame, checks the connection's and the server's
 //! admission rules (serials per connection, extras, closed registration) and queues a [`Job::Write`]
-//! (the parsed update, not a new record) with the session's [`AckTicket`]. The first write of a connection for a serial counts the connection for
-//! that serial and is queued under the same lock as the serial's "offline" ([`Ingest::detach`]), so
-//! the two can never be queued swapped. The session keeps only the socket and the reply order.
+//! (the parsed update, not a new record) with the session's [`AckTicket`]. The first write of a
+//! connection for a serial counts the connection for that serial and is queued under the same lock
+//! as the serial's "offline" ([`Ingest::detach`]), so the two can never be queued swapped. The session keeps only the socket and the reply order.
 //!
 //! **Writer** (one thread): it takes everything waiting and, for the whole batch:
 //! 1. applies each update to a copy of the device's committed record (or of the record an earlier

@@ -117,11 +117,7 @@ impl Parking {
     /// The lot the next connection to park goes to.
     fn lot(&self) -> &park::Lot<Parked> {
         let lots = &self.lots.lots;
-        let i = match lots.len() {
-            1 => 0,
-            n => self.lots.next.fetch_add(1, Ordering::Relaxed) % n,
-        };
-        &lots[i]
+        &lots[self.lots.next.fetch_add(1, Ordering::Relaxed) % lots.len()]
     }
 }
 
@@ -202,7 +198,7 @@ struct Parked {
 }
 
 /// Bytes a connection leaving the lot carries to its task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Handover {
     /// Read and not taken (the task's codec reads them first).
     unread: Vec<u8>,
@@ -281,7 +277,7 @@ fn resume(parked: Box<Parked>, shared: Arc<Shared>, shutdown: Shutdown, parking:
         }
         Err(e) => {
             debug!(%e, "cannot resume a parked device connection");
-            intake_end(&shared, shared.resume_intake(kept.intake));
+            parked_end(&shared, kept.intake);
         }
     }
 }
@@ -356,7 +352,7 @@ fn live<T: DeviceIo>(
                         // The lot's thread is gone: the connection can only close.
                         Metrics::dec(&shared.metrics.device_parked);
                         warn!("the parking lot is gone; closing an idle device connection");
-                        intake_end(&shared, shared.resume_intake(parked.kept.intake));
+                        parked_end(&shared, parked.kept.intake);
                     }
                     return;
                 }
@@ -379,6 +375,11 @@ async fn close<T: DeviceIo>(mut conn: Conn<T>, state: Session<'_>, end: End) {
 fn intake_end(shared: &Shared, mut intake: Intake<'_>) {
     intake.detach_all();
     Metrics::dec(&shared.metrics.device_connections);
+}
+
+/// A connection that cannot go on from where it was parked is gone: let go of its serials.
+fn parked_end(shared: &Shared, intake: ParkedIntake) {
+    intake_end(shared, shared.resume_intake(intake));
 }
 
 /// Whether a connection has just been welcomed (it may park at once).
