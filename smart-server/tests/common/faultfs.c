@@ -6,7 +6,8 @@
  *
  *   enospc      write/pwrite/writev fail with ENOSPC; a call of more than one byte first writes half of
  *               it for real and reports that, so a write_all loop leaves torn bytes behind (all but the
- *               last byte of the batch) before it sees the error.
+ *               last byte of the batch) before it sees the error (a direct write's half goes through the
+ *               page cache, as a half block cannot be written directly).
  *   eio_sync    fsync/fdatasync/sync_file_range fail with EIO (after doing nothing).
  *   eio_once    the next fsync/fdatasync fails with EIO, and the mode switches itself off.
  *   block_sync  fsync/fdatasync block until the file is removed (then do the real sync).
@@ -106,6 +107,16 @@ static ssize_t pwrite_impl(ssize_t (*real)(int, const void *, size_t, off_t), in
     if (watched(fd, path) && active("enospc")) {
         size_t part = torn(count);
         if (!part) { errno = ENOSPC; return -1; }
+        /* A direct write (O_DIRECT) of half a block would be refused: the torn half is written
+         * through the page cache (the flag cleared for this call, the log's writes being serial). */
+        int flags = fcntl(fd, F_GETFL);
+        if (flags >= 0 && (flags & O_DIRECT) && fcntl(fd, F_SETFL, flags & ~O_DIRECT) == 0) {
+            ssize_t n = real(fd, buf, part, off);
+            int saved = errno;
+            fcntl(fd, F_SETFL, flags);
+            errno = saved;
+            return n;
+        }
         return real(fd, buf, part, off);
     }
     return real(fd, buf, count, off);
