@@ -757,15 +757,20 @@ mod tests {
         assert_eq!(Cut::of(&cut.payload()[..19]), None);
     }
 
+    /// A log started at segment `seq` in a new directory `wal` of a temporary directory.
+    fn fresh(seq: u64) -> (tempfile::TempDir, PathBuf, Wal) {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let wal = Wal::start(Arc::new(WalDir::open(&wal_dir).unwrap()), seq).unwrap();
+        (dir, wal_dir, wal)
+    }
+
     /// Rotation takes the file opened ahead; retiring makes a finished segment's file the next one,
     /// so the log cycles through the files it holds; leftovers of a file's previous life never
     /// validate.
     #[test]
     fn segments_are_recycled_and_their_leftovers_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal_dir = dir.path().join("wal");
-        let wd = Arc::new(WalDir::open(&wal_dir).unwrap());
-        let mut wal = Wal::start(Arc::clone(&wd), 7).unwrap();
+        let (_dir, wal_dir, mut wal) = fresh(7);
         let append = |wal: &mut Wal, payloads: &[&[u8]]| {
             let mut out = Vec::new();
             let seq = wal.begin(&mut out).unwrap();
@@ -817,10 +822,7 @@ mod tests {
     /// [`FILL_MAX`]: appends overwrite blocks the file has. Replay reads the records, not the zeros.
     #[test]
     fn segments_are_filled_ahead_with_zeros() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal_dir = dir.path().join("wal");
-        let wd = Arc::new(WalDir::open(&wal_dir).unwrap());
-        let mut wal = Wal::start(Arc::clone(&wd), 3).unwrap();
+        let (_dir, wal_dir, mut wal) = fresh(3);
         let size = || fs::metadata(segment_path(&wal_dir, 3)).unwrap().len();
         assert_eq!(size(), 0, "a fresh file");
         let record = vec![b'r'; 32 * 1024];
@@ -857,10 +859,7 @@ mod tests {
     /// of the current block), and the file is written directly where its file system allows it.
     #[test]
     fn appends_of_any_size_read_back_through_whole_block_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal_dir = dir.path().join("wal");
-        let wd = Arc::new(WalDir::open(&wal_dir).unwrap());
-        let mut wal = Wal::start(Arc::clone(&wd), 1).unwrap();
+        let (dir, wal_dir, mut wal) = fresh(1);
         let direct_allowed = OpenOptions::new()
             .create(true)
             .write(true)
