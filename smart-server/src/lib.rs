@@ -31,6 +31,8 @@ mod ingest;
 mod lenient;
 mod liveness;
 mod metrics;
+#[cfg(test)]
+mod reopen;
 mod server;
 mod shutdown;
 mod state;

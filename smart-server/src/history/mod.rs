@@ -203,7 +203,8 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path) -> (sled::Db, History) {
-        let db = sled::Config::new().path(dir).open().unwrap();
+        // A test that reopens waits for the dropped handle's lock.
+        let db = crate::reopen::retrying_lock(|| sled::Config::new().path(dir).open()).unwrap();
         let options = HistoryOptions {
             enabled: true,
             raw_ms: i64::MAX / 4,

@@ -37,20 +37,10 @@ const HISTORY: HistoryOptions = HistoryOptions {
     energy_gap_ms: 600_000,
 };
 
-/// Open the store at `dir`. sled lets go of its lock file only once its background I/O threads
-/// have finished with the previous handle, a moment after the last drop: a test that reopens in
-/// the same process waits for that (bounded), as a restarted server never has to.
+/// Open the store at `dir`, waiting for a dropped handle's lock ([`crate::reopen`]).
 fn open(dir: &Path) -> Store {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Store::open(dir, HISTORY) {
-            Ok(store) => return store,
-            Err(e) if e.to_string().contains("acquire lock") && Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("open the store: {e}"),
-        }
-    }
+    crate::reopen::retrying_lock(|| Store::open(dir, HISTORY))
+        .unwrap_or_else(|e| panic!("open the store: {e}"))
 }
 
 fn batteries(store: &Store) -> Vec<(String, Option<f64>)> {
