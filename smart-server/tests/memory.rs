@@ -196,7 +196,7 @@ async fn stalled_dashboards_neither_slow_devices_nor_hold_memory() {
     // size is the flag's), so its growth must not count as the stalled dashboards' memory. Nor must
     // the history's: it holds every acked change in memory until the next checkpoint (up to 200,000
     // of them, whatever the dashboards do), so the peak it adds during a phase grows with the ack
-    // rate — 3-9 MB, 15-45 KiB per dashboard, on a machine that acks faster. Without it the
+    // rate — 7-10 MB, 35-48 KiB per dashboard, on a machine that acks faster. Without it the
     // dashboards' own cost is what is measured.
     let (child, addr) = spawn_binary_with(
         dir.path(),
