@@ -50,7 +50,6 @@ impl Maintenance {
                     // As if it were the time of the oldest change still waiting.
                     let oldest = history.raw.held().oldest().map(|(_, ts_ms)| ts_ms);
                     history.maintain(oldest.map_or(now, |ts| ts.min(now)), &metrics, &halt);
-                    history.report(&metrics);
                     match stopped.recv_timeout(INTERVAL) {
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,

@@ -119,9 +119,9 @@ impl History {
             .store(self.raw.held().len() as u64, relaxed);
     }
 
-    /// Roll up the hours that are over, then delete what each tier keeps no longer, and flush (the
-    /// history's thread, once a minute; failures are logged, counted and tried again at the next
-    /// run).
+    /// Roll up the hours that are over, then delete what each tier keeps no longer, flush, and show
+    /// the tiers' sizes in /metrics (the history's thread, once a minute; failures are logged,
+    /// counted and tried again at the next run).
     /// Stops early once `stop` is set.
     pub(crate) fn maintain(&self, now_ms: i64, metrics: &Metrics, stop: &AtomicBool) {
         let started = Instant::now();
@@ -148,9 +148,8 @@ impl History {
             let hour = self.rollups.retain(Tier::Hour, cut(self.options.hour_ms))?;
             Ok(raw + five + hour)
         });
-        match removed {
+        let retained = match removed {
             Ok(removed) => {
-                Metrics::inc(&metrics.history_retention_runs);
                 metrics
                     .history_parts_removed
                     .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
@@ -158,13 +157,22 @@ impl History {
                     wrote = true;
                     info!(removed, elapsed = ?started.elapsed(), "history retention");
                 }
+                true
             }
-            Err(e) => error!(%e, "history retention failed; tried again in a minute"),
-        }
+            Err(e) => {
+                error!(%e, "history retention failed; tried again in a minute");
+                false
+            }
+        };
         // Durable now rather than with the next checkpoint (there may be none for a while); the
         // counts with what they count.
         if wrote && let Err(e) = self.save_sizes().and_then(|()| Ok(self.meta.flush()?)) {
             error!(%e, "history flush failed; the next checkpoint flushes");
+        }
+        // A finished run is counted once /metrics shows the sizes it left.
+        self.report(metrics);
+        if retained {
+            Metrics::inc(&metrics.history_retention_runs);
         }
     }
 }
